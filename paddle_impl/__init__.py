@@ -1,0 +1,19 @@
+"""PaddlePaddle ports of FarSeg and FactSeg, mirroring ``torch_ref`` name for name."""
+from __future__ import annotations
+
+import paddle.nn as nn
+
+from .factseg import FactSeg
+from .farseg import FarSeg
+
+MODELS = {"farseg": FarSeg, "factseg": FactSeg}
+
+
+def build_model(name: str, num_classes: int = 16) -> nn.Layer:
+    """Build ``name`` ("farseg" or "factseg") with the official initialisation."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
+    return MODELS[name](num_classes=num_classes)
+
+
+__all__ = ["FarSeg", "FactSeg", "build_model", "MODELS"]

@@ -1,0 +1,86 @@
+"""The two training losses, as the official code computes them (SPEC sections 3 and 4).
+
+- FarSeg: annealing softmax focal loss (Zheng et al., CVPR 2020, eq. 7-9).
+- FactSeg: joint-probability loss with small-object mining (Ma et al., TGRS 2021), with the
+  fusion computed in log space so that it stays finite where the official one underflows.
+"""
+from __future__ import annotations
+
+import math
+
+import paddle
+import paddle.nn.functional as F
+
+IGNORE_INDEX = 255
+ANNEALING_T_MAX = 10000
+FOCAL_GAMMA = 2.0
+SOM_RATIO = 0.1
+
+
+def annealing_factor(step: float, t_max: int = ANNEALING_T_MAX) -> float:
+    """a(t) = (cos(pi t / t_max) + 1) / 2 for t <= t_max, 0 after (pure focal weighting)."""
+    if step > t_max:
+        return 0.0
+    return (math.cos(math.pi * step / t_max) + 1.0) / 2.0
+
+
+def annealing_softmax_focal_loss(logits: paddle.Tensor, target: paddle.Tensor, step: float,
+                                 t_max: int = ANNEALING_T_MAX, gamma: float = FOCAL_GAMMA,
+                                 ignore_index: int = IGNORE_INDEX) -> paddle.Tensor:
+    """FarSeg's loss on full-resolution logits [B,C,H,W] and labels [B,H,W] (255 = ignore)."""
+    valid = target != ignore_index
+    safe_target = paddle.where(valid, target, paddle.zeros_like(target)).unsqueeze(1)
+    log_probs = F.log_softmax(logits, axis=1)
+    # Per-pixel cross entropy, 0 on ignored pixels (as F.cross_entropy(ignore_index=255)).
+    losses = -paddle.take_along_axis(log_probs, safe_target, axis=1).squeeze(1) * valid.astype(logits.dtype)
+    with paddle.no_grad():
+        true_prob = paddle.take_along_axis(F.softmax(logits, axis=1), safe_target, axis=1).squeeze(1)
+        modulating = (1.0 - true_prob).pow(gamma)
+        total = losses.sum()
+        focal_total = (losses * modulating).sum()
+        # Official: sum(l) / sum(l*m), which is 0/0 when every pixel is ignored; guard that.
+        normalizer = paddle.where(focal_total > 0, total / focal_total.clip(min=1e-30),
+                                  paddle.zeros_like(total))
+        scales = modulating * normalizer
+        if step > t_max:
+            weights = scales
+        else:
+            # The official cosine_annealing(1, scales, t, t_max), same operation order:
+            # scales + a(t) * (1 - scales).
+            weights = scales + 0.5 * (1.0 - scales) * (math.cos(math.pi * step / t_max) + 1.0)
+    # "+ batch size" in the denominator is an official quirk, kept on purpose.
+    return (losses * weights).sum() / (valid.astype(logits.dtype).sum() + logits.shape[0])
+
+
+def joint_log_probs(fg_logits: paddle.Tensor, bi_logits: paddle.Tensor) -> paddle.Tensor:
+    """log P of FactSeg's fused distribution: background q0*(1-p), class c>=1 qc*p, renormalised.
+
+    fg_logits [B,C,H,W] (multi-class branch), bi_logits [B,1,H,W] (binary branch). Log space:
+    equal to the official value wherever that is finite, and finite where it is NaN.
+    """
+    log_q = F.log_softmax(fg_logits, axis=1)
+    log_fg = F.log_sigmoid(bi_logits)
+    log_bg = F.log_sigmoid(-bi_logits)
+    joint = paddle.concat([log_q[:, :1] + log_bg, log_q[:, 1:] + log_fg], axis=1)
+    return joint - paddle.logsumexp(joint, axis=1, keepdim=True)
+
+
+def small_object_mining(losses: paddle.Tensor, ratio: float = SOM_RATIO) -> paddle.Tensor:
+    """Mean of the non-zero values among the k = int(ratio * numel) largest per-pixel losses.
+
+    numel counts ignored pixels too and the top-k runs over the whole batch (official).
+    """
+    k = int(ratio * losses.numel().item())
+    top, _ = paddle.topk(losses.reshape([-1]), k)
+    nonzero = top != 0
+    return paddle.masked_select(top, nonzero).sum() / (nonzero.astype(top.dtype).sum() + 1e-6)
+
+
+def joint_loss(fg_logits: paddle.Tensor, bi_logits: paddle.Tensor, target: paddle.Tensor,
+               ratio: float = SOM_RATIO, ignore_index: int = IGNORE_INDEX) -> paddle.Tensor:
+    """FactSeg's loss: -log P_y of the fused distribution (0 where ignored), then SOM."""
+    valid = target != ignore_index
+    safe_target = paddle.where(valid, target, paddle.zeros_like(target)).unsqueeze(1)
+    log_p = joint_log_probs(fg_logits, bi_logits)
+    losses = -paddle.take_along_axis(log_p, safe_target, axis=1).squeeze(1) * valid.astype(log_p.dtype)
+    return small_object_mining(losses, ratio)

@@ -1,0 +1,43 @@
+"""What is known about each checkpoint: the official state-dict layouts.
+
+The layouts are the key -> shape maps (state-dict order, buffers included) of the
+official FarSeg and FactSeg ResNet-50 checkpoints. They are the contract for
+``torch_ref`` (same keys, order and shapes) and for ``convert`` (validation).
+"""
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, Tuple
+
+WEIGHTS_DIR = Path(__file__).resolve().parent
+
+MODEL_NAMES = ("farseg", "factseg")
+
+LAYOUT_FILES = {
+    "farseg": WEIGHTS_DIR / "farseg50_official_keys.json",
+    "factseg": WEIGHTS_DIR / "factseg50_official_keys.json",
+}
+
+# Prefix under which each model keeps its ResNet-50 (torchvision key names follow it).
+ENCODER_PREFIX = {"farseg": "en.resnet.", "factseg": "resencoder.resnet."}
+
+# Official figures (mIoU over 16 classes incl. background) and the seed Paddle reproductions.
+OFFICIAL_MIOU = {"farseg": 63.71, "factseg": 64.80}
+SEED_REPRODUCTION_MIOU = {"farseg": 63.09, "factseg": 64.64}
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` if it is a known model, else raise ValueError naming the choices."""
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODEL_NAMES)}")
+    return name
+
+
+def load_layout(name: str) -> "OrderedDict[str, Tuple[int, ...]]":
+    """The official torch state-dict layout of ``name``: key -> shape, in state-dict order."""
+    check_model_name(name)
+    with open(LAYOUT_FILES[name], encoding="utf-8") as f:
+        raw: Dict[str, list] = json.load(f, object_pairs_hook=OrderedDict)
+    return OrderedDict((k, tuple(v)) for k, v in raw.items())
