@@ -1,0 +1,20 @@
+"""Confusion matrix on the device (the IoU maths on the matrix is framework-free: isaid.metrics)."""
+from __future__ import annotations
+
+import torch
+
+IGNORE_INDEX = 255
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 16,
+                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """int64 [C, C] counts, rows = ground truth, columns = prediction; ``ignore_index`` skipped.
+
+    Counted where the tensors live (one bincount), so no pixel has to travel to the CPU.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {list(pred.shape)} and label {list(target.shape)} differ in shape")
+    valid = target != ignore_index
+    index = target[valid].to(torch.int64) * num_classes + pred[valid].to(torch.int64)
+    counts = torch.bincount(index, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
