@@ -73,7 +73,10 @@ def small_object_mining(losses: paddle.Tensor, ratio: float = SOM_RATIO) -> padd
     k = int(ratio * losses.numel().item())
     top, _ = paddle.topk(losses.reshape([-1]), k)
     nonzero = top != 0
-    return paddle.masked_select(top, nonzero).sum() / (nonzero.astype(top.dtype).sum() + 1e-6)
+    # torch promotes "int64 count + 1e-6" to its default float32 (the 1e-6 then vanishes for
+    # counts above ~8); a float64 run of the official code divides by that float32 value.
+    count = (nonzero.astype("float32").sum() + 1e-6).astype(top.dtype)
+    return paddle.masked_select(top, nonzero).sum() / count
 
 
 def joint_loss(fg_logits: paddle.Tensor, bi_logits: paddle.Tensor, target: paddle.Tensor,

@@ -73,6 +73,7 @@ def small_object_mining(losses: torch.Tensor, ratio: float = SOM_RATIO) -> torch
     k = int(ratio * losses.numel())
     top, _ = losses.reshape(-1).topk(k)
     nonzero = top != 0
+    # Official expression: "int64 count + 1e-6" is promoted to torch's default float32.
     return top[nonzero].sum() / (nonzero.sum() + 1e-6)
 
 
