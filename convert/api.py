@@ -1,0 +1,172 @@
+"""File-to-file conversion: read safely, detect, validate, map, write atomically."""
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Union
+
+import numpy as np
+
+from weights import ENCODER_PREFIX, MODEL_NAMES
+
+from .errors import CheckpointError
+from .rules import (DETECTABLE, FRAMEWORKS, IMAGENET_HEAD, detect_model, expected_layout,
+                    imagenet_resnet50_to, model_rules, paddle_to_torch, torch_to_paddle, validate)
+from .safe_load import read_checkpoint, torch_import_seconds
+from .writers import save_paddle, save_torch
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+EXTENSION = {"paddle": ".pdparams", "torch": ".pth"}
+MODEL_CHOICES = ("auto",) + DETECTABLE
+
+
+@dataclass
+class ConversionResult:
+    """What ``run_conversion`` did; ``summary()`` is the CLI's one success line."""
+
+    in_path: Path
+    out_path: Path
+    model: str  # detected or given: farseg / factseg / resnet50
+    source: str  # naming of the input: torch / paddle
+    to: str  # naming of the output: torch / paddle
+    input_description: str  # "official wrapper, module. prefix"
+    n_in: int
+    n_out: int
+    notes: List[str] = field(default_factory=list)
+    seconds: float = 0.0
+    import_seconds: float = 0.0  # part of ``seconds`` spent importing torch
+
+    def summary(self) -> str:
+        label = "resnet50 ImageNet" if self.model == "resnet50" else self.model
+        out_notes = "".join(f", {n}" for n in self.notes)
+        timing = f"in {self.seconds:.1f}s"
+        if self.import_seconds >= 0.05:
+            timing += f" (of which {self.import_seconds:.1f}s importing torch)"
+        return (f"converted {self.in_path} ({label}, {self.input_description}, {self.n_in} tensors) "
+                f"-> {self.out_path} ({self.n_out} tensors{out_notes}) {timing}")
+
+
+def default_output_path(in_path: PathLike, to: str, model: str, target: str = "farseg") -> Path:
+    """Where the output goes when no ``-o`` is given.
+
+    Next to the input with the extension of ``to``: ``farseg50.pth`` -> ``farseg50.pdparams``
+    and back. ImageNet input: ``resnet50-19c8e357_farseg_encoder.pdparams`` (the file holds
+    only the encoder of that target model). A same-format conversion, whose swapped name
+    would be the input itself, inserts ``.converted``: ``farseg50.converted.pth``.
+    """
+    in_path = Path(in_path)
+    ext = EXTENSION[to]
+    stem = in_path.stem if in_path.suffix else in_path.name
+    if model == "resnet50":
+        name = f"{stem}_{target}_encoder{ext}"
+    else:
+        name = stem + ext
+    if name == in_path.name:
+        name = f"{stem}.converted{ext}"
+    return in_path.with_name(name)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # b does not exist yet
+        return False
+
+
+def run_conversion(in_path: PathLike, out_path: Optional[PathLike] = None, model: str = "auto",
+                   to: Optional[str] = None, target: Optional[str] = None) -> ConversionResult:
+    """Convert one checkpoint file; see ``convert_file``. Returns what was done."""
+    start = time.perf_counter()
+    imports_before = torch_import_seconds()
+    in_path = Path(in_path)
+    if model not in MODEL_CHOICES:
+        raise ValueError(f"unknown model {model!r}: expected one of {', '.join(MODEL_CHOICES)}")
+    if to is not None and to not in FRAMEWORKS:
+        raise ValueError(f"unknown output format {to!r}: expected paddle or torch")
+    if target is not None and target not in MODEL_NAMES:
+        raise ValueError(f"unknown target {target!r}: expected one of {', '.join(MODEL_NAMES)}")
+
+    loaded = read_checkpoint(in_path)
+    state, source = loaded.state, loaded.framework
+    # The input's own format decides the default direction (content, not extension).
+    to = to or ("paddle" if source == "torch" else "torch")
+    try:
+        name = detect_model(state) if model == "auto" else model
+        if name == "resnet50" and source != "torch":
+            raise CheckpointError("ImageNet resnet50 weights are read from torchvision's .pth files only")
+        notes: List[str] = []
+        if name != "resnet50" and target is not None:
+            notes.append(f"target {target} ignored (only used for ImageNet resnet50 input)")
+        if name == "resnet50":
+            target = target or "farseg"
+            out_state = imagenet_resnet50_to(state, target, to)
+            dropped = [k for k in IMAGENET_HEAD if k in state]
+            notes.append(f"{target} encoder {ENCODER_PREFIX[target]}* only")
+            if dropped:
+                notes.append(f"{' and '.join(dropped)} dropped")
+            if to == "torch":
+                created = sum(1 for r in model_rules(target) if r.paddle_key is None
+                              and r.torch_key.startswith(ENCODER_PREFIX[target])
+                              and r.torch_key[len(ENCODER_PREFIX[target]):] not in state)
+                if created:
+                    notes.append(f"{created} num_batches_tracked created as 0")
+        elif source == "torch" and to == "paddle":
+            out_state = torch_to_paddle(state, name)
+            notes.append(f"{len(state) - len(out_state)} num_batches_tracked dropped")
+        elif source == "paddle" and to == "torch":
+            out_state = paddle_to_torch(state, name)
+            notes.append(f"{len(out_state) - len(state)} num_batches_tracked recreated as 0")
+        else:
+            # Same naming on both sides: validate, drop wrapper/prefix, write in official order.
+            validate(state, name, source)
+            order = expected_layout(name, source)[0]
+            out_state = OrderedDict((k, state[k]) for k in order)
+            notes.append("validated, wrapper/prefix removed")
+    except CheckpointError as exc:
+        hint = ""
+        if model != "auto":
+            try:
+                guessed = detect_model(state)
+                if guessed != model:
+                    hint = f" (the keys look like {guessed})"
+            except CheckpointError:
+                pass
+        raise CheckpointError(exc.message + hint, exc.details, in_path) from None
+    for key, arr in out_state.items():  # paranoia: never hand a writer a non-array
+        assert isinstance(arr, np.ndarray), key
+
+    out = Path(out_path) if out_path is not None else default_output_path(in_path, to, name, target or "farseg")
+    if out.is_dir():
+        raise CheckpointError("output path is a directory", path=out)
+    if _same_file(in_path, out):
+        raise CheckpointError("refusing to overwrite the input file; choose another -o", path=out)
+    try:
+        (save_paddle if to == "paddle" else save_torch)(out_state, out)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write: {exc.strerror or exc}", path=out) from None
+    return ConversionResult(in_path=in_path, out_path=out, model=name, source=source, to=to,
+                            input_description=loaded.describe() + "".join(f", {n}" for n in loaded.notes),
+                            n_in=len(state), n_out=len(out_state), notes=notes,
+                            seconds=time.perf_counter() - start,
+                            import_seconds=torch_import_seconds() - imports_before)
+
+
+def convert_file(in_path: PathLike, out_path: Optional[PathLike] = None, model: str = "auto",
+                 to: Optional[str] = None, target: Optional[str] = None) -> Path:
+    """Convert the checkpoint ``in_path`` and return the path written.
+
+    model: "auto" (detect from the keys), "farseg", "factseg" or "resnet50" (torchvision
+    ImageNet file). to: "paddle" or "torch"; default: the other framework than the input's
+    (a torch file becomes .pdparams, a .pdparams becomes .pth). target: for ImageNet input,
+    which model's encoder keys to produce ("farseg" -> ``en.resnet.*``, "factseg" ->
+    ``resencoder.resnet.*``; default farseg); ignored for other inputs. out_path: default
+    ``default_output_path``. Nothing is written unless the whole input validates; raises
+    CheckpointError (bad input) or ValueError (bad arguments).
+    """
+    return run_conversion(in_path, out_path, model, to, target).out_path
