@@ -1,0 +1,305 @@
+"""Training configuration: YAML files, ``--set a.b=c`` overrides, and their validation.
+
+Framework-free (PyYAML only): ``torch_ref.train`` and ``paddle_impl.train`` read the same
+files through this module, so one YAML file describes one recipe for both frameworks.
+
+Every key a config may hold is listed once in :data:`SCHEMA` with its default, its type and
+what it means. A YAML file or an override naming any other key is refused with a one-line
+:class:`ConfigError` that names the key and the file (a typo such as ``train.lrr`` must not
+silently train with the default). Override values are parsed as YAML scalars
+(``train.amp=bf16``, ``train.iterations=100``, ``init.imagenet=none``, ``train.lr=1e-3``).
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import yaml
+
+# The model names of ``weights.MODEL_NAMES``, repeated here because isaid/ imports no other
+# package of the project (it is a leaf of the import graph).
+MODEL_CHOICES = ("farseg", "factseg")
+AMP_CHOICES = ("none", "fp16", "bf16")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "gpu")
+LOG_BACKEND_CHOICES = ("auto", "none")
+# Spellings of "no file" accepted for nullable path keys (``--set init.imagenet=none``).
+NONE_SPELLINGS = ("none", "null", "~", "")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config key: default, type ("int", "float", "bool", "str"), constraints, help."""
+
+    default: Any
+    kind: str
+    help: str
+    choices: Optional[Tuple[str, ...]] = None
+    minimum: Optional[float] = None  # inclusive lower bound for numbers
+    nullable: bool = False  # str keys only: None (or "none") allowed
+
+
+# The official recipe (SPEC section 5) is the default of every key; the YAML files in
+# configs/ spell it out in full so that a reader sees the whole recipe in one place.
+SCHEMA: Dict[str, Field] = {
+    "model.name": Field("farseg", "str", "model to train", choices=MODEL_CHOICES),
+    "model.num_classes": Field(16, "int", "number of classes (iSAID: 16, background included)",
+                               minimum=2),
+    "data.root": Field("data/isaid", "str",
+                       "OUT folder of `python -m isaid.prepare` (holds train/index.json)"),
+    "data.split": Field("train", "str", "split folder under data.root to train on"),
+    "data.window": Field(896, "int",
+                         "patch side: must equal the --window given to isaid.prepare; patches"
+                         " are padded to it after augmentation", minimum=32),
+    "init.imagenet": Field("weights/resnet50-19c8e357_{model}_encoder.pdparams", "str",
+                           "ImageNet ResNet-50 encoder weights: the output of `python -m convert"
+                           " resnet50-19c8e357.pth --model resnet50 --target <model>` (either"
+                           " format), or torchvision's file itself; {model} is replaced;"
+                           " none = random initialisation (explicitly)", nullable=True),
+    "train.iterations": Field(60000, "int", "optimizer steps", minimum=1),
+    "train.batch_size": Field(8, "int", "GLOBAL batch (split evenly over the processes)",
+                              minimum=1),
+    "train.lr": Field(0.007, "float", "base learning rate", minimum=0.0),
+    "train.momentum": Field(0.9, "float", "SGD momentum", minimum=0.0),
+    "train.weight_decay": Field(0.0001, "float", "L2 weight decay on all parameters",
+                                minimum=0.0),
+    "train.poly_power": Field(0.9, "float",
+                              "lr = lr * (1 - k / iterations) ** poly_power, per iteration",
+                              minimum=0.0),
+    "train.clip_norm": Field(35.0, "float", "gradient clipping by GLOBAL L2 norm; 0 = off",
+                             minimum=0.0),
+    "train.seed": Field(2333, "int", "seed of sampling, augmentation and initialisation",
+                        minimum=0),
+    "train.amp": Field("fp16", "str", "mixed precision: fp16 (autocast + dynamic loss"
+                       " scaling, like the official apex O1), bf16 (autocast), none (float32)",
+                       choices=AMP_CHOICES),
+    "train.channels_last": Field(False, "bool", "torch only: NHWC memory format (faster on"
+                                 " tensor-core GPUs); ignored by Paddle"),
+    "train.sync_bn": Field(True, "bool", "SyncBatchNorm when training on several GPUs"
+                           " (never on CPU: GPU-only kernels in both frameworks)"),
+    "train.compile": Field(False, "bool", "torch only: torch.compile the model; ignored by"
+                           " Paddle"),
+    "train.device": Field("auto", "str", "auto (GPU when available), cpu, cuda / gpu",
+                          choices=DEVICE_CHOICES),
+    "train.num_workers": Field(8, "int", "DataLoader worker processes per training process",
+                               minimum=0),
+    "train.checkpoint_every": Field(2000, "int", "save a resumable checkpoint every N"
+                                    " iterations (and at the end)", minimum=1),
+    "train.keep_checkpoints": Field(3, "int", "keep the newest N checkpoints; 0 = keep all",
+                                    minimum=0),
+    "train.log_every": Field(20, "int", "log loss / lr / images per s every N iterations",
+                             minimum=1),
+    "train.log_backend": Field("auto", "str", "auto: TensorBoard (torch) / VisualDL (Paddle)"
+                               " when installed; none: metrics.jsonl only",
+                               choices=LOG_BACKEND_CHOICES),
+    "train.out_dir": Field("runs/{model}_{framework}", "str", "output folder; {model} and"
+                           " {framework} are replaced"),
+    "augment.hflip": Field(0.5, "float", "probability of a horizontal flip", minimum=0.0),
+    "augment.vflip": Field(0.5, "float", "probability of a vertical flip", minimum=0.0),
+    "augment.rot90": Field(True, "bool", "rotate by k*90 degrees, k uniform in {0,1,2,3}"),
+}
+
+SECTIONS: Tuple[str, ...] = tuple(dict.fromkeys(key.split(".")[0] for key in SCHEMA))
+
+Config = Dict[str, Dict[str, Any]]
+
+
+def default_config() -> Config:
+    """The nested config made of every key's default."""
+    config: Config = {section: {} for section in SECTIONS}
+    for key, field in SCHEMA.items():
+        section, name = key.split(".", 1)
+        config[section][name] = copy.deepcopy(field.default)
+    return config
+
+
+def flatten(config: Config) -> Dict[str, Any]:
+    """``{"train.lr": 0.007, ...}`` from the nested config."""
+    return {f"{section}.{name}": value for section, values in config.items()
+            for name, value in values.items()}
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, list(SCHEMA), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _unknown_key_message(key: str, where: str) -> str:
+    section = key.split(".")[0]
+    if section in SECTIONS:
+        known = ", ".join(k.split(".", 1)[1] for k in SCHEMA if k.startswith(section + "."))
+        return f"{where}: unknown key {key!r}{_suggest(key)} (keys of {section!r}: {known})"
+    return (f"{where}: unknown key {key!r}{_suggest(key)} (sections: {', '.join(SECTIONS)})")
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def coerce(key: str, value: Any, where: str) -> Any:
+    """``value`` checked and converted to the type of ``key``; ConfigError otherwise."""
+    field = SCHEMA[key]
+    if field.nullable and (value is None or (isinstance(value, str)
+                                             and value.strip().lower() in NONE_SPELLINGS)):
+        return None
+    if field.kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key}: expected true or false, got {_describe(value)}")
+        return value
+    if field.kind == "int":
+        # bool is an int subclass in Python; "true" for a count is a mistake, not 1.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key}: expected an integer, got {_describe(value)}")
+        result: Any = value
+    elif field.kind == "float":
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-3" (no dot) as a string; accept any float spelling.
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: {key}: expected a number, got {_describe(value)}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key}: expected a number, got {_describe(value)}")
+        result = float(value)
+        if result != result or result in (float("inf"), float("-inf")):
+            raise ConfigError(f"{where}: {key}: expected a finite number, got {value!r}")
+    else:  # str
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # e.g. data.split=2017 parsed by YAML as a number
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key}: expected a string, got {_describe(value)}")
+        result = value
+    if field.choices is not None and result not in field.choices:
+        raise ConfigError(f"{where}: {key}: {result!r} is not one of {', '.join(field.choices)}")
+    if field.minimum is not None and result < field.minimum:
+        raise ConfigError(f"{where}: {key}: must be >= {field.minimum:g}, got {result!r}")
+    return result
+
+
+def _check_cross_field(config: Config, where: str) -> None:
+    for key in ("augment.hflip", "augment.vflip"):
+        section, name = key.split(".")
+        if config[section][name] > 1.0:
+            raise ConfigError(f"{where}: {key}: a probability must lie in [0, 1], got"
+                              f" {config[section][name]!r}")
+
+
+def _read_yaml(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        problem = getattr(error, "problem", None) or type(error).__name__
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read ({' '.join(str(error).split())})") from None
+
+
+def parse_override(text: str) -> Tuple[str, Any]:
+    """``"train.lr=1e-3"`` -> ``("train.lr", "1e-3" parsed as YAML)``; ConfigError if malformed."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected KEY=VALUE, e.g. train.iterations=100")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # not a YAML scalar (e.g. "a: b"): keep the text; coerce() judges it
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"--set {text}: {key}: expected a single value, got a YAML"
+                          f" {type(value).__name__}")
+    return key, value
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
+    """Read the YAML file ``path``, apply ``overrides`` ("a.b=c"), validate every key.
+
+    Keys absent from the file take their :data:`SCHEMA` default. Raises ConfigError (one
+    line, naming the file or the override and the key) for an unknown key, a wrong type, a
+    value outside its choices, or an unreadable file.
+    """
+    raw = _read_yaml(path)
+    config = default_config()
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(SECTIONS)}),"
+                          f" got a YAML {type(raw).__name__}")
+    for section, values in raw.items():
+        if not isinstance(section, str) or section not in SECTIONS:
+            raise ConfigError(_unknown_key_message(str(section), path))
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: section {section!r} must be a mapping of keys, got a"
+                              f" YAML {type(values).__name__}")
+        for name, value in values.items():
+            key = f"{section}.{name}"
+            if key not in SCHEMA:
+                raise ConfigError(_unknown_key_message(key, path))
+            config[section][name] = coerce(key, value, path)
+    for text in overrides:
+        key, value = parse_override(text)
+        where = f"--set {text}"
+        if key not in SCHEMA:
+            raise ConfigError(_unknown_key_message(key, f"{where} (config {path})"))
+        section, name = key.split(".", 1)
+        config[section][name] = coerce(key, value, where)
+    _check_cross_field(config, path)
+    return config
+
+
+def resolve_out_dir(config: Config, framework: str) -> str:
+    """``train.out_dir`` with ``{model}`` and ``{framework}`` filled in."""
+    template = config["train"]["out_dir"]
+    try:
+        return template.format(model=config["model"]["name"], framework=framework)
+    except (KeyError, IndexError, ValueError) as error:
+        raise ConfigError(f"train.out_dir: {template!r}: only {{model}} and {{framework}} may"
+                          f" be used ({error})") from None
+
+
+def resolve_imagenet_path(config: Config) -> Optional[str]:
+    """``init.imagenet`` with ``{model}`` filled in; None for an explicit random start."""
+    template = config["init"]["imagenet"]
+    if template is None:
+        return None
+    try:
+        return template.format(model=config["model"]["name"])
+    except (KeyError, IndexError, ValueError) as error:
+        raise ConfigError(f"init.imagenet: {template!r}: only {{model}} may be used"
+                          f" ({error})") from None
+
+
+def dump_config(config: Config) -> str:
+    """The config as YAML text (sections and keys in :data:`SCHEMA` order)."""
+    ordered = {section: {name: config[section][name] for name in
+                         (k.split(".", 1)[1] for k in SCHEMA if k.startswith(section + "."))}
+               for section in SECTIONS}
+    return yaml.safe_dump(ordered, sort_keys=False, default_flow_style=False)
+
+
+def describe_keys() -> List[str]:
+    """One ``key (default): help`` line per key, for ``--help`` epilogs and the README."""
+    return [f"  {key} (default {field.default!r}): {field.help}" for key, field in SCHEMA.items()]
+
+
+def changed_keys(a: Config, b: Config, keys: Iterable[str]) -> List[str]:
+    """``key: a -> b`` for every key in ``keys`` whose values differ between two configs."""
+    flat_a, flat_b = flatten(a), flatten(b)
+    return [f"{key}: {flat_a.get(key)!r} -> {flat_b.get(key)!r}" for key in keys
+            if flat_a.get(key) != flat_b.get(key)]
+

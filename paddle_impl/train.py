@@ -1,0 +1,576 @@
+"""Train FarSeg / FactSeg on iSAID patches with Paddle; the official recipe by default.
+
+Usage::
+
+    python -m paddle_impl.train --config configs/farseg_isaid.yaml [--set KEY=VALUE ...]
+                                [--resume PATH|auto] [--no-progress] [--print-config]
+    python -m paddle.distributed.launch --nproc_per_node 2 paddle_impl/train.py --config ...
+
+Recipe (SPEC section 5): SGD (momentum 0.9, weight decay 1e-4 on all parameters), poly
+learning rate per iteration without warm-up, gradient clipping by the GLOBAL L2 norm,
+ImageNet ResNet-50 initialisation, SyncBatchNorm across GPUs. Samples and augmentation are
+drawn by ``isaid.augment`` from (seed, iteration, rank): a resumed run continues with exactly
+the batches of an uninterrupted one, and ``torch_ref.train`` sees the same batches.
+
+Written to ``train.out_dir``: ``checkpoints/ckpt_<iteration>.pdckpt`` (model, optimizer,
+scheduler, AMP scaler, RNG states as numpy in a pickle; written atomically), ``metrics.jsonl``
+(iteration, loss, lr, images_per_s), ``config.yaml``, VisualDL logs, and at the end
+``model_final.pdparams``: a bare state dict (``python -m convert`` ports it to torch).
+Mirror: ``torch_ref/train.py`` reads the same, line for line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import random
+import re
+import sys
+import time
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+if __package__ in (None, ""):
+    # Started as a script path (launchers that cannot run "-m"): import from the repository
+    # root instead of this folder, whose module names (data, losses, ...) must not shadow.
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+import paddle.nn as nn
+from paddle import DataParallel
+
+from convert import CheckpointError, atomic_write, imagenet_resnet50_to, model_rules, read_checkpoint
+from convert import save_paddle
+from convert.safe_load import unpickle_numpy_only
+from isaid.augment import DataError, SamplePlan, load_patch_index
+from isaid.config import (Config, ConfigError, changed_keys, describe_keys, dump_config,
+                          load_config, resolve_imagenet_path, resolve_out_dir)
+from paddle_impl import build_model
+from paddle_impl.data import build_loader, to_device
+from weights import ENCODER_PREFIX
+
+FRAMEWORK = "paddle"
+CHECKPOINT_FORMAT = "rsseg-train-checkpoint-v1"
+CHECKPOINT_PATTERN = re.compile(r"^ckpt_(\d+)\.pdckpt$")
+FINAL_WEIGHTS = "model_final.pdparams"
+IMAGENET_URL = "https://download.pytorch.org/models/resnet50-19c8e357.pth"
+# A resumed run must draw the same batches and follow the same schedule as the first one.
+RESUME_MUST_MATCH = ("model.name", "model.num_classes", "data.window", "train.iterations",
+                     "train.batch_size", "train.lr", "train.momentum", "train.weight_decay",
+                     "train.poly_power", "train.clip_norm", "train.seed", "train.amp",
+                     "augment.hflip", "augment.vflip", "augment.rot90")
+
+
+class TrainError(RuntimeError):
+    """A training run that cannot start or continue; the message is one line."""
+
+
+# ------------------------------------------------------------------------------ runtime
+
+
+@dataclass
+class Runtime:
+    """Where this process trains: device and its place among the data-parallel processes."""
+
+    device: str
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.startswith("gpu")
+
+
+def setup_runtime(config: Config) -> Runtime:
+    """Pick the device and join the process group when started by paddle.distributed.launch."""
+    want = config["train"]["device"]
+    has_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    if want in ("cuda", "gpu") and not has_gpu:
+        raise TrainError(f"train.device={want}: Paddle {paddle.__version__} sees no CUDA GPU;"
+                         " use train.device=cpu or auto")
+    on_gpu = has_gpu if want == "auto" else want in ("cuda", "gpu")
+    if not on_gpu and config["train"]["amp"] != "none":
+        # Measured with Paddle 3.3.1: on CPU auto_cast only warns and computes in float32.
+        raise TrainError(f"train.amp={config['train']['amp']}: Paddle has no mixed precision on"
+                         " CPU (paddle.amp.auto_cast is a no-op there); use train.amp=none")
+    world_size = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
+    local_rank = int(os.environ.get("PADDLE_LOCAL_RANK", "0"))
+    if on_gpu:
+        device = f"gpu:{dist.ParallelEnv().device_id}"
+        paddle.set_device(device)
+        # Fixed input sizes: let cuDNN pick the fastest kernels once.
+        paddle.set_flags({"FLAGS_cudnn_exhaustive_search": True})
+    else:
+        device = "cpu"
+        paddle.set_device(device)
+    if world_size > 1:
+        dist.init_parallel_env()
+    rank = dist.get_rank() if world_size > 1 else 0
+    return Runtime(device, rank, world_size, local_rank)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator the process owns (initialisation draws from the framework's)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    paddle.seed(seed)
+
+
+def rng_state() -> Dict[str, Any]:
+    """The RNG states of this process, as plain Python values and tensors."""
+    numpy_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        # Paddle's generator states pickle only as objects; keep their plain-value state.
+        "framework": [generator.__getstate__() for generator in paddle.get_rng_state()],
+    }
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    random.setstate(state["python"])
+    kind, key, *rest = state["numpy"]
+    np.random.set_state((kind, np.asarray(key, dtype=np.uint32), *rest))
+    generators = []
+    for values in state["framework"]:
+        generator_type = type(paddle.get_rng_state()[0])
+        generator = generator_type.__new__(generator_type)  # no Python constructor exists
+        generator.__setstate__(tuple(values))
+        generators.append(generator)
+    paddle.set_rng_state(generators)
+
+
+# ------------------------------------------------------------------------------ ImageNet init
+
+
+def imagenet_missing_message(path: str, model_name: str) -> str:
+    """One line: the file is missing, and how to make it."""
+    return (f"init.imagenet: {path}: file not found. Download torchvision's ImageNet ResNet-50"
+            f" {IMAGENET_URL} (resnet50-19c8e357.pth) and convert it:"
+            f" `python -m convert resnet50-19c8e357.pth --model resnet50 --target {model_name}"
+            f" -o {path}`; or pass --set init.imagenet=none to train from random"
+            f" initialisation on purpose")
+
+
+def imagenet_encoder_state(path: str, model_name: str) -> "OrderedDict[str, np.ndarray]":
+    """Encoder weights of ``model_name`` in this framework's key names, from ``path``.
+
+    Accepted (read without executing code): the output of ``python -m convert
+    resnet50-19c8e357.pth --model resnet50 --target <model>`` in either framework's format and
+    for either model's encoder prefix, or torchvision's ``resnet50-19c8e357.pth`` itself.
+    """
+    try:
+        return _imagenet_encoder_state(path, model_name)
+    except CheckpointError as error:
+        raise error.with_path(path) from None  # convert's layout checks do not know the file
+
+
+def _imagenet_encoder_state(path: str, model_name: str) -> "OrderedDict[str, np.ndarray]":
+    loaded = read_checkpoint(path)
+    state, prefix = loaded.state, ENCODER_PREFIX[model_name]
+    if all(key.startswith(prefix) for key in state) and loaded.framework == FRAMEWORK:
+        return state
+    source = next((name for name, p in ENCODER_PREFIX.items()
+                   if all(key.startswith(p) for key in state)), None)
+    if source is None:  # torchvision's own file: convert checks its layout
+        return imagenet_resnet50_to(state, model_name, FRAMEWORK)
+    # An encoder file in the other naming or for the other model: back to torchvision's
+    # names through convert's rules, then forward again, so every key is checked once.
+    source_prefix = ENCODER_PREFIX[source]
+    rules = {(rule.paddle_key if loaded.framework == "paddle" else rule.torch_key): rule
+             for rule in model_rules(source) if rule.torch_key.startswith(source_prefix)}
+    torchvision: "OrderedDict[str, np.ndarray]" = OrderedDict()
+    for key, array in state.items():
+        rule = rules.get(key)
+        if rule is None:
+            raise CheckpointError(f"key {key!r} is not a ResNet-50 encoder key", path=path)
+        transposed = rule.transpose and loaded.framework == "paddle"
+        torchvision[rule.torch_key[len(source_prefix):]] = array.T if transposed else array
+    return imagenet_resnet50_to(torchvision, model_name, FRAMEWORK)
+
+
+def load_imagenet(net: nn.Layer, path: str, model_name: str) -> int:
+    """Copy the ImageNet encoder weights into ``net``; every encoder key must be covered."""
+    state = imagenet_encoder_state(path, model_name)
+    own = net.state_dict()
+    prefix = ENCODER_PREFIX[model_name]
+    problems = [f"unexpected {k}" for k in state if k not in own]
+    problems += [f"{k} is {tuple(state[k].shape)} but the model has {tuple(own[k].shape)}"
+                 for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems += [f"missing {k}" for k in own if k.startswith(prefix) and k not in state]
+    if problems:
+        raise CheckpointError(f"does not fit the {model_name} encoder ({len(problems)} problems:"
+                              f" {'; '.join(problems[:3])})", path=path)
+    # The whole state with the encoder replaced, so that the load itself is strict.
+    full = OrderedDict(own)
+    full.update((k, paddle.to_tensor(np.array(v))) for k, v in state.items())
+    net.set_state_dict(full)
+    return len(state)
+
+
+# ------------------------------------------------------------------------------ model, step
+
+
+def build_training(config: Config, runtime: Runtime, imagenet: Optional[str]):
+    """(net, train_model, optimizer, scheduler, scaler) for ``config`` on ``runtime``.
+
+    ``net`` is the bare model (its state dict is what is saved); ``train_model`` is what the
+    step calls (SyncBN-converted and DataParallel-wrapped when several GPUs train). Parameters
+    are created on the device chosen by ``setup_runtime``.
+    """
+    train = config["train"]
+    name = config["model"]["name"]
+    net = build_model(name, num_classes=config["model"]["num_classes"])
+    if imagenet is not None:
+        load_imagenet(net, imagenet, name)
+    if runtime.world_size > 1 and runtime.on_gpu and train["sync_bn"]:
+        # GPU only: both frameworks' SyncBatchNorm kernels exist only for GPUs (SPEC section 9).
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    if train["channels_last"] or train["compile"]:
+        warnings.warn("train.channels_last and train.compile apply to torch only; ignored",
+                      stacklevel=2)
+    train_model: nn.Layer = net
+    if runtime.world_size > 1:
+        # Buffers are not broadcast each step, as with apex's DDP in the official run.
+        train_model = DataParallel(net)
+    scheduler = paddle.optimizer.lr.PolynomialDecay(
+        learning_rate=train["lr"], decay_steps=train["iterations"], end_lr=0.0,
+        power=train["poly_power"])
+    # ClipGradByGlobalNorm is torch's clip_grad_norm_ (ClipGradByNorm clips each tensor alone).
+    optimizer = paddle.optimizer.Momentum(
+        learning_rate=scheduler, momentum=train["momentum"], parameters=net.parameters(),
+        weight_decay=train["weight_decay"],
+        grad_clip=nn.ClipGradByGlobalNorm(train["clip_norm"]) if train["clip_norm"] > 0 else None)
+    scaler = paddle.amp.GradScaler(enable=train["amp"] == "fp16",
+                                   init_loss_scaling=2.0 ** 16, incr_ratio=2.0, decr_ratio=0.5,
+                                   incr_every_n_steps=2000, decr_every_n_nan_or_inf=1)
+    return net, train_model, optimizer, scheduler, scaler
+
+
+class TrainStep:
+    """One optimisation step: forward under autocast, (scaled) backward, clipping by the
+    global norm of the unscaled gradients, SGD step, learning-rate step."""
+
+    def __init__(self, train_model: nn.Layer, net: nn.Layer, optimizer, scheduler, scaler,
+                 amp: str, clip_norm: float, device: str) -> None:
+        self.train_model, self.net = train_model, net
+        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.amp, self.clip_norm, self.device = amp, clip_norm, device
+        # The dtype of a disabled auto_cast is never used.
+        self.amp_dtype = "float16" if amp == "fp16" else "bfloat16"
+        self.train_model.train()
+
+    def __call__(self, images: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
+        """Train on one batch; returns the loss (detached, on the device)."""
+        with paddle.amp.auto_cast(enable=self.amp != "none", dtype=self.amp_dtype, level="O1"):
+            losses = self.train_model(images, {"cls": labels})
+        loss = sum(losses.values())
+        self.scaler.scale(loss).backward()
+        # GradScaler.step unscales the gradients, then the optimizer clips them by their
+        # global norm (its grad_clip) and steps.
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.clear_grad(set_to_zero=False)
+        self.scheduler.step()
+        return loss.detach()
+
+    def current_lr(self) -> float:
+        """The learning rate the next step uses."""
+        return float(self.scheduler.get_lr())
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def checkpoint_dir(out_dir: str) -> str:
+    return os.path.join(out_dir, "checkpoints")
+
+
+def to_numpy(value: Any) -> Any:
+    """``value`` with every Paddle tensor turned into a numpy array (nested dicts and lists)."""
+    if isinstance(value, paddle.Tensor):
+        return value.numpy()
+    if isinstance(value, dict):
+        return type(value)((k, to_numpy(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_numpy(v) for v in value)
+    return value
+
+
+def list_checkpoints(out_dir: str) -> List[Tuple[int, str]]:
+    """(iteration, path) of the complete checkpoints in ``out_dir``, oldest first."""
+    folder = checkpoint_dir(out_dir)
+    if not os.path.isdir(folder):
+        return []
+    found = [(int(m.group(1)), os.path.join(folder, name))
+             for name in os.listdir(folder) if (m := CHECKPOINT_PATTERN.match(name))]
+    return sorted(found)
+
+
+def save_checkpoint(out_dir: str, iteration: int, config: Config, runtime: Runtime, net, optimizer,
+                    scheduler, scaler, keep: int) -> str:
+    """Write ``ckpt_<iteration>`` atomically, then drop all but the newest ``keep``."""
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "framework": FRAMEWORK,
+        "iteration": iteration,
+        "world_size": runtime.world_size,
+        "config": config,
+        "model": to_numpy(net.state_dict()),
+        "optimizer": to_numpy(optimizer.state_dict()),
+        "scheduler": scheduler.state_dict(),
+        "scaler": to_numpy(scaler.state_dict()),
+        "rng": rng_state(),  # of rank 0; the loop itself draws no random numbers
+    }
+    path = os.path.join(checkpoint_dir(out_dir), f"ckpt_{iteration:07d}.pdckpt")
+    # Plain pickle of numpy arrays and Python values: convert's restricted unpickler reads it.
+    atomic_write(path, lambda handle: pickle.dump(state, handle, protocol=4))
+    if keep > 0:
+        for _, old in list_checkpoints(out_dir)[:-keep]:
+            os.remove(old)
+    return path
+
+
+def load_checkpoint(path: str, config: Config, runtime: Runtime, net, optimizer, scheduler,
+                    scaler) -> int:
+    """Restore everything :func:`save_checkpoint` wrote; returns the iteration reached."""
+    if not os.path.isfile(path):
+        raise TrainError(f"--resume {path}: file not found")
+    # Restricted unpickler: a checkpoint is data; nothing in it may run code.
+    state = unpickle_numpy_only(path)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise TrainError(f"{path}: not a training checkpoint of paddle_impl.train")
+    changed = changed_keys(state["config"], config, RESUME_MUST_MATCH)
+    if changed:
+        raise TrainError(f"{path}: the checkpoint was trained with other settings"
+                         f" ({'; '.join(changed)}); resume with the same recipe")
+    net.set_state_dict(state["model"])
+    optimizer.set_state_dict(state["optimizer"])
+    scheduler.set_state_dict(state["scheduler"])
+    if state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    return int(state["iteration"])
+
+
+def save_final_weights(out_dir: str, net: nn.Layer, model_name: str) -> str:
+    """``model_final.pdparams``: a bare state dict (what ``paddle.save`` writes for one)."""
+    state = OrderedDict((k, v.numpy()) for k, v in net.state_dict().items())
+    return str(save_paddle(state, os.path.join(out_dir, FINAL_WEIGHTS)))
+
+
+# ------------------------------------------------------------------------------ logging
+
+
+class MetricsLog:
+    """``metrics.jsonl`` (always) and VisualDL (when installed), written by rank 0 only."""
+
+    def __init__(self, out_dir: str, backend: str, start: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = os.path.join(out_dir, "metrics.jsonl")
+        self.writer = None
+        if not enabled:
+            return
+        self._truncate_after(start)
+        if backend == "auto":
+            try:
+                from visualdl import LogWriter
+            except ImportError as error:
+                warnings.warn(f"VisualDL logging off ({error}); pip install visualdl"
+                              " to enable it. metrics.jsonl is written regardless", stacklevel=2)
+            else:
+                self.writer = LogWriter(logdir=os.path.join(out_dir, "visualdl"))
+
+    def _truncate_after(self, iteration: int) -> None:
+        """Forget rows past ``iteration`` (logged by a run killed after its last checkpoint)."""
+        if not os.path.exists(self.path):
+            return
+        kept = []
+        with open(self.path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    row = json.loads(line)
+                except ValueError:  # a row cut by the kill
+                    continue
+                if row.get("iteration", 0) <= iteration:
+                    kept.append(json.dumps(row) + "\n")
+        atomic_write(self.path, lambda handle: handle.write("".join(kept).encode("utf-8")))
+
+    def log(self, iteration: int, values: Dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"iteration": iteration, **values}) + "\n")
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(tag=f"train/{key}", value=value, step=iteration)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def mean_over_processes(value: paddle.Tensor, runtime: Runtime) -> float:
+    """The mean of ``value`` over all processes (every process must call this)."""
+    if runtime.world_size > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value = value / runtime.world_size
+    return float(value.item())
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+def find_resume(resume: Optional[str], out_dir: str) -> Optional[str]:
+    """The checkpoint to continue from: ``resume`` itself, or for "auto" the newest in
+    ``out_dir`` (None when there is none: a fresh start)."""
+    if resume != "auto":
+        return resume
+    found = list_checkpoints(out_dir)
+    return found[-1][1] if found else None
+
+
+def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[str] = None,
+          progress: bool = True) -> str:
+    """Run the training of ``config``, from scratch (encoder from ``imagenet`` unless None)
+    or from the checkpoint ``resume_path``; returns the output folder."""
+    from tqdm import tqdm
+
+    train_cfg, name = config["train"], config["model"]["name"]
+    window = config["data"]["window"]
+    patches = load_patch_index(config["data"]["root"], config["data"]["split"], window)
+    runtime = setup_runtime(config)
+    out_dir = resolve_out_dir(config, FRAMEWORK)
+    seed_everything(train_cfg["seed"])
+    net, train_model, optimizer, scheduler, scaler = build_training(
+        config, runtime, None if resume_path else imagenet)
+    step = TrainStep(train_model, net, optimizer, scheduler, scaler, train_cfg["amp"],
+                     train_cfg["clip_norm"], runtime.device)
+
+    start = 0
+    if resume_path is not None:
+        start = load_checkpoint(resume_path, config, runtime, net, optimizer, scheduler, scaler)
+    iterations = train_cfg["iterations"]
+    if runtime.is_main:
+        os.makedirs(out_dir, exist_ok=True)
+        atomic_write(os.path.join(out_dir, "config.yaml"),
+                     lambda handle: handle.write(dump_config(config).encode("utf-8")))
+        origin = (f"resumed from {resume_path} at iteration {start}" if resume_path else
+                  f"from scratch, encoder {imagenet or 'random (init.imagenet=none)'}")
+        print(f"{FRAMEWORK}: {name}, {len(patches)} patches, global batch"
+              f" {train_cfg['batch_size']} on {runtime.world_size} process(es) ({runtime.device}),"
+              f" {iterations} iterations, {origin}; output {out_dir}", flush=True)
+    metrics = MetricsLog(out_dir, train_cfg["log_backend"], start, runtime.is_main)
+
+    plan = SamplePlan(len(patches), train_cfg["batch_size"], train_cfg["seed"],
+                      runtime.world_size, runtime.rank, config["augment"]["hflip"],
+                      config["augment"]["vflip"], config["augment"]["rot90"])
+    loader = build_loader(patches, plan, window, start, iterations, train_cfg["num_workers"])
+    bar = tqdm(total=iterations, initial=start, desc=f"{name} {FRAMEWORK}", unit="it",
+               disable=not (progress and runtime.is_main), dynamic_ncols=True)
+    window_loss = paddle.zeros([], dtype="float32")
+    window_start, window_time, started = start, time.perf_counter(), time.perf_counter()
+    for iteration, batch in enumerate(loader, start):
+        images, labels = to_device(batch, runtime.device)
+        lr = step.current_lr()
+        window_loss = window_loss + step(images, labels)
+        done = iteration + 1
+        bar.update(1)
+        if done % train_cfg["log_every"] == 0 or done == iterations:
+            loss = mean_over_processes(window_loss, runtime) / (done - window_start)
+            now = time.perf_counter()
+            speed = (done - window_start) * train_cfg["batch_size"] / (now - window_time)
+            metrics.log(done, {"loss": loss, "lr": lr, "images_per_s": speed,
+                               "seconds": now - started})
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
+            window_loss = paddle.zeros_like(window_loss)
+            window_start, window_time = done, now
+        if runtime.is_main and (done % train_cfg["checkpoint_every"] == 0 or done == iterations):
+            save_checkpoint(out_dir, done, config, runtime, net, optimizer, scheduler, scaler,
+                            train_cfg["keep_checkpoints"])
+    bar.close()
+    metrics.close()
+    if runtime.is_main:
+        path = save_final_weights(out_dir, net, name)
+        print(f"{FRAMEWORK}: final weights {path}", flush=True)
+    if runtime.world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return out_dir
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of ``python -m paddle_impl.train``."""
+    parser = argparse.ArgumentParser(
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (set in the YAML file or with --set):\n" + "\n".join(describe_keys()),
+        prog="python -m paddle_impl.train",
+        description="Train FarSeg or FactSeg on iSAID patches (official recipe by default)."
+                    " Several processes: python -m paddle.distributed.launch --nproc_per_node N"
+                    " paddle_impl/train.py ...",
+    )
+    parser.add_argument("--config", required=True, metavar="YAML",
+                        help="recipe file, e.g. configs/farseg_isaid.yaml (keys listed below)")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                        metavar="KEY=VALUE",
+                        help="override config keys, values parsed as YAML: --set"
+                             " train.iterations=100 train.amp=bf16 init.imagenet=none")
+    parser.add_argument("--resume", metavar="PATH|auto", default=None,
+                        help="continue from a checkpoint file, or 'auto': the newest in"
+                             " train.out_dir (a fresh start when there is none)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar (metrics.jsonl and the logs are still written)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (file + overrides) as YAML and exit")
+    return parser
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (DataLoader workers prepend their traceback)."""
+    if isinstance(error, CheckpointError):
+        return error.headline()
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    text = lines[-1] if lines else type(error).__name__
+    return re.sub(r"^[\w.]+(Error|Exception): ", "", text)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Paddle's BatchNorm warns at every training forward that it tracks running statistics,
+    # which is what training wants.
+    warnings.filterwarnings("ignore", message="When training, we now always track global mean")
+    try:
+        config = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(dump_config(config), end="")
+            return 0
+        resume_path = find_resume(args.resume, resolve_out_dir(config, FRAMEWORK))
+        # A resumed run takes every weight from its checkpoint; a fresh one needs the
+        # ImageNet file unless init.imagenet=none says otherwise (no silent random start).
+        imagenet = None if resume_path else resolve_imagenet_path(config)
+        if imagenet is not None and not os.path.isfile(imagenet):
+            raise TrainError(imagenet_missing_message(imagenet, config["model"]["name"]))
+        train(config, resume_path, imagenet, args.progress)
+    except (ConfigError, DataError, CheckpointError, TrainError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
