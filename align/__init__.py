@@ -1,0 +1,45 @@
+"""Staged alignment of torch_ref (the reference) against paddle_impl (the port).
+
+Stages, each callable from Python with an ``AlignConfig`` and returning a ``StageResult``
+(``.passed``, ``.rows``, ``.first_divergence``, ``.localisation``):
+
+- ``align.forward.run``: eval probabilities and logits, training-mode logits;
+- ``align.loss.run``: the training losses and their gradients on identical logits;
+- ``align.backward.run``: a few optimiser steps of the official recipe;
+- ``align.metric.run``: confusion matrix and mIoU.
+
+Command line: ``python -m align`` (all stages, both models) and ``python -m align.forward``,
+``.loss``, ``.backward``, ``.metric``; ``--help`` lists the options. Nothing heavy is imported
+here (torch and Paddle load when a stage runs).
+
+Example::
+
+    from align import AlignConfig, run_stage
+    result = run_stage("forward", AlignConfig(model="farseg", out=None))
+    assert result.passed, result.first_divergence
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, List, Optional, Sequence
+
+from .compare import DEFAULT_TOLERANCES, Row, StageResult, Tolerance
+from .config import STAGES, AlignConfig, AlignInputError
+
+__all__ = ["AlignConfig", "AlignInputError", "DEFAULT_TOLERANCES", "Row", "STAGES", "StageResult",
+           "Tolerance", "run_stage", "run_all"]
+
+
+def run_stage(stage: str, config: AlignConfig, fixture: Optional[Any] = None) -> StageResult:
+    """Run one stage ("forward", "loss", "backward" or "metric") for ``config``."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}: expected one of {', '.join(STAGES)}")
+    return importlib.import_module(f"align.{stage}").run(config, fixture)
+
+
+def run_all(config: AlignConfig, stages: Sequence[str] = STAGES) -> List[StageResult]:
+    """Run ``stages`` in order for ``config.model`` on one shared fixture."""
+    from .fixtures import get_fixture
+
+    fixture = get_fixture(config.validate())
+    return [run_stage(stage, config, fixture) for stage in stages]

@@ -1,0 +1,222 @@
+"""The command line shared by ``python -m align`` and ``python -m align.<stage>``.
+
+Exit status: 0 every compared value passed; 1 some value failed (the report says which, and
+where torch_ref and paddle_impl first diverge); 2 bad input (one ``error:`` line on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from weights import MODEL_NAMES
+
+from .compare import KINDS, StageResult, Tolerance, format_report
+from .config import DTYPES, STAGES, AlignConfig, AlignInputError
+
+EPILOG = """\
+relative error: max|torch - paddle| / max|torch| per compared value (gradients: with a floor at
+a fraction of the model's largest gradient, so mathematically-zero gradients made of rounding
+noise do not count). Default thresholds per kind and dtype are listed in each diff.txt.
+files: <out>/<model>/<stage>/{torch.npy, paddle.npy (reprod_log ReprodLogger dicts),
+diff.txt (report), diff.json (every compared value: max/mean abs, rel, threshold, pass)}.
+exit status: 0 all values pass, 1 some value fails, 2 bad input.
+"""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is ONE line (``<prog>: error: ...``) and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _tolerance_override(text: str) -> Tuple[str, Tolerance]:
+    try:
+        kind, value = text.split("=", 1)
+        rtol, _, atol = value.partition(":")
+        tol = Tolerance(float(rtol), float(atol) if atol else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected KIND=RTOL[:MEAN_ATOL], got {text!r}") from None
+    if kind not in KINDS:
+        raise argparse.ArgumentTypeError(f"unknown kind {kind!r}: expected one of {', '.join(KINDS)}")
+    return kind, tol
+
+
+def build_parser(stage: Optional[str]) -> argparse.ArgumentParser:
+    """The parser of ``python -m align`` (stage None) or ``python -m align.<stage>``."""
+    prog = "python -m align" + (f".{stage}" if stage else "")
+    what = {
+        None: "Run the alignment stages (forward, loss, backward, metric) of torch_ref against "
+              "paddle_impl.",
+        "forward": "Forward stage: eval probabilities, pre-softmax logits and training-mode logits "
+                   "of torch_ref vs paddle_impl; names the first divergent layer on a failure.",
+        "loss": "Loss stage: FarSeg's annealing loss at steps 1/5000/30000 (+ its identities) or "
+                "FactSeg's joint loss, values and gradients w.r.t. the logits, on identical logits.",
+        "backward": "Backward stage: a few optimiser steps of the official recipe (SGD momentum, "
+                    "weight decay, poly lr, global-norm clip) in each framework from identical weights.",
+        "metric": "Metric stage: confusion matrix and mIoU from each framework's on-device counting.",
+    }[stage]
+    p = OneLineParser(prog=prog, description=what, epilog=EPILOG,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=MODEL_NAMES + ("all",), default="all",
+                   help="which model (default: all = farseg then factseg)")
+    if stage is None:
+        p.add_argument("--stages", default=",".join(STAGES),
+                       help=f"comma-separated stages to run, in this order (default: {','.join(STAGES)})")
+    p.add_argument("--dtype", choices=DTYPES, default="float64",
+                   help="precision of both models and inputs (default float64: porting bugs show "
+                        "up far above the 1e-12..1e-9 rounding floor; float32 noise is 1e-6..1e-2)")
+    p.add_argument("--batch", type=int, default=2, help="batch size of the synthetic input (default 2)")
+    p.add_argument("--size", type=int, default=64,
+                   help="height = width of the synthetic input, a multiple of 32 (default 64)")
+    p.add_argument("--seed", type=int, default=2333,
+                   help="seed of the random weights, inputs, labels and logits (default 2333)")
+    p.add_argument("--torch-ckpt", metavar="PATH",
+                   help="official-layout checkpoint (.pth, or .pdparams) instead of random weights; "
+                        "loaded without executing code; needs a single --model")
+    p.add_argument("--input", metavar="X.npy",
+                   help="input batch (float [B,3,H,W] or [3,H,W], H and W multiples of 32) instead "
+                        "of synthetic scenes; overrides --batch/--size")
+    p.add_argument("--out", metavar="DIR", default="out/align",
+                   help="root of the output files: DIR/<model>/<stage>/ (default out/align)")
+    p.add_argument("--rtol", type=float,
+                   help="relative-error bound for every non-exact kind (overrides the defaults)")
+    p.add_argument("--atol", type=float,
+                   help="mean-absolute-difference bound for every non-exact kind (overrides the defaults)")
+    p.add_argument("--tol", action="append", type=_tolerance_override, default=[], metavar="KIND=RTOL[:MEAN_ATOL]",
+                   help=f"bound for one kind of value, repeatable; kinds: {', '.join(KINDS)}")
+    if stage in (None, "backward"):
+        p.add_argument("--steps", type=int, default=3, help="backward: optimiser steps (default 3)")
+        p.add_argument("--clip", type=float, default=35.0, dest="clip_norm",
+                       help="backward: global gradient-norm clip (default 35, the official value)")
+        p.add_argument("--loss-scale", type=float,
+                       help="backward: multiply the loss by this (default 1: clipping already binds "
+                            "on the default fixture; the report says whether it did)")
+        p.add_argument("--full-logs", action="store_true",
+                       help="backward: also log every final parameter in the reprod_log files "
+                            "(~0.25 GB per side in float64)")
+    if stage == "forward":
+        p.add_argument("--against", choices=("paddle_impl", "x2paddle"), default="paddle_impl",
+                       help="paddle_impl (default); x2paddle: also the X2Paddle third opinion "
+                            "(align.x2paddle_check; needs pip install -e .[x2paddle])")
+    p.add_argument("--no-localise", dest="localise", action="store_false",
+                   help="on a failure, do not re-run with hooks to find the first divergent layer")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the full report of every stage")
+    return p
+
+
+def config_from_args(args: argparse.Namespace, model: str) -> AlignConfig:
+    """The AlignConfig of one model from parsed options (validated)."""
+    values = dict(model=model, dtype=args.dtype, batch=args.batch, size=args.size, seed=args.seed,
+                  torch_ckpt=args.torch_ckpt, input=args.input, out=args.out, rtol=args.rtol,
+                  atol=args.atol, tol=dict(args.tol), localise=args.localise)
+    for name in ("steps", "clip_norm", "loss_scale", "full_logs"):
+        if hasattr(args, name):
+            values[name] = getattr(args, name)
+    return AlignConfig(**values).validate()
+
+
+def stage_runner(stage: str) -> Callable[..., StageResult]:
+    """``align.<stage>.run`` (imported on demand: ``--help`` stays instant)."""
+    return importlib.import_module(f"align.{stage}").run
+
+
+def _worst(result: StageResult) -> str:
+    if not result.rows:
+        return "no values"
+    worst = max(result.rows, key=lambda r: r.rel / r.tol.rtol if r.tol.rtol > 0 else (0 if r.rel == 0 else 1e300))
+    return f"worst {worst.name} rel {worst.rel:.1e} (<= {worst.tol.rtol:.0e})"
+
+
+def summary_line(result: StageResult) -> str:
+    """``[PASS] forward  farseg float64  3/3 values  worst ...  2.0 s  -> report``"""
+    n_failed = len(result.failed_rows())
+    where = f"  -> {result.out_dir}/diff.txt" if result.out_dir else ""
+    return (f"[{'PASS' if result.passed else 'FAIL'}] {result.stage:<8} {result.model:<7} {result.dtype}  "
+            f"{len(result.rows) - n_failed}/{len(result.rows)} values  {_worst(result)}  "
+            f"{result.seconds:.1f} s{where}")
+
+
+def run_stages(stages: Sequence[str], models: Sequence[str], args: argparse.Namespace,
+               progress: bool = True) -> Tuple[List[StageResult], List[str]]:
+    """Run every (model, stage); returns the results and the lines printed for failures."""
+    from tqdm import tqdm
+
+    from .fixtures import get_fixture
+
+    configs = {m: config_from_args(args, m) for m in models}  # validate everything first
+    results: List[StageResult] = []
+    extra_lines: List[str] = []
+    bar = tqdm(total=len(stages) * len(models), desc="align", unit="stage", disable=not progress,
+               file=sys.stderr)
+    try:
+        for model in models:
+            config = configs[model]
+            bar.set_postfix_str(f"{model}: building models")
+            fixture = get_fixture(config)
+            for stage in stages:
+                bar.set_postfix_str(f"{model}: {stage}")
+                runner = stage_runner(stage)
+                kwargs: Dict[str, object] = {"progress": progress} if stage == "backward" else {}
+                result = runner(config, fixture, **kwargs)
+                if stage == "forward" and getattr(args, "against", "paddle_impl") == "x2paddle":
+                    from .forward import run_x2paddle
+
+                    passed, lines = run_x2paddle(fixture, args.out)
+                    extra_lines += lines
+                    if not passed:
+                        result.notes.append("x2paddle third opinion FAILED")
+                        from .compare import Row
+                        result.rows.append(Row("x2paddle/third_opinion", "exact", [], 0.0, 0.0, float("inf"),
+                                               0.0, Tolerance(0.0), False, "align.x2paddle_check failed"))
+                results.append(result)
+                tqdm.write(summary_line(result), file=sys.stdout)
+                if not result.passed or args.verbose:
+                    tqdm.write(format_report(result) + "\n", file=sys.stdout)
+                bar.update(1)
+    finally:
+        bar.close()
+    return results, extra_lines
+
+
+def main_for(stage: Optional[str], argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``python -m align`` (stage None) and ``python -m align.<stage>``."""
+    parser = build_parser(stage)
+    args = parser.parse_args(argv)
+    if stage is None:
+        stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown or not stages:
+            parser.error(f"--stages: unknown stage {', '.join(unknown) or '(none)'}; expected some of {', '.join(STAGES)}")
+    else:
+        stages = [stage]
+    models = list(MODEL_NAMES) if args.model == "all" else [args.model]
+    start = time.perf_counter()
+    try:
+        if args.torch_ckpt and len(models) > 1:
+            raise AlignInputError("--torch-ckpt needs a single --model (farseg or factseg)")
+        results, extra = run_stages(stages, models, args)
+    except AlignInputError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    for line in extra:
+        print(line)
+    failed = [r for r in results if not r.passed]
+    elapsed = time.perf_counter() - start
+    if failed:
+        names = ", ".join(f"{r.model}/{r.stage}" for r in failed)
+        print(f"align: {len(failed)} of {len(results)} stage runs FAILED ({names}) in {elapsed:.1f} s")
+        for r in failed:
+            if r.first_divergence:
+                print(f"  {r.model}/{r.stage}: first divergence: {r.first_divergence.get('summary', '')}")
+        return 1
+    print(f"align: all {len(results)} stage runs passed in {elapsed:.1f} s")
+    return 0
+
+
+def stage_main(stage: str, argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m align.<stage>``."""
+    return main_for(stage, argv)

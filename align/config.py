@@ -1,0 +1,106 @@
+"""The settings of an alignment run, shared by every stage and by the command line."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from weights import MODEL_NAMES
+
+from .compare import DEFAULT_TOLERANCES, Tolerance, tolerances
+
+STAGES = ("forward", "loss", "backward", "metric")
+DTYPES = tuple(DEFAULT_TOLERANCES)  # ("float64", "float32")
+SIZE_MULTIPLE = 32  # output stride of the encoder: the models refuse anything else
+
+# FarSeg's annealing loss is checked at these steps (SPEC 3): inside the cosine ramp (1, 5000)
+# and after it (30000, pure focal weighting).
+FARSEG_LOSS_STEPS = (1, 5000, 30000)
+
+
+class AlignInputError(ValueError):
+    """Bad input (options, files): the CLI prints ``error: <message>`` and exits 2."""
+
+
+@dataclass
+class AlignConfig:
+    """One alignment run. Every stage takes one; the CLI builds one from its options.
+
+    float64 is the default dtype: it separates porting bugs (which change results by far more
+    than 1e-9) from float32 rounding (1e-5..1e-2 on a deep random network, SPEC 9).
+    """
+
+    model: str = "farseg"
+    dtype: str = "float64"
+    batch: int = 2
+    size: int = 64  # height = width; a multiple of 32
+    seed: int = 2333  # the official training seed
+    torch_ckpt: Optional[str] = None  # official-layout checkpoint; default: seeded random weights
+    input: Optional[str] = None  # .npy [B,3,H,W] or [3,H,W] overriding batch/size
+    out: Optional[str] = "out/align"  # root; files go to <out>/<model>/<stage>/; None: write nothing
+    rtol: Optional[float] = None  # overrides the relative bound of every non-exact kind
+    atol: Optional[float] = None  # overrides the mean-abs bound of every non-exact kind
+    tol: Dict[str, Tolerance] = field(default_factory=dict)  # per-kind overrides
+    # backward stage: the official recipe (SPEC 5), run for a few steps.
+    steps: int = 3
+    base_lr: float = 0.007
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    max_iters: int = 60000
+    lr_power: float = 0.9
+    clip_norm: float = 35.0
+    loss_scale: Optional[float] = None  # None: the per-model default that makes clipping bind
+    loss_steps: Tuple[int, ...] = FARSEG_LOSS_STEPS
+    localise: bool = True  # on a failure, find the first divergent layer / parameter
+    full_logs: bool = False  # backward: log every final parameter (hundreds of MB in float64)
+
+    def validate(self) -> "AlignConfig":
+        """Raise AlignInputError (one line) for any bad setting; return self."""
+        if self.model not in MODEL_NAMES:
+            raise AlignInputError(f"unknown model {self.model!r}: expected one of {', '.join(MODEL_NAMES)}")
+        if self.dtype not in DTYPES:
+            raise AlignInputError(f"unknown dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+        if self.batch < 1:
+            raise AlignInputError(f"--batch must be at least 1, got {self.batch}")
+        if self.size < SIZE_MULTIPLE or self.size % SIZE_MULTIPLE:
+            raise AlignInputError(f"--size {self.size} is not a positive multiple of {SIZE_MULTIPLE} "
+                                  f"(the encoder's output stride); try {max(1, round(self.size / 32)) * 32}")
+        if self.steps < 1:
+            raise AlignInputError(f"--steps must be at least 1, got {self.steps}")
+        for name in ("rtol", "atol"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise AlignInputError(f"--{name} must be a non-negative number, got {value}")
+        if self.clip_norm <= 0:
+            raise AlignInputError(f"--clip must be positive, got {self.clip_norm}")
+        if self.torch_ckpt is not None and not Path(self.torch_ckpt).is_file():
+            what = "is a directory" if Path(self.torch_ckpt).is_dir() else "no such file"
+            raise AlignInputError(f"{self.torch_ckpt}: {what} (--torch-ckpt)")
+        if self.input is not None:
+            if not Path(self.input).is_file():
+                raise AlignInputError(f"{self.input}: no such file (--input)")
+            from .fixtures import load_input  # numpy only: bad files fail before torch loads
+
+            load_input(self.input)
+        return self
+
+    def tolerances(self) -> Dict[str, Tolerance]:
+        """The tolerance of every kind of compared value for this run."""
+        return tolerances(self.dtype, self.rtol, self.atol, self.tol)
+
+    def out_dir(self, stage: str) -> Optional[Path]:
+        """Where ``stage`` writes its logs and reports (None: nowhere)."""
+        return None if self.out is None else Path(self.out) / self.model / stage
+
+    def describe(self) -> Dict[str, Any]:
+        """The settings that shape the numbers, for reports."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("tol", "out", "localise", "full_logs")}
+        out["loss_steps"] = list(self.loss_steps)
+        return out
+
+    def with_(self, **changes: Any) -> "AlignConfig":
+        """A copy with ``changes`` applied."""
+        values: Mapping[str, Any] = {**asdict(self), **changes}
+        values = dict(values)
+        values["tol"] = dict(changes.get("tol", self.tol))
+        return AlignConfig(**values)

@@ -1,0 +1,177 @@
+"""Stage 1, forward: the same weights and input through torch_ref and paddle_impl.
+
+Compared: eval-mode probabilities and pre-softmax logits (FactSeg: both heads, multi-class
+``fg`` [B,16,H,W] and binary ``bi`` [B,1,H,W]) from ONE eval forward per side (the logits are
+taken by forward hooks on the modules that produce them), and the training-mode logits (BatchNorm
+normalises with batch statistics). On a failure the localiser re-runs the failing mode with hooks
+on every module and names the first module whose output differs.
+
+``python -m align.forward --model farseg [--against x2paddle]``; see ``--help``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .compare import StageResult, compare_arrays, write_stage_outputs
+from .config import AlignConfig
+from .fixtures import LOGIT_MODULES, LOGIT_NAMES, Fixture, get_fixture, to_numpy, versions
+from .localize import capture_paddle, capture_torch, first_divergent_layer
+
+STAGE = "forward"
+
+
+def _torch_outputs(fx: Fixture) -> Dict[str, np.ndarray]:
+    import torch
+
+    model, name = fx.torch_model, fx.model_name
+    x, _ = fx.torch_inputs()
+    out: Dict[str, np.ndarray] = {}
+    captured: List[np.ndarray] = []
+    handles = [model.get_submodule(m).register_forward_hook(
+        lambda mod, inp, o: captured.append(to_numpy(o))) for m in LOGIT_MODULES[name]]
+    try:
+        model.eval()
+        with torch.no_grad():
+            out["eval/probs"] = to_numpy(model(x))
+    finally:
+        for h in handles:
+            h.remove()
+    for key, value in zip(LOGIT_NAMES[name], captured):
+        out[f"eval/{key}"] = value
+    fx.mark_dirty()  # training mode updates the BatchNorm statistics
+    model.train()
+    with torch.no_grad():
+        train = model.logits(x)
+    model.eval()
+    for key, value in zip(LOGIT_NAMES[name], train if isinstance(train, tuple) else (train,)):
+        out[f"train/{key}"] = to_numpy(value)
+    return out
+
+
+def _paddle_outputs(fx: Fixture) -> Dict[str, np.ndarray]:
+    import paddle
+
+    model, name = fx.paddle_model, fx.model_name
+    x, _ = fx.paddle_inputs()
+    out: Dict[str, np.ndarray] = {}
+    captured: List[np.ndarray] = []
+    layers = dict(model.named_sublayers())
+    handles = [layers[m].register_forward_post_hook(
+        lambda layer, inp, o: captured.append(to_numpy(o))) for m in LOGIT_MODULES[name]]
+    try:
+        model.eval()
+        with paddle.no_grad():
+            out["eval/probs"] = to_numpy(model(x))
+    finally:
+        for h in handles:
+            h.remove()
+    for key, value in zip(LOGIT_NAMES[name], captured):
+        out[f"eval/{key}"] = value
+    fx.mark_dirty()
+    model.train()
+    with paddle.no_grad():
+        train = model.logits(x)
+    model.eval()
+    for key, value in zip(LOGIT_NAMES[name], train if isinstance(train, tuple) else (train,)):
+        out[f"train/{key}"] = to_numpy(value)
+    return out
+
+
+def localise_forward(fx: Fixture, mode: str, tol: Any) -> Dict[str, Any]:
+    """Hook every module of both models, run ``mode`` ("eval": model(x); "train": training-mode
+    logits) once more, and name the first module whose output differs beyond ``tol``."""
+    fx.reset()
+    tx, _ = fx.torch_inputs()
+    px, _ = fx.paddle_inputs()
+    if mode == "train":
+        fx.mark_dirty()
+        fx.torch_model.train()
+        fx.paddle_model.train()
+        t_records = capture_torch(fx.torch_model, lambda: fx.torch_model.logits(tx))
+        p_records = capture_paddle(fx.paddle_model, lambda: fx.paddle_model.logits(px))
+    else:
+        t_records = capture_torch(fx.torch_model, lambda: fx.torch_model(tx))
+        p_records = capture_paddle(fx.paddle_model, lambda: fx.paddle_model(px))
+    fx.reset()  # the training-mode pass moved the BatchNorm statistics
+    found = first_divergent_layer(t_records, p_records, tol)
+    found["mode"] = mode
+    return found
+
+
+def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
+    """Run the forward stage for ``config``; write its files when ``config.out`` is set."""
+    start = time.perf_counter()
+    fx = fixture if fixture is not None else get_fixture(config)
+    tols = config.tolerances()
+    tol, tol_train = tols["forward"], tols["forward_train"]
+    fx.reset()
+    t_out = _torch_outputs(fx)
+    p_out = _paddle_outputs(fx)
+    fx.reset()
+    fx.cache["torch_probs"] = t_out["eval/probs"]  # the metric stage scores its argmax
+
+    result = StageResult(STAGE, config.model, config.dtype)
+    result.settings = {**fx.describe(), "batch": fx.x.shape[0], "size": f"{fx.x.shape[2]}x{fx.x.shape[3]}",
+                       "seed": config.seed, "tolerances": {"forward": tol.describe(), "forward_train": tol_train.describe()}, **versions()}
+    for key, reference in t_out.items():
+        kind = "forward_train" if key.startswith("train/") else "forward"
+        result.rows.append(compare_arrays(key, reference, p_out[key], tols[kind], kind))
+    failed = result.failed_rows()
+    if failed:
+        mode = failed[0].name.split("/")[0]
+        result.first_divergence = {"where": None, "mode": mode,
+                                   "summary": f"{failed[0].name} differs (rel {failed[0].rel:.3e})"}
+        if config.localise:
+            found = localise_forward(fx, mode, tol_train if mode == "train" else tol)
+            result.localisation = found
+            result.first_divergence = {"where": found["first"], "mode": mode,
+                                       "summary": f"[{mode} mode] {found['summary']}"}
+    result.seconds = time.perf_counter() - start
+    out_dir = config.out_dir(STAGE)
+    if out_dir is not None:
+        write_stage_outputs(result, out_dir, t_out, p_out)
+    return result
+
+
+def run_x2paddle(fx: Fixture, out_dir: Optional[str]) -> Tuple[bool, List[str]]:
+    """The X2Paddle third opinion (``align.x2paddle_check``): (passed, report lines).
+
+    Raises AlignInputError when x2paddle (the optional extra) is not installed.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    from .config import AlignInputError
+
+    if importlib.util.find_spec("x2paddle") is None:
+        raise AlignInputError("--against x2paddle needs the optional X2Paddle extra: "
+                              "pip install -e .[x2paddle]  (x2paddle==1.6.0, six, requests)")
+    try:
+        from .x2paddle_check import compare_with_x2paddle
+    except ImportError as exc:
+        raise AlignInputError(f"align/x2paddle_check.py is not available ({exc})") from None
+    target = Path(out_dir or "out/align") / fx.model_name / "forward" / "x2paddle"
+    fx.reset()
+    report = compare_with_x2paddle(fx.model_name, fx.torch_model, fx.paddle_model, fx.x, target)
+    fx.reset()
+    passed = bool(report.get("passed", False))
+    lines = [f"x2paddle third opinion: {'PASS' if passed else 'FAIL'} (files in {target})"]
+    for row in report.get("rows", [])[:20]:
+        lines.append(f"  {row}")
+    if report.get("untraceable"):
+        lines.append(f"  untraceable: {report['untraceable']}")
+    return passed, lines
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m align.forward``."""
+    from .cli import stage_main
+
+    return stage_main(STAGE, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,210 @@
+"""Where do torch_ref and paddle_impl first disagree?
+
+Forward: forward hooks on every module of both models record each output (cloned: a later
+in-place op must not change the record) in execution order. Modules are paired by qualified
+name, which is the same on both sides by construction (``paddle_impl`` mirrors ``torch_ref``
+attribute for attribute), plus the call index: a module called several times (the relation's
+``sr.normalizer`` sigmoid, a bottleneck's shared ``relu``) is paired call by call. A hook fires
+when its module RETURNS, so a leaf fires before its container: the first record that differs
+in the torch execution order is the innermost, earliest module whose output is wrong.
+
+Backward: the first parameter, in backward-execution order (the reverse of the forward order
+of the module that owns it: the loss reaches the head first), whose gradient differs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .compare import Row, Tolerance, compare_arrays, format_rows
+
+CONTEXT = 4  # rows shown before and after the first divergence
+
+
+@dataclass
+class Record:
+    """The outputs of one module call."""
+
+    name: str  # qualified module name
+    call: int  # 0 for the first call of that module in this forward, 1 for the second, ...
+    outputs: List[np.ndarray]
+
+    @property
+    def key(self) -> Tuple[str, int]:
+        return self.name, self.call
+
+    @property
+    def label(self) -> str:
+        return self.name if self.call == 0 else f"{self.name}#{self.call}"
+
+
+def _flatten(value: Any, is_tensor: Callable[[Any], bool], to_numpy: Callable[[Any], np.ndarray]) -> List[np.ndarray]:
+    if is_tensor(value):
+        return [to_numpy(value)]
+    if isinstance(value, (list, tuple)):
+        out: List[np.ndarray] = []
+        for item in value:
+            out += _flatten(item, is_tensor, to_numpy)
+        return out
+    if isinstance(value, dict):
+        out = []
+        for key in sorted(value):
+            out += _flatten(value[key], is_tensor, to_numpy)
+        return out
+    return []
+
+
+def capture_torch(model: Any, run: Callable[[], Any]) -> List[Record]:
+    """Records of every module call of ``model`` while ``run()`` executes (hooks removed after)."""
+    import torch
+
+    records: List[Record] = []
+    counts: Dict[str, int] = {}
+
+    def make_hook(name: str) -> Callable[..., None]:
+        def hook(module: Any, inputs: Any, output: Any) -> None:
+            call = counts.get(name, 0)
+            counts[name] = call + 1
+            records.append(Record(name, call, _flatten(
+                output, lambda v: isinstance(v, torch.Tensor),
+                lambda v: v.detach().clone().cpu().numpy())))
+        return hook
+
+    handles = [m.register_forward_hook(make_hook(n)) for n, m in model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return records
+
+
+def capture_paddle(model: Any, run: Callable[[], Any]) -> List[Record]:
+    """Records of every sublayer call of ``model`` while ``run()`` executes (hooks removed after)."""
+    import paddle
+
+    records: List[Record] = []
+    counts: Dict[str, int] = {}
+
+    def make_hook(name: str) -> Callable[..., None]:
+        def hook(layer: Any, inputs: Any, output: Any) -> None:
+            call = counts.get(name, 0)
+            counts[name] = call + 1
+            records.append(Record(name, call, _flatten(
+                output, lambda v: isinstance(v, paddle.Tensor), lambda v: v.clone().numpy())))
+        return hook
+
+    handles = [layer.register_forward_post_hook(make_hook(n)) for n, layer in model.named_sublayers()]
+    try:
+        with paddle.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return records
+
+
+def _record_rows(t: Record, p: Optional[Record], tol: Tolerance) -> Row:
+    """One row per module call: the worst of its outputs."""
+    if p is None:
+        return Row(t.label, "forward", list(t.outputs[0].shape) if t.outputs else [], np.inf, np.inf,
+                   np.inf, np.nan, tol, False, "not called in paddle_impl")
+    if len(t.outputs) != len(p.outputs):
+        return Row(t.label, "forward", [], np.inf, np.inf, np.inf, np.nan, tol, False,
+                   f"{len(t.outputs)} outputs in torch, {len(p.outputs)} in paddle")
+    rows = [compare_arrays(t.label if len(t.outputs) == 1 else f"{t.label}[{i}]", a, b, tol, "forward")
+            for i, (a, b) in enumerate(zip(t.outputs, p.outputs))]
+    if not rows:
+        return Row(t.label, "forward", [], 0.0, 0.0, 0.0, 0.0, tol, True, "no tensor output")
+    worst = max(rows, key=lambda r: (not r.passed, r.rel))
+    if len(rows) > 1:
+        worst.note = (worst.note + "; " if worst.note else "") + f"worst of {len(rows)} outputs"
+    return worst
+
+
+def first_divergent_layer(torch_records: Sequence[Record], paddle_records: Sequence[Record],
+                          tol: Tolerance, context: int = CONTEXT) -> Dict[str, Any]:
+    """Compare the records pairwise; name the first divergent module and tabulate its neighbours.
+
+    Returns {"first": label or None, "index": position in torch execution order, "rows": the
+    table rows (dicts), "lines": the table as text, "unpaired": paddle calls torch never made,
+    "summary": one line}.
+    """
+    # Relative error only: intermediate activations have arbitrary scales (a convolution output
+    # of magnitude 20 is normal), so an absolute mean-abs bound would flag healthy layers.
+    tol = Tolerance(tol.rtol)
+    by_key = {r.key: r for r in paddle_records}
+    rows = [_record_rows(t, by_key.get(t.key), tol) for t in torch_records]
+    torch_keys = {t.key for t in torch_records}
+    unpaired = [r.label for r in paddle_records if r.key not in torch_keys]
+    first = next((i for i, r in enumerate(rows) if not r.passed), None)
+    lines: List[str] = []
+    if first is None:
+        summary = (f"all {len(rows)} module outputs agree within {tol.describe()}: the difference "
+                   f"arises outside the modules, in forward() code after the last module call "
+                   f"({torch_records[-1].label if torch_records else 'none'}), e.g. a softmax or "
+                   f"fusion written inline")
+        shown = rows[-context:]
+        lines.append(f"last {len(shown)} module calls (torch execution order), all within threshold:")
+    else:
+        summary = (f"first divergent module (torch execution order): {rows[first].name} "
+                   f"(call {first + 1} of {len(rows)}; rel {rows[first].rel:.3e} > {tol.rtol:.0e})")
+        shown = rows[max(0, first - context): first + context + 1]
+        lines.append(f"module calls around the first divergence (torch execution order, "
+                     f"{tol.describe()}):")
+    lines += format_rows(shown)
+    if unpaired:
+        lines.append(f"paddle module calls with no torch counterpart: {', '.join(unpaired[:10])}")
+        summary += f"; {len(unpaired)} paddle module calls have no torch counterpart"
+    return {"first": None if first is None else rows[first].name, "index": first,
+            "summary": summary, "lines": lines, "unpaired": unpaired,
+            "rows": [r.to_json() for r in shown]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward order
+# ----------------------------------------------------------------------------------------------
+
+class ExecutionOrder:
+    """Context manager recording the order in which the modules of a torch model START running.
+
+    Attach it around a forward that happens anyway (the first training step) so that finding
+    the backward order costs no extra forward.
+    """
+
+    def __init__(self, torch_model: Any) -> None:
+        self.model = torch_model
+        self.modules: List[str] = []
+        self._seen: set = set()
+        self._handles: List[Any] = []
+
+    def __enter__(self) -> "ExecutionOrder":
+        def make_hook(name: str) -> Callable[..., None]:
+            def hook(module: Any, inputs: Any) -> None:
+                if name not in self._seen:
+                    self._seen.add(name)
+                    self.modules.append(name)
+            return hook
+
+        self._handles = [m.register_forward_pre_hook(make_hook(n)) for n, m in self.model.named_modules()]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def backward_parameter_order(self) -> List[str]:
+        """Parameter names in backward-execution order: the reverse of the order in which their
+        owning modules first ran; parameters of modules that never ran come last, in state-dict
+        order."""
+        owners = dict(self.model.named_modules())
+        order: List[str] = []
+        for name in reversed(self.modules):
+            for pname, _ in owners[name].named_parameters(recurse=False):
+                order.append(f"{name}.{pname}" if name else pname)
+        placed = set(order)
+        return order + [n for n, _ in self.model.named_parameters() if n not in placed]

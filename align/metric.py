@@ -1,0 +1,123 @@
+"""Stage 4, metric: the evaluation's confusion matrix and mIoU from each framework's own code.
+
+Each side counts the confusion matrix on its device (``torch_ref.metrics.confusion_matrix`` /
+``paddle_impl.metrics.confusion_matrix``); the IoU maths on the matrix is the shared numpy
+code (``isaid.metrics.miou``), so it is run on each side's matrix. Two prediction sets, both
+scored against the fixture labels (with 255 ignore pixels):
+
+- ``random``: uniform random classes (every class present, so no IoU is NaN);
+- ``model``: the argmax of torch_ref's eval probabilities from the forward stage (what the
+  evaluator does), computed here when the forward stage did not run in this process.
+
+Everything must be bit-identical (counts are integers; the IoU maths is the same code on the
+same numbers). The framework-free count (``isaid.metrics.confusion_from_labels``) is a third
+opinion on the torch count.
+
+``python -m align.metric --model farseg``; see ``--help``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from .compare import StageResult, compare_arrays, write_stage_outputs
+from .config import AlignConfig
+from .fixtures import Fixture, get_fixture, to_numpy, versions
+
+STAGE = "metric"
+NUM_CLASSES = 16
+
+
+def torch_confusion(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """torch_ref's on-device confusion matrix (looked up at call time, so patches apply)."""
+    import torch
+    import torch_ref.metrics as metrics
+
+    return to_numpy(metrics.confusion_matrix(torch.from_numpy(pred), torch.from_numpy(labels), NUM_CLASSES))
+
+
+def paddle_confusion(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """paddle_impl's on-device confusion matrix (looked up at call time, so patches apply)."""
+    import paddle
+    import paddle_impl.metrics as metrics
+
+    return to_numpy(metrics.confusion_matrix(paddle.to_tensor(pred), paddle.to_tensor(labels), NUM_CLASSES))
+
+
+def _summary(cm: np.ndarray) -> Dict[str, np.ndarray]:
+    from isaid.metrics import miou
+
+    s = miou(cm)
+    return {"confusion": cm.astype(np.int64), "iou": np.asarray(s["iou"], dtype=np.float64),
+            "miou16": np.asarray(s["miou"]), "miou15_fg": np.asarray(s["miou_fg"])}
+
+
+def model_predictions(fx: Fixture) -> np.ndarray:
+    """argmax of torch_ref's eval probabilities (from the forward stage's cache when present)."""
+    probs = fx.cache.get("torch_probs")
+    if probs is None:
+        import torch
+
+        fx.reset()
+        x, _ = fx.torch_inputs()
+        with torch.no_grad():
+            probs = to_numpy(fx.torch_model(x))
+        fx.cache["torch_probs"] = probs
+    return probs.argmax(axis=1).astype(np.int64)
+
+
+def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
+    """Run the metric stage for ``config``; write its files when ``config.out`` is set."""
+    from isaid.metrics import confusion_from_labels
+
+    start = time.perf_counter()
+    fx = fixture if fixture is not None else get_fixture(config)
+    tol = config.tolerances()["exact"]
+    labels = fx.y
+    rng = np.random.default_rng([config.seed, 3])
+    predictions = {"random": rng.integers(0, NUM_CLASSES, size=labels.shape, dtype=np.int64),
+                   "model": model_predictions(fx)}
+    result = StageResult(STAGE, config.model, config.dtype)
+    result.settings = {**fx.describe(), "tolerances": {"exact": tol.describe()}, **versions()}
+    t_log: Dict[str, np.ndarray] = {}
+    p_log: Dict[str, np.ndarray] = {}
+    for source, pred in predictions.items():
+        t_cm = torch_confusion(pred, labels)
+        p_cm = paddle_confusion(pred, labels)
+        t_sum, p_sum = _summary(t_cm), _summary(p_cm)
+        for key in t_sum:
+            name = f"{source}/{key}"
+            t_log[name], p_log[name] = t_sum[key], p_sum[key]
+            result.rows.append(compare_arrays(name, t_sum[key], p_sum[key], tol, "exact"))
+        numpy_cm = confusion_from_labels(pred, labels, NUM_CLASSES)
+        result.rows.append(compare_arrays(f"{source}/confusion_vs_numpy", numpy_cm, t_cm, tol, "exact",
+                                          note="torch_ref's count against isaid.metrics (framework-free)"))
+        valid = int((labels != 255).sum())
+        if int(t_cm.sum()) != valid:
+            result.notes.append(f"{source}: torch counted {int(t_cm.sum())} pixels, {valid} are labelled")
+        result.notes.append(f"{source}: mIoU16 torch {100 * float(t_sum['miou16']):.4f} / paddle "
+                            f"{100 * float(p_sum['miou16']):.4f}; absent classes "
+                            f"{int(np.isnan(t_sum['iou']).sum())}")
+    failed = result.failed_rows()
+    if failed:
+        result.first_divergence = {"where": failed[0].name,
+                                   "summary": f"{failed[0].name}: max|d| {failed[0].max_abs:g}"
+                                              + (f" ({failed[0].note})" if failed[0].note else "")}
+    result.seconds = time.perf_counter() - start
+    out_dir = config.out_dir(STAGE)
+    if out_dir is not None:
+        write_stage_outputs(result, out_dir, t_log, p_log)
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m align.metric``."""
+    from .cli import stage_main
+
+    return stage_main(STAGE, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,304 @@
+"""Benchmark of whole-scene evaluation with the official protocol (sliding windows 896/512).
+
+Usage::
+
+    python benchmarks/eval_bench.py [--size 4000] [--model farseg] [--device cpu|cuda]
+                                    [--runs torch:cpu:none:1 paddle:cpu:none:1 ...]
+                                    [--threads N] [--out benchmarks/results/eval_bench.json]
+
+One synthetic ``size`` x ``size`` scene (``isaid.synth.make_scene``: textured background and
+objects of every class, with its label) is evaluated exactly as ``python -m
+<framework>.evaluate`` does it, minus the PNG decoding: the sliding-window engine
+(``SlidingWindowInference.run``) and the 16x16 confusion matrix counted on the device per
+emitted band, ended by one copy of the matrix to the host. The model has its official
+random initialisation (the speed does not depend on the weights' values).
+
+Each run ``FRAMEWORK:DEVICE:AMP:BATCH`` (e.g. ``torch:cuda:bf16:8``) is measured in its own
+process, so its peak host memory (``ru_maxrss``: the process's high-water mark, framework and
+model included) is its own. Per run: one warm-up pass over the first band of windows (kernel
+selection, allocator), then the timed pass over the whole scene. Reported: seconds, windows/s,
+megapixels/s, peak host RSS, and on a GPU the peak device memory allocated by the framework.
+The JSON (written atomically) holds the command, the machine and every run.
+
+Defaults: on ``--device cpu`` the runs ``torch:cpu:none:1`` and ``paddle:cpu:none:1``; on
+``--device cuda`` the official-precision run ``torch:cuda:none:1``, the fast run
+``torch:cuda:bf16:8`` (batched windows, channels-last, bf16 autocast) and ``paddle:gpu:none:1``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", "eval_bench.json")
+
+
+def parse_run(text: str) -> Dict[str, Any]:
+    """``framework:device:amp:batch`` -> dict; raises argparse.ArgumentTypeError."""
+    parts = text.split(":")
+    if len(parts) != 4 or parts[0] not in ("torch", "paddle") or parts[2] not in ("none", "fp16", "bf16"):
+        raise argparse.ArgumentTypeError(
+            f"expected FRAMEWORK:DEVICE:AMP:BATCH like torch:cuda:bf16:8, got {text!r}")
+    try:
+        batch = int(parts[3])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch must be an integer in {text!r}") from None
+    return {"framework": parts[0], "device": parts[1], "amp": parts[2], "batch_size": batch}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/eval_bench.py",
+        description="Time the official sliding-window evaluation of one synthetic scene in torch"
+                    " and Paddle (seconds, windows/s, megapixels/s, peak memory).")
+    parser.add_argument("--size", type=int, default=4000, metavar="PX",
+                        help="scene side in pixels (default 4000; use less on a CPU)")
+    parser.add_argument("--model", choices=("farseg", "factseg"), default="farseg",
+                        help="model (default farseg)")
+    parser.add_argument("--window", type=int, default=896, help="window (default 896)")
+    parser.add_argument("--stride", type=int, default=512, help="stride (default 512)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="picks the default --runs (default cpu)")
+    parser.add_argument("--runs", nargs="+", type=parse_run, metavar="FW:DEV:AMP:BATCH",
+                        help="runs to measure, e.g. torch:cuda:bf16:8 paddle:gpu:none:1")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for the frameworks (default: their own default)")
+    parser.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
+    parser.add_argument("--out", default=DEFAULT_OUT, metavar="JSON",
+                        help=f"results file (default {os.path.relpath(DEFAULT_OUT, ROOT)})")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one run, JSON on stdout
+    return parser
+
+
+def default_runs(device: str) -> List[Dict[str, Any]]:
+    if device == "cuda":
+        names = ["torch:cuda:none:1", "torch:cuda:bf16:8", "paddle:gpu:none:1"]
+    else:
+        names = ["torch:cpu:none:1", "paddle:cpu:none:1"]
+    return [parse_run(name) for name in names]
+
+
+# ------------------------------------------------------------------------ one run (child)
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in kilobytes on Linux (bytes on macOS).
+    scale = 1.0 if sys.platform == "darwin" else 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2 ** 20
+
+
+def child(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Measure one run in this process (called with --child)."""
+    image = np.load(spec["image"], mmap_mode="r")
+    label = np.load(spec["label"], mmap_mode="r")
+    height, width = label.shape
+    framework, device, amp = spec["framework"], spec["device"], spec["amp"]
+    amp = None if amp == "none" else amp
+    extra: Dict[str, Any] = {}
+    if framework == "torch":
+        import torch
+
+        from torch_ref import build_model
+        from torch_ref.inference import SlidingWindowInference
+        from torch_ref.metrics import confusion_matrix
+
+        if spec["threads"]:
+            torch.set_num_threads(spec["threads"])
+        extra["threads"] = torch.get_num_threads()
+        torch.manual_seed(0)
+        model = build_model(spec["model"])
+        on_gpu = device.startswith(("cuda", "gpu"))
+        if on_gpu:
+            # All windows have one size: let cuDNN pick the fastest kernels once (warm-up).
+            torch.backends.cudnn.benchmark = True
+            if amp is None:  # float32 means float32, as in torch_ref.evaluate
+                torch.backends.cudnn.allow_tf32 = False
+                torch.backends.cuda.matmul.allow_tf32 = False
+            extra["gpu"] = torch.cuda.get_device_name()
+        engine = SlidingWindowInference(model, spec["window"], spec["stride"], device,
+                                        spec["batch_size"], amp)
+        extra["channels_last"] = engine.channels_last
+
+        def zeros():
+            return torch.zeros([16, 16], dtype=torch.int64, device=engine.device)
+
+        def finish(confusion):
+            return confusion.cpu().numpy()
+
+        def reset_peak():
+            if on_gpu:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+
+        def device_peak():
+            return torch.cuda.max_memory_allocated() / 2 ** 20 if on_gpu else None
+        version = torch.__version__
+    else:
+        import paddle
+
+        from paddle_impl import build_model
+        from paddle_impl.inference import SlidingWindowInference
+        from paddle_impl.metrics import confusion_matrix
+
+        # Paddle's CPU kernels take their thread count from OMP_NUM_THREADS at start-up (the
+        # parent sets it for this process when --threads is given).
+        extra["threads"] = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS") else None
+        paddle.seed(0)
+        model = build_model(spec["model"])
+        on_gpu = device.startswith(("cuda", "gpu"))
+        engine = SlidingWindowInference(model, spec["window"], spec["stride"], device,
+                                        spec["batch_size"], amp)
+        if on_gpu:
+            extra["gpu"] = paddle.device.cuda.get_device_name()
+
+        def zeros():
+            return paddle.zeros([16, 16], dtype="int64")
+
+        def finish(confusion):
+            return confusion.numpy()
+
+        def reset_peak():
+            if on_gpu:
+                paddle.device.cuda.synchronize()
+                paddle.device.cuda.reset_max_memory_allocated()
+
+        def device_peak():
+            return paddle.device.cuda.max_memory_allocated() / 2 ** 20 if on_gpu else None
+        version = paddle.__version__
+
+    def evaluate(rows: int) -> np.ndarray:
+        confusion = zeros()
+        for row_start, row_end, classes in engine.run(
+                rows, width, lambda y0, x0, y1, x1: np.asarray(image[y0:y1, x0:x1]), progress=False):
+            target = engine.to_device(np.asarray(label[row_start:row_end]))
+            confusion += confusion_matrix(classes, target, 16)
+        return finish(confusion)  # the copy to the host waits for all device work
+
+    # Warm-up: the first band of windows (every batch shape the timed pass will use).
+    warm_start = time.perf_counter()
+    evaluate(min(spec["window"], height))
+    warm_seconds = time.perf_counter() - warm_start
+    reset_peak()
+    load = os.getloadavg()[0]
+    cpu_start, start = time.process_time(), time.perf_counter()
+    confusion = evaluate(height)
+    seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
+    from isaid.windows import num_windows
+
+    windows = num_windows(height, width, spec["window"], spec["stride"])
+    return {
+        **{k: spec[k] for k in ("framework", "device", "amp", "batch_size", "model")},
+        "framework_version": version,
+        "size": [height, width],
+        "windows": windows,
+        "seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu_seconds, 3),  # process CPU time: shows contention on a shared host
+        "load_average_1min": round(load, 2),
+        "warmup_seconds": round(warm_seconds, 3),
+        "windows_per_s": round(windows / seconds, 3),
+        "megapixels_per_s": round(height * width / 1e6 / seconds, 3),
+        "peak_host_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_device_mb": None if device_peak() is None else round(device_peak(), 1),
+        "pixels_counted": int(confusion.sum()),
+        **extra,
+    }
+
+
+# ---------------------------------------------------------------------------- parent
+
+
+def machine_info() -> Dict[str, Any]:
+    info: Dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cpu_count": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo", encoding="utf-8") as handle:
+            info["memory_total"] = handle.readline().split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return info
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.child:
+        with open(args.child, encoding="utf-8") as handle:
+            spec = json.load(handle)
+        print("RESULT " + json.dumps(child(spec)), flush=True)
+        return 0
+    if args.size < 32 or args.stride > args.window:
+        print("error: --size must be >= 32 and --stride <= --window", file=sys.stderr)
+        return 2
+    runs = args.runs or default_runs(args.device)
+    from isaid.imageio import write_bytes_atomic
+    from isaid.synth import make_scene
+
+    results: List[Dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="eval_bench_") as folder:
+        started = time.perf_counter()
+        image, label = make_scene(np.random.default_rng(args.seed), args.size, args.size)
+        scene_seconds = time.perf_counter() - started
+        np.save(os.path.join(folder, "image.npy"), image)
+        np.save(os.path.join(folder, "label.npy"), label)
+        del image, label
+        for number, run in enumerate(runs):
+            spec = dict(run, model=args.model, window=args.window, stride=args.stride,
+                        threads=args.threads, image=os.path.join(folder, "image.npy"),
+                        label=os.path.join(folder, "label.npy"))
+            spec_path = os.path.join(folder, f"run{number}.json")
+            with open(spec_path, "w", encoding="utf-8") as handle:
+                json.dump(spec, handle)
+            name = f"{run['framework']}:{run['device']}:{run['amp']}:{run['batch_size']}"
+            print(f"run {name} ({args.size}x{args.size}, {args.model}) ...", file=sys.stderr, flush=True)
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+            if args.threads:
+                env["OMP_NUM_THREADS"] = str(args.threads)
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", spec_path],
+                                  capture_output=True, text=True, env=env)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode != 0 or not lines:
+                tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                print(f"error: run {name} failed: {tail}", file=sys.stderr)
+                results.append({**run, "error": tail})
+                continue
+            result = json.loads(lines[-1][len("RESULT "):])
+            print(f"  {result['seconds']:.2f} s, {result['windows_per_s']:.2f} windows/s,"
+                  f" {result['megapixels_per_s']:.3f} Mpx/s, peak RSS {result['peak_host_rss_mb']:.0f} MB"
+                  + ("" if result["peak_device_mb"] is None else
+                     f", peak device {result['peak_device_mb']:.0f} MB"), file=sys.stderr, flush=True)
+            results.append(result)
+    document = {
+        "benchmark": "whole-scene evaluation, official sliding-window protocol",
+        "command": "python benchmarks/eval_bench.py " + " ".join(argv),
+        "scene": {"size": [args.size, args.size], "generator": "isaid.synth.make_scene",
+                  "seed": args.seed, "seconds_to_generate": round(scene_seconds, 2)},
+        "protocol": {"window": args.window, "stride": args.stride},
+        "machine": machine_info(),
+        "runs": results,
+    }
+    write_bytes_atomic(args.out, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Benchmark of large-scene prediction (``python -m <framework>.predict``): speed and memory.
+
+Usage::
+
+    python benchmarks/predict_bench.py [--sizes 2000x2000 4000x4000 8000x2000]
+        [--runs torch:dygraph:cpu paddle:dygraph:cpu paddle:onednn:cpu paddle:native:cpu@2000x2000]
+        [--model farseg] [--threads N] [--window 896 --stride 512]
+        [--out benchmarks/results/predict_bench.json]
+
+For each scene size ``HxW`` a synthetic georeferenced GeoTIFF (3 bands uint8, EPSG:32633,
+deflate, 256x256 tiles) is written to a temporary folder BY WINDOWS (tiles of
+``isaid.synth.make_scene``; the scene never exists in memory). Each run
+``FRAMEWORK:MODE:DEVICE`` (``@HxW,...`` limits it to those sizes) then predicts it exactly as
+the CLI does (the same functions:
+``build_engine`` -> ``isaid.raster.predict_to_files`` -> a deflate GeoTIFF with the input's CRS
+and transform), in its own process so that its peak RSS is its own. MODE is ``dygraph`` (the
+framework's own model, random official initialisation: speed does not depend on the weights'
+values), or, for Paddle, ``onednn`` / ``native``: an export of the same model run by Paddle
+Inference with that backend (``python -m paddle_impl.infer --help``). DEVICE is ``cpu`` or
+``cuda`` / ``gpu``.
+
+Reported per run and size: seconds for the model (build/load, predictor creation) and for the
+prediction, windows, seconds per window, megapixels per second, and peak RSS after the model
+was loaded and at the end (``ru_maxrss``: the process's high-water mark). The difference is
+what prediction adds: the band accumulator (16 x window x width float32), one input strip
+(window x width x 3 bytes), the output band and GDAL's block cache. It depends on the scene's
+WIDTH: compare sizes of equal width (2000x2000 and 8000x2000) to see it not grow with height.
+The JSON (written atomically) holds the command, the machine and every measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", "predict_bench.json")
+DEFAULT_SIZES = ("2000x2000", "4000x4000", "8000x2000")
+DEFAULT_RUNS = ("torch:dygraph:cpu", "paddle:dygraph:cpu", "paddle:onednn:cpu", "paddle:native:cpu")
+MODES = ("dygraph", "onednn", "native")
+TILE = 512  # side of the synthetic tiles the big scenes are made of
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW like 4000x4000, got {text!r}") from None
+    if height <= 0 or width <= 0:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return height, width
+
+
+def parse_run(text: str) -> Dict[str, Any]:
+    """``FRAMEWORK:MODE:DEVICE[@HxW,HxW...]``; the optional sizes restrict the run to those scenes."""
+    spec, _, sizes = text.partition("@")
+    parts = spec.split(":")
+    if len(parts) != 3 or parts[0] not in ("torch", "paddle") or parts[1] not in MODES:
+        raise argparse.ArgumentTypeError(f"expected FRAMEWORK:MODE:DEVICE[@HxW,...] like paddle:onednn:cpu,"
+                                         f" got {text!r}")
+    if parts[0] == "torch" and parts[1] != "dygraph":
+        raise argparse.ArgumentTypeError(f"{text}: torch has only the dygraph mode")
+    only = [parse_size(size) for size in sizes.split(",")] if sizes else None
+    return {"framework": parts[0], "mode": parts[1], "device": parts[2], "only": only}
+
+
+def write_scene(path: str, height: int, width: int, seed: int = 0) -> None:
+    """A georeferenced synthetic scene made of 512x512 synthetic tiles, written by windows."""
+    from isaid.raster import write_geotiff_by_windows
+    from isaid.synth import make_scene
+
+    rng = np.random.default_rng(seed)
+    tiles = [make_scene(rng, TILE, TILE)[0] for _ in range(4)]
+
+    def fill(row_start: int, row_end: int) -> np.ndarray:
+        rows = np.empty((row_end - row_start, width, 3), dtype=np.uint8)
+        for y in range(row_start, row_end):
+            ty, oy = divmod(y, TILE)
+            for tx in range(0, width, TILE):
+                tile = tiles[(ty + tx // TILE) % len(tiles)]
+                rows[y - row_start, tx:tx + TILE] = tile[oy, :min(TILE, width - tx)]
+        return rows
+
+    write_geotiff_by_windows(path, height, width, fill, block_rows=TILE)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MB (Linux reports kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def child(run: Dict[str, str], scene: str, out: str, model: str, window: int, stride: int,
+          export_dir: Optional[str]) -> Dict[str, Any]:
+    """One measurement, in this (fresh) process; returns the record."""
+    from isaid.raster import open_raster, predict_to_files
+    from isaid.windows import num_windows
+
+    start = time.perf_counter()
+    if run["framework"] == "torch":
+        import torch
+
+        from torch_ref import build_model, predict as module
+        from torch_ref.inference import SlidingWindowInference
+
+        torch.manual_seed(0)
+        engine = SlidingWindowInference(build_model(model), window, stride, run["device"])
+        threads = torch.get_num_threads()
+        version = torch.__version__
+    else:
+        import paddle
+
+        from paddle_impl import build_model, predict as module
+        from paddle_impl.inference import SlidingWindowInference
+
+        paddle.seed(0)
+        if run["mode"] == "dygraph":
+            layer = build_model(model)
+        else:
+            from paddle_impl.infer import create_predictor
+
+            layer = module.DeployedLayer(create_predictor(export_dir, run["device"], run["mode"]))
+        engine = SlidingWindowInference(layer, window, stride, run["device"])
+        threads = None
+        version = paddle.__version__
+    loaded = time.perf_counter()
+    rss_loaded = peak_rss_mb()
+    with open_raster(scene) as reader:
+        height, width = reader.height, reader.width
+        predict_to_files(reader, out, module.class_bands(engine, progress=False))
+    done = time.perf_counter()
+    windows = num_windows(height, width, window, stride)
+    seconds = done - loaded
+    return {
+        **run, "framework_version": version, "torch_threads": threads, "model": model,
+        "size": f"{height}x{width}", "height": height, "width": width, "window": window,
+        "stride": stride, "windows": windows, "model_seconds": round(loaded - start, 2),
+        "predict_seconds": round(seconds, 2), "seconds_per_window": round(seconds / windows, 3),
+        "megapixels_per_second": round(height * width / 1e6 / seconds, 4),
+        "peak_rss_mb_after_model": round(rss_loaded, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
+        "prediction_adds_mb": round(peak_rss_mb() - rss_loaded, 1),
+        "band_accumulator_mb": round(16 * min(window, height) * width * 4 / 1e6, 1),
+        "whole_scene_probabilities_mb": round(16 * height * width * 4 / 1e6, 1),
+    }
+
+
+def export_model(model: str, folder: str) -> None:
+    """Export the randomly initialised Paddle model (seed 0, as the dygraph runs) for Paddle Inference."""
+    import paddle
+
+    from paddle_impl import build_model
+    from paddle_impl.export import export
+
+    paddle.seed(0)
+    export(model, None, folder, model=build_model(model), check=False)
+
+
+def machine() -> Dict[str, Any]:
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python benchmarks/predict_bench.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[parse_size(s) for s in DEFAULT_SIZES],
+                        metavar="HxW", help=f"scene sizes (default {' '.join(DEFAULT_SIZES)})")
+    parser.add_argument("--runs", nargs="+", type=parse_run, default=[parse_run(r) for r in DEFAULT_RUNS],
+                        metavar="FRAMEWORK:MODE:DEVICE",
+                        help=f"what to measure (default {' '.join(DEFAULT_RUNS)})")
+    parser.add_argument("--model", choices=("farseg", "factseg"), default="farseg", help="architecture (default farseg)")
+    parser.add_argument("--window", type=int, default=896, help="window side (default 896)")
+    parser.add_argument("--stride", type=int, default=512, help="stride (default 512)")
+    parser.add_argument("--threads", type=int,
+                        help="OMP/MKL threads for every run (default: the frameworks' defaults)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="results JSON (default benchmarks/results/predict_bench.json)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: JSON spec of one measurement
+    args = parser.parse_args(argv)
+    if args.child:
+        spec = json.loads(args.child)
+        print(json.dumps(child(**spec)))
+        return 0
+
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    if args.threads:
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    records: List[Dict[str, Any]] = []
+    command = "python benchmarks/predict_bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    with tempfile.TemporaryDirectory(prefix="predict_bench_") as folder:
+        export_dir = None
+        if any(run["mode"] != "dygraph" for run in args.runs):
+            export_dir = os.path.join(folder, "export")
+            export_model(args.model, export_dir)
+        for height, width in args.sizes:
+            scene = os.path.join(folder, f"scene_{height}x{width}.tif")
+            started = time.perf_counter()
+            write_scene(scene, height, width)
+            print(f"scene {height}x{width}: written by windows in {time.perf_counter() - started:.1f}s",
+                  file=sys.stderr, flush=True)
+            for run in args.runs:
+                if run["only"] is not None and (height, width) not in run["only"]:
+                    continue
+                run = {key: value for key, value in run.items() if key != "only"}
+                spec = {"run": run, "scene": scene, "out": os.path.join(folder, "out.tif"), "model": args.model,
+                        "window": args.window, "stride": args.stride, "export_dir": export_dir}
+                result = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
+                                        cwd=ROOT, env=env, capture_output=True, text=True)
+                if result.returncode != 0:
+                    print(result.stderr[-3000:], file=sys.stderr)
+                    return 1
+                record = json.loads(result.stdout.strip().splitlines()[-1])
+                records.append(record)
+                print(f"{record['framework']}:{record['mode']}:{record['device']} {record['size']}:"
+                      f" {record['windows']} windows, {record['predict_seconds']}s"
+                      f" ({record['seconds_per_window']} s/window, {record['megapixels_per_second']} Mpx/s),"
+                      f" peak RSS {record['peak_rss_mb']} MB ({record['prediction_adds_mb']} MB added by"
+                      f" prediction)", file=sys.stderr, flush=True)
+            os.remove(scene)
+    document = {"command": command, "machine": machine(), "threads": args.threads,
+                "note": "CPU timings on a shared 2-core machine; the load average is recorded. GPU runs"
+                        " need --runs torch:dygraph:cuda (and paddle:dygraph:gpu) on a GPU machine.",
+                "runs": records}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    temporary = args.out + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(document, handle, indent=1)
+    os.replace(temporary, args.out)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,477 @@
+"""Framework-free parts of the evaluators ``python -m torch_ref.evaluate`` and
+``python -m paddle_impl.evaluate``: finding and checking the input files, reading scenes,
+the command line, the expectation check against the official figures, the report and the
+JSON result. The model, the sliding-window engine and the on-device confusion matrix are in
+each framework's ``evaluate.py`` / ``inference.py``; everything here is written once.
+
+Inputs: ``--images DIR`` holds whole scenes (``P0003.png``; PNG, JPEG, TIFF or BMP);
+``--masks DIR`` holds, for each scene, the official colour mask ``P0003_instance_color_RGB.png``
+(decoded with :mod:`isaid.palette`; colours outside the palette become background, as in
+the official code) or an index mask ``P0003.png`` as written by ``python -m isaid.prepare``
+(values 0..15, 255 = ignored). When both exist the official colour mask is used.
+
+Memory per scene: the image is read once, whole (uint8, 3 bytes a pixel: 507 MB for a
+13,000 x 13,000 scene), and so is the label (1 byte a pixel: 169 MB; a colour mask also needs
+its 507 MB RGB array while it is decoded). One scene is read ahead in a thread while the
+previous one is evaluated, so at most two scenes are held at once.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from weights import MODEL_NAMES, OFFICIAL_MIOU, SEED_REPRODUCTION_MIOU
+
+from .imageio import ImageReadError, read_mask_details, read_rgb, read_size, write_bytes_atomic
+from .metrics import format_iou_table, miou
+from .palette import CLASS_NAMES, IGNORE_INDEX, MEAN, NUM_CLASSES, STD
+from .windows import num_windows
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+COLOUR_MASK_SUFFIX = "_instance_color_RGB.png"
+# Files that sit beside images in some layouts and are labels, not scenes.
+_LABEL_STEM_SUFFIXES = ("_instance_color_RGB", "_instance_id_RGB")
+OFFICIAL_VAL_IMAGES = 458  # the iSAID val split the official figures were measured on
+SIZE_MULTIPLE = 32
+_MAX_LISTED_PROBLEMS = 20
+
+
+class InputError(Exception):
+    """Bad input found before or during evaluation; ``lines`` are one-line messages."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        self.lines = [" ".join(str(line).split()) for line in lines]
+        super().__init__("\n".join(self.lines))
+
+
+# --------------------------------------------------------------------------------- scenes
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One image and its mask, with the size read from the image header."""
+
+    name: str
+    image: str
+    mask: str
+    height: int
+    width: int
+
+    @property
+    def is_colour_mask_name(self) -> bool:
+        return self.mask.endswith(COLOUR_MASK_SUFFIX)
+
+
+def _image_files(folder: str) -> List[str]:
+    names = []
+    for entry in sorted(os.listdir(folder)):
+        stem, ext = os.path.splitext(entry)
+        if ext.lower() in IMAGE_EXTENSIONS and not stem.endswith(_LABEL_STEM_SUFFIXES):
+            if os.path.isfile(os.path.join(folder, entry)):
+                names.append(entry)
+    return names
+
+
+def _mask_for(name: str, image_path: str, masks_dir: str) -> Optional[str]:
+    """The mask of scene ``name``: the official colour mask first, then an index PNG."""
+    for candidate in (name + COLOUR_MASK_SUFFIX, name + ".png"):
+        path = os.path.join(masks_dir, candidate)
+        if os.path.isfile(path) and not os.path.samefile(path, image_path):
+            return path
+    return None
+
+
+def _limit_problems(problems: List[str]) -> List[str]:
+    if len(problems) <= _MAX_LISTED_PROBLEMS:
+        return problems
+    extra = len(problems) - _MAX_LISTED_PROBLEMS
+    return problems[:_MAX_LISTED_PROBLEMS] + [f"... and {extra} more problems like these"]
+
+
+def find_scenes(images_dir: str, masks_dir: str, limit: Optional[int] = None) -> List[Scene]:
+    """Pair every image of ``images_dir`` (sorted by name) with its mask and check both headers.
+
+    Catches, before any model runs: missing folders, no images, a missing mask, unreadable
+    headers, and a mask whose size differs from the image. Raises :class:`InputError` listing
+    every problem, one line each, naming the file. ``limit`` keeps the first N scenes.
+    """
+    problems: List[str] = []
+    for option, folder in (("--images", images_dir), ("--masks", masks_dir)):
+        if not os.path.isdir(folder):
+            problems.append(f"{folder}: {option} folder not found")
+    if problems:
+        raise InputError(problems)
+    names = _image_files(images_dir)
+    if not names:
+        hint = ""
+        nested = os.path.join(images_dir, "images")
+        if os.path.isdir(nested) and _image_files(nested):
+            hint = f" (the images seem to be in {nested})"
+        raise InputError([f"{images_dir}: no images found (*.png, *.jpg, *.tif, *.bmp){hint}"])
+    if limit is not None:
+        names = names[:limit]
+    scenes: List[Scene] = []
+    for entry in names:
+        name = os.path.splitext(entry)[0]
+        image_path = os.path.join(images_dir, entry)
+        mask_path = _mask_for(name, image_path, masks_dir)
+        if mask_path is None:
+            problems.append(
+                f"{image_path}: no mask in {masks_dir} (expected {name}{COLOUR_MASK_SUFFIX} or"
+                f" {name}.png)"
+            )
+            continue
+        try:
+            height, width = read_size(image_path)
+            mask_size = read_size(mask_path)
+        except ImageReadError as error:
+            problems.append(str(error))
+            continue
+        if mask_size != (height, width):
+            problems.append(
+                f"{mask_path}: mask is {mask_size[0]}x{mask_size[1]} (HxW) but image"
+                f" {image_path} is {height}x{width}"
+            )
+            continue
+        scenes.append(Scene(name, image_path, mask_path, height, width))
+    if problems:
+        raise InputError(_limit_problems(problems))
+    return scenes
+
+
+@dataclass
+class LoadedScene:
+    """A scene's pixels: ``image`` uint8 [H,W,3] RGB and ``label`` uint8 [H,W] (0..15, 255)."""
+
+    scene: Scene
+    image: np.ndarray
+    label: np.ndarray
+    is_colour_mask: bool
+    unknown_pixels: int  # colour-mask pixels outside the palette (decoded to background)
+
+
+def load_scene(scene: Scene) -> LoadedScene:
+    """Read one scene; raises ImageReadError (corrupt file) or InputError (sizes differ)."""
+    image = read_rgb(scene.image)
+    details = read_mask_details(scene.mask)
+    if details.index.shape != image.shape[:2]:
+        raise InputError([
+            f"{scene.mask}: mask is {details.index.shape[0]}x{details.index.shape[1]} (HxW) but"
+            f" image {scene.image} is {image.shape[0]}x{image.shape[1]}"
+        ])
+    return LoadedScene(scene, image, details.index, details.is_colour_mask, details.n_unknown)
+
+
+def iter_loaded_scenes(scenes: Sequence[Scene], prefetch: bool = True) -> Iterator[LoadedScene]:
+    """Yield the scenes read, in order; with ``prefetch`` the next one is read in a thread.
+
+    PNG decoding releases the GIL, so reading scene ``i + 1`` overlaps evaluating scene ``i``
+    (on a GPU the decoding otherwise dominates). Errors surface when the scene is reached.
+    """
+    if not prefetch or len(scenes) <= 1:
+        for scene in scenes:
+            yield load_scene(scene)
+        return
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load_scene, scenes[0])
+        for following in list(scenes[1:]) + [None]:
+            loaded = pending.result()
+            pending = pool.submit(load_scene, following) if following is not None else None
+            yield loaded
+            del loaded
+
+
+def total_windows(scenes: Sequence[Scene], window: int, stride: int) -> int:
+    """Windows the official protocol runs over ``scenes``."""
+    return sum(num_windows(s.height, s.width, window, stride) for s in scenes)
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (``prog: error: ... (see --help)``), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def build_parser(prog: str, framework: str, gpu_name: str) -> argparse.ArgumentParser:
+    """The evaluator's argument parser; ``gpu_name`` is "cuda" (torch) or "gpu" (Paddle)."""
+    parser = OneLineArgumentParser(
+        prog=prog,
+        description=(
+            f"Evaluate FarSeg or FactSeg ({framework}) on whole iSAID images with the official"
+            " protocol: sliding windows (896 at stride 512), each window normalised then"
+            " zero-padded to a multiple of 32, probabilities averaged where windows overlap,"
+            " argmax, one 16x16 confusion matrix over all pixels of all images (counted on the"
+            " device), IoU per class, mIoU over the 16 classes (background included) and over"
+            " the 15 foreground classes. Exit status: 0 done, 1 --expect failed, 2 bad input."
+        ),
+    )
+    parser.add_argument("--model", required=True, choices=MODEL_NAMES,
+                        help="model architecture: farseg or factseg")
+    parser.add_argument("--weights", required=True, metavar="FILE",
+                        help="checkpoint: a torch .pth (official training wrapper and 'module.'"
+                             " prefix accepted) or a Paddle .pdparams; the other framework's"
+                             " file is converted in memory on the fly (python -m convert writes"
+                             " it once). Loaded without executing code; the layout must match"
+                             " the model exactly")
+    parser.add_argument("--images", required=True, metavar="DIR",
+                        help="folder of whole scenes, e.g. OUT/val/images from isaid.prepare or"
+                             " the extracted official val images (P0003.png ...)")
+    parser.add_argument("--masks", required=True, metavar="DIR",
+                        help="folder of masks matched by scene name: official colour masks"
+                             " P0003_instance_color_RGB.png (colours outside the palette count"
+                             " as background, as officially) or index PNGs P0003.png (e.g."
+                             " OUT/val/labels from isaid.prepare; 255 = ignored)")
+    parser.add_argument("--window", type=_positive_int, default=896, metavar="PX",
+                        help="window side in pixels (default 896, the official value)")
+    parser.add_argument("--stride", type=_positive_int, default=512, metavar="PX",
+                        help="window stride in pixels, at most --window (default 512, official)")
+    parser.add_argument("--batch-size", type=_positive_int, default=1, metavar="N",
+                        help="windows per forward pass (default 1, as officially; larger is"
+                             " faster on a GPU and gives the same result up to float rounding)")
+    parser.add_argument("--device", choices=("auto", "cpu", gpu_name), default="auto",
+                        help=f"where the model runs and the confusion matrix is counted:"
+                             f" cpu, {gpu_name}, or auto ({gpu_name} when available;"
+                             f" the default)")
+    parser.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none",
+                        help="mixed precision for the forward pass on a GPU (default none: the"
+                             " official figures were measured in float32)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="model precision (default float32, official). float64 is for"
+                             " alignment checks: it removes float32 argmax flips between"
+                             " frameworks")
+    parser.add_argument("--json", metavar="OUT.json",
+                        help="write the confusion matrix, per-class IoU, mIoU and the run's"
+                             " settings to this file (atomically; not written on error)")
+    parser.add_argument("--expect", choices=("official",),
+                        help="compare the mIoU with the official figure of --model (FarSeg"
+                             " 63.71, FactSeg 64.80; the seed reproduction is printed beside):"
+                             " exit 1 when mIoU < official - --tolerance")
+    parser.add_argument("--tolerance", type=_non_negative_float, default=0.3, metavar="POINTS",
+                        help="allowed shortfall in mIoU points for --expect (default 0.3)")
+    parser.add_argument("--limit", type=_positive_int, metavar="N",
+                        help="evaluate only the first N scenes by name (a quick look; not"
+                             " comparable with the official figures)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="show a progress bar over windows on stderr (default on)")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Cross-option checks argparse cannot express; raises InputError."""
+    if args.stride > args.window:
+        raise InputError([f"--stride {args.stride} is larger than --window {args.window}, which"
+                          " would leave pixels in no window"])
+    if args.amp != "none" and args.dtype == "float64":
+        raise InputError(["--amp and --dtype float64 exclude each other"])
+
+
+# ------------------------------------------------------------------------------ results
+
+
+def _finite_or_none(value: float) -> Optional[float]:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def summarize(confusion: np.ndarray) -> Dict[str, Any]:
+    """IoU figures of a confusion matrix in percent (NaN -> None): iou, miou, miou_fg, ..."""
+    summary = miou(confusion)
+    return {
+        "iou": [_finite_or_none(100.0 * v) for v in summary["iou"]],
+        "miou": _finite_or_none(100.0 * summary["miou"]),
+        "miou_fg": _finite_or_none(100.0 * summary["miou_fg"]),
+        "miou_present": _finite_or_none(100.0 * summary["miou_present"]),
+        "miou_fg_present": _finite_or_none(100.0 * summary["miou_fg_present"]),
+        "pixel_accuracy": _finite_or_none(100.0 * summary["pixel_accuracy"]),
+        "absent_classes": [CLASS_NAMES[c] for c in summary["absent"]],
+    }
+
+
+@dataclass
+class Expectation:
+    passed: bool
+    lines: List[str]
+    record: Dict[str, Any]
+
+
+def check_expectation(model: str, miou_percent: Optional[float], tolerance: float,
+                      n_images: int) -> Expectation:
+    """Compare a measured mIoU (percent) with the official figure of ``model``.
+
+    Passes when ``miou >= official - tolerance``. An undefined mIoU (a class absent from
+    truth and prediction) fails. Looks the figures up in :mod:`weights` at call time.
+    """
+    official = float(OFFICIAL_MIOU[model])
+    seed = float(SEED_REPRODUCTION_MIOU[model])
+    threshold = official - tolerance
+    passed = miou_percent is not None and miou_percent >= threshold
+    shown = "undefined (a class is absent)" if miou_percent is None else f"{miou_percent:.2f}"
+    lines = [
+        f"mIoU {model}: measured {shown} | official {official:.2f} | seed reproduction"
+        f" {seed:.2f}",
+        f"expectation: mIoU >= official - {tolerance:g} = {threshold:.2f}:"
+        f" {'PASS' if passed else 'FAIL'}"
+        + ("" if miou_percent is None else f" ({miou_percent - official:+.2f} points vs official)"),
+    ]
+    if n_images != OFFICIAL_VAL_IMAGES:
+        lines.append(f"note: {n_images} images evaluated; the official figures are over the"
+                     f" {OFFICIAL_VAL_IMAGES} iSAID val images, so this comparison is indicative"
+                     " only")
+    record = {"measured": miou_percent, "official": official, "seed_reproduction": seed,
+              "tolerance": tolerance, "threshold": threshold, "passed": passed}
+    return Expectation(passed, lines, record)
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class SceneTotals:
+    """What the evaluators count on the host while the device counts the confusion matrix."""
+
+    images: int = 0
+    pixels: int = 0
+    windows: int = 0
+    colour_masks: int = 0
+    index_masks: int = 0
+    unknown_pixels: int = 0
+
+    def add(self, loaded: LoadedScene, windows: int) -> None:
+        self.images += 1
+        self.pixels += loaded.label.size
+        self.windows += windows
+        if loaded.is_colour_mask:
+            self.colour_masks += 1
+        else:
+            self.index_masks += 1
+        self.unknown_pixels += loaded.unknown_pixels
+
+
+def build_result(args: argparse.Namespace, command: str, framework: str, framework_version: str,
+                 device: str, confusion: np.ndarray, totals: SceneTotals,
+                 weights_info: str, seconds: Dict[str, float]) -> Dict[str, Any]:
+    """The ``--json`` document (also the source of the printed report); ``--expect`` adds
+    ``expect`` (:attr:`Expectation.record`) to it."""
+    summary = summarize(confusion)
+    counted = int(confusion.sum())
+    result: Dict[str, Any] = {
+        "model": args.model,
+        "framework": framework,
+        "framework_version": framework_version,
+        "weights": {"path": os.path.abspath(args.weights), "sha256": file_sha256(args.weights),
+                    "loaded_as": weights_info},
+        "data": {"images_dir": os.path.abspath(args.images),
+                 "masks_dir": os.path.abspath(args.masks),
+                 "images": totals.images, "limit": args.limit,
+                 "colour_masks": totals.colour_masks, "index_masks": totals.index_masks,
+                 "pixels": totals.pixels, "pixels_counted": counted,
+                 "pixels_ignored": totals.pixels - counted,
+                 "unknown_colour_pixels": totals.unknown_pixels},
+        "protocol": {"window": args.window, "stride": args.stride, "pad_multiple": SIZE_MULTIPLE,
+                     "pad": "zeros bottom/right after normalisation",
+                     "normalisation": {"mean": list(MEAN), "std": list(STD), "scale": "RGB 0..255"},
+                     "merge": "class probabilities averaged over overlapping windows, argmax",
+                     "confusion": "one matrix over all pixels of all images, rows = truth",
+                     "ignore_index": IGNORE_INDEX,
+                     "official": args.window == 896 and args.stride == 512},
+        "run": {"device": device, "dtype": args.dtype, "amp": args.amp,
+                "batch_size": args.batch_size, "seconds": seconds,
+                "python": platform.python_version(), "machine": platform.machine(),
+                "command": command},
+        "classes": list(CLASS_NAMES),
+        "units": "percent",
+        "windows": totals.windows,
+        "confusion": np.asarray(confusion, dtype=np.int64).tolist(),
+        **summary,
+    }
+    return result
+
+
+def format_report(result: Dict[str, Any], confusion: np.ndarray) -> str:
+    """Human-readable summary printed by the evaluators."""
+    run, data = result["run"], result["data"]
+    seconds = run["seconds"].get("evaluate", 0.0)
+    rate = result["windows"] / seconds if seconds > 0 else float("nan")
+    lines = [
+        f"{result['model']} ({result['framework']} {result['framework_version']}, {run['device']},"
+        f" {run['dtype']}{'' if run['amp'] == 'none' else ', amp ' + run['amp']}) weights"
+        f" {result['weights']['path']} ({result['weights']['loaded_as']})",
+        f"protocol: window {result['protocol']['window']} stride {result['protocol']['stride']},"
+        " normalise then zero-pad to a multiple of 32, average probabilities, argmax;"
+        " one confusion matrix" + ("" if result["protocol"]["official"]
+                                   else " (NOT the official 896/512 windows)"),
+        f"{data['images']} images ({data['colour_masks']} colour masks, {data['index_masks']}"
+        f" index masks), {data['pixels_counted']} pixels counted ({data['pixels_ignored']}"
+        f" ignored), {result['windows']} windows in {seconds:.1f} s ({rate:.2f} windows/s)",
+    ]
+    if data["unknown_colour_pixels"]:
+        lines.append(
+            f"note: {data['unknown_colour_pixels']} mask pixels have colours outside the palette"
+            " and count as background (official behaviour)"
+        )
+    lines.append(format_iou_table(confusion, CLASS_NAMES))
+    return "\n".join(lines)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return _finite_or_none(float(value))
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_json_atomic(path: str, document: Dict[str, Any]) -> None:
+    """Write ``document`` as JSON (NaN refused: callers turn it into null) atomically."""
+    text = json.dumps(document, indent=2, allow_nan=False, default=_json_default)
+    write_bytes_atomic(path, (text + "\n").encode("utf-8"))
+
+
+def print_errors(lines: Sequence[str]) -> None:
+    """Report problems on stderr, ``error: `` plus one line each."""
+    for line in lines:
+        print(f"error: {line}", file=sys.stderr, flush=True)
+
+
+def split_seconds(start: float, loaded: float, done: float) -> Dict[str, float]:
+    return {"load_model": round(loaded - start, 3), "evaluate": round(done - loaded, 3),
+            "total": round(done - start, 3)}
+

@@ -1,0 +1,131 @@
+"""Evaluate FarSeg / FactSeg on whole iSAID images with the official protocol (PaddlePaddle).
+
+Usage::
+
+    python -m paddle_impl.evaluate --model farseg --weights farseg50.pdparams \\
+        --images OUT/val/images --masks OUT/val/labels [--window 896 --stride 512] \\
+        [--json result.json] [--expect official [--tolerance 0.3]] [--device cpu|gpu] [--limit N]
+
+One 16x16 confusion matrix over all pixels of all images, counted on the device band by band
+as the engine (:mod:`paddle_impl.inference`) emits rows; only the label rows travel to the
+device and only the final 16x16 matrix comes back. Inputs, report, JSON and the expectation
+check are shared with the torch evaluator (:mod:`isaid.evaluation`); ``python -m
+paddle_impl.evaluate --help`` lists every option. Exit status 0 done, 1 ``--expect`` failed,
+2 bad input (one line per problem on stderr; no JSON written).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import paddle
+from tqdm import tqdm
+
+from convert import CheckpointError
+from isaid.evaluation import (InputError, Scene, SceneTotals, build_parser, build_result,
+                              check_args, check_expectation, find_scenes, format_report,
+                              iter_loaded_scenes, print_errors, split_seconds, total_windows,
+                              write_json_atomic)
+from isaid.imageio import ImageReadError
+from isaid.palette import NUM_CLASSES
+from isaid.windows import num_windows
+
+from . import build_model
+from .inference import SlidingWindowInference, gpu_available, load_weights, resolve_device
+from .metrics import confusion_matrix
+
+FRAMEWORK = "paddle"
+FRAMEWORK_VERSION = paddle.__version__
+GPU_NAME = "gpu"
+PROG = "python -m paddle_impl.evaluate"
+
+
+def evaluate_scenes(engine: SlidingWindowInference, scenes: Sequence[Scene],
+                    num_classes: int = NUM_CLASSES, progress: bool = True,
+                    prefetch: bool = True) -> "tuple[np.ndarray, SceneTotals]":
+    """Run ``engine`` over ``scenes``; return (confusion int64 [C,C] rows = truth, totals).
+
+    The matrix stays on the device until the end; raises ImageReadError / InputError for a
+    scene that cannot be read.
+    """
+    confusion = paddle.zeros([num_classes, num_classes], dtype="int64")
+    totals = SceneTotals()
+    bar = tqdm(total=total_windows(scenes, engine.window, engine.stride), unit="win",
+               desc="evaluate", disable=not progress, file=sys.stderr)
+    with bar:
+        for loaded in iter_loaded_scenes(scenes, prefetch):
+            image, label = loaded.image, loaded.label
+            height, width = label.shape
+            for row_start, row_end, classes in engine.run(
+                    height, width, lambda y0, x0, y1, x1: image[y0:y1, x0:x1], progress=bar):
+                target = engine.to_device(label[row_start:row_end])
+                confusion += confusion_matrix(classes, target, num_classes)
+            totals.add(loaded, num_windows(height, width, engine.window, engine.stride))
+            del image, label, loaded
+    return confusion.numpy(), totals
+
+
+def build_engine(model_name: str, weights: str, window: int = 896, stride: int = 512,
+                 device: str = "cpu", batch_size: int = 1, amp: Optional[str] = None,
+                 dtype: str = "float32") -> "tuple[SlidingWindowInference, str]":
+    """Build ``model_name``, load ``weights`` (CheckpointError), wrap it in the engine."""
+    model = build_model(model_name)
+    how = load_weights(model, model_name, weights)
+    if dtype == "float64":
+        model = model.to(dtype="float64")
+    # (The torch evaluator turns TF32 off for float32 on a GPU; Paddle's cuDNN/cuBLAS TF32
+    # switches are build-dependent flags, left at Paddle's defaults.)
+    engine = SlidingWindowInference(model, window, stride, device, batch_size, amp)
+    return engine, how
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(PROG, FRAMEWORK, GPU_NAME).parse_args(argv)
+    start = time.perf_counter()
+    try:
+        check_args(args)
+        scenes = find_scenes(args.images, args.masks, args.limit)
+    except InputError as error:
+        print_errors(error.lines)
+        return 2
+    device = args.device if args.device != "auto" else (GPU_NAME if gpu_available() else "cpu")
+    try:
+        resolve_device(device)
+    except ValueError as error:
+        print_errors([f"--device {device}: {error}"])
+        return 2
+    try:
+        engine, how = build_engine(args.model, args.weights, args.window, args.stride, device,
+                                   args.batch_size, None if args.amp == "none" else args.amp,
+                                   args.dtype)
+    except CheckpointError as error:
+        print_errors([error.headline()])
+        return 2
+    loaded = time.perf_counter()
+    try:
+        confusion, totals = evaluate_scenes(engine, scenes, progress=args.progress)
+    except ImageReadError as error:
+        print_errors([str(error)])
+        return 2
+    except InputError as error:
+        print_errors(error.lines)
+        return 2
+    seconds = split_seconds(start, loaded, time.perf_counter())
+    result = build_result(args, f"{PROG} {' '.join(argv)}", FRAMEWORK, FRAMEWORK_VERSION,
+                          str(engine.device), confusion, totals, how, seconds)
+    print(format_report(result, confusion), flush=True)
+    expectation = None
+    if args.expect:
+        expectation = check_expectation(args.model, result["miou"], args.tolerance, totals.images)
+        result["expect"] = expectation.record
+        print("\n".join(expectation.lines), flush=True)
+    if args.json:
+        write_json_atomic(args.json, result)
+    return 1 if expectation is not None and not expectation.passed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

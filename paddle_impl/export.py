@@ -1,0 +1,400 @@
+"""Export FarSeg / FactSeg for Paddle Inference (``paddle.jit.save``, Paddle 3 PIR format).
+
+Usage::
+
+    python -m paddle_impl.export --model farseg --weights farseg50.pdparams --out deploy/farseg
+        [--size H W] [--no-check]
+
+Writes ``DIR/model.json`` (the PIR program) + ``DIR/model.pdiparams`` (the weights) and a small
+``DIR/model.yml`` that says how to feed the program: model, classes (iSAID names and colours),
+normalisation, input layout, the size multiple, the sliding-window protocol. The program maps a
+normalised float32 batch [B,3,H,W] (RGB, H and W multiples of 32) to class probabilities
+[B,16,H,W] (the models' eval output: softmax for FarSeg, the fused joint probability for
+FactSeg). The batch is always dynamic; H and W are fixed by ``--size`` and dynamic otherwise.
+
+Weights: a Paddle ``.pdparams`` or an official / torch_ref ``.pth``, which is converted on the
+fly (``convert.torch_to_paddle``; needs torch installed); both are read without executing code.
+
+After saving, the export is checked (unless ``--no-check``): Paddle Inference runs the saved
+program on a random input with the exact backend, which must equal the dynamic graph within
+``--tolerance`` (1e-5; it agrees bit for bit), and with the backend :mod:`paddle_impl.infer`
+picks by default (oneDNN), within ``--rounding-tolerance`` (1e-4, see :func:`check_export`). Nothing is left in
+``--out`` when the export or the check fails (the folder is written next to it and renamed).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import yaml
+from paddle.static import InputSpec
+
+from convert import CheckpointError
+from isaid.evaluation import OneLineArgumentParser
+from isaid.palette import CLASS_NAMES, MEAN, NUM_CLASSES, PALETTE, STD
+from weights import MODEL_NAMES
+
+from . import build_model
+from . import factseg as _factseg_module
+from . import farseg as _farseg_module
+from .inference import load_weights
+from .shapes import SIZE_MULTIPLE
+
+PROG = "python -m paddle_impl.export"
+PROGRAM_FILE = "model.json"
+PARAMS_FILE = "model.pdiparams"
+CONFIG_FILE = "model.yml"
+INPUT_NAME = "x"
+FORMAT = "paddle-inference-pir"  # model.json + model.pdiparams, Paddle >= 3.0
+DEFAULT_TOLERANCE = 1e-5  # exact backend (native): agrees bit for bit in practice
+DEFAULT_ROUNDING_TOLERANCE = 1e-4  # oneDNN backend: BatchNorm folding changes float32 rounding
+CHECK_SIZE = (64, 96)  # input of the post-export check for a dynamic-size export (H != W on purpose)
+
+
+class ExportError(Exception):
+    """The export could not be written or did not pass its check; one line."""
+
+
+class ProbabilityModel(nn.Layer):
+    """What is exported: the eval forward of a model (normalised batch -> class probabilities).
+
+    A wrapper rather than the model itself because ``paddle.jit.to_static`` converts the
+    forward of the layer it is given; the wrapped model stays a dynamic-graph model, so the
+    export can be compared with it in the same process.
+    """
+
+    def __init__(self, model: nn.Layer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.model(x)
+
+
+def _check_concrete_size(x: paddle.Tensor) -> None:
+    """The models' input check, applied only where the size is known at trace time.
+
+    With a dynamic InputSpec, H and W are symbolic values during ``paddle.jit.to_static``,
+    and the models' ``check_input_size`` cannot compare them with Python ``%`` (the traced
+    ``if`` raises on every trace). The exported program relies on the caller padding to a
+    multiple of 32 instead: ``model.yml`` says so, and :mod:`paddle_impl.infer` pads.
+    """
+    height, width = x.shape[-2:]
+    if isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0:
+        if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+            raise ValueError(f"input height and width must be multiples of {SIZE_MULTIPLE},"
+                             f" got {height}x{width}")
+
+
+@contextlib.contextmanager
+def symbolic_size_checks() -> Iterator[None]:
+    """Swap the models' input-size check for :func:`_check_concrete_size` while tracing.
+
+    Affects only this process during the export (the model files are unchanged).
+    """
+    saved = [(module, module.check_input_size) for module in (_farseg_module, _factseg_module)]
+    try:
+        for module, _ in saved:
+            module.check_input_size = _check_concrete_size
+        yield
+    finally:
+        for module, original in saved:
+            module.check_input_size = original
+
+
+def input_spec(size: Optional[Tuple[int, int]] = None) -> List[InputSpec]:
+    """[B,3,H,W] float32, batch dynamic; H, W fixed to ``size`` or dynamic (-1)."""
+    height, width = size if size is not None else (None, None)
+    return [InputSpec([None, 3, height, width], "float32", INPUT_NAME)]
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def deploy_config(model_name: str, size: Optional[Tuple[int, int]], weights: Optional[str],
+                  weights_how: str, window: int = 896, stride: int = 512) -> Dict[str, object]:
+    """The content of ``model.yml``: everything a deployment needs besides the program."""
+    height, width = size if size is not None else (-1, -1)
+    return {
+        "model": model_name,
+        "format": FORMAT,
+        "paddle_version": paddle.__version__,
+        "files": {"program": PROGRAM_FILE, "params": PARAMS_FILE},
+        "input": {
+            "name": INPUT_NAME,
+            "dtype": "float32",
+            "layout": "NCHW",
+            "channels": "RGB",
+            "shape": [-1, 3, height, width],
+            "size_multiple": SIZE_MULTIPLE,
+            "pad": "zero-pad bottom/right to a multiple of size_multiple AFTER normalisation,"
+                   " crop the output back",
+        },
+        "output": {
+            "shape": [-1, NUM_CLASSES, height, width],
+            "meaning": "class probabilities (FarSeg: softmax; FactSeg: fused joint probability);"
+                       " argmax over axis 1 gives the class index",
+        },
+        "normalize": {"mean": [float(v) for v in MEAN], "std": [float(v) for v in STD],
+                      "pixel_range": "0..255", "formula": "(pixel - mean) / std per channel"},
+        "sliding_window": {"window": window, "stride": stride,
+                           "merge": "average probabilities where windows overlap, then argmax"},
+        "num_classes": NUM_CLASSES,
+        "classes": list(CLASS_NAMES),
+        "palette": [[int(c) for c in colour] for colour in PALETTE],
+        "weights": {"file": os.path.basename(weights) if weights else None,
+                    "sha256": _sha256(weights) if weights else None, "loaded_as": weights_how},
+    }
+
+
+def read_deploy_config(model_dir: str) -> Dict[str, object]:
+    """Read ``DIR/model.yml`` (yaml.safe_load); ExportError if the folder is not an export."""
+    program = os.path.join(model_dir, PROGRAM_FILE)
+    params = os.path.join(model_dir, PARAMS_FILE)
+    config_path = os.path.join(model_dir, CONFIG_FILE)
+    missing = [p for p in (program, params, config_path) if not os.path.isfile(p)]
+    if missing:
+        raise ExportError(f"{model_dir}: not an export of python -m paddle_impl.export (missing"
+                          f" {', '.join(os.path.basename(p) for p in missing)})")
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError) as error:
+        raise ExportError(f"{config_path}: cannot read ({' '.join(str(error).split())})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT or "input" not in config:
+        raise ExportError(f"{config_path}: not a model.yml written by {PROG}")
+    return config
+
+
+def fixed_size(config: Dict[str, object]) -> Optional[Tuple[int, int]]:
+    """(H, W) of a fixed-size export, None for a dynamic one."""
+    height, width = config["input"]["shape"][2:]  # type: ignore[index]
+    return None if height == -1 or width == -1 else (int(height), int(width))
+
+
+def _check_replaceable(out_dir: str) -> None:
+    """Refuse an ``out_dir`` that holds anything but an earlier export (checked before any work)."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ExportError(f"{out_dir}: exists and is not a folder")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, CONFIG_FILE)):
+        raise ExportError(f"{out_dir}: exists and is not an earlier export (no {CONFIG_FILE});"
+                          " refusing to replace it")
+
+
+def _replace_folder(staging: str, out_dir: str) -> None:
+    """Move the finished ``staging`` folder to ``out_dir``, replacing an earlier export there."""
+    _check_replaceable(out_dir)
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        previous = tempfile.mkdtemp(prefix="." + os.path.basename(out_dir) + ".old.",
+                                    dir=os.path.dirname(os.path.abspath(out_dir)))
+        os.rmdir(previous)
+        os.replace(out_dir, previous)
+        os.replace(staging, out_dir)
+        shutil.rmtree(previous, ignore_errors=True)
+    else:
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)
+        os.replace(staging, out_dir)
+
+
+def save_inference_model(model: nn.Layer, folder: str, size: Optional[Tuple[int, int]] = None) -> None:
+    """``paddle.jit.save`` the eval forward of ``model`` to ``folder/model.{json,pdiparams}``."""
+    model.eval()
+    wrapper = ProbabilityModel(model)
+    wrapper.eval()
+    with symbolic_size_checks():
+        static = paddle.jit.to_static(wrapper, input_spec=input_spec(size), full_graph=True)
+        paddle.jit.save(static, os.path.join(folder, "model"))
+    produced = sorted(os.listdir(folder))
+    if PROGRAM_FILE not in produced or PARAMS_FILE not in produced:
+        raise ExportError(f"paddle.jit.save wrote {produced}, expected {PROGRAM_FILE} and {PARAMS_FILE}"
+                          " (Paddle >= 3.0 with PIR is required)")
+
+
+def check_export(model: nn.Layer, model_dir: str, size: Optional[Tuple[int, int]],
+                 tolerance: float = DEFAULT_TOLERANCE,
+                 rounding_tolerance: float = DEFAULT_ROUNDING_TOLERANCE,
+                 seed: int = 0) -> List[Tuple[str, float, float]]:
+    """Compare the saved program (Paddle Inference) with the dynamic graph on a random input.
+
+    Two runs, one CPU thread each: the exact backend ("native": Paddle's plain CPU kernels in
+    the dynamic graph's reduction order) must agree within ``tolerance`` (it agrees bit for
+    bit); the backend ``paddle_impl.infer`` picks by default ("auto", i.e. oneDNN with the
+    BatchNorm folded into the convolutions) within ``rounding_tolerance``, because folding
+    changes float32 rounding: measured 2.6e-6 to 1.1e-5 on random weights, against 2e-6 to
+    3.4e-6 between the dynamic graph in float32 and in float64 (the model's own float32
+    noise). Returns ``[(backend, max |difference|, tolerance)]``; raises ExportError when a
+    difference exceeds its tolerance.
+    """
+    from .infer import create_predictor
+
+    height, width = size if size is not None else CHECK_SIZE
+    x = np.random.default_rng(seed).standard_normal((1, 3, height, width)).astype("float32")
+    model.eval()
+    with paddle.no_grad():
+        expected = model(paddle.to_tensor(x)).numpy()
+    results = []
+    for backend, limit in (("native", tolerance), ("auto", rounding_tolerance)):
+        predictor = create_predictor(model_dir, device="cpu", backend=backend, threads=1)
+        got = predictor(x)
+        difference = float(np.abs(got - expected).max())
+        results.append((predictor.backend, difference, limit))
+        if not difference <= limit:  # also catches NaN
+            raise ExportError(f"{model_dir}: exported program ({predictor.backend} backend) differs from"
+                              f" the dynamic graph by {difference:.3g} > {limit:g} on a"
+                              f" {height}x{width} input")
+    return results
+
+
+def export(model_name: str, weights: Optional[str], out_dir: str,
+           size: Optional[Tuple[int, int]] = None, check: bool = True,
+           tolerance: float = DEFAULT_TOLERANCE, model: Optional[nn.Layer] = None,
+           window: int = 896, stride: int = 512,
+           rounding_tolerance: float = DEFAULT_ROUNDING_TOLERANCE) -> Dict[str, object]:
+    """Build ``model_name``, load ``weights``, save the inference program + ``model.yml``.
+
+    ``model``: an already built (and loaded) model to export instead of loading ``weights``
+    (tests, benchmarks). Returns a summary dict (paths, sizes, check results, seconds).
+    Raises CheckpointError (bad weights) or ExportError; ``out_dir`` is untouched then.
+    """
+    if model_name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {model_name!r}: expected one of {', '.join(MODEL_NAMES)}")
+    if size is not None and (size[0] % SIZE_MULTIPLE or size[1] % SIZE_MULTIPLE or min(size) <= 0):
+        raise ExportError(f"--size {size[0]} {size[1]}: both must be positive multiples of {SIZE_MULTIPLE}")
+    out_dir = os.path.normpath(out_dir)  # "deploy/" and "deploy" name the same folder
+    _check_replaceable(out_dir)
+    start = time.perf_counter()
+    how = "given model"
+    if model is None:
+        if weights is None:
+            raise ValueError("weights or model is required")
+        model = build_model(model_name)
+        how = load_weights(model, model_name, weights)
+    model.eval()
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix="." + os.path.basename(os.path.abspath(out_dir)) + ".", dir=parent)
+    try:
+        save_inference_model(model, staging, size)
+        config = deploy_config(model_name, size, weights, how, window, stride)
+        with open(os.path.join(staging, CONFIG_FILE), "w", encoding="utf-8") as handle:
+            handle.write(f"# Written by {PROG}; read by python -m paddle_impl.infer / predict.\n")
+            yaml.safe_dump(config, handle, sort_keys=False, width=100, default_flow_style=None)
+        saved = time.perf_counter()
+        checks = check_export(model, staging, size, tolerance, rounding_tolerance) if check else []
+        os.chmod(staging, 0o777 & ~_umask())
+        _replace_folder(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {"out_dir": out_dir, "model": model_name, "weights": how, "size": size,
+            "checks": checks, "export_seconds": saved - start,
+            "check_seconds": time.perf_counter() - saved,
+            "bytes": {name: os.path.getsize(os.path.join(out_dir, name))
+                      for name in (PROGRAM_FILE, PARAMS_FILE, CONFIG_FILE)}}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _size_multiple_of_32(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0 or value % SIZE_MULTIPLE:
+        raise argparse.ArgumentTypeError(f"expected a positive multiple of {SIZE_MULTIPLE}, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(
+        prog=PROG,
+        description="Export FarSeg / FactSeg for Paddle Inference: paddle.jit.save of the eval"
+                    " forward (normalised float32 [B,3,H,W] RGB, H and W multiples of 32 ->"
+                    " class probabilities [B,16,H,W]) as DIR/model.json + DIR/model.pdiparams"
+                    " (Paddle 3 PIR format), plus DIR/model.yml (classes, normalisation, input"
+                    " layout, window/stride). Run it with python -m paddle_impl.infer or"
+                    " python -m paddle_impl.predict --model-dir DIR. Exit status 0 done, 2 bad"
+                    " input or failed check (nothing written then).")
+    parser.add_argument("--model", required=True, choices=MODEL_NAMES, help="model architecture")
+    parser.add_argument("--weights", required=True, metavar="FILE",
+                        help="checkpoint: a Paddle .pdparams, or an official / torch_ref .pth"
+                             " (official wrapper and 'module.' prefix accepted) converted on the"
+                             " fly with convert.torch_to_paddle (needs torch). Read without"
+                             " executing code; the layout must match --model exactly")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder (created; an earlier export there is replaced"
+                             " atomically, any other non-empty folder is refused)")
+    parser.add_argument("--size", nargs=2, type=_size_multiple_of_32, metavar=("H", "W"),
+                        help="fix the input height and width (multiples of 32; e.g. 896 896 for"
+                             " the official windows). Default: dynamic H and W. The batch is"
+                             " always dynamic")
+    parser.add_argument("--window", type=int, default=896, metavar="PX",
+                        help="sliding-window side recorded in model.yml for predict (default 896)")
+    parser.add_argument("--stride", type=int, default=512, metavar="PX",
+                        help="sliding-window stride recorded in model.yml (default 512)")
+    parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                        help="after saving, run the program with Paddle Inference (the exact"
+                             " 'native' backend and the default 'auto' one) on a random input and"
+                             " compare with the dynamic graph (default on; a few seconds)")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="ABS",
+                        help=f"largest allowed max |difference| of the probabilities between the"
+                             f" exact 'native' backend and the dynamic graph (default"
+                             f" {DEFAULT_TOLERANCE:g}; they agree bit for bit on one thread)")
+    parser.add_argument("--rounding-tolerance", type=float, default=DEFAULT_ROUNDING_TOLERANCE,
+                        metavar="ABS",
+                        help=f"the same for the default 'onednn' backend, whose BatchNorm folding"
+                             f" changes float32 rounding (default {DEFAULT_ROUNDING_TOLERANCE:g};"
+                             f" measured 3e-6 to 1.1e-5)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.stride > args.window or args.window <= 0 or args.stride <= 0:
+        print(f"{PROG}: error: --stride {args.stride} / --window {args.window}: need 0 < stride <="
+              " window", file=sys.stderr)
+        return 2
+    paddle.set_device("cpu")  # export and check on the CPU; the program runs on any device
+    try:
+        summary = export(args.model, args.weights, args.out, tuple(args.size) if args.size else None,
+                         args.check, args.tolerance, window=args.window, stride=args.stride,
+                         rounding_tolerance=args.rounding_tolerance)
+    except CheckpointError as error:
+        print(f"{PROG}: error: {error.headline()}", file=sys.stderr)
+        return 2
+    except ExportError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    size = "x".join(map(str, summary["size"])) if summary["size"] else "dynamic HxW"
+    megabytes = summary["bytes"][PARAMS_FILE] / 1e6
+    print(f"exported {args.model} ({summary['weights']}) -> {args.out}/{{{PROGRAM_FILE},{PARAMS_FILE},"
+          f"{CONFIG_FILE}}} (input [B,3,{size}], {megabytes:.1f} MB of weights) in"
+          f" {summary['export_seconds']:.1f}s")
+    for backend, difference, limit in summary["checks"]:
+        print(f"check: Paddle Inference ({backend} backend, 1 thread) vs dynamic graph: max |diff|"
+              f" of the probabilities {difference:.3g} (tolerance {limit:g})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Run an export of ``python -m paddle_impl.export`` with Paddle Inference.
+
+Usage::
+
+    python -m paddle_impl.infer --model-dir deploy/farseg --image scene.png [--out classes.png]
+        [--color colour.png] [--device cpu|gpu] [--backend auto|onednn|native|paddle-default]
+        [--threads N]
+
+One forward pass over the whole image (normalised, zero-padded to a multiple of 32, cropped
+back, argmax): the minimal deployment path. For scenes larger than a window, or GeoTIFFs, use
+``python -m paddle_impl.predict --model-dir DIR`` (sliding windows, bounded memory).
+
+CPU backends (``--backend``), and why ``auto`` does not use Paddle's default:
+
+- ``paddle-default``: Paddle's own CPU configuration, oneDNN on. Paddle 3.3.1 refuses these
+  models at ``predictor.run()``: ``ConvertPirAttribute2RuntimeAttribute not support
+  [pir::ArrayAttribute<pir::DoubleAttribute>]``. The culprits are the ``nearest_interp`` (FPN
+  top-down x2) and ``bilinear_interp`` (decoder x2, head x4) ops: their ``scale`` attribute is
+  an array of doubles, which the oneDNN instruction cannot convert, whether the program
+  interpolates by scale factor or by output size (a one-conv program with a single
+  ``F.interpolate`` fails the same way; without it, it runs).
+- ``onednn``: oneDNN on, with the pass that moves individual ops onto oneDNN kernels
+  (``onednn_placement_pass``) removed. The fusion passes still turn every convolution (with
+  its folded BatchNorm, bias, ReLU and residual add) into a oneDNN ``fused_conv2d``, while
+  the interpolations stay on Paddle's own CPU kernels. Runs, and is the fastest CPU backend
+  measured here; equal to the dynamic graph up to float32 rounding (BatchNorm folded into the
+  convolution weights).
+- ``native``: oneDNN off (``config.disable_mkldnn()``): Paddle's plain CPU kernels, the same
+  as the dynamic graph's; with one thread the output equals the dynamic graph bit for bit.
+- ``auto`` (default): ``onednn``, falling back to ``native`` if it fails on the first run
+  (the reason is kept in ``DeployedModel.fallbacks`` and printed); on a GPU: ``gpu``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import paddle.inference as paddle_infer
+
+from isaid.evaluation import OneLineArgumentParser
+from isaid.imageio import write_png_atomic
+from isaid.palette import CLASS_NAMES, NUM_CLASSES, normalize
+from isaid.raster import ColourPreview, RasterError, open_raster
+from isaid.windows import pad_to_multiple
+
+from .export import CONFIG_FILE, PARAMS_FILE, PROGRAM_FILE, ExportError, fixed_size, read_deploy_config
+
+PROG = "python -m paddle_impl.infer"
+CPU_BACKENDS = ("onednn", "native", "paddle-default")
+BACKENDS = ("auto",) + CPU_BACKENDS + ("gpu",)
+# What "auto" tries on a CPU, in order (a test puts "paddle-default" first to see the fallback).
+AUTO_CPU_ORDER: Tuple[str, ...] = ("onednn", "native")
+# The pass whose removal keeps oneDNN convolutions but leaves interpolations on CPU kernels.
+ONEDNN_PLACEMENT_PASS = "onednn_placement_pass"
+
+
+class InferenceError(Exception):
+    """No backend could run the export, or the input does not fit it; one line."""
+
+
+def default_threads() -> int:
+    """CPU cores this process may use (Paddle Inference's own default is 1 thread)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def make_config(model_dir: str, backend: str, threads: Optional[int] = None,
+                gpu_id: int = 0) -> "paddle_infer.Config":
+    """A ``paddle.inference.Config`` for ``model_dir`` and one concrete backend (not "auto")."""
+    config = paddle_infer.Config(os.path.join(model_dir, PROGRAM_FILE), os.path.join(model_dir, PARAMS_FILE))
+    config.disable_glog_info()
+    if backend == "gpu":
+        config.enable_use_gpu(256, gpu_id)  # initial memory pool in MB; grows as needed
+        return config
+    config.disable_gpu()
+    config.set_cpu_math_library_num_threads(threads or default_threads())
+    if backend == "native":
+        config.disable_mkldnn()
+    elif backend == "onednn":
+        config.enable_mkldnn()
+        config.delete_pass(ONEDNN_PLACEMENT_PASS)
+    elif backend == "paddle-default":
+        config.enable_mkldnn()  # what a plain Config does on a oneDNN-enabled CPU build
+    else:
+        raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS[1:])}")
+    return config
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = next((line for line in lines if "Error" in line or "not support" in line), lines[0] if lines else "")
+    return " ".join(text.split())[:300] or type(error).__name__
+
+
+class DeployedModel:
+    """A Paddle Inference predictor over an export, with the backend chosen as ``infer`` does.
+
+    ``model(x)`` maps normalised float32 [B,3,H,W] (multiples of 32; the fixed size of a
+    fixed-size export) to probabilities [B,16,H,W]. With ``backend="auto"`` the first call
+    tries the candidates in order and keeps the first that runs; ``backend`` then names it
+    and ``fallbacks`` lists ``(backend, reason)`` for those that failed.
+    """
+
+    def __init__(self, model_dir: str, device: str = "cpu", backend: str = "auto",
+                 threads: Optional[int] = None) -> None:
+        self.model_dir = model_dir
+        self.config = read_deploy_config(model_dir)
+        self.fixed_size = fixed_size(self.config)
+        self.threads = threads
+        device = device.lower()
+        self.gpu_id = 0
+        if device in ("gpu", "cuda") or device.startswith(("gpu:", "cuda:")):
+            self.gpu_id = int(device.split(":")[1]) if ":" in device else 0
+            if backend not in ("auto", "gpu"):
+                raise InferenceError(f"--backend {backend} is a CPU backend; use auto or gpu with --device {device}")
+            candidates: Tuple[str, ...] = ("gpu",)
+        elif device == "cpu":
+            if backend == "gpu":
+                raise InferenceError("--backend gpu needs --device gpu")
+            candidates = AUTO_CPU_ORDER if backend == "auto" else (backend,)
+        else:
+            raise InferenceError(f"unknown device {device!r}: expected cpu or gpu[:N]")
+        self.device = device
+        self.candidates = list(candidates)
+        self.fallbacks: List[Tuple[str, str]] = []
+        self.backend = self.candidates[0]
+        self._proven = False  # a run has succeeded: no more falling back
+        self._predictor = None
+        self._create()
+
+    def _next_backend(self, error: BaseException) -> None:
+        """Record why the current backend failed and move to the next candidate (or raise)."""
+        position = self.candidates.index(self.backend)
+        if self._proven or position + 1 >= len(self.candidates):
+            tried = "; ".join(f"{b}: {r}" for b, r in self.fallbacks)
+            raise InferenceError(f"{self.model_dir}: Paddle Inference ({self.backend} backend) failed:"
+                                 f" {_first_line(error)}" + (f" (also tried {tried})" if tried else "")) from None
+        self.fallbacks.append((self.backend, _first_line(error)))
+        self.backend = self.candidates[position + 1]
+        self._predictor = None
+
+    def _create(self) -> None:
+        """Create the predictor (program loading and graph optimisation: seconds, done once)."""
+        while self._predictor is None:
+            try:
+                self._predictor = paddle_infer.create_predictor(
+                    make_config(self.model_dir, self.backend, self.threads, self.gpu_id))
+            except Exception as error:  # noqa: BLE001 (Paddle raises many types)
+                self._next_backend(error)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        self._create()
+        predictor = self._predictor
+        handle = predictor.get_input_handle(predictor.get_input_names()[0])
+        handle.reshape(list(x.shape))
+        handle.copy_from_cpu(x)
+        predictor.run()
+        return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise InferenceError(f"expected a normalised batch [B,3,H,W], got {list(x.shape)}")
+        height, width = x.shape[2:]
+        if height % 32 or width % 32:
+            raise InferenceError(f"input {height}x{width}: height and width must be multiples of 32")
+        if self.fixed_size is not None and (height, width) != self.fixed_size:
+            raise InferenceError(f"{self.model_dir} was exported for {self.fixed_size[0]}x{self.fixed_size[1]}"
+                                 f" inputs, got {height}x{width}")
+        while True:
+            try:
+                output = self._run(x)
+                self._proven = True
+                return output
+            except InferenceError:
+                raise
+            except Exception as error:  # noqa: BLE001 (Paddle raises RuntimeError, NotImplementedError, ...)
+                self._next_backend(error)
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """uint8 RGB [H,W,3] -> probabilities float32 [16,H,W] (one forward pass, padded)."""
+        height, width = image.shape[:2]
+        x = normalize(image)
+        if self.fixed_size is not None:
+            if height > self.fixed_size[0] or width > self.fixed_size[1]:
+                raise InferenceError(f"image {height}x{width} is larger than the fixed export size"
+                                     f" {self.fixed_size[0]}x{self.fixed_size[1]}: use python -m"
+                                     f" paddle_impl.predict --model-dir {self.model_dir} (sliding windows)")
+            pad_h, pad_w = self.fixed_size[0] - height, self.fixed_size[1] - width
+        else:
+            pad_h, pad_w = pad_to_multiple(height, width, 32)
+        # Zero padding AFTER normalisation, as the official evaluation pads each window.
+        x = np.pad(x, ((0, 0), (0, pad_h), (0, pad_w)))[None]
+        return self(x)[0, :, :height, :width]
+
+    def predict_image(self, image: np.ndarray) -> np.ndarray:
+        """uint8 RGB [H,W,3] -> uint8 class map [H,W] (argmax of :meth:`probabilities`)."""
+        return self.probabilities(image).argmax(axis=0).astype(np.uint8)
+
+
+def create_predictor(model_dir: str, device: str = "cpu", backend: str = "auto",
+                     threads: Optional[int] = None) -> DeployedModel:
+    """Open the export in ``model_dir`` (see :class:`DeployedModel`); ExportError if it is not one."""
+    return DeployedModel(model_dir, device, backend, threads)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(
+        prog=PROG,
+        description="Run an export of python -m paddle_impl.export with Paddle Inference on one"
+                    " image, in one forward pass (whole image, zero-padded to a multiple of 32"
+                    " after normalisation). For large scenes and GeoTIFFs use python -m"
+                    " paddle_impl.predict --model-dir DIR. Exit status 0 done, 2 bad input.")
+    parser.add_argument("--model-dir", required=True, metavar="DIR",
+                        help=f"folder written by python -m paddle_impl.export ({PROGRAM_FILE},"
+                             f" {PARAMS_FILE}, {CONFIG_FILE})")
+    parser.add_argument("--image", required=True, metavar="FILE",
+                        help="RGB image: PNG / JPEG / BMP, or a 3-band uint8 (Geo)TIFF")
+    parser.add_argument("--out", metavar="OUT.png",
+                        help="write the class map as a palette PNG (pixel value = class index"
+                             " 0..15, shown in the iSAID colours); atomically")
+    parser.add_argument("--color", metavar="COLOUR.png",
+                        help="write a colour rendering with a class legend")
+    parser.add_argument("--device", default="cpu", metavar="cpu|gpu[:N]",
+                        help="where Paddle Inference runs (default cpu)")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="CPU backend: auto (default: onednn, falling back to native),"
+                             " onednn (oneDNN convolutions, interpolation on CPU kernels), native"
+                             " (oneDNN off; bit-exact with the dynamic graph on one thread),"
+                             " paddle-default (Paddle's own config: fails on Paddle 3.3.1 for"
+                             " these models, see the module doc); gpu with --device gpu")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads (default: all cores this process may use)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    for option, path in (("--out", args.out), ("--color", args.color)):
+        if path is not None and not path.lower().endswith(".png"):
+            print(f"{PROG}: error: {option} {path}: must end in .png", file=sys.stderr)
+            return 2
+    try:
+        model = create_predictor(args.model_dir, args.device, args.backend, args.threads)
+        with open_raster(args.image) as reader:
+            image = reader.read_window(0, 0, reader.height, reader.width)
+        start = time.perf_counter()
+        classes = model.predict_image(image)
+        seconds = time.perf_counter() - start
+    except (ExportError, RasterError, InferenceError) as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    for backend, reason in model.fallbacks:
+        print(f"note: backend {backend} failed ({reason}); used {model.backend} instead", file=sys.stderr)
+    if args.out:
+        write_png_atomic(args.out, classes, index_palette=True)
+    if args.color:
+        preview = ColourPreview(*classes.shape)
+        preview.add_rows(0, classes)
+        preview.save(args.color)
+    counts = np.bincount(classes.reshape(-1), minlength=NUM_CLASSES)
+    present = ", ".join(f"{CLASS_NAMES[c]} {100.0 * counts[c] / classes.size:.1f}%"
+                        for c in np.argsort(-counts) if counts[c])
+    print(f"{args.image} ({image.shape[1]}x{image.shape[0]}) -> {args.out or '(not written)'}:"
+          f" {model.config['model']} on {model.device} ({model.backend} backend) in {seconds:.2f}s;"
+          f" classes: {present}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Predict the classes of a scene of any size, streamed by row bands (PyTorch).
+
+Usage::
+
+    python -m torch_ref.predict --weights farseg50.pth --image scene.tif --out classes.tif
+        [--window 896 --stride 512] [--color colour.png] [--device cpu|cuda] [--batch-size N]
+
+The official sliding-window protocol (:mod:`torch_ref.inference`): probabilities averaged where
+windows overlap, argmax; rows are written as soon as no later window covers them. A GeoTIFF
+input is read by windows and its CRS and affine transform are written into a GeoTIFF output;
+memory depends on the scene's width, not its height (:mod:`isaid.raster` says what is bounded
+and what is not). Bad input gives one line on stderr, exit status 2 and no output file.
+``python -m torch_ref.predict --help`` lists every option.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Iterator, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from convert import CheckpointError, detect_model, read_checkpoint
+from isaid.raster import (RasterError, RasterReader, build_predict_parser, check_predict_args,
+                          open_raster, predict_to_files, print_error)
+from weights import MODEL_NAMES
+
+from . import build_model
+from .inference import SlidingWindowInference, gpu_available, load_weights, resolve_device
+
+FRAMEWORK = "PyTorch"
+GPU_NAME = "cuda"
+PROG = "python -m torch_ref.predict"
+DEFAULT_WINDOW, DEFAULT_STRIDE = 896, 512
+
+
+def detect_architecture(weights: str) -> str:
+    """"farseg" or "factseg" from the checkpoint's keys (read without executing code)."""
+    name = detect_model(read_checkpoint(weights).state.keys())
+    if name not in MODEL_NAMES:
+        raise CheckpointError(f"holds a {name} state dict, not a FarSeg / FactSeg model", path=weights)
+    return name
+
+
+def build_engine(args) -> Tuple[SlidingWindowInference, str]:
+    """The sliding-window engine over the model the options name; CheckpointError / ValueError."""
+    name = detect_architecture(args.weights) if args.model == "auto" else args.model
+    model = build_model(name)
+    how = load_weights(model, name, args.weights)
+    engine = SlidingWindowInference(model, args.window or DEFAULT_WINDOW, args.stride or DEFAULT_STRIDE,
+                                    args.device, args.batch_size, None if args.amp == "none" else args.amp)
+    return engine, f"{name}, {how}"
+
+
+def class_bands(engine: SlidingWindowInference, progress: bool) -> Callable[..., Iterator[Tuple[int, int, np.ndarray]]]:
+    """The engine's bands as host uint8 rows (only the class indices leave the device)."""
+
+    def bands(height: int, width: int, read_window) -> Iterator[Tuple[int, int, np.ndarray]]:
+        for row_start, row_end, classes in engine.run(height, width, read_window, progress):
+            yield row_start, row_end, classes.to(torch.uint8).cpu().numpy()
+
+    return bands
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_predict_parser(PROG, FRAMEWORK, GPU_NAME).parse_args(argv)
+    problems = check_predict_args(args)
+    if args.device == "auto":
+        args.device = GPU_NAME if gpu_available() else "cpu"
+    for problem in problems:
+        print_error(PROG, problem)
+    if problems:
+        return 2
+    try:
+        resolve_device(args.device)
+        reader: RasterReader = open_raster(args.image)  # header and band checks before the model
+    except (RasterError, ValueError) as error:
+        print_error(PROG, error)
+        return 2
+    with reader:
+        try:
+            engine, how = build_engine(args)
+        except CheckpointError as error:
+            print_error(PROG, error.headline())
+            return 2
+        except ValueError as error:
+            print_error(PROG, error)
+            return 2
+        if reader.georeferenced and not args.out.lower().endswith((".tif", ".tiff")):
+            print(f"note: {args.image} is georeferenced but {args.out} is a PNG, which cannot keep"
+                  " the CRS and transform; use a .tif output to keep them", file=sys.stderr)
+        print(f"model: {how}; device {engine.device}; window {engine.window}, stride {engine.stride}",
+              file=sys.stderr, flush=True)
+        try:
+            result = predict_to_files(reader, args.out, class_bands(engine, args.progress), args.color,
+                                      args.color_max_side)
+        except RasterError as error:
+            print_error(PROG, error)
+            return 2
+    print(result.summary(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
