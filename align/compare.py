@@ -60,34 +60,40 @@ class Tolerance:
         return text
 
 
-# Defaults, set from measurements (README "Alignment thresholds"): the largest value measured
-# over seeds/sizes on this port with a margin of about 10x, except where the issue fixes them
-# (float32 forward: mean-abs 1e-5 and relative 1e-4; float64 forward and loss: 1e-9).
+# Defaults, set from measurements (README "Alignment thresholds"; ``python
+# benchmarks/align_bench.py --sweep`` re-measures them): the worst value measured on this port,
+# both models, with a margin of 3-40x, except where the issue fixes them (float32 eval forward:
+# mean-abs 1e-5 and relative 1e-4; float64 forward and loss: 1e-9).
+#
+# float32 is not a precision check for training-mode values: with batch statistics over few
+# elements (n = 8 per channel at stride 32 for a 64x64 batch of 2), float32 rounding alone moves
+# deep-layer gradients by up to ~15% (torch against torch in float64 shows the same), and three
+# steps of the official recipe amplify any difference chaotically. float64 is the default.
 DEFAULT_TOLERANCES: Dict[str, Dict[str, Tolerance]] = {
     "float64": {
-        "forward": Tolerance(1e-9),
-        "forward_train": Tolerance(1e-9),
-        "loss": Tolerance(1e-9),
-        "identity": Tolerance(1e-12),
-        "lr": Tolerance(1e-12),
+        "forward": Tolerance(1e-9),  # measured <= 4e-12
+        "forward_train": Tolerance(1e-9),  # measured <= 1.5e-10
+        "loss": Tolerance(1e-9),  # measured <= 8e-16 (loss stage), 7e-13 (through the model)
+        "identity": Tolerance(1e-12),  # measured <= 8e-16
+        "lr": Tolerance(1e-12),  # measured <= 1.3e-16
         "counter": Tolerance(0.0),
-        "grad": Tolerance(1e-8),
-        "param": Tolerance(1e-8),
-        "running_stat": Tolerance(1e-5),
-        "drift": Tolerance(1e-3),
+        "grad": Tolerance(1e-8),  # measured <= 8.3e-10
+        "param": Tolerance(1e-8),  # measured <= 3.3e-10
+        "running_stat": Tolerance(1e-5),  # measured <= 2.7e-7 (Paddle's float32 BN momentum)
+        "drift": Tolerance(1e-3),  # measured <= 3.2e-5 after 3 steps
         "exact": Tolerance(0.0),
     },
     "float32": {
-        "forward": Tolerance(1e-4, 1e-5),
-        "forward_train": Tolerance(2e-3, 2e-4),
-        "loss": Tolerance(1e-5),
+        "forward": Tolerance(1e-4, 1e-5),  # measured <= 1.2e-6, mean 8e-8
+        "forward_train": Tolerance(2e-3, 2e-4),  # measured <= 1.7e-4, mean 2.7e-5
+        "loss": Tolerance(1e-5),  # measured <= 3.1e-7
         "identity": Tolerance(1e-5),
         "lr": Tolerance(1e-12),
         "counter": Tolerance(0.0),
-        "grad": Tolerance(3e-2),
-        "param": Tolerance(1e-5),
-        "running_stat": Tolerance(1e-4),
-        "drift": Tolerance(1e-1),
+        "grad": Tolerance(0.5),  # measured <= 0.15 (deep layers; global norm <= 3e-3)
+        "param": Tolerance(3e-2),  # measured <= 3.0e-3
+        "running_stat": Tolerance(5e-4),  # measured <= 5.0e-5
+        "drift": Tolerance(1.0),  # measured <= 0.45 after 3 steps: only gross errors show
         "exact": Tolerance(0.0),
     },
 }
