@@ -43,6 +43,7 @@ KINDS = (
     "running_stat",  # BatchNorm running mean / variance after the first training step
     "drift",  # anything after step 2 and later: differences grow step by step (README)
     "exact",  # metric stage: must be bit-identical
+    "x2paddle",  # forward --against x2paddle: rows of align.x2paddle_check (its own thresholds)
 )
 
 

@@ -10,17 +10,20 @@ on every module and names the first module whose output differs.
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import StageResult, compare_arrays, write_stage_outputs
+from .compare import Row, StageResult, Tolerance, compare_arrays, write_stage_outputs
 from .config import AlignConfig
 from .fixtures import LOGIT_MODULES, LOGIT_NAMES, Fixture, get_fixture, to_numpy, versions
 from .localize import capture_paddle, capture_torch, first_divergent_layer
 
 STAGE = "forward"
+# align.x2paddle_check's own defaults (float32): mean |d| <= 1e-5 and max |d| / max |value| <= 1e-4.
+X2PADDLE_TOLERANCE = Tolerance(1e-4, 1e-5)
 
 
 def _torch_outputs(fx: Fixture) -> Dict[str, np.ndarray]:
@@ -101,8 +104,15 @@ def localise_forward(fx: Fixture, mode: str, tol: Any) -> Dict[str, Any]:
     return found
 
 
-def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
-    """Run the forward stage for ``config``; write its files when ``config.out`` is set."""
+def run(config: AlignConfig, fixture: Optional[Fixture] = None, against: str = "paddle_impl",
+        progress: bool = False) -> StageResult:
+    """Run the forward stage for ``config``; write its files when ``config.out`` is set.
+
+    ``against="x2paddle"`` adds the X2Paddle third opinion (``align.x2paddle_check``, float32):
+    its three-way rows join this stage's rows (kind ``x2paddle``) and its report its notes.
+    """
+    if against not in ("paddle_impl", "x2paddle"):
+        raise ValueError(f"unknown against={against!r}: expected paddle_impl or x2paddle")
     start = time.perf_counter()
     fx = fixture if fixture is not None else get_fixture(config)
     tols = config.tolerances()
@@ -115,7 +125,9 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
 
     result = StageResult(STAGE, config.model, config.dtype)
     result.settings = {**fx.describe(), "batch": fx.x.shape[0], "size": f"{fx.x.shape[2]}x{fx.x.shape[3]}",
-                       "seed": config.seed, "tolerances": {"forward": tol.describe(), "forward_train": tol_train.describe()}, **versions()}
+                       "seed": config.seed,
+                       "tolerances": {"forward": tol.describe(), "forward_train": tol_train.describe()},
+                       **versions()}
     for key, reference in t_out.items():
         kind = "forward_train" if key.startswith("train/") else "forward"
         result.rows.append(compare_arrays(key, reference, p_out[key], tols[kind], kind))
@@ -129,6 +141,13 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
             result.localisation = found
             result.first_divergence = {"where": found["first"], "mode": mode,
                                        "summary": f"[{mode} mode] {found['summary']}"}
+    if against == "x2paddle":
+        passed, lines, rows = run_x2paddle(fx, config.out, progress)
+        result.rows += rows
+        result.notes += lines
+        if not passed and not rows:
+            result.rows.append(Row("x2paddle/no_comparison", "x2paddle", [], math.inf, math.inf, math.inf,
+                                   math.nan, X2PADDLE_TOLERANCE, False, "nothing converted"))
     result.seconds = time.perf_counter() - start
     out_dir = config.out_dir(STAGE)
     if out_dir is not None:
@@ -136,8 +155,8 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
     return result
 
 
-def run_x2paddle(fx: Fixture, out_dir: Optional[str]) -> Tuple[bool, List[str]]:
-    """The X2Paddle third opinion (``align.x2paddle_check``): (passed, report lines).
+def run_x2paddle(fx: Fixture, out_root: Optional[str], progress: bool = True) -> Tuple[bool, List[str], List[Row]]:
+    """The X2Paddle third opinion (``align.x2paddle_check``, float32): (passed, report lines, rows).
 
     Raises AlignInputError when x2paddle (the optional extra) is not installed.
     """
@@ -149,21 +168,21 @@ def run_x2paddle(fx: Fixture, out_dir: Optional[str]) -> Tuple[bool, List[str]]:
     if importlib.util.find_spec("x2paddle") is None:
         raise AlignInputError("--against x2paddle needs the optional X2Paddle extra: "
                               "pip install -e .[x2paddle]  (x2paddle==1.6.0, six, requests)")
-    try:
-        from .x2paddle_check import compare_with_x2paddle
-    except ImportError as exc:
-        raise AlignInputError(f"align/x2paddle_check.py is not available ({exc})") from None
-    target = Path(out_dir or "out/align") / fx.model_name / "forward" / "x2paddle"
+    from .x2paddle_check import compare_with_x2paddle, format_report
+
+    target = Path(out_root or "out/align") / fx.model_name / "forward" / "x2paddle"
     fx.reset()
-    report = compare_with_x2paddle(fx.model_name, fx.torch_model, fx.paddle_model, fx.x, target)
+    report = compare_with_x2paddle(fx.model_name, fx.torch_model, fx.paddle_model, fx.x, target,
+                                   seed=fx.config.seed, progress=progress)
     fx.reset()
     passed = bool(report.get("passed", False))
-    lines = [f"x2paddle third opinion: {'PASS' if passed else 'FAIL'} (files in {target})"]
-    for row in report.get("rows", [])[:20]:
-        lines.append(f"  {row}")
-    if report.get("untraceable"):
-        lines.append(f"  untraceable: {report['untraceable']}")
-    return passed, lines
+    lines = [f"x2paddle third opinion ({fx.model_name}, float32; programs in {target}):",
+             *format_report(report).splitlines()]
+    rows = [Row(f"x2paddle/{r['pair']}/{r['output']}", "x2paddle",
+                list(r["shape"]) if isinstance(r["shape"], (list, tuple)) else [],
+                float(r["max_abs"]), float(r["mean_abs"]), float(r["max_rel"]), math.nan,
+                X2PADDLE_TOLERANCE, bool(r["passed"])) for r in report.get("rows", [])]
+    return passed, lines, rows
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -269,7 +269,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 json.dump(spec, handle)
             name = f"{run['framework']}:{run['device']}:{run['amp']}:{run['batch_size']}"
             print(f"run {name} ({args.size}x{args.size}, {args.model}) ...", file=sys.stderr, flush=True)
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+                filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
             if args.threads:
                 env["OMP_NUM_THREADS"] = str(args.threads)
             proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", spec_path],

@@ -166,6 +166,52 @@ def export_model(model: str, folder: str) -> None:
     export(model, None, folder, model=build_model(model), check=False)
 
 
+def interleaved_forwards(model: str, window: int, rounds: int, export_dir: str) -> Dict[str, Any]:
+    """Seconds per forward pass of one window, the four CPU configurations taken in turns.
+
+    On a shared machine the load drifts over minutes; alternating the configurations round by
+    round (one forward each per round, after one warm-up each) exposes them to the same load,
+    so their ratios are meaningful even when the absolute times are not. Median over rounds.
+    """
+    import paddle
+    import torch
+
+    import paddle_impl
+    import torch_ref
+    from paddle_impl.infer import create_predictor
+
+    x = np.random.default_rng(0).standard_normal((1, 3, window, window)).astype(np.float32)
+    torch.manual_seed(0)
+    torch_model = torch_ref.build_model(model).eval()
+    paddle.seed(0)
+    paddle_model = paddle_impl.build_model(model)
+    paddle_model.eval()
+    onednn = create_predictor(export_dir, "cpu", "onednn")
+    native = create_predictor(export_dir, "cpu", "native")
+
+    def run_torch() -> None:
+        with torch.no_grad():
+            torch_model(torch.from_numpy(x))
+
+    def run_paddle() -> None:
+        with paddle.no_grad():
+            paddle_model(paddle.to_tensor(x))
+
+    configs = {"torch:dygraph": run_torch, "paddle:dygraph": run_paddle,
+               "paddle:onednn": lambda: onednn(x), "paddle:native": lambda: native(x)}
+    times: Dict[str, List[float]] = {name: [] for name in configs}
+    for name, function in configs.items():
+        function()  # warm-up: allocator, oneDNN primitive creation
+    for _ in range(rounds):
+        for name, function in configs.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {"window": window, "rounds": rounds, "torch_threads": torch.get_num_threads(),
+            "median_seconds": {name: round(float(np.median(t)), 3) for name, t in times.items()},
+            "all_seconds": {name: [round(v, 3) for v in t] for name, t in times.items()}}
+
+
 def machine() -> Dict[str, Any]:
     return {"platform": platform.platform(), "python": platform.python_version(),
             "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -186,6 +232,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--threads", type=int,
                         help="OMP/MKL threads for every run (default: the frameworks' defaults)")
     parser.add_argument("--out", default=DEFAULT_OUT, help="results JSON (default benchmarks/results/predict_bench.json)")
+    parser.add_argument("--interleaved-rounds", type=int, default=0, metavar="N",
+                        help="also time single-window forward passes of torch, Paddle dygraph and"
+                             " the two Paddle Inference CPU backends in N alternating rounds (the"
+                             " fair speed comparison on a shared machine; default 0: skip)")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: JSON spec of one measurement
     args = parser.parse_args(argv)
     if args.child:
@@ -196,13 +246,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     if args.threads:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+        os.environ.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))  # this process too
     records: List[Dict[str, Any]] = []
     command = "python benchmarks/predict_bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    interleaved = None
     with tempfile.TemporaryDirectory(prefix="predict_bench_") as folder:
         export_dir = None
-        if any(run["mode"] != "dygraph" for run in args.runs):
+        if args.interleaved_rounds or any(run["mode"] != "dygraph" for run in args.runs):
             export_dir = os.path.join(folder, "export")
             export_model(args.model, export_dir)
+        if args.interleaved_rounds:
+            interleaved = interleaved_forwards(args.model, args.window, args.interleaved_rounds, export_dir)
+            print(f"interleaved single-window forwards ({args.window}px, median of"
+                  f" {args.interleaved_rounds}): {interleaved['median_seconds']}", file=sys.stderr, flush=True)
         for height, width in args.sizes:
             scene = os.path.join(folder, f"scene_{height}x{width}.tif")
             started = time.perf_counter()
@@ -231,7 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     document = {"command": command, "machine": machine(), "threads": args.threads,
                 "note": "CPU timings on a shared 2-core machine; the load average is recorded. GPU runs"
                         " need --runs torch:dygraph:cuda (and paddle:dygraph:gpu) on a GPU machine.",
-                "runs": records}
+                "forward_interleaved": interleaved, "runs": records}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     temporary = args.out + ".tmp"
     with open(temporary, "w", encoding="utf-8") as handle:

@@ -34,7 +34,7 @@ from weights import MODEL_NAMES, OFFICIAL_MIOU, SEED_REPRODUCTION_MIOU
 
 from .imageio import ImageReadError, read_mask_details, read_rgb, read_size, write_bytes_atomic
 from .metrics import format_iou_table, miou
-from .palette import CLASS_NAMES, IGNORE_INDEX, MEAN, NUM_CLASSES, STD
+from .palette import CLASS_NAMES, IGNORE_INDEX, MEAN, STD
 from .windows import num_windows
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -66,10 +66,6 @@ class Scene:
     mask: str
     height: int
     width: int
-
-    @property
-    def is_colour_mask_name(self) -> bool:
-        return self.mask.endswith(COLOUR_MASK_SUFFIX)
 
 
 def _image_files(folder: str) -> List[str]:

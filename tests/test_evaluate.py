@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Tuple
 
 import numpy as np
 import paddle
@@ -410,7 +409,7 @@ def test_float32_predictions_agree_and_planted_weight_bug_is_caught(farseg_files
     assert sum(int((t == p).sum()) for t, p in zip(torch_maps, bugged)) < 0.999 * total
 
 
-def test_colour_masks_and_index_masks_give_the_same_confusion(farseg_files):
+def test_colour_masks_and_index_masks_give_the_same_confusion(farseg_files, monkeypatch):
     engine = torch_inference.SlidingWindowInference(TorchStandIn(), 64, 48)
     by_index, totals_index = torch_evaluate.evaluate_scenes(
         engine, find_scenes(str(farseg_files["images"]), str(farseg_files["labels"])), progress=False)
@@ -429,6 +428,23 @@ def test_colour_masks_and_index_masks_give_the_same_confusion(farseg_files):
         label = np.asarray(Image.open(scene.mask))
         host += confusion_from_labels(engine.predict_array(image), label)
     np.testing.assert_array_equal(by_index, host)
+    # Planted bug: decode colour masks in mmsegmentation's index order, which swaps classes 2
+    # (roundabout) and 12 (storage tank) relative to the FarSeg weights. The check sees it.
+    import isaid.evaluation
+    real_reader = isaid.evaluation.read_mask_details
+
+    def swapped_reader(path, name=None):
+        details = real_reader(path, name)
+        if not details.is_colour_mask:
+            return details
+        index = details.index.copy()
+        index[details.index == 2], index[details.index == 12] = 12, 2
+        return details._replace(index=index)
+
+    monkeypatch.setattr(isaid.evaluation, "read_mask_details", swapped_reader)
+    bugged, _ = torch_evaluate.evaluate_scenes(
+        engine, find_scenes(str(farseg_files["images"]), str(farseg_files["colours"])), progress=False)
+    assert not np.array_equal(bugged, by_index)
 
 
 def test_expect_official_exit_codes(farseg_files, monkeypatch, capsys):

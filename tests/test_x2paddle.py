@@ -7,7 +7,10 @@ passes, so the verdict names paddle_impl. FarSeg and FactSeg at 64x64, batch 1, 
 from __future__ import annotations
 
 import dataclasses
+import copy
+import json
 import socket
+import subprocess
 import sys
 import time
 import types
@@ -40,7 +43,8 @@ def farseg_result(farseg, tmp_path_factory):
     torch_model, paddle_model, x = farseg
     path_before = list(sys.path)
     out_dir = tmp_path_factory.mktemp("x2p_farseg")
-    result = xc.compare_with_x2paddle("farseg", torch_model, paddle_model, x, out_dir, progress=False)
+    result = xc.compare_with_x2paddle("farseg", torch_model, paddle_model, x, out_dir, reuse=True,
+                                      progress=False)
     return result, path_before
 
 
@@ -82,6 +86,20 @@ def test_feedback_is_off_in_pytorch2paddle_calls(monkeypatch, tmp_path):
     assert (tmp_path / "conv" / xc.CODE_FILE).is_file() and not list(tmp_path.glob(".conv.*"))
 
 
+def test_x2paddle_exit_during_trace_becomes_an_error_not_an_exit(tmp_path):
+    """X2Paddle's tracer answers a RuntimeError with print(e); exit(0), which would end the
+    caller's process with status 0. It is turned into a conversion error."""
+    import torch
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("planted failure inside forward")
+
+    conv = xc.convert_with_x2paddle(Broken(), [torch.zeros(1, 3, 8, 8)], tmp_path / "broken")
+    assert not conv.ok and conv.error == "X2Paddle called exit(0) after: planted failure inside forward"
+    assert not (tmp_path / "broken").exists() and (tmp_path / "broken.failed.log").is_file()
+
+
 # ----------------------------------------------------------------------------------------------
 # Comparison helpers
 # ----------------------------------------------------------------------------------------------
@@ -104,7 +122,7 @@ def test_verdicts_name_the_odd_one_out():
     assert xc.verdicts(rows(True, True, True))["o"] == "all agree"
     assert xc.verdicts(rows(True, False, False))["o"].startswith("paddle_impl differs")
     assert xc.verdicts(rows(False, False, True))["o"].startswith("x2paddle differs")
-    assert xc.verdicts(rows(False, True, False))["o"].startswith("torch_ref differs")
+    assert xc.verdicts(rows(False, True, False))["o"].startswith("both Paddle programs agree")
     assert xc.verdicts([{"output": "o", "pair": xc.PAIRS[2], "passed": True}])["o"].startswith("no X2Paddle")
 
 
@@ -167,7 +185,7 @@ def test_planted_paddle_bug_is_blamed_on_paddle_impl(farseg, farseg_result, monk
 
     out_dir = Path(farseg_result[0]["generated_dir"])
     result = xc.compare_with_x2paddle("farseg", torch_model, paddle_model, x, out_dir, check_training=False,
-                                      progress=False)
+                                      reuse=True, progress=False)
     assert [(c["target"], c["reused"]) for c in result["conversions"]] == [("eval tail", True), ("eval", True)]
     assert not result["passed"]
     for output in ("logits", "probs"):
@@ -210,10 +228,9 @@ def test_sub_part_fallback_when_the_logits_path_does_not_convert(farseg, tmp_pat
 # FactSeg
 # ----------------------------------------------------------------------------------------------
 
-def test_factseg_logits_three_way_and_the_fusion_reported(tmp_path):
+def test_factseg_logits_three_way_and_the_untraceable_parts_reported(tmp_path):
     torch_model, paddle_model, x = xc.build_fixture("factseg", seed=0, size=64, batch=1)
-    result = xc.compare_with_x2paddle("factseg", torch_model, paddle_model, x, tmp_path, check_training=False,
-                                      progress=False)
+    result = xc.compare_with_x2paddle("factseg", torch_model, paddle_model, x, tmp_path, progress=False)
     assert result["passed"], xc.format_report(result)
     for output, channels in (("fg_logits", 16), ("bi_logits", 1)):
         rows = rows_by(result, output)
@@ -224,6 +241,56 @@ def test_factseg_logits_three_way_and_the_fusion_reported(tmp_path):
     fusion = next(u["why"] for u in result["untraceable"] if "fusion" in u["part"])
     assert "aten::log_sigmoid" in fusion and "aten::logsumexp" in fusion
     assert "not attempted" in fusion  # the whole eval forward contains the fusion: skipped
-    assert [c["target"] for c in result["conversions"]] == ["eval tail", "logits"]
+    assert [c["target"] for c in result["conversions"]][:2] == ["eval tail", "logits"]
+    # Training probes: the loss fails on the same ops; small-object mining on its own fails on
+    # a full reduction (sum without dim), and its k is a Python int frozen by the tracer.
+    why = {u["part"]: u["why"] for u in result["untraceable"]}
+    assert "aten::log_sigmoid" in why["training-mode forward after the logits (joint_loss)"]
+    assert "aten::sum" in why["loss piece losses.small_object_mining"]
+    assert any(p.startswith("torch_ref/losses.py:") and "numel()" in p for p in why)
     assert (tmp_path / "eval_tail.failed.log").is_file() and (tmp_path / "logits" / xc.CODE_FILE).is_file()
     assert result["network_attempts"] == [] and leaked_modules() == []
+
+
+def test_float64_models_are_checked_in_float32_and_left_untouched(farseg, farseg_result):
+    """align.forward runs in float64: the check makes float32 copies and leaves the caller's
+    models as they were (dtype and mode). Same float32 weights and input: the program converted
+    above is reused."""
+    import paddle
+    import torch
+
+    torch_model, paddle_model, x = farseg
+    torch64 = copy.deepcopy(torch_model).double().train()
+    paddle64 = copy.deepcopy(paddle_model)
+    paddle64.to(dtype="float64")
+    result = xc.compare_with_x2paddle("farseg", torch64, paddle64, x.astype(np.float64),
+                                      Path(farseg_result[0]["generated_dir"]), check_training=False,
+                                      reuse=True, progress=False)
+    assert result["passed"], xc.format_report(result)
+    assert result["dtype"] == "float32" and result["conversions"][-1]["reused"]
+    assert torch64.training and torch64.en.resnet.conv1.weight.dtype == torch.float64
+    assert paddle64.en.resnet.conv1.weight.dtype == paddle.float64
+
+
+def test_cli_writes_report_and_json_and_rejects_bad_input(farseg_result, tmp_path, capsys, monkeypatch):
+    out_dir = farseg_result[0]["generated_dir"]
+    report = tmp_path / "report.json"
+    code = subprocess.run([sys.executable, "-m", "align.x2paddle_check", "--model", "farseg", "--out", out_dir,
+                           "--reuse", "--no-training", "--json", str(report)],
+                          capture_output=True, text=True, timeout=600)
+    assert code.returncode == 0, code.stdout + code.stderr
+    assert "PASSED" in code.stdout and "verdict logits: all agree" in code.stdout
+    saved = json.loads(report.read_text())
+    assert saved["passed"] and {r["pair"] for r in saved["rows"]} == set(xc.PAIRS)
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically
+
+    with pytest.raises(SystemExit) as bad_size:
+        xc.main(["--model", "farseg", "--size", "48"])
+    assert bad_size.value.code == 2 and "multiple of 32" in capsys.readouterr().err
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert xc.main(["--model", "farseg", "--out", str(a_file)]) == 2
+    assert f"{a_file}: exists and is not a folder" in capsys.readouterr().err
+    monkeypatch.setattr(xc, "x2paddle_available", lambda: False)
+    assert xc.main(["--model", "factseg"]) == 2
+    assert 'pip install -e ".[x2paddle]"' in capsys.readouterr().err
