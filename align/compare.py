@@ -61,7 +61,7 @@ class Tolerance:
         return text
 
 
-# Defaults, set from measurements (README "Alignment thresholds"; ``python
+# Defaults, set from measurements (README "Measured alignment"; ``python
 # benchmarks/align_bench.py --sweep`` re-measures them): the worst value measured on this port,
 # both models, with a margin of 3-40x, except where the issue fixes them (float32 eval forward:
 # mean-abs 1e-5 and relative 1e-4; float64 forward and loss: 1e-9).

@@ -1,10 +1,16 @@
 """PaddlePaddle ports of FarSeg and FactSeg, mirroring ``torch_ref`` name for name."""
 from __future__ import annotations
 
-import paddle.nn as nn
+import warnings
 
-from .factseg import FactSeg
-from .farseg import FarSeg
+# Paddle 3.3.1 warns at import time that ccache is missing (it matters only for building C++
+# extensions, which this project does not do): silence that one message for every CLI.
+warnings.filterwarnings("ignore", message="No ccache found")
+
+import paddle.nn as nn  # noqa: E402
+
+from .factseg import FactSeg  # noqa: E402
+from .farseg import FarSeg  # noqa: E402
 
 MODELS = {"farseg": FarSeg, "factseg": FactSeg}
 
