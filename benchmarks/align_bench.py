@@ -12,9 +12,10 @@ Measured:
   worst relative error per kind from its ``diff.json``. Goal: FarSeg under 60 s on 2 cores.
 - the converter on a full-size FarSeg checkpoint in the official wrapper layout
   (``{"model": {"module." + k: v}, "opt": {}, "global_step": 0}``, written to a temporary
-  folder): ``python -m convert`` as a child (wall, peak RSS) and the in-process API
-  ``convert.convert_file`` (best of 3, with ``tracemalloc``'s peak of Python/numpy
-  allocations). Goal: under 2 s.
+  folder): ``python -m convert`` as a child, 3 times (wall of each, process start and imports
+  included, peak RSS), and the in-process API ``convert.convert_file`` (best of 3, with
+  ``tracemalloc``'s peak of Python/numpy allocations). Goal: under 2 s for the whole process
+  (``convert_cli_seconds``, best of the 3 runs).
 - ``--sweep``: the alignment run again for other seeds (and dtypes), keeping the worst relative
   error per kind of compared value: the measurements behind ``align.compare.DEFAULT_TOLERANCES``.
 
@@ -39,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "align_bench.json"
-GOALS = {"align_farseg_seconds": 60.0, "convert_seconds": 2.0}
+GOALS = {"align_farseg_seconds": 60.0, "convert_seconds": 2.0, "convert_cli_seconds": 2.0}
 
 
 def machine_info() -> Dict[str, Any]:
@@ -153,10 +154,13 @@ def bench_convert(work: Path, repeats: int = 3) -> Dict[str, Any]:
 
     ckpt = work / "farseg50.pth"
     info: Dict[str, Any] = {"checkpoint": make_checkpoint(ckpt)}
-    child = run_child([sys.executable, "-m", "convert", str(ckpt), "-o", str(work / "cli.pdparams")])
-    info["cli"] = child
-    print(f"python -m convert: exit {child['returncode']}, {child['wall_seconds']} s wall (imports "
-          f"included), peak RSS {child['peak_rss_mib']} MiB", flush=True)
+    walls = []
+    for _ in range(repeats):  # the machine is shared: keep every run, report the best
+        child = run_child([sys.executable, "-m", "convert", str(ckpt), "-o", str(work / "cli.pdparams")])
+        walls.append(child["wall_seconds"])
+        print(f"python -m convert: exit {child['returncode']}, {child['wall_seconds']} s wall (process "
+              f"start and imports included), peak RSS {child['peak_rss_mib']} MiB", flush=True)
+    info["cli"] = {**child, "wall_seconds_runs": walls, "best_wall_seconds": min(walls)}
     timings = []
     peak = 0
     for i in range(repeats):
@@ -166,7 +170,7 @@ def bench_convert(work: Path, repeats: int = 3) -> Dict[str, Any]:
         timings.append(time.perf_counter() - start)
         peak = max(peak, tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
-    info["api"] = {"call": "convert.convert_file(ckpt, out) (torch already imported)",
+    info["api"] = {"call": "convert.convert_file(ckpt, out) (in-process, imports done)",
                    "seconds": [round(t, 3) for t in timings], "best_seconds": round(min(timings), 3),
                    "tracemalloc_peak_mib": round(peak / 2 ** 20, 1)}
     print(f"convert.convert_file: best {min(timings):.3f} s of {repeats}, tracemalloc peak "
@@ -238,7 +242,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not args.skip_convert:
             result["convert"] = bench_convert(work)
             result["convert_seconds"] = result["convert"]["api"]["best_seconds"]
-            result["convert_cli_seconds"] = result["convert"]["cli"]["wall_seconds"]
+            result["convert_cli_seconds"] = result["convert"]["cli"]["best_wall_seconds"]
         if args.sweep:
             result["sweep"] = sweep(models, [int(s) for s in args.sweep.split(",")],
                                     [d for d in args.sweep_dtypes.split(",") if d],

@@ -8,7 +8,10 @@ Command line: ``python -m convert IN [-o OUT] [--model ...] [--to ...] [--target
     state = load_state_dict_file("farseg50.pth")        # safe, wrapper/prefix stripped
     paddle_model.set_state_dict(torch_to_paddle(state, "farseg"))
 
-Nothing here imports torch or Paddle at import time (torch is imported on first use).
+Nothing here imports torch or Paddle to read, detect, validate or convert to Paddle (torch
+files are parsed by ``convert.torch_pickle``, the module types come from
+``weights/module_types.json``); torch is imported only to write a .pth or to take the rules
+of a torch module (``rules_from_module``, ``torch_ref_rules``).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from .api import ConversionResult, convert_file, default_output_path, run_conver
 from .errors import CheckpointError
 from .rules import (KeyRule, as_numpy, as_torch, detect_model, expected_layout,
                     imagenet_resnet50_to, model_rules, paddle_layout, paddle_to_torch,
-                    rules_from_module, torch_layout, torch_to_paddle, validate)
+                    rules_from_module, torch_layout, torch_ref_rules, torch_to_paddle, validate)
 from .safe_load import LoadedCheckpoint, load_state_dict_file, read_checkpoint
 from .writers import atomic_write, save_paddle, save_torch
 
@@ -25,5 +28,6 @@ __all__ = [
     "as_numpy", "as_torch", "atomic_write", "convert_file", "default_output_path",
     "detect_model", "expected_layout", "imagenet_resnet50_to", "load_state_dict_file",
     "model_rules", "paddle_layout", "paddle_to_torch", "read_checkpoint", "rules_from_module",
-    "run_conversion", "save_paddle", "save_torch", "torch_layout", "torch_to_paddle", "validate",
+    "run_conversion", "save_paddle", "save_torch", "torch_layout", "torch_ref_rules", "torch_to_paddle",
+    "validate",
 ]

@@ -1,8 +1,7 @@
 """Key and tensor rules between the torch and Paddle state dicts; detection and validation.
 
 Which keys are renamed or transposed is decided by the TYPE of the module that owns them, read
-from the ``torch_ref`` module tree (built on the meta device: no memory, no initialisation),
-never from key-name patterns:
+from the ``torch_ref`` module tree, never from key-name patterns:
 
 * a BatchNorm module (any ``torch.nn.modules.batchnorm._BatchNorm``, SyncBatchNorm included):
   ``running_mean`` -> ``_mean``, ``running_var`` -> ``_variance``, ``num_batches_tracked``
@@ -10,20 +9,29 @@ never from key-name patterns:
 * a ``torch.nn.Linear``: ``weight`` [out, in] is stored transposed ([in, out]) by Paddle;
 * everything else (convolutions, the FarSeg ``buffer_step`` buffer, ...) is kept as is.
 
+For FarSeg and FactSeg those module types are recorded once in ``weights/module_types.json``
+(key -> owning module type, type -> kind), so that converting, detecting and validating never
+import torch; ``torch_ref_rules`` derives the same rules from ``torch_ref`` itself (built on the
+meta device) and the tests check that both agree key by key. After a change to ``torch_ref``:
+``python -c "from convert.rules import write_module_types_table as w; w()"``.
+``rules_from_module`` reads the types of any other torch module directly.
+
 The layouts themselves (key -> shape, order) come from ``weights/*_official_keys.json``; the
-module tree only tells what each key is, and must produce exactly those keys.
+module types only tell what each key is, and must cover exactly those keys.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from weights import ENCODER_PREFIX, MODEL_NAMES, load_layout
+from weights import ENCODER_PREFIX, MODEL_NAMES, MODULE_TYPES_FILE, load_layout, load_module_types
 
 from .errors import CheckpointError
 from .safe_load import import_torch
@@ -55,6 +63,7 @@ class KeyRule:
     shape: Tuple[int, ...]  # torch shape, from the official layout
     module_type: str  # class name of the owning module, e.g. "BatchNorm2d", "Conv2d", "FarSeg"
     transpose: bool = False  # Linear weight: Paddle stores [in, out]
+    kind: str = "other"  # what the owning module is for the mapping: batchnorm / linear / other
 
     @property
     def paddle_shape(self) -> Tuple[int, ...]:
@@ -65,14 +74,43 @@ class KeyRule:
 # Rules from a torch module tree
 # ----------------------------------------------------------------------------------------------
 
+# What a module type means for its keys (the only distinction the mapping needs).
+KINDS = ("batchnorm", "linear", "other")
+
+
+def _rule(key: str, shape: Tuple[int, ...], module_type: str, kind: str) -> KeyRule:
+    """The rule of ``key`` owned by a module of ``module_type`` whose kind is ``kind``."""
+    name = key.rsplit(".", 1)[-1]  # attribute names never contain a dot
+    head = key[: len(key) - len(name)]  # "<module path>." (empty for the root module)
+    if kind == "batchnorm":
+        if name not in BN_TORCH_TO_PADDLE:
+            raise RuntimeError(f"BatchNorm attribute {key!r} has no Paddle counterpart")
+        target = BN_TORCH_TO_PADDLE[name]
+        return KeyRule(key, None if target is None else head + target, shape, module_type, kind=kind)
+    if kind == "linear":
+        return KeyRule(key, key, shape, module_type, transpose=(name == "weight" and len(shape) == 2),
+                       kind=kind)
+    if kind != "other":
+        raise RuntimeError(f"unknown module kind {kind!r} for {key!r}")
+    return KeyRule(key, key, shape, module_type)
+
+
+def module_kind(module: Any) -> str:
+    """"batchnorm", "linear" or "other" for a ``torch.nn.Module`` (by type, subclasses included)."""
+    nn = import_torch().nn
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return "batchnorm"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    return "other"
+
+
 def rules_from_module(module: Any, shapes: Optional[Mapping[str, Sequence[int]]] = None) -> Tuple[KeyRule, ...]:
     """One ``KeyRule`` per entry of ``module.state_dict()``, in state-dict order.
 
     ``module`` is a ``torch.nn.Module`` (any device, meta included). ``shapes`` overrides the
     shapes read from the module (the official layout is the authority for shapes).
     """
-    torch = import_torch()
-    nn = torch.nn
     tensors = module.state_dict(keep_vars=True)
     owner: Dict[str, Tuple[Any, str]] = {}  # key -> (owning module, attribute name)
     for prefix, mod in module.named_modules(remove_duplicate=False):
@@ -84,19 +122,9 @@ def rules_from_module(module: Any, shapes: Optional[Mapping[str, Sequence[int]]]
     for key, tensor in tensors.items():
         if key not in owner:  # e.g. extra state from a custom get_extra_state: not a tensor key
             raise RuntimeError(f"state-dict key {key!r} has no owning parameter/buffer")
-        mod, name = owner[key]
+        mod, _ = owner[key]
         shape = tuple(shapes[key]) if shapes is not None and key in shapes else tuple(tensor.shape)
-        head = key[: len(key) - len(name)]  # "<module path>." (empty for the root module)
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            if name not in BN_TORCH_TO_PADDLE:
-                raise RuntimeError(f"BatchNorm attribute {key!r} has no Paddle counterpart")
-            target = BN_TORCH_TO_PADDLE[name]
-            rules.append(KeyRule(key, None if target is None else head + target, shape, type(mod).__name__))
-        elif isinstance(mod, nn.Linear):
-            rules.append(KeyRule(key, key, shape, type(mod).__name__,
-                                 transpose=(name == "weight" and len(shape) == 2)))
-        else:
-            rules.append(KeyRule(key, key, shape, type(mod).__name__))
+        rules.append(_rule(key, shape, type(mod).__name__, module_kind(mod)))
     return tuple(rules)
 
 
@@ -128,8 +156,26 @@ def _skip_initialisation() -> Iterator[None]:
 def model_rules(model: str) -> Tuple[KeyRule, ...]:
     """The rules of ``model`` ("farseg"/"factseg"), in official state-dict order (cached).
 
-    Built from ``torch_ref.build_model(model)`` on the meta device; the module tree must give
-    exactly the keys of the official layout (checked: the converter and torch_ref must agree).
+    Read from ``weights/module_types.json`` (no torch import); ``torch_ref_rules`` gives the
+    same from the module tree, which the tests check. The table must cover exactly the keys of
+    the official layout.
+    """
+    if model not in MODEL_NAMES:
+        raise ValueError(f"unknown model {model!r}: expected one of {', '.join(MODEL_NAMES)}")
+    layout = load_layout(model)
+    types, kinds = load_module_types(model)
+    if list(types) != list(layout):
+        raise RuntimeError(f"{MODULE_TYPES_FILE.name} does not list the {model} layout's keys in "
+                           f"order: regenerate it with convert.rules.write_module_types_table()")
+    return tuple(_rule(key, shape, types[key], kinds[types[key]]) for key, shape in layout.items())
+
+
+def torch_ref_rules(model: str) -> Tuple[KeyRule, ...]:
+    """The rules of ``model`` derived from ``torch_ref.build_model(model)``'s module types.
+
+    Built on the meta device (no memory, no initialisation); the module tree must give exactly
+    the keys of the official layout (checked: the converter and torch_ref must agree). Imports
+    torch; ``model_rules`` is the torch-free equivalent.
     """
     if model not in MODEL_NAMES:
         raise ValueError(f"unknown model {model!r}: expected one of {', '.join(MODEL_NAMES)}")
@@ -146,6 +192,32 @@ def model_rules(model: str) -> Tuple[KeyRule, ...]:
         raise RuntimeError(f"torch_ref.build_model({model!r}) does not give the official layout "
                            f"(missing {missing[:5]}, extra {extra[:5]}, or a different order)")
     return rules
+
+
+def module_types_table() -> Dict[str, Any]:
+    """The content of ``weights/module_types.json``, derived from ``torch_ref`` (imports torch)."""
+    kinds: Dict[str, str] = {}
+    models: Dict[str, "OrderedDict[str, str]"] = {}
+    for model in MODEL_NAMES:
+        rules = torch_ref_rules(model)
+        for rule in rules:
+            if kinds.setdefault(rule.module_type, rule.kind) != rule.kind:
+                raise RuntimeError(f"two module types named {rule.module_type} of different kinds")
+        models[model] = OrderedDict((r.torch_key, r.module_type) for r in rules)
+    return {"about": "module type owning each key of the official layouts (state-dict order), and "
+                     "each type's kind for the converter; derived from torch_ref by "
+                     "convert.rules.write_module_types_table(), checked by tests/test_convert.py",
+            "kinds": dict(sorted(kinds.items())), "models": models}
+
+
+def write_module_types_table(path: Optional[Union[str, Path]] = None) -> Path:
+    """Regenerate ``weights/module_types.json`` from ``torch_ref`` (after changing its modules)."""
+    path = Path(path or MODULE_TYPES_FILE)
+    text = json.dumps(module_types_table(), indent=1) + "\n"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def torch_layout(model: str) -> "OrderedDict[str, Tuple[int, ...]]":
@@ -439,3 +511,4 @@ def as_torch(state: Mapping[str, Any]) -> "OrderedDict[str, Any]":
         for key, value in state.items():
             out[key] = value if isinstance(value, torch.Tensor) else torch.from_numpy(as_numpy(value))
     return out
+

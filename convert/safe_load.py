@@ -4,7 +4,10 @@ Two loaders, chosen by the file's CONTENT (not its extension):
 
 * PyTorch files (zip archives holding ``data.pkl``, and the legacy pre-1.6 pickle format with
   torch's magic number, e.g. torchvision's ``resnet50-19c8e357.pth``) go through
-  ``torch.load(path, map_location="cpu", weights_only=True)``, torch's own restricted unpickler.
+  ``torch_pickle.load_torch_file``: the same formats ``torch.load(weights_only=True)`` reads,
+  parsed here without importing torch (~1-2 s saved per process), with a restricted unpickler
+  whose stand-ins build numpy arrays (memory-mapped from the file). Anything it does not support
+  is refused with one line; there is no fallback to ``torch.load``.
 * ``.pdparams`` files are plain pickles of numpy arrays (that is what ``paddle.save`` writes for
   a state dict). ``paddle.load`` unpickles arbitrary objects, so we never call it: a restricted
   ``pickle.Unpickler`` resolves only the handful of globals such a file needs (listed in
@@ -19,7 +22,6 @@ import codecs
 import collections
 import os
 import pickle
-import re
 import time
 import zipfile
 from collections import OrderedDict
@@ -30,6 +32,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from .errors import CheckpointError
+from .torch_pickle import UnsupportedTensor, load_torch_file
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -43,12 +46,13 @@ PADDLE_NAME_TABLE = "StructuredToParameterName@@"  # structured name -> framewor
 PADDLE_BIG_PARAM_INFO = "UnpackBigParamInfor@@"  # protocol 2/3: big arrays split in slices
 
 # Time spent importing torch inside this process (reported separately in the CLI summary,
-# because it dwarfs the conversion itself and is the same for any torch-reading tool).
+# because it dwarfs the conversion itself). Reading never imports torch; only writing a .pth
+# (torch.save) and deriving rules from a torch module do.
 _TORCH_IMPORT_SECONDS: List[float] = []
 
 
 def import_torch():
-    """Import torch lazily (``python -m convert --help`` must not pay ~2 s for it)."""
+    """Import torch on first use (~1-2 s): only for writing .pth files and torch-module rules."""
     import sys
 
     if "torch" in sys.modules:
@@ -220,54 +224,15 @@ class LoadedCheckpoint:
         return ", ".join(parts)
 
 
-def _torch_error_message(exc: BaseException) -> str:
-    """Condense torch.load's multi-paragraph messages to the one line that says what happened."""
-    text = str(exc)
-    m = re.search(r"unsupported GLOBAL (\S+) whose module (\S+) is blocked", text)
-    if m:
-        return (f"refused to unpickle {m.group(1)} (its module {m.group(2)} is blocked): loading "
-                f"it could run code; nothing was executed")
-    m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if m:
-        return (f"refused by torch's weights-only loader: it names {m.group(1)}, which a plain "
-                f"checkpoint does not need (a pickle that could run code, or a truncated/corrupt "
-                f"file); nothing was executed")
-    m = re.search(r"Unsupported operand (\S+)", text)
-    if m:
-        return f"corrupt pickle inside the checkpoint (unsupported opcode {m.group(1)})"
-    if "central directory" in text or "zip archive" in text:
-        return "truncated or corrupt zip archive"
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    head = lines[0] if lines else type(exc).__name__
-    return f"torch.load failed: {type(exc).__name__}: {head[:200]}"
-
-
-def _load_torch_object(path: Path, fmt: str) -> Any:
-    torch = import_torch()
-    try:
-        # mmap: the storages are mapped, not read and copied; the arrays handed to the writer
-        # are views of the page cache (zip format only; the legacy format cannot be mapped).
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=(fmt == "torch-zip"))
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, KeyError,
-            AttributeError, OSError, IndexError) as exc:
-        raise CheckpointError(_torch_error_message(exc), path=path) from None
-
-
-def _torch_value_to_numpy(key: str, value: Any, path: Path) -> np.ndarray:
-    torch = import_torch()
-    if not isinstance(value, torch.Tensor):
+def _tensor_to_numpy(key: str, value: Any, path: Path) -> np.ndarray:
+    """One state-dict value from ``torch_pickle``: an array, or a clear error naming ``key``."""
+    if isinstance(value, UnsupportedTensor):
+        raise CheckpointError(f"tensor {key!r} has dtype {value.dtype}, which numpy (and .pdparams) "
+                              f"cannot hold", path=path)
+    if not isinstance(value, np.ndarray):
         raise CheckpointError(f"not a state dict: entry {key!r} is a {type(value).__name__}, not a tensor",
                               path=path)
-    if value.layout != torch.strided or value.is_quantized:
-        raise CheckpointError(f"tensor {key!r} is {value.layout}/quantized; only dense tensors convert",
-                              path=path)
-    try:
-        # detach(): Parameters come back as such; numpy() shares memory (no copy).
-        return value.detach().resolve_conj().resolve_neg().numpy()
-    except TypeError:
-        raise CheckpointError(
-            f"tensor {key!r} has dtype {value.dtype}, which numpy (and .pdparams) cannot hold",
-            path=path) from None
+    return value
 
 
 def _is_tensor_like(value: Any) -> bool:
@@ -342,13 +307,13 @@ def read_checkpoint(path: PathLike) -> LoadedCheckpoint:
     fmt = sniff_format(p)
     notes: List[str] = []
     if fmt in ("torch-zip", "torch-legacy"):
-        obj = _load_torch_object(p, fmt)
+        obj = load_torch_file(p, fmt)
         raw, container = _unwrap(obj, p)
         state = OrderedDict()
         for key, value in raw.items():
             if not isinstance(key, str):
                 raise CheckpointError(f"not a state dict: key {key!r} is not a string", path=p)
-            state[key] = _torch_value_to_numpy(key, value, p)
+            state[key] = _tensor_to_numpy(key, value, p)
         framework = "torch"
     else:
         obj = unpickle_numpy_only(p)
@@ -370,7 +335,7 @@ def load_state_dict_file(path: PathLike) -> "OrderedDict[str, np.ndarray]":
     Accepts PyTorch ``.pth``/``.pt``/``.bin`` (zip or legacy format) and Paddle ``.pdparams``;
     the official ``{"model": ..., "opt": ..., "global_step": ...}`` wrapper and a ``module.``
     prefix on every key are removed. Key names are returned as stored (torch or Paddle style).
-    Arrays from torch files may be read-only views of a memory-mapped file: copy before
-    writing into them.
+    Arrays from torch files are views of a private (copy-on-write) map of the file: writing
+    into one never changes the file; strided views (transposed, broadcast) are read-only.
     """
     return read_checkpoint(path).state

@@ -6,10 +6,11 @@ official FarSeg and FactSeg ResNet-50 checkpoints. They are the contract for
 """
 from __future__ import annotations
 
+import functools
 import json
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Any, Dict, Tuple
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
 
@@ -19,6 +20,10 @@ LAYOUT_FILES = {
     "farseg": WEIGHTS_DIR / "farseg50_official_keys.json",
     "factseg": WEIGHTS_DIR / "factseg50_official_keys.json",
 }
+
+# Module type owning each layout key, and what each type is (batchnorm / linear / other):
+# what the converter maps by, recorded from torch_ref so that converting needs no torch.
+MODULE_TYPES_FILE = WEIGHTS_DIR / "module_types.json"
 
 # Prefix under which each model keeps its ResNet-50 (torchvision key names follow it).
 ENCODER_PREFIX = {"farseg": "en.resnet.", "factseg": "resencoder.resnet."}
@@ -41,3 +46,16 @@ def load_layout(name: str) -> "OrderedDict[str, Tuple[int, ...]]":
     with open(LAYOUT_FILES[name], encoding="utf-8") as f:
         raw: Dict[str, list] = json.load(f, object_pairs_hook=OrderedDict)
     return OrderedDict((k, tuple(v)) for k, v in raw.items())
+
+
+@functools.lru_cache(maxsize=None)
+def _module_types() -> Dict[str, Any]:
+    with open(MODULE_TYPES_FILE, encoding="utf-8") as f:
+        return json.load(f, object_pairs_hook=OrderedDict)
+
+
+def load_module_types(name: str) -> Tuple["OrderedDict[str, str]", Dict[str, str]]:
+    """(key -> owning module type in state-dict order, module type -> kind) of model ``name``."""
+    check_model_name(name)
+    table = _module_types()
+    return OrderedDict(table["models"][name]), dict(table["kinds"])
