@@ -51,7 +51,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import Row, StageResult, compare_arrays, format_rows, grad_floor, write_stage_outputs
+from .compare import Row, StageResult, compare_arrays, finish_stage, format_rows, grad_floor
 from .config import AlignConfig
 from .fixtures import LOSS_KEY, Fixture, get_fixture, versions
 from .localize import CONTEXT, ExecutionOrder
@@ -317,11 +317,7 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
             t_values[f"param/{n}"] = _view(t_params[n]).copy()
             p_values[f"param/{n}"] = p_params[n].numpy()
     fx.reset()
-    result.seconds = time.perf_counter() - start
-    out_dir = config.out_dir(STAGE)
-    if out_dir is not None:
-        write_stage_outputs(result, out_dir, t_values, p_values)
-    return result
+    return finish_stage(result, start, config.out_dir(STAGE), t_values, p_values)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import secrets
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
@@ -392,3 +393,13 @@ def write_stage_outputs(result: StageResult, out_dir: Path, torch_log: Mapping[s
                         (json.dumps(result.to_json(), indent=1) + "\n").encode("utf-8"))
     _atomic_write_bytes(out_dir / "diff.txt", (format_report(result) + "\n").encode("utf-8"))
     return out_dir
+
+
+def finish_stage(result: StageResult, start: float, out_dir: Optional[Path],
+                 torch_log: Mapping[str, np.ndarray], paddle_log: Mapping[str, np.ndarray]) -> StageResult:
+    """Record the stage's time since ``start`` (``time.perf_counter()``) and, when ``out_dir``
+    is set, write its files (:func:`write_stage_outputs`); returns ``result``."""
+    result.seconds = time.perf_counter() - start
+    if out_dir is not None:
+        write_stage_outputs(result, out_dir, torch_log, paddle_log)
+    return result

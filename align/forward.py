@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import Row, StageResult, Tolerance, compare_arrays, write_stage_outputs
+from .compare import Row, StageResult, Tolerance, compare_arrays, finish_stage
 from .config import AlignConfig
 from .fixtures import LOGIT_MODULES, LOGIT_NAMES, Fixture, get_fixture, to_numpy, versions
 from .localize import capture_paddle, capture_torch, first_divergent_layer
@@ -26,18 +26,18 @@ STAGE = "forward"
 X2PADDLE_TOLERANCE = Tolerance(1e-4, 1e-5)
 
 
-def _torch_outputs(fx: Fixture) -> Dict[str, np.ndarray]:
-    import torch
-
-    model, name = fx.torch_model, fx.model_name
-    x, _ = fx.torch_inputs()
+def _outputs(fx: Fixture, model: Any, x: Any, hook_module: Callable[[str, Callable[[Any], None]], Any],
+             no_grad: Callable[[], Any]) -> Dict[str, np.ndarray]:
+    """Eval-mode probabilities and logits (captured by hooks on ``LOGIT_MODULES``), then the
+    training-mode logits, of one framework's model. ``hook_module(name, record)`` hooks the
+    named submodule so that ``record`` gets its output, and returns a handle with ``remove()``."""
+    name = fx.model_name
     out: Dict[str, np.ndarray] = {}
     captured: List[np.ndarray] = []
-    handles = [model.get_submodule(m).register_forward_hook(
-        lambda mod, inp, o: captured.append(to_numpy(o))) for m in LOGIT_MODULES[name]]
+    handles = [hook_module(m, lambda o: captured.append(to_numpy(o))) for m in LOGIT_MODULES[name]]
     try:
         model.eval()
-        with torch.no_grad():
+        with no_grad():
             out["eval/probs"] = to_numpy(model(x))
     finally:
         for h in handles:
@@ -46,41 +46,37 @@ def _torch_outputs(fx: Fixture) -> Dict[str, np.ndarray]:
         out[f"eval/{key}"] = value
     fx.mark_dirty()  # training mode updates the BatchNorm statistics
     model.train()
-    with torch.no_grad():
+    with no_grad():
         train = model.logits(x)
     model.eval()
     for key, value in zip(LOGIT_NAMES[name], train if isinstance(train, tuple) else (train,)):
         out[f"train/{key}"] = to_numpy(value)
     return out
+
+
+def _torch_outputs(fx: Fixture) -> Dict[str, np.ndarray]:
+    import torch
+
+    model = fx.torch_model
+    x, _ = fx.torch_inputs()
+
+    def hook_module(name: str, record: Callable[[Any], None]) -> Any:
+        return model.get_submodule(name).register_forward_hook(lambda mod, inp, o: record(o))
+
+    return _outputs(fx, model, x, hook_module, torch.no_grad)
 
 
 def _paddle_outputs(fx: Fixture) -> Dict[str, np.ndarray]:
     import paddle
 
-    model, name = fx.paddle_model, fx.model_name
+    model = fx.paddle_model
     x, _ = fx.paddle_inputs()
-    out: Dict[str, np.ndarray] = {}
-    captured: List[np.ndarray] = []
     layers = dict(model.named_sublayers())
-    handles = [layers[m].register_forward_post_hook(
-        lambda layer, inp, o: captured.append(to_numpy(o))) for m in LOGIT_MODULES[name]]
-    try:
-        model.eval()
-        with paddle.no_grad():
-            out["eval/probs"] = to_numpy(model(x))
-    finally:
-        for h in handles:
-            h.remove()
-    for key, value in zip(LOGIT_NAMES[name], captured):
-        out[f"eval/{key}"] = value
-    fx.mark_dirty()
-    model.train()
-    with paddle.no_grad():
-        train = model.logits(x)
-    model.eval()
-    for key, value in zip(LOGIT_NAMES[name], train if isinstance(train, tuple) else (train,)):
-        out[f"train/{key}"] = to_numpy(value)
-    return out
+
+    def hook_module(name: str, record: Callable[[Any], None]) -> Any:
+        return layers[name].register_forward_post_hook(lambda layer, inp, o: record(o))
+
+    return _outputs(fx, model, x, hook_module, paddle.no_grad)
 
 
 def localise_forward(fx: Fixture, mode: str, tol: Any) -> Dict[str, Any]:
@@ -148,11 +144,7 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, against: str = "
         if not passed and not rows:
             result.rows.append(Row("x2paddle/no_comparison", "x2paddle", [], math.inf, math.inf, math.inf,
                                    math.nan, X2PADDLE_TOLERANCE, False, "nothing converted"))
-    result.seconds = time.perf_counter() - start
-    out_dir = config.out_dir(STAGE)
-    if out_dir is not None:
-        write_stage_outputs(result, out_dir, t_out, p_out)
-    return result
+    return finish_stage(result, start, config.out_dir(STAGE), t_out, p_out)
 
 
 def run_x2paddle(fx: Fixture, out_root: Optional[str], progress: bool = True) -> Tuple[bool, List[str], List[Row]]:

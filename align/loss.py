@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import Row, StageResult, Tolerance, compare_arrays, write_stage_outputs
+from .compare import Row, StageResult, Tolerance, compare_arrays, finish_stage
 from .config import AlignConfig
 from .fixtures import LOSS_KEY, Fixture, get_fixture, to_numpy, versions
 
@@ -49,6 +49,18 @@ def make_logits(config: AlignConfig, shape: Tuple[int, ...], salt: int) -> np.nd
 # One loss evaluation per framework: (value, gradients w.r.t. each logits tensor)
 # ----------------------------------------------------------------------------------------------
 
+def _loss_and_grads(losses: Any, model: str, tensors: Sequence[Any], target: Any,
+                    step: Optional[float]) -> Tuple[np.ndarray, List[np.ndarray]]:
+    """``model``'s loss from one framework's ``losses`` module on ``tensors`` (leaf tensors that
+    require gradients), backward, then (value, gradient of each tensor) as numpy."""
+    if model == "farseg":
+        value = losses.annealing_softmax_focal_loss(tensors[0], target, step)
+    else:
+        value = losses.joint_loss(tensors[0], tensors[1], target)
+    value.backward()
+    return to_numpy(value), [to_numpy(t.grad) for t in tensors]
+
+
 def torch_loss(model: str, logits: Sequence[np.ndarray], labels: np.ndarray,
                step: Optional[float] = None) -> Tuple[np.ndarray, List[np.ndarray]]:
     """torch_ref's loss of ``model`` on ``logits`` (looked up at call time, so patches apply)."""
@@ -56,13 +68,7 @@ def torch_loss(model: str, logits: Sequence[np.ndarray], labels: np.ndarray,
     import torch_ref.losses as losses
 
     tensors = [torch.tensor(a, requires_grad=True) for a in logits]
-    target = torch.from_numpy(labels)
-    if model == "farseg":
-        value = losses.annealing_softmax_focal_loss(tensors[0], target, step)
-    else:
-        value = losses.joint_loss(tensors[0], tensors[1], target)
-    value.backward()
-    return to_numpy(value), [to_numpy(t.grad) for t in tensors]
+    return _loss_and_grads(losses, model, tensors, torch.from_numpy(labels), step)
 
 
 def paddle_loss(model: str, logits: Sequence[np.ndarray], labels: np.ndarray,
@@ -72,13 +78,7 @@ def paddle_loss(model: str, logits: Sequence[np.ndarray], labels: np.ndarray,
     import paddle_impl.losses as losses
 
     tensors = [paddle.to_tensor(a, stop_gradient=False) for a in logits]
-    target = paddle.to_tensor(labels)
-    if model == "farseg":
-        value = losses.annealing_softmax_focal_loss(tensors[0], target, step)
-    else:
-        value = losses.joint_loss(tensors[0], tensors[1], target)
-    value.backward()
-    return to_numpy(value), [to_numpy(t.grad) for t in tensors]
+    return _loss_and_grads(losses, model, tensors, paddle.to_tensor(labels), step)
 
 
 def _through_models(fx: Fixture, step: Optional[int]) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
@@ -191,11 +191,7 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
         first = failed[0]
         result.first_divergence = {"where": first.name, "summary": f"{first.name}: rel {first.rel:.3e} "
                                    f"> {first.tol.rtol:.0e}" + (f" ({first.note})" if first.note else "")}
-    result.seconds = time.perf_counter() - start
-    out_dir = config.out_dir(STAGE)
-    if out_dir is not None:
-        write_stage_outputs(result, out_dir, t_log, p_log)
-    return result
+    return finish_stage(result, start, config.out_dir(STAGE), t_log, p_log)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

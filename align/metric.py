@@ -22,7 +22,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from .compare import StageResult, compare_arrays, write_stage_outputs
+from .compare import StageResult, compare_arrays, finish_stage
 from .config import AlignConfig
 from .fixtures import Fixture, get_fixture, to_numpy, versions
 
@@ -105,11 +105,7 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
         result.first_divergence = {"where": failed[0].name,
                                    "summary": f"{failed[0].name}: max|d| {failed[0].max_abs:g}"
                                               + (f" ({failed[0].note})" if failed[0].note else "")}
-    result.seconds = time.perf_counter() - start
-    out_dir = config.out_dir(STAGE)
-    if out_dir is not None:
-        write_stage_outputs(result, out_dir, t_log, p_log)
-    return result
+    return finish_stage(result, start, config.out_dir(STAGE), t_log, p_log)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

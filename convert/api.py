@@ -170,3 +170,51 @@ def convert_file(in_path: PathLike, out_path: Optional[PathLike] = None, model: 
     CheckpointError (bad input) or ValueError (bad arguments).
     """
     return run_conversion(in_path, out_path, model, to, target).out_path
+
+
+def imagenet_encoder_state(path: PathLike, model_name: str,
+                           framework: str) -> "OrderedDict[str, np.ndarray]":
+    """Encoder weights of ``model_name`` in ``framework``'s key names, from the file ``path``.
+
+    Accepted (read without executing code): the output of ``python -m convert
+    resnet50-19c8e357.pth --model resnet50 --target <model>`` in either framework's format and
+    for either model's encoder prefix, or torchvision's ``resnet50-19c8e357.pth`` itself.
+    """
+    try:
+        return _imagenet_encoder_state(path, model_name, framework)
+    except CheckpointError as error:
+        raise error.with_path(path) from None  # the layout checks do not know the file
+
+
+def _imagenet_encoder_state(path: PathLike, model_name: str,
+                            framework: str) -> "OrderedDict[str, np.ndarray]":
+    loaded = read_checkpoint(path)
+    state, prefix = loaded.state, ENCODER_PREFIX[model_name]
+    if all(key.startswith(prefix) for key in state) and loaded.framework == framework:
+        return state
+    source = next((name for name, p in ENCODER_PREFIX.items()
+                   if all(key.startswith(p) for key in state)), None)
+    if source is None:  # torchvision's own file: imagenet_resnet50_to checks its layout
+        return imagenet_resnet50_to(state, model_name, framework)
+    # An encoder file in the other naming or for the other model: back to torchvision's
+    # names through the model rules, then forward again, so every key is checked once.
+    source_prefix = ENCODER_PREFIX[source]
+    rules = {(rule.paddle_key if loaded.framework == "paddle" else rule.torch_key): rule
+             for rule in model_rules(source) if rule.torch_key.startswith(source_prefix)}
+    torchvision: "OrderedDict[str, np.ndarray]" = OrderedDict()
+    for key, array in state.items():
+        rule = rules.get(key)
+        if rule is None:
+            raise CheckpointError(f"key {key!r} is not a ResNet-50 encoder key", path=path)
+        transposed = rule.transpose and loaded.framework == "paddle"
+        torchvision[rule.torch_key[len(source_prefix):]] = array.T if transposed else array
+    return imagenet_resnet50_to(torchvision, model_name, framework)
+
+
+def detect_architecture(path: PathLike) -> str:
+    """"farseg" or "factseg" from the keys of the checkpoint ``path`` (read without executing
+    code); CheckpointError for any other state dict."""
+    name = detect_model(read_checkpoint(path).state.keys())
+    if name not in MODEL_NAMES:
+        raise CheckpointError(f"holds a {name} state dict, not a FarSeg / FactSeg model", path=path)
+    return name

@@ -1,8 +1,9 @@
 """Framework-free parts of the evaluators ``python -m torch_ref.evaluate`` and
 ``python -m paddle_impl.evaluate``: finding and checking the input files, reading scenes,
 the command line, the expectation check against the official figures, the report and the
-JSON result. The model, the sliding-window engine and the on-device confusion matrix are in
-each framework's ``evaluate.py`` / ``inference.py``; everything here is written once.
+JSON result, and the command's main (:func:`run_evaluator`). The model, the sliding-window
+engine and the on-device confusion matrix are in each framework's ``evaluate.py`` /
+``inference.py``; everything here is written once.
 
 Inputs: ``--images DIR`` holds whole scenes (``P0003.png``; PNG, JPEG, TIFF or BMP);
 ``--masks DIR`` holds, for each scene, the official colour mask ``P0003_instance_color_RGB.png``
@@ -25,13 +26,15 @@ import math
 import os
 import platform
 import sys
+import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 
 from weights import MODEL_NAMES, OFFICIAL_MIOU, SEED_REPRODUCTION_MIOU
 
+from .cli import OneLineArgumentParser, non_negative_float, positive_int
 from .imageio import ImageReadError, read_mask_details, read_rgb, read_size, write_bytes_atomic
 from .metrics import format_iou_table, miou
 from .palette import CLASS_NAMES, IGNORE_INDEX, MEAN, STD
@@ -195,33 +198,6 @@ def total_windows(scenes: Sequence[Scene], window: int, stride: int) -> int:
 # ---------------------------------------------------------------------------- command line
 
 
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (``prog: error: ... (see --help)``), exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
-
-
 def build_parser(prog: str, framework: str, gpu_name: str) -> argparse.ArgumentParser:
     """The evaluator's argument parser; ``gpu_name`` is "cuda" (torch) or "gpu" (Paddle)."""
     parser = OneLineArgumentParser(
@@ -251,11 +227,11 @@ def build_parser(prog: str, framework: str, gpu_name: str) -> argparse.ArgumentP
                              " P0003_instance_color_RGB.png (colours outside the palette count"
                              " as background, as officially) or index PNGs P0003.png (e.g."
                              " OUT/val/labels from isaid.prepare; 255 = ignored)")
-    parser.add_argument("--window", type=_positive_int, default=896, metavar="PX",
+    parser.add_argument("--window", type=positive_int, default=896, metavar="PX",
                         help="window side in pixels (default 896, the official value)")
-    parser.add_argument("--stride", type=_positive_int, default=512, metavar="PX",
+    parser.add_argument("--stride", type=positive_int, default=512, metavar="PX",
                         help="window stride in pixels, at most --window (default 512, official)")
-    parser.add_argument("--batch-size", type=_positive_int, default=1, metavar="N",
+    parser.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
                         help="windows per forward pass (default 1, as officially; larger is"
                              " faster on a GPU and gives the same result up to float rounding)")
     parser.add_argument("--device", choices=("auto", "cpu", gpu_name), default="auto",
@@ -276,9 +252,9 @@ def build_parser(prog: str, framework: str, gpu_name: str) -> argparse.ArgumentP
                         help="compare the mIoU with the official figure of --model (FarSeg"
                              " 63.71, FactSeg 64.80; the seed reproduction is printed beside):"
                              " exit 1 when mIoU < official - --tolerance")
-    parser.add_argument("--tolerance", type=_non_negative_float, default=0.3, metavar="POINTS",
+    parser.add_argument("--tolerance", type=non_negative_float, default=0.3, metavar="POINTS",
                         help="allowed shortfall in mIoU points for --expect (default 0.3)")
-    parser.add_argument("--limit", type=_positive_int, metavar="N",
+    parser.add_argument("--limit", type=positive_int, metavar="N",
                         help="evaluate only the first N scenes by name (a quick look; not"
                              " comparable with the official figures)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -471,3 +447,64 @@ def split_seconds(start: float, loaded: float, done: float) -> Dict[str, float]:
     return {"load_model": round(loaded - start, 3), "evaluate": round(done - loaded, 3),
             "total": round(done - start, 3)}
 
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def run_evaluator(argv: Optional[Sequence[str]], prog: str, framework: str, framework_version: str,
+                  gpu_name: str, *, gpu_available: Callable[[], bool],
+                  resolve_device: Callable[[str], Any], build_engine: Callable[..., Tuple[Any, str]],
+                  evaluate_scenes: Callable[..., Tuple[np.ndarray, SceneTotals]],
+                  checkpoint_error: Type[Exception]) -> int:
+    """The evaluator's command line, given one framework's parts; returns the exit status.
+
+    ``build_engine(model, weights, window, stride, device, batch_size, amp, dtype)`` returns
+    (engine, how the weights were loaded) or raises ``checkpoint_error`` (convert's
+    CheckpointError: its ``headline()`` is reported); ``resolve_device`` raises ValueError for
+    a device the framework cannot use; ``evaluate_scenes(engine, scenes, progress=...)`` is the
+    framework's evaluation loop.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(prog, framework, gpu_name).parse_args(argv)
+    start = time.perf_counter()
+    try:
+        check_args(args)
+        scenes = find_scenes(args.images, args.masks, args.limit)
+    except InputError as error:
+        print_errors(error.lines)
+        return 2
+    device = args.device if args.device != "auto" else (gpu_name if gpu_available() else "cpu")
+    try:
+        resolve_device(device)
+    except ValueError as error:
+        print_errors([f"--device {device}: {error}"])
+        return 2
+    try:
+        engine, how = build_engine(args.model, args.weights, args.window, args.stride, device,
+                                   args.batch_size, None if args.amp == "none" else args.amp,
+                                   args.dtype)
+    except checkpoint_error as error:
+        print_errors([error.headline()])  # type: ignore[attr-defined]
+        return 2
+    loaded = time.perf_counter()
+    try:
+        confusion, totals = evaluate_scenes(engine, scenes, progress=args.progress)
+    except ImageReadError as error:
+        print_errors([str(error)])
+        return 2
+    except InputError as error:
+        print_errors(error.lines)
+        return 2
+    seconds = split_seconds(start, loaded, time.perf_counter())
+    result = build_result(args, f"{prog} {' '.join(argv)}", framework, framework_version,
+                          str(engine.device), confusion, totals, how, seconds)
+    print(format_report(result, confusion), flush=True)
+    expectation = None
+    if args.expect:
+        expectation = check_expectation(args.model, result["miou"], args.tolerance, totals.images)
+        result["expect"] = expectation.record
+        print("\n".join(expectation.lines), flush=True)
+    if args.json:
+        write_json_atomic(args.json, result)
+    return 1 if expectation is not None and not expectation.passed else 0

@@ -39,11 +39,12 @@ import time
 import warnings
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .cli import OneLineArgumentParser, positive_int
 from .imageio import ImageReadError, read_rgb_with_mode, write_png_atomic
 from .palette import CLASS_NAMES, NUM_CLASSES, PALETTE, colorize, index_png_palette
 
@@ -601,24 +602,13 @@ def read_georeference(path: str) -> Dict[str, object]:
 
 # --------------------------------------------------------------------------------- the prediction driver
 # Written once here and used by both ``torch_ref/predict.py`` and ``paddle_impl/predict.py``:
-# the command line, the checks before any model is built, and the loop that writes bands.
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+# the command line, the checks before any model is built, the loop that writes bands, and
+# the command's main (:func:`run_predictor`).
 
 
 def build_predict_parser(prog: str, framework: str, gpu_name: str,
                          model_dir: bool = False) -> argparse.ArgumentParser:
     """The predict CLI's parser; ``model_dir`` adds Paddle's ``--model-dir`` / ``--backend``."""
-    from .evaluation import OneLineArgumentParser  # the project's one-line argparse errors
-
     source = "--weights W" + (" or --model-dir DIR" if model_dir else "")
     parser = OneLineArgumentParser(
         prog=prog,
@@ -656,11 +646,11 @@ def build_predict_parser(prog: str, framework: str, gpu_name: str,
                              " transform and the iSAID colour table; .png a palette PNG (values"
                              " = classes, iSAID colours; no georeferencing). Both are written band"
                              " by band to a temporary file renamed at the end")
-    parser.add_argument("--window", type=_positive_int, metavar="PX",
+    parser.add_argument("--window", type=positive_int, metavar="PX",
                         help="window side (default 896, the official value)")
-    parser.add_argument("--stride", type=_positive_int, metavar="PX",
+    parser.add_argument("--stride", type=positive_int, metavar="PX",
                         help="window stride, at most --window (default 512, the official value)")
-    parser.add_argument("--batch-size", type=_positive_int, default=1, metavar="N",
+    parser.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
                         help="windows per forward pass (default 1; larger is faster on a GPU)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "gpu"), default="auto",
                         help=f"cpu, {gpu_name} (cuda and gpu both name the GPU), or auto ({gpu_name}"
@@ -675,7 +665,7 @@ def build_predict_parser(prog: str, framework: str, gpu_name: str,
     parser.add_argument("--color", metavar="COLOUR.png",
                         help="also write a colour rendering in the iSAID palette with a legend"
                              " (class names and each class's share of the pixels)")
-    parser.add_argument("--color-max-side", type=_positive_int, default=DEFAULT_PREVIEW_SIDE,
+    parser.add_argument("--color-max-side", type=positive_int, default=DEFAULT_PREVIEW_SIDE,
                         metavar="PX",
                         help=f"the colour rendering is subsampled (nearest neighbour) so that its"
                              f" longer side is at most PX (default {DEFAULT_PREVIEW_SIDE}); the"
@@ -770,3 +760,56 @@ def predict_to_files(reader: RasterReader, out_path: str,
 def print_error(prog: str, message: str) -> None:
     """``prog: error: message`` on stderr, on one line."""
     print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
+def run_predictor(argv: Optional[Sequence[str]], prog: str, framework: str, gpu_name: str, *,
+                  gpu_available: Callable[[], bool], resolve_device: Callable[[str], Any],
+                  build_engine: Callable[[argparse.Namespace], Tuple[Any, str]],
+                  class_bands: Callable[[Any, bool], Callable[..., Iterator[Tuple[int, int, np.ndarray]]]],
+                  checkpoint_error: Type[Exception],
+                  engine_errors: Tuple[Type[Exception], ...],
+                  band_errors: Tuple[Type[Exception], ...],
+                  model_dir: bool = False) -> int:
+    """The predict command line, given one framework's parts; returns the exit status.
+
+    ``build_engine(args)`` returns (engine, what model it runs) or raises ``checkpoint_error``
+    (convert's CheckpointError: its ``headline()`` is reported) or one of ``engine_errors``;
+    ``class_bands(engine, progress)`` is the ``bands`` of :func:`predict_to_files`, which
+    reports ``band_errors``. ``model_dir`` adds Paddle's ``--model-dir`` / ``--backend``.
+    """
+    args = build_predict_parser(prog, framework, gpu_name, model_dir=model_dir).parse_args(argv)
+    problems = check_predict_args(args)
+    if args.device == "auto":
+        args.device = gpu_name if gpu_available() else "cpu"
+    for problem in problems:
+        print_error(prog, problem)
+    if problems:
+        return 2
+    try:
+        resolve_device(args.device)
+        reader: RasterReader = open_raster(args.image)  # header and band checks before the model
+    except (RasterError, ValueError) as error:
+        print_error(prog, error)
+        return 2
+    with reader:
+        try:
+            engine, how = build_engine(args)
+        except checkpoint_error as error:
+            print_error(prog, error.headline())  # type: ignore[attr-defined]
+            return 2
+        except engine_errors as error:
+            print_error(prog, error)
+            return 2
+        if reader.georeferenced and not args.out.lower().endswith((".tif", ".tiff")):
+            print(f"note: {args.image} is georeferenced but {args.out} is a PNG, which cannot keep"
+                  " the CRS and transform; use a .tif output to keep them", file=sys.stderr)
+        print(f"model: {how}; device {engine.device}; window {engine.window}, stride {engine.stride}",
+              file=sys.stderr, flush=True)
+        try:
+            result = predict_to_files(reader, args.out, class_bands(engine, args.progress), args.color,
+                                      args.color_max_side)
+        except band_errors as error:
+            print_error(prog, error)
+            return 2
+    print(result.summary(), flush=True)
+    return 0

@@ -40,7 +40,7 @@ import yaml
 from paddle.static import InputSpec
 
 from convert import CheckpointError
-from isaid.evaluation import OneLineArgumentParser
+from isaid.cli import OneLineArgumentParser
 from isaid.palette import CLASS_NAMES, MEAN, NUM_CLASSES, PALETTE, STD
 from weights import MODEL_NAMES
 

@@ -41,7 +41,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import paddle.inference as paddle_infer
 
-from isaid.evaluation import OneLineArgumentParser
+from isaid.cli import OneLineArgumentParser
 from isaid.imageio import write_png_atomic
 from isaid.palette import CLASS_NAMES, NUM_CLASSES, normalize
 from isaid.raster import ColourPreview, RasterError, open_raster

@@ -26,10 +26,8 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from convert import CheckpointError, detect_model, read_checkpoint
-from isaid.raster import (RasterError, RasterReader, build_predict_parser, check_predict_args,
-                          open_raster, predict_to_files, print_error)
-from weights import MODEL_NAMES
+from convert import CheckpointError, detect_architecture
+from isaid.raster import RasterError, run_predictor
 
 from . import build_model
 from .export import ExportError
@@ -40,14 +38,6 @@ FRAMEWORK = "PaddlePaddle"
 GPU_NAME = "gpu"
 PROG = "python -m paddle_impl.predict"
 DEFAULT_WINDOW, DEFAULT_STRIDE = 896, 512
-
-
-def detect_architecture(weights: str) -> str:
-    """"farseg" or "factseg" from the checkpoint's keys (read without executing code)."""
-    name = detect_model(read_checkpoint(weights).state.keys())
-    if name not in MODEL_NAMES:
-        raise CheckpointError(f"holds a {name} state dict, not a FarSeg / FactSeg model", path=weights)
-    return name
 
 
 class DeployedLayer(nn.Layer):
@@ -96,42 +86,11 @@ def class_bands(engine: SlidingWindowInference, progress: bool) -> Callable[...,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_predict_parser(PROG, FRAMEWORK, GPU_NAME, model_dir=True).parse_args(argv)
-    problems = check_predict_args(args)
-    if args.device == "auto":
-        args.device = GPU_NAME if gpu_available() else "cpu"
-    for problem in problems:
-        print_error(PROG, problem)
-    if problems:
-        return 2
-    try:
-        resolve_device(args.device)
-        reader: RasterReader = open_raster(args.image)  # header and band checks before the model
-    except (RasterError, ValueError) as error:
-        print_error(PROG, error)
-        return 2
-    with reader:
-        try:
-            engine, how = build_engine(args)
-        except CheckpointError as error:
-            print_error(PROG, error.headline())
-            return 2
-        except (ValueError, ExportError, InferenceError) as error:
-            print_error(PROG, error)
-            return 2
-        if reader.georeferenced and not args.out.lower().endswith((".tif", ".tiff")):
-            print(f"note: {args.image} is georeferenced but {args.out} is a PNG, which cannot keep"
-                  " the CRS and transform; use a .tif output to keep them", file=sys.stderr)
-        print(f"model: {how}; device {engine.device}; window {engine.window}, stride {engine.stride}",
-              file=sys.stderr, flush=True)
-        try:
-            result = predict_to_files(reader, args.out, class_bands(engine, args.progress), args.color,
-                                      args.color_max_side)
-        except (RasterError, InferenceError) as error:
-            print_error(PROG, error)
-            return 2
-    print(result.summary(), flush=True)
-    return 0
+    return run_predictor(argv, PROG, FRAMEWORK, GPU_NAME, gpu_available=gpu_available,
+                         resolve_device=resolve_device, build_engine=build_engine,
+                         class_bands=class_bands, checkpoint_error=CheckpointError,
+                         engine_errors=(ValueError, ExportError, InferenceError),
+                         band_errors=(RasterError, InferenceError), model_dir=True)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ Mirror: ``torch_ref/train.py`` reads the same, line for line.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
 import random
@@ -31,7 +30,7 @@ import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 if __package__ in (None, ""):
     # Started as a script path (launchers that cannot run "-m"): import from the repository
@@ -44,12 +43,13 @@ import paddle.distributed as dist
 import paddle.nn as nn
 from paddle import DataParallel
 
-from convert import CheckpointError, atomic_write, imagenet_resnet50_to, model_rules, read_checkpoint
-from convert import save_paddle
+from convert import CheckpointError, atomic_write, imagenet_encoder_state, save_paddle
 from convert.safe_load import unpickle_numpy_only
 from isaid.augment import DataError, SamplePlan, load_patch_index
-from isaid.config import (Config, ConfigError, changed_keys, describe_keys, dump_config,
-                          load_config, resolve_imagenet_path, resolve_out_dir)
+from isaid.config import Config, ConfigError, changed_keys, dump_config, load_config, resolve_out_dir
+from isaid.training import (RESUME_MUST_MATCH, MetricsFile, TrainError, checkpoint_dir,
+                            list_checkpoints, one_line, starting_point)
+from isaid.training import build_parser as build_train_parser
 from paddle_impl import build_model
 from paddle_impl.data import build_loader, to_device
 from weights import ENCODER_PREFIX
@@ -58,16 +58,6 @@ FRAMEWORK = "paddle"
 CHECKPOINT_FORMAT = "rsseg-train-checkpoint-v1"
 CHECKPOINT_PATTERN = re.compile(r"^ckpt_(\d+)\.pdckpt$")
 FINAL_WEIGHTS = "model_final.pdparams"
-IMAGENET_URL = "https://download.pytorch.org/models/resnet50-19c8e357.pth"
-# A resumed run must draw the same batches and follow the same schedule as the first one.
-RESUME_MUST_MATCH = ("model.name", "model.num_classes", "data.window", "train.iterations",
-                     "train.batch_size", "train.lr", "train.momentum", "train.weight_decay",
-                     "train.poly_power", "train.clip_norm", "train.seed", "train.amp",
-                     "augment.hflip", "augment.vflip", "augment.rot90")
-
-
-class TrainError(RuntimeError):
-    """A training run that cannot start or continue; the message is one line."""
 
 
 # ------------------------------------------------------------------------------ runtime
@@ -154,55 +144,9 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------ ImageNet init
 
 
-def imagenet_missing_message(path: str, model_name: str) -> str:
-    """One line: the file is missing, and how to make it."""
-    return (f"init.imagenet: {path}: file not found. Download torchvision's ImageNet ResNet-50"
-            f" {IMAGENET_URL} (resnet50-19c8e357.pth) and convert it:"
-            f" `python -m convert resnet50-19c8e357.pth --model resnet50 --target {model_name}"
-            f" -o {path}`; or pass --set init.imagenet=none to train from random"
-            f" initialisation on purpose")
-
-
-def imagenet_encoder_state(path: str, model_name: str) -> "OrderedDict[str, np.ndarray]":
-    """Encoder weights of ``model_name`` in this framework's key names, from ``path``.
-
-    Accepted (read without executing code): the output of ``python -m convert
-    resnet50-19c8e357.pth --model resnet50 --target <model>`` in either framework's format and
-    for either model's encoder prefix, or torchvision's ``resnet50-19c8e357.pth`` itself.
-    """
-    try:
-        return _imagenet_encoder_state(path, model_name)
-    except CheckpointError as error:
-        raise error.with_path(path) from None  # convert's layout checks do not know the file
-
-
-def _imagenet_encoder_state(path: str, model_name: str) -> "OrderedDict[str, np.ndarray]":
-    loaded = read_checkpoint(path)
-    state, prefix = loaded.state, ENCODER_PREFIX[model_name]
-    if all(key.startswith(prefix) for key in state) and loaded.framework == FRAMEWORK:
-        return state
-    source = next((name for name, p in ENCODER_PREFIX.items()
-                   if all(key.startswith(p) for key in state)), None)
-    if source is None:  # torchvision's own file: convert checks its layout
-        return imagenet_resnet50_to(state, model_name, FRAMEWORK)
-    # An encoder file in the other naming or for the other model: back to torchvision's
-    # names through convert's rules, then forward again, so every key is checked once.
-    source_prefix = ENCODER_PREFIX[source]
-    rules = {(rule.paddle_key if loaded.framework == "paddle" else rule.torch_key): rule
-             for rule in model_rules(source) if rule.torch_key.startswith(source_prefix)}
-    torchvision: "OrderedDict[str, np.ndarray]" = OrderedDict()
-    for key, array in state.items():
-        rule = rules.get(key)
-        if rule is None:
-            raise CheckpointError(f"key {key!r} is not a ResNet-50 encoder key", path=path)
-        transposed = rule.transpose and loaded.framework == "paddle"
-        torchvision[rule.torch_key[len(source_prefix):]] = array.T if transposed else array
-    return imagenet_resnet50_to(torchvision, model_name, FRAMEWORK)
-
-
 def load_imagenet(net: nn.Layer, path: str, model_name: str) -> int:
     """Copy the ImageNet encoder weights into ``net``; every encoder key must be covered."""
-    state = imagenet_encoder_state(path, model_name)
+    state = imagenet_encoder_state(path, model_name, FRAMEWORK)
     own = net.state_dict()
     prefix = ENCODER_PREFIX[model_name]
     problems = [f"unexpected {k}" for k in state if k not in own]
@@ -293,10 +237,6 @@ class TrainStep:
 # ------------------------------------------------------------------------------ checkpoints
 
 
-def checkpoint_dir(out_dir: str) -> str:
-    return os.path.join(out_dir, "checkpoints")
-
-
 def to_numpy(value: Any) -> Any:
     """``value`` with every Paddle tensor turned into a numpy array (nested dicts and lists)."""
     if isinstance(value, paddle.Tensor):
@@ -306,16 +246,6 @@ def to_numpy(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(to_numpy(v) for v in value)
     return value
-
-
-def list_checkpoints(out_dir: str) -> List[Tuple[int, str]]:
-    """(iteration, path) of the complete checkpoints in ``out_dir``, oldest first."""
-    folder = checkpoint_dir(out_dir)
-    if not os.path.isdir(folder):
-        return []
-    found = [(int(m.group(1)), os.path.join(folder, name))
-             for name in os.listdir(folder) if (m := CHECKPOINT_PATTERN.match(name))]
-    return sorted(found)
 
 
 def save_checkpoint(out_dir: str, iteration: int, config: Config, runtime: Runtime, net, optimizer,
@@ -337,7 +267,7 @@ def save_checkpoint(out_dir: str, iteration: int, config: Config, runtime: Runti
     # Plain pickle of numpy arrays and Python values: convert's restricted unpickler reads it.
     atomic_write(path, lambda handle: pickle.dump(state, handle, protocol=4))
     if keep > 0:
-        for _, old in list_checkpoints(out_dir)[:-keep]:
+        for _, old in list_checkpoints(out_dir, CHECKPOINT_PATTERN)[:-keep]:
             os.remove(old)
     return path
 
@@ -378,11 +308,10 @@ class MetricsLog:
 
     def __init__(self, out_dir: str, backend: str, start: int, enabled: bool) -> None:
         self.enabled = enabled
-        self.path = os.path.join(out_dir, "metrics.jsonl")
         self.writer = None
         if not enabled:
             return
-        self._truncate_after(start)
+        self.rows = MetricsFile(out_dir, start)
         if backend == "auto":
             try:
                 from visualdl import LogWriter
@@ -392,26 +321,10 @@ class MetricsLog:
             else:
                 self.writer = LogWriter(logdir=os.path.join(out_dir, "visualdl"))
 
-    def _truncate_after(self, iteration: int) -> None:
-        """Forget rows past ``iteration`` (logged by a run killed after its last checkpoint)."""
-        if not os.path.exists(self.path):
-            return
-        kept = []
-        with open(self.path, encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    row = json.loads(line)
-                except ValueError:  # a row cut by the kill
-                    continue
-                if row.get("iteration", 0) <= iteration:
-                    kept.append(json.dumps(row) + "\n")
-        atomic_write(self.path, lambda handle: handle.write("".join(kept).encode("utf-8")))
-
     def log(self, iteration: int, values: Dict[str, float]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"iteration": iteration, **values}) + "\n")
+        self.rows.append(iteration, values)
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(tag=f"train/{key}", value=value, step=iteration)
@@ -431,15 +344,6 @@ def mean_over_processes(value: paddle.Tensor, runtime: Runtime) -> float:
 
 
 # ------------------------------------------------------------------------------ the run
-
-
-def find_resume(resume: Optional[str], out_dir: str) -> Optional[str]:
-    """The checkpoint to continue from: ``resume`` itself, or for "auto" the newest in
-    ``out_dir`` (None when there is none: a fresh start)."""
-    if resume != "auto":
-        return resume
-    found = list_checkpoints(out_dir)
-    return found[-1][1] if found else None
 
 
 def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[str] = None,
@@ -516,37 +420,9 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``python -m paddle_impl.train``."""
-    parser = argparse.ArgumentParser(
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys (set in the YAML file or with --set):\n" + "\n".join(describe_keys()),
-        prog="python -m paddle_impl.train",
-        description="Train FarSeg or FactSeg on iSAID patches (official recipe by default)."
-                    " Several processes: python -m paddle.distributed.launch --nproc_per_node N"
-                    " paddle_impl/train.py ...",
-    )
-    parser.add_argument("--config", required=True, metavar="YAML",
-                        help="recipe file, e.g. configs/farseg_isaid.yaml (keys listed below)")
-    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
-                        metavar="KEY=VALUE",
-                        help="override config keys, values parsed as YAML: --set"
-                             " train.iterations=100 train.amp=bf16 init.imagenet=none")
-    parser.add_argument("--resume", metavar="PATH|auto", default=None,
-                        help="continue from a checkpoint file, or 'auto': the newest in"
-                             " train.out_dir (a fresh start when there is none)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bar (metrics.jsonl and the logs are still written)")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config (file + overrides) as YAML and exit")
-    return parser
-
-
-def one_line(error: BaseException) -> str:
-    """The message of ``error`` on one line (DataLoader workers prepend their traceback)."""
-    if isinstance(error, CheckpointError):
-        return error.headline()
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    text = lines[-1] if lines else type(error).__name__
-    return re.sub(r"^[\w.]+(Error|Exception): ", "", text)
+    return build_train_parser("python -m paddle_impl.train",
+                              "python -m paddle.distributed.launch --nproc_per_node N"
+                              " paddle_impl/train.py ...")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -559,12 +435,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.print_config:
             print(dump_config(config), end="")
             return 0
-        resume_path = find_resume(args.resume, resolve_out_dir(config, FRAMEWORK))
-        # A resumed run takes every weight from its checkpoint; a fresh one needs the
-        # ImageNet file unless init.imagenet=none says otherwise (no silent random start).
-        imagenet = None if resume_path else resolve_imagenet_path(config)
-        if imagenet is not None and not os.path.isfile(imagenet):
-            raise TrainError(imagenet_missing_message(imagenet, config["model"]["name"]))
+        resume_path, imagenet = starting_point(config, args.resume, FRAMEWORK, CHECKPOINT_PATTERN)
         train(config, resume_path, imagenet, args.progress)
     except (ConfigError, DataError, CheckpointError, TrainError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr, flush=True)

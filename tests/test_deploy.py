@@ -42,6 +42,7 @@ from isaid.imageio import write_png_atomic
 from isaid.palette import NUM_CLASSES, index_png_palette, normalize
 from isaid.stitching import plan_bands
 from isaid.synth import make_scene
+from model_helpers import randomise_batchnorm  # tests/model_helpers.py
 from paddle_impl.export import (ExportError, check_export, export, fixed_size, read_deploy_config,
                                 save_inference_model)
 from paddle_impl.inference import SlidingWindowInference as PaddleEngine
@@ -72,19 +73,6 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-def _randomise_batchnorm(model: torch.nn.Module, seed: int) -> None:
-    """Non-trivial BatchNorm statistics, so that BN folding and buffer mix-ups show."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Dict[str, Path]:
     """Random torch checkpoints (.pth), converted to Paddle on the fly wherever Paddle loads them."""
@@ -93,7 +81,7 @@ def weights(tmp_path_factory) -> Dict[str, Path]:
     for seed, name in enumerate(("farseg", "factseg")):
         torch.manual_seed(seed)
         model = torch_ref.build_model(name)
-        _randomise_batchnorm(model, seed)
+        randomise_batchnorm(model, seed)
         paths[name] = folder / f"{name}.pth"
         save_torch(model.state_dict(), paths[name])
     return paths

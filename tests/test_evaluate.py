@@ -43,6 +43,7 @@ from isaid.imageio import write_png_atomic
 from isaid.palette import NUM_CLASSES, colorize, normalize
 from isaid.synth import make_scene
 from isaid.windows import pad_to_multiple, sliding_windows
+from model_helpers import randomise_batchnorm  # tests/model_helpers.py
 
 C = NUM_CLASSES
 
@@ -314,25 +315,13 @@ def test_engine_argument_checks(fw):
 # ------------------------------------------------------------------- real model, evaluators
 
 
-def _randomise_batchnorm(model: torch.nn.Module, seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
-
-
 @pytest.fixture(scope="module")
 def farseg_files(tmp_path_factory) -> Dict[str, Path]:
     """Random FarSeg weights as .pth and converted .pdparams, plus two small val scenes."""
     root = tmp_path_factory.mktemp("evaluate")
     torch.manual_seed(0)
     model = torch_ref.build_model("farseg")
-    _randomise_batchnorm(model, seed=1)
+    randomise_batchnorm(model, seed=1)
     pth = save_torch(model.state_dict(), root / "farseg_random.pth")
     pdparams = convert_file(pth, root / "farseg_random.pdparams")
     images, labels, colours = root / "images", root / "labels", root / "colour_masks"

@@ -16,7 +16,6 @@ torch_ref.evaluate --help`` lists every option. Exit status 0 done, 1 ``--expect
 from __future__ import annotations
 
 import sys
-import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -24,11 +23,7 @@ import torch
 from tqdm import tqdm
 
 from convert import CheckpointError
-from isaid.evaluation import (InputError, Scene, SceneTotals, build_parser, build_result,
-                              check_args, check_expectation, find_scenes, format_report,
-                              iter_loaded_scenes, print_errors, split_seconds, total_windows,
-                              write_json_atomic)
-from isaid.imageio import ImageReadError
+from isaid.evaluation import Scene, SceneTotals, iter_loaded_scenes, run_evaluator, total_windows
 from isaid.palette import NUM_CLASSES
 from isaid.windows import num_windows
 
@@ -85,49 +80,10 @@ def build_engine(model_name: str, weights: str, window: int = 896, stride: int =
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(PROG, FRAMEWORK, GPU_NAME).parse_args(argv)
-    start = time.perf_counter()
-    try:
-        check_args(args)
-        scenes = find_scenes(args.images, args.masks, args.limit)
-    except InputError as error:
-        print_errors(error.lines)
-        return 2
-    device = args.device if args.device != "auto" else (GPU_NAME if gpu_available() else "cpu")
-    try:
-        resolve_device(device)
-    except ValueError as error:
-        print_errors([f"--device {device}: {error}"])
-        return 2
-    try:
-        engine, how = build_engine(args.model, args.weights, args.window, args.stride, device,
-                                   args.batch_size, None if args.amp == "none" else args.amp,
-                                   args.dtype)
-    except CheckpointError as error:
-        print_errors([error.headline()])
-        return 2
-    loaded = time.perf_counter()
-    try:
-        confusion, totals = evaluate_scenes(engine, scenes, progress=args.progress)
-    except ImageReadError as error:
-        print_errors([str(error)])
-        return 2
-    except InputError as error:
-        print_errors(error.lines)
-        return 2
-    seconds = split_seconds(start, loaded, time.perf_counter())
-    result = build_result(args, f"{PROG} {' '.join(argv)}", FRAMEWORK, FRAMEWORK_VERSION,
-                          str(engine.device), confusion, totals, how, seconds)
-    print(format_report(result, confusion), flush=True)
-    expectation = None
-    if args.expect:
-        expectation = check_expectation(args.model, result["miou"], args.tolerance, totals.images)
-        result["expect"] = expectation.record
-        print("\n".join(expectation.lines), flush=True)
-    if args.json:
-        write_json_atomic(args.json, result)
-    return 1 if expectation is not None and not expectation.passed else 0
+    return run_evaluator(argv, PROG, FRAMEWORK, FRAMEWORK_VERSION, GPU_NAME,
+                         gpu_available=gpu_available, resolve_device=resolve_device,
+                         build_engine=build_engine, evaluate_scenes=evaluate_scenes,
+                         checkpoint_error=CheckpointError)
 
 
 if __name__ == "__main__":
