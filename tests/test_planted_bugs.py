@@ -321,3 +321,61 @@ def test_factseg_softmax_and_sigmoid_swapped_in_the_fusion(monkeypatch):
     assert result.first_divergence["where"] is None
     assert "outside the modules" in result.first_divergence["summary"]
     _assert_fails(loss.run(FACTSEG, fx), message="loss stage")
+
+
+# ----------------------------------------------------------------------------------------------
+# float32: the looser float32 thresholds (set from the measured float32 rounding floor, README)
+# still catch these bugs. Paddle's own per-tensor ClipGradByNorm runs here (float32 kernel).
+# ----------------------------------------------------------------------------------------------
+
+FARSEG32 = FARSEG.with_(dtype="float32")
+
+
+def test_float32_decoder_upsample_align_corners_false(monkeypatch):
+    fx = get_fixture(FARSEG32)
+    stage = fx.paddle_model.decoder.blocks[1][0][3]
+    monkeypatch.setattr(stage, "forward", _wrong_upsample(stage))
+    result = forward.run(FARSEG32, fx)
+    _assert_fails(result)
+    assert result.first_divergence["where"] == "decoder.blocks.1.0.3", result.first_divergence
+
+
+def test_float32_batchnorm_momentum_0_1(monkeypatch):
+    import paddle
+
+    fx = get_fixture(FARSEG32)
+    for layer in fx.paddle_model.sublayers():
+        if isinstance(layer, paddle.nn.BatchNorm2D):
+            monkeypatch.setattr(layer, "_momentum", 0.1)
+    result = backward.run(FARSEG32.with_(steps=1), fx)
+    _assert_fails(result)
+    assert {r.name.split("/")[1] for r in result.failed_rows()} == {"running_mean", "running_var"}
+
+
+def test_float32_paddle_per_tensor_clip_grad_by_norm(monkeypatch):
+    import paddle
+
+    fx = get_fixture(FARSEG32)
+    monkeypatch.setattr(paddle.nn, "ClipGradByGlobalNorm", paddle.nn.ClipGradByNorm)
+    result = backward.run(FARSEG32.with_(steps=1), fx)
+    _assert_fails(result)
+    assert all(r.passed for r in result.rows if r.name.startswith("step1/grad"))
+    assert "after the update" in result.first_divergence["where"]
+
+
+def test_float32_loss_without_plus_batch_size(monkeypatch):
+    import paddle_impl.farseg
+    import paddle_impl.losses
+
+    original = paddle_impl.losses.annealing_softmax_focal_loss
+
+    def without_batch(logits, target, step, *args, **kwargs):
+        valid = float((target != 255).astype("float32").sum())
+        loss_value = original(logits, target, step, *args, **kwargs)
+        return loss_value if valid == 0 else loss_value * ((valid + logits.shape[0]) / valid)
+
+    monkeypatch.setattr(paddle_impl.losses, "annealing_softmax_focal_loss", without_batch)
+    monkeypatch.setattr(paddle_impl.farseg, "annealing_softmax_focal_loss", without_batch)
+    result = loss.run(FARSEG32, get_fixture(FARSEG32))
+    _assert_fails(result)
+    assert result.first_divergence["where"] == "step1/loss"
