@@ -8,10 +8,11 @@ Command line: ``python -m convert IN [-o OUT] [--model ...] [--to ...] [--target
     state = load_state_dict_file("farseg50.pth")        # safe, wrapper/prefix stripped
     paddle_model.set_state_dict(torch_to_paddle(state, "farseg"))
 
-Nothing here imports torch or Paddle to read, detect, validate or convert to Paddle (torch
-files are parsed by ``convert.torch_pickle``, the module types come from
-``weights/module_types.json``); torch is imported only to write a .pth or to take the rules
-of a torch module (``rules_from_module``, ``torch_ref_rules``).
+Nothing here imports torch or Paddle to read, detect, validate, convert or write (torch
+files are parsed by ``convert.torch_pickle`` and written in torch's zip format by
+``convert.writers``, the module types come from ``weights/module_types.json``); torch is
+imported only to take the rules of a torch module (``rules_from_module``, ``torch_ref_rules``)
+or to make tensors (``as_torch``).
 """
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ PaddlePaddle (paddle_impl), or turn torchvision's ImageNet ResNet-50 into encode
 
 Input: the official training wrapper {"model": ..., "opt": ..., "global_step": ...} or a bare
 state dict, with or without the DDP "module." prefix; torchvision's resnet50-19c8e357.pth;
-a Paddle .pdparams. Files are loaded without executing code and without importing torch or
-Paddle (restricted unpicklers that build numpy arrays; torch is needed only to write a .pth).
+a Paddle .pdparams. Files are loaded without executing code and written without importing
+torch or Paddle (restricted unpicklers that build numpy arrays; .pth in torch's zip format).
 Every key and shape is checked against the official layout first: on any mismatch the
 missing / unexpected / wrong-shape keys are listed, the exit status is 2 and nothing is
 written. Output is written atomically (temp file, fsync, rename).

@@ -46,13 +46,13 @@ PADDLE_NAME_TABLE = "StructuredToParameterName@@"  # structured name -> framewor
 PADDLE_BIG_PARAM_INFO = "UnpackBigParamInfor@@"  # protocol 2/3: big arrays split in slices
 
 # Time spent importing torch inside this process (reported separately in the CLI summary,
-# because it dwarfs the conversion itself). Reading never imports torch; only writing a .pth
-# (torch.save) and deriving rules from a torch module do.
+# because it dwarfs the conversion itself). Reading and writing never import torch; only
+# deriving rules from a torch module and ``as_torch`` do.
 _TORCH_IMPORT_SECONDS: List[float] = []
 
 
 def import_torch():
-    """Import torch on first use (~1-2 s): only for writing .pth files and torch-module rules."""
+    """Import torch on first use (~1-2 s): only for torch-module rules and ``as_torch``."""
     import sys
 
     if "torch" in sys.modules:

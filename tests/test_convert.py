@@ -188,6 +188,12 @@ def test_round_trip_torch_paddle_torch_identical(official_files, converted, name
     pd, back = converted[name]
     restored = torch.load(back, map_location="cpu", weights_only=True)
     assert list(restored) == list(load_layout(name))  # bare, no prefix, official order
+    mapped = torch.load(back, weights_only=True, mmap=True)  # save_torch writes without torch
+    assert all(torch.equal(mapped[k], v) and mapped[k].dtype == v.dtype for k, v in restored.items())
+    mine = read_checkpoint(back).state
+    assert list(mine) == list(restored)
+    assert all(np.array_equal(mine[k], v.numpy()) and mine[k].dtype == v.numpy().dtype
+               for k, v in restored.items())
     counters = nbt_keys(name)
     for key, value in state.items():
         if key in counters:
@@ -737,12 +743,14 @@ def test_truncated_torch_file_one_line(tmp_path, fmt):
 
 
 def test_cli_reads_validates_and_converts_without_torch_or_paddle(tmp_path, imagenet_file):
-    """torch -> Paddle, ImageNet legacy file, .pdparams validation: no torch, no Paddle imported."""
+    """torch -> Paddle, ImageNet legacy file, .pdparams validation, Paddle -> torch (.pth
+    written): no torch, no Paddle imported."""
     pth = tmp_path / "farseg.pth"
     torch.save(official_wrapper(broadcast_state("farseg")), pth)
     runs = [[str(pth), "-o", str(tmp_path / "farseg.pdparams")],
             [str(imagenet_file[1]), "--target", "factseg", "-o", str(tmp_path / "enc.pdparams")],
             [str(tmp_path / "farseg.pdparams"), "--to", "paddle", "-o", str(tmp_path / "again.pdparams")],
+            [str(tmp_path / "farseg.pdparams"), "-o", str(tmp_path / "back.pth")],  # Paddle -> torch
             [str(tmp_path / "missing.pth")]]
     script = (
         "import atexit, runpy, sys\n"
@@ -758,11 +766,15 @@ def test_cli_reads_validates_and_converts_without_torch_or_paddle(tmp_path, imag
         "        print('EXIT', exc.code)\n")
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("EXIT 0") == 3 and "EXIT 2" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.stdout.count("EXIT 0") == 4 and "EXIT 2" in proc.stdout, proc.stdout + proc.stderr
     assert "importing torch" not in proc.stdout
     assert "IMPORTED []" in proc.stderr, proc.stderr
     assert np.array_equal(load_state_dict_file(tmp_path / "farseg.pdparams")["en.resnet.bn1._mean"],
                           np.ones(64, np.float32))
+    back = torch.load(tmp_path / "back.pth", weights_only=True)  # written without torch
+    assert list(back) == list(load_layout("farseg"))
+    assert torch.equal(back["en.resnet.bn1.running_mean"], torch.ones(64))
+    assert back["en.resnet.bn1.num_batches_tracked"].dtype == torch.int64
 
 
 # ----------------------------------------------------------------------------------------------
@@ -938,6 +950,108 @@ def test_save_torch_is_bare_state_dict(tmp_path):
     path = save_torch(state, tmp_path / "s.pth")
     loaded = torch.load(path, weights_only=True)
     assert list(loaded) == ["w", "n"] and loaded["n"].dtype == torch.int64 and loaded["n"].shape == ()
+
+
+WRITER_DTYPES = ("float32", "float64", "float16", "int64", "int32", "uint8", "int8", "int16", "bool")
+
+
+def writer_cases() -> "OrderedDict[str, np.ndarray]":
+    """Every dtype save_torch writes, 0-d, empty and non-contiguous arrays; special float bit
+    patterns (NaN payload, -0.0, inf) so only a bit-exact copy compares equal."""
+    rng = np.random.default_rng(7)
+    out: "OrderedDict[str, np.ndarray]" = OrderedDict()
+    for dt in WRITER_DTYPES:
+        if dt == "bool":
+            out[f"m_{dt}"] = rng.random((3, 5)) > 0.5
+        elif dt.startswith("float"):
+            arr = (rng.standard_normal((3, 5)) * 100).astype(dt)
+            arr[0, :3] = [np.nan, -0.0, np.inf]
+            out[f"m_{dt}"] = arr
+        else:
+            info = np.iinfo(dt)
+            out[f"m_{dt}"] = rng.integers(info.min, info.max, (3, 5), dtype=dt, endpoint=True)
+        out[f"s_{dt}"] = out[f"m_{dt}"][1, 2].copy()  # 0-d
+        out[f"e_{dt}"] = np.zeros((0, 4), dt)  # empty
+    base = np.arange(60, dtype=np.float32).reshape(6, 10)
+    out["transposed"] = base.T  # Fortran order
+    out["strided"] = base[1::2, ::3]  # non-contiguous slice with an offset into its buffer
+    out["broadcast"] = np.broadcast_to(np.arange(3, dtype=np.int64), (4, 3))  # stride 0
+    out["big_endian"] = np.arange(6, dtype=">f8").reshape(2, 3)  # written little-endian
+    out["empty_3d"] = np.zeros((2, 0, 3), np.float16)
+    return out
+
+
+def assert_bitwise_equal(got, expected) -> None:
+    """Same keys in the same order; per key the same dtype, shape and bytes (torch tensors or
+    numpy arrays, compared in native byte order)."""
+    assert list(got) == list(expected)
+    for key, want in expected.items():
+        want = np.ascontiguousarray(want.astype(want.dtype.newbyteorder("="))).reshape(want.shape)
+        value = got[key]
+        if isinstance(value, torch.Tensor):
+            assert value.dtype == torch.from_numpy(want.reshape(-1)).dtype, key
+            assert tuple(value.shape) == want.shape, key
+            value = value.contiguous().numpy()
+        assert value.dtype == want.dtype and value.shape == want.shape, key
+        assert np.ascontiguousarray(value).tobytes() == want.tobytes(), key
+
+
+def test_save_torch_without_torch_matches_torch_load_bit_for_bit(tmp_path):
+    from convert import writers
+    from convert.torch_pickle import load_torch_file
+
+    state = writer_cases()
+    path = save_torch(state, tmp_path / "cases.pth")
+    assert_bitwise_equal(torch.load(path, weights_only=True), state)
+    assert_bitwise_equal(torch.load(path, weights_only=True, mmap=True), state)
+    assert_bitwise_equal(load_torch_file(path, "torch-zip"), state)  # the converter's own reader
+    assert_bitwise_equal(read_checkpoint(path).state, state)
+    assert read_checkpoint(path).container == "bare state dict"
+    # torch's layout: one folder, uncompressed, every record's data 64-byte aligned.
+    raw = path.read_bytes()
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        assert {i.filename.split("/")[0] for i in infos} == {"archive"}
+        assert zf.read("archive/byteorder") == b"little" and zf.read("archive/version") == b"3\n"
+        assert zf.testzip() is None  # CRCs right
+    for info in infos:
+        assert info.compress_type == zipfile.ZIP_STORED
+        name_len, extra_len = int.from_bytes(raw[info.header_offset + 26: info.header_offset + 28], "little"), \
+            int.from_bytes(raw[info.header_offset + 28: info.header_offset + 30], "little")
+        assert (info.header_offset + 30 + name_len + extra_len) % 64 == 0, info.filename
+    # Torch tensors in, as before: written through the same path.
+    again = save_torch(OrderedDict((k, torch.from_numpy(np.array(v, order="C")))
+                                   for k, v in state.items() if v.dtype.isnative), tmp_path / "t.pth")
+    assert_bitwise_equal(torch.load(again, weights_only=True),
+                         OrderedDict((k, v) for k, v in state.items() if v.dtype.isnative))
+    assert writers.TORCH_STORAGE_CLASS  # (names every dtype above)
+
+
+@pytest.mark.parametrize("value", [np.zeros(2, np.complex64), np.zeros(2, np.uint16), np.zeros(2, "U3"),
+                                   np.zeros(2, object), torch.zeros(2, dtype=torch.bfloat16)],
+                         ids=["complex64", "uint16", "str", "object", "torch-bfloat16"])
+def test_save_torch_refuses_other_dtypes_naming_the_key(tmp_path, value):
+    path = tmp_path / "x.pth"
+    with pytest.raises(TypeError, match="cannot write 'bad.weight' to a .pth"):
+        save_torch(OrderedDict([("ok", np.zeros(1, np.float32)), ("bad.weight", value)]), path)
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temp file left
+
+
+@pytest.mark.parametrize("bug", ["big-endian bytes", "strides of the wrong order"])
+def test_planted_bug_writer_byte_order_or_strides_is_caught(tmp_path, monkeypatch, bug):
+    from convert import writers
+    from convert.torch_pickle import load_torch_file
+
+    if bug == "big-endian bytes":  # the data says big, the byteorder record still says little
+        monkeypatch.setattr(writers, "_STORAGE_BYTE_ORDER", ">")
+    else:
+        monkeypatch.setattr(writers, "_c_strides", lambda shape: tuple(
+            int(np.prod(shape[:i])) for i in range(len(shape))))  # Fortran strides for C data
+    state = OrderedDict((k, v) for k, v in writer_cases().items() if k in ("m_float32", "m_int64", "transposed"))
+    path = save_torch(state, tmp_path / "buggy.pth")
+    for loaded in (torch.load(path, weights_only=True), load_torch_file(path, "torch-zip")):
+        with pytest.raises(AssertionError):  # wrong values, silently: what the comparison is for
+            assert_bitwise_equal(loaded, state)
 
 
 # ----------------------------------------------------------------------------------------------
