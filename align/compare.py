@@ -31,6 +31,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from convert import atomic_write
+
 # Kinds of compared values; each has its own tolerance (see ``tolerances``).
 KINDS = (
     "forward",  # eval-mode model outputs (and intermediate activations, for the localiser)
@@ -350,20 +352,6 @@ def format_report(result: StageResult, max_rows: int = 40) -> str:
 # Writing (atomic: a file appears complete under its final name, or not at all)
 # ----------------------------------------------------------------------------------------------
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_reprod_log(path: Path, values: Mapping[str, np.ndarray]) -> Path:
     """Write ``values`` as a reprod_log ``ReprodLogger`` file (an ``np.save``'d dict), atomically."""
     from reprod_log import ReprodLogger  # imports paddle; only called once paddle is loaded
@@ -389,9 +377,10 @@ def write_stage_outputs(result: StageResult, out_dir: Path, torch_log: Mapping[s
     result.out_dir = str(out_dir)
     write_reprod_log(out_dir / "torch.npy", torch_log)
     write_reprod_log(out_dir / "paddle.npy", paddle_log)
-    _atomic_write_bytes(out_dir / "diff.json",
-                        (json.dumps(result.to_json(), indent=1) + "\n").encode("utf-8"))
-    _atomic_write_bytes(out_dir / "diff.txt", (format_report(result) + "\n").encode("utf-8"))
+    diff_json = (json.dumps(result.to_json(), indent=1) + "\n").encode("utf-8")
+    atomic_write(out_dir / "diff.json", lambda f: f.write(diff_json))
+    diff_txt = (format_report(result) + "\n").encode("utf-8")
+    atomic_write(out_dir / "diff.txt", lambda f: f.write(diff_txt))
     return out_dir
 
 

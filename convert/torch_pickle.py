@@ -148,7 +148,7 @@ def _make_tensor(storage: Any, offset: Any, size: Any, stride: Any,
     typed = storage.raw[: numel_storage * kind.itemsize].view(dtype)
     if not numel:
         arr = np.empty(shape, dtype)
-    elif strides == _c_strides(shape):
+    elif strides == c_strides(shape):
         arr = typed[offset: offset + numel].reshape(shape)  # the usual case: a plain view
     else:
         arr = np.lib.stride_tricks.as_strided(typed[offset:], shape, [s * dtype.itemsize for s in strides],
@@ -158,7 +158,8 @@ def _make_tensor(storage: Any, offset: Any, size: Any, stride: Any,
     return arr
 
 
-def _c_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
+def c_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    """Element strides of a C-contiguous tensor of ``shape`` (what torch stores for one)."""
     out, step = [], 1
     for n in reversed(shape):
         out.append(step)

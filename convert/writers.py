@@ -17,6 +17,7 @@ from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Tuple, Union
 import numpy as np
 
 from .rules import as_numpy, contiguous
+from .torch_pickle import c_strides
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -157,14 +158,6 @@ class _PickleWriter:
         return b"".join(self.out) + pickle.STOP
 
 
-def _c_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
-    out, step = [], 1
-    for n in reversed(shape):
-        out.append(step)
-        step *= n
-    return tuple(reversed(out))
-
-
 def _torch_storage(key: str, value: Any) -> Tuple[str, np.ndarray]:
     """(storage class name, C-contiguous little-endian array) of one state-dict value."""
     try:
@@ -208,7 +201,7 @@ def write_torch_zip(f: BinaryIO, state: Mapping[str, Any]) -> None:
         storage_class, arr = _torch_storage(key, value)
         storage_key = str(len(records))
         pickler.text(key)
-        pickler.tensor(storage_class, storage_key, arr.size, tuple(arr.shape), _c_strides(arr.shape))
+        pickler.tensor(storage_class, storage_key, arr.size, tuple(arr.shape), c_strides(arr.shape))
         records.append((f"{prefix}data/{storage_key}", arr))
     pickler.out.append(pickle.SETITEMS)
 

@@ -39,13 +39,14 @@ _INDEX_MODES = {"L", "P"}
 _COLOUR_MASK_MODES = {"RGB", "RGBA", "RGBX"}
 
 
-def _current_umask() -> int:
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-_UMASK = _current_umask()
+_UMASK = current_umask()
 
 
 class ImageReadError(Exception):
@@ -220,6 +221,26 @@ def read_colour_mask_rgb(source: Source, name: Optional[str] = None) -> np.ndarr
     return np.asarray(image, dtype=np.uint8)
 
 
+def temporary_path_beside(path: Union[str, "os.PathLike[str]"]) -> str:
+    """A new empty file ``.<name>.XXXX.tmp`` in the folder of ``path`` (created if needed):
+    the same file system, so that :func:`publish` can rename it into place atomically."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        prefix="." + os.path.basename(os.fspath(path)) + ".", suffix=".tmp", dir=folder
+    )
+    os.close(handle)
+    return temporary
+
+
+def publish(temporary: str, path: Union[str, "os.PathLike[str]"]) -> None:
+    """Move a finished temporary file to ``path`` (atomic on one file system)."""
+    # mkstemp creates the file private (0600); give it the permissions a plain open()
+    # would have, since outputs are datasets that others read.
+    os.chmod(temporary, 0o666 & ~_UMASK)
+    os.replace(temporary, path)
+
+
 @contextlib.contextmanager
 def atomic_output(path: Union[str, "os.PathLike[str]"]) -> Iterator[str]:
     """Yield a temporary path in the folder of ``path``; rename it to ``path`` on success.
@@ -227,19 +248,10 @@ def atomic_output(path: Union[str, "os.PathLike[str]"]) -> Iterator[str]:
     The rename is atomic on one file system, so a killed process leaves either the old
     file, the complete new one, or a stray ``.tmp`` file -- never a half-written ``path``.
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder
-    )
-    os.close(handle)
+    temporary = temporary_path_beside(path)
     try:
         yield temporary
-        # mkstemp creates the file private (0600); give it the permissions a plain open()
-        # would have, since outputs are datasets that others read.
-        os.chmod(temporary, 0o666 & ~_UMASK)
-        os.replace(temporary, path)
+        publish(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(temporary)

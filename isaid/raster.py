@@ -34,7 +34,6 @@ import math
 import os
 import struct
 import sys
-import tempfile
 import time
 import warnings
 import zlib
@@ -45,7 +44,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .cli import OneLineArgumentParser, positive_int
-from .imageio import ImageReadError, read_rgb_with_mode, write_png_atomic
+from .imageio import (ImageReadError, atomic_output, publish, read_rgb_with_mode, temporary_path_beside,
+                      write_png_atomic)
 from .palette import CLASS_NAMES, NUM_CLASSES, PALETTE, colorize, index_png_palette
 
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
@@ -237,21 +237,6 @@ def open_raster(path: str) -> RasterReader:
 # --------------------------------------------------------------------------------- writing
 
 
-def _temporary_path(path: str) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
-                                         suffix=".tmp", dir=folder)
-    os.close(handle)
-    return temporary
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 class ClassMapWriter:
     """Writes a uint8 class map [height, width] band by band, atomically.
 
@@ -263,7 +248,7 @@ class ClassMapWriter:
 
     def __init__(self, path: str, height: int, width: int) -> None:
         self.path, self.height, self.width = os.fspath(path), height, width
-        self.temporary = _temporary_path(self.path)
+        self.temporary = temporary_path_beside(self.path)
         self.rows_written = 0
         self._done = False
 
@@ -287,8 +272,7 @@ class ClassMapWriter:
                                " written; no output file was created")
         try:
             self._finish()
-            os.chmod(self.temporary, 0o666 & ~_current_umask())
-            os.replace(self.temporary, self.path)
+            publish(self.temporary, self.path)
         except BaseException:
             self.abort()
             raise
@@ -572,20 +556,13 @@ def write_geotiff_by_windows(path: str, height: int, width: int, fill, crs="EPSG
                    transform=transform, tiled=True, blockxsize=GEOTIFF_BLOCK,
                    blockysize=GEOTIFF_BLOCK, compress="deflate", BIGTIFF="IF_SAFER",
                    photometric="rgb")
-    temporary = _temporary_path(path)
-    try:
+    with atomic_output(path) as temporary:
         with rasterio.open(temporary, "w", **profile) as dataset:
             for row_start in range(0, height, block_rows):
                 row_end = min(height, row_start + block_rows)
                 pixels = np.asarray(fill(row_start, row_end), dtype=np.uint8)
                 window = rasterio.windows.Window(0, row_start, width, row_end - row_start)
                 dataset.write(pixels.transpose(2, 0, 1), window=window)
-        os.chmod(temporary, 0o666 & ~_current_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise
 
 
 def read_georeference(path: str) -> Dict[str, object]:

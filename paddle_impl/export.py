@@ -41,6 +41,7 @@ from paddle.static import InputSpec
 
 from convert import CheckpointError
 from isaid.cli import OneLineArgumentParser
+from isaid.imageio import current_umask
 from isaid.palette import CLASS_NAMES, MEAN, NUM_CLASSES, PALETTE, STD
 from weights import MODEL_NAMES
 
@@ -297,7 +298,7 @@ def export(model_name: str, weights: Optional[str], out_dir: str,
             yaml.safe_dump(config, handle, sort_keys=False, width=100, default_flow_style=None)
         saved = time.perf_counter()
         checks = check_export(model, staging, size, tolerance, rounding_tolerance) if check else []
-        os.chmod(staging, 0o777 & ~_umask())
+        os.chmod(staging, 0o777 & ~current_umask())
         _replace_folder(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -307,12 +308,6 @@ def export(model_name: str, weights: Optional[str], out_dir: str,
             "check_seconds": time.perf_counter() - saved,
             "bytes": {name: os.path.getsize(os.path.join(out_dir, name))
                       for name in (PROGRAM_FILE, PARAMS_FILE, CONFIG_FILE)}}
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _size_multiple_of_32(text: str) -> int:

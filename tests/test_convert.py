@@ -566,7 +566,7 @@ def test_planted_bug_reader_ignoring_offsets_or_strides_is_caught(tmp_path, monk
         if bug == "offset ignored":
             offset = 0
         else:
-            stride = torch_pickle._c_strides(tuple(size))
+            stride = torch_pickle.c_strides(tuple(size))
         return real(storage, offset, size, stride, kind)
 
     cases = reader_cases()
@@ -1045,7 +1045,7 @@ def test_planted_bug_writer_byte_order_or_strides_is_caught(tmp_path, monkeypatc
     if bug == "big-endian bytes":  # the data says big, the byteorder record still says little
         monkeypatch.setattr(writers, "_STORAGE_BYTE_ORDER", ">")
     else:
-        monkeypatch.setattr(writers, "_c_strides", lambda shape: tuple(
+        monkeypatch.setattr(writers, "c_strides", lambda shape: tuple(
             int(np.prod(shape[:i])) for i in range(len(shape))))  # Fortran strides for C data
     state = OrderedDict((k, v) for k, v in writer_cases().items() if k in ("m_float32", "m_int64", "transposed"))
     path = save_torch(state, tmp_path / "buggy.pth")
