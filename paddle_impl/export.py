@@ -40,7 +40,7 @@ import yaml
 from paddle.static import InputSpec
 
 from convert import CheckpointError
-from isaid.cli import OneLineArgumentParser
+from app.cli import OneLineArgumentParser
 from isaid.imageio import current_umask
 from isaid.palette import CLASS_NAMES, MEAN, NUM_CLASSES, PALETTE, STD
 from weights import MODEL_NAMES

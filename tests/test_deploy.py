@@ -37,7 +37,7 @@ import paddle_impl.predict as paddle_predict
 import torch_ref
 import torch_ref.predict as torch_predict
 from convert import save_torch
-from isaid import raster
+from app import raster
 from isaid.imageio import write_png_atomic
 from isaid.palette import NUM_CLASSES, index_png_palette, normalize
 from isaid.stitching import plan_bands
