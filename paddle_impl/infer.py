@@ -47,7 +47,7 @@ from isaid.palette import CLASS_NAMES, NUM_CLASSES, normalize
 from app.raster import ColourPreview, RasterError, open_raster
 from isaid.windows import pad_to_multiple
 
-from .export import CONFIG_FILE, PARAMS_FILE, PROGRAM_FILE, ExportError, fixed_size, read_deploy_config
+from .export_format import CONFIG_FILE, PARAMS_FILE, PROGRAM_FILE, ExportError, fixed_size, read_deploy_config
 
 PROG = "python -m paddle_impl.infer"
 CPU_BACKENDS = ("onednn", "native", "paddle-default")

@@ -30,7 +30,7 @@ from convert import CheckpointError, detect_architecture
 from app.raster import RasterError, run_predictor
 
 from . import build_model
-from .export import ExportError
+from .export_format import ExportError
 from .infer import DeployedModel, InferenceError, create_predictor
 from .inference import SlidingWindowInference, gpu_available, load_weights, resolve_device
 
