@@ -373,6 +373,13 @@ def translate(state: Mapping[str, np.ndarray], layout: PortLayout) -> Translatio
                              f"found {_fmt_shape(state[key].shape)}")
             result.dropped_unused.append(key)
     unexpected = [f"{k}  {_fmt_shape(getattr(v, 'shape', ()))}" for k, v in state.items() if k not in consumed]
+    if layout.trunk == "x2paddle" and not (missing or unexpected or wrong or twice):
+        order = x2paddle_order_problems(state)
+        if order:
+            raise CheckpointError(
+                f"looks like the {layout.label} layout, but its X2Paddle bottlenecks are stored in another "
+                f"order than that file's: a different X2Paddle conversion, whose block numbering this "
+                f"table does not know", order)
     if missing or unexpected or wrong or twice:
         counts = ", ".join(f"{n} {label}" for n, label in (
             (len(missing), "missing"), (len(unexpected), "unexpected"), (len(wrong), "wrong shape"),
@@ -381,6 +388,32 @@ def translate(state: Mapping[str, np.ndarray], layout: PortLayout) -> Translatio
                    + _listing("wrong shape", wrong) + _listing("stored under both BatchNorm namings", twice))
         raise CheckpointError(f"looks like the {layout.label} layout but does not match it: {counts}", details)
     return result
+
+
+_X2PADDLE_BLOCK = re.compile(r"(?:^|\.)layer(\d)0\.(bottleneck\d+)\.")
+
+
+def x2paddle_order_problems(state: Mapping[str, np.ndarray]) -> List[str]:
+    """Stages whose bottlenecks the file stores in another order than ``X2PADDLE_BOTTLENECKS``.
+
+    X2Paddle numbers its generated bottleneck classes in no fixed order (a local X2Paddle 1.6.0
+    run numbers them differently from ucsk/FarSeg's file), but registers them in trunk order,
+    and ``paddle.save`` keeps that order. Blocks 1.. of a stage have equal shapes, so this is
+    what stops a file from another conversion from being renamed wrongly without a trace.
+    """
+    seen: Dict[int, List[str]] = {}
+    for key in state:
+        match = _X2PADDLE_BLOCK.search(key)
+        if match:
+            blocks = seen.setdefault(int(match.group(1)), [])
+            if match.group(2) not in blocks:
+                blocks.append(match.group(2))
+    problems = []
+    for stage, expected in X2PADDLE_BOTTLENECKS.items():
+        found = seen.get(stage, [])
+        if [b for b in expected if b in found] != [b for b in found if b in expected]:
+            problems.append(f"  layer{stage}0: file order {', '.join(found)}; table order {', '.join(expected)}")
+    return problems
 
 
 @dataclass
@@ -428,4 +461,4 @@ def layout_table() -> List[Tuple[str, str, str]]:
 
 __all__ = ["FPN_LEVEL_INDEX", "LAYOUTS", "PortLayout", "RecognisedCheckpoint", "Translation",
            "X2PADDLE_BOTTLENECKS", "detect_layout", "key_plan", "layout_table", "recognise", "translate",
-           "x2paddle_trunk"]
+           "x2paddle_order_problems", "x2paddle_trunk"]

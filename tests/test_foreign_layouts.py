@@ -311,8 +311,8 @@ def test_entry_points_read_port_files_as_they_are(tmp_path, reference, layout):
 # ImageNet ResNet-50 files for training
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("target", ["farseg", "factseg"])
-@pytest.mark.parametrize("layout", list(IMAGENET_LAYOUTS))
+@pytest.mark.parametrize("layout,target", [("x2paddle", "farseg"), ("paddle.vision", "factseg"),
+                                           ("torchvision-paddle-bn", "farseg")])
 def test_imagenet_layouts_give_the_encoder(tmp_path, reference, layout, target):
     ref = reference("farseg")
     rename, extra, label, dropped = IMAGENET_LAYOUTS[layout]
@@ -348,7 +348,16 @@ def test_planted_bug_two_x2paddle_bottlenecks_swapped_is_caught(tmp_path, refere
     monkeypatch.setitem(foreign.X2PADDLE_BOTTLENECKS, 1, (stage1[0], stage1[2], stage1[1]))
     foreign.key_plan.cache_clear()
     foreign.known_names.cache_clear()
-    # Same shapes: the file still validates, and only the tensors (and eval outputs) betray it.
+    # First line: the file stores the blocks in trunk order, which the wrong table contradicts.
+    with pytest.raises(CheckpointError) as info:
+        run_conversion(path, tmp_path / "out.pth", to="torch")
+    assert "layer10: file order bottleneck90, bottleneck50, bottleneck140; " \
+           "table order bottleneck90, bottleneck140, bottleneck50" in str(info.value)
+    assert not (tmp_path / "out.pth").exists()
+
+    # Second line: without the order check the shapes still agree (blocks 1 and 2 of a stage
+    # are alike), so only the tensors and the eval outputs betray the wrong table.
+    monkeypatch.setattr(foreign, "x2paddle_order_problems", lambda state: [])
     run_conversion(path, tmp_path / "out.pth", to="torch")
     back = {k: v.numpy() for k, v in torch.load(tmp_path / "out.pth", weights_only=True).items()}
     wrong = differing_keys(back, expected_official(ref, "buffer_step"))
@@ -364,6 +373,25 @@ def test_planted_bug_two_x2paddle_bottlenecks_swapped_is_caught(tmp_path, refere
     got = convert.imagenet_encoder_state(imagenet, "farseg", "paddle")
     want = convert.imagenet_resnet50_to(encoder(ref.official), "farseg", "paddle")
     assert {k.split(".")[3] for k in differing_keys(got, want)} == {"1", "2"}
+
+
+def test_x2paddle_file_from_another_conversion_is_refused(tmp_path, reference):
+    """Same names, blocks 1 and 2 of layer1 stored the other way round (as another X2Paddle run
+    could number them): refused, not renamed wrongly."""
+    ref = reference("farseg")
+    rename, extra, *_ = IMAGENET_LAYOUTS["x2paddle"]
+    state = port_state(encoder(ref.official), rename, extra())
+    block = lambda key: ("bottleneck50" in key, "bottleneck140" in key)  # noqa: E731
+    moved = [k for k in state if block(k) == (True, False)]
+    reordered = OrderedDict((k, v) for k, v in state.items() if k not in moved)
+    after = max(i for i, k in enumerate(reordered) if "bottleneck140" in k)
+    items = list(reordered.items())
+    reordered = OrderedDict(items[:after + 1] + [(k, state[k]) for k in moved] + items[after + 1:])
+    path = tmp_path / "other_x2paddle.pdparams"
+    save_paddle(reordered, path)
+    with pytest.raises(CheckpointError) as info:
+        convert.imagenet_encoder_state(path, "farseg", "paddle")
+    assert "another order" in str(info.value) and str(path) in str(info.value)
 
 
 @pytest.mark.parametrize("wrong_levels", [{1: 1, 2: 2, 3: 3, 4: 4}, {1: 1, 2: 2, 3: 3, 4: 0}],
