@@ -428,9 +428,12 @@ class RecognisedCheckpoint(LoadedCheckpoint):
     layout: Optional[PortLayout] = None
     file_framework: str = "paddle"
     n_file: int = 0
+    renamed: List[str] = field(default_factory=list)  # what was dropped or filled (Translation.notes)
 
     def describe(self) -> str:
-        return f"{super().describe()}, {self.layout.label} layout"
+        """E.g. ``bare state dict, PaddleSeg FarSeg (ucsk/FarSeg) layout, ... dropped, ... filled``
+        (the convert summary and every entry point's "loaded" line)."""
+        return ", ".join([super().describe(), f"{self.layout.label} layout", *self.renamed])
 
 
 def recognise(loaded: LoadedCheckpoint) -> LoadedCheckpoint:
@@ -450,8 +453,8 @@ def recognise(loaded: LoadedCheckpoint) -> LoadedCheckpoint:
         raise error.with_path(loaded.path) from None
     framework = "torch" if layout.model == "resnet50" else "paddle"
     return RecognisedCheckpoint(loaded.path, result.state, framework, loaded.container, loaded.prefix,
-                                list(loaded.notes) + result.notes(), layout=layout,
-                                file_framework=loaded.framework, n_file=len(loaded.state))
+                                list(loaded.notes), layout=layout, file_framework=loaded.framework,
+                                n_file=len(loaded.state), renamed=result.notes())
 
 
 def layout_table() -> List[Tuple[str, str, str]]:
