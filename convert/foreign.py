@@ -39,6 +39,7 @@ point (convert, evaluate, predict, export, align, train init) reads these files 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections import OrderedDict
@@ -451,9 +452,10 @@ def recognise(loaded: LoadedCheckpoint) -> LoadedCheckpoint:
         result = translate(loaded.state, layout)
     except CheckpointError as error:
         raise error.with_path(loaded.path) from None
-    framework = "torch" if layout.model == "resnet50" else "paddle"
-    return RecognisedCheckpoint(loaded.path, result.state, framework, loaded.container, loaded.prefix,
-                                list(loaded.notes), layout=layout, file_framework=loaded.framework,
+    # Every field of the reader's result carried over by name, then the renamed state.
+    base = {f.name: getattr(loaded, f.name) for f in dataclasses.fields(LoadedCheckpoint)}
+    base.update(state=result.state, framework="torch" if layout.model == "resnet50" else "paddle")
+    return RecognisedCheckpoint(**base, layout=layout, file_framework=loaded.framework,
                                 n_file=len(loaded.state), renamed=result.notes())
 
 
