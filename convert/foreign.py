@@ -132,7 +132,7 @@ def _classifier(prefix: str) -> Tuple[Tuple[str, Tuple[Shape, ...]], ...]:
     return tuple((f"{prefix}.{attr}", shapes) for attr, shapes in CLASSIFIER_SHAPES.items())
 
 
-# FarSeg's module rules shared by the two FarSeg ports apart from their prefixes.
+# The tables, most specific first (detection breaks ties in this order).
 LAYOUTS: Tuple[PortLayout, ...] = (
     PortLayout(
         "paddleseg-farseg", "PaddleSeg FarSeg (ucsk/FarSeg)", "farseg",
