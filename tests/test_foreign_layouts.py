@@ -340,6 +340,28 @@ def test_imagenet_layouts_give_the_encoder(tmp_path, reference, layout, target):
         assert differing_keys(state, convert.imagenet_resnet50_to(no_counters, target, framework)) == []
 
 
+@pytest.mark.parametrize("framework", ["torch", "paddle"])
+def test_trainers_init_from_the_x2paddle_imagenet_file(tmp_path, reference, framework):
+    """train's init.imagenet (load_imagenet) takes X2Paddle's file as it is."""
+    import importlib
+
+    ref = reference("factseg")
+    rename, extra, *_ = IMAGENET_LAYOUTS["x2paddle"]
+    # Values the model does not hold yet (the reference model carries the official ones).
+    torchvision = OrderedDict((k, v if k.endswith("num_batches_tracked") else v * np.float32(0.5) + 1)
+                              for k, v in encoder(ref.official, "factseg").items())
+    path = tmp_path / "resnet50_pth.pdparams"
+    save_paddle(port_state(torchvision, rename, extra()), path)
+    train = importlib.import_module(f"{'torch_ref' if framework == 'torch' else 'paddle_impl'}.train")
+    net = ref.torch_model if framework == "torch" else ref.paddle_model
+    assert train.load_imagenet(net, str(path), "factseg") > 0
+    own = {k: np.asarray(v.detach().numpy() if framework == "torch" else v.numpy())
+           for k, v in net.state_dict().items()}
+    want = convert.imagenet_resnet50_to(torchvision, "factseg", framework)
+    assert [k for k, v in want.items() if not k.endswith("num_batches_tracked")
+            and not np.array_equal(own[k], v)] == []
+
+
 # ----------------------------------------------------------------------------------------------
 # Planted wrong rules
 # ----------------------------------------------------------------------------------------------
