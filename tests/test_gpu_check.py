@@ -46,7 +46,7 @@ def test_smoke_runs_every_section(tmp_path):
     assert set(parity) == {"farseg", "factseg"}
     # CPU against CPU in float64: the comparison itself must find nothing.
     assert parity["farseg"]["float64"]["parameters_after_steps"]["rel"] == 0.0
-    assert parity["factseg"]["float64"]["gradients"]["count"] > 300
+    assert parity["factseg"]["float64"]["gradients"]["count"] > 200  # every parameter tensor
     assert sections["lite chain paddle cpu"]["result"]["predict_equals_evaluate"] is True
     assert sections["eval torch cpu amp=none batch=1"]["result"]["pixels_counted"] == 96 * 96
     assert document["versions"]["torch"] and document["driver"] is not None
