@@ -64,7 +64,7 @@ GOALS = {"train_images_per_s": {"farseg": 200.0, "factseg": 130.0}, "eval_4000_s
 # Relative error limits, max|a - b| / max(max|b|, 1e-6), GPU against the CPU reference.
 PARITY_LIMITS = {
     "float64": {"probabilities": 1e-9, "loss": 1e-9, "gradients": 1e-7, "step_losses": 1e-8,
-                "parameters_after_steps": 1e-6},
+                "step_grad_norms": 1e-7, "step_lrs": 1e-12, "parameters_after_steps": 1e-6},
     # float32 (TF32 off) and bf16 autocast on the GPU against the float64 CPU reference: gross
     # errors only. float32 rounding alone moved the training-mode loss by 2e-4 (FarSeg) and 5e-3
     # (FactSeg, whose top-k mining is discontinuous) in torch, 7e-4 / 4e-3 in Paddle, CPU against
@@ -141,15 +141,15 @@ def load_config(model: str, sets: Sequence[str]):
 
 
 def make_train_step(framework: str, config, runtime):
-    """(net, step): the model and ONE optimisation step exactly as the trainer runs it.
+    """(net, step): the model and ONE training iteration exactly as the trainer runs it.
 
     The only place that knows the trainers' construction API (``build_training`` ->
-    ``TrainStep``); the step is called as ``step(images, labels)`` and returns the loss.
+    ``TrainStep(..., recipe, device)``); ``step(images, labels)`` returns the trainer's
+    ``StepResult`` (``loss``, ``lr``, ``grad_norm``: unscaled, before clipping).
     """
     trainer = importlib.import_module("torch_ref.train" if framework == "torch" else "paddle_impl.train")
     net, train_model, optimizer, scheduler, scaler = trainer.build_training(config, runtime, None)
-    step = trainer.TrainStep(train_model, net, optimizer, scheduler, scaler, config["train"]["amp"],
-                             config["train"]["clip_norm"], runtime.device)
+    step = trainer.TrainStep(train_model, net, optimizer, scheduler, scaler, config["train"], runtime.device)
     return net, step
 
 
@@ -299,7 +299,10 @@ def _parity_run(fw, model: str, device: str, dtype: str, images, labels, steps: 
             loss.backward()
             out["gradients"] = fw.grads(net)
             fw.zero_grads(net)
-            out["step_losses"] = np.array([float(fw.numpy(step(x, y))) for _ in range(steps)])
+            results = [step(x, y) for _ in range(steps)]
+            out["step_losses"] = np.array([float(fw.numpy(r.loss)) for r in results])
+            out["step_grad_norms"] = np.array([float(fw.numpy(r.grad_norm)) for r in results])
+            out["step_lrs"] = np.array([r.lr for r in results])
             out["parameters_after_steps"] = fw.state(net)
         return out
     finally:
@@ -327,14 +330,15 @@ def parity_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
                           reference["initial"])
         device_seconds = time.perf_counter() - started
         measured: Dict[str, Any] = {}
-        for key in ("probabilities", "loss", "step_losses"):
+        for key in ("probabilities", "loss", "step_losses", "step_grad_norms", "step_lrs"):
             measured[key] = {"rel": rel_error(gpu[key], reference[key])}
         for key in ("gradients", "parameters_after_steps"):
             measured[key] = worst(gpu[key], reference[key])
         entry: Dict[str, Any] = {"float64": measured, "cpu_seconds": round(cpu_seconds, 2),
                                  "device_seconds": round(device_seconds, 2),
                                  "loss": float(reference["loss"]),
-                                 "step_losses": [float(v) for v in reference["step_losses"]]}
+                                 "step_losses": [float(v) for v in reference["step_losses"]],
+                                 "step_grad_norms": [float(v) for v in reference["step_grad_norms"]]}
         failures = [f"float64 {f}" for f in judge(measured, PARITY_LIMITS["float64"])]
         # float32 and bf16 on the device, from the float64 CPU model's initial weights (rounded).
         for label, amp in (("float32", None), ("bf16", "bf16")):

@@ -113,11 +113,11 @@ def test_parity_catches_a_trainer_step_bug(monkeypatch):
     original = train.TrainStep.__init__
     instances = []
 
-    def planted(self, train_model, net, optimizer, scheduler, scaler, amp, clip_norm, device):
+    def planted(self, train_model, net, optimizer, scheduler, scaler, recipe, device):
         instances.append(1)
         if len(instances) == 2:  # the float64 device run (the first one is the CPU reference)
-            clip_norm = clip_norm / 2
-        original(self, train_model, net, optimizer, scheduler, scaler, amp, clip_norm, device)
+            recipe = dict(recipe, clip_norm=recipe["clip_norm"] / 2)
+        original(self, train_model, net, optimizer, scheduler, scaler, recipe, device)
 
     monkeypatch.setattr(train.TrainStep, "__init__", planted)
     result = gpu_check.parity_worker(dict(TINY, framework="torch"))
