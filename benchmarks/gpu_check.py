@@ -231,8 +231,12 @@ class _Paddle:
         self.paddle.seed(0)
 
     def tf32(self, enabled: bool) -> None:
+        # The parity worker also runs with NVIDIA_TF32_OVERRIDE=0 (honoured by cuBLAS and cuDNN
+        # themselves); these flags are Paddle's own switches where the build has them.
         if self.paddle.device.is_compiled_with_cuda():
-            self.paddle.set_flags({"FLAGS_cudnn_allow_tf32": enabled, "FLAGS_allow_tf32_cublas": enabled})
+            for flag in ("FLAGS_allow_tf32_cublas", "FLAGS_allow_tf32_cudnn"):
+                with contextlib.suppress(Exception):
+                    self.paddle.set_flags({flag: enabled})
 
     def batch(self, images: np.ndarray, labels: np.ndarray, device, dtype: str):
         cpu = self.paddle.CPUPlace()
@@ -487,7 +491,8 @@ class Check:
 
     # -- workers run in a subprocess (full) or in this process (smoke)
 
-    def worker(self, script: str, function: str, spec: Dict[str, Any]) -> Dict[str, Any]:
+    def worker(self, script: str, function: str, spec: Dict[str, Any],
+               environment: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
         if self.args.smoke:
             return getattr(load_script(script), function)(spec) if script != "gpu_check" else \
                 globals()[function](spec)
@@ -495,7 +500,8 @@ class Check:
         with open(path, "w", encoding="utf-8") as handle:
             json.dump(spec, handle)
         command = [sys.executable, os.path.abspath(__file__), "--worker", f"{script}:{function}", path]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+                   **(environment or {}))
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                                 timeout=max(1.0, self.remaining()), check=False)
         lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
@@ -509,7 +515,9 @@ class Check:
     def parity(self, framework: str, device: str) -> None:
         spec = {"framework": framework, "device": device, "models": list(self.args.models),
                 "size": self.sizes["parity_size"], "batch": self.sizes["parity_batch"], "steps": self.sizes["steps"]}
-        self.record(f"parity {framework} {device}", lambda: self.worker("gpu_check", "parity_worker", spec),
+        # float32 means float32: no TF32 in cuBLAS / cuDNN, whatever the framework's defaults.
+        self.record(f"parity {framework} {device}",
+                    lambda: self.worker("gpu_check", "parity_worker", spec, {"NVIDIA_TF32_OVERRIDE": "0"}),
                     MIN_SECONDS["parity"])
 
     def train(self, framework: str, device: str, compiled: bool) -> None:
