@@ -10,7 +10,7 @@ matter for these models: AVX2, AVX-512, AVX-512 BF16, AMX, and oneDNN); the NVID
 the newest CUDA it supports; and, per command, what ``--device auto`` resolves to and what
 ``--amp`` does. The device rows come from the commands' own resolution functions
 (``torch_ref.inference.gpu_available``, ``paddle_impl.inference.gpu_available``,
-``isaid.cli.auto_device``, each trainer's ``setup_runtime`` on the shipped config) and the
+``app.cli.auto_device``, each trainer's ``setup_runtime`` on the shipped config) and the
 autocast rows from a one-convolution probe under each framework's autocast on that device, so
 the report cannot drift from the code.
 
@@ -445,7 +445,7 @@ def _amp_summary(framework: str, device: str) -> str:
 def _train_row(framework: str) -> Dict[str, Any]:
     """``--set train.device=auto`` and the config's ``train.amp`` through the trainer's own
     ``setup_runtime`` on the shipped FarSeg config."""
-    from isaid.config import load_config
+    from app.config import load_config
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config = load_config(os.path.join(root, "configs", "farseg_isaid.yaml"), [])
@@ -478,10 +478,10 @@ def _train_row(framework: str) -> Dict[str, Any]:
 
 
 def _inference_rows(framework: str) -> List[Dict[str, Any]]:
-    """evaluate and predict: the parsers' defaults resolved by ``isaid.cli.auto_device``."""
-    from isaid.cli import auto_device
-    from isaid.evaluation import build_parser as eval_parser
-    from isaid.raster import build_predict_parser
+    """evaluate and predict: the parsers' defaults resolved by ``app.cli.auto_device``."""
+    from app.cli import auto_device
+    from app.evaluation import build_parser as eval_parser
+    from app.raster import build_predict_parser
 
     package = "torch_ref" if framework == "torch" else "paddle_impl"
     inference = importlib.import_module(f"{package}.inference")

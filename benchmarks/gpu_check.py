@@ -132,7 +132,7 @@ def load_script(name: str):
 
 
 def load_config(model: str, sets: Sequence[str]):
-    from isaid.config import load_config as load
+    from app.config import load_config as load
 
     return load(os.path.join(ROOT, "configs", f"{model}_isaid.yaml"), list(sets))
 
