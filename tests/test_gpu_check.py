@@ -123,3 +123,14 @@ def test_parity_catches_a_trainer_step_bug(monkeypatch):
     result = gpu_check.parity_worker(dict(TINY, framework="torch"))
     failures = [" ".join(f.split()[:2]) for f in result["models"]["farseg"]["failures"]]
     assert failures == ["float64 parameters_after_steps"], failures
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "usage: benchmarks/gpu_bundle.sh download|install|check"),
+    (["install", "--dir", "/nonexistent/wheels"], "/nonexistent/wheels: no such folder"),
+    (["download", "--bogus"], "unknown option --bogus"),
+])
+def test_bundle_script_refuses_bad_use(args, message):
+    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_bundle.sh"), *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
