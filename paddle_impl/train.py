@@ -44,7 +44,7 @@ import paddle.nn as nn
 from paddle import DataParallel
 
 from convert import CheckpointError, atomic_write, imagenet_encoder_state, save_paddle
-from convert.safe_load import unpickle_numpy_only
+from convert.safe_load import read_numpy_pickle
 from isaid.augment import DataError, SamplePlan, load_patch_index
 from isaid.config import Config, ConfigError, changed_keys, dump_config, load_config, resolve_out_dir
 from isaid.training import (RESUME_MUST_MATCH, MetricsFile, TrainError, checkpoint_dir,
@@ -278,7 +278,7 @@ def load_checkpoint(path: str, config: Config, runtime: Runtime, net, optimizer,
     if not os.path.isfile(path):
         raise TrainError(f"--resume {path}: file not found")
     # Restricted unpickler: a checkpoint is data; nothing in it may run code.
-    state = unpickle_numpy_only(path)
+    state = read_numpy_pickle(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise TrainError(f"{path}: not a training checkpoint of paddle_impl.train")
     changed = changed_keys(state["config"], config, RESUME_MUST_MATCH)
