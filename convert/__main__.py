@@ -13,9 +13,11 @@ Input: the official training wrapper {"model": ..., "opt": ..., "global_step": .
 state dict, with or without the DDP "module." prefix; torchvision's resnet50-19c8e357.pth;
 a Paddle .pdparams. Files are loaded without executing code and written without importing
 torch or Paddle (restricted unpicklers that build numpy arrays; .pth in torch's zip format).
-Every key and shape is checked against the official layout first: on any mismatch the
-missing / unexpected / wrong-shape keys are listed, the exit status is 2 and nothing is
-written. Output is written atomically (temp file, fsync, rename).
+Every key, shape and dtype (float32; integer BatchNorm counters) is checked against the
+official layout first: on any mismatch the missing / unexpected / wrong-shape / wrong-dtype
+keys are listed, the exit status is 2 and nothing is written. NaN/Inf values are refused
+unless --allow-nonfinite. Only regular files are read, with bounded time and memory whatever
+the file claims. Output is written atomically (temp file, fsync, rename).
 """
 
 EPILOG = """\
@@ -54,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="for ImageNet resnet50 input only: whose encoder keys to produce "
                              "(farseg -> en.resnet.*, factseg -> resencoder.resnet.*; default farseg); "
                              "fc.weight/fc.bias are dropped")
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="convert tensors holding NaN or Inf anyway, with a warning on stderr naming "
+                             "them (default: refused with exit 2, naming the first such key)")
     return parser
 
 
@@ -63,7 +68,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from . import CheckpointError, run_conversion  # after parsing: --help stays fast
 
     try:
-        result = run_conversion(args.input, args.output, model=args.model, to=args.to, target=args.target)
+        result = run_conversion(args.input, args.output, model=args.model, to=args.to, target=args.target,
+                                allow_nonfinite=args.allow_nonfinite)
     except CheckpointError as exc:
         if exc.path is None:
             exc = exc.with_path(args.input)
@@ -72,6 +78,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as exc:  # bad argument combination
         print(f"error: {args.input}: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    warning = result.warning()
+    if warning:
+        print(warning, file=sys.stderr)
     print(result.summary())
     return 0
 

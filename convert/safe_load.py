@@ -230,6 +230,19 @@ class _Latin1Encode(rp.Inert):
             raise rp.PickleRefused("latin-1 bytes with characters beyond latin-1") from None
 
 
+class _EmptyBytes(rp.Inert):
+    __slots__ = ()
+
+    def describe(self) -> str:
+        return "builtins.bytes"
+
+    def call(self, args: tuple) -> Any:
+        # protocol 2 spells b"" (an empty array's data) as bytes()
+        if args:
+            raise rp.Refused("builtins", "bytes with arguments")
+        return rp.RawBytes(memoryview(b""))
+
+
 class _OrderedDictType(rp.Inert):
     __slots__ = ()
 
@@ -247,7 +260,8 @@ class _OrderedDictType(rp.Inert):
 #   numpy.dtype (the arrays) + a nested dict of str (the name table);
 #   dict/OrderedDict of numpy arrays -> the same, plus collections.OrderedDict.
 # ``numpy.core.multiarray`` is the same function as written by numpy 1.x, ``_codecs.encode``
-# is how protocol 2 spells bytes, ``_frombuffer`` how numpy pickles with protocol 5.
+# is how protocol 2 spells bytes (``bytes()`` the empty ones), ``_frombuffer`` how numpy pickles
+# with protocol 5.
 ALLOWED_GLOBALS: Dict[Tuple[str, str], rp.Inert] = {
     ("collections", "OrderedDict"): _OrderedDictType(),
     ("numpy", "ndarray"): _NDARRAY,
@@ -257,6 +271,8 @@ ALLOWED_GLOBALS: Dict[Tuple[str, str], rp.Inert] = {
     ("numpy._core.numeric", "_frombuffer"): _FromBuffer(),
     ("numpy.core.numeric", "_frombuffer"): _FromBuffer(),
     ("_codecs", "encode"): _Latin1Encode(),
+    ("builtins", "bytes"): _EmptyBytes(),
+    ("__builtin__", "bytes"): _EmptyBytes(),
 }
 
 
