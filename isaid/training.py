@@ -254,7 +254,8 @@ def _first_nonfinite(value: Any, where: str) -> Optional[str]:
     else:
         return None
     for key, item in items:
-        found = _first_nonfinite(item, f"{where}[{str(key)[:60]!r}]")
+        label = key if isinstance(key, int) else str(key)[:60]
+        found = _first_nonfinite(item, f"{where}[{label!r}]")
         if found:
             return found
     return None

@@ -400,3 +400,150 @@ def test_planted_bug_dict_keys_unchecked_would_hash_for_ever(tmp_path: Path) -> 
     with pytest.raises(subprocess.TimeoutExpired):
         subprocess.run([sys.executable, "-c", script], cwd=REPO, env=ENV, capture_output=True, timeout=5,
                        preexec_fn=_cap_memory)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training checkpoints: checksum, fallback, stale temporary files
+# ----------------------------------------------------------------------------------------------
+
+CKPT_PATTERN = __import__("re").compile(r"^ckpt_(\d+)\.pt$")
+
+
+def _fake_run(out_dir: Path, iterations=(1, 2, 3)) -> Dict[int, Path]:
+    """Checkpoints written as the trainers write them (payload + checksum file)."""
+    from isaid.training import checkpoint_dir, write_checkpoint_file
+
+    paths = {}
+    for it in iterations:
+        path = Path(checkpoint_dir(str(out_dir))) / f"ckpt_{it:07d}.pt"
+        payload = bytes([it]) * 20000
+        write_checkpoint_file(str(path), lambda handle, payload=payload: handle.write(payload))
+        paths[it] = path
+    return paths
+
+
+def _overwrite(path: Path, offset: int = 8192, size: int = 4096) -> None:
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(os.urandom(size))
+
+
+@pytest.mark.parametrize("damage", ["overwritten", "truncated", "checksum file missing"])
+def test_resume_auto_falls_back_to_the_newest_intact_checkpoint(tmp_path: Path, damage: str, capsys) -> None:
+    from isaid.training import CHECKSUM_SUFFIX, TrainError, checkpoint_problem, find_resume
+
+    paths = _fake_run(tmp_path)
+    assert all(checkpoint_problem(str(p)) is None for p in paths.values())
+    newest = paths[3]
+    if damage == "overwritten":
+        _overwrite(newest)
+    elif damage == "truncated":
+        newest.write_bytes(newest.read_bytes()[:5000])
+    else:
+        os.remove(str(newest) + CHECKSUM_SUFFIX)
+    expected = {"overwritten": "corrupt", "truncated": "corrupt", "checksum file missing": "no checksum file"}[damage]
+    assert expected in checkpoint_problem(str(newest))
+    assert find_resume("auto", str(tmp_path), CKPT_PATTERN) == str(paths[2])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: --resume auto: skipping") and str(newest) in err[0]
+    assert expected in err[0] and "falling back to the previous checkpoint" in err[0]
+    with pytest.raises(TrainError, match=f"--resume {newest}: .*{expected}"):  # explicit: an error
+        find_resume(str(newest), str(tmp_path), CKPT_PATTERN)
+    for path in paths.values():  # none intact: an error, not a silent fresh start
+        _overwrite(path, 100, 100)
+    with pytest.raises(TrainError, match="none of the 3 checkpoints"):
+        find_resume("auto", str(tmp_path), CKPT_PATTERN)
+
+
+def test_planted_bug_resume_without_checksum_check_takes_the_corrupt_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    from isaid import training
+
+    paths = _fake_run(tmp_path)
+    _overwrite(paths[3])
+    monkeypatch.setattr(training, "checkpoint_problem", lambda path: None)
+    assert training.find_resume("auto", str(tmp_path), CKPT_PATTERN) == str(paths[3])
+
+
+def test_stale_temporary_files_of_killed_writes_are_removed(tmp_path: Path) -> None:
+    from isaid.training import checkpoint_dir, remove_stale_temporaries
+
+    paths = _fake_run(tmp_path, (1,))
+    folder = Path(checkpoint_dir(str(tmp_path)))
+    stale = [".ckpt_0000002.pt.k3j_4h5x.tmp", ".ckpt_0000002.pt.sha256.a1b2c3d4.tmp",
+             ".ckpt_0000003.pt.0123456789ab.tmp"]  # isaid.imageio's and convert.atomic_write's names
+    kept = [".notes.txt.tmp", "ckpt_0000001.pt.orig", ".ckpt_0000002.pdckpt.abcd.tmp"]
+    for name in stale + kept:
+        (folder / name).write_bytes(b"x" * 100)
+    removed = remove_stale_temporaries(str(tmp_path), CKPT_PATTERN)
+    assert sorted(Path(p).name for p in removed) == sorted(stale)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(kept + [paths[1].name, paths[1].name + ".sha256"])
+
+
+def test_training_checkpoint_contents_checked_before_use(tmp_path: Path) -> None:
+    from isaid.config import default_config
+    from isaid.training import TrainError, check_training_checkpoint
+
+    config = default_config()
+    good = {"format": "f", "iteration": 1, "config": config, "model": {"w": np.ones(3, np.float32)},
+            "optimizer": {"state": {0: {"momentum_buffer": np.zeros(3, np.float32)}}}, "scheduler": {},
+            "scaler": {}, "rng": {}}
+    check_training_checkpoint("c", good, "f", "prog", config)
+    cases = [({"format": "g"}, "not a training checkpoint of prog"),
+             ({"model": None}, "entry 'model' missing"),
+             ({"model": {"w": np.array([1, np.nan], np.float32)}}, "model['w'] holds NaN/Inf"),
+             ({"optimizer": {"state": {0: {"momentum_buffer": np.array([np.inf], np.float32)}}}},
+              "optimizer['state'][0]['momentum_buffer'] holds NaN/Inf")]
+    for change, message in cases:
+        with pytest.raises(TrainError, match=__import__("re").escape(message)):
+            check_training_checkpoint("c", {**good, **change}, "f", "prog", config)
+
+
+@pytest.mark.slow  # ~30 s: two tiny torch training runs
+def test_trainer_resume_falls_back_and_cleans_up_end_to_end(tmp_path: Path, capsys) -> None:
+    """torch_ref.train, tiny run: a 4 KB overwrite in the newest checkpoint and a stale temporary
+    file; --resume auto says so, resumes from the previous one and finishes; an explicit
+    --resume of the damaged file is one error line, exit 2."""
+    data = tmp_path / "data"
+    for command in (["-m", "isaid.synth", str(data / "src"), "--train", "1", "--val", "1", "--size", "96",
+                     "--seed", "0", "--no-zip"],
+                    ["-m", "isaid.prepare", str(data / "src"), str(data / "out"), "--window", "64", "--stride",
+                     "32", "--splits", "train", "--no-progress"]):
+        subprocess.run([sys.executable, *command], cwd=REPO, env=ENV, check=True, capture_output=True, timeout=300)
+    out = tmp_path / "run"
+    sets = [f"data.root={data / 'out'}", "data.window=64", "init.imagenet=none", "train.iterations=2",
+            "train.batch_size=2", "train.amp=none", "train.device=cpu", "train.num_workers=0",
+            "train.log_every=1", "train.checkpoint_every=1", "train.keep_checkpoints=0",
+            "train.log_backend=none", f"train.out_dir={out}"]
+    command = ["-m", "torch_ref.train", "--config", str(REPO / "configs" / "farseg_isaid.yaml"), "--no-progress",
+               "--set", *sets]
+
+    def train(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *command, *extra], cwd=REPO, env=ENV, capture_output=True,
+                              text=True, timeout=600)
+
+    first = train()
+    assert first.returncode == 0, first.stderr[-2000:]
+    checkpoints = out / "checkpoints"
+    newest = checkpoints / "ckpt_0000002.pt"
+    assert (checkpoints / "ckpt_0000002.pt.sha256").is_file()
+    _overwrite(newest)
+    (checkpoints / ".ckpt_0000003.pt.zz9_k2ab.tmp").write_bytes(b"\0" * 4096)  # a killed write's leftover
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(newest.read_bytes())
+    (tmp_path / "damaged.pt.sha256").write_bytes((checkpoints / "ckpt_0000002.pt.sha256").read_bytes())
+
+    resumed = train("--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"skipping {newest}: corrupt" in resumed.stderr
+    assert "removed 1 temporary files of interrupted checkpoint writes" in resumed.stderr
+    assert "resumed from" in resumed.stdout and "ckpt_0000001.pt at iteration 1" in resumed.stdout
+    assert not (checkpoints / ".ckpt_0000003.pt.zz9_k2ab.tmp").exists()
+    assert [p.name for p in sorted(checkpoints.iterdir())] == [
+        "ckpt_0000001.pt", "ckpt_0000001.pt.sha256", "ckpt_0000002.pt", "ckpt_0000002.pt.sha256"]
+
+    from torch_ref.train import main  # in-process: the error comes before any training
+
+    capsys.readouterr()
+    assert main(command[2:] + ["--resume", str(damaged)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: --resume {damaged}: corrupt"), lines
