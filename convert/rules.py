@@ -398,12 +398,16 @@ def _rules_of(model: ModelSpec) -> Tuple[KeyRule, ...]:
     return model_rules(model) if isinstance(model, str) else tuple(model)
 
 
-def validate(state: Mapping[str, Any], model: ModelSpec, framework: str = "torch") -> None:
+def validate(state: Mapping[str, Any], model: ModelSpec, framework: str = "torch",
+             check_dtypes: bool = True) -> None:
     """Check ``state`` against the layout of ``model`` in ``framework`` naming.
 
     ``model``: "farseg", "factseg", "resnet50" (torchvision ImageNet file, framework torch),
-    or a rule sequence from ``rules_from_module`` (any other torch module).
-    Raises CheckpointError with the multi-line report on any missing / unexpected / wrong-shape key.
+    or a rule sequence from ``rules_from_module`` (any other torch module). ``check_dtypes``
+    (named models): float32 weights and integer BatchNorm counters, as every checkpoint has;
+    off only for in-memory states deliberately in another precision (align's float64 runs).
+    Raises CheckpointError with the multi-line report on any missing / unexpected / wrong-shape
+    / wrong-dtype key.
     """
     if not isinstance(model, str):
         rules = _rules_of(model)
@@ -419,7 +423,7 @@ def validate(state: Mapping[str, Any], model: ModelSpec, framework: str = "torch
     label = "torchvision's ImageNet resnet50 layout" if model == "resnet50" else \
         f"the {model} layout ({framework} names)"
     check_layout(state, required, optional, what=label, other_names=other,
-                 counters=counter_keys(model, framework))
+                 counters=counter_keys(model, framework) if check_dtypes else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -453,17 +457,19 @@ def _leftover_check(remaining: Mapping[str, Any]) -> None:
         raise RuntimeError(f"keys left unmapped: {list(remaining)[:10]}")
 
 
-def torch_to_paddle(state: Mapping[str, Any], model: ModelSpec) -> "OrderedDict[str, np.ndarray]":
+def torch_to_paddle(state: Mapping[str, Any], model: ModelSpec,
+                    check_dtypes: bool = True) -> "OrderedDict[str, np.ndarray]":
     """Official/torch_ref state dict of ``model`` -> Paddle state dict (numpy arrays).
 
     ``model``: "farseg"/"factseg", or rules from ``rules_from_module`` for any torch module.
-    Validates first (CheckpointError on any mismatch). BatchNorm buffers are renamed and
+    Validates first (CheckpointError on any mismatch; dtypes too unless ``check_dtypes`` is
+    False). BatchNorm buffers are renamed and
     ``num_batches_tracked`` dropped, Linear weights transposed, everything else passed through
     unchanged (same dtype; no copy unless a transpose or non-contiguous input needs one).
     Output order: the official order minus the dropped keys.
     """
     state = _numpy_state(state)
-    validate(state, model, "torch")
+    validate(state, model, "torch", check_dtypes)
     remaining = OrderedDict(state)
     out: "OrderedDict[str, np.ndarray]" = OrderedDict()
     for rule in _rules_of(model):
@@ -475,8 +481,8 @@ def torch_to_paddle(state: Mapping[str, Any], model: ModelSpec) -> "OrderedDict[
     return out
 
 
-def paddle_to_torch(state: Mapping[str, Any], model: ModelSpec,
-                    num_batches_tracked: int = 0) -> "OrderedDict[str, np.ndarray]":
+def paddle_to_torch(state: Mapping[str, Any], model: ModelSpec, num_batches_tracked: int = 0,
+                    check_dtypes: bool = True) -> "OrderedDict[str, np.ndarray]":
     """Paddle state dict of ``model`` -> torch_ref/official state dict (numpy arrays).
 
     The exact inverse of ``torch_to_paddle``, in the official key order. Paddle keeps no
@@ -485,7 +491,7 @@ def paddle_to_torch(state: Mapping[str, Any], model: ModelSpec,
     ``momentum=None``, which these models never use). Use ``as_torch`` for tensors.
     """
     state = _numpy_state(state)
-    validate(state, model, "paddle")
+    validate(state, model, "paddle", check_dtypes)
     remaining = OrderedDict(state)
     out: "OrderedDict[str, np.ndarray]" = OrderedDict()
     for rule in _rules_of(model):
