@@ -16,7 +16,8 @@ replaces it for every checkpoint the project reads. ``load`` executes the opcode
   called; a refusal is a ``PickleRefused`` with a one-line message whose quoted values are
   length-bounded (``short``).
 
-Each opcode costs time proportional to its own bytes, so the whole load is linear in the file.
+Each opcode costs time proportional to its own bytes, so the whole load is linear in the file,
+and at most ``MAX_OPCODES`` opcodes are run (about 1.5 s).
 ``finalize`` then walks the result once with a depth limit (``MAX_DEPTH``) and a budget of
 visited nodes (``MAX_NODES``, counting a shared object each time it is reached, so that
 neither cycles nor exponential sharing survive), and turns each inert description into its
@@ -29,7 +30,10 @@ import struct
 from typing import Any, Dict, List, Tuple
 
 MAX_DEPTH = 48  # nested containers; a training checkpoint needs about 6
-MAX_NODES = 2_000_000  # objects visited by finalize (a training checkpoint has ~20 000)
+MAX_NODES = 1_000_000  # objects visited by finalize (a training checkpoint has ~20 000; ~2.5 s)
+# Opcodes run per pickle (a state dict's pickle has a few thousand, a training checkpoint's
+# ~10 000): bounds the time of a file made of millions of one-byte opcodes (~1.5 s at most).
+MAX_OPCODES = 2_000_000
 MAX_INT_BYTES = 64  # LONG1/LONG4 payloads: numbers, not megabyte integers
 MAX_GLOBAL_NAME = 200  # characters of a GLOBAL's module or name
 MAX_DIMS = 32  # array / tensor rank
@@ -238,7 +242,11 @@ def load(buf: Any, profile: Profile, start: int = 0) -> Tuple[Any, int]:
     def put(index: int) -> None:
         memo[index] = top()
 
+    steps = 0
     while True:
+        steps += 1
+        if steps > MAX_OPCODES:
+            raise PickleRefused(f"more than {MAX_OPCODES} pickle opcodes (a checkpoint has thousands)")
         op = r.byte()
         if op == 0x80:  # PROTO
             version = r.byte()
@@ -442,5 +450,5 @@ def product(values: Tuple[int, ...]) -> int:
     return out
 
 
-__all__ = ["Inert", "MAX_DEPTH", "MAX_NODES", "PickleRefused", "Profile", "RawBytes", "Refused", "Truncated",
+__all__ = ["Inert", "MAX_DEPTH", "MAX_NODES", "MAX_OPCODES", "PickleRefused", "Profile", "RawBytes", "Refused", "Truncated",
            "check_ints", "finalize", "load", "product", "short"]

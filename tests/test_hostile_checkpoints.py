@@ -50,7 +50,7 @@ def assert_one_line_refusal(proc: subprocess.CompletedProcess, path: Path, expec
     assert len(lines) == 1, proc.stderr[-2000:]
     assert str(path) in lines[0] and lines[0].startswith(("error: ", "python -m")), lines[0]
     assert expected in lines[0], lines[0]
-    assert len(lines[0]) < 600, lines[0]  # no repr of a huge object
+    assert len(lines[0]) < 1300, lines[0][:300]  # no repr of a huge object (messages are cut at 1000)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,7 +260,7 @@ CASES: Dict[str, Tuple[Callable[[Path], Path], str]] = {
     "hash_bomb_torch_zip": (lambda d: _write(d / "hash.pth", torch_zip(nested_tuple_key_pickle(), {})),
                             "a dict key is a tuple of 2 items"),
     "shared_list_bomb": (lambda d: _write(d / "dag.pdparams", shared_list_pickle(40)),
-                         "more than 2000000 objects"),
+                         "more than 1000000 objects"),
     "deep_nesting": (lambda d: _write(d / "deep.pdparams", deep_list_pickle(100000)),
                      "nested more than 48 deep"),
     "dtype_nested_list": (lambda d: _write(d / "dtype.pdparams", dtype_nested_list_pdparams()),
@@ -297,6 +297,10 @@ CASES: Dict[str, Tuple[Callable[[Path], Path], str]] = {
             + pickle.BININT1 + b"\x07" + pickle.DUP * 200000 + pickle.APPENDS
             + Ops().text("0").out[1] + Ops().text("cpu").out[1] + pickle.BININT1 + b"\x01" + pickle.TUPLE), {})),
         "persistent id names a list of 200001 items as storage type"),
+    "million_opcodes": (lambda d: _write(d / "ops.pdparams", Ops().raw(
+        pickle.NONE + (pickle.DUP + pickle.POP) * 3_000_000).bytes()), "more than 2000000 pickle opcodes"),
+    "huge_key_name": (lambda d: _write(d / "key.pdparams", pickle.dumps(
+        {"k" * 5_000_000: np.zeros(2, np.float16)}, protocol=4)), "(cut)"),
     "fifo": (lambda d: (os.mkfifo(d / "pipe.pth"), d / "pipe.pth")[1], "is a FIFO (named pipe)"),
     "directory": (lambda d: (d / "folder.pth").mkdir() or d / "folder.pth", "is a directory"),
     "float16_weights": (lambda d: save_torch(_layout_state("farseg", "float16", small=True), d / "half.pth"),
@@ -385,7 +389,7 @@ def test_planted_bug_reader_without_overlap_check_lets_the_stride0_bomb_through(
     with pytest.raises(CheckpointError, match="several elements at one place"):
         read_checkpoint(path)
     monkeypatch.setattr(torch_pickle, "layout_problem", lambda *args: None)
-    state = read_checkpoint(path).state  # the view itself costs nothing; copying it would
+    state = torch_pickle.load_torch_file(path, "torch-zip")  # the view costs nothing; any copy 8 GiB
     assert state["w"].shape == (2**31,) and state["w"].strides == (0,)
 
 
