@@ -12,7 +12,9 @@ PaddlePaddle (paddle_impl), or turn torchvision's ImageNet ResNet-50 into encode
 Input: the official training wrapper {"model": ..., "opt": ..., "global_step": ...} or a bare
 state dict, with or without the DDP "module." prefix; torchvision's resnet50-19c8e357.pth;
 a Paddle .pdparams. Files are loaded without executing code and written without importing
-torch or Paddle (restricted unpicklers that build numpy arrays; .pth in torch's zip format).
+torch or Paddle (the project's own restricted pickle interpreter: data only, arrays made
+from the file's bytes after their dtype, size and strides are checked; .pth written in
+torch's zip format).
 Every key, shape and dtype (float32; integer BatchNorm counters) is checked against the
 official layout first: on any mismatch the missing / unexpected / wrong-shape / wrong-dtype
 keys are listed, the exit status is 2 and nothing is written. NaN/Inf values are refused

@@ -450,5 +450,5 @@ def product(values: Tuple[int, ...]) -> int:
     return out
 
 
-__all__ = ["Inert", "MAX_DEPTH", "MAX_NODES", "MAX_OPCODES", "PickleRefused", "Profile", "RawBytes", "Refused", "Truncated",
-           "check_ints", "finalize", "load", "product", "short"]
+__all__ = ["Inert", "MAX_DEPTH", "MAX_NODES", "MAX_OPCODES", "PickleRefused", "Profile", "RawBytes", "Refused",
+           "Truncated", "check_ints", "finalize", "load", "product", "short"]
