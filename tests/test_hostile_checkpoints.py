@@ -341,6 +341,17 @@ def test_predict_refuses_hostile_weights_in_one_line(tmp_path: Path, case: str, 
     assert not (tmp_path / "pred.png").exists()
 
 
+@pytest.mark.parametrize("case", ["object_dtype_slice", "complex_weights"])
+def test_paddle_export_refuses_hostile_weights_in_one_line(tmp_path: Path, case: str) -> None:
+    """The Paddle side's entry (export shares load_weights with evaluate and predict)."""
+    build, expected = CASES[case]
+    path = build(tmp_path)
+    proc = run_capped("-m", "paddle_impl.export", "--model", "farseg", "--weights", str(path),
+                      "--out", str(tmp_path / "deploy"))
+    assert_one_line_refusal(proc, path, expected)
+    assert not (tmp_path / "deploy").exists()
+
+
 @pytest.fixture
 def tiny_png(tmp_path: Path) -> Path:
     from PIL import Image
