@@ -562,3 +562,20 @@ def test_trainer_resume_falls_back_and_cleans_up_end_to_end(tmp_path: Path, caps
     assert main(command[2:] + ["--resume", str(damaged)]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: --resume {damaged}: corrupt"), lines
+
+
+def test_planted_bugs_dtype_and_nonfinite_checks_are_what_refuse(tmp_path: Path, monkeypatch) -> None:
+    """Without the dtype check a complete float16 FarSeg state validates (and would fail later
+    in predict); without the NaN/Inf check a file with NaN reads silently."""
+    from convert import rules, safe_load, validate
+
+    half = _layout_state("farseg", "float16")
+    nan = CASES["nan_inf_weights"][0](tmp_path)
+    with pytest.raises(CheckpointError, match="383 wrong dtype"):
+        validate(half, "farseg", "torch")
+    with pytest.raises(CheckpointError, match="NaN/Inf"):
+        read_checkpoint(nan)
+    monkeypatch.setattr(rules, "dtype_problem", lambda key, value, counter: None)
+    monkeypatch.setattr(safe_load, "nonfinite_keys", lambda state: [])
+    validate(half, "farseg", "torch")
+    assert np.isnan(read_checkpoint(nan).state["fpn.fpn_inner1.bias"][0])
