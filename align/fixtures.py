@@ -19,7 +19,7 @@ import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
@@ -206,7 +206,3 @@ def versions() -> Dict[str, str]:
             out[name] = getattr(module, "__version__", "?")
     return out
 
-
-def stage_logs(values: Mapping[str, Tuple[Any, Any]]) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
-    """Split {name: (torch value, paddle value)} into the two reprod_log dicts."""
-    return ({k: np.asarray(t) for k, (t, _) in values.items()}, {k: np.asarray(p) for k, (_, p) in values.items()})

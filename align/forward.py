@@ -118,7 +118,7 @@ def run_x2paddle(fx: Fixture, out_root: Optional[str], progress: bool = True) ->
     AlignConfig has checked that the optional extra is installed."""
     from pathlib import Path
 
-    from .x2paddle_check import compare_with_x2paddle, format_report
+    from .x2paddle import compare_with_x2paddle, format_report
 
     target = Path(out_root or "out/align") / fx.model_name / "forward" / "x2paddle"
     fx.reset()

@@ -16,9 +16,6 @@ from typing import Any, Callable, ContextManager, Dict, List, Mapping, Protocol,
 
 import numpy as np
 
-Hook = Callable[[str, Any], None]  # (module name, its output or its inputs)
-
-
 class Side(Protocol):
     """What align needs from one framework."""
 
