@@ -218,7 +218,7 @@ def main_for(stage: Optional[str], argv: Optional[Sequence[str]] = None,
         print(f"align: {len(failed)} of {len(results)} stage runs FAILED ({names}) in {elapsed:.1f} s")
         for r in failed:
             if r.first_divergence:
-                print(f"  {r.model}/{r.stage}: first divergence: {r.first_divergence.get('summary', '')}")
+                print(f"  {r.model}/{r.stage}: first divergence: {r.first_divergence.summary}")
         return 1
     print(f"align: all {len(results)} stage runs passed in {elapsed:.1f} s")
     return 0
