@@ -98,8 +98,9 @@ def _identity_rows(side: str, values: Dict[float, np.ndarray], grads: Dict[float
     return rows
 
 
-def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
-    """Run the loss stage for ``config``; write its files when ``config.out`` is set."""
+def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool = False) -> StageResult:
+    """Run the loss stage for ``config``; write its files when ``config.out`` is set
+    (``progress`` is unused: the stage is quick)."""
     start = time.perf_counter()
     fx = fixture if fixture is not None else get_fixture(config)
     tols = config.tolerances()

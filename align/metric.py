@@ -58,8 +58,9 @@ def model_predictions(fx: Fixture) -> np.ndarray:
     return probs.argmax(axis=1).astype(np.int64)
 
 
-def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
-    """Run the metric stage for ``config``; write its files when ``config.out`` is set."""
+def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool = False) -> StageResult:
+    """Run the metric stage for ``config``; write its files when ``config.out`` is set
+    (``progress`` is unused: the stage is quick)."""
     from isaid.metrics import confusion_from_labels
 
     start = time.perf_counter()
