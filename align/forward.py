@@ -116,7 +116,8 @@ def run_x2paddle(fx: Fixture, out_root: Optional[str], progress: bool = True) ->
     AlignConfig has checked that the optional extra is installed."""
     from pathlib import Path
 
-    from .x2paddle import compare_with_x2paddle, format_report
+    from .x2paddle.check import compare_with_x2paddle
+    from .x2paddle.report import format_report
 
     target = Path(out_root or "out/align") / fx.model_name / "forward" / "x2paddle"
     fx.reset()
