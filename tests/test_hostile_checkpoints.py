@@ -426,7 +426,7 @@ CKPT_PATTERN = __import__("re").compile(r"^ckpt_(\d+)\.pt$")
 
 def _fake_run(out_dir: Path, iterations=(1, 2, 3)) -> Dict[int, Path]:
     """Checkpoints written as the trainers write them (payload + checksum file)."""
-    from isaid.training import checkpoint_dir, write_checkpoint_file
+    from app.training import checkpoint_dir, write_checkpoint_file
 
     paths = {}
     for it in iterations:
@@ -445,7 +445,7 @@ def _overwrite(path: Path, offset: int = 8192, size: int = 4096) -> None:
 
 @pytest.mark.parametrize("damage", ["overwritten", "truncated", "checksum file missing"])
 def test_resume_auto_falls_back_to_the_newest_intact_checkpoint(tmp_path: Path, damage: str, capsys) -> None:
-    from isaid.training import CHECKSUM_SUFFIX, TrainError, checkpoint_problem, find_resume
+    from app.training import CHECKSUM_SUFFIX, TrainError, checkpoint_problem, find_resume
 
     paths = _fake_run(tmp_path)
     assert all(checkpoint_problem(str(p)) is None for p in paths.values())
@@ -480,7 +480,7 @@ def test_planted_bug_resume_without_checksum_check_takes_the_corrupt_checkpoint(
 
 
 def test_stale_temporary_files_of_killed_writes_are_removed(tmp_path: Path) -> None:
-    from isaid.training import checkpoint_dir, remove_stale_temporaries
+    from app.training import checkpoint_dir, remove_stale_temporaries
 
     paths = _fake_run(tmp_path, (1,))
     folder = Path(checkpoint_dir(str(tmp_path)))
@@ -495,8 +495,8 @@ def test_stale_temporary_files_of_killed_writes_are_removed(tmp_path: Path) -> N
 
 
 def test_training_checkpoint_contents_checked_before_use(tmp_path: Path) -> None:
-    from isaid.config import default_config
-    from isaid.training import TrainError, check_training_checkpoint
+    from app.config import default_config
+    from app.training import TrainError, check_training_checkpoint
 
     config = default_config()
     good = {"format": "f", "iteration": 1, "config": config, "model": {"w": np.ones(3, np.float32)},
