@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from weights import MODEL_NAMES
+from weights import check_model_name
 
 from .compare import DEFAULT_LR_SCALE, DEFAULT_TOLERANCES, Tolerance, tolerances
 from .inputs import SIZE_MULTIPLE, AlignInputError, load_input
@@ -60,8 +60,7 @@ class AlignConfig:
 
     def validate(self) -> "AlignConfig":
         """Raise AlignInputError (one line) for any bad setting; return self."""
-        if self.model not in MODEL_NAMES:
-            raise AlignInputError(f"unknown model {self.model!r}: expected one of {', '.join(MODEL_NAMES)}")
+        check_model_name(self.model, error=AlignInputError)
         if self.dtype not in DTYPES:
             raise AlignInputError(f"unknown dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
         if self.against not in AGAINST:

@@ -10,7 +10,7 @@ from typing import List, Optional, Union
 
 import numpy as np
 
-from weights import ENCODER_PREFIX, MODEL_NAMES
+from weights import ENCODER_PREFIX, MODEL_NAMES, check_model_name
 
 from .errors import CheckpointError
 from .foreign import RecognisedCheckpoint
@@ -102,12 +102,11 @@ def run_conversion(in_path: PathLike, out_path: Optional[PathLike] = None, model
     start = time.perf_counter()
     imports_before = torch_import_seconds()
     in_path = Path(in_path)
-    if model not in MODEL_CHOICES:
-        raise ValueError(f"unknown model {model!r}: expected one of {', '.join(MODEL_CHOICES)}")
+    check_model_name(model, choices=MODEL_CHOICES)
     if to is not None and to not in FRAMEWORKS:
         raise ValueError(f"unknown output format {to!r}: expected paddle or torch")
-    if target is not None and target not in MODEL_NAMES:
-        raise ValueError(f"unknown target {target!r}: expected one of {', '.join(MODEL_NAMES)}")
+    if target is not None:
+        check_model_name(target, what="target")
 
     # A port's layout comes back renamed to the official one (convert.foreign).
     loaded = read_checkpoint(in_path, allow_nonfinite=allow_nonfinite)

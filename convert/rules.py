@@ -28,7 +28,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, 
 
 import numpy as np
 
-from weights import ENCODER_PREFIX, MODEL_NAMES, MODULE_TYPES_FILE, load_layout, load_module_types
+from weights import ENCODER_PREFIX, MODEL_NAMES, MODULE_TYPES_FILE, check_model_name, load_layout, load_module_types
 
 from .errors import CheckpointError
 from .safe_load import import_torch
@@ -133,8 +133,7 @@ def model_rules(model: str) -> Tuple[KeyRule, ...]:
     gives the same from the module tree, which the tests check. The table must cover exactly the keys of
     the official layout.
     """
-    if model not in MODEL_NAMES:
-        raise ValueError(f"unknown model {model!r}: expected one of {', '.join(MODEL_NAMES)}")
+    check_model_name(model)
     layout = load_layout(model)
     types, kinds = load_module_types(model)
     if list(types) != list(layout):
@@ -437,8 +436,7 @@ def imagenet_resnet50_to(state: Mapping[str, Any], model: str = "farseg",
     ``num_batches_tracked`` taken from the file when it has them, else created as int64 0.
     The result holds ONLY the encoder keys: load it non-strictly.
     """
-    if model not in MODEL_NAMES:
-        raise ValueError(f"unknown target model {model!r}: expected one of {', '.join(MODEL_NAMES)}")
+    check_model_name(model, what="target model")
     if to not in FRAMEWORKS:
         raise ValueError(f"unknown framework {to!r}: expected torch or paddle")
     state = _numpy_state(state)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from weights import check_model_name
+
 from .factseg import FactSeg
 from .farseg import FarSeg
 
@@ -14,9 +16,7 @@ LOGIT_MODULES = {"farseg": ("upsample4x_op",), "factseg": ("fg_upsample", "bi_up
 
 def build_model(name: str, num_classes: int = 16) -> nn.Module:
     """Build ``name`` ("farseg" or "factseg") with the official initialisation."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
-    return MODELS[name](num_classes=num_classes)
+    return MODELS[check_model_name(name, choices=tuple(MODELS))](num_classes=num_classes)
 
 
 __all__ = ["FarSeg", "FactSeg", "build_model", "MODELS", "LOGIT_MODULES"]
