@@ -54,7 +54,7 @@ from .compare import (Divergence, Localisation, Row, StageResult, compare_arrays
                       grad_floor)
 from .config import AlignConfig
 from .fixtures import Fixture, get_fixture, versions
-from .localize import CONTEXT, ExecutionOrder
+from .localise import CONTEXT, ExecutionOrder
 from .sides import PADDLE, SIDES, TORCH
 
 STAGE = "backward"

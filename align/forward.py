@@ -19,7 +19,7 @@ import numpy as np
 from .compare import Divergence, Localisation, Row, StageResult, Tolerance, compare_arrays, finish_stage
 from .config import AlignConfig
 from .fixtures import Fixture, get_fixture, versions
-from .localize import capture, first_divergent_layer
+from .localise import capture, first_divergent_layer
 from .sides import SIDES, Side, outputs_of
 
 STAGE = "forward"
