@@ -44,7 +44,7 @@ class Field:
     nullable: bool = False  # str keys only: None (or "none") allowed
 
 
-# The official recipe (SPEC section 5) is the default of every key; the YAML files in
+# The official recipe (docs/official_models.md, "Training recipe") is the default of every key; the YAML files in
 # configs/ spell it out in full so that a reader sees the whole recipe in one place.
 SCHEMA: Dict[str, Field] = {
     "model.name": Field("farseg", "str", "model to train", choices=MODEL_CHOICES),

@@ -6,7 +6,7 @@ Usage::
                                 [--resume PATH|auto] [--no-progress] [--print-config]
     python -m paddle.distributed.launch --nproc_per_node 2 paddle_impl/train.py --config ...
 
-Recipe (SPEC section 5): SGD (momentum 0.9, weight decay 1e-4 on all parameters), poly
+Recipe (docs/official_models.md, "Training recipe"): SGD (momentum 0.9, weight decay 1e-4 on all parameters), poly
 learning rate per iteration without warm-up, gradient clipping by the GLOBAL L2 norm,
 ImageNet ResNet-50 initialisation, SyncBatchNorm across GPUs. Samples and augmentation are
 drawn by ``isaid.augment`` from (seed, iteration, rank): a resumed run continues with exactly
@@ -208,7 +208,8 @@ def build_training(config: Config, runtime: Runtime, imagenet: Optional[str]):
     if imagenet is not None:
         load_imagenet(net, imagenet, name)
     if runtime.world_size > 1 and runtime.on_gpu and train["sync_bn"]:
-        # GPU only: both frameworks' SyncBatchNorm kernels exist only for GPUs (SPEC section 9).
+        # GPU only: both frameworks' SyncBatchNorm kernels exist only for GPUs
+        # (docs/official_models.md, "Initialisation and framework facts").
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     if train["channels_last"] or train["compile"]:
         warnings.warn("train.channels_last and train.compile apply to torch only; ignored",

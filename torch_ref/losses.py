@@ -1,4 +1,5 @@
-"""The two training losses, as the official code computes them (SPEC sections 3 and 4).
+"""The two training losses, as the official code computes them (docs/official_models.md, "FarSeg"
+and "FactSeg").
 
 - FarSeg: annealing softmax focal loss (Zheng et al., CVPR 2020, eq. 7-9).
 - FactSeg: joint-probability loss with small-object mining (Ma et al., TGRS 2021), with the
