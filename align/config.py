@@ -16,8 +16,8 @@ DTYPES = tuple(DEFAULT_TOLERANCES)  # ("float64", "float32")
 AGAINST = ("paddle_impl", "x2paddle")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
-# FarSeg's annealing loss is checked at these steps (SPEC 3): inside the cosine ramp (1, 5000)
-# and after it (30000, pure focal weighting).
+# FarSeg's annealing loss is checked at these steps (docs/official_models.md, "FarSeg"): inside
+# the cosine ramp (1, 5000) and after it (30000, pure focal weighting).
 FARSEG_LOSS_STEPS = (1, 5000, 30000)
 
 __all__ = ["AGAINST", "AlignConfig", "AlignInputError", "DTYPES", "FARSEG_LOSS_STEPS", "STAGES"]
@@ -29,7 +29,7 @@ class AlignConfig:
     validated when made (``AlignInputError``, one line), so every holder has a valid one.
 
     float64 is the default dtype: it separates porting bugs (which change results by far more
-    than 1e-9) from float32 rounding (1e-5..1e-2 on a deep random network, SPEC 9).
+    than 1e-9) from float32 rounding (1e-5..1e-2 on a deep random network, benchmarks/float32_floor.py).
     """
 
     model: str = "farseg"

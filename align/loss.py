@@ -6,12 +6,12 @@ autograd, the gradient w.r.t. the logits; both are compared. This isolates the l
 network. Then the loss once more through each model's training-mode forward (which also
 exercises FarSeg's ``buffer_step`` increment), compared with the forward tolerance.
 
-FarSeg (SPEC 3): the annealing loss at steps 1, 5000 and 30000, plus, within EACH framework,
+FarSeg (docs/official_models.md, "FarSeg"): the annealing loss at steps 1, 5000 and 30000, plus, within EACH framework,
 the two identities that make the step handling testable: the loss value is the same at every
 step, and grad(t) = a(t) grad(0) + (1 - a(t)) grad(t > 10000) with a(t) = (cos(pi t/1e4)+1)/2.
 A batch whose pixels are all ignored must give 0 (the official code gives 0/0) on both sides.
 
-FactSeg (SPEC 4): the joint loss with small-object mining, and its gradients w.r.t. both the
+FactSeg (docs/official_models.md, "FactSeg"): the joint loss with small-object mining, and its gradients w.r.t. both the
 multi-class (fg) and the binary (bi) logits.
 
 ``python -m align.loss --model farseg``; see ``--help``.
@@ -31,12 +31,12 @@ from .sides import SIDES, Side
 
 STAGE = "loss"
 LOGIT_SCALE = 3.0
-T_MAX = 10000  # SPEC 3: the cosine ramp ends here
+T_MAX = 10000  # the cosine ramp ends here (docs/official_models.md, "FarSeg")
 AFTER_RAMP = 1_000_000  # any step > T_MAX: pure focal weighting
 
 
 def annealing_weight(step: float) -> float:
-    """a(t) from SPEC 3, written independently of both ports."""
+    """a(t) of docs/official_models.md, "FarSeg", written independently of both ports."""
     return 0.0 if step > T_MAX else (math.cos(math.pi * step / T_MAX) + 1.0) / 2.0
 
 
@@ -92,7 +92,7 @@ def _identity_rows(side: str, values: Dict[float, np.ndarray], grads: Dict[float
     for t in steps:
         a = annealing_weight(t)
         rows.append(compare_arrays(f"identity/{side}/value_step{t}_eq_step0", values[0], values[t], tol,
-                                   "identity", note="SPEC 3: the loss value does not depend on t"))
+                                   "identity", note="the loss value does not depend on t"))
         rows.append(compare_arrays(f"identity/{side}/grad_step{t}", a * g0 + (1.0 - a) * g_inf, grads[t], tol,
                                    "identity", note=f"a(t)={a:.6f}: a*grad(0) + (1-a)*grad(t>1e4)"))
     return rows
