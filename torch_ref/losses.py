@@ -18,13 +18,6 @@ FOCAL_GAMMA = 2.0
 SOM_RATIO = 0.1
 
 
-def annealing_factor(step: float, t_max: int = ANNEALING_T_MAX) -> float:
-    """a(t) = (cos(pi t / t_max) + 1) / 2 for t <= t_max, 0 after (pure focal weighting)."""
-    if step > t_max:
-        return 0.0
-    return (math.cos(math.pi * step / t_max) + 1.0) / 2.0
-
-
 def annealing_softmax_focal_loss(logits: torch.Tensor, target: torch.Tensor, step: float,
                                  t_max: int = ANNEALING_T_MAX, gamma: float = FOCAL_GAMMA,
                                  ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
