@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from weights import MODEL_NAMES
 
@@ -32,7 +32,7 @@ TOLERANCE_KINDS = tuple(DEFAULT_TOLERANCES["float64"])
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is ONE line (``<prog>: error: ...``) and exit status 2."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 

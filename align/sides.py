@@ -46,7 +46,7 @@ def import_frameworks() -> None:
     warnings.filterwarnings("ignore", message=".*ccache.*")
     warnings.filterwarnings("ignore", message=".*always track global mean and variance.*")
     import paddle
-    import torch  # noqa: F401
+    import torch  # noqa: F401 - imported for its side effect: loaded now, under the filters above
 
     paddle.set_device("cpu")
 

@@ -3,13 +3,13 @@ one-line errors with exit status 2, and the option types they have in common."""
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from typing import Callable, NoReturn
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors (``prog: error: ... (see --help)``), exit status 2."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
 
 

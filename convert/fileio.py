@@ -12,7 +12,7 @@ import io
 import mmap
 import os
 import stat
-from typing import Union
+from typing import Any, Union
 
 from .errors import CheckpointError
 
@@ -65,7 +65,7 @@ class MappedFile(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         n = max(0, min(len(view), len(self._mapped) - self._pos))
         view[:n] = self._mapped[self._pos: self._pos + n]

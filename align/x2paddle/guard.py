@@ -41,6 +41,7 @@ def network_guard() -> Iterator[List[str]]:
     def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
         refuse(f"getaddrinfo({host!r}, {port!r})")
 
+    # Replacing the socket module's functions is the point; the ignores tell a type checker so.
     socket.socket.connect, socket.socket.connect_ex = connect, connect_ex  # type: ignore[method-assign]
     socket.create_connection, socket.getaddrinfo = create_connection, getaddrinfo  # type: ignore[assignment]
     try:
