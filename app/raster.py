@@ -74,8 +74,8 @@ def _one_line(error: BaseException) -> str:
 
 def _import_rasterio(path: str, purpose: str):
     try:
-        import rasterio  # imported lazily: only GeoTIFF users need it
-        import rasterio.windows
+        import rasterio  # noqa: F401  (imported lazily: only GeoTIFF users need it)
+        import rasterio.windows  # noqa: F401
     except ImportError:
         raise RasterError(f"{path}: {purpose} needs rasterio (pip install rasterio, or the"
                           " project's [geo] extra)") from None
