@@ -14,11 +14,11 @@ import paddle.nn.functional as PF
 import pytest
 import torch
 import torch.nn.functional as TF
+from test_models import official_annealing_loss  # tests/test_models.py: the official formula
 
 from align.compare import compare_arrays, tolerances
 from align.saturated import saturated_inputs
 from paddle_impl import losses as paddle_losses
-from test_models import official_annealing_loss  # tests/test_models.py: the official formula
 from torch_ref import losses as torch_losses
 
 SHAPE = (2, 16, 32, 32)
@@ -201,7 +201,8 @@ def test_planted_clamped_log_softmax_fails_farseg(inputs, step, monkeypatch):
     # The gradient of the plain cross entropy (p - onehot) survives the clamp; the focal weights,
     # renormalised by sum(l) / sum(l*m), do not. At step 1 they carry weight 1 - a(1) = 2.5e-8.
     if step > 1:
-        assert not rows["grad_logits"].passed and rows["grad_logits"].rel > 1e3 * TOL["loss"].rtol, describe(rows.values())
+        grad = rows["grad_logits"]
+        assert not grad.passed and grad.rel > 1e3 * TOL["loss"].rtol, describe(rows.values())
 
 
 def test_planted_clamped_log_softmax_fails_factseg(inputs, monkeypatch):
