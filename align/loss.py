@@ -14,6 +14,12 @@ A batch whose pixels are all ignored must give 0 (the official code gives 0/0) o
 FactSeg (SPEC 4): the joint loss with small-object mining, and its gradients w.r.t. both the
 multi-class (fg) and the binary (bi) logits.
 
+Saturated rows (``saturated/...``): the same comparisons on the logits of a confident model
+(align/saturated.py: logit gaps in the hundreds, mislabelled pixels, binary logits of +-40 and
+beyond), plus FactSeg's fused log-probabilities and probabilities. N(0, 3^2) logits never reach
+Paddle's clamp of log-probabilities at -64 (docs/paddle_numerics.md); these do, so a clamped
+primitive on the path of a loss, a gradient or a fused probability fails here.
+
 ``python -m align.loss --model farseg``; see ``--help``.
 """
 from __future__ import annotations
@@ -27,6 +33,8 @@ import numpy as np
 from .compare import Row, StageResult, Tolerance, compare_arrays, finish_stage
 from .config import AlignConfig
 from .fixtures import LOSS_KEY, Fixture, get_fixture, to_numpy, versions
+from .saturated import DESCRIPTION as SATURATED_DESCRIPTION
+from .saturated import saturated_inputs
 
 STAGE = "loss"
 LOGIT_SCALE = 3.0
@@ -79,6 +87,21 @@ def paddle_loss(model: str, logits: Sequence[np.ndarray], labels: np.ndarray,
 
     tensors = [paddle.to_tensor(a, stop_gradient=False) for a in logits]
     return _loss_and_grads(losses, model, tensors, paddle.to_tensor(labels), step)
+
+
+def fused_log_probs(fg: np.ndarray, bi: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """FactSeg's fused log-probabilities from (torch_ref, paddle_impl) ``joint_log_probs``."""
+    import paddle
+    import torch
+
+    import paddle_impl.losses as p_losses
+    import torch_ref.losses as t_losses
+
+    with torch.no_grad():
+        t_value = to_numpy(t_losses.joint_log_probs(torch.from_numpy(fg), torch.from_numpy(bi)))
+    with paddle.no_grad():
+        p_value = to_numpy(p_losses.joint_log_probs(paddle.to_tensor(fg), paddle.to_tensor(bi)))
+    return t_value, p_value
 
 
 def _through_models(fx: Fixture, step: Optional[int]) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
@@ -139,7 +162,9 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
     p_log: Dict[str, np.ndarray] = {}
     result = StageResult(STAGE, model, config.dtype)
     result.settings = {**fx.describe(), "logits": f"N(0, {LOGIT_SCALE:g}^2), seed {config.seed}",
-                       "tolerances": {k: tols[k].describe() for k in ("loss", "identity", "forward_train", "counter")},
+                       "saturated": SATURATED_DESCRIPTION,
+                       "tolerances": {k: tols[k].describe()
+                                      for k in ("loss", "identity", "forward", "forward_train", "counter")},
                        **versions()}
 
     def add(name: str, t_value: np.ndarray, p_value: np.ndarray, kind_tol: Tolerance, kind: str,
@@ -177,6 +202,26 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
         add("grad_fg_logits", t_grads_list[0], p_grads_list[0], tol, "loss")
         add("grad_bi_logits", t_grads_list[1], p_grads_list[1], tol, "loss")
         model_step = None
+
+    # The saturated fixture: what a confident model's logits do to each side's primitives.
+    sat_fg, sat_bi, sat_labels = saturated_inputs((batch, 16, height, width), config.seed, config.dtype)
+    if model == "farseg":
+        for t in config.loss_steps:
+            t_value, (t_grad,) = torch_loss(model, [sat_fg], sat_labels, t)
+            p_value, (p_grad,) = paddle_loss(model, [sat_fg], sat_labels, t)
+            add(f"saturated/step{t}/loss", t_value, p_value, tol, "loss")
+            add(f"saturated/step{t}/grad_logits", t_grad, p_grad, tol, "loss")
+    else:
+        t_value, t_grads_list = torch_loss(model, [sat_fg, sat_bi], sat_labels)
+        p_value, p_grads_list = paddle_loss(model, [sat_fg, sat_bi], sat_labels)
+        add("saturated/joint_loss", t_value, p_value, tol, "loss")
+        add("saturated/grad_fg_logits", t_grads_list[0], p_grads_list[0], tol, "loss")
+        add("saturated/grad_bi_logits", t_grads_list[1], p_grads_list[1], tol, "loss")
+        t_log_p, p_log_p = fused_log_probs(sat_fg, sat_bi)
+        add("saturated/fused_log_probs", t_log_p, p_log_p, tols["forward"], "forward",
+            note="the eval output's logarithm: -64 against -200 shows here")
+        add("saturated/fused_probs", np.exp(t_log_p), np.exp(p_log_p), tols["forward"], "forward",
+            note="the eval output")
 
     t_model, p_model = _through_models(fx, model_step)
     for name in t_model:

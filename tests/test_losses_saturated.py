@@ -213,3 +213,26 @@ def test_planted_clamped_log_softmax_fails_factseg(inputs, monkeypatch):
     # (log-probabilities by -64 against -200; probabilities flip where the branches disagree).
     assert failed == set(rows), describe(rows.values())
     assert rows["joint_loss"].rel > 0.1 and rows["fused_probs"].rel > 0.5, describe(rows.values())
+
+
+# ----------------------------------------------------------------------------------------------
+# The align loss stage: its saturated rows pass clean and catch the planted clamp
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model", ["farseg", "factseg"])
+def test_align_loss_stage_catches_the_clamped_log_softmax(model, monkeypatch):
+    from align import AlignConfig, loss
+    from align.compare import format_report
+
+    config = AlignConfig(model=model, dtype="float64", batch=2, size=64, out=None)
+    clean = loss.run(config)
+    saturated = [r for r in clean.rows if r.name.startswith("saturated/")]
+    assert clean.passed and len(saturated) == (6 if model == "farseg" else 5), format_report(clean)
+    monkeypatch.setattr(paddle_losses, "log_softmax", PADDLE_PRIMITIVES["log_softmax"])
+    planted = loss.run(config)
+    failed = {r.name for r in planted.failed_rows()}
+    # N(0, 3^2) logits never reach the clamp: only the saturated rows fail, and the report says so.
+    assert failed and all(name.startswith("saturated/") for name in failed), format_report(planted)
+    assert planted.first_divergence["where"].startswith("saturated/")
+    if model == "factseg":
+        assert {"saturated/joint_loss", "saturated/fused_probs"} <= failed
