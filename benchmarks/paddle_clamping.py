@@ -23,9 +23,14 @@ the sum). Verdicts:
 - ``exact``: neither (as exact as torch; ``torch_limited`` lists inputs where torch itself is
   O(1) off, e.g. binary cross entropy on probabilities clamps log at -100 in both).
 
+``--timing`` adds what exactness costs: each Paddle loss (forward + backward, float32,
+threads as OMP_NUM_THREADS says, saturated logits of 2x16x256x256) with paddle_impl's exact helpers against the same
+loss with Paddle's clamped ``F.log_softmax`` / ``F.log_sigmoid`` patched in, interleaved, best of
+``--repeats``.
+
 Usage (from the repository root)::
 
-    python benchmarks/paddle_clamping.py [--out benchmarks/results/paddle_clamping.json]
+    OMP_NUM_THREADS=1 python benchmarks/paddle_clamping.py [--timing] [--repeats 7] [--out FILE]
 
 docs/paddle_numerics.md summarises the result.
 """
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -353,18 +359,69 @@ def example(name: str, per_side: Dict[str, Any], ref_value: np.ndarray, x: np.nd
             "torch": float(t_value.reshape(-1)[worst]), "exact": float(ref_value.reshape(-1)[worst])}
 
 
+def timing(repeats: int, shape: Tuple[int, int, int, int] = (2, 16, 256, 256)) -> Dict[str, Any]:
+    """Best-of-``repeats`` ms of each Paddle loss (forward + backward), exact helpers vs Paddle's
+    primitives, run alternately so that machine load hits both alike."""
+    import paddle
+    import paddle.nn.functional as F
+
+    from align.saturated import saturated_inputs
+    from paddle_impl import losses
+
+    fg, bi, labels = saturated_inputs(shape, seed=0, dtype="float32")
+    exact = {"log_softmax": losses.log_softmax, "log_sigmoid": losses.log_sigmoid}
+    primitives = {"log_softmax": lambda x, axis: F.log_softmax(x, axis=axis), "log_sigmoid": F.log_sigmoid}
+
+    def once(model: str, helpers: Dict[str, Callable[..., Any]]) -> float:
+        for name, fn in helpers.items():
+            setattr(losses, name, fn)
+        x = paddle.to_tensor(fg, stop_gradient=False)
+        b = paddle.to_tensor(bi, stop_gradient=False)
+        y = paddle.to_tensor(labels)
+        start = time.perf_counter()
+        value = (losses.annealing_softmax_focal_loss(x, y, 5000) if model == "farseg"
+                 else losses.joint_loss(x, b, y))
+        value.backward()
+        return time.perf_counter() - start
+
+    out: Dict[str, Any] = {"shape": list(shape), "dtype": "float32", "repeats": repeats,
+                           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    try:
+        for model in ("farseg", "factseg"):
+            best = {"exact": math.inf, "paddle_primitives": math.inf}
+            for _ in range(repeats):
+                best["exact"] = min(best["exact"], once(model, exact))
+                best["paddle_primitives"] = min(best["paddle_primitives"], once(model, primitives))
+            out[model] = {"exact_ms": round(1e3 * best["exact"], 1),
+                          "paddle_primitives_ms": round(1e3 * best["paddle_primitives"], 1),
+                          "exact_over_primitives": round(best["exact"] / best["paddle_primitives"], 3)}
+    finally:
+        for name, fn in exact.items():
+            setattr(losses, name, fn)
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/paddle_clamping.py",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"results JSON (default {DEFAULT_OUT.relative_to(ROOT)})")
+    parser.add_argument("--timing", action="store_true",
+                        help="also time each Paddle loss with the exact helpers against Paddle's primitives")
+    parser.add_argument("--repeats", type=int, default=7, help="timing: runs per variant, best kept (default 7)")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     import paddle
     import torch
 
     paddle.set_device("cpu")
     started = time.perf_counter()
     results = {dtype: measure(dtype) for dtype in DTYPES}
+    timed = None
+    if args.timing:
+        timed = timing(args.repeats)
+        print(f"timing: {json.dumps(timed)}")
     for dtype in DTYPES:
         for name, entry in results[dtype].items():
             onset = f" from {entry['onset']}" if entry["onset"] else ""
@@ -376,6 +433,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "machine": {"platform": platform.platform(), "python": platform.python_version(), "device": "cpu"},
                 "thresholds": {"wrong_scale": WRONG_SCALE, "imprecise_ulps": IMPRECISE_ULPS},
                 "seconds": round(time.perf_counter() - started, 1), "results": results}
+    if timed is not None:
+        document["timing"] = timed
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(document, indent=1) + "\n")
