@@ -56,6 +56,8 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results" / "paddle_clamping.json"
 DTYPES = ("float32", "float64")
 GAPS = (1.0, 10.0, 30.0, 60.0, 64.0, 70.0, 100.0, 200.0, 500.0, 1000.0, 10000.0)
 SIGMOID_X = (-800.0, -100.0, -40.0, -30.0, -20.0, -10.0, 0.0, 10.0, 20.0, 30.0, 40.0, 100.0, 800.0)
+# log / log1p on y = 10^k, down to float32's and float64's subnormals (k outside the dtype's range is skipped).
+POSITIVE_LOG10 = (-320, -310, -300, -100, -44, -40, -38, -30, -20, -10, -1, 0, 10, 30, 38, 100, 300)
 REPEATS = 9  # each sigmoid input at 9 positions (mod 8 and beyond: vector lanes and scalar tails)
 CLASSES = 16
 WRONG_SCALE = 1e-3
@@ -78,6 +80,17 @@ def softmax_inputs(dtype: str) -> Tuple[np.ndarray, np.ndarray]:
 
 def sigmoid_inputs(dtype: str) -> np.ndarray:
     return np.tile(np.asarray(SIGMOID_X, dtype=dtype), REPEATS)
+
+
+def positive_log10(dtype: str) -> Tuple[int, ...]:
+    """The exponents k of POSITIVE_LOG10 whose 10^k is a positive finite number of ``dtype``."""
+    info = np.finfo(dtype)
+    smallest_subnormal = float(info.smallest_subnormal)
+    return tuple(k for k in POSITIVE_LOG10 if smallest_subnormal <= 10.0 ** k <= float(info.max))
+
+
+def positive_inputs(dtype: str) -> np.ndarray:
+    return np.tile(np.asarray([10.0 ** k for k in positive_log10(dtype)], dtype=dtype), REPEATS)
 
 
 def _ref_log_softmax(x: np.ndarray) -> np.ndarray:
@@ -140,6 +153,11 @@ def sigmoid_references(x: np.ndarray) -> Dict[str, Tuple[np.ndarray, np.ndarray]
     }
 
 
+def positive_references(y: np.ndarray) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    yl = y.astype(L)
+    return {"log": (np.log(yl), 1 / yl), "log1p": (np.log1p(yl), 1 / (1 + yl))}
+
+
 # ----------------------------------------------------------------------------------------------
 # The ops in each framework: f(tensor) -> output; gradient of the loss-like reduction below
 # ----------------------------------------------------------------------------------------------
@@ -172,6 +190,8 @@ def paddle_ops(labels: np.ndarray) -> Dict[str, Callable[[Any], Any]]:
         "bce(sigmoid(x), label=1)": lambda x: F.binary_cross_entropy(F.sigmoid(x), paddle.ones_like(x),
                                                                      reduction="none"),
         "exp": paddle.exp,
+        "log": paddle.log,
+        "log1p": paddle.log1p,
     }
 
 
@@ -201,6 +221,8 @@ def torch_ops(labels: np.ndarray) -> Dict[str, Callable[[Any], Any]]:
         "bce(sigmoid(x), label=1)": lambda x: F.binary_cross_entropy(torch.sigmoid(x), torch.ones_like(x),
                                                                      reduction="none"),
         "exp": torch.exp,
+        "log": torch.log,
+        "log1p": torch.log1p,
     }
 
 
@@ -276,48 +298,50 @@ def measure(dtype: str) -> Dict[str, Any]:
     """Every op in ``dtype``: per input point, both frameworks' errors; the verdicts."""
     eps = float(np.finfo(dtype).eps)
     x_s, labels = softmax_inputs(dtype)
-    x_g = sigmoid_inputs(dtype)
-    refs = {**softmax_references(x_s, labels), **sigmoid_references(x_g)}
+    x_g, x_p = sigmoid_inputs(dtype), positive_inputs(dtype)
+    # (key naming an input point, references, input array, the points): softmax family per
+    # pixel, elementwise ops per input value (each repeated REPEATS times).
+    families = (("gap", softmax_references(x_s, labels), x_s, GAPS),
+                ("x", sigmoid_references(x_g), x_g, SIGMOID_X),
+                ("log10(y)", positive_references(x_p), x_p, positive_log10(dtype)))
     p_ops, t_ops = paddle_ops(labels), torch_ops(labels)
     results: Dict[str, Any] = {}
-    for name, (ref_value, ref_grad) in refs.items():
-        softmax_family = name in softmax_references(x_s, labels)
-        x = x_s if softmax_family else x_g
-        points = GAPS if softmax_family else SIGMOID_X
-        if softmax_family:
-            value_groups = _groups_softmax(ref_value.shape if ref_value.ndim == 4 else (1, 1, 1, len(GAPS)))
-            grad_groups = _groups_softmax(x.shape)
-            ref_value = ref_value.reshape(value_groups.shape)
-        else:
-            value_groups = grad_groups = np.tile(np.arange(len(SIGMOID_X)), REPEATS)
-        entry: Dict[str, Any] = {"points": [], "example": None}
-        per_side = {}
-        for side, run, ops in (("paddle", run_paddle, p_ops), ("torch", run_torch, t_ops)):
-            value, grad = run(name, ops[name], x, labels)
-            per_side[side] = (value, grad, _errors(value, ref_value, dtype, value_groups, softmax_family),
-                              _errors(grad, ref_grad, dtype, grad_groups, softmax_family))
-        for i, point in enumerate(points):
-            row = {"gap" if softmax_family else "x": point}
-            for side in ("paddle", "torch"):
-                _, _, v_err, g_err = per_side[side]
-                row[side] = {"value_elem": v_err[i]["elem"], "value_scale": v_err[i]["scale"],
-                             "grad_elem": g_err[i]["elem"], "grad_scale": g_err[i]["scale"]}
-            entry["points"].append(row)
-        entry["verdict"], entry["onset"] = verdict(entry["points"], eps, softmax_family)
-        entry["torch_limited"] = torch_limited(entry["points"], softmax_family)
-        entry["example"] = example(name, per_side, ref_value, x, softmax_family)
-        results[name] = entry
+    for key, refs, x, points in families:
+        softmax_family = key == "gap"
+        for name, (ref_value, ref_grad) in refs.items():
+            if softmax_family:
+                value_groups = _groups_softmax(ref_value.shape if ref_value.ndim == 4 else (1, 1, 1, len(GAPS)))
+                grad_groups = _groups_softmax(x.shape)
+                ref_value = ref_value.reshape(value_groups.shape)
+            else:
+                value_groups = grad_groups = np.tile(np.arange(len(points)), REPEATS)
+            per_side = {}
+            for side, run, ops in (("paddle", run_paddle, p_ops), ("torch", run_torch, t_ops)):
+                value, grad = run(name, ops[name], x, labels)
+                per_side[side] = (value, grad, _errors(value, ref_value, dtype, value_groups, softmax_family),
+                                  _errors(grad, ref_grad, dtype, grad_groups, softmax_family))
+            entry: Dict[str, Any] = {"points": []}
+            for i, point in enumerate(points):
+                row = {key: point}
+                for side in ("paddle", "torch"):
+                    _, _, v_err, g_err = per_side[side]
+                    row[side] = {"value_elem": v_err[i]["elem"], "value_scale": v_err[i]["scale"],
+                                 "grad_elem": g_err[i]["elem"], "grad_scale": g_err[i]["scale"]}
+                entry["points"].append(row)
+            entry["verdict"], entry["onset"] = verdict(entry["points"], eps, key)
+            entry["torch_limited"] = torch_limited(entry["points"], key)
+            entry["example"] = example(per_side, ref_value, x, softmax_family)
+            results[name] = entry
     return results
 
 
-def verdict(points: List[Dict[str, Any]], eps: float, softmax_family: bool) -> Tuple[str, Optional[str]]:
+def verdict(points: List[Dict[str, Any]], eps: float, key: str) -> Tuple[str, Optional[str]]:
     """('wrong' | 'imprecise' | 'exact', the first input where it shows, or None).
 
     wrong: Paddle's value or gradient is O(1) wrong (scale error > WRONG_SCALE) where
     torch's is not; imprecise: Paddle's elementwise error exceeds IMPRECISE_ULPS ulps and 10x
     torch's; exact: neither (as exact as torch, which may itself be limited: see ``torch_limited``).
     """
-    key = "gap" if softmax_family else "x"
     order = sorted(points, key=lambda p: abs(p[key]))  # where it shows first: smallest |gap| or |x|
 
     def wrong(p: Dict[str, Any]) -> bool:
@@ -334,15 +358,13 @@ def verdict(points: List[Dict[str, Any]], eps: float, softmax_family: bool) -> T
     return "exact", None
 
 
-def torch_limited(points: List[Dict[str, Any]], softmax_family: bool) -> List[str]:
+def torch_limited(points: List[Dict[str, Any]], key: str) -> List[str]:
     """Inputs where torch itself is O(1) off the exact value (a limit shared by both frameworks)."""
-    key = "gap" if softmax_family else "x"
     return [f"{key} {p[key]:g}" for p in points
             if max(p["torch"]["value_scale"], p["torch"]["grad_scale"]) > WRONG_SCALE]
 
 
-def example(name: str, per_side: Dict[str, Any], ref_value: np.ndarray, x: np.ndarray,
-            softmax_family: bool) -> Dict[str, Any]:
+def example(per_side: Dict[str, Any], ref_value: np.ndarray, x: np.ndarray, softmax_family: bool) -> Dict[str, Any]:
     """One concrete input where the two frameworks differ most (value), with both outputs."""
     p_value = per_side["paddle"][0].astype(L).reshape(ref_value.shape)
     t_value = per_side["torch"][0].astype(L).reshape(ref_value.shape)
@@ -355,7 +377,7 @@ def example(name: str, per_side: Dict[str, Any], ref_value: np.ndarray, x: np.nd
     with np.errstate(invalid="ignore"):
         off = np.nan_to_num(np.abs(p_value - ref_value) / np.maximum(np.abs(ref_value), 1e-300), nan=0.0)
     worst = int(np.argmax(off))
-    return {"input": f"x = {float(x.reshape(-1)[worst]):g}", "paddle": float(p_value.reshape(-1)[worst]),
+    return {"input": f"{float(x.reshape(-1)[worst]):g}", "paddle": float(p_value.reshape(-1)[worst]),
             "torch": float(t_value.reshape(-1)[worst]), "exact": float(ref_value.reshape(-1)[worst])}
 
 
