@@ -272,8 +272,8 @@ def _errors(got: np.ndarray, ref: np.ndarray, dtype: str, groups: np.ndarray,
     tiny = float(np.finfo(dtype).tiny)
     got = got.astype(L).reshape(ref.shape)
     # Beyond the dtype's range the correctly rounded value is +-inf.
-    ref = np.where(np.abs(ref) > float(np.finfo(dtype).max), np.sign(ref) * np.inf, ref)
     with np.errstate(invalid="ignore", over="ignore"):
+        ref = np.where(np.abs(ref) > float(np.finfo(dtype).max), np.copysign(np.inf, ref), ref)
         diff = np.abs(got - ref)
         both_inf = np.isinf(got) & np.isinf(ref) & (np.sign(got) == np.sign(ref))
         diff = np.where(both_inf, 0, diff)

@@ -236,3 +236,32 @@ def test_align_loss_stage_catches_the_clamped_log_softmax(model, monkeypatch):
     assert planted.first_divergence["where"].startswith("saturated/")
     if model == "factseg":
         assert {"saturated/joint_loss", "saturated/fused_probs"} <= failed
+
+
+# ----------------------------------------------------------------------------------------------
+# docs/paddle_numerics.md still describes the installed Paddle
+# ----------------------------------------------------------------------------------------------
+
+def _clamping_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "paddle_clamping.py"
+    spec = importlib.util.spec_from_file_location("paddle_clamping", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_paddle_numerics_note_matches_the_installed_paddle(dtype):
+    """If a Paddle release fixes (or moves) the clamp, this says the note is out of date."""
+    results = _clamping_script().measure(dtype)
+    verdicts = {name: (entry["verdict"], entry["onset"]) for name, entry in results.items()}
+    for name in ("log_softmax", "softmax", "cross_entropy", "softmax_with_cross_entropy"):
+        assert verdicts[name] == ("wrong", "gap 70"), (name, verdicts[name])
+    for name in ("paddle_impl.losses.log_softmax", "paddle_impl.losses.log_sigmoid", "x - logsumexp(x)",
+                 "logsumexp", "sigmoid", "exp", "log", "log1p"):
+        assert verdicts[name][0] == "exact", (name, verdicts[name])
+    assert verdicts["log_sigmoid"][0] == "imprecise" and verdicts["softplus"][0] == "imprecise"
+    assert verdicts["bce_with_logits(label=1)"] == ("wrong", "x 0")
