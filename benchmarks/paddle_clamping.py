@@ -41,6 +41,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -289,6 +290,11 @@ def _errors(got: np.ndarray, ref: np.ndarray, dtype: str, groups: np.ndarray,
     return rows
 
 
+def _sig(value: float) -> float:
+    """3 significant digits (errors, not values: enough to read, short to store)."""
+    return float(f"{value:.3g}")
+
+
 def _groups_softmax(shape: Tuple[int, ...]) -> np.ndarray:
     """Group index (pixel) of every element of an array of ``shape`` [1, C or 1, 1, P]."""
     return np.broadcast_to(np.arange(shape[-1]), shape)
@@ -325,8 +331,8 @@ def measure(dtype: str) -> Dict[str, Any]:
                 row = {key: point}
                 for side in ("paddle", "torch"):
                     _, _, v_err, g_err = per_side[side]
-                    row[side] = {"value_elem": v_err[i]["elem"], "value_scale": v_err[i]["scale"],
-                                 "grad_elem": g_err[i]["elem"], "grad_scale": g_err[i]["scale"]}
+                    row[side] = {"value_elem": _sig(v_err[i]["elem"]), "value_scale": _sig(v_err[i]["scale"]),
+                                 "grad_elem": _sig(g_err[i]["elem"]), "grad_scale": _sig(g_err[i]["scale"])}
                 entry["points"].append(row)
             entry["verdict"], entry["onset"] = verdict(entry["points"], eps, key)
             entry["torch_limited"] = torch_limited(entry["points"], key)
@@ -379,6 +385,14 @@ def example(per_side: Dict[str, Any], ref_value: np.ndarray, x: np.ndarray, soft
     worst = int(np.argmax(off))
     return {"input": f"{float(x.reshape(-1)[worst]):g}", "paddle": float(p_value.reshape(-1)[worst]),
             "torch": float(t_value.reshape(-1)[worst]), "exact": float(ref_value.reshape(-1)[worst])}
+
+
+def _compact(text: str) -> str:
+    """One line per framework and input point (4 errors) instead of six."""
+    numbers = r"([^,\n]+)"
+    pattern = (r'\{\n\s+"value_elem": ' + numbers + r',\n\s+"value_scale": ' + numbers + r',\n\s+"grad_elem": '
+               + numbers + r',\n\s+"grad_scale": ' + numbers + r'\n\s+\}')
+    return re.sub(pattern, r'{"value_elem": \1, "value_scale": \2, "grad_elem": \3, "grad_scale": \4}', text)
 
 
 def timing(repeats: int, shape: Tuple[int, int, int, int] = (2, 16, 256, 256)) -> Dict[str, Any]:
@@ -459,7 +473,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         document["timing"] = timed
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(document, indent=1) + "\n")
+    tmp.write_text(_compact(json.dumps(document, indent=1)) + "\n")
     os.replace(tmp, args.out)
     return 0
 
