@@ -5,7 +5,7 @@
   fusion computed in log space so that it stays finite where the official one underflows.
 
 Paddle 3.3.1's ``F.log_softmax``, ``F.softmax`` and ``F.cross_entropy`` clamp a log-probability
-at -64 and ``F.log_sigmoid`` rounds log(1 - tiny) to 0 (docs/paddle_numerics.md): nothing here
+at -64 and ``F.log_sigmoid`` drops log1p's precision (docs/paddle_numerics.md): nothing here
 uses them. ``log_softmax`` (x - logsumexp(x), exact) and ``log_sigmoid`` (log1p-based) below
 stand where torch_ref calls ``F.log_softmax`` / ``F.logsigmoid``.
 """
