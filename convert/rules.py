@@ -11,23 +11,20 @@ from the ``torch_ref`` module tree, never from key-name patterns:
 
 For FarSeg and FactSeg those module types are recorded once in ``weights/module_types.json``
 (key -> owning module type, type -> kind), so that converting, detecting and validating never
-import torch; ``torch_ref_rules`` derives the same rules from ``torch_ref`` itself (built on the
-meta device) and the tests check that both agree key by key. After a change to ``torch_ref``:
-``python -c "from convert.rules import write_module_types_table as w; w()"``.
-``rules_from_module`` reads the types of any other torch module directly.
+import torch. The table is generated from ``torch_ref``'s module tree by ``python -m
+torch_ref.module_types`` (convert never imports torch_ref: the arrow goes the other way), and
+the tests check that both agree key by key. ``rules_from_module`` reads the types of any
+torch module directly.
 
 The layouts themselves (key -> shape, order) come from ``weights/*_official_keys.json``; the
 module types only tell what each key is, and must cover exactly those keys.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
@@ -128,36 +125,12 @@ def rules_from_module(module: Any, shapes: Optional[Mapping[str, Sequence[int]]]
     return tuple(rules)
 
 
-@contextlib.contextmanager
-def _skip_initialisation() -> Iterator[None]:
-    """Make ``torch.nn.init.*_`` no-ops while a model is built only for its structure.
-
-    On the meta device ``normal_`` goes through torch's Python reference kernels, whose first
-    use imports torch._dynamo (~2 s); the values are irrelevant here, so skip the calls.
-    """
-    torch = import_torch()
-    init = torch.nn.init
-    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))]
-    saved = {n: getattr(init, n) for n in names}
-
-    def keep(tensor: Any, *args: Any, **kwargs: Any) -> Any:
-        return tensor
-
-    try:
-        for n in names:
-            setattr(init, n, keep)
-        yield
-    finally:
-        for n, f in saved.items():
-            setattr(init, n, f)
-
-
 @functools.lru_cache(maxsize=None)
 def model_rules(model: str) -> Tuple[KeyRule, ...]:
     """The rules of ``model`` ("farseg"/"factseg"), in official state-dict order (cached).
 
-    Read from ``weights/module_types.json`` (no torch import); ``torch_ref_rules`` gives the
-    same from the module tree, which the tests check. The table must cover exactly the keys of
+    Read from ``weights/module_types.json`` (no torch import); ``torch_ref.module_types``
+    gives the same from the module tree, which the tests check. The table must cover exactly the keys of
     the official layout.
     """
     if model not in MODEL_NAMES:
@@ -166,58 +139,8 @@ def model_rules(model: str) -> Tuple[KeyRule, ...]:
     types, kinds = load_module_types(model)
     if list(types) != list(layout):
         raise RuntimeError(f"{MODULE_TYPES_FILE.name} does not list the {model} layout's keys in "
-                           f"order: regenerate it with convert.rules.write_module_types_table()")
+                           f"order: regenerate it with python -m torch_ref.module_types")
     return tuple(_rule(key, shape, types[key], kinds[types[key]]) for key, shape in layout.items())
-
-
-def torch_ref_rules(model: str) -> Tuple[KeyRule, ...]:
-    """The rules of ``model`` derived from ``torch_ref.build_model(model)``'s module types.
-
-    Built on the meta device (no memory, no initialisation); the module tree must give exactly
-    the keys of the official layout (checked: the converter and torch_ref must agree). Imports
-    torch; ``model_rules`` is the torch-free equivalent.
-    """
-    if model not in MODEL_NAMES:
-        raise ValueError(f"unknown model {model!r}: expected one of {', '.join(MODEL_NAMES)}")
-    torch = import_torch()
-    import torch_ref
-
-    layout = load_layout(model)
-    with _skip_initialisation(), torch.device("meta"):
-        net = torch_ref.build_model(model)
-    rules = rules_from_module(net, shapes=layout)
-    if [r.torch_key for r in rules] != list(layout):
-        missing = [k for k in layout if k not in {r.torch_key for r in rules}]
-        extra = [r.torch_key for r in rules if r.torch_key not in layout]
-        raise RuntimeError(f"torch_ref.build_model({model!r}) does not give the official layout "
-                           f"(missing {missing[:5]}, extra {extra[:5]}, or a different order)")
-    return rules
-
-
-def module_types_table() -> Dict[str, Any]:
-    """The content of ``weights/module_types.json``, derived from ``torch_ref`` (imports torch)."""
-    kinds: Dict[str, str] = {}
-    models: Dict[str, "OrderedDict[str, str]"] = {}
-    for model in MODEL_NAMES:
-        rules = torch_ref_rules(model)
-        for rule in rules:
-            if kinds.setdefault(rule.module_type, rule.kind) != rule.kind:
-                raise RuntimeError(f"two module types named {rule.module_type} of different kinds")
-        models[model] = OrderedDict((r.torch_key, r.module_type) for r in rules)
-    return {"about": "module type owning each key of the official layouts (state-dict order), and "
-                     "each type's kind for the converter; derived from torch_ref by "
-                     "convert.rules.write_module_types_table(), checked by tests/test_convert.py",
-            "kinds": dict(sorted(kinds.items())), "models": models}
-
-
-def write_module_types_table(path: Optional[Union[str, Path]] = None) -> Path:
-    """Regenerate ``weights/module_types.json`` from ``torch_ref`` (after changing its modules)."""
-    path = Path(path or MODULE_TYPES_FILE)
-    text = json.dumps(module_types_table(), indent=1) + "\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
 
 
 def torch_layout(model: str) -> "OrderedDict[str, Tuple[int, ...]]":
@@ -261,6 +184,16 @@ def expected_layout(model: str, framework: str = "torch") -> Tuple["OrderedDict[
     if framework == "paddle":
         return paddle_layout(model), {}
     raise ValueError(f"unknown framework {framework!r}: expected torch or paddle")
+
+
+def counter_keys(model: str, framework: str = "torch") -> Set[str]:
+    """Keys of ``model`` in ``framework`` naming that hold integer step counters (BatchNorm
+    ``num_batches_tracked``, by module type); every other key holds float32 values."""
+    if model == "resnet50":
+        return {key for key, rule in encoder_rules("farseg") if rule.paddle_key is None}
+    if framework != "torch":
+        return set()  # Paddle's BatchNorm keeps no counter
+    return {r.torch_key for r in model_rules(model) if r.kind == "batchnorm" and r.paddle_key is None}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,32 +257,53 @@ def _listing(title: str, rows: List[str]) -> List[str]:
     return out
 
 
+def dtype_problem(key: str, value: Any, counter: bool) -> Optional[str]:
+    """Why ``value``'s dtype does not fit ``key`` (None when it does): weights and statistics
+    are float32, BatchNorm step counters (``counter``) integers. float16, float64, int32 or
+    complex weights would load and then fail (or silently compute something else) at
+    prediction, so they are refused here, naming the key."""
+    dtype = np.dtype(getattr(value, "dtype", np.float32))
+    if counter:
+        return None if dtype.kind in "iu" else f"{key}  expected an integer counter (int64), found {dtype}"
+    return None if dtype == np.float32 else f"{key}  expected float32, found {dtype}"
+
+
 def check_layout(state: Mapping[str, Any], required: Mapping[str, Sequence[int]],
                  optional: Mapping[str, Sequence[int]] = None, what: str = "the layout",
-                 other_names: Iterable[str] = ()) -> None:
-    """Every required key present with its shape, no key outside required/optional.
+                 other_names: Iterable[str] = (), counters: Optional[Iterable[str]] = None) -> None:
+    """Every required key present with its shape (and dtype), no key outside required/optional.
 
-    Raises CheckpointError whose details list missing / unexpected / wrong-shape keys (up to
-    ten of each, with counts and shapes). ``optional`` keys are checked for shape except
-    where that shape is None. ``other_names``: keys of the same model in the other
-    framework's naming, used only to add a hint when a file has the wrong naming.
+    Raises CheckpointError whose details list missing / unexpected / wrong-shape / wrong-dtype
+    keys (up to ten of each, with counts and shapes). ``optional`` keys are checked for shape
+    except where that shape is None. ``counters``: when given, the keys that must hold
+    integers (BatchNorm ``num_batches_tracked``); every other key must then be float32 (None:
+    dtypes not checked, e.g. for arbitrary modules). ``other_names``: keys of the same model in
+    the other framework's naming, used only to add a hint when a file has the wrong naming.
     """
     optional = optional or {}
+    counter_keys = None if counters is None else set(counters)
     missing = [f"{k}  expected {_fmt_shape(s)}" for k, s in required.items() if k not in state]
-    unexpected, wrong = [], []
+    unexpected, wrong, wrong_dtype = [], [], []
     for key, value in state.items():
         shape = tuple(getattr(value, "shape", ()))
         want = required.get(key, optional.get(key, False))
         if want is False:
             unexpected.append(f"{key}  {_fmt_shape(shape)}")
-        elif want is not None and tuple(want) != shape:
+            continue
+        if want is not None and tuple(want) != shape:
             wrong.append(f"{key}  expected {_fmt_shape(want)}, found {_fmt_shape(shape)}")
-    if not (missing or unexpected or wrong):
+        problem = None if counter_keys is None else dtype_problem(key, value, key in counter_keys)
+        if problem:
+            wrong_dtype.append(problem)
+    if not (missing or unexpected or wrong or wrong_dtype):
         return
     counts = ", ".join(f"{n} {label}" for n, label in (
-        (len(missing), "missing"), (len(unexpected), "unexpected"), (len(wrong), "wrong shape")) if n)
+        (len(missing), "missing"), (len(unexpected), "unexpected"), (len(wrong), "wrong shape"),
+        (len(wrong_dtype), "wrong dtype")) if n)
     details = _listing("missing keys", missing) + _listing("unexpected keys", unexpected) \
-        + _listing("wrong shape", wrong)
+        + _listing("wrong shape", wrong) + _listing("wrong dtype", wrong_dtype)
+    if len(wrong_dtype) == 1 and not (missing or unexpected or wrong):
+        counts += f": {wrong_dtype[0].replace('  ', ' ')}"  # the key in the headline itself
     other = set(other_names)
     renamed = sum(1 for k in state if k in other and k not in required)
     if other and renamed and renamed * 2 >= len(unexpected):
@@ -367,12 +321,16 @@ def _rules_of(model: ModelSpec) -> Tuple[KeyRule, ...]:
     return model_rules(model) if isinstance(model, str) else tuple(model)
 
 
-def validate(state: Mapping[str, Any], model: ModelSpec, framework: str = "torch") -> None:
+def validate(state: Mapping[str, Any], model: ModelSpec, framework: str = "torch",
+             check_dtypes: bool = True) -> None:
     """Check ``state`` against the layout of ``model`` in ``framework`` naming.
 
     ``model``: "farseg", "factseg", "resnet50" (torchvision ImageNet file, framework torch),
-    or a rule sequence from ``rules_from_module`` (any other torch module).
-    Raises CheckpointError with the multi-line report on any missing / unexpected / wrong-shape key.
+    or a rule sequence from ``rules_from_module`` (any other torch module). ``check_dtypes``
+    (named models): float32 weights and integer BatchNorm counters, as every checkpoint has;
+    off only for in-memory states deliberately in another precision (align's float64 runs).
+    Raises CheckpointError with the multi-line report on any missing / unexpected / wrong-shape
+    / wrong-dtype key.
     """
     if not isinstance(model, str):
         rules = _rules_of(model)
@@ -387,7 +345,8 @@ def validate(state: Mapping[str, Any], model: ModelSpec, framework: str = "torch
         other = expected_layout(model, "paddle" if framework == "torch" else "torch")[0]
     label = "torchvision's ImageNet resnet50 layout" if model == "resnet50" else \
         f"the {model} layout ({framework} names)"
-    check_layout(state, required, optional, what=label, other_names=other)
+    check_layout(state, required, optional, what=label, other_names=other,
+                 counters=counter_keys(model, framework) if check_dtypes else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -421,17 +380,19 @@ def _leftover_check(remaining: Mapping[str, Any]) -> None:
         raise RuntimeError(f"keys left unmapped: {list(remaining)[:10]}")
 
 
-def torch_to_paddle(state: Mapping[str, Any], model: ModelSpec) -> "OrderedDict[str, np.ndarray]":
+def torch_to_paddle(state: Mapping[str, Any], model: ModelSpec,
+                    check_dtypes: bool = True) -> "OrderedDict[str, np.ndarray]":
     """Official/torch_ref state dict of ``model`` -> Paddle state dict (numpy arrays).
 
     ``model``: "farseg"/"factseg", or rules from ``rules_from_module`` for any torch module.
-    Validates first (CheckpointError on any mismatch). BatchNorm buffers are renamed and
+    Validates first (CheckpointError on any mismatch; dtypes too unless ``check_dtypes`` is
+    False). BatchNorm buffers are renamed and
     ``num_batches_tracked`` dropped, Linear weights transposed, everything else passed through
     unchanged (same dtype; no copy unless a transpose or non-contiguous input needs one).
     Output order: the official order minus the dropped keys.
     """
     state = _numpy_state(state)
-    validate(state, model, "torch")
+    validate(state, model, "torch", check_dtypes)
     remaining = OrderedDict(state)
     out: "OrderedDict[str, np.ndarray]" = OrderedDict()
     for rule in _rules_of(model):
@@ -443,8 +404,8 @@ def torch_to_paddle(state: Mapping[str, Any], model: ModelSpec) -> "OrderedDict[
     return out
 
 
-def paddle_to_torch(state: Mapping[str, Any], model: ModelSpec,
-                    num_batches_tracked: int = 0) -> "OrderedDict[str, np.ndarray]":
+def paddle_to_torch(state: Mapping[str, Any], model: ModelSpec, num_batches_tracked: int = 0,
+                    check_dtypes: bool = True) -> "OrderedDict[str, np.ndarray]":
     """Paddle state dict of ``model`` -> torch_ref/official state dict (numpy arrays).
 
     The exact inverse of ``torch_to_paddle``, in the official key order. Paddle keeps no
@@ -453,7 +414,7 @@ def paddle_to_torch(state: Mapping[str, Any], model: ModelSpec,
     ``momentum=None``, which these models never use). Use ``as_torch`` for tensors.
     """
     state = _numpy_state(state)
-    validate(state, model, "paddle")
+    validate(state, model, "paddle", check_dtypes)
     remaining = OrderedDict(state)
     out: "OrderedDict[str, np.ndarray]" = OrderedDict()
     for rule in _rules_of(model):
@@ -482,7 +443,8 @@ def imagenet_resnet50_to(state: Mapping[str, Any], model: str = "farseg",
         raise ValueError(f"unknown framework {to!r}: expected torch or paddle")
     state = _numpy_state(state)
     required, optional = imagenet_layout(model)
-    check_layout(state, required, optional, what="torchvision's ImageNet resnet50 layout")
+    check_layout(state, required, optional, what="torchvision's ImageNet resnet50 layout",
+                 counters=counter_keys("resnet50"))
     remaining = OrderedDict(state)
     out: "OrderedDict[str, np.ndarray]" = OrderedDict()
     for src, rule in encoder_rules(model):

@@ -40,7 +40,7 @@ import yaml
 from paddle.static import InputSpec
 
 from convert import CheckpointError
-from isaid.cli import OneLineArgumentParser
+from app.cli import OneLineArgumentParser
 from isaid.imageio import current_umask
 from isaid.palette import CLASS_NAMES, MEAN, NUM_CLASSES, PALETTE, STD
 from weights import MODEL_NAMES
@@ -48,22 +48,15 @@ from weights import MODEL_NAMES
 from . import build_model
 from . import factseg as _factseg_module
 from . import farseg as _farseg_module
+from .export_format import CONFIG_FILE, EXPORT_PROG, FORMAT, INPUT_NAME, PARAMS_FILE, PROGRAM_FILE, ExportError
+from .infer import create_predictor
 from .inference import load_weights
 from .shapes import SIZE_MULTIPLE
 
-PROG = "python -m paddle_impl.export"
-PROGRAM_FILE = "model.json"
-PARAMS_FILE = "model.pdiparams"
-CONFIG_FILE = "model.yml"
-INPUT_NAME = "x"
-FORMAT = "paddle-inference-pir"  # model.json + model.pdiparams, Paddle >= 3.0
+PROG = EXPORT_PROG
 DEFAULT_TOLERANCE = 1e-5  # exact backend (native): agrees bit for bit in practice
 DEFAULT_ROUNDING_TOLERANCE = 1e-4  # oneDNN backend: BatchNorm folding changes float32 rounding
 CHECK_SIZE = (64, 96)  # input of the post-export check for a dynamic-size export (H != W on purpose)
-
-
-class ExportError(Exception):
-    """The export could not be written or did not pass its check; one line."""
 
 
 class ProbabilityModel(nn.Layer):
@@ -163,31 +156,6 @@ def deploy_config(model_name: str, size: Optional[Tuple[int, int]], weights: Opt
     }
 
 
-def read_deploy_config(model_dir: str) -> Dict[str, object]:
-    """Read ``DIR/model.yml`` (yaml.safe_load); ExportError if the folder is not an export."""
-    program = os.path.join(model_dir, PROGRAM_FILE)
-    params = os.path.join(model_dir, PARAMS_FILE)
-    config_path = os.path.join(model_dir, CONFIG_FILE)
-    missing = [p for p in (program, params, config_path) if not os.path.isfile(p)]
-    if missing:
-        raise ExportError(f"{model_dir}: not an export of python -m paddle_impl.export (missing"
-                          f" {', '.join(os.path.basename(p) for p in missing)})")
-    try:
-        with open(config_path, encoding="utf-8") as handle:
-            config = yaml.safe_load(handle)
-    except (OSError, yaml.YAMLError) as error:
-        raise ExportError(f"{config_path}: cannot read ({' '.join(str(error).split())})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT or "input" not in config:
-        raise ExportError(f"{config_path}: not a model.yml written by {PROG}")
-    return config
-
-
-def fixed_size(config: Dict[str, object]) -> Optional[Tuple[int, int]]:
-    """(H, W) of a fixed-size export, None for a dynamic one."""
-    height, width = config["input"]["shape"][2:]  # type: ignore[index]
-    return None if height == -1 or width == -1 else (int(height), int(width))
-
-
 def _check_replaceable(out_dir: str) -> None:
     """Refuse an ``out_dir`` that holds anything but an earlier export (checked before any work)."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -242,8 +210,6 @@ def check_export(model: nn.Layer, model_dir: str, size: Optional[Tuple[int, int]
     noise). Returns ``[(backend, max |difference|, tolerance)]``; raises ExportError when a
     difference exceeds its tolerance.
     """
-    from .infer import create_predictor
-
     height, width = size if size is not None else CHECK_SIZE
     x = np.random.default_rng(seed).standard_normal((1, 3, height, width)).astype("float32")
     model.eval()

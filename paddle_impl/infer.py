@@ -41,13 +41,13 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import paddle.inference as paddle_infer
 
-from isaid.cli import OneLineArgumentParser
+from app.cli import OneLineArgumentParser
 from isaid.imageio import write_png_atomic
 from isaid.palette import CLASS_NAMES, NUM_CLASSES, normalize
-from isaid.raster import ColourPreview, RasterError, open_raster
+from app.raster import ColourPreview, RasterError, open_raster
 from isaid.windows import pad_to_multiple
 
-from .export import CONFIG_FILE, PARAMS_FILE, PROGRAM_FILE, ExportError, fixed_size, read_deploy_config
+from .export_format import CONFIG_FILE, PARAMS_FILE, PROGRAM_FILE, ExportError, fixed_size, read_deploy_config
 
 PROG = "python -m paddle_impl.infer"
 CPU_BACKENDS = ("onednn", "native", "paddle-default")

@@ -37,14 +37,14 @@ import paddle_impl.predict as paddle_predict
 import torch_ref
 import torch_ref.predict as torch_predict
 from convert import save_torch
-from isaid import raster
+from app import raster
 from isaid.imageio import write_png_atomic
 from isaid.palette import NUM_CLASSES, index_png_palette, normalize
 from isaid.stitching import plan_bands
 from isaid.synth import make_scene
 from model_helpers import randomise_batchnorm  # tests/model_helpers.py
-from paddle_impl.export import (ExportError, check_export, export, fixed_size, read_deploy_config,
-                                save_inference_model)
+from paddle_impl.export import check_export, export, save_inference_model
+from paddle_impl.export_format import ExportError, fixed_size, read_deploy_config
 from paddle_impl.inference import SlidingWindowInference as PaddleEngine
 from paddle_impl.inference import load_weights as paddle_load_weights
 

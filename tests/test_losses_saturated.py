@@ -233,7 +233,7 @@ def test_align_loss_stage_catches_the_clamped_log_softmax(model, monkeypatch):
     failed = {r.name for r in planted.failed_rows()}
     # N(0, 3^2) logits never reach the clamp: only the saturated rows fail, and the report says so.
     assert failed and all(name.startswith("saturated/") for name in failed), format_report(planted)
-    assert planted.first_divergence["where"].startswith("saturated/")
+    assert planted.first_divergence.where.startswith("saturated/")
     if model == "factseg":
         assert {"saturated/joint_loss", "saturated/fused_probs"} <= failed
 

@@ -43,10 +43,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .cli import OneLineArgumentParser, positive_int
-from .imageio import (ImageReadError, atomic_output, publish, read_rgb_with_mode, temporary_path_beside,
-                      write_png_atomic)
-from .palette import CLASS_NAMES, NUM_CLASSES, PALETTE, colorize, index_png_palette
+from isaid.imageio import (ImageReadError, atomic_output, publish, read_rgb_with_mode, temporary_path_beside,
+                           write_png_atomic)
+from isaid.palette import CLASS_NAMES, NUM_CLASSES, PALETTE, colorize, index_png_palette
+
+from .cli import OneLineArgumentParser, auto_device, positive_int
 
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 GEOTIFF_EXTENSIONS = (".tif", ".tiff")
@@ -756,8 +757,7 @@ def run_predictor(argv: Optional[Sequence[str]], prog: str, framework: str, gpu_
     """
     args = build_predict_parser(prog, framework, gpu_name, model_dir=model_dir).parse_args(argv)
     problems = check_predict_args(args)
-    if args.device == "auto":
-        args.device = gpu_name if gpu_available() else "cpu"
+    args.device = auto_device(args.device, gpu_name, gpu_available)
     for problem in problems:
         print_error(prog, problem)
     if problems:
