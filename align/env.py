@@ -481,22 +481,21 @@ def _inference_rows(framework: str) -> List[Dict[str, Any]]:
     """evaluate and predict: the parsers' defaults resolved by ``app.cli.auto_device``."""
     from app.cli import auto_device
     from app.evaluation import build_parser as eval_parser
-    from app.raster import build_predict_parser
+    from app.predict import build_predict_parser
 
     package = "torch_ref" if framework == "torch" else "paddle_impl"
-    inference = importlib.import_module(f"{package}.inference")
+    backend = importlib.import_module(f"{package}.backend").BACKEND
     rows = []
     for verb in ("evaluate", "predict"):
-        module = importlib.import_module(f"{package}.{verb}")
         prog = f"python -m {package}.{verb}"
         if verb == "evaluate":
-            parser = eval_parser(prog, module.FRAMEWORK, module.GPU_NAME)
+            parser = eval_parser(prog, backend.name, backend.gpu_name)
         else:
-            parser = build_predict_parser(prog, module.FRAMEWORK, module.GPU_NAME,
-                                          model_dir=framework == "paddle")
+            parser = build_predict_parser(prog, backend.display_name, backend.gpu_name,
+                                          model_dir=backend.supports_model_dir)
         requested, amp = parser.get_default("device"), parser.get_default("amp")
-        device = auto_device(requested, module.GPU_NAME, inference.gpu_available)
-        resolved = inference.resolve_device(device)
+        device = auto_device(requested, backend.gpu_name, backend.gpu_available)
+        resolved = backend.resolve_device(device)
         rows.append({"command": prog, "device_option": f"--device {requested}",
                      "resolves_to": str(resolved), "amp_option": f"--amp {amp} (default: float32)",
                      "amp_effect": "with --amp fp16|bf16 on " + str(resolved) + ": "

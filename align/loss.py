@@ -14,6 +14,12 @@ A batch whose pixels are all ignored must give 0 (the official code gives 0/0) o
 FactSeg (docs/official_models.md, "FactSeg"): the joint loss with small-object mining, and its gradients w.r.t. both the
 multi-class (fg) and the binary (bi) logits.
 
+Saturated rows (``saturated/...``): the same comparisons on the logits of a confident model
+(align/saturated.py: logit gaps in the hundreds, mislabelled pixels, binary logits of +-40 and
+beyond), plus FactSeg's fused log-probabilities and probabilities. N(0, 3^2) logits never reach
+Paddle's clamp of log-probabilities at -64 (docs/paddle_numerics.md); these do, so a clamped
+primitive on the path of a loss, a gradient or a fused probability fails here.
+
 ``python -m align.loss --model farseg``; see ``--help``.
 """
 from __future__ import annotations
@@ -27,6 +33,8 @@ import numpy as np
 from .compare import Divergence, Row, StageResult, Tolerance, compare_arrays, finish_stage
 from .config import AlignConfig
 from .fixtures import Fixture, get_fixture, versions
+from .saturated import DESCRIPTION as SATURATED_DESCRIPTION
+from .saturated import saturated_inputs
 from .sides import SIDES, Side
 
 STAGE = "loss"
@@ -59,6 +67,12 @@ def side_loss(side: Side, model: str, logits: Sequence[np.ndarray], labels: np.n
         value = losses.joint_loss(tensors[0], tensors[1], target)
     value.backward()
     return side.numpy(value), [side.numpy(t.grad) for t in tensors]
+
+
+def side_fused_log_probs(side: Side, fg: np.ndarray, bi: np.ndarray) -> np.ndarray:
+    """``side``'s FactSeg fused log-probabilities (``losses.joint_log_probs``, the eval output's log)."""
+    with side.no_grad():
+        return side.numpy(side.package("losses").joint_log_probs(side.tensor(fg), side.tensor(bi)))
 
 
 def _through_models(fx: Fixture, step: Optional[int]) -> Tuple[Dict[str, np.ndarray], ...]:
@@ -112,7 +126,9 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
     p_log: Dict[str, np.ndarray] = {}
     result = StageResult(STAGE, model, config.dtype)
     result.settings = {**fx.describe(), "logits": f"N(0, {LOGIT_SCALE:g}^2), seed {config.seed}",
-                       "tolerances": {k: tols[k].describe() for k in ("loss", "identity", "forward_train", "counter")},
+                       "saturated": SATURATED_DESCRIPTION,
+                       "tolerances": {k: tols[k].describe()
+                                      for k in ("loss", "identity", "forward", "forward_train", "counter")},
                        **versions()}
 
     def add(name: str, t_value: np.ndarray, p_value: np.ndarray, kind_tol: Tolerance, kind: str,
@@ -150,6 +166,26 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
         add("grad_fg_logits", t_grads_list[0], p_grads_list[0], tol, "loss")
         add("grad_bi_logits", t_grads_list[1], p_grads_list[1], tol, "loss")
         model_step = None
+
+    # The saturated fixture: what a confident model's logits do to each side's primitives.
+    sat_fg, sat_bi, sat_labels = saturated_inputs((batch, 16, height, width), config.seed, config.dtype)
+    if model == "farseg":
+        for t in config.loss_steps:
+            (t_value, (t_grad,)), (p_value, (p_grad,)) = (
+                side_loss(side, model, [sat_fg], sat_labels, t) for side in SIDES)
+            add(f"saturated/step{t}/loss", t_value, p_value, tol, "loss")
+            add(f"saturated/step{t}/grad_logits", t_grad, p_grad, tol, "loss")
+    else:
+        (t_value, t_grads_list), (p_value, p_grads_list) = (
+            side_loss(side, model, [sat_fg, sat_bi], sat_labels) for side in SIDES)
+        add("saturated/joint_loss", t_value, p_value, tol, "loss")
+        add("saturated/grad_fg_logits", t_grads_list[0], p_grads_list[0], tol, "loss")
+        add("saturated/grad_bi_logits", t_grads_list[1], p_grads_list[1], tol, "loss")
+        t_log_p, p_log_p = (side_fused_log_probs(side, sat_fg, sat_bi) for side in SIDES)
+        add("saturated/fused_log_probs", t_log_p, p_log_p, tols["forward"], "forward",
+            note="the eval output's logarithm: -64 against -200 shows here")
+        add("saturated/fused_probs", np.exp(t_log_p), np.exp(p_log_p), tols["forward"], "forward",
+            note="the eval output")
 
     t_model, p_model = _through_models(fx, model_step)
     for name in t_model:

@@ -471,7 +471,7 @@ def test_resume_auto_falls_back_to_the_newest_intact_checkpoint(tmp_path: Path, 
 
 
 def test_planted_bug_resume_without_checksum_check_takes_the_corrupt_checkpoint(tmp_path: Path, monkeypatch) -> None:
-    from isaid import training
+    from app import training
 
     paths = _fake_run(tmp_path)
     _overwrite(paths[3])

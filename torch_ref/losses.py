@@ -28,7 +28,7 @@ def annealing_softmax_focal_loss(logits: torch.Tensor, target: torch.Tensor, ste
     # Per-pixel cross entropy, 0 on ignored pixels (as F.cross_entropy(ignore_index=255)).
     losses = -torch.gather(log_probs, 1, safe_target).squeeze(1) * valid.to(logits.dtype)
     with torch.no_grad():
-        true_prob = torch.gather(F.softmax(logits, dim=1), 1, safe_target).squeeze(1)
+        true_prob = torch.gather(log_probs, 1, safe_target).squeeze(1).exp()
         modulating = (1.0 - true_prob).pow(gamma)
         total = losses.sum()
         focal_total = (losses * modulating).sum()
