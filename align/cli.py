@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from weights import MODEL_NAMES
 
 from .compare import DEFAULT_TOLERANCES, StageResult, Tolerance, format_report
-from .config import DTYPES, STAGES, AlignConfig, AlignInputError
+from .config import DEFAULT_STAGES, DEFAULT_TRAIN_ITERATIONS, DTYPES, STAGES, AlignConfig, AlignInputError
 
 EPILOG = """\
 relative error: max|torch - paddle| / max|torch| per compared value (gradients: with a floor at
@@ -53,8 +53,8 @@ def build_parser(stage: Optional[str]) -> argparse.ArgumentParser:
     """The parser of ``python -m align`` (stage None) or ``python -m align.<stage>``."""
     prog = "python -m align" + (f".{stage}" if stage else "")
     what = {
-        None: "Run the alignment stages (forward, loss, backward, metric) of torch_ref against "
-              "paddle_impl.",
+        None: "Run the alignment stages (forward, loss, backward, metric; train on request) of torch_ref "
+              "against paddle_impl.",
         "forward": "Forward stage: eval probabilities, pre-softmax logits and training-mode logits "
                    "of torch_ref vs paddle_impl; names the first divergent layer on a failure.",
         "loss": "Loss stage: FarSeg's annealing loss at steps 1/5000/30000 (+ its identities) or "
@@ -62,14 +62,19 @@ def build_parser(stage: Optional[str]) -> argparse.ArgumentParser:
         "backward": "Backward stage: a few optimiser steps of the official recipe (SGD momentum, "
                     "weight decay, poly lr, global-norm clip) in each framework from identical weights.",
         "metric": "Metric stage: confusion matrix and mIoU from each framework's on-device counting.",
+        "train": "Train stage: torch_ref.train and paddle_impl.train (the real trainers) from the same "
+                 "converted initial weights on bit-identical batches for N iterations, then each "
+                 "framework's own evaluator; loss, lr and gradient norm per iteration, final weights and "
+                 "mIoU against a band measured torch-vs-torch (float32). Writes curves.json and curves.png.",
     }[stage]
     p = OneLineParser(prog=prog, description=what, epilog=EPILOG,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=MODEL_NAMES + ("all",), default="all",
                    help="which model (default: all = farseg then factseg)")
     if stage is None:
-        p.add_argument("--stages", default=",".join(STAGES),
-                       help=f"comma-separated stages to run, in this order (default: {','.join(STAGES)})")
+        p.add_argument("--stages", default=",".join(DEFAULT_STAGES),
+                       help=f"comma-separated stages to run, in this order, from {','.join(STAGES)} "
+                            f"(default: {','.join(DEFAULT_STAGES)}; train takes minutes)")
     p.add_argument("--dtype", choices=DTYPES, default="float64",
                    help="precision of both models and inputs (default float64: porting bugs show "
                         "up far above the 1e-12..1e-9 rounding floor; float32 noise is 1e-6..1e-2)")
@@ -102,6 +107,23 @@ def build_parser(stage: Optional[str]) -> argparse.ArgumentParser:
         p.add_argument("--full-logs", action="store_true",
                        help="backward: also log every final parameter in the reprod_log files "
                             "(~0.25 GB per side in float64)")
+    if stage in (None, "train"):
+        p.add_argument("--iterations", type=int, default=DEFAULT_TRAIN_ITERATIONS,
+                       help=f"train: iterations of both runs; the poly schedule spans them "
+                            f"(default {DEFAULT_TRAIN_ITERATIONS}: a few minutes on 2 CPU cores)")
+        p.add_argument("--config", dest="train_config", metavar="YAML",
+                       help="train: recipe file (default configs/<model>_isaid.yaml); the stage forces "
+                            "train.iterations, train.amp=none, train.device and one log row per iteration")
+        p.add_argument("--data", metavar="DIR",
+                       help="train: an isaid.prepare output (DIR/train, DIR/val) trained at the recipe's "
+                            "window and batch; default: synthetic scenes (isaid.synth -> isaid.prepare) cut "
+                            "into --size patches, batch --batch, random initial weights")
+        p.add_argument("--device", choices=("cpu", "cuda", "gpu", "auto"), default="cpu",
+                       help="train: where both trainers and evaluators run (default cpu)")
+        p.add_argument("--val-scenes", type=int, metavar="N",
+                       help="train: evaluate on the first N val scenes (default: all)")
+        p.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                       help="train: further recipe overrides, applied last (e.g. train.amp=fp16 on a GPU)")
     if stage == "forward":
         p.add_argument("--against", choices=("paddle_impl", "x2paddle"), default="paddle_impl",
                        help="paddle_impl (default); x2paddle: also the X2Paddle third opinion "
@@ -117,9 +139,12 @@ def config_from_args(args: argparse.Namespace, model: str) -> AlignConfig:
     values = dict(model=model, dtype=args.dtype, batch=args.batch, size=args.size, seed=args.seed,
                   torch_ckpt=args.torch_ckpt, input=args.input, out=args.out, rtol=args.rtol,
                   atol=args.atol, tol=dict(args.tol), localise=args.localise)
-    for name in ("steps", "clip_norm", "loss_scale", "full_logs"):
+    for name in ("steps", "clip_norm", "loss_scale", "full_logs", "iterations", "train_config", "data", "device",
+                 "val_scenes"):
         if hasattr(args, name):
             values[name] = getattr(args, name)
+    if hasattr(args, "sets"):
+        values["sets"] = tuple(args.sets)
     return AlignConfig(**values).validate()
 
 
@@ -159,13 +184,15 @@ def run_stages(stages: Sequence[str], models: Sequence[str], args: argparse.Name
     try:
         for model in models:
             config = configs[model]
-            bar.set_postfix_str(f"{model}: building models")
-            fixture = get_fixture(config)
+            fixture = None
             for stage in stages:
+                if fixture is None and stage != "train":  # the train stage builds its own models
+                    bar.set_postfix_str(f"{model}: building models")
+                    fixture = get_fixture(config)
                 bar.set_postfix_str(f"{model}: {stage}")
                 runner = stage_runner(stage)
                 kwargs: Dict[str, object] = {}
-                if stage == "backward":
+                if stage in ("backward", "train"):
                     kwargs["progress"] = progress
                 if stage == "forward":
                     kwargs.update(against=getattr(args, "against", "paddle_impl"), progress=progress)

@@ -47,6 +47,15 @@ KINDS = (
     "drift",  # anything after step 2 and later: differences grow step by step (README)
     "exact",  # metric stage: must be bit-identical
     "x2paddle",  # forward --against x2paddle: rows of align.x2paddle_check (its own thresholds)
+    # train stage (align.train): two whole float32 training runs, torch_ref = reference
+    "train_lr",  # learning rate per iteration (Python floats on both sides)
+    "train_first_loss",  # loss of iteration 1 (identical weights and batch: a forward difference)
+    "train_first_grad",  # gradient norm of iteration 1 (identical weights and batch: a backward difference)
+    "train_early",  # loss and gradient norm of iterations 2..TRAIN_EARLY (the runs still correlated)
+    "train_curve",  # loss and gradient norm of every later iteration
+    "train_mean",  # loss averaged over the run
+    "train_param",  # final weights: ||torch - paddle|| / ||torch - initial||
+    "train_miou",  # |mIoU torch - mIoU paddle| (fraction, absolute)
 )
 
 
@@ -101,6 +110,28 @@ DEFAULT_TOLERANCES: Dict[str, Dict[str, Tolerance]] = {
         "exact": Tolerance(0.0),
     },
 }
+
+# The train stage (align.train) compares two float32 training runs whatever --dtype says. Its band
+# is float32's own spread, MEASURED by running torch_ref.train against itself under harmless
+# perturbations (another intra-op thread count; channels_last, i.e. other convolution kernels and
+# summation order) on the stage's default set-up (python benchmarks/train_align_floor.py, results in
+# benchmarks/results/train_align_floor.json), times a margin. TRAIN_FLOOR holds the measured worst
+# value of each kind; the thresholds are MARGIN x that, rounded up.
+TRAIN_EARLY = 5  # iterations 2..5: float32 differences still small (measured), a tighter band
+TRAIN_FLOOR = {"train_lr": 0.0, "train_first_loss": 0.0, "train_first_grad": 0.0, "train_early": 0.0,
+               "train_curve": 0.0, "train_mean": 0.0, "train_param": 0.0, "train_miou": 0.0}
+TRAIN_TOLERANCES: Dict[str, Tolerance] = {
+    "train_lr": Tolerance(1e-9),
+    "train_first_loss": Tolerance(1e-4),
+    "train_first_grad": Tolerance(1e-2),
+    "train_early": Tolerance(0.1),
+    "train_curve": Tolerance(0.5),
+    "train_mean": Tolerance(0.1),
+    "train_param": Tolerance(3.0),
+    "train_miou": Tolerance(0.05),
+}
+for _table in DEFAULT_TOLERANCES.values():
+    _table.update(TRAIN_TOLERANCES)
 
 # Kinds whose tolerance --rtol/--atol may override (exact comparisons stay exact).
 OVERRIDABLE = ("forward", "forward_train", "loss", "identity", "grad", "param", "running_stat", "drift")
