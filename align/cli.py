@@ -65,7 +65,9 @@ def build_parser(stage: Optional[str]) -> argparse.ArgumentParser:
         "train": "Train stage: torch_ref.train and paddle_impl.train (the real trainers) from the same "
                  "converted initial weights on bit-identical batches for N iterations, then each "
                  "framework's own evaluator; loss, lr and gradient norm per iteration, final weights and "
-                 "mIoU against a band measured torch-vs-torch (float32). Writes curves.json and curves.png.",
+                 "mIoU against a band measured torch-vs-torch (float32). Writes curves.json and curves.png. "
+                 "--size/--batch/--seed set the synthetic default run; --dtype, --torch-ckpt and --input do "
+                 "not apply (the trainers train in float32 from their own initialisation).",
     }[stage]
     p = OneLineParser(prog=prog, description=what, epilog=EPILOG,
                       formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -60,7 +60,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import TRAIN_EARLY, Row, StageResult, Tolerance, compare_arrays, finish_stage, tolerances
+from .compare import TRAIN_EARLY, TRAIN_WINDOW, Row, StageResult, Tolerance, compare_arrays, finish_stage, tolerances
 from .config import AlignConfig, AlignInputError
 from .fixtures import versions
 
@@ -77,6 +77,8 @@ SYNTH_SCALE = 3
 # patches for every iteration of a long run would cost minutes; the sampler is a pure function
 # of (seed, position), tested for whole epochs in tests/test_train.py).
 BATCH_CHECK_ITERATIONS = 4
+# Windows per evaluator forward (the result does not depend on it beyond float rounding).
+EVAL_BATCH = 4
 
 
 def default_config_path(model: str) -> str:
@@ -316,7 +318,8 @@ def evaluate(setup: Setup, framework: str, weights: str) -> np.ndarray:
     module = importlib.import_module("torch_ref.evaluate" if framework == "torch" else "paddle_impl.evaluate")
     val = os.path.join(setup.data_root, "val")
     scenes = find_scenes(os.path.join(val, "images"), os.path.join(val, "labels"), setup.val_scenes)
-    engine, _ = module.build_engine(setup.model, weights, setup.eval_window, setup.eval_stride, setup.device)
+    engine, _ = module.build_engine(setup.model, weights, setup.eval_window, setup.eval_stride, setup.device,
+                                    batch_size=EVAL_BATCH)
     confusion, _ = module.evaluate_scenes(engine, scenes, progress=False, prefetch=False)
     return np.asarray(confusion, dtype=np.int64)
 
@@ -402,21 +405,28 @@ def compare_runs(reference: TrainRun, other: TrainRun, start: Mapping[str, np.nd
     rows: List[Row] = []
     finite = [np.isfinite(r.loss).all() and np.isfinite(r.grad_norm).all() for r in (reference, other)]
     n = len(reference.loss)
-    for i in range(n):
-        if i == 0:
-            loss_kind, grad_kind = "train_first_loss", "train_first_grad"
-        else:
-            loss_kind = grad_kind = "train_early" if i < TRAIN_EARLY else "train_curve"
+    for i in range(min(n, TRAIN_EARLY)):
+        kinds = ("train_first_loss", "train_first_grad") if i == 0 else ("train_early", "train_early")
         rows.append(compare_arrays(f"lr/iter/{i + 1}", reference.lr[i], other.lr[i], tols["train_lr"], "train_lr"))
-        rows.append(compare_arrays(f"loss/iter/{i + 1}", reference.loss[i], other.loss[i], tols[loss_kind],
-                                   loss_kind))
-        rows.append(compare_arrays(f"grad_norm/iter/{i + 1}", reference.grad_norm[i], other.grad_norm[i],
-                                   tols[grad_kind], grad_kind))
+        for key, kind in zip(("loss", "grad_norm"), kinds):
+            rows.append(compare_arrays(f"{key}/iter/{i + 1}", getattr(reference, key)[i], getattr(other, key)[i],
+                                       tols[kind], kind))
+    # Later iterations: the lr still exactly, loss and gradient norm as means over windows of
+    # TRAIN_WINDOW iterations (single iterations of two decorrelated float32 runs are noise).
+    for lo in range(TRAIN_EARLY, n, TRAIN_WINDOW):
+        hi = min(n, lo + TRAIN_WINDOW)
+        for i in range(lo, hi):
+            rows.append(compare_arrays(f"lr/iter/{i + 1}", reference.lr[i], other.lr[i], tols["train_lr"],
+                                       "train_lr"))
+        for key in ("loss", "grad_norm"):
+            rows.append(compare_arrays(f"{key}/mean/{lo + 1}-{hi}", float(np.mean(getattr(reference, key)[lo:hi])),
+                                       float(np.mean(getattr(other, key)[lo:hi])), tols["train_curve"],
+                                       "train_curve", note=f"mean over iterations {lo + 1}..{hi}"))
     if not all(finite):
         bad = [r.label for r, ok in zip((reference, other), finite) if not ok]
         rows.append(Row("finite/loss_and_grad_norm", "exact", [n], math.inf, math.inf, math.inf, math.nan,
                         tols["exact"], False, f"non-finite loss or gradient norm in: {', '.join(bad)}"))
-    rows.append(compare_arrays("loss/mean", float(np.mean(reference.loss)), float(np.mean(other.loss)),
+    rows.append(compare_arrays("loss/run_mean", float(np.mean(reference.loss)), float(np.mean(other.loss)),
                                tols["train_mean"], "train_mean", note=f"mean over the {n} iterations"))
     keys = trainable_keys(reference.state)
     rel_travel, rel_norm, worst = global_relative(reference.state, other.state, start, keys)
@@ -443,6 +453,15 @@ def first_divergence(rows: Sequence[Row], reference: TrainRun, other: TrainRun) 
         return None
     parts = failing.name.split("/")
     what = parts[0]
+    if len(parts) == 3 and parts[1] == "mean":
+        lo, hi = (int(x) for x in parts[2].split("-"))
+        a = float(np.mean(getattr(reference, what)[lo - 1:hi]))
+        b = float(np.mean(getattr(other, what)[lo - 1:hi]))
+        summary = (f"iterations {lo}-{hi}: mean {what} {reference.label} {a:.6g} vs {other.label} {b:.6g} "
+                   f"(rel {failing.rel:.2e} > {failing.tol.rtol:.0e}) -- the learning rates agree, so the updates "
+                   f"differ (weight decay, momentum, clipping, gradient zeroing: python -m align.backward), or "
+                   f"float32 chaos beyond the measured band")
+        return {"where": f"iterations {lo}-{hi}", "value": failing.name, "iteration": lo, "summary": summary}
     if len(parts) == 3 and parts[1] == "iter":
         i = int(parts[2])
         a, b = getattr(reference, what)[i - 1], getattr(other, what)[i - 1]
@@ -480,11 +499,26 @@ def curves_document(reference: TrainRun, other: TrainRun, result: StageResult,
         reference.label: reference.curves(), other.label: other.curves(),
         "relative_difference": {key: [_finite(x) for x in relative_curve(getattr(reference, key), getattr(other, key))]
                                 for key in ("loss", "lr", "grad_norm")},
+        "window_relative_difference": window_relative(reference, other),
         "miou": {reference.label: reference.miou, other.label: other.miou},
         "miou_fg": {reference.label: reference.miou_fg, other.label: other.miou_fg},
         "thresholds": {k: tols[k].rtol for k in TRAIN_KINDS},
         "first_divergence": result.first_divergence,
     }
+
+
+def window_relative(reference: TrainRun, other: TrainRun) -> List[Dict[str, Any]]:
+    """Relative difference of the loss and gradient-norm means over each window after TRAIN_EARLY."""
+    out = []
+    n = len(reference.loss)
+    for lo in range(TRAIN_EARLY, n, TRAIN_WINDOW):
+        hi = min(n, lo + TRAIN_WINDOW)
+        entry: Dict[str, Any] = {"first": lo + 1, "last": hi}
+        for key in ("loss", "grad_norm"):
+            a, b = float(np.mean(getattr(reference, key)[lo:hi])), float(np.mean(getattr(other, key)[lo:hi]))
+            entry[key] = _finite(abs(a - b) / abs(a)) if a else _finite(0.0 if a == b else math.inf)
+        out.append(entry)
+    return out
 
 
 def _finite(value: float) -> Any:
@@ -530,8 +564,16 @@ def plot_curves(document: Mapping[str, Any], reference: TrainRun, other: TrainRu
         values = np.array([float(v) for v in rel[key]])
         ax.semilogy(its, np.maximum(values, floor), label=f"{key}", color=colour, lw=1.0,
                     marker="o" if len(its) <= 30 else None, ms=2)
+    for n, window in enumerate(document["window_relative_difference"]):
+        for key, colour in (("loss", "tab:blue"), ("grad_norm", "tab:green")):
+            ax.hlines(max(float(window[key]), floor), window["first"] - 0.5, window["last"] + 0.5, colors=colour,
+                      lw=2.5, alpha=0.6, label=f"{key}, {TRAIN_WINDOW}-iteration mean" if n == 0 else None)
     thresholds = document["thresholds"]
-    ax.axhline(thresholds["train_curve"], color="k", ls="--", lw=0.8, label="band (loss, grad norm)")
+    early = min(len(its), TRAIN_EARLY) + 0.5
+    ax.hlines(thresholds["train_early"], 1.5, early, colors="k", ls="--", lw=0.8, label="bands (loss, grad norm)")
+    ax.hlines(thresholds["train_first_grad"], 0.5, 1.5, colors="k", ls="--", lw=0.8)
+    if len(its) > TRAIN_EARLY:
+        ax.hlines(thresholds["train_curve"], early, len(its) + 0.5, colors="k", ls="--", lw=0.8)
     ax.axhline(thresholds["train_lr"], color="tab:red", ls=":", lw=0.8, label="band (lr)")
     ax.set_xlabel("iteration")
     ax.set_ylabel(f"|{reference.label} - {other.label}| / |{reference.label}|")

@@ -76,26 +76,27 @@ def measure(model: str, seed: int, args: argparse.Namespace, work: str) -> Dict[
     reference = run_trainer(setup, "torch", os.path.join(work, "torch"), label="torch", threads=1)
     out: Dict[str, Any] = {"setup": setup.describe(), "reference": {
         "seconds": round(reference.seconds, 1), "final_loss": float(reference.loss[-1]),
-        "miou": reference.miou}, "torch_vs_torch": {}}
+        "miou": reference.miou, "curves": reference.curves()}, "torch_vs_torch": {}}
     for name in args.perturb:
         extra, threads = PERTURBATIONS[name]
         other = run_trainer(setup, "torch", os.path.join(work, f"torch_{name}"), extra=extra,
                             label=f"torch {name}", threads=threads)
         rows, _ = compare_runs(reference, other, setup.initial_state, tols, model)
         out["torch_vs_torch"][name] = {**measured(rows), "seconds": round(other.seconds, 1), "miou": other.miou,
-                                       "per_iteration": per_iteration(reference, other)}
+                                       "per_iteration": per_iteration(reference, other),
+                                       "curves": other.curves()}
         print(f"{model} seed {seed} torch vs torch ({name}): {_brief(out['torch_vs_torch'][name])}", flush=True)
     if args.paddle:
         other = run_trainer(setup, "paddle", os.path.join(work, "paddle"), label="paddle", threads=1)
         rows, _ = compare_runs(reference, other, setup.initial_state, tols, model)
         out["torch_vs_paddle"] = {**measured(rows), "seconds": round(other.seconds, 1), "miou": other.miou,
-                                  "per_iteration": per_iteration(reference, other)}
+                                  "per_iteration": per_iteration(reference, other), "curves": other.curves()}
         print(f"{model} seed {seed} torch vs paddle: {_brief(out['torch_vs_paddle'])}", flush=True)
     return out
 
 
 def _brief(values: Dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in values.items() if k != "per_iteration"})
+    return json.dumps({k: v for k, v in values.items() if k not in ("per_iteration", "curves")})
 
 
 def summarise(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
