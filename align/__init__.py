@@ -5,7 +5,7 @@ Stages, each callable from Python with an ``AlignConfig`` and returning a ``Stag
 
 - ``align.forward.run``: eval probabilities and logits, training-mode logits;
 - ``align.loss.run``: the training losses and their gradients on identical logits;
-- ``align.backward.run``: a few optimiser steps of the official recipe;
+- ``align.backward.run``: k iterations of the trainers' own ``TrainStep`` (configs/*.yaml recipe);
 - ``align.metric.run``: confusion matrix and mIoU;
 - ``align.train.run``: both trainers for N iterations, curves and mIoU (minutes; not in the default run).
 
@@ -42,5 +42,5 @@ def run_all(config: AlignConfig, stages: Sequence[str] = DEFAULT_STAGES) -> List
     """Run ``stages`` in order for ``config.model`` on one shared fixture."""
     from .fixtures import get_fixture
 
-    fixture = get_fixture(config.validate())
+    fixture = get_fixture(config)
     return [run_stage(stage, config, fixture) for stage in stages]

@@ -61,7 +61,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .compare import TRAIN_EARLY, TRAIN_WINDOW, Row, StageResult, Tolerance, compare_arrays, finish_stage, tolerances
-from .config import AlignConfig, AlignInputError
+from .config import CONFIGS, AlignConfig, AlignInputError
 from .fixtures import versions
 
 STAGE = "train"
@@ -83,7 +83,7 @@ EVAL_BATCH = 4
 
 def default_config_path(model: str) -> str:
     """``configs/<model>_isaid.yaml`` of this repository."""
-    return str(Path(__file__).resolve().parents[1] / "configs" / f"{model}_isaid.yaml")
+    return str(CONFIGS / f"{model}_isaid.yaml")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,9 +176,9 @@ def build_setup(config: AlignConfig, work_dir: str) -> Setup:
 
     config_path = config.train_config or default_config_path(config.model)
     synthetic = config.data is None
-    forced = {"model.name": config.model, "train.iterations": config.iterations, "train.amp": "none",
+    forced = {"model.name": config.model, "train.iterations": config.train_iterations, "train.amp": "none",
               "train.device": config.device, "train.log_every": 1, "train.log_backend": "none",
-              "train.checkpoint_every": config.iterations, "train.keep_checkpoints": 1}
+              "train.checkpoint_every": config.train_iterations, "train.keep_checkpoints": 1}
     if synthetic:
         forced.update({"data.window": config.size, "train.batch_size": config.batch,
                        "train.num_workers": 0, "init.imagenet": "none", "train.seed": config.seed})
@@ -208,7 +208,7 @@ def build_setup(config: AlignConfig, work_dir: str) -> Setup:
                               f"resnet50-19c8e357.pth with `python -m convert ... --model resnet50 --target "
                               f"{config.model}`, or pass --set init.imagenet=none)")
     state, how = initial_state(config.model, recipe["model"]["num_classes"], recipe["train"]["seed"], imagenet)
-    return Setup(config.model, config_path, data_root, overrides, config.iterations, config.device, window,
+    return Setup(config.model, config_path, data_root, overrides, config.train_iterations, config.device, window,
                  int(recipe["train"]["batch_size"]), window, eval_stride_for(window), config.val_scenes,
                  state, how, synthetic)
 
@@ -679,7 +679,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m align.train``."""
     from .cli import stage_main
 
-    return stage_main(STAGE, argv)
+    return stage_main(STAGE, argv, run)
 
 
 if __name__ == "__main__":

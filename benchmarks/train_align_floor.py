@@ -69,7 +69,7 @@ def per_iteration(reference: Any, other: Any) -> Dict[str, list]:
 
 def measure(model: str, seed: int, args: argparse.Namespace, work: str) -> Dict[str, Any]:
     """Reference, perturbed and Paddle runs of one model and seed; their measured differences."""
-    config = AlignConfig(model=model, seed=seed, size=args.size, batch=args.batch, iterations=args.iterations,
+    config = AlignConfig(model=model, seed=seed, size=args.size, batch=args.batch, train_iterations=args.iterations,
                          train_config=args.config, data=args.data, device=args.device, out=None).validate()
     setup = build_setup(config, work)
     tols = {**{k: Tolerance(0.0) for k in ("counter", "exact")}, **WIDE}

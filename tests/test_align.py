@@ -159,7 +159,7 @@ def test_against_x2paddle_without_the_extra_says_how_to_install(monkeypatch, cap
                         lambda name, *args: None if name == "x2paddle" else real(name, *args))
     code = main_for("forward", ["--model", "farseg", "--against", "x2paddle", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "pip install -e .[x2paddle]" in err[0]
+    assert code == 2 and len(err) == 1 and 'pip install -e ".[x2paddle]"' in err[0]
     assert not (tmp_path / "o").exists()
 
 
@@ -226,14 +226,16 @@ def test_paddle_batchnorm_updates_running_var_with_the_biased_variance():
 
 
 def test_hooked_logits_equal_the_models_logits():
-    """The forward stage reads the logits off the eval forward with hooks (LOGIT_MODULES)."""
+    """The forward stage reads the logits off the eval forward with hooks (the model package's
+    LOGIT_MODULES)."""
     import torch
 
     from align import forward
     from align.fixtures import get_fixture
+    from align.sides import TORCH
 
     fx = get_fixture(AlignConfig(model="factseg", **SMALL))
-    outputs = forward._torch_outputs(fx)
+    outputs = forward.side_outputs(fx, TORCH)
     fx.reset()
     with torch.no_grad():
         fg, bi = fx.torch_model.logits(torch.from_numpy(fx.x))

@@ -1,4 +1,4 @@
-"""X2Paddle as a third opinion (align/x2paddle_check.py).
+"""X2Paddle as a third opinion (align/x2paddle/).
 
 The comparisons are checked both ways: on a correct port every row passes, and with a bug
 planted in paddle_impl the rows that involve paddle_impl fail while torch_ref vs X2Paddle still
@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from align import x2paddle_check as xc
+from align import x2paddle as xc
+from align.compare import Tolerance, compare_arrays
+from align.x2paddle import check
 
 pytestmark = pytest.mark.skipif(not xc.x2paddle_available(),
                                 reason=f"x2paddle not importable. {xc.INSTALL_MESSAGE}")
@@ -105,14 +107,16 @@ def test_x2paddle_exit_during_trace_becomes_an_error_not_an_exit(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 def test_compare_arrays_thresholds_shapes_and_nan():
+    """The three-way rows use align's own comparison (align.compare.compare_arrays)."""
     a = np.linspace(-2.0, 2.0, 64, dtype=np.float32).reshape(4, 16)
-    assert xc.compare_arrays(a, a + 1e-6, 1e-5, 1e-4)["passed"]
-    assert not xc.compare_arrays(a, a + 1e-3, 1e-5, 1e-4)["passed"]
-    row = xc.compare_arrays(a, a.T.copy().T.reshape(16, 4), 1e-5, 1e-4)  # same data, other shape
-    assert not row["passed"] and "vs" in row["shape"]
+    tol = Tolerance(1e-4, 1e-5)
+    assert xc.compare_pair("p", "o", a, a + 1e-6, 1e-5, 1e-4)["passed"]
+    assert not xc.compare_pair("p", "o", a, a + 1e-3, 1e-5, 1e-4)["passed"]
+    row = compare_arrays("o", a, a.T.copy().T.reshape(16, 4), tol, "x2paddle")  # same data, other shape
+    assert not row.passed and "shape mismatch" in row.note
     b = a.copy()
     b[0, 0] = np.nan
-    assert not xc.compare_arrays(a, b, 1e-5, 1e-4)["passed"]
+    assert not compare_arrays("o", a, b, tol, "x2paddle").passed
 
 
 def test_verdicts_name_the_odd_one_out():
@@ -210,7 +214,7 @@ def test_sub_part_fallback_when_the_logits_path_does_not_convert(farseg, tmp_pat
             return xc.Conversion(target, None, 0.0, error="planted failure")
         return real(module, examples, target_dir, target, **kwargs)
 
-    monkeypatch.setattr(xc, "convert_with_x2paddle", failing_whole_model)
+    monkeypatch.setattr(check.conversion, "convert_with_x2paddle", failing_whole_model)
     torch_model, paddle_model, x = farseg
     result = xc.compare_with_x2paddle("farseg", torch_model, paddle_model, x, tmp_path, check_training=False,
                                       progress=False)
@@ -275,7 +279,7 @@ def test_float64_models_are_checked_in_float32_and_left_untouched(farseg, farseg
 def test_cli_writes_report_and_json_and_rejects_bad_input(farseg_result, tmp_path, capsys, monkeypatch):
     out_dir = farseg_result[0]["generated_dir"]
     report = tmp_path / "report.json"
-    code = subprocess.run([sys.executable, "-m", "align.x2paddle_check", "--model", "farseg", "--out", out_dir,
+    code = subprocess.run([sys.executable, "-m", "align.x2paddle", "--model", "farseg", "--out", out_dir,
                            "--reuse", "--no-training", "--json", str(report)],
                           capture_output=True, text=True, timeout=600)
     assert code.returncode == 0, code.stdout + code.stderr
@@ -291,6 +295,6 @@ def test_cli_writes_report_and_json_and_rejects_bad_input(farseg_result, tmp_pat
     a_file.write_text("x")
     assert xc.main(["--model", "farseg", "--out", str(a_file)]) == 2
     assert f"{a_file}: exists and is not a folder" in capsys.readouterr().err
-    monkeypatch.setattr(xc, "x2paddle_available", lambda: False)
+    monkeypatch.setattr(xc, "x2paddle_available", lambda: False)  # looked up by main at call time
     assert xc.main(["--model", "factseg"]) == 2
     assert 'pip install -e ".[x2paddle]"' in capsys.readouterr().err
