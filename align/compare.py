@@ -129,25 +129,35 @@ DEFAULT_TOLERANCES: Dict[str, Dict[str, Tolerance]] = {
 }
 
 # The train stage (align.train) compares two float32 training runs whatever --dtype says. Its band
-# is float32's own spread, MEASURED by running torch_ref.train against itself under harmless
-# perturbations (another intra-op thread count; channels_last, i.e. other convolution kernels and
-# summation order) on the stage's default set-up (python benchmarks/train_align_floor.py, results in
-# benchmarks/results/train_align_floor.json), times a margin. TRAIN_FLOOR holds the measured worst
-# value of each kind; the thresholds are MARGIN x that, rounded up.
+# is float32's own spread, MEASURED: torch_ref.train against itself with a harmless perturbation
+# (train.channels_last=true: other convolution kernels and summation order) on the stage's default
+# set-up, FarSeg and FactSeg, seeds 2333 and 1 (python benchmarks/train_align_floor.py --perturb
+# channels_last; benchmarks/results/train_align_floor.json). TRAIN_FLOOR is the worst value of each
+# kind over those runs; each threshold is TRAIN_MARGIN x its floor, rounded up to two digits, and
+# never below TRAIN_MINIMUM (kinds whose floor is 0: the lr is computed by both schedulers from
+# Python floats, torch vs Paddle measured 7.7e-16; both runs of the default set-up predict the same
+# classes, so the mIoU floor is 0 and the minimum, 1 point, allows a few flipped pixels).
+# float32 training from random weights is chaotic: from iteration 2 on the two runs of ONE framework
+# differ by tens of percent (floors below), so those kinds only catch gross differences.
 TRAIN_EARLY = 5  # iterations 1..5 compared one by one (2..5: kind train_early)
 TRAIN_WINDOW = 10  # later iterations: loss and gradient norm compared as means over 10 iterations
-TRAIN_FLOOR = {"train_lr": 0.0, "train_first_loss": 0.0, "train_first_grad": 0.0, "train_early": 0.0,
-               "train_curve": 0.0, "train_mean": 0.0, "train_param": 0.0, "train_miou": 0.0}
+TRAIN_MARGIN = 5.0
+TRAIN_FLOOR = {"train_lr": 0.0, "train_first_loss": 5.434e-06, "train_first_grad": 0.001995, "train_early": 0.6653,
+               "train_curve": 0.2699, "train_mean": 0.02141, "train_param": 1.373, "train_miou": 0.005768}
+TRAIN_MINIMUM = {"train_lr": 1e-9, "train_miou": 0.01}
+
+
+def _round_up(value: float, digits: int = 2) -> float:
+    """``value`` rounded up to ``digits`` significant digits (0 stays 0)."""
+    if value <= 0:
+        return 0.0
+    scale = 10.0 ** (math.floor(math.log10(value)) - digits + 1)
+    return math.ceil(value / scale - 1e-9) * scale
+
+
 TRAIN_TOLERANCES: Dict[str, Tolerance] = {
-    "train_lr": Tolerance(1e-9),
-    "train_first_loss": Tolerance(1e-4),
-    "train_first_grad": Tolerance(1e-2),
-    "train_early": Tolerance(0.1),
-    "train_curve": Tolerance(0.5),
-    "train_mean": Tolerance(0.1),
-    "train_param": Tolerance(3.0),
-    "train_miou": Tolerance(0.05),
-}
+    kind: Tolerance(float(f"{_round_up(max(TRAIN_MARGIN * floor, TRAIN_MINIMUM.get(kind, 0.0))):.2g}"))
+    for kind, floor in TRAIN_FLOOR.items()}
 for _table in DEFAULT_TOLERANCES.values():
     _table.update(TRAIN_TOLERANCES)
 # The backward stage's learning-rate scale per dtype when ``AlignConfig.lr_scale`` is None (above).

@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from align import AlignConfig  # noqa: E402
-from align.compare import TRAIN_FLOOR, TRAIN_TOLERANCES, Tolerance  # noqa: E402
+from align.compare import TRAIN_FLOOR, TRAIN_MARGIN, TRAIN_TOLERANCES, Tolerance  # noqa: E402
 from align.config import DEFAULT_TRAIN_ITERATIONS  # noqa: E402
 from align.train import TRAIN_KINDS, build_setup, compare_runs, relative_curve, run_trainer  # noqa: E402
 
@@ -110,7 +110,7 @@ def summarise(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
         threshold = TRAIN_TOLERANCES[kind].rtol
         summary[kind] = {"floor_torch_vs_torch": floor, "torch_vs_paddle": port, "threshold": threshold,
                          "threshold_over_floor": threshold / floor if floor > 0 else None,
-                         "floor_in_compare_py": TRAIN_FLOOR[kind]}
+                         "floor_in_compare_py": TRAIN_FLOOR[kind], "margin": TRAIN_MARGIN}
     return summary
 
 
@@ -135,7 +135,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="skip the torch-vs-Paddle run (only the floor)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"results JSON (default {DEFAULT_OUT.relative_to(ROOT)})")
+    parser.add_argument("--resummarise", action="store_true",
+                        help="run nothing: recompute the summary of --out against the thresholds now in "
+                             "align/compare.py (after TRAIN_FLOOR was set from it)")
     args = parser.parse_args(argv)
+    if args.resummarise:
+        document = json.loads(args.out.read_text())
+        document["summary"] = summarise(document["runs"])
+        _print_summary(document["summary"])
+        _write(args.out, document)
+        return 0
     started = time.perf_counter()
     results: Dict[str, Dict[str, Any]] = {}
     for model in args.model:
@@ -144,10 +153,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             with tempfile.TemporaryDirectory(prefix="train_floor_") as work:
                 results[model][str(seed)] = measure(model, seed, args, work)
     summary = summarise(results)
-    for kind, values in summary.items():
-        port = values["torch_vs_paddle"]
-        print(f"{kind:<18} floor {values['floor_torch_vs_torch']:.3e}  torch-vs-paddle "
-              f"{'-' if port is None else format(port, '.3e')}  threshold {values['threshold']:.1e}")
+    _print_summary(summary)
     import torch
 
     document = {"command": "python benchmarks/train_align_floor.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -156,11 +162,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "machine": {"platform": platform.platform(), "python": platform.python_version(),
                             "cpus": os.cpu_count(), "torch": torch.__version__},
                 "seconds": round(time.perf_counter() - started, 1), "summary": summary, "runs": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(document, indent=1) + "\n")
-    os.replace(tmp, args.out)
+    _write(args.out, document)
     return 0
+
+
+def _print_summary(summary: Dict[str, Any]) -> None:
+    for kind, values in summary.items():
+        port = values["torch_vs_paddle"]
+        print(f"{kind:<18} floor {values['floor_torch_vs_torch']:.3e}  torch-vs-paddle "
+              f"{'-' if port is None else format(port, '.3e')}  threshold {values['threshold']:.1e}")
+
+
+def _write(path: Path, document: Dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(document, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
