@@ -176,8 +176,13 @@ def build_setup(config: AlignConfig, work_dir: str) -> Setup:
 
     config_path = config.train_config or default_config_path(config.model)
     synthetic = config.data is None
+    device = config.device
+    if device == "auto":  # one decision for both trainers and both evaluators
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     forced = {"model.name": config.model, "train.iterations": config.train_iterations, "train.amp": "none",
-              "train.device": config.device, "train.log_every": 1, "train.log_backend": "none",
+              "train.device": device, "train.log_every": 1, "train.log_backend": "none",
               "train.checkpoint_every": config.train_iterations, "train.keep_checkpoints": 1}
     if synthetic:
         forced.update({"data.window": config.size, "train.batch_size": config.batch,
@@ -208,7 +213,7 @@ def build_setup(config: AlignConfig, work_dir: str) -> Setup:
                               f"resnet50-19c8e357.pth with `python -m convert ... --model resnet50 --target "
                               f"{config.model}`, or pass --set init.imagenet=none)")
     state, how = initial_state(config.model, recipe["model"]["num_classes"], recipe["train"]["seed"], imagenet)
-    return Setup(config.model, config_path, data_root, overrides, config.train_iterations, config.device, window,
+    return Setup(config.model, config_path, data_root, overrides, config.train_iterations, device, window,
                  int(recipe["train"]["batch_size"]), window, eval_stride_for(window), config.val_scenes,
                  state, how, synthetic)
 
