@@ -171,7 +171,7 @@ def _worst(result: StageResult) -> str:
     if not result.rows:
         return "no values"
     worst = max(result.rows, key=lambda r: r.rel / r.tol.rtol if r.tol.rtol > 0 else (0 if r.rel == 0 else 1e300))
-    return f"worst {worst.name} rel {worst.rel:.1e} (<= {worst.tol.rtol:.0e})"
+    return f"worst {worst.name} rel {worst.rel:.1e} (<= {worst.tol.rtol:.2g})"
 
 
 def summary_line(result: StageResult) -> str:

@@ -68,7 +68,7 @@ class Tolerance:
     mean_atol: Optional[float] = None
 
     def describe(self) -> str:
-        text = f"rel<={self.rtol:.0e}"
+        text = f"rel<={self.rtol:.2g}"
         if self.mean_atol is not None:
             text += f", mean|d|<={self.mean_atol:.0e}"
         return text

@@ -463,7 +463,7 @@ def first_divergence(rows: Sequence[Row], reference: TrainRun, other: TrainRun) 
         a = float(np.mean(getattr(reference, what)[lo - 1:hi]))
         b = float(np.mean(getattr(other, what)[lo - 1:hi]))
         summary = (f"iterations {lo}-{hi}: mean {what} {reference.label} {a:.6g} vs {other.label} {b:.6g} "
-                   f"(rel {failing.rel:.2e} > {failing.tol.rtol:.0e}) -- the learning rates agree, so the updates "
+                   f"(rel {failing.rel:.2e} > {failing.tol.rtol:.2g}) -- the learning rates agree, so the updates "
                    f"differ (weight decay, momentum, clipping, gradient zeroing: python -m align.backward), or "
                    f"float32 chaos beyond the measured band")
         return {"where": f"iterations {lo}-{hi}", "value": failing.name, "iteration": lo, "summary": summary}
@@ -482,9 +482,9 @@ def first_divergence(rows: Sequence[Row], reference: TrainRun, other: TrainRun) 
                           "the updates differ (python -m align.backward), or float32 chaos beyond the band"),
         }[what]
         summary = (f"iteration {i}: {what} {reference.label} {a:.6g} vs {other.label} {b:.6g} (rel {failing.rel:.2e}"
-                   f" > {failing.tol.rtol:.0e}{ratio}) -- {explain}")
+                   f" > {failing.tol.rtol:.2g}{ratio}) -- {explain}")
         return {"where": f"iteration {i}", "value": failing.name, "iteration": i, "summary": summary}
-    summary = f"{failing.name}: rel {failing.rel:.3e} > {failing.tol.rtol:.0e}"
+    summary = f"{failing.name}: rel {failing.rel:.3e} > {failing.tol.rtol:.2g}"
     if failing.note:
         summary += f" ({failing.note})"
     return {"where": failing.name, "value": failing.name, "summary": summary}
