@@ -21,7 +21,6 @@ Example::
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, List, Optional, Sequence
 
 from .compare import DEFAULT_TOLERANCES, Row, StageResult, Tolerance
@@ -35,7 +34,9 @@ def run_stage(stage: str, config: AlignConfig, fixture: Optional[Any] = None) ->
     """Run one stage ("forward", "loss", "backward", "metric" or "train") for ``config``."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}: expected one of {', '.join(STAGES)}")
-    return importlib.import_module(f"align.{stage}").run(config, fixture)
+    from .cli import stage_runner
+
+    return stage_runner(stage)(config, fixture)
 
 
 def run_all(config: AlignConfig, stages: Sequence[str] = DEFAULT_STAGES) -> List[StageResult]:

@@ -12,7 +12,7 @@ clipping, optimiser step, zeroing, lr step) the stage compares:
   (before clipping), then every parameter gradient; after the update every parameter, every
   BatchNorm running statistic; at the end FarSeg's ``buffer_step``;
 - step 1 with the sharp ``grad`` / ``param`` / ``running_stat`` thresholds, later steps with
-  ``drift`` (loss, gradients, their norm) and ``state_drift`` (parameters, statistics). In
+  ``drift`` (loss, gradients, their norm), ``param_drift`` and ``stat_drift``. In
   float64 the stage runs at 0.01 x the recipe's learning rate (``--lr-scale``), which keeps
   later steps sharp enough to catch momentum and scheduler bugs with a wide margin: what was
   measured, and why, is in ``align.compare`` above ``DEFAULT_TOLERANCES``.
@@ -50,7 +50,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import Row, StageResult, compare_arrays, finish_stage, format_rows, grad_floor
+from .compare import (Divergence, Localisation, Row, StageResult, compare_arrays, finish_stage, format_rows,
+                      grad_floor)
 from .config import AlignConfig
 from .fixtures import Fixture, get_fixture, versions
 from .localize import CONTEXT, ExecutionOrder
@@ -207,7 +208,7 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
                        "loss_scale": scale,
                        "tolerances": {k: tols[k].describe() for k in
                                       ("forward_train", "lr", "grad", "param", "running_stat", "drift",
-                                       "state_drift", "counter")},
+                                       "param_drift", "stat_drift", "counter")},
                        **versions()}
     logs: Dict[str, List[StepLog]] = {side.name: [] for side in SIDES}
     clip = float(recipe["clip_norm"])
@@ -258,7 +259,7 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
             if (_guarded(run_, result, step, TORCH.name, "apply_gradients", t_step, t_res.grad_norm) is None
                     or _guarded(run_, result, step, PADDLE.name, "apply_gradients", p_step, p_res.grad_norm) is None):
                 break
-            rows = _state_rows(step, ("param", "running_stat") if sharp else ("state_drift", "state_drift"), run_)
+            rows = _state_rows(step, ("param", "running_stat") if sharp else ("param_drift", "stat_drift"), run_)
             result.rows += rows
             by_name = {r.name: r for r in rows}
             run_.checkpoints += [(f"step {step}: parameter {n} after the update (backward order)",
@@ -295,16 +296,16 @@ def _first_divergence(result: StageResult, run_: _Run) -> None:
     where, row = failing
     step = int(where.split(":")[0].split()[1])
     summary = f"{where}: rel {row.rel:.3e} > {row.tol.rtol:.0e}{_explain(run_, where, step)}"
-    result.first_divergence = {"where": where, "value": row.name, "summary": summary}
+    result.first_divergence = Divergence(where, summary, value=row.name)
     if run_.config.localise and "gradient of" in where:
         table = run_.grad_tables[step]
         index = next(i for i, r in enumerate(table) if not r.passed)
         shown = table[max(0, index - CONTEXT): index + CONTEXT + 1]
-        result.localisation = {"first": row.name.split("/", 2)[-1], "index": index, "step": step,
-                               "lines": [f"step-{step} parameter gradients around the first divergence "
-                                         "(backward-execution order):", *format_rows(shown)],
-                               "rows": [r.to_json() for r in shown]}
-        result.first_divergence["where"] = result.localisation["first"]
+        result.localisation = Localisation(
+            row.name.split("/", 2)[-1], index, [f"step-{step} parameter gradients around the first divergence "
+                                               "(backward-execution order):", *format_rows(shown)],
+            [r.to_json() for r in shown], step=step)
+        result.first_divergence.where = result.localisation.first
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -16,9 +16,6 @@ from weights import MODEL_NAMES
 from .compare import DEFAULT_TOLERANCES, StageResult, Tolerance, format_report
 from .config import AGAINST, DEFAULT_STAGES, DEFAULT_TRAIN_ITERATIONS, DTYPES, STAGES, AlignConfig, AlignInputError
 
-# Stages whose run() takes progress= (a progress bar over their slow parts).
-PROGRESS_STAGES = ("forward", "backward", "train")
-
 EPILOG = """\
 relative error: max|torch - paddle| / max|torch| per compared value (gradients: with a floor at
 a fraction of the model's largest gradient, so mathematically-zero gradients made of rounding
@@ -54,23 +51,10 @@ def _tolerance_override(text: str) -> Tuple[str, Tolerance]:
 def build_parser(stage: Optional[str]) -> argparse.ArgumentParser:
     """The parser of ``python -m align`` (stage None) or ``python -m align.<stage>``."""
     prog = "python -m align" + (f".{stage}" if stage else "")
-    what = {
-        None: "Run the alignment stages (forward, loss, backward, metric; train on request) of torch_ref "
-              "against paddle_impl.",
-        "forward": "Forward stage: eval probabilities, pre-softmax logits and training-mode logits "
-                   "of torch_ref vs paddle_impl; names the first divergent layer on a failure.",
-        "loss": "Loss stage: FarSeg's annealing loss at steps 1/5000/30000 (+ its identities) or "
-                "FactSeg's joint loss, values and gradients w.r.t. the logits, on identical logits.",
-        "backward": "Backward stage: a few optimiser steps of the official recipe (SGD momentum, "
-                    "weight decay, poly lr, global-norm clip) in each framework from identical weights.",
-        "metric": "Metric stage: confusion matrix and mIoU from each framework's on-device counting.",
-        "train": "Train stage: torch_ref.train and paddle_impl.train (the real trainers) from the same "
-                 "converted initial weights on bit-identical batches for N iterations, then each "
-                 "framework's own evaluator; loss, lr and gradient norm per iteration, final weights and "
-                 "mIoU against a band measured torch-vs-torch (float32). Writes curves.json and curves.png. "
-                 "--size/--batch/--seed set the synthetic default run; --dtype, --torch-ckpt and --input do "
-                 "not apply (the trainers train in float32 from their own initialisation).",
-    }[stage]
+    # A stage's description is the first paragraph of its module's docstring (stage modules
+    # import torch and Paddle only when they run: --help stays instant).
+    what = (f"Run the alignment stages ({', '.join(STAGES)}) of torch_ref against paddle_impl."
+            if stage is None else (importlib.import_module(f"align.{stage}").__doc__ or "").split("\n\n")[0])
     p = OneLineParser(prog=prog, description=what, epilog=EPILOG,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=MODEL_NAMES + ("all",), default="all",
@@ -163,7 +147,8 @@ def config_from_args(args: argparse.Namespace, model: str) -> AlignConfig:
 
 
 def stage_runner(stage: str) -> Callable[..., StageResult]:
-    """``align.<stage>.run`` (imported on demand: ``--help`` stays instant)."""
+    """``align.<stage>.run(config, fixture, progress=...)``: every name in ``STAGES`` is a module
+    of this package with that ``run`` and a ``main`` (a new stage: its module + its name there)."""
     return importlib.import_module(f"align.{stage}").run
 
 
@@ -207,8 +192,7 @@ def run_stages(stages: Sequence[str], models: Sequence[str], args: argparse.Name
                     fixture = get_fixture(config)
                 bar.set_postfix_str(f"{model}: {stage}")
                 runner = (runners or {}).get(stage) or stage_runner(stage)
-                kwargs = {"progress": progress} if stage in PROGRESS_STAGES else {}
-                result = runner(config, fixture, **kwargs)
+                result = runner(config, fixture, progress=progress)
                 results.append(result)
                 tqdm.write(summary_line(result), file=sys.stdout)
                 if not result.passed or args.verbose or config.against == "x2paddle":
@@ -250,7 +234,7 @@ def main_for(stage: Optional[str], argv: Optional[Sequence[str]] = None,
         print(f"align: {len(failed)} of {len(results)} stage runs FAILED ({names}) in {elapsed:.1f} s")
         for r in failed:
             if r.first_divergence:
-                print(f"  {r.model}/{r.stage}: first divergence: {r.first_divergence.get('summary', '')}")
+                print(f"  {r.model}/{r.stage}: first divergence: {r.first_divergence.summary}")
         return 1
     print(f"align: all {len(results)} stage runs passed in {elapsed:.1f} s")
     return 0

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import Row, StageResult, Tolerance, compare_arrays, finish_stage
+from .compare import Divergence, Localisation, Row, StageResult, Tolerance, compare_arrays, finish_stage
 from .config import AlignConfig
 from .fixtures import Fixture, get_fixture, versions
 from .localize import capture, first_divergent_layer
@@ -50,7 +50,7 @@ def side_outputs(fx: Fixture, side: Side) -> Dict[str, np.ndarray]:
     return out
 
 
-def localise_forward(fx: Fixture, mode: str, tol: Any) -> Dict[str, Any]:
+def localise_forward(fx: Fixture, mode: str, tol: Any) -> Localisation:
     """Hook every module of both models, run ``mode`` ("eval": model(x); "train": training-mode
     logits) once more, and name the first module whose output differs beyond ``tol``."""
     fx.reset()
@@ -65,7 +65,7 @@ def localise_forward(fx: Fixture, mode: str, tol: Any) -> Dict[str, Any]:
                                else (lambda m=model, x=x: m(x))))
     fx.reset()  # the training-mode pass moved the BatchNorm statistics
     found = first_divergent_layer(*records, tol)
-    found["mode"] = mode
+    found.mode = mode
     return found
 
 
@@ -96,13 +96,11 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
     failed = result.failed_rows()
     if failed:
         mode = failed[0].name.split("/")[0]
-        result.first_divergence = {"where": None, "mode": mode,
-                                   "summary": f"{failed[0].name} differs (rel {failed[0].rel:.3e})"}
+        result.first_divergence = Divergence(None, f"{failed[0].name} differs (rel {failed[0].rel:.3e})", mode)
         if config.localise:
             found = localise_forward(fx, mode, tol_train if mode == "train" else tol)
             result.localisation = found
-            result.first_divergence = {"where": found["first"], "mode": mode,
-                                       "summary": f"[{mode} mode] {found['summary']}"}
+            result.first_divergence = Divergence(found.first, f"[{mode} mode] {found.summary}", mode)
     if config.against == "x2paddle":
         passed, lines, rows = run_x2paddle(fx, config.out, progress)
         result.rows += rows
@@ -118,7 +116,8 @@ def run_x2paddle(fx: Fixture, out_root: Optional[str], progress: bool = True) ->
     AlignConfig has checked that the optional extra is installed."""
     from pathlib import Path
 
-    from .x2paddle import compare_with_x2paddle, format_report
+    from .x2paddle.check import compare_with_x2paddle
+    from .x2paddle.report import format_report
 
     target = Path(out_root or "out/align") / fx.model_name / "forward" / "x2paddle"
     fx.reset()

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import Row, Tolerance, compare_arrays, format_rows
+from .compare import Localisation, Row, Tolerance, compare_arrays, format_rows
 from .sides import TORCH, Side
 
 CONTEXT = 4  # rows shown before and after the first divergence
@@ -93,13 +93,9 @@ def _record_rows(t: Record, p: Optional[Record], tol: Tolerance) -> Row:
 
 
 def first_divergent_layer(torch_records: Sequence[Record], paddle_records: Sequence[Record],
-                          tol: Tolerance, context: int = CONTEXT) -> Dict[str, Any]:
-    """Compare the records pairwise; name the first divergent module and tabulate its neighbours.
-
-    Returns {"first": label or None, "index": position in torch execution order, "rows": the
-    table rows (dicts), "lines": the table as text, "unpaired": paddle calls torch never made,
-    "summary": one line}.
-    """
+                          tol: Tolerance, context: int = CONTEXT) -> Localisation:
+    """Compare the records pairwise; name the first divergent module (None when every module
+    agrees) and tabulate its neighbours."""
     # Relative error only: intermediate activations have arbitrary scales (a convolution output
     # of magnitude 20 is normal), so an absolute mean-abs bound would flag healthy layers.
     tol = Tolerance(tol.rtol)
@@ -126,9 +122,8 @@ def first_divergent_layer(torch_records: Sequence[Record], paddle_records: Seque
     if unpaired:
         lines.append(f"paddle module calls with no torch counterpart: {', '.join(unpaired[:10])}")
         summary += f"; {len(unpaired)} paddle module calls have no torch counterpart"
-    return {"first": None if first is None else rows[first].name, "index": first,
-            "summary": summary, "lines": lines, "unpaired": unpaired,
-            "rows": [r.to_json() for r in shown]}
+    return Localisation(None if first is None else rows[first].name, first, lines, [r.to_json() for r in shown],
+                        summary, unpaired)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import Row, StageResult, Tolerance, compare_arrays, finish_stage
+from .compare import Divergence, Row, StageResult, Tolerance, compare_arrays, finish_stage
 from .config import AlignConfig
 from .fixtures import Fixture, get_fixture, versions
 from .sides import SIDES, Side
@@ -98,8 +98,9 @@ def _identity_rows(side: str, values: Dict[float, np.ndarray], grads: Dict[float
     return rows
 
 
-def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
-    """Run the loss stage for ``config``; write its files when ``config.out`` is set."""
+def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool = False) -> StageResult:
+    """Run the loss stage for ``config``; write its files when ``config.out`` is set
+    (``progress`` is unused: the stage is quick)."""
     start = time.perf_counter()
     fx = fixture if fixture is not None else get_fixture(config)
     tols = config.tolerances()
@@ -161,8 +162,8 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
     failed = result.failed_rows()
     if failed:
         first = failed[0]
-        result.first_divergence = {"where": first.name, "summary": f"{first.name}: rel {first.rel:.3e} "
-                                   f"> {first.tol.rtol:.0e}" + (f" ({first.note})" if first.note else "")}
+        result.first_divergence = Divergence(first.name, f"{first.name}: rel {first.rel:.3e} > {first.tol.rtol:.0e}"
+                                             + (f" ({first.note})" if first.note else ""))
     return finish_stage(result, start, config.out_dir(STAGE), t_log, p_log)
 
 

@@ -22,7 +22,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from .compare import StageResult, compare_arrays, finish_stage
+from .compare import Divergence, StageResult, compare_arrays, finish_stage
 from .config import AlignConfig
 from .fixtures import Fixture, get_fixture, versions
 from .sides import SIDES, TORCH, Side
@@ -58,8 +58,9 @@ def model_predictions(fx: Fixture) -> np.ndarray:
     return probs.argmax(axis=1).astype(np.int64)
 
 
-def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
-    """Run the metric stage for ``config``; write its files when ``config.out`` is set."""
+def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool = False) -> StageResult:
+    """Run the metric stage for ``config``; write its files when ``config.out`` is set
+    (``progress`` is unused: the stage is quick)."""
     from isaid.metrics import confusion_from_labels
 
     start = time.perf_counter()
@@ -91,9 +92,8 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
                             f"{int(np.isnan(t_sum['iou']).sum())}")
     failed = result.failed_rows()
     if failed:
-        result.first_divergence = {"where": failed[0].name,
-                                   "summary": f"{failed[0].name}: max|d| {failed[0].max_abs:g}"
-                                              + (f" ({failed[0].note})" if failed[0].note else "")}
+        result.first_divergence = Divergence(failed[0].name, f"{failed[0].name}: max|d| {failed[0].max_abs:g}"
+                                             + (f" ({failed[0].note})" if failed[0].note else ""))
     return finish_stage(result, start, config.out_dir(STAGE), t_log, p_log)
 
 

@@ -1,4 +1,8 @@
-"""Stage 5, train: both trainers, whole training runs, compared iteration by iteration.
+"""Stage 5, train: torch_ref.train and paddle_impl.train (the real trainers) from the same converted
+initial weights on bit-identical batches for N iterations, then each framework's own evaluator;
+lr, loss and gradient norm per iteration, final weights and mIoU against a band measured torch
+against torch (float32); writes curves.json and curves.png. --size/--batch/--seed set the
+synthetic default run; --dtype, --torch-ckpt and --input do not apply.
 
 What runs is the training code users run, not a copy: ``torch_ref.train.train`` and
 ``paddle_impl.train.train`` (their config, loader, sampler, augmentation, ``build_optimizer``,

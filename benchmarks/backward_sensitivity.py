@@ -67,10 +67,10 @@ def measure(config: AlignConfig, bug: Optional[str] = None) -> Dict[str, Any]:
         result = backward.run(config, get_fixture(config))
     finally:
         trainer.build_optimizer = original
-    divergence = result.first_divergence or {}
     return {"model": config.model, "dtype": config.dtype, "lr_scale": config.effective_lr_scale,
             "steps": config.steps, "bug": bug, "passed": result.passed,
-            "first_divergence": divergence.get("summary"), "seconds": round(time.perf_counter() - start, 1),
+            "first_divergence": result.first_divergence and result.first_divergence.summary,
+            "seconds": round(time.perf_counter() - start, 1),
             "worst_rel": worst_per_step(result)}
 
 

@@ -10,7 +10,8 @@ value by far more than the thresholds.
 
 Backward bugs that show on the first step run one step only (the stage's sharpest checks are
 the step-1 gradients, parameters and BatchNorm statistics); momentum and scheduler bugs, which
-only show from step 2, run two.
+only show from step 2, run two. Not planted: fp16 clipping before unscaling, which needs an fp16
+pair, and Paddle 3.3.1 has no CPU mixed precision (tests/test_train.py::test_paddle_amp_on_cpu).
 """
 from __future__ import annotations
 
@@ -59,8 +60,8 @@ def test_farseg_decoder_upsample_align_corners_false(monkeypatch, config):
     result = forward.run(config, fx)
     _assert_fails(result)
     assert not result.row("eval/logits").passed and not result.row("eval/probs").passed
-    assert result.first_divergence["where"] == "decoder.blocks.1.0.3", result.first_divergence
-    assert "decoder.blocks.1.0.3" in "\n".join(result.localisation["lines"])
+    assert result.first_divergence.where == "decoder.blocks.1.0.3", result.first_divergence
+    assert "decoder.blocks.1.0.3" in "\n".join(result.localisation.lines)
 
 
 def test_farseg_relation_from_reencoded_features(monkeypatch):
@@ -80,7 +81,7 @@ def test_farseg_relation_from_reencoded_features(monkeypatch):
     monkeypatch.setattr(sr, "forward", swapped)
     result = forward.run(FARSEG, fx)
     _assert_fails(result)
-    assert result.first_divergence["where"] == "sr.normalizer", result.first_divergence
+    assert result.first_divergence.where == "sr.normalizer", result.first_divergence
 
 
 @BOTH_DTYPES
@@ -95,8 +96,8 @@ def test_farseg_batchnorm_momentum_0_1(monkeypatch, config):
     _assert_fails(result)
     failed = {r.name.split("/")[1] for r in result.failed_rows()}
     assert failed == {"running_mean", "running_var"}, failed  # gradients and parameters agree
-    assert "BatchNorm running_mean of en.resnet.bn1" in result.first_divergence["where"]
-    assert "running-statistics update" in result.first_divergence["summary"]
+    assert "BatchNorm running_mean of en.resnet.bn1" in result.first_divergence.where
+    assert "running-statistics update" in result.first_divergence.summary
 
 
 @BOTH_DTYPES
@@ -118,7 +119,7 @@ def test_farseg_loss_without_plus_batch_size(monkeypatch, config):
     monkeypatch.setattr(paddle_impl.farseg, "annealing_softmax_focal_loss", without_batch)
     result = loss.run(config, get_fixture(config))
     _assert_fails(result)
-    assert result.first_divergence["where"] == "step1/loss"
+    assert result.first_divergence.where == "step1/loss"
     assert not result.row("step5000/grad_logits").passed and not result.row("model/cls_loss").passed
     assert result.row("identity/paddle/value_step5000_eq_step0").passed  # the identity still holds
 
@@ -173,8 +174,8 @@ def test_farseg_train_mode_batchnorm_uses_running_statistics(monkeypatch):
     result = forward.run(FARSEG, fx)
     _assert_fails(result)
     assert result.row("eval/probs").passed and not result.row("train/logits").passed
-    assert result.first_divergence["mode"] == "train"
-    assert result.first_divergence["where"] == "en.resnet.bn1"
+    assert result.first_divergence.mode == "train"
+    assert result.first_divergence.where == "en.resnet.bn1"
 
 
 def test_farseg_converter_swapping_one_batchnorm_mean_and_variance(monkeypatch):
@@ -191,8 +192,8 @@ def test_farseg_converter_swapping_one_batchnorm_mean_and_variance(monkeypatch):
     finally:
         fx.mark_dirty()  # the next reset() reloads the correct state (monkeypatch restores it)
     _assert_fails(result)
-    assert result.first_divergence["mode"] == "eval"
-    assert result.first_divergence["where"] == key
+    assert result.first_divergence.mode == "eval"
+    assert result.first_divergence.where == key
 
 
 def test_farseg_gradient_bug_is_localised_in_backward_order(monkeypatch):
@@ -209,8 +210,8 @@ def test_farseg_gradient_bug_is_localised_in_backward_order(monkeypatch):
     result = backward.run(FARSEG.with_(steps=1), fx)
     _assert_fails(result)
     assert result.row("step1/loss").passed
-    assert result.first_divergence["where"].startswith("decoder.blocks.0.0.1."), result.first_divergence
-    assert "backward-execution order" in result.localisation["lines"][0]
+    assert result.first_divergence.where.startswith("decoder.blocks.0.0.1."), result.first_divergence
+    assert "backward-execution order" in result.localisation.lines[0]
 
 
 def test_farseg_confusion_matrix_transposed(monkeypatch):
@@ -220,7 +221,7 @@ def test_farseg_confusion_matrix_transposed(monkeypatch):
     monkeypatch.setattr(paddle_impl.metrics, "confusion_matrix", lambda *a, **k: original(*a, **k).T)
     result = metric.run(FARSEG, get_fixture(FARSEG))
     _assert_fails(result)
-    assert result.first_divergence["where"] == "random/confusion"
+    assert result.first_divergence.where == "random/confusion"
     assert result.row("random/confusion_vs_numpy").passed  # the torch count is right
 
 
@@ -235,7 +236,7 @@ def test_factseg_som_ratio_0_2(monkeypatch):
     monkeypatch.setattr(paddle_impl.losses, "small_object_mining", lambda losses, ratio=0.1: original(losses, 0.2))
     result = loss.run(FACTSEG, get_fixture(FACTSEG))
     _assert_fails(result)
-    assert result.first_divergence["where"] == "joint_loss"
+    assert result.first_divergence.where == "joint_loss"
     assert not result.row("grad_fg_logits").passed
 
 
@@ -256,7 +257,7 @@ def test_factseg_k_from_valid_pixels_only(monkeypatch):
     monkeypatch.setattr(L, "joint_loss", k_from_valid)
     result = loss.run(FACTSEG, get_fixture(FACTSEG))
     _assert_fails(result)
-    assert result.first_divergence["where"] == "joint_loss"
+    assert result.first_divergence.where == "joint_loss"
 
 
 def test_factseg_binary_head_upsample_align_corners_false(monkeypatch):
@@ -265,7 +266,7 @@ def test_factseg_binary_head_upsample_align_corners_false(monkeypatch):
     result = forward.run(FACTSEG, fx)
     _assert_fails(result)
     assert result.row("eval/fg_logits").passed and not result.row("eval/bi_logits").passed
-    assert result.first_divergence["where"] == "bi_upsample"
+    assert result.first_divergence.where == "bi_upsample"
 
 
 def test_factseg_softmax_and_sigmoid_swapped_in_the_fusion(monkeypatch):
@@ -288,8 +289,8 @@ def test_factseg_softmax_and_sigmoid_swapped_in_the_fusion(monkeypatch):
     _assert_fails(result)
     assert result.row("eval/fg_logits").passed and not result.row("eval/probs").passed
     # No module output differs: the localiser says the fusion is in forward() code, not a layer.
-    assert result.first_divergence["where"] is None
-    assert "outside the modules" in result.first_divergence["summary"]
+    assert result.first_divergence.where is None
+    assert "outside the modules" in result.first_divergence.summary
     _assert_fails(loss.run(FACTSEG, fx), message="loss stage")
 
 
@@ -299,9 +300,9 @@ def test_factseg_softmax_and_sigmoid_swapped_in_the_fusion(monkeypatch):
 
 def _optimiser_step_differs(result, step):
     assert all(r.passed for r in result.rows if r.name.startswith(f"step{step}/grad"))  # gradients agree
-    assert f"step {step}: parameter" in result.first_divergence["where"]
-    assert "after the update" in result.first_divergence["where"]
-    assert "optimiser step differs" in result.first_divergence["summary"]
+    assert f"step {step}: parameter" in result.first_divergence.where
+    assert "after the update" in result.first_divergence.where
+    assert "optimiser step differs" in result.first_divergence.summary
 
 
 @pytest.mark.parametrize("config", [FARSEG, FARSEG.with_(dtype="float32")], ids=["float64", "float32"])
@@ -327,7 +328,7 @@ def test_trainer_scheduler_bugs_show_at_step_2(monkeypatch, bug):
     result = backward.run(FARSEG.with_(steps=2), get_fixture(FARSEG))
     _assert_fails(result)
     assert result.row("step1/lr").passed and not result.row("step2/lr").passed
-    assert result.first_divergence["where"] == "step 2: lr"
+    assert result.first_divergence.where == "step 2: lr"
 
 
 def test_trainer_momentum_0_shows_at_step_2(monkeypatch):
@@ -347,15 +348,8 @@ def test_trainer_gradients_not_cleared(monkeypatch):
     _assert_fails(result)
     assert all(r.passed for r in result.rows if r.name.startswith("step1/"))
     assert result.row("step2/loss").passed and not result.row("step2/grad_norm").passed
-    assert result.localisation["step"] == 2  # named at the first gradient in backward order
-    assert result.first_divergence["where"] == result.localisation["first"]
-
-
-@pytest.mark.skip(reason="fp16 clipping-before-unscaling needs fp16 on both sides: Paddle 3.3.1 has no CPU "
-                         "mixed precision (tests/test_train.py::test_paddle_amp_on_cpu), so align.backward "
-                         "cannot run an fp16 pair on CPU")
-def test_trainer_fp16_clipping_before_unscaling():
-    pass
+    assert result.localisation.step == 2  # named at the first gradient in backward order
+    assert result.first_divergence.where == result.localisation.first
 
 
 def test_cli_backward_fails_and_says_what_differs(monkeypatch, capsys, tmp_path):

@@ -37,16 +37,3 @@ def x2paddle_available() -> bool:
     installed. Looks them up without importing them (importing x2paddle imports Paddle)."""
     return all(importlib.util.find_spec(name) is not None for name in ("x2paddle", "six", "requests"))
 
-
-from .check import build_fixture, compare_pair, compare_with_x2paddle  # noqa: E402
-from .cli import main  # noqa: E402
-from .conversion import (CODE_FILE, PARAMS_FILE, Conversion, convert_with_x2paddle,  # noqa: E402
-                         installed_x2paddle_version, load_generated_program, run_generated_program)
-from .guard import network_guard  # noqa: E402
-from .plans import PLANS, ModelPlan  # noqa: E402
-from .report import PAIRS, format_report, verdicts  # noqa: E402
-
-__all__ = ["CODE_FILE", "INSTALL_MESSAGE", "PAIRS", "PARAMS_FILE", "PLANS", "X2PADDLE_VERSION", "Conversion",
-           "ModelPlan", "build_fixture", "compare_pair", "compare_with_x2paddle", "convert_with_x2paddle",
-           "format_report", "installed_x2paddle_version", "load_generated_program", "main", "network_guard",
-           "run_generated_program", "verdicts", "x2paddle_available"]
