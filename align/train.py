@@ -58,13 +58,14 @@ import shutil
 import tempfile
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import TRAIN_EARLY, TRAIN_WINDOW, Row, StageResult, Tolerance, compare_arrays, finish_stage, tolerances
+from .compare import (TRAIN_EARLY, TRAIN_WINDOW, Divergence, Row, StageResult, Tolerance, compare_arrays, finish_stage,
+                      tolerances)
 from .config import CONFIGS, AlignConfig, AlignInputError
 from .fixtures import versions
 
@@ -455,7 +456,7 @@ def compare_runs(reference: TrainRun, other: TrainRun, start: Mapping[str, np.nd
     return rows, first_divergence(rows, reference, other)
 
 
-def first_divergence(rows: Sequence[Row], reference: TrainRun, other: TrainRun) -> Optional[Dict[str, Any]]:
+def first_divergence(rows: Sequence[Row], reference: TrainRun, other: TrainRun) -> Optional[Divergence]:
     """Where the runs first part, and what that points to."""
     failing = next((r for r in rows if not r.passed), None)
     if failing is None:
@@ -470,7 +471,7 @@ def first_divergence(rows: Sequence[Row], reference: TrainRun, other: TrainRun) 
                    f"(rel {failing.rel:.2e} > {failing.tol.rtol:.2g}) -- the learning rates agree, so the updates "
                    f"differ (weight decay, momentum, clipping, gradient zeroing: python -m align.backward), or "
                    f"float32 chaos beyond the measured band")
-        return {"where": f"iterations {lo}-{hi}", "value": failing.name, "iteration": lo, "summary": summary}
+        return Divergence(f"iterations {lo}-{hi}", summary, value=failing.name)
     if len(parts) == 3 and parts[1] == "iter":
         i = int(parts[2])
         a, b = getattr(reference, what)[i - 1], getattr(other, what)[i - 1]
@@ -487,11 +488,11 @@ def first_divergence(rows: Sequence[Row], reference: TrainRun, other: TrainRun) 
         }[what]
         summary = (f"iteration {i}: {what} {reference.label} {a:.6g} vs {other.label} {b:.6g} (rel {failing.rel:.2e}"
                    f" > {failing.tol.rtol:.2g}{ratio}) -- {explain}")
-        return {"where": f"iteration {i}", "value": failing.name, "iteration": i, "summary": summary}
+        return Divergence(f"iteration {i}", summary, value=failing.name)
     summary = f"{failing.name}: rel {failing.rel:.3e} > {failing.tol.rtol:.2g}"
     if failing.note:
         summary += f" ({failing.note})"
-    return {"where": failing.name, "value": failing.name, "summary": summary}
+    return Divergence(failing.name, summary, value=failing.name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -512,7 +513,7 @@ def curves_document(reference: TrainRun, other: TrainRun, result: StageResult,
         "miou": {reference.label: reference.miou, other.label: other.miou},
         "miou_fg": {reference.label: reference.miou_fg, other.label: other.miou_fg},
         "thresholds": {k: tols[k].rtol for k in TRAIN_KINDS},
-        "first_divergence": result.first_divergence,
+        "first_divergence": None if result.first_divergence is None else asdict(result.first_divergence),
     }
 
 
@@ -653,8 +654,8 @@ def run(config: AlignConfig, fixture: Any = None, progress: bool = False) -> Sta
         rows, divergence = compare_runs(runs["torch"], runs["paddle"], setup.initial_state, tols, config.model)
         result.rows += rows
         if not same:
-            divergence = {"where": "batches", "value": "batches/identical",
-                          "summary": "the two frameworks' loaders give different batches (isaid.augment / data.py)"}
+            divergence = Divergence("batches", "the two frameworks' loaders give different batches "
+                                    "(isaid.augment / data.py)", value="batches/identical")
         result.first_divergence = divergence
         t, p = runs["torch"], runs["paddle"]
         result.notes += [

@@ -92,8 +92,8 @@ def test_lr_doubled_in_one_trainer_is_caught_at_iteration_1(monkeypatch, tmp_pat
     assert result.settings["data"] == data and result.settings["window"] == 64
     assert not result.passed
     divergence = result.first_divergence
-    assert divergence["value"] == "lr/iter/1" and divergence["iteration"] == 1, divergence
-    assert "ratio 2" in divergence["summary"] and "learning-rate" in divergence["summary"]
+    assert divergence.value == "lr/iter/1" and divergence.where == "iteration 1", divergence
+    assert "ratio 2" in divergence.summary and "learning-rate" in divergence.summary
     assert all(not result.row(f"lr/iter/{i}").passed for i in (1, 2, 3))
     # The loss of iteration 1 comes before any update: still equal.
     assert result.row("loss/iter/1").passed
