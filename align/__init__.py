@@ -6,10 +6,11 @@ Stages, each callable from Python with an ``AlignConfig`` and returning a ``Stag
 - ``align.forward.run``: eval probabilities and logits, training-mode logits;
 - ``align.loss.run``: the training losses and their gradients on identical logits;
 - ``align.backward.run``: k iterations of the trainers' own ``TrainStep`` (configs/*.yaml recipe);
-- ``align.metric.run``: confusion matrix and mIoU.
+- ``align.metric.run``: confusion matrix and mIoU;
+- ``align.train.run``: both trainers for N iterations, curves and mIoU (minutes; not in the default run).
 
 Command line: ``python -m align`` (all stages, both models) and ``python -m align.forward``,
-``.loss``, ``.backward``, ``.metric``; ``--help`` lists the options. Nothing heavy is imported
+``.loss``, ``.backward``, ``.metric``, ``.train``; ``--help`` lists the options. Nothing heavy is imported
 here (torch and Paddle load when a stage runs).
 
 Example::
@@ -23,14 +24,14 @@ from __future__ import annotations
 from typing import Any, List, Optional, Sequence
 
 from .compare import DEFAULT_TOLERANCES, Row, StageResult, Tolerance
-from .config import STAGES, AlignConfig, AlignInputError
+from .config import DEFAULT_STAGES, STAGES, AlignConfig, AlignInputError
 
 __all__ = ["AlignConfig", "AlignInputError", "DEFAULT_TOLERANCES", "Row", "STAGES", "StageResult",
            "Tolerance", "run_stage", "run_all"]
 
 
 def run_stage(stage: str, config: AlignConfig, fixture: Optional[Any] = None) -> StageResult:
-    """Run one stage ("forward", "loss", "backward" or "metric") for ``config``."""
+    """Run one stage ("forward", "loss", "backward", "metric" or "train") for ``config``."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}: expected one of {', '.join(STAGES)}")
     from .cli import stage_runner
@@ -38,7 +39,7 @@ def run_stage(stage: str, config: AlignConfig, fixture: Optional[Any] = None) ->
     return stage_runner(stage)(config, fixture)
 
 
-def run_all(config: AlignConfig, stages: Sequence[str] = STAGES) -> List[StageResult]:
+def run_all(config: AlignConfig, stages: Sequence[str] = DEFAULT_STAGES) -> List[StageResult]:
     """Run ``stages`` in order for ``config.model`` on one shared fixture."""
     from .fixtures import get_fixture
 

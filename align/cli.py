@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 from weights import MODEL_NAMES
 
 from .compare import DEFAULT_TOLERANCES, StageResult, Tolerance, format_report
-from .config import AGAINST, DTYPES, STAGES, AlignConfig, AlignInputError
+from .config import AGAINST, DEFAULT_STAGES, DEFAULT_TRAIN_ITERATIONS, DTYPES, STAGES, AlignConfig, AlignInputError
 
 EPILOG = """\
 relative error: max|torch - paddle| / max|torch| per compared value (gradients: with a floor at
@@ -60,8 +60,9 @@ def build_parser(stage: Optional[str]) -> argparse.ArgumentParser:
     p.add_argument("--model", choices=MODEL_NAMES + ("all",), default="all",
                    help="which model (default: all = farseg then factseg)")
     if stage is None:
-        p.add_argument("--stages", default=",".join(STAGES),
-                       help=f"comma-separated stages to run, in this order (default: {','.join(STAGES)})")
+        p.add_argument("--stages", default=",".join(DEFAULT_STAGES),
+                       help=f"comma-separated stages to run, in this order, from {','.join(STAGES)} "
+                            f"(default: {','.join(DEFAULT_STAGES)}; train takes minutes)")
     p.add_argument("--dtype", choices=DTYPES, default="float64",
                    help="precision of both models and inputs (default float64: porting bugs show "
                         "up far above the 1e-12..1e-9 rounding floor; float32 noise is 1e-6..1e-2)")
@@ -101,6 +102,26 @@ def build_parser(stage: Optional[str]) -> argparse.ArgumentParser:
         p.add_argument("--full-logs", action="store_true",
                        help="backward: also log every final parameter in the reprod_log files "
                             "(~0.25 GB per side in float64)")
+    if stage in (None, "train"):
+        # In `python -m align.train` this is --iterations; `python -m align` has the backward
+        # stage's --iterations (its schedule length) too, so there it is --train-iterations.
+        p.add_argument("--iterations" if stage == "train" else "--train-iterations", type=int,
+                       dest="train_iterations", default=DEFAULT_TRAIN_ITERATIONS, metavar="N",
+                       help=f"train: iterations of both runs; the poly schedule spans them "
+                            f"(default {DEFAULT_TRAIN_ITERATIONS}: a few minutes on 2 CPU cores)")
+        p.add_argument("--config", dest="train_config", metavar="YAML",
+                       help="train: recipe file (default configs/<model>_isaid.yaml); the stage forces "
+                            "train.iterations, train.amp=none, train.device and one log row per iteration")
+        p.add_argument("--data", metavar="DIR",
+                       help="train: an isaid.prepare output (DIR/train, DIR/val) trained at the recipe's "
+                            "window and batch; default: synthetic scenes (isaid.synth -> isaid.prepare) cut "
+                            "into --size patches, batch --batch, random initial weights")
+        p.add_argument("--device", choices=("cpu", "cuda", "gpu", "auto"), default="cpu",
+                       help="train: where both trainers and evaluators run (default cpu)")
+        p.add_argument("--val-scenes", type=int, metavar="N",
+                       help="train: evaluate on the first N val scenes (default: all)")
+        p.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                       help="train: further recipe overrides, applied last (e.g. train.amp=fp16 on a GPU)")
     if stage == "forward":
         p.add_argument("--against", choices=AGAINST, default="paddle_impl",
                        help="paddle_impl (default); x2paddle: also the X2Paddle third opinion "
@@ -116,9 +137,12 @@ def config_from_args(args: argparse.Namespace, model: str) -> AlignConfig:
     values = dict(model=model, dtype=args.dtype, batch=args.batch, size=args.size, seed=args.seed,
                   torch_ckpt=args.torch_ckpt, input=args.input, out=args.out, rtol=args.rtol,
                   atol=args.atol, tol=dict(args.tol), localise=args.localise)
-    for name in ("steps", "lr_scale", "iterations", "clip_norm", "loss_scale", "full_logs", "against"):
+    for name in ("steps", "lr_scale", "iterations", "clip_norm", "loss_scale", "full_logs", "against",
+                 "train_iterations", "train_config", "data", "device", "val_scenes"):
         if hasattr(args, name):
             values[name] = getattr(args, name)
+    if hasattr(args, "sets"):
+        values["sets"] = tuple(args.sets)
     return AlignConfig(**values)
 
 
@@ -132,7 +156,7 @@ def _worst(result: StageResult) -> str:
     if not result.rows:
         return "no values"
     worst = max(result.rows, key=lambda r: r.rel / r.tol.rtol if r.tol.rtol > 0 else (0 if r.rel == 0 else 1e300))
-    return f"worst {worst.name} rel {worst.rel:.1e} (<= {worst.tol.rtol:.0e})"
+    return f"worst {worst.name} rel {worst.rel:.1e} (<= {worst.tol.rtol:.2g})"
 
 
 def summary_line(result: StageResult) -> str:
@@ -161,9 +185,11 @@ def run_stages(stages: Sequence[str], models: Sequence[str], args: argparse.Name
     try:
         for model in models:
             config = configs[model]
-            bar.set_postfix_str(f"{model}: building models")
-            fixture = get_fixture(config)
+            fixture = None
             for stage in stages:
+                if fixture is None and stage != "train":  # the train stage builds its own models
+                    bar.set_postfix_str(f"{model}: building models")
+                    fixture = get_fixture(config)
                 bar.set_postfix_str(f"{model}: {stage}")
                 runner = (runners or {}).get(stage) or stage_runner(stage)
                 result = runner(config, fixture, progress=progress)

@@ -10,8 +10,12 @@ from weights import check_model_name
 from .compare import DEFAULT_LR_SCALE, DEFAULT_TOLERANCES, Tolerance, tolerances
 from .inputs import SIZE_MULTIPLE, AlignInputError, load_input
 
-# The stages in their default order; ``align.<name>`` is each one's module (``run`` and ``main``).
-STAGES = ("forward", "loss", "backward", "metric")
+# The stages in their order; ``align.<name>`` is each one's module (``run`` and ``main``).
+STAGES = ("forward", "loss", "backward", "metric", "train")
+# What `python -m align` runs without --stages: the train stage takes minutes, the others seconds.
+DEFAULT_STAGES = ("forward", "loss", "backward", "metric")
+# train stage: iterations of the default (synthetic, CPU) comparison.
+DEFAULT_TRAIN_ITERATIONS = 60
 DTYPES = tuple(DEFAULT_TOLERANCES)  # ("float64", "float32")
 AGAINST = ("paddle_impl", "x2paddle")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -54,6 +58,14 @@ class AlignConfig:
     loss_steps: Tuple[int, ...] = FARSEG_LOSS_STEPS
     localise: bool = True  # on a failure, find the first divergent layer / parameter
     full_logs: bool = False  # backward: log every final parameter (hundreds of MB in float64)
+    # train stage: both trainers for `iterations` iterations (window --size, batch --batch on
+    # synthetic data; with `data`, the recipe's window and batch on that isaid.prepare output).
+    train_iterations: int = DEFAULT_TRAIN_ITERATIONS
+    train_config: Optional[str] = None  # recipe YAML; None: configs/<model>_isaid.yaml
+    data: Optional[str] = None  # isaid.prepare output; None: synthetic scenes
+    device: str = "cpu"  # cpu, cuda / gpu, auto
+    val_scenes: Optional[int] = None  # evaluate on the first N val scenes (None: all)
+    sets: Tuple[str, ...] = ()  # further recipe overrides KEY=VALUE
 
     def __post_init__(self) -> None:
         self.validate()
@@ -81,6 +93,14 @@ class AlignConfig:
             value = getattr(self, name)
             if value is not None and not value >= 0:
                 raise AlignInputError(f"--{name} must be a non-negative number, got {value}")
+        if self.train_iterations < 1:
+            raise AlignInputError(f"--iterations must be at least 1, got {self.train_iterations}")
+        if self.val_scenes is not None and self.val_scenes < 1:
+            raise AlignInputError(f"--val-scenes must be at least 1, got {self.val_scenes}")
+        if self.train_config is not None and not Path(self.train_config).is_file():
+            raise AlignInputError(f"{self.train_config}: no such file (--config)")
+        if self.data is not None and not Path(self.data).is_dir():
+            raise AlignInputError(f"{self.data}: no such folder (--data: an isaid.prepare output)")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise AlignInputError(f"--clip must be positive, got {self.clip_norm}")
         if self.lr_scale is not None and not self.lr_scale > 0:

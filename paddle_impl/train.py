@@ -14,7 +14,7 @@ the batches of an uninterrupted one, and ``torch_ref.train`` sees the same batch
 
 Written to ``train.out_dir``: ``checkpoints/ckpt_<iteration>.pdckpt`` (model, optimizer,
 scheduler, AMP scaler, RNG states as numpy in a pickle; written atomically), ``metrics.jsonl``
-(iteration, loss, lr, images_per_s), ``config.yaml``, VisualDL logs, and at the end
+(iteration, loss, lr, grad_norm, images_per_s), ``config.yaml``, VisualDL logs, and at the end
 ``model_final.pdparams``: a bare state dict (``python -m convert`` ports it to torch).
 Mirror: ``torch_ref/train.py`` reads the same, line for line.
 """
@@ -43,7 +43,7 @@ import paddle.distributed as dist
 import paddle.nn as nn
 from paddle import DataParallel
 
-from convert import CheckpointError, atomic_write, imagenet_encoder_state, save_paddle
+from convert import CheckpointError, atomic_write, imagenet_encoder_state, save_paddle, validate
 from convert.safe_load import read_object
 from isaid.augment import DataError, SamplePlan, load_patch_index
 from app.config import Config, ConfigError, dump_config, load_config, resolve_out_dir
@@ -164,6 +164,14 @@ def load_imagenet(net: nn.Layer, path: str, model_name: str) -> int:
     return len(state)
 
 
+def load_initial_state(net: nn.Layer, state: Mapping[str, Any], model_name: str) -> None:
+    """Start from ``state``: every weight and buffer of the model (numpy arrays, this
+    framework's key names), checked against the layout first (``align.train`` starts both
+    trainers from one torch initialisation converted by ``convert``)."""
+    validate(OrderedDict((k, np.asarray(v)) for k, v in state.items()), model_name, FRAMEWORK)
+    net.set_state_dict(OrderedDict((k, paddle.to_tensor(np.array(v))) for k, v in state.items()))
+
+
 # ------------------------------------------------------------------------------ model, step
 
 
@@ -195,7 +203,8 @@ def build_scaler(recipe: Mapping[str, Any], device: str) -> paddle.amp.GradScale
                                  decr_every_n_nan_or_inf=1)
 
 
-def build_training(config: Config, runtime: Runtime, imagenet: Optional[str]):
+def build_training(config: Config, runtime: Runtime, imagenet: Optional[str],
+                   initial_state: Optional[Mapping[str, Any]] = None):
     """(net, train_model, optimizer, scheduler, scaler) for ``config`` on ``runtime``.
 
     ``net`` is the bare model (its state dict is what is saved); ``train_model`` is what the
@@ -205,7 +214,9 @@ def build_training(config: Config, runtime: Runtime, imagenet: Optional[str]):
     train = config["train"]
     name = config["model"]["name"]
     net = build_model(name, num_classes=config["model"]["num_classes"])
-    if imagenet is not None:
+    if initial_state is not None:
+        load_initial_state(net, initial_state, name)
+    elif imagenet is not None:
         load_imagenet(net, imagenet, name)
     if runtime.world_size > 1 and runtime.on_gpu and train["sync_bn"]:
         # GPU only: both frameworks' SyncBatchNorm kernels exist only for GPUs
@@ -390,9 +401,11 @@ def mean_over_processes(value: paddle.Tensor, runtime: Runtime) -> float:
 
 
 def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[str] = None,
-          progress: bool = True) -> str:
+          progress: bool = True, initial_state: Optional[Mapping[str, Any]] = None) -> str:
     """Run the training of ``config``, from scratch (encoder from ``imagenet`` unless None)
-    or from the checkpoint ``resume_path``; returns the output folder."""
+    or from the checkpoint ``resume_path``; returns the output folder. ``initial_state`` (all
+    weights and buffers, numpy, this framework's names) replaces the initialisation of a
+    fresh start (``align.train`` uses it)."""
     from tqdm import tqdm
 
     train_cfg, name = config["train"], config["model"]["name"]
@@ -402,7 +415,8 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
     out_dir = resolve_out_dir(config, FRAMEWORK)
     seed_everything(train_cfg["seed"])
     net, train_model, optimizer, scheduler, scaler = build_training(
-        config, runtime, None if resume_path else imagenet)
+        config, runtime, None if resume_path else imagenet,
+        None if resume_path else initial_state)
     step = TrainStep(train_model, net, optimizer, scheduler, scaler, train_cfg, runtime.device)
 
     start = 0
@@ -414,7 +428,8 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
         atomic_write(os.path.join(out_dir, "config.yaml"),
                      lambda handle: handle.write(dump_config(config).encode("utf-8")))
         origin = (f"resumed from {resume_path} at iteration {start}" if resume_path else
-                  f"from scratch, encoder {imagenet or 'random (init.imagenet=none)'}")
+                  ("from a given initial state" if initial_state is not None else
+                   f"from scratch, encoder {imagenet or 'random (init.imagenet=none)'}"))
         print(f"{FRAMEWORK}: {name}, {len(patches)} patches, global batch"
               f" {train_cfg['batch_size']} on {runtime.world_size} process(es) ({runtime.device}),"
               f" {iterations} iterations, {origin}; output {out_dir}", flush=True)
@@ -427,22 +442,28 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
     bar = tqdm(total=iterations, initial=start, desc=f"{name} {FRAMEWORK}", unit="it",
                disable=not (progress and runtime.is_main), dynamic_ncols=True)
     window_loss = paddle.zeros([], dtype="float32")
+    window_grad_norm = paddle.zeros_like(window_loss)
     window_start, window_time, started = start, time.perf_counter(), time.perf_counter()
     for iteration, batch in enumerate(loader, start):
         images, labels = to_device(batch, runtime.device)
         result = step(images, labels)
         lr = result.lr
         window_loss = window_loss + result.loss
+        window_grad_norm = window_grad_norm + result.grad_norm
         done = iteration + 1
         bar.update(1)
         if done % train_cfg["log_every"] == 0 or done == iterations:
             loss = mean_over_processes(window_loss, runtime) / (done - window_start)
+            # Gradients are already averaged over the processes: every rank has this norm.
+            grad_norm = float(window_grad_norm.item()) / (done - window_start)
             now = time.perf_counter()
             speed = (done - window_start) * train_cfg["batch_size"] / (now - window_time)
-            metrics.log(done, {"loss": loss, "lr": lr, "images_per_s": speed,
+            metrics.log(done, {"loss": loss, "lr": lr, "grad_norm": grad_norm,
+                               "images_per_s": speed,
                                "seconds": now - started})
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
             window_loss = paddle.zeros_like(window_loss)
+            window_grad_norm = paddle.zeros_like(window_grad_norm)
             window_start, window_time = done, now
         if runtime.is_main and (done % train_cfg["checkpoint_every"] == 0 or done == iterations):
             save_checkpoint(out_dir, done, config, runtime, net, optimizer, scheduler, scaler,

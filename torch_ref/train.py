@@ -14,7 +14,7 @@ the batches of an uninterrupted one, and ``paddle_impl.train`` sees the same bat
 
 Written to ``train.out_dir``: ``checkpoints/ckpt_<iteration>.pt`` (model, optimizer,
 scheduler, AMP scaler, RNG states; written atomically), ``metrics.jsonl`` (iteration, loss,
-lr, images_per_s), ``config.yaml``, TensorBoard events, and at the end ``model_final.pth``:
+lr, grad_norm, images_per_s), ``config.yaml``, TensorBoard events, and at the end ``model_final.pth``:
 a bare state dict in the official key layout (``python -m convert`` ports it to Paddle).
 Mirror: ``paddle_impl/train.py`` reads the same, line for line.
 """
@@ -154,6 +154,14 @@ def load_imagenet(net: nn.Module, path: str, model_name: str) -> int:
     return len(state)
 
 
+def load_initial_state(net: nn.Module, state: Mapping[str, Any], model_name: str) -> None:
+    """Start from ``state``: every weight and buffer of the model (numpy arrays, this
+    framework's key names), checked against the layout first (``align.train`` starts both
+    trainers from one torch initialisation converted by ``convert``)."""
+    validate(OrderedDict((k, np.asarray(v)) for k, v in state.items()), model_name, FRAMEWORK)
+    net.load_state_dict(OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in state.items()))
+
+
 # ------------------------------------------------------------------------------ model, step
 
 
@@ -179,7 +187,8 @@ def build_scaler(recipe: Mapping[str, Any], device: torch.device) -> torch.amp.G
                                 growth_factor=2.0, backoff_factor=0.5, growth_interval=2000)
 
 
-def build_training(config: Config, runtime: Runtime, imagenet: Optional[str]):
+def build_training(config: Config, runtime: Runtime, imagenet: Optional[str],
+                   initial_state: Optional[Mapping[str, Any]] = None):
     """(net, train_model, optimizer, scheduler, scaler) for ``config`` on ``runtime``.
 
     ``net`` is the bare model (its state dict is what is saved); ``train_model`` is what the
@@ -188,7 +197,9 @@ def build_training(config: Config, runtime: Runtime, imagenet: Optional[str]):
     train = config["train"]
     name = config["model"]["name"]
     net = build_model(name, num_classes=config["model"]["num_classes"])
-    if imagenet is not None:
+    if initial_state is not None:
+        load_initial_state(net, initial_state, name)
+    elif imagenet is not None:
         load_imagenet(net, imagenet, name)
     if runtime.world_size > 1 and runtime.on_gpu and train["sync_bn"]:
         # GPU only: both frameworks' SyncBatchNorm kernels exist only for GPUs
@@ -378,9 +389,11 @@ def mean_over_processes(value: torch.Tensor, runtime: Runtime) -> float:
 
 
 def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[str] = None,
-          progress: bool = True) -> str:
+          progress: bool = True, initial_state: Optional[Mapping[str, Any]] = None) -> str:
     """Run the training of ``config``, from scratch (encoder from ``imagenet`` unless None)
-    or from the checkpoint ``resume_path``; returns the output folder."""
+    or from the checkpoint ``resume_path``; returns the output folder. ``initial_state`` (all
+    weights and buffers, numpy, this framework's names) replaces the initialisation of a
+    fresh start (``align.train`` uses it)."""
     from tqdm import tqdm
 
     train_cfg, name = config["train"], config["model"]["name"]
@@ -390,7 +403,8 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
     out_dir = resolve_out_dir(config, FRAMEWORK)
     seed_everything(train_cfg["seed"])
     net, train_model, optimizer, scheduler, scaler = build_training(
-        config, runtime, None if resume_path else imagenet)
+        config, runtime, None if resume_path else imagenet,
+        None if resume_path else initial_state)
     step = TrainStep(train_model, net, optimizer, scheduler, scaler, train_cfg, runtime.device)
 
     start = 0
@@ -402,7 +416,8 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
         atomic_write(os.path.join(out_dir, "config.yaml"),
                      lambda handle: handle.write(dump_config(config).encode("utf-8")))
         origin = (f"resumed from {resume_path} at iteration {start}" if resume_path else
-                  f"from scratch, encoder {imagenet or 'random (init.imagenet=none)'}")
+                  ("from a given initial state" if initial_state is not None else
+                   f"from scratch, encoder {imagenet or 'random (init.imagenet=none)'}"))
         print(f"{FRAMEWORK}: {name}, {len(patches)} patches, global batch"
               f" {train_cfg['batch_size']} on {runtime.world_size} process(es) ({runtime.device}),"
               f" {iterations} iterations, {origin}; output {out_dir}", flush=True)
@@ -416,22 +431,28 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
     bar = tqdm(total=iterations, initial=start, desc=f"{name} {FRAMEWORK}", unit="it",
                disable=not (progress and runtime.is_main), dynamic_ncols=True)
     window_loss = torch.zeros([], dtype=torch.float32, device=runtime.device)
+    window_grad_norm = torch.zeros_like(window_loss)
     window_start, window_time, started = start, time.perf_counter(), time.perf_counter()
     for iteration, batch in enumerate(loader, start):
         images, labels = to_device(batch, runtime.device, train_cfg["channels_last"])
         result = step(images, labels)
         lr = result.lr
         window_loss = window_loss + result.loss
+        window_grad_norm = window_grad_norm + result.grad_norm
         done = iteration + 1
         bar.update(1)
         if done % train_cfg["log_every"] == 0 or done == iterations:
             loss = mean_over_processes(window_loss, runtime) / (done - window_start)
+            # Gradients are already averaged over the processes: every rank has this norm.
+            grad_norm = float(window_grad_norm.item()) / (done - window_start)
             now = time.perf_counter()
             speed = (done - window_start) * train_cfg["batch_size"] / (now - window_time)
-            metrics.log(done, {"loss": loss, "lr": lr, "images_per_s": speed,
+            metrics.log(done, {"loss": loss, "lr": lr, "grad_norm": grad_norm,
+                               "images_per_s": speed,
                                "seconds": now - started})
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
             window_loss = torch.zeros_like(window_loss)
+            window_grad_norm = torch.zeros_like(window_grad_norm)
             window_start, window_time = done, now
         if runtime.is_main and (done % train_cfg["checkpoint_every"] == 0 or done == iterations):
             save_checkpoint(out_dir, done, config, runtime, net, optimizer, scheduler, scaler,

@@ -1,0 +1,126 @@
+"""The train stage (``python -m align.train``): both real trainers compared run against run.
+
+Tiny runs (FarSeg, 64x64 synthetic patches, batch 2, 3 iterations, one val scene) exercise the
+whole path: synth -> prepare -> both frameworks' loaders (bit-identical batches) -> both trainers
+from one converted initial state -> both evaluators -> rows, curves.json and curves.png. The
+planted bug is an lr x2 in ONE trainer's own ``build_optimizer`` (monkeypatched there, never in
+align): the stage must fail and name iteration 1's learning rate. The default-size numbers and
+the band behind the thresholds are measured by ``benchmarks/train_align_floor.py``.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from align import AlignConfig
+from align.compare import TRAIN_FLOOR, TRAIN_TOLERANCES, format_report
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(model="farseg", size=64, batch=2, train_iterations=3, val_scenes=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread, as in CI (the band was measured with the reference on one thread)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_stage(out: Path):
+    from align.train import run
+
+    return run(AlignConfig(out=str(out), **TINY).validate())
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("align_train")
+    return out, run_stage(out)
+
+
+def test_train_stage_passes_on_the_real_trainers_and_writes_its_files(clean):
+    out, result = clean
+    assert result.passed, format_report(result)
+    assert result.first_divergence is None
+    names = {r.name for r in result.rows}
+    assert {"batches/identical", "lr/iter/1", "loss/iter/3", "grad_norm/iter/3", "loss/run_mean", "params/final",
+            "buffer_step/final", "miou/final"} <= names
+    assert result.row("batches/identical").rel == 0.0
+    assert result.row("lr/iter/2").rel <= TRAIN_TOLERANCES["train_lr"].rtol
+    folder = out / "farseg" / "train"
+    curves = json.loads((folder / "curves.json").read_text())
+    assert curves["passed"] and curves["iterations"] == [1, 2, 3]
+    for side in ("torch", "paddle"):
+        assert len(curves[side]["loss"]) == len(curves[side]["lr"]) == len(curves[side]["grad_norm"]) == 3
+        assert 0.0 <= curves["miou"][side] <= 1.0
+    # The curves are the trainers' own metrics.jsonl rows, one per iteration.
+    rows = [json.loads(line) for line in (folder / "runs" / "paddle" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2, 3]
+    assert [r["loss"] for r in rows] == curves["paddle"]["loss"]
+    assert (folder / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((folder / "diff.json").read_text())["passed"]
+
+
+def test_lr_doubled_in_one_trainer_is_caught_at_iteration_1(monkeypatch, tmp_path):
+    """Planted in paddle_impl.train's own build_optimizer (the trainer's recipe path).
+
+    This run takes the full-scale code path (``--config`` + ``--data`` of an isaid.prepare
+    output, recipe window and batch set with ``--set``), at tiny sizes on the CPU.
+    """
+    import paddle_impl.train as paddle_train
+    from align.train import make_synthetic_data, run
+
+    data = make_synthetic_data(str(tmp_path / "data"), 64, seed=5)
+    real = paddle_train.build_optimizer
+
+    def doubled(model, recipe):
+        return real(model, {**recipe, "lr": 2 * recipe["lr"]})
+
+    monkeypatch.setattr(paddle_train, "build_optimizer", doubled)
+    config = AlignConfig(out=str(tmp_path), train_config=str(ROOT / "configs" / "farseg_isaid.yaml"), data=data,
+                         sets=("data.window=64", "train.batch_size=2", "init.imagenet=none", "train.num_workers=0"),
+                         **TINY)
+    result = run(config.validate())
+    assert result.settings["data"] == data and result.settings["window"] == 64
+    assert not result.passed
+    divergence = result.first_divergence
+    assert divergence.value == "lr/iter/1" and divergence.where == "iteration 1", divergence
+    assert "ratio 2" in divergence.summary and "learning-rate" in divergence.summary
+    assert all(not result.row(f"lr/iter/{i}").passed for i in (1, 2, 3))
+    # The loss of iteration 1 comes before any update: still equal.
+    assert result.row("loss/iter/1").passed
+    assert not json.loads((tmp_path / "farseg" / "train" / "curves.json").read_text())["passed"]
+
+
+def test_thresholds_sit_above_the_measured_floor():
+    """compare.py's train thresholds match the committed measurement, with a margin."""
+    document = json.loads((ROOT / "benchmarks" / "results" / "train_align_floor.json").read_text())
+    for kind, values in document["summary"].items():
+        floor = values["floor_torch_vs_torch"]
+        assert TRAIN_FLOOR[kind] == pytest.approx(floor, rel=1e-3, abs=1e-15), kind
+        assert TRAIN_TOLERANCES[kind].rtol >= 2 * floor, kind
+        if values["torch_vs_paddle"] is not None:  # the port, at the default set-up, passes
+            assert values["torch_vs_paddle"] <= TRAIN_TOLERANCES[kind].rtol, kind
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--iterations", "0"], "--iterations must be at least 1"),
+    (["--data", "no/such/dir"], "no/such/dir: no such folder"),
+    (["--config", "no/such.yaml"], "no/such.yaml: no such file"),
+    (["--set", "train.lrr=1"], "unknown key 'train.lrr'"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "align.train", "--model", "farseg", "--out", str(tmp_path / "o"),
+                           *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stderr.strip().splitlines() if "Warning" not in line and line.strip()]
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert len([line for line in lines if "error:" in line]) == 1
+    assert not (tmp_path / "o" / "farseg" / "train" / "diff.json").exists()
