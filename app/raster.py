@@ -43,6 +43,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from isaid.atomic import describe_os_error
 from isaid.imageio import (ImageReadError, atomic_output, publish, read_rgb_with_mode, temporary_path_beside,
                            write_png_atomic)
 from isaid.palette import CLASS_NAMES, NUM_CLASSES, PALETTE, colorize, index_png_palette
@@ -239,18 +240,26 @@ def open_raster(path: str) -> RasterReader:
 
 
 class ClassMapWriter:
-    """Writes a uint8 class map [height, width] band by band, atomically.
+    """Writes a uint8 class map [height, width] band by band, atomically, and verifies it.
 
     Call :meth:`write_rows` with consecutive row ranges starting at 0 (the engine's order),
-    then :meth:`commit`, which checks that every row was written and renames the temporary
-    file to ``path``. :meth:`abort` (or leaving a ``with`` block by an exception) removes the
-    temporary file and leaves ``path`` untouched.
+    then :meth:`commit`, which checks that every row was written, flushes the temporary file
+    to disk, reads it back (a CRC of every row must match what was written: a write error
+    that the library only logged, e.g. GDAL's on a full disk, is caught here) and renames it
+    to ``path``. :meth:`abort` (or leaving a ``with`` block by an exception) removes the
+    temporary file and leaves ``path`` untouched. Write failures raise :class:`RasterError`.
     """
+
+    kind = "raster"
 
     def __init__(self, path: str, height: int, width: int) -> None:
         self.path, self.height, self.width = os.fspath(path), height, width
-        self.temporary = temporary_path_beside(self.path)
+        try:
+            self.temporary = temporary_path_beside(self.path)
+        except OSError as error:
+            raise RasterError(f"{self.path}: cannot write here ({describe_os_error(error)})") from None
         self.rows_written = 0
+        self._crc = 0
         self._done = False
 
     def write_rows(self, row_start: int, rows: np.ndarray) -> None:
@@ -262,22 +271,48 @@ class ClassMapWriter:
             raise ValueError(f"expected uint8 rows [n, {self.width}], got {rows.dtype} {list(rows.shape)}")
         if row_start + rows.shape[0] > self.height:
             raise ValueError(f"rows {row_start}..{row_start + rows.shape[0]} exceed the height {self.height}")
-        self._write(row_start, np.ascontiguousarray(rows))
+        rows = np.ascontiguousarray(rows)
+        try:
+            self._write(row_start, rows)
+        except RasterError:
+            raise
+        except Exception as error:  # noqa: BLE001 - OSError, GDAL's errors: one line, no traceback
+            raise RasterError(f"{self.path}: write failed at rows {row_start}..{row_start + rows.shape[0]}"
+                              f" ({self._reason(error)}); the earlier file, if any, is untouched") from None
+        self._crc = zlib.crc32(rows, self._crc)
         self.rows_written += rows.shape[0]
 
     def commit(self) -> None:
-        """Finish the file and move it to ``path`` (only if all rows were written)."""
+        """Finish the file, verify it and move it to ``path`` (only if all rows were written)."""
         if self.rows_written != self.height:
             self.abort()
             raise RuntimeError(f"{self.path}: only {self.rows_written} of {self.height} rows were"
                                " written; no output file was created")
         try:
             self._finish()
-            publish(self.temporary, self.path)
-        except BaseException:
+            publish(self.temporary, self.path, verify=self._verify)
+        except BaseException as error:
             self.abort()
+            if isinstance(error, Exception) and not isinstance(error, RasterError):
+                raise RasterError(f"{self.path}: write failed ({self._reason(error)}); the earlier file,"
+                                  " if any, is untouched") from None
             raise
         self._done = True
+
+    def _verify(self, temporary: str) -> None:
+        """Read the written file back and compare the CRC of its rows with what was written."""
+        height, width, crc = self._read_back(temporary)
+        if (height, width) != (self.height, self.width):
+            raise RasterError(f"{self.path}: the {self.kind} written reads back as {width}x{height}, not"
+                              f" {self.width}x{self.height}; the earlier file, if any, is untouched")
+        if crc != self._crc:
+            raise RasterError(f"{self.path}: the {self.kind} written does not read back as written (CRC"
+                              " mismatch: a write error, e.g. a full disk); the earlier file, if any, is"
+                              " untouched")
+
+    @staticmethod
+    def _reason(error: BaseException) -> str:
+        return describe_os_error(error) if isinstance(error, OSError) else _one_line(error)
 
     def abort(self) -> None:
         """Drop the temporary file (idempotent)."""
@@ -303,6 +338,10 @@ class ClassMapWriter:
     def _finish(self) -> None:
         raise NotImplementedError
 
+    def _read_back(self, temporary: str) -> Tuple[int, int, int]:
+        """(height, width, CRC-32 of all rows in order) of the file written."""
+        raise NotImplementedError
+
     def _close_quietly(self) -> None:
         pass
 
@@ -310,7 +349,10 @@ class ClassMapWriter:
 class GeoTiffClassMapWriter(ClassMapWriter):
     """1-band uint8 GeoTIFF (deflate, 256 x 256 tiles) with the given CRS and transform."""
 
-    def __init__(self, path: str, height: int, width: int, crs=None, transform=None) -> None:
+    kind = "GeoTIFF"
+
+    def __init__(self, path: str, height: int, width: int, crs=None, transform=None,
+                 nodata: Optional[int] = None) -> None:
         rasterio = _import_rasterio(path, "writing a GeoTIFF")
         super().__init__(path, height, width)
         self._rasterio = rasterio
@@ -321,6 +363,8 @@ class GeoTiffClassMapWriter(ClassMapWriter):
             profile["crs"] = crs
         if transform is not None:
             profile["transform"] = transform
+        if nodata is not None:
+            profile["nodata"] = nodata
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # NotGeoreferencedWarning for a PNG input
@@ -332,6 +376,8 @@ class GeoTiffClassMapWriter(ClassMapWriter):
             self._dataset.update_tags(1, **{f"CLASS_{i}": name for i, name in enumerate(CLASS_NAMES)})
             self._dataset.set_band_description(1, "class index (iSAID)")
         except rasterio.errors.RasterioError as error:
+            with contextlib.suppress(Exception):
+                self._dataset.close()
             with contextlib.suppress(OSError):
                 os.remove(self.temporary)
             raise RasterError(f"{path}: cannot create GeoTIFF ({_one_line(error)})") from None
@@ -343,12 +389,74 @@ class GeoTiffClassMapWriter(ClassMapWriter):
     def _finish(self) -> None:
         self._dataset.close()
 
+    def _read_back(self, temporary: str) -> Tuple[int, int, int]:
+        rasterio = self._rasterio
+        crc = 0
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with rasterio.open(temporary) as dataset:
+                    if dataset.count != 1 or dataset.dtypes[0] != "uint8":
+                        raise RasterError(f"{self.path}: the GeoTIFF written has {dataset.count} band(s) of"
+                                          f" {dataset.dtypes[0]}, not 1 of uint8")
+                    for top in range(0, dataset.height, GEOTIFF_BLOCK * 4):
+                        rows = min(GEOTIFF_BLOCK * 4, dataset.height - top)
+                        block = dataset.read(1, window=rasterio.windows.Window(0, top, dataset.width, rows))
+                        crc = zlib.crc32(np.ascontiguousarray(block), crc)
+                    return dataset.height, dataset.width, crc
+        except rasterio.errors.RasterioError as error:
+            raise RasterError(f"{self.path}: the GeoTIFF written does not read back ({_one_line(error)});"
+                              " the earlier file, if any, is untouched") from None
+
     def _close_quietly(self) -> None:
         self._dataset.close()
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def read_back_palette_png(path: str) -> Tuple[int, int, int]:
+    """(height, width, CRC-32 of the pixel rows) of a PNG written by :class:`PngClassMapWriter`,
+    streamed (one row at a time in memory): every chunk's CRC is checked, the IDAT stream is
+    inflated and each row's filter byte must be 0 (the only filter that writer uses)."""
+    with open(path, "rb") as handle:
+        if handle.read(8) != b"\x89PNG\r\n\x1a\n":
+            raise RasterError(f"{path}: not a PNG signature")
+        height = width = None
+        inflate = zlib.decompressobj()
+        pending = b""
+        crc, rows = 0, 0
+        while True:
+            head = handle.read(8)
+            if len(head) != 8:
+                raise RasterError(f"{path}: truncated PNG (no IEND chunk)")
+            length, kind = struct.unpack(">I4s", head)
+            data = handle.read(length)
+            stored = handle.read(4)
+            if len(data) != length or len(stored) != 4 or struct.unpack(">I", stored)[0] != zlib.crc32(kind + data):
+                raise RasterError(f"{path}: PNG chunk {kind!r} is truncated or fails its CRC")
+            if kind == b"IHDR":
+                width, height = struct.unpack(">II", data[:8])
+            elif kind == b"IDAT":
+                if width is None:
+                    raise RasterError(f"{path}: PNG data before its header")
+                pending += inflate.decompress(data)
+                stride = width + 1
+                full = len(pending) // stride * stride
+                block = np.frombuffer(pending[:full], dtype=np.uint8).reshape(-1, stride)
+                if block.size and block[:, 0].any():
+                    raise RasterError(f"{path}: unexpected PNG row filter")
+                crc = zlib.crc32(np.ascontiguousarray(block[:, 1:]), crc)
+                rows += block.shape[0]
+                pending = pending[full:]
+            elif kind == b"IEND":
+                break
+        if pending or not inflate.eof:
+            raise RasterError(f"{path}: PNG pixel data is incomplete")
+        if width is None:
+            raise RasterError(f"{path}: PNG without a header")
+        return rows, width, crc
 
 
 class PngClassMapWriter(ClassMapWriter):
@@ -359,16 +467,27 @@ class PngClassMapWriter(ClassMapWriter):
     pending output whatever the image height. Any PNG reader reads it (the tests use PIL).
     """
 
+    kind = "PNG"
+
     def __init__(self, path: str, height: int, width: int, compress_level: int = 6) -> None:
         super().__init__(path, height, width)
-        self._file = open(self.temporary, "wb")
+        try:
+            self._file = open(self.temporary, "wb")
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.remove(self.temporary)
+            raise RasterError(f"{path}: cannot write here ({describe_os_error(error)})") from None
         self._compressor = zlib.compressobj(compress_level)
         self._pending: List[bytes] = []
         self._pending_bytes = 0
         # width, height, bit depth 8, colour type 3 (palette), deflate, filter method 0, no interlace
         header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
         palette = bytes(index_png_palette())
-        self._file.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"PLTE", palette))
+        try:
+            self._file.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"PLTE", palette))
+        except OSError as error:
+            self.abort()
+            raise RasterError(f"{path}: write failed ({describe_os_error(error)})") from None
 
     def _emit(self, data: bytes, force: bool = False) -> None:
         if data:
@@ -386,9 +505,10 @@ class PngClassMapWriter(ClassMapWriter):
     def _finish(self) -> None:
         self._emit(self._compressor.flush(), force=True)
         self._file.write(_png_chunk(b"IEND", b""))
-        self._file.flush()
-        os.fsync(self._file.fileno())
         self._file.close()
+
+    def _read_back(self, temporary: str) -> Tuple[int, int, int]:
+        return read_back_palette_png(temporary)
 
     def _close_quietly(self) -> None:
         self._file.close()

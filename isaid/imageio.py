@@ -9,12 +9,19 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 from typing import BinaryIO, Dict, Iterator, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
+from .atomic import (  # noqa: F401  (re-exported: the project's one atomic writer)
+    OutputError,
+    atomic_output,
+    current_umask,
+    publish,
+    temporary_path_beside,
+    write_bytes_atomic,
+)
 from .palette import (
     IGNORE_INDEX,
     NUM_CLASSES,
@@ -37,16 +44,6 @@ MAX_IMAGE_PIXELS = 20000 * 20000
 _PHOTO_MODES = {"RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "1"}
 _INDEX_MODES = {"L", "P"}
 _COLOUR_MASK_MODES = {"RGB", "RGBA", "RGBX"}
-
-
-def current_umask() -> int:
-    """The process umask (read by setting and restoring it: there is no getter)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = current_umask()
 
 
 class ImageReadError(Exception):
@@ -221,50 +218,6 @@ def read_colour_mask_rgb(source: Source, name: Optional[str] = None) -> np.ndarr
     return np.asarray(image, dtype=np.uint8)
 
 
-def temporary_path_beside(path: Union[str, "os.PathLike[str]"]) -> str:
-    """A new empty file ``.<name>.XXXX.tmp`` in the folder of ``path`` (created if needed):
-    the same file system, so that :func:`publish` can rename it into place atomically."""
-    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix="." + os.path.basename(os.fspath(path)) + ".", suffix=".tmp", dir=folder
-    )
-    os.close(handle)
-    return temporary
-
-
-def publish(temporary: str, path: Union[str, "os.PathLike[str]"]) -> None:
-    """Move a finished temporary file to ``path`` (atomic on one file system)."""
-    # mkstemp creates the file private (0600); give it the permissions a plain open()
-    # would have, since outputs are datasets that others read.
-    os.chmod(temporary, 0o666 & ~_UMASK)
-    os.replace(temporary, path)
-
-
-@contextlib.contextmanager
-def atomic_output(path: Union[str, "os.PathLike[str]"]) -> Iterator[str]:
-    """Yield a temporary path in the folder of ``path``; rename it to ``path`` on success.
-
-    The rename is atomic on one file system, so a killed process leaves either the old
-    file, the complete new one, or a stray ``.tmp`` file -- never a half-written ``path``.
-    """
-    temporary = temporary_path_beside(path)
-    try:
-        yield temporary
-        publish(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise
-
-
-def write_bytes_atomic(path: Union[str, "os.PathLike[str]"], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    with atomic_output(path) as temporary:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-
-
 def write_png_atomic(
     path: Union[str, "os.PathLike[str]"],
     array: np.ndarray,
@@ -290,8 +243,23 @@ def write_png_atomic(
             image.putpalette(index_png_palette())  # turns the "L" image into "P", same values
     else:
         raise ValueError(f"expected [H,W] or [H,W,3], got shape {array.shape}")
-    with atomic_output(path) as temporary:
+    with atomic_output(path, verify=lambda temporary: verify_png(temporary, array.shape)) as temporary:
         image.save(temporary, format="PNG", compress_level=compress_level)
+
+
+def verify_png(path: str, shape: Tuple[int, ...]) -> None:
+    """Decode the PNG ``path`` fully and check its size and band count against ``shape``
+    (raises :class:`OutputError`): what :func:`write_png_atomic` checks before the rename."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            size, bands = (image.height, image.width), len(image.getbands())
+    except Exception as error:  # noqa: BLE001 - any decoding failure means a bad file
+        raise OutputError(f"the PNG written does not read back ({_one_line(error)})") from None
+    want_bands = shape[2] if len(shape) == 3 else 1
+    if size != tuple(shape[:2]) or bands != want_bands:
+        raise OutputError(f"the PNG written reads back as {size[1]}x{size[0]}x{bands}, not"
+                          f" {shape[1]}x{shape[0]}x{want_bands}")
 
 
 def png_bytes(array: np.ndarray, *, index_palette: bool = False, compress_level: int = 6) -> bytes:

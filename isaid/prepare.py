@@ -48,6 +48,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .atomic import remove_stale_temporaries
 from .imageio import (
     ImageReadError,
     atomic_output,
@@ -257,17 +258,14 @@ def _remove_previous_outputs(out_split: str, name: str) -> None:
 
 
 def remove_stray_temporaries(out_split: str) -> int:
-    """Delete the hidden ``.*.tmp`` files a killed run can leave behind; returns how many."""
+    """Delete the hidden temporary files that killed runs left behind; returns how many.
+
+    Only files whose writing process is gone are removed (:mod:`isaid.atomic` puts the process
+    id in each name), so two prepares writing into one OUT never delete each other's files.
+    """
     removed = 0
     for folder in ("images", "labels", "done", "patches/images", "patches/labels", "."):
-        path = os.path.join(out_split, folder)
-        if not os.path.isdir(path):
-            continue
-        with os.scandir(path) as entries:
-            for entry in entries:
-                if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file():
-                    os.remove(entry.path)
-                    removed += 1
+        removed += len(remove_stale_temporaries(os.path.join(out_split, folder)))
     return removed
 
 
