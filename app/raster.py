@@ -34,6 +34,7 @@ import math
 import os
 import struct
 import sys
+import tempfile
 import time
 import warnings
 import zlib
@@ -43,10 +44,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from isaid.atomic import describe_os_error
-from isaid.imageio import (ImageReadError, atomic_output, publish, read_rgb_with_mode, temporary_path_beside,
-                           write_png_atomic)
-from isaid.palette import CLASS_NAMES, NUM_CLASSES, PALETTE, colorize, index_png_palette
+from isaid.atomic import check_writable, describe_os_error
+from isaid.imageio import (ImageReadError, atomic_output, publish, read_rgb_with_mode, read_size,
+                           temporary_path_beside, write_png_atomic)
+from isaid.palette import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE, colorize, index_png_palette
+from isaid.resources import MemoryBudgetError, check_memory
 
 from .cli import OneLineArgumentParser, positive_int
 
@@ -57,6 +59,16 @@ OUTPUT_EXTENSIONS = GEOTIFF_EXTENSIONS + PNG_EXTENSIONS
 GEOTIFF_BLOCK = 256  # tile side of the written GeoTIFF (GDAL's usual choice)
 _PNG_IDAT_BYTES = 1 << 20  # flush compressed PNG data in chunks of about 1 MB
 DEFAULT_PREVIEW_SIDE = 2048
+# Output value of pixels the input marks as nodata (a GeoTIFF nodata value or mask): the
+# ignore index, which is also the output GeoTIFF's nodata value and rendered white.
+NODATA_CLASS = IGNORE_INDEX
+# Bytes a pixel of a PNG/JPEG input costs while it is decoded whole (PIL's 4-byte RGBX
+# image plus the numpy RGB copy).
+WHOLE_IMAGE_BYTES_PER_PIXEL = 7
+# Bytes per pixel of one band (window rows x scene width) on the host while predicting on the
+# CPU: the float32 accumulator of 16 classes, its averaged copy, the RGB strip, the classes.
+BAND_BYTES_PER_PIXEL_CPU = 16 * 4 * 2 + 3 + 8
+BAND_BYTES_PER_PIXEL_GPU = 3 + 8  # the probabilities stay on the device
 
 
 class RasterError(Exception):
@@ -76,6 +88,7 @@ def _one_line(error: BaseException) -> str:
 def _import_rasterio(path: str, purpose: str):
     try:
         import rasterio  # noqa: F401  (imported lazily: only GeoTIFF users need it)
+        import rasterio.enums  # noqa: F401
         import rasterio.windows  # noqa: F401
     except ImportError:
         raise RasterError(f"{path}: {purpose} needs rasterio (pip install rasterio, or the"
@@ -110,6 +123,11 @@ class RasterReader:
     transform = None
     kind: str = ""
     bounded: bool = False
+    has_nodata: bool = False  # the file marks pixels as nodata (a nodata value or a mask)
+
+    def nodata_rows(self, y0: int, y1: int) -> Optional[np.ndarray]:
+        """bool [y1 - y0, width]: True where the input marks the pixel as nodata (None: none)."""
+        return None
 
     def read_window(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         """uint8 [y1 - y0, x1 - x0, 3] RGB pixels of rows y0..y1, columns x0..x1 (ends exclusive)."""
@@ -141,6 +159,15 @@ class _WholeImageReader(RasterReader):
     """PNG/JPEG/BMP through PIL: decoded whole (PIL cannot decode these formats by windows)."""
 
     def __init__(self, path: str) -> None:
+        try:
+            height, width = read_size(path)
+            check_memory(WHOLE_IMAGE_BYTES_PER_PIXEL * height * width,
+                         f"{path}: decoding this {width}x{height} image whole",
+                         "convert it to a tiled GeoTIFF, which is read by windows")
+        except ImageReadError as error:
+            raise RasterError(str(error)) from None
+        except MemoryBudgetError as error:
+            raise RasterError(str(error)) from None
         try:
             self._pixels, mode, file_format = read_rgb_with_mode(path)
         except ImageReadError as error:
@@ -197,6 +224,23 @@ class _WindowedTiffReader(RasterReader):
         self.bounded = True
         self._strip: Optional[np.ndarray] = None
         self._strip_rows = (0, 0)
+        # GDAL's per-band mask flags: all_valid alone means "no nodata value, no mask".
+        all_valid = rasterio.enums.MaskFlags.all_valid
+        self.has_nodata = dataset.nodata is not None or any(
+            list(flags) != [all_valid] for flags in dataset.mask_flag_enums)
+
+    def nodata_rows(self, y0: int, y1: int) -> Optional[np.ndarray]:
+        if not self.has_nodata:
+            return None
+        window = self._rasterio.windows.Window(0, y0, self.width, y1 - y0)
+        try:
+            masks = self._dataset.read_masks(window=window)  # [3, rows, width], 0 = nodata
+        except self._rasterio.errors.RasterioError as error:
+            raise RasterError(f"{self.path}: cannot read the nodata mask of rows {y0}..{y1}"
+                              f" ({_one_line(error)})") from None
+        # A pixel is nodata when every band says so (a per-dataset mask, or the nodata value
+        # in all three bands): one dark channel alone is still a valid pixel.
+        return (masks == 0).all(axis=0)
 
     def read_window(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         top, bottom = self._strip_rows
@@ -239,6 +283,28 @@ def open_raster(path: str) -> RasterReader:
 # --------------------------------------------------------------------------------- writing
 
 
+@contextlib.contextmanager
+def native_stderr_captured(lines: List[str]) -> Iterator[None]:
+    """Collect what native code (GDAL, libtiff) prints straight to file descriptor 2 into
+    ``lines`` instead of the terminal: a failed write then ends in one line of ours that quotes
+    GDAL's reason, not in a screenful of libtiff messages followed by it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                with contextlib.suppress(OSError):
+                    capture.seek(0)
+                    text = capture.read(1 << 16).decode("utf-8", "replace")
+                    lines.extend(line.strip() for line in text.splitlines() if line.strip())
+    finally:
+        os.close(saved)
+
+
 class ClassMapWriter:
     """Writes a uint8 class map [height, width] band by band, atomically, and verifies it.
 
@@ -261,6 +327,23 @@ class ClassMapWriter:
         self.rows_written = 0
         self._crc = 0
         self._done = False
+        self._native: List[str] = []  # what GDAL/libtiff printed while writing (quoted on failure)
+
+    def _call(self, method: Callable[..., Any], *args: Any) -> Any:
+        """Run a subclass step with native stderr captured; lines printed by a step that
+        succeeds are passed on to stderr (they are warnings the user should see)."""
+        lines: List[str] = []
+        try:
+            with native_stderr_captured(lines):
+                return method(*args)
+        finally:
+            self._native.extend(lines[:20])
+
+    def _failure(self, message: str) -> RasterError:
+        """The one-line error of a failed write, quoting the first thing GDAL printed."""
+        if self._native:
+            message += f" (GDAL said: {self._native[0]})"
+        return RasterError(message + "; the earlier file, if any, is untouched")
 
     def write_rows(self, row_start: int, rows: np.ndarray) -> None:
         """Write ``rows`` (uint8 [n, width]) as image rows ``row_start .. row_start + n``."""
@@ -273,12 +356,11 @@ class ClassMapWriter:
             raise ValueError(f"rows {row_start}..{row_start + rows.shape[0]} exceed the height {self.height}")
         rows = np.ascontiguousarray(rows)
         try:
-            self._write(row_start, rows)
-        except RasterError:
-            raise
+            self._call(self._write, row_start, rows)
         except Exception as error:  # noqa: BLE001 - OSError, GDAL's errors: one line, no traceback
-            raise RasterError(f"{self.path}: write failed at rows {row_start}..{row_start + rows.shape[0]}"
-                              f" ({self._reason(error)}); the earlier file, if any, is untouched") from None
+            self.abort()
+            raise self._failure(f"{self.path}: write failed at rows {row_start}..{row_start + rows.shape[0]}"
+                                f" ({self._reason(error)})") from None
         self._crc = zlib.crc32(rows, self._crc)
         self.rows_written += rows.shape[0]
 
@@ -289,26 +371,28 @@ class ClassMapWriter:
             raise RuntimeError(f"{self.path}: only {self.rows_written} of {self.height} rows were"
                                " written; no output file was created")
         try:
-            self._finish()
-            publish(self.temporary, self.path, verify=self._verify)
+            self._call(self._finish)
+            publish(self.temporary, self.path, verify=lambda temporary: self._call(self._verify, temporary))
         except BaseException as error:
             self.abort()
-            if isinstance(error, Exception) and not isinstance(error, RasterError):
-                raise RasterError(f"{self.path}: write failed ({self._reason(error)}); the earlier file,"
-                                  " if any, is untouched") from None
+            if isinstance(error, RasterError):
+                raise self._failure(str(error)) from None
+            if isinstance(error, Exception):
+                raise self._failure(f"{self.path}: write failed ({self._reason(error)})") from None
             raise
         self._done = True
+        for line in self._native[:5]:  # GDAL warnings of a write that verified fine
+            print(f"{self.path}: {line}", file=sys.stderr)
 
     def _verify(self, temporary: str) -> None:
         """Read the written file back and compare the CRC of its rows with what was written."""
         height, width, crc = self._read_back(temporary)
         if (height, width) != (self.height, self.width):
             raise RasterError(f"{self.path}: the {self.kind} written reads back as {width}x{height}, not"
-                              f" {self.width}x{self.height}; the earlier file, if any, is untouched")
+                              f" {self.width}x{self.height}")
         if crc != self._crc:
             raise RasterError(f"{self.path}: the {self.kind} written does not read back as written (CRC"
-                              " mismatch: a write error, e.g. a full disk); the earlier file, if any, is"
-                              " untouched")
+                              " mismatch: a write error, e.g. a full disk)")
 
     @staticmethod
     def _reason(error: BaseException) -> str:
@@ -405,8 +489,8 @@ class GeoTiffClassMapWriter(ClassMapWriter):
                         crc = zlib.crc32(np.ascontiguousarray(block), crc)
                     return dataset.height, dataset.width, crc
         except rasterio.errors.RasterioError as error:
-            raise RasterError(f"{self.path}: the GeoTIFF written does not read back ({_one_line(error)});"
-                              " the earlier file, if any, is untouched") from None
+            raise RasterError(f"{self.path}: the GeoTIFF written does not read back"
+                              f" ({_one_line(error)})") from None
 
     def _close_quietly(self) -> None:
         self._dataset.close()
@@ -487,7 +571,7 @@ class PngClassMapWriter(ClassMapWriter):
             self._file.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"PLTE", palette))
         except OSError as error:
             self.abort()
-            raise RasterError(f"{path}: write failed ({describe_os_error(error)})") from None
+            raise self._failure(f"{path}: write failed ({describe_os_error(error)})") from None
 
     def _emit(self, data: bytes, force: bool = False) -> None:
         if data:
@@ -515,7 +599,7 @@ class PngClassMapWriter(ClassMapWriter):
 
 
 def create_class_map_writer(path: str, height: int, width: int, crs=None,
-                            transform=None) -> ClassMapWriter:
+                            transform=None, nodata: Optional[int] = None) -> ClassMapWriter:
     """A :class:`ClassMapWriter` chosen by the extension of ``path``.
 
     ``.tif`` / ``.tiff``: :class:`GeoTiffClassMapWriter` (keeps ``crs`` and ``transform``);
@@ -525,7 +609,7 @@ def create_class_map_writer(path: str, height: int, width: int, crs=None,
     path = os.fspath(path)
     extension = os.path.splitext(path)[1].lower()
     if extension in GEOTIFF_EXTENSIONS:
-        return GeoTiffClassMapWriter(path, height, width, crs, transform)
+        return GeoTiffClassMapWriter(path, height, width, crs, transform, nodata)
     if extension in PNG_EXTENSIONS:
         return PngClassMapWriter(path, height, width)
     raise RasterError(f"{path}: unsupported output extension {extension or '(none)'!r}; use .tif"
@@ -561,9 +645,14 @@ class ColourPreview:
             self.index[kept // self.step] = rows[kept - row_start, ::self.step]
 
     def fractions(self) -> np.ndarray:
-        """float64 [NUM_CLASSES]: share of each class in the full-resolution map."""
-        total = max(int(self.counts.sum()), 1)
+        """float64 [NUM_CLASSES]: share of each class among the predicted (not nodata) pixels."""
+        total = max(int(self.counts[:NUM_CLASSES].sum()), 1)
         return self.counts[:NUM_CLASSES] / total
+
+    @property
+    def nodata_pixels(self) -> int:
+        """Pixels written as nodata (:data:`NODATA_CLASS`), left out of :meth:`fractions`."""
+        return int(self.counts[NODATA_CLASS])
 
     def render(self, legend: bool = True, title: Optional[str] = None) -> np.ndarray:
         """The colour rendering [h, w, 3] uint8, with a legend strip on the right."""
@@ -575,8 +664,12 @@ class ColourPreview:
         return compose_panels([(caption, colour)], fractions=self.fractions())
 
     def save(self, path: str, legend: bool = True, title: Optional[str] = None) -> None:
-        """Write :meth:`render` as an RGB PNG, atomically."""
-        write_png_atomic(path, self.render(legend, title))
+        """Write :meth:`render` as an RGB PNG, atomically (RasterError, one line, on failure)."""
+        try:
+            write_png_atomic(path, self.render(legend, title))
+        except OSError as error:
+            raise RasterError(f"{path}: cannot write the colour rendering ({describe_os_error(error)});"
+                              " the earlier file, if any, is untouched") from None
 
 
 def _font(size: int):
@@ -811,6 +904,7 @@ class PredictionResult:
     input_description: str
     georeferenced_output: bool
     class_fractions: np.ndarray
+    nodata_pixels: int = 0
 
     def summary(self) -> str:
         megapixels = self.height * self.width / 1e6
@@ -819,6 +913,9 @@ class PredictionResult:
         classes = ", ".join(f"{CLASS_NAMES[c]} {100 * self.class_fractions[c]:.1f}%"
                             for c in top if self.class_fractions[c] > 0)
         colour = f"; colour rendering {self.colour}" if self.colour else ""
+        if self.nodata_pixels:
+            classes += (f" (of the valid pixels; {self.nodata_pixels} nodata pixels of the input written as"
+                        f" {NODATA_CLASS})")
         return (f"{self.image} ({self.input_description}) -> {self.out} (uint8 classes, {geo}) in"
                 f" {self.seconds:.1f}s, {megapixels / max(self.seconds, 1e-9):.3f} Mpx/s; top classes:"
                 f" {classes}{colour}")
@@ -837,12 +934,16 @@ def predict_to_files(reader: RasterReader, out_path: str,
     error, Ctrl-C): the temporary file is removed and the exception propagates.
     """
     start = time.perf_counter()
-    writer = create_class_map_writer(out_path, reader.height, reader.width, reader.crs, reader.transform)
+    writer = create_class_map_writer(out_path, reader.height, reader.width, reader.crs, reader.transform,
+                                     NODATA_CLASS if reader.has_nodata else None)
     preview = ColourPreview(reader.height, reader.width, colour_max_side)
     with writer:
         for row_start, row_end, rows in bands(reader.height, reader.width, reader.read_window):
             if rows.shape != (row_end - row_start, reader.width):
                 raise ValueError(f"engine yielded rows {row_start}..{row_end} of shape {list(rows.shape)}")
+            nodata = reader.nodata_rows(row_start, row_end)
+            if nodata is not None and nodata.any():
+                rows = np.where(nodata, np.uint8(NODATA_CLASS), rows)
             writer.write_rows(row_start, rows)
             preview.add_rows(row_start, rows)
         writer.commit()
@@ -852,7 +953,22 @@ def predict_to_files(reader: RasterReader, out_path: str,
     georeferenced = isinstance(writer, GeoTiffClassMapWriter) and reader.crs is not None
     return PredictionResult(reader.path, out_path, colour_path, reader.height, reader.width,
                             time.perf_counter() - start, reader.describe(), georeferenced,
-                            preview.fractions())
+                            preview.fractions(), preview.nodata_pixels)
+
+
+def check_band_memory(reader: RasterReader, window: int, device: str) -> None:
+    """RasterError (one line naming the size and the limit) when one band of the scene (window
+    rows x its width) would not fit in the memory this process may use."""
+    per_pixel = BAND_BYTES_PER_PIXEL_CPU if device == "cpu" else BAND_BYTES_PER_PIXEL_GPU
+    rows = min(window, reader.height)
+    try:
+        check_memory(per_pixel * rows * reader.width,
+                     f"{reader.path}: predicting this {reader.width}x{reader.height} scene (one band of"
+                     f" {rows} rows x {reader.width} columns)",
+                     "memory grows with the width only: cut the scene into narrower tiles (e.g."
+                     " gdal_translate -srcwin) and predict each")
+    except MemoryBudgetError as error:
+        raise RasterError(str(error)) from None
 
 
 def print_error(prog: str, message: str) -> None:
@@ -885,6 +1001,12 @@ def run_predictor(argv: Optional[Sequence[str]], prog: str, framework: str, gpu_
         return 2
     try:
         resolve_device(args.device)
+        for option, path in (("--out", args.out), ("--color", args.color)):
+            if path is not None:
+                try:
+                    check_writable(path)  # a read-only folder is found before any work is done
+                except OSError as error:
+                    raise RasterError(f"{option} {path}: cannot write there ({describe_os_error(error)})") from None
         reader: RasterReader = open_raster(args.image)  # header and band checks before the model
     except (RasterError, ValueError) as error:
         print_error(prog, error)
@@ -903,6 +1025,11 @@ def run_predictor(argv: Optional[Sequence[str]], prog: str, framework: str, gpu_
                   " the CRS and transform; use a .tif output to keep them", file=sys.stderr)
         print(f"model: {how}; device {engine.device}; window {engine.window}, stride {engine.stride}",
               file=sys.stderr, flush=True)
+        try:
+            check_band_memory(reader, engine.window, str(engine.device))
+        except RasterError as error:
+            print_error(prog, error)
+            return 2
         try:
             result = predict_to_files(reader, args.out, class_bands(engine, args.progress), args.color,
                                       args.color_max_side)

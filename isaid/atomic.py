@@ -197,3 +197,10 @@ def remove_stale_temporaries(folder: PathLike, target: Optional[Callable[[str], 
                     os.remove(entry.path)
                     removed.append(entry.path)
     return removed
+
+
+def check_writable(path: PathLike) -> None:
+    """Raise OSError now if a file cannot be created beside ``path`` (read-only or missing
+    folder, no permission), before any work whose result would be lost."""
+    temporary = temporary_path_beside(path)  # creates a missing folder, as the writers do
+    os.remove(temporary)

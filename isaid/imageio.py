@@ -142,7 +142,8 @@ def _check_index_values(index: np.ndarray, name: str) -> None:
 def read_index_mask(source: Source, name: Optional[str] = None) -> np.ndarray:
     """Read an index-label PNG (mode "L" or "P": pixel value = class, 255 = ignore) as uint8 [H,W].
 
-    For mode "P" the stored indices are returned, not the palette colours.
+    For mode "P" the stored indices are returned when the palette is the project's own; a
+    palette PNG with other colours is refused (it is a colour mask, see :func:`read_mask`).
     """
     name = _display_name(source, name)
     image = _open_loaded(source, name)
@@ -151,8 +152,25 @@ def read_index_mask(source: Source, name: Optional[str] = None) -> np.ndarray:
             f"{name}: not an index mask (PIL mode {image.mode}; expected L or P)"
         )
     index = np.asarray(image, dtype=np.uint8)
+    if image.mode == "P" and not palette_is_ours(image, np.unique(index)):
+        raise ImageReadError(f"{name}: palette PNG whose colours are not the project's label palette: a"
+                             " colour mask, not class indices (decode it with isaid.prepare)")
     _check_index_values(index, name)
     return index
+
+
+def palette_is_ours(image: Image.Image, values: Optional[np.ndarray] = None) -> bool:
+    """Whether a mode "P" image's palette gives every pixel value it uses (``values``; all
+    256 when None) the colour of the project's own label palette (:func:`index_png_palette`):
+    then its pixel values are class indices. Any other palette (an iSAID colour mask saved as
+    a palette PNG, say) means the colours are the labels."""
+    palette = image.getpalette() or []
+    ours = index_png_palette()
+    used = range(256) if values is None else [int(v) for v in values]
+    for value in used:
+        if palette[3 * value:3 * value + 3] != ours[3 * value:3 * value + 3]:
+            return False  # another colour, or no palette entry at all for a used value
+    return True
 
 
 class MaskDetails(NamedTuple):
@@ -161,7 +179,7 @@ class MaskDetails(NamedTuple):
     index: np.ndarray  # uint8 [H,W]
     n_unknown: int  # pixels whose colour is outside the palette
     unknown_colours: Dict[Tuple[int, int, int], int]  # those colours -> pixel counts
-    is_colour_mask: bool  # True for an official RGB colour mask, False for an index PNG
+    is_colour_mask: bool  # True for a colour mask (RGB, or palette PNG with foreign colours), False for indices
     unknown_as_class: int  # off-palette pixels the official decoding labels as a class, not 0
 
 
@@ -175,8 +193,11 @@ def read_mask_details(source: Source, name: Optional[str] = None) -> MaskDetails
     image = _open_loaded(source, name)
     if image.mode in _INDEX_MODES:
         index = np.asarray(image, dtype=np.uint8)
-        _check_index_values(index, name)
-        return MaskDetails(index, 0, {}, False, 0)
+        if image.mode == "P" and not palette_is_ours(image, np.unique(index)):
+            image = image.convert("RGB")  # a colour mask stored with a palette: decode its colours
+        else:
+            _check_index_values(index, name)
+            return MaskDetails(index, 0, {}, False, 0)
     if image.mode in _COLOUR_MASK_MODES:
         rgb = np.asarray(image.convert("RGB") if image.mode != "RGB" else image, dtype=np.uint8)
         del image
@@ -198,8 +219,10 @@ def read_mask(source: Source, name: Optional[str] = None) -> Tuple[np.ndarray, i
 
     Decided by the PIL mode: "RGB"/"RGBA" files are official colour masks
     (``*_instance_color_RGB.png``) decoded with :func:`isaid.palette.decode_color_mask`
-    (colours outside the palette -> 0, counted); "L"/"P" files are index masks (values
-    0..15 and 255; n_unknown is 0). Anything else raises :class:`ImageReadError`.
+    (colours outside the palette -> 0, counted); "L" files and "P" files whose palette is the
+    project's own (:func:`palette_is_ours`) are index masks (values 0..15 and 255; n_unknown
+    is 0); other "P" files are colour masks stored with a palette and decoded by their
+    colours. Anything else raises :class:`ImageReadError`.
     """
     details = read_mask_details(source, name)
     return details.index, details.n_unknown

@@ -54,12 +54,18 @@ from .imageio import (
     atomic_output,
     read_mask_details,
     read_rgb_with_mode,
+    read_size,
     write_bytes_atomic,
     write_png_atomic,
 )
 from .palette import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE
+from .resources import MemoryBudgetError, check_memory
 from .windows import pad_bottom_right, sliding_windows
 
+# Peak bytes a pixel of a scene costs while it is prepared (image and colour mask decoded by
+# PIL and copied to numpy, the decoded index, patches): an estimate on the safe side, used to
+# refuse a scene that cannot fit before decoding it.
+PREPARE_BYTES_PER_PIXEL = 16
 MASK_SUFFIX = "_instance_color_RGB.png"
 IMAGE_FOLDER = "images"
 MASK_FOLDER = "Semantic_masks"
@@ -285,13 +291,20 @@ def process_scene(
         return result
     try:
         with scene.image.open() as stream:
+            height, width = read_size(stream, scene.image.display)
+            # Checked from the header before anything is decoded: a scene too large for this
+            # machine is one clear line, not an empty MemoryError minutes later.
+            check_memory(PREPARE_BYTES_PER_PIXEL * height * width,
+                         f"{scene.image.display}: preparing this {width}x{height} scene (decoded whole)",
+                         "prepare it on a machine with more memory, or with fewer --workers")
+            stream.seek(0)
             image, mode, file_format = read_rgb_with_mode(stream, scene.image.display)
             stream.seek(0)
             copy_source_bytes = mode == "RGB" and file_format == "PNG"
             image_bytes = stream.read() if copy_source_bytes and scene.image.member else None
         with scene.mask.open() as stream:
             mask = read_mask_details(stream, scene.mask.display)
-    except ImageReadError as error:
+    except (ImageReadError, MemoryBudgetError) as error:
         result.errors.append(f"error: {error}")
         return result
     except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, KeyError) as error:
@@ -377,6 +390,10 @@ def _process_scene_safely(
     """:func:`process_scene`, turning unexpected failures (disk full, memory) into one line."""
     try:
         return process_scene(scene, out_split, settings, compress_level)
+    except MemoryError:
+        return SceneResult(scene.name, None, errors=[
+            f"error: {scene.image.display}: out of memory while preparing this scene (about"
+            f" {PREPARE_BYTES_PER_PIXEL} bytes a pixel are needed); use fewer --workers or more memory"])
     except Exception as error:  # noqa: BLE001 - reported by file name, the run goes on
         text = " ".join(str(error).split())
         return SceneResult(

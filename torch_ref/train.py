@@ -21,6 +21,7 @@ Mirror: ``paddle_impl/train.py`` reads the same, line for line.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import random
 import re
@@ -29,7 +30,7 @@ import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 if __package__ in (None, ""):
     # Started as a script path (launchers that cannot run "-m"): import from the repository
@@ -45,7 +46,7 @@ from torch.nn.parallel import DistributedDataParallel
 from convert import CheckpointError, atomic_write, imagenet_encoder_state, save_torch, validate
 from isaid.augment import DataError, SamplePlan, load_patch_index
 from app.config import Config, ConfigError, changed_keys, dump_config, load_config, resolve_out_dir
-from app.training import (RESUME_MUST_MATCH, MetricsFile, TrainError, checkpoint_dir,
+from app.training import (RESUME_MUST_MATCH, MetricsFile, NonFiniteGuard, TrainError, checkpoint_dir,
                             list_checkpoints, one_line, starting_point)
 from app.training import build_parser as build_train_parser
 from torch_ref import build_model
@@ -316,6 +317,40 @@ class MetricsLog:
             self.writer.close()
 
 
+def finite_on_all_processes(loss: torch.Tensor, runtime: Runtime) -> bool:
+    """Whether ``loss`` is finite in every process (every process must call this)."""
+    bad = (~torch.isfinite(loss)).to(torch.float32)
+    if runtime.world_size > 1:
+        dist.all_reduce(bad)
+    return float(bad.item()) == 0.0
+
+
+def first_bad_over_processes(first_bad: torch.Tensor, runtime: Runtime) -> int:
+    """The earliest non-finite iteration recorded by any process (-1: none)."""
+    if runtime.world_size > 1:
+        # -1 means none: take the max of the negated values that are set
+        marked = torch.where(first_bad < 0, torch.full_like(first_bad, -2**62), -first_bad)
+        dist.all_reduce(marked, op=dist.ReduceOp.MAX)
+        return -1 if int(marked.item()) == -2**62 else -int(marked.item())
+    return int(first_bad.item())
+
+
+def training_snapshot(net, optimizer, scheduler, scaler) -> Tuple[Any, ...]:
+    """Copies of everything one step changes (for train.skip_nonfinite)."""
+    return (copy.deepcopy(net.state_dict()), copy.deepcopy(optimizer.state_dict()),
+            copy.deepcopy(scheduler.state_dict()), copy.deepcopy(scaler.state_dict()))
+
+
+def restore_snapshot(snapshot: Tuple[Any, ...], net, optimizer, scheduler, scaler) -> None:
+    """Undo a step: back to :func:`training_snapshot`'s state."""
+    model, optim, sched, scale = snapshot
+    net.load_state_dict(model)
+    optimizer.load_state_dict(optim)
+    scheduler.load_state_dict(sched)
+    if scale:
+        scaler.load_state_dict(scale)
+
+
 def mean_over_processes(value: torch.Tensor, runtime: Runtime) -> float:
     """The mean of ``value`` over all processes (every process must call this)."""
     if runtime.world_size > 1:
@@ -369,22 +404,39 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
                disable=not (progress and runtime.is_main), dynamic_ncols=True)
     window_loss = torch.zeros([], dtype=torch.float32, device=runtime.device)
     window_start, window_time, started = start, time.perf_counter(), time.perf_counter()
+    guard = NonFiniteGuard(train_cfg["skip_nonfinite"], train_cfg["max_nonfinite"])
+    # Iteration of the first NaN/Inf loss (-1: none), kept on the device: no sync per step.
+    first_bad = torch.full([], -1, dtype=torch.int64, device=runtime.device)
+    window_count = 0
     for iteration, batch in enumerate(loader, start):
         images, labels = to_device(batch, runtime.device, train_cfg["channels_last"])
         lr = step.current_lr()
-        window_loss = window_loss + step(images, labels)
+        snapshot = training_snapshot(net, optimizer, scheduler, scaler) if guard.skip else None
+        loss = step(images, labels)
         done = iteration + 1
         bar.update(1)
-        if done % train_cfg["log_every"] == 0 or done == iterations:
-            loss = mean_over_processes(window_loss, runtime) / (done - window_start)
+        if snapshot is not None and not finite_on_all_processes(loss, runtime):
+            restore_snapshot(snapshot, net, optimizer, scheduler, scaler)
+            bar.write(guard.skipped(done, float(loss)), file=sys.stderr)
+        else:
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), done, first_bad)
+            window_loss = window_loss + loss
+            window_count += 1
+        saving = runtime.is_main and (done % train_cfg["checkpoint_every"] == 0 or done == iterations)
+        logging_now = done % train_cfg["log_every"] == 0 or done == iterations
+        if logging_now or done % train_cfg["checkpoint_every"] == 0:  # the same steps on every rank
+            guard.check_first(first_bad_over_processes(first_bad, runtime))
+        if logging_now:
+            loss = mean_over_processes(window_loss, runtime) / max(window_count, 1)
             now = time.perf_counter()
             speed = (done - window_start) * train_cfg["batch_size"] / (now - window_time)
             metrics.log(done, {"loss": loss, "lr": lr, "images_per_s": speed,
-                               "seconds": now - started})
+                               "seconds": now - started, **({"skipped_nonfinite": guard.count}
+                                                            if guard.skip else {})})
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
             window_loss = torch.zeros_like(window_loss)
-            window_start, window_time = done, now
-        if runtime.is_main and (done % train_cfg["checkpoint_every"] == 0 or done == iterations):
+            window_start, window_time, window_count = done, now, 0
+        if saving:
             save_checkpoint(out_dir, done, config, runtime, net, optimizer, scheduler, scaler,
                             train_cfg["keep_checkpoints"])
     bar.close()
