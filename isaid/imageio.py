@@ -99,6 +99,8 @@ def read_size(source: Source, name: Optional[str] = None) -> Tuple[int, int]:
             return image.height, image.width
     except FileNotFoundError:
         raise ImageReadError(f"{name}: file not found") from None
+    except Image.UnidentifiedImageError:
+        raise ImageReadError(f"{name}: not an image file (or an unsupported format)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageReadError(f"{name}: cannot read image header ({_one_line(error)})") from None
 
