@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from isaid.atomic import check_writable, describe_os_error
 from isaid.imageio import ImageReadError, read_mask_details, read_rgb, read_size, write_bytes_atomic
 from isaid.metrics import format_iou_table, miou
 from isaid.palette import CLASS_NAMES, IGNORE_INDEX, MEAN, STD
@@ -470,6 +471,11 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, framework: str, fram
     start = time.perf_counter()
     try:
         check_args(args)
+        if args.json:
+            try:
+                check_writable(args.json)  # found now, not after the whole evaluation
+            except OSError as error:
+                raise InputError([f"--json {args.json}: cannot write there ({describe_os_error(error)})"]) from None
         scenes = find_scenes(args.images, args.masks, args.limit)
     except InputError as error:
         print_errors(error.lines)
@@ -506,5 +512,10 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, framework: str, fram
         result["expect"] = expectation.record
         print("\n".join(expectation.lines), flush=True)
     if args.json:
-        write_json_atomic(args.json, result)
+        try:
+            write_json_atomic(args.json, result)
+        except OSError as error:
+            print_errors([f"--json {args.json}: cannot write ({describe_os_error(error)}); the earlier file,"
+                          " if any, is untouched"])
+            return 2
     return 1 if expectation is not None and not expectation.passed else 0

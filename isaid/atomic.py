@@ -53,10 +53,18 @@ class OutputError(OSError):
     """
 
 
-def describe_os_error(error: BaseException) -> str:
-    """``No space left on device`` rather than ``[Errno 28] No space left on device: '/x/.y.tmp'``."""
+def describe_os_error(error: BaseException, with_file: bool = False) -> str:
+    """``No space left on device`` rather than ``[Errno 28] No space left on device: '/x/.y.tmp'``;
+    ``with_file``: ``/x/y: No space left on device`` (the target, not its temporary file)."""
     if isinstance(error, OSError) and error.strerror:
-        return error.strerror
+        text = error.strerror
+        if with_file and error.filename:
+            name = os.fspath(error.filename)
+            match = _TEMPORARY.match(os.path.basename(name))
+            if match is not None:
+                name = os.path.join(os.path.dirname(name), match.group("target"))
+            text = f"{name}: {text}"
+        return text
     return " ".join(str(error).split()) or type(error).__name__
 
 

@@ -48,7 +48,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .atomic import remove_stale_temporaries
+from .atomic import describe_os_error, remove_stale_temporaries
 from .imageio import (
     ImageReadError,
     atomic_output,
@@ -567,7 +567,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     totals = dict(written=0, skipped=0, failed=0, bad_input=0, patches=0, patches_written=0,
                   unknown_pixels=0)
     for split in args.splits:
-        _run_split(split, args, settings, totals)
+        try:
+            _run_split(split, args, settings, totals)
+        except OSError as error:  # e.g. index.json on a full disk: one line, the earlier file kept
+            where = getattr(error, "filename", None) or os.path.join(args.out, split)
+            print(f"error: {where}: cannot write ({describe_os_error(error)})", file=sys.stderr, flush=True)
+            return 2
     print(
         f"summary: {'+'.join(args.splits)}: scenes written {totals['written']},"
         f" skipped {totals['skipped']}, failed {totals['failed']};"

@@ -46,6 +46,7 @@ from paddle import DataParallel
 
 from convert import CheckpointError, atomic_write, imagenet_encoder_state, save_paddle
 from convert.safe_load import unpickle_numpy_only
+from isaid.atomic import describe_os_error
 from isaid.augment import DataError, SamplePlan, load_patch_index
 from app.config import Config, ConfigError, changed_keys, dump_config, load_config, resolve_out_dir
 from app.training import (RESUME_MUST_MATCH, MetricsFile, NonFiniteGuard, TrainError, checkpoint_dir,
@@ -492,6 +493,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         train(config, resume_path, imagenet, args.progress)
     except (ConfigError, DataError, CheckpointError, TrainError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+        return 2
+    except OSError as error:  # a write failed (disk full, read-only folder): the earlier files are intact
+        print(f"error: {describe_os_error(error, with_file=True)}", file=sys.stderr, flush=True)
         return 2
     return 0
 

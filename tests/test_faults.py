@@ -543,3 +543,56 @@ def test_nonfinite_loss_stops_or_is_skipped(framework: str, prepared: Path, tmp_
     assert all(np.isfinite(row["loss"]) for row in rows)
     weights = _final_weights(tmp_path / "skip")
     assert all(np.isfinite(np.asarray(v)).all() for v in weights.values())
+
+
+# ------------------------------------------------------------------------------ other writers on a full disk
+
+_UNDER_FSIZE = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN);"
+                " limit = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit));"
+                " module = sys.argv[2]; sys.argv = sys.argv[2:]; runpy.run_module(module, run_name='__main__')")
+
+
+def _run_under_fsize(limit: int, module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _UNDER_FSIZE, str(limit), module, *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_prepare_on_a_full_disk_is_one_line_per_problem(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "isaid.synth", str(tmp_path / "src"), "--train", "1", "--val", "0",
+                    "--size", "128", "--seed", "0", "--no-zip"], check=True, cwd=ROOT, env=ENV,
+                   capture_output=True, timeout=300)
+    result = _run_under_fsize(2000, "isaid.prepare", str(tmp_path / "src"), str(tmp_path / "out"), "--window",
+                              "64", "--stride", "64", "--splits", "train", "--no-progress")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = error_lines(result.stderr)
+    assert errors and all("File too large" in line for line in errors), result.stderr
+    for folder, _, names in os.walk(tmp_path / "out"):
+        assert not [n for n in names if n.endswith(".tmp")], folder
+
+
+@pytest.mark.parametrize("framework", ["torch_ref", "paddle_impl"])
+def test_train_on_a_full_disk_is_one_line(framework: str, prepared: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = _run_under_fsize(200_000, f"{framework}.train", "--config", CONFIG, "--no-progress", "--set",
+                              *_train_sets(prepared, out, iterations=1))
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and ".tmp" not in errors[0], result.stderr
+    assert "File too large" in errors[0] or "write failed" in errors[0], errors
+    for folder, _, names in os.walk(out):
+        assert not [n for n in names if n.endswith(".tmp")], folder
+
+
+def test_evaluate_json_into_an_unwritable_place_is_refused_up_front(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    result = subprocess.run([sys.executable, "-m", "torch_ref.evaluate", "--weights", "w.pth", "--images",
+                             str(tmp_path / "images"), "--masks", str(tmp_path / "masks"), "--json",
+                             str(blocker / "r.json"), "--device", "cpu"], cwd=ROOT, env=ENV,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and "--json" in errors[0] and "cannot write there" in errors[0], result.stderr

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import errno
 import os
 import random
 import re
@@ -44,6 +45,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from convert import CheckpointError, atomic_write, imagenet_encoder_state, save_torch, validate
+from isaid.atomic import describe_os_error
 from isaid.augment import DataError, SamplePlan, load_patch_index
 from app.config import Config, ConfigError, changed_keys, dump_config, load_config, resolve_out_dir
 from app.training import (RESUME_MUST_MATCH, MetricsFile, NonFiniteGuard, TrainError, checkpoint_dir,
@@ -227,6 +229,16 @@ class TrainStep:
 # ------------------------------------------------------------------------------ checkpoints
 
 
+def torch_save_to(handle, state: Any, path: str) -> None:
+    """``torch.save(state, handle)``; its C++ writer reports a failed write (a full disk) as a
+    RuntimeError, turned here into the OSError every other writer raises."""
+    try:
+        torch.save(state, handle)
+    except RuntimeError as error:
+        text = " ".join(str(error).split())
+        raise OSError(errno.EIO, f"write failed ({text}; is the disk full?)", path) from None
+
+
 def save_checkpoint(out_dir: str, iteration: int, config: Config, runtime: Runtime, net, optimizer,
                     scheduler, scaler, keep: int) -> str:
     """Write ``ckpt_<iteration>`` atomically, then drop all but the newest ``keep``."""
@@ -243,7 +255,7 @@ def save_checkpoint(out_dir: str, iteration: int, config: Config, runtime: Runti
         "rng": rng_state(),  # of rank 0; the loop itself draws no random numbers
     }
     path = os.path.join(checkpoint_dir(out_dir), f"ckpt_{iteration:07d}.pt")
-    atomic_write(path, lambda handle: torch.save(state, handle))
+    atomic_write(path, lambda handle: torch_save_to(handle, state, path))
     if keep > 0:
         for _, old in list_checkpoints(out_dir, CHECKPOINT_PATTERN)[:-keep]:
             os.remove(old)
@@ -470,6 +482,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         train(config, resume_path, imagenet, args.progress)
     except (ConfigError, DataError, CheckpointError, TrainError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+        return 2
+    except OSError as error:  # a write failed (disk full, read-only folder): the earlier files are intact
+        print(f"error: {describe_os_error(error, with_file=True)}", file=sys.stderr, flush=True)
         return 2
     return 0
 
