@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from isaid.atomic import check_writable, describe_os_error
+from isaid.atomic import check_writable, describe_os_error, remove_stale_temporaries
 from isaid.imageio import ImageReadError, read_mask_details, read_rgb, read_size, write_bytes_atomic
 from isaid.metrics import format_iou_table, miou
 from isaid.palette import CLASS_NAMES, IGNORE_INDEX, MEAN, STD
@@ -474,6 +474,8 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, framework: str, fram
         if args.json:
             try:
                 check_writable(args.json)  # found now, not after the whole evaluation
+                remove_stale_temporaries(os.path.dirname(os.path.abspath(args.json)),
+                                         lambda target: target == os.path.basename(args.json))
             except OSError as error:
                 raise InputError([f"--json {args.json}: cannot write there ({describe_os_error(error)})"]) from None
         scenes = find_scenes(args.images, args.masks, args.limit)

@@ -44,7 +44,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from isaid.atomic import check_writable, describe_os_error
+from isaid.atomic import check_writable, describe_os_error, remove_stale_temporaries
 from isaid.imageio import (ImageReadError, atomic_output, publish, read_rgb_with_mode, read_size,
                            temporary_path_beside, write_png_atomic)
 from isaid.palette import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE, colorize, index_png_palette
@@ -1005,6 +1005,9 @@ def run_predictor(argv: Optional[Sequence[str]], prog: str, framework: str, gpu_
             if path is not None:
                 try:
                     check_writable(path)  # a read-only folder is found before any work is done
+                    # temporary files that an earlier, killed run left for this very output
+                    remove_stale_temporaries(os.path.dirname(os.path.abspath(path)),
+                                             lambda target, name=os.path.basename(path): target == name)
                 except OSError as error:
                     raise RasterError(f"{option} {path}: cannot write there ({describe_os_error(error)})") from None
         reader: RasterReader = open_raster(args.image)  # header and band checks before the model

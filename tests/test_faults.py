@@ -230,6 +230,21 @@ def test_torch_predict_onto_a_full_disk_keeps_the_earlier_output(tmp_path: Path,
     assert out.read_bytes() == b"earlier prediction" and temporaries(out_dir) == []
 
 
+def test_predict_removes_the_temporary_files_of_a_killed_run(tmp_path: Path, torch_weights: Path) -> None:
+    scene = tmp_path / "scene.tif"
+    _scene(scene, 64, 64)
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    killed = tmp_path / f".x.tif.{dead}-0123456789ab.tmp"  # what a SIGKILLed predict leaves
+    other = tmp_path / f".y.tif.{dead}-0123456789ab.tmp"  # another output's: not this run's business
+    killed.write_bytes(b"partial")
+    other.write_bytes(b"partial")
+    result = subprocess.run(_predict_command(torch_weights, scene, tmp_path / "x.tif"), cwd=ROOT, env=ENV,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert not killed.exists() and other.exists() and (tmp_path / "x.tif").exists()
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_predict_into_a_read_only_folder_is_one_line(tmp_path: Path, torch_weights: Path) -> None:
     scene = tmp_path / "scene.tif"
@@ -589,7 +604,7 @@ def test_evaluate_json_into_an_unwritable_place_is_refused_up_front(tmp_path: Pa
     blocker.write_bytes(b"")
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
-    result = subprocess.run([sys.executable, "-m", "torch_ref.evaluate", "--weights", "w.pth", "--images",
+    result = subprocess.run([sys.executable, "-m", "torch_ref.evaluate", "--model", "farseg", "--weights", "w.pth", "--images",
                              str(tmp_path / "images"), "--masks", str(tmp_path / "masks"), "--json",
                              str(blocker / "r.json"), "--device", "cpu"], cwd=ROOT, env=ENV,
                             capture_output=True, text=True, timeout=300)
