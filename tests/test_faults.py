@@ -604,8 +604,8 @@ def test_evaluate_json_into_an_unwritable_place_is_refused_up_front(tmp_path: Pa
     blocker.write_bytes(b"")
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
-    result = subprocess.run([sys.executable, "-m", "torch_ref.evaluate", "--model", "farseg", "--weights", "w.pth", "--images",
-                             str(tmp_path / "images"), "--masks", str(tmp_path / "masks"), "--json",
+    result = subprocess.run([sys.executable, "-m", "torch_ref.evaluate", "--model", "farseg", "--weights", "w.pth",
+                             "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"), "--json",
                              str(blocker / "r.json"), "--device", "cpu"], cwd=ROOT, env=ENV,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
