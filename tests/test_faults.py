@@ -375,7 +375,7 @@ def test_prepare_refuses_a_scene_too_large_for_memory(tmp_path: Path) -> None:
 
 
 def test_predict_refuses_a_scene_too_wide_for_memory_up_front(tmp_path: Path) -> None:
-    """A 200000x200000 sparse GeoTIFF (a few KB) would need ~25 GB for one band on the CPU."""
+    """A 200000x200000 sparse GeoTIFF (a few KB) would need about 23 GB for one band on the CPU."""
     import rasterio
 
     path = tmp_path / "huge.tif"
