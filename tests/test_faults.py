@@ -572,6 +572,28 @@ def _run_under_fsize(limit: int, module: str, *args: str) -> subprocess.Complete
                           capture_output=True, text=True, timeout=300)
 
 
+def test_prepare_keeps_a_live_writers_temporary_files(prepared: Path, tmp_path: Path) -> None:
+    """Two prepares on one OUT: the second removes only the temporary files of dead writers."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(prepared, out)
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    images = out / "train" / "patches" / "images"
+    live = images / f".P0000_0_0.png.{os.getpid()}-0123456789ab.tmp"  # this test: alive
+    stale = images / f".P0000_0_64.png.{dead}-0123456789ab.tmp"
+    live.write_bytes(b"being written")
+    stale.write_bytes(b"left by a kill")
+    src = tmp_path / "src"
+    subprocess.run([sys.executable, "-m", "isaid.synth", str(src), "--train", "1", "--val", "0", "--size", "128",
+                    "--seed", "0", "--no-zip"], check=True, cwd=ROOT, env=ENV, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "isaid.prepare", str(src), str(out), "--window", str(WINDOW), "--stride",
+                    "64", "--splits", "train", "--no-progress"], check=True, cwd=ROOT, env=ENV,
+                   capture_output=True, timeout=300)
+    assert live.exists() and not stale.exists()
+
+
 def test_prepare_on_a_full_disk_is_one_line_per_problem(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "isaid.synth", str(tmp_path / "src"), "--train", "1", "--val", "0",
                     "--size", "128", "--seed", "0", "--no-zip"], check=True, cwd=ROOT, env=ENV,
