@@ -403,7 +403,7 @@ class ClassMapWriter:
         if self._done:
             return
         self._done = True
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception), native_stderr_captured([]):  # closing a failed GDAL file complains
             self._close_quietly()
         with contextlib.suppress(OSError):
             os.remove(self.temporary)
