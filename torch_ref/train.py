@@ -45,7 +45,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from convert import CheckpointError, atomic_write, imagenet_encoder_state, save_torch, validate
-from isaid.atomic import describe_os_error
+from isaid.atomic import describe_os_error, remove_stale_temporaries
 from isaid.augment import DataError, SamplePlan, load_patch_index
 from app.config import Config, ConfigError, changed_keys, dump_config, load_config, resolve_out_dir
 from app.training import (RESUME_MUST_MATCH, MetricsFile, NonFiniteGuard, TrainError, checkpoint_dir,
@@ -398,6 +398,7 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
     iterations = train_cfg["iterations"]
     if runtime.is_main:
         os.makedirs(out_dir, exist_ok=True)
+        remove_stale_temporaries(out_dir)  # config.yaml / metrics / final weights of a killed run
         atomic_write(os.path.join(out_dir, "config.yaml"),
                      lambda handle: handle.write(dump_config(config).encode("utf-8")))
         origin = (f"resumed from {resume_path} at iteration {start}" if resume_path else
