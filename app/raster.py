@@ -46,7 +46,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from isaid.atomic import check_writable, describe_os_error, remove_stale_temporaries
 from isaid.imageio import (ImageReadError, atomic_output, publish, read_rgb_with_mode, read_size,
-                           temporary_path_beside, write_png_atomic)
+                           require_regular_file, temporary_path_beside, write_png_atomic)
 from isaid.palette import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE, colorize, index_png_palette
 from isaid.resources import MemoryBudgetError, check_memory
 
@@ -275,6 +275,10 @@ def open_raster(path: str) -> RasterReader:
         raise RasterError(f"{path}: file not found")
     if os.path.isdir(path):
         raise RasterError(f"{path}: is a folder, not an image")
+    try:
+        require_regular_file(path, path)  # a FIFO would block the first read for ever
+    except ImageReadError as error:
+        raise RasterError(str(error)) from None
     if is_tiff(path):
         return _WindowedTiffReader(path)
     return _WholeImageReader(path)

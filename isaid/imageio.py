@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 from typing import BinaryIO, Dict, Iterator, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
@@ -73,8 +74,25 @@ def _one_line(error: BaseException) -> str:
     return text
 
 
+def require_regular_file(source: Source, name: str) -> None:
+    """ImageReadError unless a path ``source`` is a regular file: a FIFO or a device would
+    block the reader for ever (file objects are the caller's business)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return
+    try:
+        mode = os.stat(source).st_mode
+    except FileNotFoundError:
+        raise ImageReadError(f"{name}: file not found") from None
+    except OSError as error:
+        raise ImageReadError(f"{name}: cannot read ({error.strerror or error})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise ImageReadError(f"{name}: is {kind}, not a regular image file")
+
+
 def _open_loaded(source: Source, name: str) -> Image.Image:
     """Open and fully decode an image; every failure becomes one ImageReadError line."""
+    require_regular_file(source, name)
     try:
         with _large_images_allowed():
             image = Image.open(source)
@@ -94,6 +112,7 @@ def _open_loaded(source: Source, name: str) -> Image.Image:
 def read_size(source: Source, name: Optional[str] = None) -> Tuple[int, int]:
     """(height, width) of an image from its header, without decoding the pixels."""
     name = _display_name(source, name)
+    require_regular_file(source, name)
     try:
         with _large_images_allowed(), Image.open(source) as image:
             return image.height, image.width

@@ -283,6 +283,24 @@ def test_unwritable_out_is_refused_before_the_model_is_built(tmp_path: Path, tar
     assert code == 2
 
 
+@pytest.mark.parametrize("reader", ["open_raster", "read_mask_details", "read_size"])
+def test_a_fifo_as_input_is_refused_not_waited_on(tmp_path: Path, reader: str) -> None:
+    fifo = tmp_path / "scene.tif"
+    os.mkfifo(fifo)
+    code = f"""
+        import sys
+        from app import raster
+        from isaid import imageio
+        try:
+            {'raster.open_raster' if reader == 'open_raster' else 'imageio.' + reader}(sys.argv[1])
+        except (raster.RasterError, imageio.ImageReadError) as error:
+            print(f"error: {{error}}", file=sys.stderr)
+            sys.exit(2)
+    """
+    result = run_python(code, str(fifo), timeout=30)
+    assert result.returncode == 2 and "is a FIFO" in result.stderr, result.stderr
+
+
 # ------------------------------------------------------------------------------ nodata
 
 
