@@ -17,8 +17,15 @@ row band with a :class:`ClassMapWriter` as the engine yields it, and feed the sa
 - PNG output (``.png``): written by row bands too, by the small streaming PNG encoder below
   (PIL can only write a whole image): a palette PNG whose pixel values are the class
   indices and whose palette is the iSAID one. PNG carries no CRS or transform.
-- Every output is written to a temporary file next to the target and renamed only when every
-  row has been written (:meth:`ClassMapWriter.commit`); an error leaves no partial file.
+- Every output is written to a temporary file next to the target (:mod:`isaid.atomic`), read
+  back and compared row by row (CRC-32) with what was written, and renamed only then
+  (:meth:`ClassMapWriter.commit`): an error, including one GDAL only logged (a full disk),
+  leaves the earlier file untouched and no temporary file.
+- Pixels the input GeoTIFF marks as nodata (a nodata value in all three bands, or a mask) are
+  written as 255 (the output GeoTIFF's nodata value) and left out of the class shares.
+- Memory is checked before it is needed (:func:`check_band_memory`, and before a PNG/JPEG is
+  decoded whole): a scene too wide for this machine is a one-line error with the size and
+  the limit.
 - The colour rendering (:class:`ColourPreview`) is subsampled (nearest neighbour) so that its
   longer side is at most ``max_side`` pixels, and carries a legend with the class names and
   each class's share of the full-resolution prediction.
@@ -816,7 +823,10 @@ def build_predict_parser(prog: str, framework: str, gpu_name: str,
             " written band by band (GeoTIFF or PNG), and the device holds one band of"
             " probabilities (16 x window x width float32), so memory depends on the scene's"
             " width, not its height; a PNG/JPEG input is decoded whole (3 bytes a pixel):"
-            " convert huge scenes to a tiled GeoTIFF. Output files appear only when complete."
+            " convert huge scenes to a tiled GeoTIFF; a scene whose band would not fit in memory is"
+            " refused before prediction starts. Pixels a GeoTIFF marks as nodata (value or mask)"
+            " are written as 255 (the output's nodata value) and left out of the class shares."
+            " Output files appear only when complete and read back correctly."
             f" Model: {source}. Exit status 0 done, 2 bad input (one line on stderr)."))
     parser.add_argument("--weights", metavar="FILE",
                         help="checkpoint: a torch .pth (official training wrapper and 'module.'"
