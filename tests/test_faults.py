@@ -528,8 +528,10 @@ def _plant_nan_step(module, bad_calls):
         loss = original(self, images, labels)
         if calls["n"] in bad_calls:
             for parameter in self.net.parameters():
-                parameter.set_value(parameter * float("nan")) if hasattr(parameter, "set_value") \
-                    else parameter.data.mul_(float("nan"))
+                if hasattr(parameter, "set_value"):  # Paddle
+                    parameter.set_value(parameter.numpy() * np.nan)
+                else:
+                    parameter.data.mul_(float("nan"))
             return loss * float("nan")
         return loss
 
@@ -545,15 +547,16 @@ def _final_weights(out: Path) -> dict:
 
 @pytest.mark.parametrize("framework", ["torch_ref", "paddle_impl"])
 def test_nonfinite_loss_stops_or_is_skipped(framework: str, prepared: Path, tmp_path: Path, capsys,
-                                            monkeypatch) -> None:
+                                            monkeypatch, request) -> None:
     import importlib
 
     module = importlib.import_module(f"{framework}.train")
-    if framework == "torch_ref":
+    if framework == "torch_ref":  # one thread in process (2 shared cores), restored afterwards
         import torch
 
-        monkeypatch.setattr(torch, "get_num_threads", torch.get_num_threads)
+        threads = torch.get_num_threads()
         torch.set_num_threads(1)
+        request.addfinalizer(lambda: torch.set_num_threads(threads))
     monkeypatch.setattr(module.TrainStep, "__call__", _plant_nan_step(module, {2}))
     code = module.main(["--config", CONFIG, "--no-progress", "--set",
                         *_train_sets(prepared, tmp_path / "stop")])
