@@ -6,13 +6,19 @@ autograd, the gradient w.r.t. the logits; both are compared. This isolates the l
 network. Then the loss once more through each model's training-mode forward (which also
 exercises FarSeg's ``buffer_step`` increment), compared with the forward tolerance.
 
-FarSeg (SPEC 3): the annealing loss at steps 1, 5000 and 30000, plus, within EACH framework,
+FarSeg (docs/official_models.md, "FarSeg"): the annealing loss at steps 1, 5000 and 30000, plus, within EACH framework,
 the two identities that make the step handling testable: the loss value is the same at every
 step, and grad(t) = a(t) grad(0) + (1 - a(t)) grad(t > 10000) with a(t) = (cos(pi t/1e4)+1)/2.
 A batch whose pixels are all ignored must give 0 (the official code gives 0/0) on both sides.
 
-FactSeg (SPEC 4): the joint loss with small-object mining, and its gradients w.r.t. both the
+FactSeg (docs/official_models.md, "FactSeg"): the joint loss with small-object mining, and its gradients w.r.t. both the
 multi-class (fg) and the binary (bi) logits.
+
+Saturated rows (``saturated/...``): the same comparisons on the logits of a confident model
+(align/saturated.py: logit gaps in the hundreds, mislabelled pixels, binary logits of +-40 and
+beyond), plus FactSeg's fused log-probabilities and probabilities. N(0, 3^2) logits never reach
+Paddle's clamp of log-probabilities at -64 (docs/paddle_numerics.md); these do, so a clamped
+primitive on the path of a loss, a gradient or a fused probability fails here.
 
 ``python -m align.loss --model farseg``; see ``--help``.
 """
@@ -20,22 +26,25 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import Row, StageResult, Tolerance, compare_arrays, finish_stage
+from .compare import Divergence, Row, StageResult, Tolerance, compare_arrays, finish_stage
 from .config import AlignConfig
-from .fixtures import LOSS_KEY, Fixture, get_fixture, to_numpy, versions
+from .fixtures import Fixture, get_fixture, versions
+from .saturated import DESCRIPTION as SATURATED_DESCRIPTION
+from .saturated import saturated_inputs
+from .sides import SIDES, Side
 
 STAGE = "loss"
 LOGIT_SCALE = 3.0
-T_MAX = 10000  # SPEC 3: the cosine ramp ends here
+T_MAX = 10000  # the cosine ramp ends here (docs/official_models.md, "FarSeg")
 AFTER_RAMP = 1_000_000  # any step > T_MAX: pure focal weighting
 
 
 def annealing_weight(step: float) -> float:
-    """a(t) from SPEC 3, written independently of both ports."""
+    """a(t) of docs/official_models.md, "FarSeg", written independently of both ports."""
     return 0.0 if step > T_MAX else (math.cos(math.pi * step / T_MAX) + 1.0) / 2.0
 
 
@@ -45,71 +54,48 @@ def make_logits(config: AlignConfig, shape: Tuple[int, ...], salt: int) -> np.nd
     return (LOGIT_SCALE * rng.standard_normal(shape)).astype(config.dtype)
 
 
-# ----------------------------------------------------------------------------------------------
-# One loss evaluation per framework: (value, gradients w.r.t. each logits tensor)
-# ----------------------------------------------------------------------------------------------
-
-def _loss_and_grads(losses: Any, model: str, tensors: Sequence[Any], target: Any,
-                    step: Optional[float]) -> Tuple[np.ndarray, List[np.ndarray]]:
-    """``model``'s loss from one framework's ``losses`` module on ``tensors`` (leaf tensors that
-    require gradients), backward, then (value, gradient of each tensor) as numpy."""
+def side_loss(side: Side, model: str, logits: Sequence[np.ndarray], labels: np.ndarray,
+              step: Optional[float] = None) -> Tuple[np.ndarray, List[np.ndarray]]:
+    """``side``'s loss of ``model`` on ``logits`` and its gradient w.r.t. each logits tensor
+    (the package's ``losses`` module is looked up at call time, so patches apply)."""
+    losses = side.package("losses")
+    tensors = [side.tensor(a, requires_grad=True) for a in logits]
+    target = side.tensor(labels)
     if model == "farseg":
         value = losses.annealing_softmax_focal_loss(tensors[0], target, step)
     else:
         value = losses.joint_loss(tensors[0], tensors[1], target)
     value.backward()
-    return to_numpy(value), [to_numpy(t.grad) for t in tensors]
+    return side.numpy(value), [side.numpy(t.grad) for t in tensors]
 
 
-def torch_loss(model: str, logits: Sequence[np.ndarray], labels: np.ndarray,
-               step: Optional[float] = None) -> Tuple[np.ndarray, List[np.ndarray]]:
-    """torch_ref's loss of ``model`` on ``logits`` (looked up at call time, so patches apply)."""
-    import torch
-    import torch_ref.losses as losses
-
-    tensors = [torch.tensor(a, requires_grad=True) for a in logits]
-    return _loss_and_grads(losses, model, tensors, torch.from_numpy(labels), step)
+def side_fused_log_probs(side: Side, fg: np.ndarray, bi: np.ndarray) -> np.ndarray:
+    """``side``'s FactSeg fused log-probabilities (``losses.joint_log_probs``, the eval output's log)."""
+    with side.no_grad():
+        return side.numpy(side.package("losses").joint_log_probs(side.tensor(fg), side.tensor(bi)))
 
 
-def paddle_loss(model: str, logits: Sequence[np.ndarray], labels: np.ndarray,
-                step: Optional[float] = None) -> Tuple[np.ndarray, List[np.ndarray]]:
-    """paddle_impl's loss of ``model`` on ``logits`` (looked up at call time, so patches apply)."""
-    import paddle
-    import paddle_impl.losses as losses
-
-    tensors = [paddle.to_tensor(a, stop_gradient=False) for a in logits]
-    return _loss_and_grads(losses, model, tensors, paddle.to_tensor(labels), step)
-
-
-def _through_models(fx: Fixture, step: Optional[int]) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+def _through_models(fx: Fixture, step: Optional[int]) -> Tuple[Dict[str, np.ndarray], ...]:
     """The loss from each model's own training-mode forward (FarSeg: ``buffer_step`` set to
     ``step - 1``, so the forward's increment lands on ``step``)."""
-    import paddle
-    import torch
-
-    key = LOSS_KEY[fx.model_name]
     fx.reset()
-    tx, ty = fx.torch_inputs()
-    px, py = fx.paddle_inputs()
-    t_out: Dict[str, np.ndarray] = {}
-    p_out: Dict[str, np.ndarray] = {}
     fx.mark_dirty()
-    if step is not None:
-        with torch.no_grad():
-            fx.torch_model.buffer_step.fill_(step - 1)
-        fx.paddle_model.buffer_step.set_value(
-            paddle.full([], step - 1, dtype=fx.paddle_model.buffer_step.dtype))
-    fx.torch_model.train()
-    fx.paddle_model.train()
-    with torch.no_grad():
-        t_out[f"model/{key}"] = to_numpy(fx.torch_model(tx, {"cls": ty})[key])
-    with paddle.no_grad():
-        p_out[f"model/{key}"] = to_numpy(fx.paddle_model(px, {"cls": py})[key])
-    if step is not None:
-        t_out["model/buffer_step"] = to_numpy(fx.torch_model.buffer_step)
-        p_out["model/buffer_step"] = to_numpy(fx.paddle_model.buffer_step)
+    outputs = []
+    for side in SIDES:
+        model = fx.models[side.name]
+        x, y = fx.inputs(side)
+        out: Dict[str, np.ndarray] = {}
+        if step is not None:
+            side.fill(model.buffer_step, step - 1)
+        model.train()
+        with side.no_grad():
+            losses = model(x, {"cls": y})
+        out.update((f"model/{key}", side.numpy(value)) for key, value in losses.items())
+        if step is not None:
+            out["model/buffer_step"] = side.numpy(model.buffer_step)
+        outputs.append(out)
     fx.reset()
-    return t_out, p_out
+    return tuple(outputs)
 
 
 def _identity_rows(side: str, values: Dict[float, np.ndarray], grads: Dict[float, np.ndarray],
@@ -120,14 +106,15 @@ def _identity_rows(side: str, values: Dict[float, np.ndarray], grads: Dict[float
     for t in steps:
         a = annealing_weight(t)
         rows.append(compare_arrays(f"identity/{side}/value_step{t}_eq_step0", values[0], values[t], tol,
-                                   "identity", note="SPEC 3: the loss value does not depend on t"))
+                                   "identity", note="the loss value does not depend on t"))
         rows.append(compare_arrays(f"identity/{side}/grad_step{t}", a * g0 + (1.0 - a) * g_inf, grads[t], tol,
                                    "identity", note=f"a(t)={a:.6f}: a*grad(0) + (1-a)*grad(t>1e4)"))
     return rows
 
 
-def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
-    """Run the loss stage for ``config``; write its files when ``config.out`` is set."""
+def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool = False) -> StageResult:
+    """Run the loss stage for ``config``; write its files when ``config.out`` is set
+    (``progress`` is unused: the stage is quick)."""
     start = time.perf_counter()
     fx = fixture if fixture is not None else get_fixture(config)
     tols = config.tolerances()
@@ -139,7 +126,9 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
     p_log: Dict[str, np.ndarray] = {}
     result = StageResult(STAGE, model, config.dtype)
     result.settings = {**fx.describe(), "logits": f"N(0, {LOGIT_SCALE:g}^2), seed {config.seed}",
-                       "tolerances": {k: tols[k].describe() for k in ("loss", "identity", "forward_train", "counter")},
+                       "saturated": SATURATED_DESCRIPTION,
+                       "tolerances": {k: tols[k].describe()
+                                      for k in ("loss", "identity", "forward", "forward_train", "counter")},
                        **versions()}
 
     def add(name: str, t_value: np.ndarray, p_value: np.ndarray, kind_tol: Tolerance, kind: str,
@@ -152,8 +141,8 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
         steps = tuple(config.loss_steps)
         t_values, p_values, t_grads, p_grads = {}, {}, {}, {}
         for t in (0,) + steps + (AFTER_RAMP,):
-            t_values[t], (t_grads[t],) = torch_loss(model, logits, labels, t)
-            p_values[t], (p_grads[t],) = paddle_loss(model, logits, labels, t)
+            (t_values[t], (t_grads[t],)), (p_values[t], (p_grads[t],)) = (
+                side_loss(side, model, logits, labels, t) for side in SIDES)
         for t in steps:
             add(f"step{t}/loss", t_values[t], p_values[t], tol, "loss")
             add(f"step{t}/grad_logits", t_grads[t], p_grads[t], tol, "loss")
@@ -161,8 +150,8 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
         result.rows += _identity_rows("paddle", p_values, p_grads, steps, tol_id)
         # All pixels ignored: the official 0/0 must be guarded on both sides (0, finite gradient).
         ignored = np.full_like(labels, 255)
-        t_zero, (t_zero_grad,) = torch_loss(model, logits, ignored, steps[0])
-        p_zero, (p_zero_grad,) = paddle_loss(model, logits, ignored, steps[0])
+        (t_zero, (t_zero_grad,)), (p_zero, (p_zero_grad,)) = (
+            side_loss(side, model, logits, ignored, steps[0]) for side in SIDES)
         add("all_ignored/loss", t_zero, p_zero, tol, "loss", note="must be 0 on both sides")
         add("all_ignored/grad_logits", t_zero_grad, p_zero_grad, tol, "loss")
         if not (float(t_zero) == 0.0 and np.isfinite(t_zero_grad).all()):
@@ -171,12 +160,32 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
     else:
         logits = [make_logits(config, (batch, 16, height, width), 1),
                   make_logits(config, (batch, 1, height, width), 2)]
-        t_value, t_grads_list = torch_loss(model, logits, labels)
-        p_value, p_grads_list = paddle_loss(model, logits, labels)
+        (t_value, t_grads_list), (p_value, p_grads_list) = (side_loss(side, model, logits, labels)
+                                                            for side in SIDES)
         add("joint_loss", t_value, p_value, tol, "loss")
         add("grad_fg_logits", t_grads_list[0], p_grads_list[0], tol, "loss")
         add("grad_bi_logits", t_grads_list[1], p_grads_list[1], tol, "loss")
         model_step = None
+
+    # The saturated fixture: what a confident model's logits do to each side's primitives.
+    sat_fg, sat_bi, sat_labels = saturated_inputs((batch, 16, height, width), config.seed, config.dtype)
+    if model == "farseg":
+        for t in config.loss_steps:
+            (t_value, (t_grad,)), (p_value, (p_grad,)) = (
+                side_loss(side, model, [sat_fg], sat_labels, t) for side in SIDES)
+            add(f"saturated/step{t}/loss", t_value, p_value, tol, "loss")
+            add(f"saturated/step{t}/grad_logits", t_grad, p_grad, tol, "loss")
+    else:
+        (t_value, t_grads_list), (p_value, p_grads_list) = (
+            side_loss(side, model, [sat_fg, sat_bi], sat_labels) for side in SIDES)
+        add("saturated/joint_loss", t_value, p_value, tol, "loss")
+        add("saturated/grad_fg_logits", t_grads_list[0], p_grads_list[0], tol, "loss")
+        add("saturated/grad_bi_logits", t_grads_list[1], p_grads_list[1], tol, "loss")
+        t_log_p, p_log_p = (side_fused_log_probs(side, sat_fg, sat_bi) for side in SIDES)
+        add("saturated/fused_log_probs", t_log_p, p_log_p, tols["forward"], "forward",
+            note="the eval output's logarithm: -64 against -200 shows here")
+        add("saturated/fused_probs", np.exp(t_log_p), np.exp(p_log_p), tols["forward"], "forward",
+            note="the eval output")
 
     t_model, p_model = _through_models(fx, model_step)
     for name in t_model:
@@ -189,8 +198,8 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
     failed = result.failed_rows()
     if failed:
         first = failed[0]
-        result.first_divergence = {"where": first.name, "summary": f"{first.name}: rel {first.rel:.3e} "
-                                   f"> {first.tol.rtol:.0e}" + (f" ({first.note})" if first.note else "")}
+        result.first_divergence = Divergence(first.name, f"{first.name}: rel {first.rel:.3e} > {first.tol.rtol:.0e}"
+                                             + (f" ({first.note})" if first.note else ""))
     return finish_stage(result, start, config.out_dir(STAGE), t_log, p_log)
 
 
@@ -198,7 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m align.loss``."""
     from .cli import stage_main
 
-    return stage_main(STAGE, argv)
+    return stage_main(STAGE, argv, run)
 
 
 if __name__ == "__main__":

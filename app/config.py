@@ -19,10 +19,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import yaml
 
 from isaid.palette import NUM_CLASSES
+from weights import MODEL_NAMES
 
-# The model names of ``weights.MODEL_NAMES``, repeated here because isaid/ imports no other
-# package of the project (it is a leaf of the import graph).
-MODEL_CHOICES = ("farseg", "factseg")
+MODEL_CHOICES = MODEL_NAMES
 AMP_CHOICES = ("none", "fp16", "bf16")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "gpu")
 LOG_BACKEND_CHOICES = ("auto", "none")
@@ -50,7 +49,7 @@ class Field:
     equals: Optional[Any] = None  # the one value the data allows (with the reason in help)
 
 
-# The official recipe (SPEC section 5) is the default of every key; the YAML files in
+# The official recipe (docs/official_models.md, "Training recipe") is the default of every key; the YAML files in
 # configs/ spell it out in full so that a reader sees the whole recipe in one place.
 SCHEMA: Dict[str, Field] = {
     "model.name": Field("farseg", "str", "model to train", choices=MODEL_CHOICES),

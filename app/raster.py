@@ -1,9 +1,10 @@
 """Windowed raster input/output for large-scene prediction (framework-free: numpy, PIL, rasterio).
 
-``python -m torch_ref.predict`` and ``python -m paddle_impl.predict`` read a scene through
-:func:`open_raster`, hand its ``read_window`` to the sliding-window engine, write each finished
-row band with a :class:`ClassMapWriter` as the engine yields it, and feed the same rows to a
-:class:`ColourPreview`. What is bounded, and by what:
+The predict driver (:mod:`app.predict`, behind ``python -m torch_ref.predict`` and ``python -m
+paddle_impl.predict``) reads a scene through :func:`open_raster`, hands its ``read_window`` to
+the sliding-window engine, and writes each finished row band with a :class:`ClassMapWriter`
+as the engine yields it (and to the colour preview of :mod:`app.preview`). What is bounded,
+and by what:
 
 - GeoTIFF / TIFF input (rasterio, any GDAL-readable TIFF): read by windows. The reader keeps
   one strip of ``window`` rows x full width (3 bytes a pixel: 35 MB for a 13,000-px-wide
@@ -22,42 +23,31 @@ row band with a :class:`ClassMapWriter` as the engine yields it, and feed the sa
   (:meth:`ClassMapWriter.commit`): an error, including one GDAL only logged (a full disk),
   leaves the earlier file untouched and no temporary file.
 - Pixels the input GeoTIFF marks as nodata (a nodata value in all three bands, or a mask) are
-  written as 255 (the output GeoTIFF's nodata value) and left out of the class shares.
-- Memory is checked before it is needed (:func:`check_band_memory`, and before a PNG/JPEG is
-  decoded whole): a scene too wide for this machine is a one-line error with the size and
-  the limit.
-- The colour rendering (:class:`ColourPreview`) is subsampled (nearest neighbour) so that its
-  longer side is at most ``max_side`` pixels, and carries a legend with the class names and
-  each class's share of the full-resolution prediction.
+  reported by :meth:`RasterReader.nodata_rows`; the predict driver writes them as
+  :data:`NODATA_CLASS` (the output GeoTIFF's nodata value).
+- A PNG/JPEG decoded whole is checked against the memory available first.
 
 Errors: :class:`RasterError`, one line that starts with the file name (unreadable or corrupt
 file, band count other than 3, non-8-bit bands, unsupported output extension).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import math
 import os
 import struct
 import sys
 import tempfile
-import time
 import warnings
 import zlib
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
-from isaid.atomic import check_writable, describe_os_error, remove_stale_temporaries
-from isaid.imageio import (ImageReadError, atomic_output, publish, read_rgb_with_mode, read_size,
-                           require_regular_file, temporary_path_beside, write_png_atomic)
-from isaid.palette import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE, colorize, index_png_palette
+from isaid.atomic import describe_os_error
+from isaid.imageio import (ImageReadError, publish, read_rgb_with_mode, read_size, require_regular_file,
+                           temporary_path_beside)
+from isaid.palette import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE, index_png_palette
 from isaid.resources import MemoryBudgetError, check_memory
-
-from .cli import OneLineArgumentParser, positive_int
 
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 GEOTIFF_EXTENSIONS = (".tif", ".tiff")
@@ -65,17 +55,12 @@ PNG_EXTENSIONS = (".png",)
 OUTPUT_EXTENSIONS = GEOTIFF_EXTENSIONS + PNG_EXTENSIONS
 GEOTIFF_BLOCK = 256  # tile side of the written GeoTIFF (GDAL's usual choice)
 _PNG_IDAT_BYTES = 1 << 20  # flush compressed PNG data in chunks of about 1 MB
-DEFAULT_PREVIEW_SIDE = 2048
 # Output value of pixels the input marks as nodata (a GeoTIFF nodata value or mask): the
 # ignore index, which is also the output GeoTIFF's nodata value and rendered white.
 NODATA_CLASS = IGNORE_INDEX
 # Bytes a pixel of a PNG/JPEG input costs while it is decoded whole (PIL's 4-byte RGBX
 # image plus the numpy RGB copy).
 WHOLE_IMAGE_BYTES_PER_PIXEL = 7
-# Bytes per pixel of one band (window rows x scene width) on the host while predicting on the
-# CPU: the float32 accumulator of 16 classes, its averaged copy, the RGB strip, the classes.
-BAND_BYTES_PER_PIXEL_CPU = 16 * 4 * 2 + 3 + 8
-BAND_BYTES_PER_PIXEL_GPU = 3 + 8  # the probabilities stay on the device
 
 
 class RasterError(Exception):
@@ -625,433 +610,3 @@ def create_class_map_writer(path: str, height: int, width: int, crs=None,
         return PngClassMapWriter(path, height, width)
     raise RasterError(f"{path}: unsupported output extension {extension or '(none)'!r}; use .tif"
                       " (GeoTIFF, keeps the georeferencing) or .png")
-
-
-# --------------------------------------------------------------------------------- colour rendering
-
-
-class ColourPreview:
-    """A subsampled colour rendering of a class map that arrives band by band.
-
-    Keeps every ``step``-th row and column (nearest neighbour, ``step`` chosen so the longer
-    side is at most ``max_side``) and the per-class pixel counts of the FULL-resolution map,
-    so memory is ``max_side``^2 bytes plus the counts whatever the scene size.
-    """
-
-    def __init__(self, height: int, width: int, max_side: int = DEFAULT_PREVIEW_SIDE) -> None:
-        if max_side <= 0:
-            raise ValueError(f"max_side must be positive, got {max_side}")
-        self.height, self.width = height, width
-        self.step = max(1, math.ceil(max(height, width) / max_side))
-        self.index = np.zeros((math.ceil(height / self.step), math.ceil(width / self.step)), dtype=np.uint8)
-        self.counts = np.zeros(256, dtype=np.int64)
-
-    def add_rows(self, row_start: int, rows: np.ndarray) -> None:
-        """Take in image rows ``row_start .. row_start + len(rows)`` (uint8 [n, width])."""
-        rows = np.asarray(rows)
-        self.counts += np.bincount(rows.reshape(-1), minlength=256)[:256]
-        first = -(-row_start // self.step) * self.step  # first kept row at or after row_start
-        kept = np.arange(first, row_start + rows.shape[0], self.step)
-        if kept.size:
-            self.index[kept // self.step] = rows[kept - row_start, ::self.step]
-
-    def fractions(self) -> np.ndarray:
-        """float64 [NUM_CLASSES]: share of each class among the predicted (not nodata) pixels."""
-        total = max(int(self.counts[:NUM_CLASSES].sum()), 1)
-        return self.counts[:NUM_CLASSES] / total
-
-    @property
-    def nodata_pixels(self) -> int:
-        """Pixels written as nodata (:data:`NODATA_CLASS`), left out of :meth:`fractions`."""
-        return int(self.counts[NODATA_CLASS])
-
-    def render(self, legend: bool = True, title: Optional[str] = None) -> np.ndarray:
-        """The colour rendering [h, w, 3] uint8, with a legend strip on the right."""
-        colour = colorize(self.index)
-        if not legend:
-            return colour
-        caption = title or (f"prediction {self.width}x{self.height}"
-                            + (f" (1:{self.step} subsampled)" if self.step > 1 else ""))
-        return compose_panels([(caption, colour)], fractions=self.fractions())
-
-    def save(self, path: str, legend: bool = True, title: Optional[str] = None) -> None:
-        """Write :meth:`render` as an RGB PNG, atomically (RasterError, one line, on failure)."""
-        try:
-            write_png_atomic(path, self.render(legend, title))
-        except OSError as error:
-            raise RasterError(f"{path}: cannot write the colour rendering ({describe_os_error(error)});"
-                              " the earlier file, if any, is untouched") from None
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)  # scalable default font (Pillow >= 10.1)
-    except TypeError:  # older Pillow: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def render_legend(height: int, fractions: Optional[Sequence[float]] = None,
-                  font_size: int = 14) -> np.ndarray:
-    """A white legend strip [max(height, needed), w, 3]: one swatch and class name per class.
-
-    With ``fractions`` (share of each class), each line also gives the percentage, and
-    classes that do not occur are greyed out.
-    """
-    font = _font(font_size)
-    line = font_size + 8
-    swatch = font_size + 2
-    labels = []
-    for index, name in enumerate(CLASS_NAMES):
-        text = f"{index:2d} {name}"
-        if fractions is not None:
-            text += f"  {100.0 * float(fractions[index]):.2f}%"
-        labels.append(text)
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    text_width = max(int(probe.textlength(text, font=font)) for text in labels)
-    width = 12 + swatch + 8 + text_width + 12
-    needed = 12 + line * (NUM_CLASSES + 1)
-    canvas = Image.new("RGB", (width, max(height, needed)), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((12, 8), "class (share of pixels)" if fractions is not None else "class", fill=(0, 0, 0),
-              font=font)
-    for index, text in enumerate(labels):
-        top = 12 + line * (index + 1)
-        colour = tuple(int(c) for c in PALETTE[index])
-        draw.rectangle([12, top, 12 + swatch, top + swatch], fill=colour, outline=(128, 128, 128))
-        absent = fractions is not None and float(fractions[index]) == 0.0
-        draw.text((12 + swatch + 8, top), text, fill=(160, 160, 160) if absent else (0, 0, 0), font=font)
-    return np.asarray(canvas, dtype=np.uint8)
-
-
-def compose_panels(panels: Sequence[Tuple[str, np.ndarray]], legend: bool = True,
-                   fractions: Optional[Sequence[float]] = None, gap: int = 8,
-                   font_size: int = 14, caption: Optional[str] = None) -> np.ndarray:
-    """Place RGB panels side by side with a title above each and the class legend on the right.
-
-    Used for the predict ``--color`` rendering (one panel) and for the documentation picture
-    (image, ground truth, prediction). ``caption``: one line of text under everything.
-    """
-    font = _font(font_size)
-    title_height = font_size + 10
-    body = max(panel.shape[0] for _, panel in panels)
-    pieces: List[np.ndarray] = []
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    for title, panel in panels:
-        panel = np.asarray(panel, dtype=np.uint8)
-        tile_width = max(panel.shape[1], int(probe.textlength(title, font=font)) + 4)
-        tile = Image.new("RGB", (tile_width, title_height + body), (255, 255, 255))
-        tile.paste(Image.fromarray(np.ascontiguousarray(panel)), (0, title_height))
-        ImageDraw.Draw(tile).text((2, 3), title, fill=(0, 0, 0), font=font)
-        pieces.append(np.asarray(tile))
-    if legend:
-        pieces.append(render_legend(title_height + body, fractions, font_size))
-    height = max(piece.shape[0] for piece in pieces)
-    width = sum(piece.shape[1] for piece in pieces) + gap * (len(pieces) - 1)
-    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
-    left = 0
-    for piece in pieces:
-        canvas[:piece.shape[0], left:left + piece.shape[1]] = piece
-        left += piece.shape[1] + gap
-    if caption:
-        caption_width = int(probe.textlength(caption, font=font)) + 8
-        framed = Image.new("RGB", (max(width, caption_width), height + title_height), (255, 255, 255))
-        framed.paste(Image.fromarray(canvas), (0, 0))
-        ImageDraw.Draw(framed).text((4, height + 3), caption, fill=(0, 0, 0), font=font)
-        canvas = np.asarray(framed)
-    return canvas
-
-
-# --------------------------------------------------------------------------------- test scenes
-
-
-def write_geotiff_by_windows(path: str, height: int, width: int, fill, crs="EPSG:32633",
-                             transform=None, block_rows: int = 512) -> None:
-    """Write a 3-band uint8 GeoTIFF of ``height`` x ``width`` without holding it in memory.
-
-    ``fill(row_start, row_end) -> uint8 [rows, width, 3]`` produces the pixels of each block
-    of rows. ``transform`` defaults to a 0.5 m north-up grid at an arbitrary UTM origin. Used
-    by the tests and the prediction benchmark to build large georeferenced scenes.
-    """
-    rasterio = _import_rasterio(path, "writing a GeoTIFF")
-    from rasterio.transform import Affine
-
-    if transform is None:
-        transform = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4649776.0)
-    profile = dict(driver="GTiff", height=height, width=width, count=3, dtype="uint8", crs=crs,
-                   transform=transform, tiled=True, blockxsize=GEOTIFF_BLOCK,
-                   blockysize=GEOTIFF_BLOCK, compress="deflate", BIGTIFF="IF_SAFER",
-                   photometric="rgb")
-    with atomic_output(path) as temporary:
-        with rasterio.open(temporary, "w", **profile) as dataset:
-            for row_start in range(0, height, block_rows):
-                row_end = min(height, row_start + block_rows)
-                pixels = np.asarray(fill(row_start, row_end), dtype=np.uint8)
-                window = rasterio.windows.Window(0, row_start, width, row_end - row_start)
-                dataset.write(pixels.transpose(2, 0, 1), window=window)
-
-
-def read_georeference(path: str) -> Dict[str, object]:
-    """``{"height", "width", "count", "dtype", "crs", "transform"}`` of a raster (rasterio)."""
-    rasterio = _import_rasterio(path, "reading a GeoTIFF")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with rasterio.open(path) as dataset:
-            return {"height": dataset.height, "width": dataset.width, "count": dataset.count,
-                    "dtype": dataset.dtypes[0], "crs": dataset.crs, "transform": dataset.transform,
-                    "compress": dataset.compression.value if dataset.compression else None,
-                    "tiled": dataset.profile.get("tiled", False)}
-
-
-# --------------------------------------------------------------------------------- the prediction driver
-# Written once here and used by both ``torch_ref/predict.py`` and ``paddle_impl/predict.py``:
-# the command line, the checks before any model is built, the loop that writes bands, and
-# the command's main (:func:`run_predictor`).
-
-
-def build_predict_parser(prog: str, framework: str, gpu_name: str,
-                         model_dir: bool = False) -> argparse.ArgumentParser:
-    """The predict CLI's parser; ``model_dir`` adds Paddle's ``--model-dir`` / ``--backend``."""
-    source = "--weights W" + (" or --model-dir DIR" if model_dir else "")
-    parser = OneLineArgumentParser(
-        prog=prog,
-        description=(
-            f"Predict the iSAID classes of a scene of any size with FarSeg / FactSeg ({framework}):"
-            " the official sliding windows (896 at stride 512, probabilities averaged where"
-            " windows overlap, argmax), streamed by row bands. Output: a uint8 class-index raster"
-            " (0..15). GeoTIFF in, GeoTIFF out keeps the CRS and affine transform. Memory: a"
-            " GeoTIFF/TIFF input is read by windows (one strip of --window rows), the output is"
-            " written band by band (GeoTIFF or PNG), and the device holds one band of"
-            " probabilities (16 x window x width float32), so memory depends on the scene's"
-            " width, not its height; a PNG/JPEG input is decoded whole (3 bytes a pixel):"
-            " convert huge scenes to a tiled GeoTIFF; a scene whose band would not fit in memory is"
-            " refused before prediction starts. Pixels a GeoTIFF marks as nodata (value or mask)"
-            " are written as 255 (the output's nodata value) and left out of the class shares."
-            " Output files appear only when complete and read back correctly."
-            f" Model: {source}. Exit status 0 done, 2 bad input (one line on stderr)."))
-    parser.add_argument("--weights", metavar="FILE",
-                        help="checkpoint: a torch .pth (official training wrapper and 'module.'"
-                             " prefix accepted) or a Paddle .pdparams; the other framework's file"
-                             " is converted in memory. Loaded without executing code"
-                             + ("; or use --model-dir" if model_dir else ""))
-    if model_dir:
-        parser.add_argument("--model-dir", metavar="DIR",
-                            help="an export of python -m paddle_impl.export, run with Paddle"
-                                 " Inference instead of the dynamic graph (window and stride default"
-                                 " to the values in DIR/model.yml)")
-    parser.add_argument("--model", choices=("auto", "farseg", "factseg"), default="auto",
-                        help="architecture of --weights (default auto: detected from the"
-                             " checkpoint's keys)")
-    parser.add_argument("--image", required=True, metavar="FILE",
-                        help="RGB scene: a 3-band uint8 GeoTIFF/TIFF (read by windows) or a"
-                             " PNG / JPEG / BMP (decoded whole; greyscale is replicated and alpha"
-                             " dropped, as the official loader does)")
-    parser.add_argument("--out", required=True, metavar="OUT.tif|OUT.png",
-                        help="class-index raster, 1 band uint8 (0..15): .tif/.tiff writes a"
-                             " deflate-compressed, 256x256-tiled GeoTIFF with the input's CRS and"
-                             " transform and the iSAID colour table; .png a palette PNG (values"
-                             " = classes, iSAID colours; no georeferencing). Both are written band"
-                             " by band to a temporary file renamed at the end")
-    parser.add_argument("--window", type=positive_int, metavar="PX",
-                        help="window side (default 896, the official value)")
-    parser.add_argument("--stride", type=positive_int, metavar="PX",
-                        help="window stride, at most --window (default 512, the official value)")
-    parser.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
-                        help="windows per forward pass (default 1; larger is faster on a GPU)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "gpu"), default="auto",
-                        help=f"cpu, {gpu_name} (cuda and gpu both name the GPU), or auto ({gpu_name}"
-                             f" when available; default)")
-    parser.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none",
-                        help="mixed precision on a GPU (default none)")
-    if model_dir:
-        parser.add_argument("--backend", default="auto",
-                            choices=("auto", "onednn", "native", "paddle-default"),
-                            help="Paddle Inference CPU backend for --model-dir (default auto; see"
-                                 " python -m paddle_impl.infer --help)")
-    parser.add_argument("--color", metavar="COLOUR.png",
-                        help="also write a colour rendering in the iSAID palette with a legend"
-                             " (class names and each class's share of the pixels)")
-    parser.add_argument("--color-max-side", type=positive_int, default=DEFAULT_PREVIEW_SIDE,
-                        metavar="PX",
-                        help=f"the colour rendering is subsampled (nearest neighbour) so that its"
-                             f" longer side is at most PX (default {DEFAULT_PREVIEW_SIDE}); the"
-                             f" class shares are computed at full resolution")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                        help="progress bar over windows on stderr (default on)")
-    return parser
-
-
-def check_predict_args(args: argparse.Namespace) -> List[str]:
-    """Problems with the options that argparse cannot see (empty list when fine)."""
-    problems: List[str] = []
-    has_dir = getattr(args, "model_dir", None) is not None
-    if has_dir == (args.weights is not None):
-        problems.append("give exactly one of --weights and --model-dir" if hasattr(args, "model_dir")
-                        else "--weights is required")
-    if has_dir and args.model != "auto":
-        problems.append("--model is read from DIR/model.yml with --model-dir; leave it out")
-    if args.window is not None and args.stride is not None and args.stride > args.window:
-        problems.append(f"--stride {args.stride} is larger than --window {args.window}, which would"
-                        " leave pixels in no window")
-    extension = os.path.splitext(args.out)[1].lower()
-    if extension not in OUTPUT_EXTENSIONS:
-        problems.append(f"--out {args.out}: unsupported extension {extension or '(none)'!r}; use .tif"
-                        " (GeoTIFF, keeps the georeferencing) or .png")
-    if args.color is not None and not args.color.lower().endswith(".png"):
-        problems.append(f"--color {args.color}: must end in .png")
-    if args.color is not None and os.path.abspath(args.color) == os.path.abspath(args.out):
-        problems.append("--color and --out name the same file")
-    if os.path.abspath(args.out) == os.path.abspath(args.image):
-        problems.append("--out would overwrite --image")
-    return problems
-
-
-@dataclass
-class PredictionResult:
-    """What :func:`predict_to_files` wrote, for the CLI's summary line."""
-
-    image: str
-    out: str
-    colour: Optional[str]
-    height: int
-    width: int
-    seconds: float
-    input_description: str
-    georeferenced_output: bool
-    class_fractions: np.ndarray
-    nodata_pixels: int = 0
-
-    def summary(self) -> str:
-        megapixels = self.height * self.width / 1e6
-        geo = "CRS and transform kept" if self.georeferenced_output else "no georeferencing"
-        top = np.argsort(-self.class_fractions)[:4]
-        classes = ", ".join(f"{CLASS_NAMES[c]} {100 * self.class_fractions[c]:.1f}%"
-                            for c in top if self.class_fractions[c] > 0)
-        colour = f"; colour rendering {self.colour}" if self.colour else ""
-        if self.nodata_pixels:
-            classes += (f" (of the valid pixels; {self.nodata_pixels} nodata pixels of the input written as"
-                        f" {NODATA_CLASS})")
-        return (f"{self.image} ({self.input_description}) -> {self.out} (uint8 classes, {geo}) in"
-                f" {self.seconds:.1f}s, {megapixels / max(self.seconds, 1e-9):.3f} Mpx/s; top classes:"
-                f" {classes}{colour}")
-
-
-def predict_to_files(reader: RasterReader, out_path: str,
-                     bands: Callable[[int, int, Callable[..., np.ndarray]], Iterator[Tuple[int, int, np.ndarray]]],
-                     colour_path: Optional[str] = None,
-                     colour_max_side: int = DEFAULT_PREVIEW_SIDE) -> PredictionResult:
-    """Run ``bands(height, width, read_window)`` (the engine, yielding ``(row_start, row_end,
-    uint8 rows [n, width])`` on the host) over ``reader`` and write each band as it arrives.
-
-    The class map goes to ``out_path`` (:func:`create_class_map_writer`; the input's CRS and
-    transform when it is a GeoTIFF), the subsampled colour rendering to ``colour_path``.
-    Nothing is left at ``out_path`` if anything fails (RasterError from the reader, an engine
-    error, Ctrl-C): the temporary file is removed and the exception propagates.
-    """
-    start = time.perf_counter()
-    writer = create_class_map_writer(out_path, reader.height, reader.width, reader.crs, reader.transform,
-                                     NODATA_CLASS if reader.has_nodata else None)
-    preview = ColourPreview(reader.height, reader.width, colour_max_side)
-    with writer:
-        for row_start, row_end, rows in bands(reader.height, reader.width, reader.read_window):
-            if rows.shape != (row_end - row_start, reader.width):
-                raise ValueError(f"engine yielded rows {row_start}..{row_end} of shape {list(rows.shape)}")
-            nodata = reader.nodata_rows(row_start, row_end)
-            if nodata is not None and nodata.any():
-                rows = np.where(nodata, np.uint8(NODATA_CLASS), rows)
-            writer.write_rows(row_start, rows)
-            preview.add_rows(row_start, rows)
-        writer.commit()
-    if colour_path is not None:
-        preview.save(colour_path, title=f"{os.path.basename(reader.path)}: prediction"
-                     + (f" (1:{preview.step})" if preview.step > 1 else ""))
-    georeferenced = isinstance(writer, GeoTiffClassMapWriter) and reader.crs is not None
-    return PredictionResult(reader.path, out_path, colour_path, reader.height, reader.width,
-                            time.perf_counter() - start, reader.describe(), georeferenced,
-                            preview.fractions(), preview.nodata_pixels)
-
-
-def check_band_memory(reader: RasterReader, window: int, device: str) -> None:
-    """RasterError (one line naming the size and the limit) when one band of the scene (window
-    rows x its width) would not fit in the memory this process may use."""
-    per_pixel = BAND_BYTES_PER_PIXEL_CPU if device == "cpu" else BAND_BYTES_PER_PIXEL_GPU
-    rows = min(window, reader.height)
-    try:
-        check_memory(per_pixel * rows * reader.width,
-                     f"{reader.path}: predicting this {reader.width}x{reader.height} scene (one band of"
-                     f" {rows} rows x {reader.width} columns)",
-                     "memory grows with the width only: cut the scene into narrower tiles (e.g."
-                     " gdal_translate -srcwin) and predict each")
-    except MemoryBudgetError as error:
-        raise RasterError(str(error)) from None
-
-
-def print_error(prog: str, message: str) -> None:
-    """``prog: error: message`` on stderr, on one line."""
-    print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
-
-
-def run_predictor(argv: Optional[Sequence[str]], prog: str, framework: str, gpu_name: str, *,
-                  gpu_available: Callable[[], bool], resolve_device: Callable[[str], Any],
-                  build_engine: Callable[[argparse.Namespace], Tuple[Any, str]],
-                  class_bands: Callable[[Any, bool], Callable[..., Iterator[Tuple[int, int, np.ndarray]]]],
-                  checkpoint_error: Type[Exception],
-                  engine_errors: Tuple[Type[Exception], ...],
-                  band_errors: Tuple[Type[Exception], ...],
-                  model_dir: bool = False) -> int:
-    """The predict command line, given one framework's parts; returns the exit status.
-
-    ``build_engine(args)`` returns (engine, what model it runs) or raises ``checkpoint_error``
-    (convert's CheckpointError: its ``headline()`` is reported) or one of ``engine_errors``;
-    ``class_bands(engine, progress)`` is the ``bands`` of :func:`predict_to_files`, which
-    reports ``band_errors``. ``model_dir`` adds Paddle's ``--model-dir`` / ``--backend``.
-    """
-    args = build_predict_parser(prog, framework, gpu_name, model_dir=model_dir).parse_args(argv)
-    problems = check_predict_args(args)
-    if args.device == "auto":
-        args.device = gpu_name if gpu_available() else "cpu"
-    for problem in problems:
-        print_error(prog, problem)
-    if problems:
-        return 2
-    try:
-        resolve_device(args.device)
-        for option, path in (("--out", args.out), ("--color", args.color)):
-            if path is not None:
-                try:
-                    check_writable(path)  # a read-only folder is found before any work is done
-                    # temporary files that an earlier, killed run left for this very output
-                    remove_stale_temporaries(os.path.dirname(os.path.abspath(path)),
-                                             lambda target, name=os.path.basename(path): target == name)
-                except OSError as error:
-                    raise RasterError(f"{option} {path}: cannot write there ({describe_os_error(error)})") from None
-        reader: RasterReader = open_raster(args.image)  # header and band checks before the model
-    except (RasterError, ValueError) as error:
-        print_error(prog, error)
-        return 2
-    with reader:
-        try:
-            engine, how = build_engine(args)
-        except checkpoint_error as error:
-            print_error(prog, error.headline())  # type: ignore[attr-defined]
-            return 2
-        except engine_errors as error:
-            print_error(prog, error)
-            return 2
-        if reader.georeferenced and not args.out.lower().endswith((".tif", ".tiff")):
-            print(f"note: {args.image} is georeferenced but {args.out} is a PNG, which cannot keep"
-                  " the CRS and transform; use a .tif output to keep them", file=sys.stderr)
-        print(f"model: {how}; device {engine.device}; window {engine.window}, stride {engine.stride}",
-              file=sys.stderr, flush=True)
-        try:
-            check_band_memory(reader, engine.window, str(engine.device))
-        except RasterError as error:
-            print_error(prog, error)
-            return 2
-        try:
-            result = predict_to_files(reader, args.out, class_bands(engine, args.progress), args.color,
-                                      args.color_max_side)
-        except band_errors as error:
-            print_error(prog, error)
-            return 2
-    print(result.summary(), flush=True)
-    return 0

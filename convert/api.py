@@ -10,12 +10,15 @@ from typing import List, Optional, Union
 
 import numpy as np
 
-from weights import ENCODER_PREFIX, MODEL_NAMES
+from weights import ENCODER_PREFIX, MODEL_NAMES, check_model_name
 
 from .errors import CheckpointError
-from .rules import (DETECTABLE, FRAMEWORKS, IMAGENET_HEAD, detect_model, expected_layout,
-                    imagenet_resnet50_to, model_rules, paddle_to_torch, torch_to_paddle, validate)
-from .safe_load import read_checkpoint, torch_import_seconds
+from .foreign import RecognisedCheckpoint
+from .rules import (DETECTABLE, FRAMEWORKS, IMAGENET_HEAD, check_layout, counter_keys, detect_model,
+                    expected_layout, imagenet_resnet50_to, model_rules, paddle_to_torch, torch_to_paddle,
+                    validate)
+from .reader import read_checkpoint
+from .safe_load import torch_import_seconds
 from .writers import save_paddle, save_torch
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -39,6 +42,15 @@ class ConversionResult:
     notes: List[str] = field(default_factory=list)
     seconds: float = 0.0
     import_seconds: float = 0.0  # part of ``seconds`` spent importing torch
+    nonfinite: List[str] = field(default_factory=list)  # keys with NaN/Inf converted anyway
+
+    def warning(self) -> Optional[str]:
+        """The warning line for non-finite values converted with ``allow_nonfinite`` (or None)."""
+        if not self.nonfinite:
+            return None
+        shown = ", ".join(repr(k) for k in self.nonfinite[:3]) + (", ..." if len(self.nonfinite) > 3 else "")
+        return (f"warning: {self.in_path}: {len(self.nonfinite)} tensors hold NaN/Inf values ({shown}); "
+                f"converted anyway (--allow-nonfinite): predictions from these weights are not meaningful")
 
     def summary(self) -> str:
         label = "resnet50 ImageNet" if self.model == "resnet50" else self.model
@@ -80,26 +92,34 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def run_conversion(in_path: PathLike, out_path: Optional[PathLike] = None, model: str = "auto",
-                   to: Optional[str] = None, target: Optional[str] = None) -> ConversionResult:
-    """Convert one checkpoint file; see ``convert_file``. Returns what was done."""
+                   to: Optional[str] = None, target: Optional[str] = None,
+                   allow_nonfinite: bool = False) -> ConversionResult:
+    """Convert one checkpoint file; see ``convert_file``. Returns what was done.
+
+    NaN/Inf values are refused (CheckpointError naming the key) unless ``allow_nonfinite``;
+    then they are converted and listed in the result (``ConversionResult.warning``).
+    """
     start = time.perf_counter()
     imports_before = torch_import_seconds()
     in_path = Path(in_path)
-    if model not in MODEL_CHOICES:
-        raise ValueError(f"unknown model {model!r}: expected one of {', '.join(MODEL_CHOICES)}")
+    check_model_name(model, choices=MODEL_CHOICES)
     if to is not None and to not in FRAMEWORKS:
         raise ValueError(f"unknown output format {to!r}: expected paddle or torch")
-    if target is not None and target not in MODEL_NAMES:
-        raise ValueError(f"unknown target {target!r}: expected one of {', '.join(MODEL_NAMES)}")
+    if target is not None:
+        check_model_name(target, what="target")
 
-    loaded = read_checkpoint(in_path)
+    # A port's layout comes back renamed to the official one (convert.foreign).
+    loaded = read_checkpoint(in_path, allow_nonfinite=allow_nonfinite)
     state, source = loaded.state, loaded.framework
     # The input's own format decides the default direction (content, not extension).
-    to = to or ("paddle" if source == "torch" else "torch")
+    recognised = loaded if isinstance(loaded, RecognisedCheckpoint) else None
+    file_framework = recognised.file_framework if recognised else source
+    to = to or ("paddle" if file_framework == "torch" else "torch")
     try:
         name = detect_model(state) if model == "auto" else model
         if name == "resnet50" and source != "torch":
-            raise CheckpointError("ImageNet resnet50 weights are read from torchvision's .pth files only")
+            raise CheckpointError("ImageNet resnet50 weights are read from torchvision's .pth or a known Paddle "
+                                  "ResNet-50 layout (X2Paddle's, paddle.vision's names)")
         notes: List[str] = []
         if name != "resnet50" and target is not None:
             notes.append(f"target {target} ignored (only used for ImageNet resnet50 input)")
@@ -127,7 +147,7 @@ def run_conversion(in_path: PathLike, out_path: Optional[PathLike] = None, model
             validate(state, name, source)
             order = expected_layout(name, source)[0]
             out_state = OrderedDict((k, state[k]) for k in order)
-            notes.append("validated, wrapper/prefix removed")
+            notes.append("official layout" if recognised else "validated, wrapper/prefix removed")
     except CheckpointError as exc:
         hint = ""
         if model != "auto":
@@ -152,9 +172,10 @@ def run_conversion(in_path: PathLike, out_path: Optional[PathLike] = None, model
         raise CheckpointError(f"cannot write: {exc.strerror or exc}", path=out) from None
     return ConversionResult(in_path=in_path, out_path=out, model=name, source=source, to=to,
                             input_description=loaded.describe() + "".join(f", {n}" for n in loaded.notes),
-                            n_in=len(state), n_out=len(out_state), notes=notes,
+                            n_in=recognised.n_file if recognised else len(state), n_out=len(out_state), notes=notes,
                             seconds=time.perf_counter() - start,
-                            import_seconds=torch_import_seconds() - imports_before)
+                            import_seconds=torch_import_seconds() - imports_before,
+                            nonfinite=list(loaded.nonfinite))
 
 
 def convert_file(in_path: PathLike, out_path: Optional[PathLike] = None, model: str = "auto",
@@ -191,6 +212,12 @@ def _imagenet_encoder_state(path: PathLike, model_name: str,
     loaded = read_checkpoint(path)
     state, prefix = loaded.state, ENCODER_PREFIX[model_name]
     if all(key.startswith(prefix) for key in state) and loaded.framework == framework:
+        # Already this model's encoder in this framework: check keys, shapes and dtypes as is.
+        rules = [r for r in model_rules(model_name) if r.torch_key.startswith(prefix)]
+        layout = OrderedDict((r.torch_key, r.shape) for r in rules) if framework == "torch" else \
+            OrderedDict((r.paddle_key, r.paddle_shape) for r in rules if r.paddle_key)
+        check_layout(state, layout, what=f"the {model_name} encoder layout ({framework} names)",
+                     counters=counter_keys(model_name, framework))
         return state
     source = next((name for name, p in ENCODER_PREFIX.items()
                    if all(key.startswith(p) for key in state)), None)

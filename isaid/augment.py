@@ -8,8 +8,8 @@ From that:
 - the patch: the stream walks through the patches epoch by epoch, each epoch in its own
   permutation drawn from ``(seed, epoch)`` (every patch once per epoch, as a shuffled sampler);
 - the augmentation: horizontal flip, vertical flip, rotation by ``k*90`` degrees drawn from
-  ``(seed, position)`` (SPEC section 5, in that order), then bottom/right padding to the
-  window (image 0, label 255);
+  ``(seed, position)`` (in that order: docs/official_models.md, "Training recipe"), then
+  bottom/right padding to the window (image 0, label 255);
 - the process: with ``W`` processes, process ``r`` takes the ``r``-th slice of ``B/W``
   positions of each global batch.
 

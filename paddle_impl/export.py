@@ -43,7 +43,7 @@ from convert import CheckpointError
 from app.cli import OneLineArgumentParser
 from isaid.imageio import current_umask
 from isaid.palette import CLASS_NAMES, MEAN, NUM_CLASSES, PALETTE, STD
-from weights import MODEL_NAMES
+from weights import MODEL_NAMES, check_model_name
 
 from . import build_model
 from . import factseg as _factseg_module
@@ -239,8 +239,7 @@ def export(model_name: str, weights: Optional[str], out_dir: str,
     (tests, benchmarks). Returns a summary dict (paths, sizes, check results, seconds).
     Raises CheckpointError (bad weights) or ExportError; ``out_dir`` is untouched then.
     """
-    if model_name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {model_name!r}: expected one of {', '.join(MODEL_NAMES)}")
+    check_model_name(model_name)
     if size is not None and (size[0] % SIZE_MULTIPLE or size[1] % SIZE_MULTIPLE or min(size) <= 0):
         raise ExportError(f"--size {size[0]} {size[1]}: both must be positive multiples of {SIZE_MULTIPLE}")
     out_dir = os.path.normpath(out_dir)  # "deploy/" and "deploy" name the same folder

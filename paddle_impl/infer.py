@@ -45,7 +45,8 @@ from app.cli import OneLineArgumentParser
 from isaid.atomic import describe_os_error
 from isaid.imageio import write_png_atomic
 from isaid.palette import CLASS_NAMES, NUM_CLASSES, normalize
-from app.raster import ColourPreview, RasterError, open_raster
+from app.preview import ColourPreview
+from app.raster import RasterError, open_raster
 from isaid.windows import pad_to_multiple
 
 from .export_format import CONFIG_FILE, PARAMS_FILE, PROGRAM_FILE, ExportError, fixed_size, read_deploy_config

@@ -1,7 +1,8 @@
 """Layer factories with the official initialisation, so both frameworks build identical nets.
 
 Mirror of ``torch_ref/layers.py``. Paddle's own defaults differ from torch's (normal weights,
-zero bias), so every initialiser the official code relies on is spelled out here (SPEC section 9).
+zero bias), so every initialiser the official code relies on is spelled out here
+(docs/official_models.md, "Initialisation and framework facts").
 """
 from __future__ import annotations
 

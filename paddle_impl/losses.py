@@ -1,15 +1,20 @@
-"""The two training losses, as the official code computes them (SPEC sections 3 and 4).
+"""The two training losses, as the official code computes them (docs/official_models.md, "FarSeg"
+and "FactSeg").
 
 - FarSeg: annealing softmax focal loss (Zheng et al., CVPR 2020, eq. 7-9).
 - FactSeg: joint-probability loss with small-object mining (Ma et al., TGRS 2021), with the
   fusion computed in log space so that it stays finite where the official one underflows.
+
+Paddle 3.3.1's ``F.log_softmax``, ``F.softmax`` and ``F.cross_entropy`` clamp a log-probability
+at -64 and ``F.log_sigmoid`` drops log1p's precision (docs/paddle_numerics.md): nothing here
+uses them. ``log_softmax`` (x - logsumexp(x), exact) and ``log_sigmoid`` (log1p-based) below
+stand where torch_ref calls ``F.log_softmax`` / ``F.logsigmoid``.
 """
 from __future__ import annotations
 
 import math
 
 import paddle
-import paddle.nn.functional as F
 
 IGNORE_INDEX = 255
 ANNEALING_T_MAX = 10000
@@ -17,11 +22,24 @@ FOCAL_GAMMA = 2.0
 SOM_RATIO = 0.1
 
 
-def annealing_factor(step: float, t_max: int = ANNEALING_T_MAX) -> float:
-    """a(t) = (cos(pi t / t_max) + 1) / 2 for t <= t_max, 0 after (pure focal weighting)."""
-    if step > t_max:
-        return 0.0
-    return (math.cos(math.pi * step / t_max) + 1.0) / 2.0
+def log_softmax(x: paddle.Tensor, axis: int) -> paddle.Tensor:
+    """log softmax along ``axis`` without Paddle's clamp at -64 (x - logsumexp(x) is exact)."""
+    return x - paddle.logsumexp(x, axis=axis, keepdim=True)
+
+
+def log_sigmoid(x: paddle.Tensor) -> paddle.Tensor:
+    """log sigmoid(x) with log1p, exact for every x (as torch's F.logsigmoid).
+
+    Paddle's F.log_sigmoid computes log(1 + tiny) without log1p: 0 for x >= 40 in float64
+    (x >= 20 in float32) where the true value is -exp(-x). Each branch only ever sees inputs
+    where exp(.) <= 1 (no overflow, so no NaN through the unused branch's gradient), and at
+    x = 0 the gradient is the true 1/2.
+    """
+    positive = x >= 0
+    zero = paddle.zeros_like(x)
+    x_pos = paddle.where(positive, x, zero)
+    x_neg = paddle.where(positive, zero, x)
+    return paddle.where(positive, -paddle.log1p(paddle.exp(-x_pos)), x_neg - paddle.log1p(paddle.exp(x_neg)))
 
 
 def annealing_softmax_focal_loss(logits: paddle.Tensor, target: paddle.Tensor, step: float,
@@ -30,11 +48,11 @@ def annealing_softmax_focal_loss(logits: paddle.Tensor, target: paddle.Tensor, s
     """FarSeg's loss on full-resolution logits [B,C,H,W] and labels [B,H,W] (255 = ignore)."""
     valid = target != ignore_index
     safe_target = paddle.where(valid, target, paddle.zeros_like(target)).unsqueeze(1)
-    log_probs = F.log_softmax(logits, axis=1)
+    log_probs = log_softmax(logits, axis=1)
     # Per-pixel cross entropy, 0 on ignored pixels (as F.cross_entropy(ignore_index=255)).
     losses = -paddle.take_along_axis(log_probs, safe_target, axis=1).squeeze(1) * valid.astype(logits.dtype)
     with paddle.no_grad():
-        true_prob = paddle.take_along_axis(F.softmax(logits, axis=1), safe_target, axis=1).squeeze(1)
+        true_prob = paddle.take_along_axis(log_probs, safe_target, axis=1).squeeze(1).exp()
         modulating = (1.0 - true_prob).pow(gamma)
         total = losses.sum()
         focal_total = (losses * modulating).sum()
@@ -58,9 +76,9 @@ def joint_log_probs(fg_logits: paddle.Tensor, bi_logits: paddle.Tensor) -> paddl
     fg_logits [B,C,H,W] (multi-class branch), bi_logits [B,1,H,W] (binary branch). Log space:
     equal to the official value wherever that is finite, and finite where it is NaN.
     """
-    log_q = F.log_softmax(fg_logits, axis=1)
-    log_fg = F.log_sigmoid(bi_logits)
-    log_bg = F.log_sigmoid(-bi_logits)
+    log_q = log_softmax(fg_logits, axis=1)
+    log_fg = log_sigmoid(bi_logits)
+    log_bg = log_sigmoid(-bi_logits)
     joint = paddle.concat([log_q[:, :1] + log_bg, log_q[:, 1:] + log_fg], axis=1)
     return joint - paddle.logsumexp(joint, axis=1, keepdim=True)
 

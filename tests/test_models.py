@@ -103,7 +103,7 @@ def official_annealing_loss(logits, target, t, t_max=10000, gamma=2.0):
 
 
 def official_fused_probs_one_image(fg, bi):
-    """The official eval fusion; its un-keepdim sum only works for a batch of one."""
+    """The official eval fusion; its un-keepdim sum is right only for a batch of one (batch 16 runs, wrongly)."""
     binary = torch.sigmoid(bi)
     cls = torch.softmax(fg, dim=1)
     cls[:, 0] = cls[:, 0] * (1 - binary).squeeze(1)

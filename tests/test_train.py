@@ -24,6 +24,7 @@ import pytest
 from isaid.augment import (AugmentParams, SamplePlan, augment, draw_augment, load_patch_index,
                            load_sample, normalize_batch)
 from app.config import ConfigError, default_config, load_config, parse_override
+from app.training import write_checksum
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "farseg_isaid.yaml")
@@ -196,6 +197,7 @@ def test_resume_comparison_catches_a_lost_optimizer_state(resume_runs, prepared:
     for buffers in state["optimizer"]["state"].values():
         buffers["momentum_buffer"].zero_()
     torch.save(state, checkpoint)
+    write_checksum(str(checkpoint))  # edited on purpose: sign it, as a user would after editing
     run_train("torch", overrides(prepared, broken, **{"train.checkpoint_every": 1}),
               resume=str(checkpoint))
     # Step 2's loss does not see the momentum yet; the weights after step 2 do.
@@ -216,6 +218,7 @@ def test_resume_refuses_a_changed_recipe(prepared: Path, tmp_path: Path,
     checkpoint = tmp_path / "ckpt_0000001.pt"
     other = load_config(CONFIG, overrides(prepared, out, **{"train.lr": 0.01}))
     torch.save({"format": CHECKPOINT_FORMAT, "iteration": 1, "config": other}, checkpoint)
+    write_checksum(str(checkpoint))
     code = main(["--config", CONFIG, "--no-progress", "--resume", str(checkpoint), "--set",
                  *overrides(prepared, out)])
     assert code == 2
@@ -518,10 +521,10 @@ def test_torch_amp_step_on_cpu(amp: str) -> None:
     seen = []
     net.en.resnet.conv1.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     before = net.cls_pred_conv.weight.detach().clone()
-    step = TrainStep(model, net, optimizer, scheduler, scaler, amp, 35.0, runtime.device)
+    step = TrainStep(model, net, optimizer, scheduler, scaler, config["train"], runtime.device)
     images = torch.randn(2, 3, 32, 32)  # CPU bf16/fp16 kernels are slow: smallest valid input
     labels = torch.randint(0, 16, (2, 32, 32))
-    loss = step(images, labels)
+    loss = step(images, labels).loss
     assert seen == [torch.bfloat16 if amp == "bf16" else torch.float16]
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p).all() for p in net.parameters())

@@ -4,11 +4,12 @@ Sensing Imagery", Ma et al., IEEE TGRS 2021 (official code: Junjue-Wang/FactSeg)
 Naming as in the official code: ``fg*`` is the MULTI-CLASS branch, ``bi*`` the binary
 foreground-activation branch. Shared ResNet-50, two independent FPNs and decoders.
 Training-mode forward with labels returns ``{"joint_loss": ...}``; eval returns the fused
-probabilities, normalised per pixel for any batch size (the official code only works for 1).
+probabilities, normalised per pixel for any batch size (the official fusion is right only for
+a batch of one: docs/official_models.md, "FactSeg").
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -22,6 +23,19 @@ from .shapes import check_input_size
 
 
 class FactSeg(nn.Module):
+    """FactSeg with a ResNet-50 encoder, module for module the official model.
+
+    Its state dict is the official checkpoint's: same keys, shapes and order.
+
+    Paper: `FactSeg: Foreground Activation-Driven Small Object Semantic Segmentation in Large-Scale
+    Remote Sensing Imagery`, A. Ma, J. Wang, Y. Zhong, Z. Zheng, IEEE TGRS 2021.
+    Official code: https://github.com/Junjue-Wang/FactSeg (on Z-Zheng/SimpleCV); what it does, in
+    our words, and the one deliberate deviation (per-pixel fusion): docs/official_models.md, "FactSeg".
+
+    Args:
+        num_classes: classes of the multi-class branch (iSAID: 16, background included).
+    """
+
     def __init__(self, num_classes: int = 16) -> None:
         super().__init__()
         self.resencoder = ResNetEncoder()
@@ -42,7 +56,10 @@ class FactSeg(nn.Module):
         bi = self.bi_cls(self.bi_decoder(self.bifpn(features)))
         return self.fg_upsample(fg), self.bi_upsample(bi)
 
-    def forward(self, x: torch.Tensor, y: Optional[Dict[str, torch.Tensor]] = None):
+    def forward(self, x: torch.Tensor,
+                y: Optional[Dict[str, torch.Tensor]] = None) -> Union[Dict[str, torch.Tensor], torch.Tensor]:
+        """Training mode with labels ``y = {"cls": [B,H,W] int64}`` (255 = ignore): ``{"joint_loss": loss}``;
+        otherwise the fused class probabilities [B,C,H,W] at input resolution."""
         fg_logits, bi_logits = self.logits(x)
         if self.training and y is not None:
             return {"joint_loss": joint_loss(fg_logits, bi_logits, y["cls"])}

@@ -7,7 +7,7 @@ step counter in the ``buffer_step`` buffer); eval returns softmax probabilities.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -48,6 +48,20 @@ class SceneRelation(nn.Module):
 
 
 class FarSeg(nn.Module):
+    """FarSeg with a ResNet-50 encoder, module for module the official model.
+
+    Its state dict is the official checkpoint's: same keys, shapes and order.
+
+    Paper: `Foreground-Aware Relation Network for Geospatial Object Segmentation in High Spatial
+    Resolution Remote Sensing Imagery`, Z. Zheng, Y. Zhong, J. Wang, A. Ma, CVPR 2020
+        - https://arxiv.org/abs/2011.09766
+    Official code: https://github.com/Z-Zheng/FarSeg (tag v1.0, on Z-Zheng/SimpleCV); what it
+    does, in our words: docs/official_models.md, "FarSeg".
+
+    Args:
+        num_classes: output classes (iSAID: 16, background included).
+    """
+
     def __init__(self, num_classes: int = 16) -> None:
         super().__init__()
         # First state-dict key; float32 like the official buffer (only its integer value matters).
@@ -69,7 +83,10 @@ class FarSeg(nn.Module):
         refined = self.sr(scene, pyramid)
         return self.upsample4x_op(self.cls_pred_conv(self.decoder(refined)))
 
-    def forward(self, x: torch.Tensor, y: Optional[Dict[str, torch.Tensor]] = None):
+    def forward(self, x: torch.Tensor,
+                y: Optional[Dict[str, torch.Tensor]] = None) -> Union[Dict[str, torch.Tensor], torch.Tensor]:
+        """Training mode with labels ``y = {"cls": [B,H,W] int64}`` (255 = ignore): ``{"cls_loss": loss}``,
+        ``buffer_step`` counted up first; otherwise class probabilities [B,C,H,W] at input resolution."""
         logits = self.logits(x)
         if self.training and y is not None:
             with torch.no_grad():

@@ -1,7 +1,8 @@
 """Layer factories with the official initialisation, so both frameworks build identical nets.
 
-The official models use torch's defaults except where noted (SPEC section 9); the Paddle
-mirror (``paddle_impl/layers.py``) spells the same initialisers out explicitly.
+The official models use torch's defaults except where noted (docs/official_models.md,
+"Initialisation and framework facts"); the Paddle mirror (``paddle_impl/layers.py``) spells
+the same initialisers out explicitly.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The two training losses, as the official code computes them (SPEC sections 3 and 4).
+"""The two training losses, as the official code computes them (docs/official_models.md, "FarSeg"
+and "FactSeg").
 
 - FarSeg: annealing softmax focal loss (Zheng et al., CVPR 2020, eq. 7-9).
 - FactSeg: joint-probability loss with small-object mining (Ma et al., TGRS 2021), with the
@@ -17,13 +18,6 @@ FOCAL_GAMMA = 2.0
 SOM_RATIO = 0.1
 
 
-def annealing_factor(step: float, t_max: int = ANNEALING_T_MAX) -> float:
-    """a(t) = (cos(pi t / t_max) + 1) / 2 for t <= t_max, 0 after (pure focal weighting)."""
-    if step > t_max:
-        return 0.0
-    return (math.cos(math.pi * step / t_max) + 1.0) / 2.0
-
-
 def annealing_softmax_focal_loss(logits: torch.Tensor, target: torch.Tensor, step: float,
                                  t_max: int = ANNEALING_T_MAX, gamma: float = FOCAL_GAMMA,
                                  ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -34,7 +28,7 @@ def annealing_softmax_focal_loss(logits: torch.Tensor, target: torch.Tensor, ste
     # Per-pixel cross entropy, 0 on ignored pixels (as F.cross_entropy(ignore_index=255)).
     losses = -torch.gather(log_probs, 1, safe_target).squeeze(1) * valid.to(logits.dtype)
     with torch.no_grad():
-        true_prob = torch.gather(F.softmax(logits, dim=1), 1, safe_target).squeeze(1)
+        true_prob = torch.gather(log_probs, 1, safe_target).squeeze(1).exp()
         modulating = (1.0 - true_prob).pow(gamma)
         total = losses.sum()
         focal_total = (losses * modulating).sum()

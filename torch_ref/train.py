@@ -6,7 +6,7 @@ Usage::
                               [--resume PATH|auto] [--no-progress] [--print-config]
     torchrun --nproc_per_node 2 -m torch_ref.train --config configs/farseg_isaid.yaml
 
-Recipe (SPEC section 5): SGD (momentum 0.9, weight decay 1e-4 on all parameters), poly
+Recipe (docs/official_models.md, "Training recipe"): SGD (momentum 0.9, weight decay 1e-4 on all parameters), poly
 learning rate per iteration without warm-up, gradient clipping by the GLOBAL L2 norm,
 ImageNet ResNet-50 initialisation, SyncBatchNorm across GPUs. Samples and augmentation are
 drawn by ``isaid.augment`` from (seed, iteration, rank): a resumed run continues with exactly
@@ -31,7 +31,7 @@ import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 if __package__ in (None, ""):
     # Started as a script path (launchers that cannot run "-m"): import from the repository
@@ -45,11 +45,13 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from convert import CheckpointError, atomic_write, imagenet_encoder_state, save_torch, validate
+from convert.safe_load import read_object
 from isaid.atomic import describe_os_error, remove_stale_temporaries
 from isaid.augment import DataError, SamplePlan, load_patch_index
-from app.config import Config, ConfigError, changed_keys, dump_config, load_config, resolve_out_dir
-from app.training import (RESUME_MUST_MATCH, MetricsFile, NonFiniteGuard, TrainError, checkpoint_dir,
-                            list_checkpoints, one_line, starting_point)
+from app.config import Config, ConfigError, dump_config, load_config, resolve_out_dir
+from app.training import (MetricsFile, NonFiniteGuard, TrainError, check_training_checkpoint,
+                          checkpoint_dir, list_checkpoints, one_line, remove_checkpoint_file,
+                          starting_point, write_checkpoint_file)
 from app.training import build_parser as build_train_parser
 from torch_ref import build_model
 from torch_ref.data import build_loader, to_device
@@ -158,6 +160,28 @@ def load_imagenet(net: nn.Module, path: str, model_name: str) -> int:
 # ------------------------------------------------------------------------------ model, step
 
 
+def build_optimizer(model: nn.Module, recipe: Mapping[str, Any]) -> Tuple[torch.optim.SGD, Any]:
+    """(optimizer, scheduler) of ``recipe`` (the ``train`` section of configs/*.yaml) for ``model``.
+
+    SGD with momentum and L2 weight decay on every parameter, and the poly learning rate
+    ``lr * (1 - k / iterations) ** poly_power`` stepped once per iteration. Clipping by the
+    global norm (``clip_norm``) is done by :class:`TrainStep` (torch has no optimizer option).
+    """
+    params = list(model.parameters())
+    optimizer = torch.optim.SGD(params, lr=recipe["lr"], momentum=recipe["momentum"],
+                                weight_decay=recipe["weight_decay"],
+                                fused=True if params and params[0].is_cuda else None)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(
+        optimizer, total_iters=recipe["iterations"], power=recipe["poly_power"])
+    return optimizer, scheduler
+
+
+def build_scaler(recipe: Mapping[str, Any], device: torch.device) -> torch.amp.GradScaler:
+    """The loss scaler of ``recipe``: dynamic scaling for fp16 (apex O1's defaults), else off."""
+    return torch.amp.GradScaler(device.type, enabled=recipe["amp"] == "fp16", init_scale=2.0 ** 16,
+                                growth_factor=2.0, backoff_factor=0.5, growth_interval=2000)
+
+
 def build_training(config: Config, runtime: Runtime, imagenet: Optional[str]):
     """(net, train_model, optimizer, scheduler, scaler) for ``config`` on ``runtime``.
 
@@ -170,7 +194,8 @@ def build_training(config: Config, runtime: Runtime, imagenet: Optional[str]):
     if imagenet is not None:
         load_imagenet(net, imagenet, name)
     if runtime.world_size > 1 and runtime.on_gpu and train["sync_bn"]:
-        # GPU only: both frameworks' SyncBatchNorm kernels exist only for GPUs (SPEC section 9).
+        # GPU only: both frameworks' SyncBatchNorm kernels exist only for GPUs
+        # (docs/official_models.md, "Initialisation and framework facts").
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net.to(runtime.device)
     if train["channels_last"]:
@@ -183,47 +208,64 @@ def build_training(config: Config, runtime: Runtime, imagenet: Optional[str]):
             broadcast_buffers=False)
     if train["compile"]:
         train_model = torch.compile(train_model)
-    optimizer = torch.optim.SGD(net.parameters(), lr=train["lr"], momentum=train["momentum"],
-                                weight_decay=train["weight_decay"], fused=runtime.on_gpu or None)
-    scheduler = torch.optim.lr_scheduler.PolynomialLR(
-        optimizer, total_iters=train["iterations"], power=train["poly_power"])
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=train["amp"] == "fp16",
-                                  init_scale=2.0 ** 16, growth_factor=2.0, backoff_factor=0.5,
-                                  growth_interval=2000)
-    return net, train_model, optimizer, scheduler, scaler
+    optimizer, scheduler = build_optimizer(net, train)
+    return net, train_model, optimizer, scheduler, build_scaler(train, runtime.device)
+
+
+@dataclass
+class StepResult:
+    """What one training iteration reports (tensors stay on the device: no synchronisation)."""
+
+    loss: torch.Tensor  # the summed training loss (detached)
+    lr: float  # the learning rate this iteration's update used
+    grad_norm: torch.Tensor  # global L2 norm of the unscaled gradients, before clipping
 
 
 class TrainStep:
-    """One optimisation step: forward under autocast, (scaled) backward, clipping by the
-    global norm of the unscaled gradients, SGD step, learning-rate step."""
+    """One training iteration of ``recipe``: forward under autocast, (scaled) backward,
+    unscaling, clipping by the global norm, SGD step, loss-scaler update, zeroing the
+    gradients, learning-rate step.
+
+    ``step(images, labels)`` runs it whole; :meth:`compute_gradients` and
+    :meth:`apply_gradients` are its two halves, for callers that inspect the gradients in
+    between (``align.backward``).
+    """
 
     def __init__(self, train_model: nn.Module, net: nn.Module, optimizer, scheduler, scaler,
-                 amp: str, clip_norm: float, device: torch.device) -> None:
+                 recipe: Mapping[str, Any], device: torch.device) -> None:
         self.train_model, self.net = train_model, net
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
-        self.amp, self.clip_norm, self.device = amp, clip_norm, device
+        self.amp, self.clip_norm, self.device = recipe["amp"], float(recipe["clip_norm"]), device
         # The dtype of a disabled autocast is never used; bfloat16 keeps torch from warning.
-        self.amp_dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+        self.amp_dtype = torch.float16 if self.amp == "fp16" else torch.bfloat16
         self.train_model.train()
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Train on one batch; returns the loss (detached, on the device)."""
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
+        """Train on one batch."""
+        result = self.compute_gradients(images, labels)
+        self.apply_gradients(result.grad_norm)
+        return result
+
+    def compute_gradients(self, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
+        """Forward, scaled backward and unscaling: ``.grad`` holds the true gradients."""
+        lr = float(self.optimizer.param_groups[0]["lr"])
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp != "none"):
             losses = self.train_model(images, {"cls": labels})
         loss = sum(losses.values())
         self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # a no-op unless fp16
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        return StepResult(loss.detach(), lr, torch.nn.utils.get_total_norm(grads))
+
+    def apply_gradients(self, grad_norm: torch.Tensor) -> None:
+        """Clip by the global norm ``grad_norm`` (from :meth:`compute_gradients`), step the
+        optimizer (skipped by the scaler on inf/NaN), zero the gradients, step the lr."""
         if self.clip_norm > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.clip_norm)
+            torch.nn.utils.clip_grads_with_norm_(self.net.parameters(), self.clip_norm, grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        return loss.detach()
-
-    def current_lr(self) -> float:
-        """The learning rate the next step uses."""
-        return float(self.scheduler.get_last_lr()[0])
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -241,7 +283,7 @@ def torch_save_to(handle, state: Any, path: str) -> None:
 
 def save_checkpoint(out_dir: str, iteration: int, config: Config, runtime: Runtime, net, optimizer,
                     scheduler, scaler, keep: int) -> str:
-    """Write ``ckpt_<iteration>`` atomically, then drop all but the newest ``keep``."""
+    """Write ``ckpt_<iteration>`` and its checksum atomically, then drop all but the newest ``keep``."""
     state = {
         "format": CHECKPOINT_FORMAT,
         "framework": FRAMEWORK,
@@ -255,36 +297,43 @@ def save_checkpoint(out_dir: str, iteration: int, config: Config, runtime: Runti
         "rng": rng_state(),  # of rank 0; the loop itself draws no random numbers
     }
     path = os.path.join(checkpoint_dir(out_dir), f"ckpt_{iteration:07d}.pt")
-    atomic_write(path, lambda handle: torch_save_to(handle, state, path))
+    write_checkpoint_file(path, lambda handle: torch_save_to(handle, state, path))
     if keep > 0:
         for _, old in list_checkpoints(out_dir, CHECKPOINT_PATTERN)[:-keep]:
-            os.remove(old)
+            remove_checkpoint_file(old)
     return path
+
+
+def to_torch(value: Any) -> Any:
+    """``value`` with every numpy array turned into a torch tensor (a copy; nested dicts and lists)."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.array(value, copy=True))
+    if isinstance(value, dict):
+        return type(value)((k, to_torch(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_torch(v) for v in value)
+    return value
 
 
 def load_checkpoint(path: str, config: Config, runtime: Runtime, net, optimizer, scheduler,
                     scaler) -> int:
-    """Restore everything :func:`save_checkpoint` wrote; returns the iteration reached."""
+    """Restore everything :func:`save_checkpoint` wrote; returns the iteration reached.
+
+    Read by convert's reader (no code executed, bounded time and memory; the file's checksum
+    was checked by ``starting_point``), checked (``check_training_checkpoint``), then loaded.
+    """
+    state = read_object(path)[1]
+    check_training_checkpoint(path, state, CHECKPOINT_FORMAT, "torch_ref.train", config)
+    state = to_torch(state)
     try:
-        # weights_only: a checkpoint is data; nothing in it may run code.
-        state = torch.load(path, map_location=runtime.device, weights_only=True)
-    except FileNotFoundError:
-        raise TrainError(f"--resume {path}: file not found") from None
-    except Exception as error:  # noqa: BLE001 - any unreadable file becomes one line
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise TrainError(f"{path}: not a readable torch checkpoint ({first[:200]})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise TrainError(f"{path}: not a training checkpoint of torch_ref.train")
-    changed = changed_keys(state["config"], config, RESUME_MUST_MATCH)
-    if changed:
-        raise TrainError(f"{path}: the checkpoint was trained with other settings"
-                         f" ({'; '.join(changed)}); resume with the same recipe")
-    net.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if state["scaler"]:
-        scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
+        raise TrainError(f"{path}: does not fit this model and optimizer ({one_line(error)[:300]})") from None
     return int(state["iteration"])
 
 
@@ -389,8 +438,7 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
     seed_everything(train_cfg["seed"])
     net, train_model, optimizer, scheduler, scaler = build_training(
         config, runtime, None if resume_path else imagenet)
-    step = TrainStep(train_model, net, optimizer, scheduler, scaler, train_cfg["amp"],
-                     train_cfg["clip_norm"], runtime.device)
+    step = TrainStep(train_model, net, optimizer, scheduler, scaler, train_cfg, runtime.device)
 
     start = 0
     if resume_path is not None:
@@ -423,9 +471,9 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
     window_count = 0
     for iteration, batch in enumerate(loader, start):
         images, labels = to_device(batch, runtime.device, train_cfg["channels_last"])
-        lr = step.current_lr()
         snapshot = training_snapshot(net, optimizer, scheduler, scaler) if guard.skip else None
-        loss = step(images, labels)
+        result = step(images, labels)
+        lr, loss = result.lr, result.loss
         done = iteration + 1
         bar.update(1)
         if snapshot is not None and not finite_on_all_processes(loss, runtime):

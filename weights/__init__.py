@@ -10,7 +10,7 @@ import functools
 import json
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Sequence, Tuple, Type
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
 
@@ -33,10 +33,15 @@ OFFICIAL_MIOU = {"farseg": 63.71, "factseg": 64.80}
 SEED_REPRODUCTION_MIOU = {"farseg": 63.09, "factseg": 64.64}
 
 
-def check_model_name(name: str) -> str:
-    """Return ``name`` if it is a known model, else raise ValueError naming the choices."""
-    if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODEL_NAMES)}")
+def check_model_name(name: str, choices: Sequence[str] = MODEL_NAMES, error: Type[Exception] = ValueError,
+                     what: str = "model") -> str:
+    """Return ``name`` if it is one of ``choices``, else raise ``error`` naming them (one line).
+
+    The one model-name check of the project: callers pass their own exception type (e.g.
+    ``AlignInputError``), wider ``choices`` (the converter's ``auto``) or ``what`` ("target").
+    """
+    if not isinstance(name, str) or name not in choices:
+        raise error(f"unknown {what} {name!r}: expected one of {', '.join(choices)}")
     return name
 
 
