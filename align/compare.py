@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -450,14 +448,8 @@ def write_reprod_log(path: Path, values: Mapping[str, np.ndarray]) -> Path:
     logger = ReprodLogger()
     for key, value in values.items():
         logger.add(key, np.asarray(value))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}.tmp.npy"  # np.save keeps a .npy name
-    try:
-        logger.save(str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # ReprodLogger.save is np.save of its dict; given a handle, np.save keeps the temp file's name
+    atomic_write(path, lambda handle: np.save(handle, logger._data))
     return path
 
 

@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
 
+from isaid.palette import NUM_CLASSES
 from weights import MODEL_NAMES
 
 MODEL_CHOICES = MODEL_NAMES
@@ -42,20 +43,27 @@ class Field:
     choices: Optional[Tuple[str, ...]] = None
     minimum: Optional[float] = None  # inclusive lower bound for numbers
     nullable: bool = False  # str keys only: None (or "none") allowed
+    below: Optional[float] = None  # exclusive upper bound for numbers
+    maximum: Optional[float] = None  # inclusive upper bound for numbers
+    multiple_of: Optional[int] = None  # int keys only
+    equals: Optional[Any] = None  # the one value the data allows (with the reason in help)
 
 
 # The official recipe (docs/official_models.md, "Training recipe") is the default of every key; the YAML files in
 # configs/ spell it out in full so that a reader sees the whole recipe in one place.
 SCHEMA: Dict[str, Field] = {
     "model.name": Field("farseg", "str", "model to train", choices=MODEL_CHOICES),
-    "model.num_classes": Field(16, "int", "number of classes (iSAID: 16, background included)",
-                               minimum=2),
+    "model.num_classes": Field(NUM_CLASSES, "int", "number of classes: must be the dataset's"
+                               f" {NUM_CLASSES} (iSAID, background included; what isaid.prepare"
+                               " writes, the official checkpoints and the converter's layouts)",
+                               equals=NUM_CLASSES),
     "data.root": Field("data/isaid", "str",
                        "OUT folder of `python -m isaid.prepare` (holds train/index.json)"),
     "data.split": Field("train", "str", "split folder under data.root to train on"),
     "data.window": Field(896, "int",
                          "patch side: must equal the --window given to isaid.prepare; patches"
-                         " are padded to it after augmentation", minimum=32),
+                         " are padded to it after augmentation; a multiple of 32 (the models'"
+                         " output stride)", minimum=32, multiple_of=32),
     "init.imagenet": Field("weights/resnet50-19c8e357_{model}_encoder.pdparams", "str",
                            "ImageNet ResNet-50 encoder weights: the output of `python -m convert"
                            " resnet50-19c8e357.pth --model resnet50 --target <model>` (either"
@@ -65,9 +73,9 @@ SCHEMA: Dict[str, Field] = {
     "train.batch_size": Field(8, "int", "GLOBAL batch (split evenly over the processes)",
                               minimum=1),
     "train.lr": Field(0.007, "float", "base learning rate", minimum=0.0),
-    "train.momentum": Field(0.9, "float", "SGD momentum", minimum=0.0),
-    "train.weight_decay": Field(0.0001, "float", "L2 weight decay on all parameters",
-                                minimum=0.0),
+    "train.momentum": Field(0.9, "float", "SGD momentum, in [0, 1)", minimum=0.0, below=1.0),
+    "train.weight_decay": Field(0.0001, "float", "L2 weight decay on all parameters, in [0, 1)",
+                                minimum=0.0, below=1.0),
     "train.poly_power": Field(0.9, "float",
                               "lr = lr * (1 - k / iterations) ** poly_power, per iteration",
                               minimum=0.0),
@@ -99,8 +107,16 @@ SCHEMA: Dict[str, Field] = {
                                choices=LOG_BACKEND_CHOICES),
     "train.out_dir": Field("runs/{model}_{framework}", "str", "output folder; {model} and"
                            " {framework} are replaced"),
-    "augment.hflip": Field(0.5, "float", "probability of a horizontal flip", minimum=0.0),
-    "augment.vflip": Field(0.5, "float", "probability of a vertical flip", minimum=0.0),
+    "train.skip_nonfinite": Field(False, "bool", "a NaN/Inf training loss stops the run with an"
+                                  " error naming the iteration (false), or its batch is undone"
+                                  " (weights, optimiser, schedule as before it), counted and logged"
+                                  " (true)"),
+    "train.max_nonfinite": Field(100, "int", "with train.skip_nonfinite: stop anyway after this"
+                                 " many skipped batches", minimum=1),
+    "augment.hflip": Field(0.5, "float", "probability of a horizontal flip, in [0, 1]",
+                           minimum=0.0, maximum=1.0),
+    "augment.vflip": Field(0.5, "float", "probability of a vertical flip, in [0, 1]",
+                           minimum=0.0, maximum=1.0),
     "augment.rot90": Field(True, "bool", "rotate by k*90 degrees, k uniform in {0,1,2,3}"),
 }
 
@@ -178,6 +194,15 @@ def coerce(key: str, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {key}: {result!r} is not one of {', '.join(field.choices)}")
     if field.minimum is not None and result < field.minimum:
         raise ConfigError(f"{where}: {key}: must be >= {field.minimum:g}, got {result!r}")
+    if field.below is not None and result >= field.below:
+        raise ConfigError(f"{where}: {key}: must be < {field.below:g}, got {result!r} ({field.help})")
+    if field.maximum is not None and result > field.maximum:
+        raise ConfigError(f"{where}: {key}: must be <= {field.maximum:g}, got {result!r} ({field.help})")
+    if field.multiple_of is not None and result % field.multiple_of:
+        raise ConfigError(f"{where}: {key}: must be a multiple of {field.multiple_of}, got {result!r}"
+                          f" (e.g. {max(field.multiple_of, result // field.multiple_of * field.multiple_of)})")
+    if field.equals is not None and result != field.equals:
+        raise ConfigError(f"{where}: {key}: must be {field.equals!r}, got {result!r} ({field.help})")
     return result
 
 

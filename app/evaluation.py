@@ -34,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from convert import CheckpointError
+from isaid.atomic import check_writable, describe_os_error, remove_stale_temporaries
 from isaid.imageio import ImageReadError, read_mask_details, read_rgb, read_size, write_bytes_atomic
 from isaid.metrics import format_iou_table, miou
 from isaid.palette import CLASS_NAMES, IGNORE_INDEX, MEAN, NUM_CLASSES, STD
@@ -492,6 +493,13 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
     start = time.perf_counter()
     try:
         check_args(args)
+        if args.json:
+            try:
+                check_writable(args.json)  # found now, not after the whole evaluation
+                remove_stale_temporaries(os.path.dirname(os.path.abspath(args.json)),
+                                         lambda target: target == os.path.basename(args.json))
+            except OSError as error:
+                raise InputError([f"--json {args.json}: cannot write there ({describe_os_error(error)})"]) from None
         scenes = find_scenes(args.images, args.masks, args.limit)
     except InputError as error:
         print_errors(error.lines)
@@ -528,5 +536,10 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
         result["expect"] = expectation.record
         print("\n".join(expectation.lines), flush=True)
     if args.json:
-        write_json_atomic(args.json, result)
+        try:
+            write_json_atomic(args.json, result)
+        except OSError as error:
+            print_errors([f"--json {args.json}: cannot write ({describe_os_error(error)}); the earlier file,"
+                          " if any, is untouched"])
+            return 2
     return 1 if expectation is not None and not expectation.passed else 0

@@ -18,13 +18,15 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from convert import CheckpointError, detect_architecture
+from isaid.atomic import check_writable, describe_os_error, remove_stale_temporaries
 from isaid.palette import CLASS_NAMES
+from isaid.resources import MemoryBudgetError, check_memory
 
 from .backend import Backend, Engine, ReadWindow
 from .cli import OneLineArgumentParser, auto_device, positive_int
 from .preview import DEFAULT_PREVIEW_SIDE, ColourPreview
-from .raster import (OUTPUT_EXTENSIONS, GeoTiffClassMapWriter, RasterError, RasterReader, create_class_map_writer,
-                     open_raster)
+from .raster import (NODATA_CLASS, OUTPUT_EXTENSIONS, GeoTiffClassMapWriter, RasterError, RasterReader,
+                     create_class_map_writer, open_raster)
 
 DEFAULT_WINDOW, DEFAULT_STRIDE = 896, 512  # the official sliding windows
 
@@ -44,7 +46,10 @@ def build_predict_parser(prog: str, framework: str, gpu_name: str,
             " written band by band (GeoTIFF or PNG), and the device holds one band of"
             " probabilities (16 x window x width float32), so memory depends on the scene's"
             " width, not its height; a PNG/JPEG input is decoded whole (3 bytes a pixel):"
-            " convert huge scenes to a tiled GeoTIFF. Output files appear only when complete."
+            " convert huge scenes to a tiled GeoTIFF; a scene whose band would not fit in memory is"
+            " refused before prediction starts. Pixels a GeoTIFF marks as nodata (value or mask)"
+            " are written as 255 (the output's nodata value) and left out of the class shares."
+            " Output files appear only when complete and read back correctly."
             f" Model: {source}. Exit status 0 done, 2 bad input (one line on stderr)."))
     parser.add_argument("--weights", metavar="FILE",
                         help="checkpoint: a torch .pth (official training wrapper and 'module.'"
@@ -136,6 +141,7 @@ class PredictionResult:
     input_description: str
     georeferenced_output: bool
     class_fractions: np.ndarray
+    nodata_pixels: int = 0
 
     def summary(self) -> str:
         megapixels = self.height * self.width / 1e6
@@ -144,6 +150,9 @@ class PredictionResult:
         classes = ", ".join(f"{CLASS_NAMES[c]} {100 * self.class_fractions[c]:.1f}%"
                             for c in top if self.class_fractions[c] > 0)
         colour = f"; colour rendering {self.colour}" if self.colour else ""
+        if self.nodata_pixels:
+            classes += (f" (of the valid pixels; {self.nodata_pixels} nodata pixels of the input written as"
+                        f" {NODATA_CLASS})")
         return (f"{self.image} ({self.input_description}) -> {self.out} (uint8 classes, {geo}) in"
                 f" {self.seconds:.1f}s, {megapixels / max(self.seconds, 1e-9):.3f} Mpx/s; top classes:"
                 f" {classes}{colour}")
@@ -162,22 +171,52 @@ def predict_to_files(reader: RasterReader, out_path: str,
     error, Ctrl-C): the temporary file is removed and the exception propagates.
     """
     start = time.perf_counter()
-    writer = create_class_map_writer(out_path, reader.height, reader.width, reader.crs, reader.transform)
+    writer = create_class_map_writer(out_path, reader.height, reader.width, reader.crs, reader.transform,
+                                     NODATA_CLASS if reader.has_nodata else None)
     preview = ColourPreview(reader.height, reader.width, colour_max_side)
     with writer:
         for row_start, row_end, rows in bands(reader.height, reader.width, reader.read_window):
             if rows.shape != (row_end - row_start, reader.width):
                 raise ValueError(f"engine yielded rows {row_start}..{row_end} of shape {list(rows.shape)}")
+            nodata = reader.nodata_rows(row_start, row_end)
+            if nodata is not None and nodata.any():
+                rows = np.where(nodata, np.uint8(NODATA_CLASS), rows)
             writer.write_rows(row_start, rows)
             preview.add_rows(row_start, rows)
         writer.commit()
     if colour_path is not None:
-        preview.save(colour_path, title=f"{os.path.basename(reader.path)}: prediction"
-                     + (f" (1:{preview.step})" if preview.step > 1 else ""))
+        try:
+            preview.save(colour_path, title=f"{os.path.basename(reader.path)}: prediction"
+                         + (f" (1:{preview.step})" if preview.step > 1 else ""))
+        except OSError as error:
+            raise RasterError(f"{colour_path}: cannot write the colour rendering ({describe_os_error(error)});"
+                              " the earlier file, if any, is untouched") from None
     georeferenced = isinstance(writer, GeoTiffClassMapWriter) and reader.crs is not None
     return PredictionResult(reader.path, out_path, colour_path, reader.height, reader.width,
                             time.perf_counter() - start, reader.describe(), georeferenced,
-                            preview.fractions())
+                            preview.fractions(), preview.nodata_pixels)
+
+
+# Bytes per pixel of one band (window rows x scene width) on the host while predicting on the
+# CPU: the float32 accumulator of 16 classes, its averaged copy, the RGB strip, the classes
+# (counted from the arrays the engine holds, not measured).
+BAND_BYTES_PER_PIXEL_CPU = 16 * 4 * 2 + 3 + 8
+BAND_BYTES_PER_PIXEL_GPU = 3 + 8  # the probabilities stay on the device
+
+
+def check_band_memory(reader: RasterReader, window: int, device: str) -> None:
+    """RasterError (one line naming the size and the limit) when one band of the scene (window
+    rows x its width) would not fit in the memory this process may use."""
+    per_pixel = BAND_BYTES_PER_PIXEL_CPU if device == "cpu" else BAND_BYTES_PER_PIXEL_GPU
+    rows = min(window, reader.height)
+    try:
+        check_memory(per_pixel * rows * reader.width,
+                     f"{reader.path}: predicting this {reader.width}x{reader.height} scene (one band of"
+                     f" {rows} rows x {reader.width} columns)",
+                     "memory grows with the width only: cut the scene into narrower tiles (e.g."
+                     " gdal_translate -srcwin) and predict each")
+    except MemoryBudgetError as error:
+        raise RasterError(str(error)) from None
 
 
 def class_bands(backend: Backend, engine: Engine,
@@ -230,6 +269,15 @@ def run_predictor(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
         return 2
     try:
         backend.resolve_device(args.device)
+        for option, path in (("--out", args.out), ("--color", args.color)):
+            if path is not None:
+                try:
+                    check_writable(path)  # a read-only folder is found before any work is done
+                    # temporary files that an earlier, killed run left for this very output
+                    remove_stale_temporaries(os.path.dirname(os.path.abspath(path)),
+                                             lambda target, name=os.path.basename(path): target == name)
+                except OSError as error:
+                    raise RasterError(f"{option} {path}: cannot write there ({describe_os_error(error)})") from None
         reader: RasterReader = open_raster(args.image)  # header and band checks before the model
     except (RasterError, ValueError) as error:
         print_error(prog, error)
@@ -248,6 +296,11 @@ def run_predictor(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
                   " the CRS and transform; use a .tif output to keep them", file=sys.stderr)
         print(f"model: {how}; device {engine.device}; window {engine.window}, stride {engine.stride}",
               file=sys.stderr, flush=True)
+        try:
+            check_band_memory(reader, engine.window, str(engine.device))
+        except RasterError as error:
+            print_error(prog, error)
+            return 2
         try:
             result = predict_to_files(reader, args.out, class_bands(backend, engine, args.progress), args.color,
                                       args.color_max_side)

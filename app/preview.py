@@ -45,9 +45,14 @@ class ColourPreview:
         if kept.size:
             self.index[kept // self.step] = rows[kept - row_start, ::self.step]
 
+    @property
+    def nodata_pixels(self) -> int:
+        """Pixels written as nodata (255), left out of :meth:`fractions`."""
+        return int(self.counts[255])
+
     def fractions(self) -> np.ndarray:
-        """float64 [NUM_CLASSES]: share of each class in the full-resolution map."""
-        total = max(int(self.counts.sum()), 1)
+        """float64 [NUM_CLASSES]: share of each class among the predicted (not nodata) pixels."""
+        total = max(int(self.counts[:NUM_CLASSES].sum()), 1)
         return self.counts[:NUM_CLASSES] / total
 
     def render(self, legend: bool = True, title: Optional[str] = None) -> np.ndarray:

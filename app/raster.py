@@ -18,8 +18,14 @@ and by what:
 - PNG output (``.png``): written by row bands too, by the small streaming PNG encoder below
   (PIL can only write a whole image): a palette PNG whose pixel values are the class
   indices and whose palette is the iSAID one. PNG carries no CRS or transform.
-- Every output is written to a temporary file next to the target and renamed only when every
-  row has been written (:meth:`ClassMapWriter.commit`); an error leaves no partial file.
+- Every output is written to a temporary file next to the target (:mod:`isaid.atomic`), read
+  back and compared row by row (CRC-32) with what was written, and renamed only then
+  (:meth:`ClassMapWriter.commit`): an error, including one GDAL only logged (a full disk),
+  leaves the earlier file untouched and no temporary file.
+- Pixels the input GeoTIFF marks as nodata (a nodata value in all three bands, or a mask) are
+  reported by :meth:`RasterReader.nodata_rows`; the predict driver writes them as
+  :data:`NODATA_CLASS` (the output GeoTIFF's nodata value).
+- A PNG/JPEG decoded whole is checked against the memory available first.
 
 Errors: :class:`RasterError`, one line that starts with the file name (unreadable or corrupt
 file, band count other than 3, non-8-bit bands, unsupported output extension).
@@ -29,14 +35,19 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import sys
+import tempfile
 import warnings
 import zlib
-from typing import List, Optional
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from isaid.imageio import ImageReadError, publish, read_rgb_with_mode, temporary_path_beside
-from isaid.palette import CLASS_NAMES, NUM_CLASSES, PALETTE, index_png_palette
+from isaid.atomic import describe_os_error
+from isaid.imageio import (ImageReadError, publish, read_rgb_with_mode, read_size, require_regular_file,
+                           temporary_path_beside)
+from isaid.palette import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE, index_png_palette
+from isaid.resources import MemoryBudgetError, check_memory
 
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 GEOTIFF_EXTENSIONS = (".tif", ".tiff")
@@ -44,6 +55,12 @@ PNG_EXTENSIONS = (".png",)
 OUTPUT_EXTENSIONS = GEOTIFF_EXTENSIONS + PNG_EXTENSIONS
 GEOTIFF_BLOCK = 256  # tile side of the written GeoTIFF (GDAL's usual choice)
 _PNG_IDAT_BYTES = 1 << 20  # flush compressed PNG data in chunks of about 1 MB
+# Output value of pixels the input marks as nodata (a GeoTIFF nodata value or mask): the
+# ignore index, which is also the output GeoTIFF's nodata value and rendered white.
+NODATA_CLASS = IGNORE_INDEX
+# Bytes a pixel of a PNG/JPEG input costs while it is decoded whole (PIL's 4-byte RGBX
+# image plus the numpy RGB copy).
+WHOLE_IMAGE_BYTES_PER_PIXEL = 7
 
 
 class RasterError(Exception):
@@ -63,6 +80,7 @@ def _one_line(error: BaseException) -> str:
 def _import_rasterio(path: str, purpose: str):
     try:
         import rasterio  # noqa: F401  (imported lazily: only GeoTIFF users need it)
+        import rasterio.enums  # noqa: F401
         import rasterio.windows  # noqa: F401
     except ImportError:
         raise RasterError(f"{path}: {purpose} needs rasterio (pip install rasterio, or the"
@@ -97,6 +115,11 @@ class RasterReader:
     transform = None
     kind: str = ""
     bounded: bool = False
+    has_nodata: bool = False  # the file marks pixels as nodata (a nodata value or a mask)
+
+    def nodata_rows(self, y0: int, y1: int) -> Optional[np.ndarray]:
+        """bool [y1 - y0, width]: True where the input marks the pixel as nodata (None: none)."""
+        return None
 
     def read_window(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         """uint8 [y1 - y0, x1 - x0, 3] RGB pixels of rows y0..y1, columns x0..x1 (ends exclusive)."""
@@ -128,6 +151,15 @@ class _WholeImageReader(RasterReader):
     """PNG/JPEG/BMP through PIL: decoded whole (PIL cannot decode these formats by windows)."""
 
     def __init__(self, path: str) -> None:
+        try:
+            height, width = read_size(path)
+            check_memory(WHOLE_IMAGE_BYTES_PER_PIXEL * height * width,
+                         f"{path}: decoding this {width}x{height} image whole",
+                         "convert it to a tiled GeoTIFF, which is read by windows")
+        except ImageReadError as error:
+            raise RasterError(str(error)) from None
+        except MemoryBudgetError as error:
+            raise RasterError(str(error)) from None
         try:
             self._pixels, mode, file_format = read_rgb_with_mode(path)
         except ImageReadError as error:
@@ -184,6 +216,23 @@ class _WindowedTiffReader(RasterReader):
         self.bounded = True
         self._strip: Optional[np.ndarray] = None
         self._strip_rows = (0, 0)
+        # GDAL's per-band mask flags: all_valid alone means "no nodata value, no mask".
+        all_valid = rasterio.enums.MaskFlags.all_valid
+        self.has_nodata = dataset.nodata is not None or any(
+            list(flags) != [all_valid] for flags in dataset.mask_flag_enums)
+
+    def nodata_rows(self, y0: int, y1: int) -> Optional[np.ndarray]:
+        if not self.has_nodata:
+            return None
+        window = self._rasterio.windows.Window(0, y0, self.width, y1 - y0)
+        try:
+            masks = self._dataset.read_masks(window=window)  # [3, rows, width], 0 = nodata
+        except self._rasterio.errors.RasterioError as error:
+            raise RasterError(f"{self.path}: cannot read the nodata mask of rows {y0}..{y1}"
+                              f" ({_one_line(error)})") from None
+        # A pixel is nodata when every band says so (a per-dataset mask, or the nodata value
+        # in all three bands): one dark channel alone is still a valid pixel.
+        return (masks == 0).all(axis=0)
 
     def read_window(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         top, bottom = self._strip_rows
@@ -218,6 +267,10 @@ def open_raster(path: str) -> RasterReader:
         raise RasterError(f"{path}: file not found")
     if os.path.isdir(path):
         raise RasterError(f"{path}: is a folder, not an image")
+    try:
+        require_regular_file(path, path)  # a FIFO would block the first read for ever
+    except ImageReadError as error:
+        raise RasterError(str(error)) from None
     if is_tiff(path):
         return _WindowedTiffReader(path)
     return _WholeImageReader(path)
@@ -226,20 +279,67 @@ def open_raster(path: str) -> RasterReader:
 # --------------------------------------------------------------------------------- writing
 
 
+@contextlib.contextmanager
+def native_stderr_captured(lines: List[str]) -> Iterator[None]:
+    """Collect what native code (GDAL, libtiff) prints straight to file descriptor 2 into
+    ``lines`` instead of the terminal: a failed write then ends in one line of ours that quotes
+    GDAL's reason, not in a screenful of libtiff messages followed by it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                with contextlib.suppress(OSError):
+                    capture.seek(0)
+                    text = capture.read(1 << 16).decode("utf-8", "replace")
+                    lines.extend(line.strip() for line in text.splitlines() if line.strip())
+    finally:
+        os.close(saved)
+
+
 class ClassMapWriter:
-    """Writes a uint8 class map [height, width] band by band, atomically.
+    """Writes a uint8 class map [height, width] band by band, atomically, and verifies it.
 
     Call :meth:`write_rows` with consecutive row ranges starting at 0 (the engine's order),
-    then :meth:`commit`, which checks that every row was written and renames the temporary
-    file to ``path``. :meth:`abort` (or leaving a ``with`` block by an exception) removes the
-    temporary file and leaves ``path`` untouched.
+    then :meth:`commit`, which checks that every row was written, flushes the temporary file
+    to disk, reads it back (a CRC of every row must match what was written: a write error
+    that the library only logged, e.g. GDAL's on a full disk, is caught here) and renames it
+    to ``path``. :meth:`abort` (or leaving a ``with`` block by an exception) removes the
+    temporary file and leaves ``path`` untouched. Write failures raise :class:`RasterError`.
     """
+
+    kind = "raster"
 
     def __init__(self, path: str, height: int, width: int) -> None:
         self.path, self.height, self.width = os.fspath(path), height, width
-        self.temporary = temporary_path_beside(self.path)
+        try:
+            self.temporary = temporary_path_beside(self.path)
+        except OSError as error:
+            raise RasterError(f"{self.path}: cannot write here ({describe_os_error(error)})") from None
         self.rows_written = 0
+        self._crc = 0
         self._done = False
+        self._native: List[str] = []  # what GDAL/libtiff printed while writing (quoted on failure)
+
+    def _call(self, method: Callable[..., Any], *args: Any) -> Any:
+        """Run a subclass step with native stderr captured; lines printed by a step that
+        succeeds are passed on to stderr (they are warnings the user should see)."""
+        lines: List[str] = []
+        try:
+            with native_stderr_captured(lines):
+                return method(*args)
+        finally:
+            self._native.extend(lines[:20])
+
+    def _failure(self, message: str) -> RasterError:
+        """The one-line error of a failed write, quoting the first thing GDAL printed."""
+        if self._native:
+            message += f" (GDAL said: {self._native[0]})"
+        return RasterError(message + "; the earlier file, if any, is untouched")
 
     def write_rows(self, row_start: int, rows: np.ndarray) -> None:
         """Write ``rows`` (uint8 [n, width]) as image rows ``row_start .. row_start + n``."""
@@ -250,29 +350,56 @@ class ClassMapWriter:
             raise ValueError(f"expected uint8 rows [n, {self.width}], got {rows.dtype} {list(rows.shape)}")
         if row_start + rows.shape[0] > self.height:
             raise ValueError(f"rows {row_start}..{row_start + rows.shape[0]} exceed the height {self.height}")
-        self._write(row_start, np.ascontiguousarray(rows))
+        rows = np.ascontiguousarray(rows)
+        try:
+            self._call(self._write, row_start, rows)
+        except Exception as error:  # noqa: BLE001 - OSError, GDAL's errors: one line, no traceback
+            self.abort()
+            raise self._failure(f"{self.path}: write failed at rows {row_start}..{row_start + rows.shape[0]}"
+                                f" ({self._reason(error)})") from None
+        self._crc = zlib.crc32(rows, self._crc)
         self.rows_written += rows.shape[0]
 
     def commit(self) -> None:
-        """Finish the file and move it to ``path`` (only if all rows were written)."""
+        """Finish the file, verify it and move it to ``path`` (only if all rows were written)."""
         if self.rows_written != self.height:
             self.abort()
             raise RuntimeError(f"{self.path}: only {self.rows_written} of {self.height} rows were"
                                " written; no output file was created")
         try:
-            self._finish()
-            publish(self.temporary, self.path)
-        except BaseException:
+            self._call(self._finish)
+            publish(self.temporary, self.path, verify=lambda temporary: self._call(self._verify, temporary))
+        except BaseException as error:
             self.abort()
+            if isinstance(error, RasterError):
+                raise self._failure(str(error)) from None
+            if isinstance(error, Exception):
+                raise self._failure(f"{self.path}: write failed ({self._reason(error)})") from None
             raise
         self._done = True
+        for line in self._native[:5]:  # GDAL warnings of a write that verified fine
+            print(f"{self.path}: {line}", file=sys.stderr)
+
+    def _verify(self, temporary: str) -> None:
+        """Read the written file back and compare the CRC of its rows with what was written."""
+        height, width, crc = self._read_back(temporary)
+        if (height, width) != (self.height, self.width):
+            raise RasterError(f"{self.path}: the {self.kind} written reads back as {width}x{height}, not"
+                              f" {self.width}x{self.height}")
+        if crc != self._crc:
+            raise RasterError(f"{self.path}: the {self.kind} written does not read back as written (CRC"
+                              " mismatch: a write error, e.g. a full disk)")
+
+    @staticmethod
+    def _reason(error: BaseException) -> str:
+        return describe_os_error(error) if isinstance(error, OSError) else _one_line(error)
 
     def abort(self) -> None:
         """Drop the temporary file (idempotent)."""
         if self._done:
             return
         self._done = True
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception), native_stderr_captured([]):  # closing a failed GDAL file complains
             self._close_quietly()
         with contextlib.suppress(OSError):
             os.remove(self.temporary)
@@ -291,6 +418,10 @@ class ClassMapWriter:
     def _finish(self) -> None:
         raise NotImplementedError
 
+    def _read_back(self, temporary: str) -> Tuple[int, int, int]:
+        """(height, width, CRC-32 of all rows in order) of the file written."""
+        raise NotImplementedError
+
     def _close_quietly(self) -> None:
         pass
 
@@ -298,7 +429,10 @@ class ClassMapWriter:
 class GeoTiffClassMapWriter(ClassMapWriter):
     """1-band uint8 GeoTIFF (deflate, 256 x 256 tiles) with the given CRS and transform."""
 
-    def __init__(self, path: str, height: int, width: int, crs=None, transform=None) -> None:
+    kind = "GeoTIFF"
+
+    def __init__(self, path: str, height: int, width: int, crs=None, transform=None,
+                 nodata: Optional[int] = None) -> None:
         rasterio = _import_rasterio(path, "writing a GeoTIFF")
         super().__init__(path, height, width)
         self._rasterio = rasterio
@@ -309,6 +443,8 @@ class GeoTiffClassMapWriter(ClassMapWriter):
             profile["crs"] = crs
         if transform is not None:
             profile["transform"] = transform
+        if nodata is not None:
+            profile["nodata"] = nodata
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # NotGeoreferencedWarning for a PNG input
@@ -320,6 +456,8 @@ class GeoTiffClassMapWriter(ClassMapWriter):
             self._dataset.update_tags(1, **{f"CLASS_{i}": name for i, name in enumerate(CLASS_NAMES)})
             self._dataset.set_band_description(1, "class index (iSAID)")
         except rasterio.errors.RasterioError as error:
+            with contextlib.suppress(Exception):
+                self._dataset.close()
             with contextlib.suppress(OSError):
                 os.remove(self.temporary)
             raise RasterError(f"{path}: cannot create GeoTIFF ({_one_line(error)})") from None
@@ -331,12 +469,74 @@ class GeoTiffClassMapWriter(ClassMapWriter):
     def _finish(self) -> None:
         self._dataset.close()
 
+    def _read_back(self, temporary: str) -> Tuple[int, int, int]:
+        rasterio = self._rasterio
+        crc = 0
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with rasterio.open(temporary) as dataset:
+                    if dataset.count != 1 or dataset.dtypes[0] != "uint8":
+                        raise RasterError(f"{self.path}: the GeoTIFF written has {dataset.count} band(s) of"
+                                          f" {dataset.dtypes[0]}, not 1 of uint8")
+                    for top in range(0, dataset.height, GEOTIFF_BLOCK * 4):
+                        rows = min(GEOTIFF_BLOCK * 4, dataset.height - top)
+                        block = dataset.read(1, window=rasterio.windows.Window(0, top, dataset.width, rows))
+                        crc = zlib.crc32(np.ascontiguousarray(block), crc)
+                    return dataset.height, dataset.width, crc
+        except rasterio.errors.RasterioError as error:
+            raise RasterError(f"{self.path}: the GeoTIFF written does not read back"
+                              f" ({_one_line(error)})") from None
+
     def _close_quietly(self) -> None:
         self._dataset.close()
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def read_back_palette_png(path: str) -> Tuple[int, int, int]:
+    """(height, width, CRC-32 of the pixel rows) of a PNG written by :class:`PngClassMapWriter`,
+    streamed (one row at a time in memory): every chunk's CRC is checked, the IDAT stream is
+    inflated and each row's filter byte must be 0 (the only filter that writer uses)."""
+    with open(path, "rb") as handle:
+        if handle.read(8) != b"\x89PNG\r\n\x1a\n":
+            raise RasterError(f"{path}: not a PNG signature")
+        height = width = None
+        inflate = zlib.decompressobj()
+        pending = b""
+        crc, rows = 0, 0
+        while True:
+            head = handle.read(8)
+            if len(head) != 8:
+                raise RasterError(f"{path}: truncated PNG (no IEND chunk)")
+            length, kind = struct.unpack(">I4s", head)
+            data = handle.read(length)
+            stored = handle.read(4)
+            if len(data) != length or len(stored) != 4 or struct.unpack(">I", stored)[0] != zlib.crc32(kind + data):
+                raise RasterError(f"{path}: PNG chunk {kind!r} is truncated or fails its CRC")
+            if kind == b"IHDR":
+                width, height = struct.unpack(">II", data[:8])
+            elif kind == b"IDAT":
+                if width is None:
+                    raise RasterError(f"{path}: PNG data before its header")
+                pending += inflate.decompress(data)
+                stride = width + 1
+                full = len(pending) // stride * stride
+                block = np.frombuffer(pending[:full], dtype=np.uint8).reshape(-1, stride)
+                if block.size and block[:, 0].any():
+                    raise RasterError(f"{path}: unexpected PNG row filter")
+                crc = zlib.crc32(np.ascontiguousarray(block[:, 1:]), crc)
+                rows += block.shape[0]
+                pending = pending[full:]
+            elif kind == b"IEND":
+                break
+        if pending or not inflate.eof:
+            raise RasterError(f"{path}: PNG pixel data is incomplete")
+        if width is None:
+            raise RasterError(f"{path}: PNG without a header")
+        return rows, width, crc
 
 
 class PngClassMapWriter(ClassMapWriter):
@@ -347,16 +547,27 @@ class PngClassMapWriter(ClassMapWriter):
     pending output whatever the image height. Any PNG reader reads it (the tests use PIL).
     """
 
+    kind = "PNG"
+
     def __init__(self, path: str, height: int, width: int, compress_level: int = 6) -> None:
         super().__init__(path, height, width)
-        self._file = open(self.temporary, "wb")
+        try:
+            self._file = open(self.temporary, "wb")
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.remove(self.temporary)
+            raise RasterError(f"{path}: cannot write here ({describe_os_error(error)})") from None
         self._compressor = zlib.compressobj(compress_level)
         self._pending: List[bytes] = []
         self._pending_bytes = 0
         # width, height, bit depth 8, colour type 3 (palette), deflate, filter method 0, no interlace
         header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
         palette = bytes(index_png_palette())
-        self._file.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"PLTE", palette))
+        try:
+            self._file.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"PLTE", palette))
+        except OSError as error:
+            self.abort()
+            raise self._failure(f"{path}: write failed ({describe_os_error(error)})") from None
 
     def _emit(self, data: bytes, force: bool = False) -> None:
         if data:
@@ -374,16 +585,17 @@ class PngClassMapWriter(ClassMapWriter):
     def _finish(self) -> None:
         self._emit(self._compressor.flush(), force=True)
         self._file.write(_png_chunk(b"IEND", b""))
-        self._file.flush()
-        os.fsync(self._file.fileno())
         self._file.close()
+
+    def _read_back(self, temporary: str) -> Tuple[int, int, int]:
+        return read_back_palette_png(temporary)
 
     def _close_quietly(self) -> None:
         self._file.close()
 
 
 def create_class_map_writer(path: str, height: int, width: int, crs=None,
-                            transform=None) -> ClassMapWriter:
+                            transform=None, nodata: Optional[int] = None) -> ClassMapWriter:
     """A :class:`ClassMapWriter` chosen by the extension of ``path``.
 
     ``.tif`` / ``.tiff``: :class:`GeoTiffClassMapWriter` (keeps ``crs`` and ``transform``);
@@ -393,7 +605,7 @@ def create_class_map_writer(path: str, height: int, width: int, crs=None,
     path = os.fspath(path)
     extension = os.path.splitext(path)[1].lower()
     if extension in GEOTIFF_EXTENSIONS:
-        return GeoTiffClassMapWriter(path, height, width, crs, transform)
+        return GeoTiffClassMapWriter(path, height, width, crs, transform, nodata)
     if extension in PNG_EXTENSIONS:
         return PngClassMapWriter(path, height, width)
     raise RasterError(f"{path}: unsupported output extension {extension or '(none)'!r}; use .tif"

@@ -353,3 +353,43 @@ def one_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     text = lines[-1] if lines else type(error).__name__
     return re.sub(r"^[\w.]+(Error|Exception): ", "", text)
+
+
+# ------------------------------------------------------------------------------ non-finite losses
+
+
+class NonFiniteGuard:
+    """What a trainer does with a NaN/Inf training loss (``train.skip_nonfinite``).
+
+    Off (the default): the run stops with a TrainError naming the first such iteration, before
+    any checkpoint or final weights are written from the poisoned model. The loop records that
+    iteration on the device and asks :meth:`check_first` only when it logs or saves, so a
+    healthy run pays no per-iteration device synchronisation.
+
+    On: the loop snapshots the training state before each step and, when the step's loss is
+    not finite, restores it (weights, BatchNorm statistics, optimiser, schedule, loss scaler:
+    the batch is undone) and calls :meth:`skipped`, which counts and reports it; past
+    ``train.max_nonfinite`` skipped batches the run stops anyway.
+    """
+
+    def __init__(self, skip: bool, limit: int) -> None:
+        self.skip, self.limit = skip, limit
+        self.count = 0
+
+    def check_first(self, first_bad: int) -> None:
+        """TrainError if ``first_bad`` (iteration of the first non-finite loss, -1: none) is set."""
+        if first_bad >= 0:
+            raise TrainError(f"iteration {first_bad}: the training loss is NaN/Inf; stopping before the"
+                             " model is saved (the checkpoints written so far are intact). Lower"
+                             " train.lr or check the data; --set train.skip_nonfinite=true skips such"
+                             " batches instead")
+
+    def skipped(self, iteration: int, value: float) -> str:
+        """Count a skipped batch; returns the warning line to print. TrainError past the limit."""
+        self.count += 1
+        if self.count > self.limit:
+            raise TrainError(f"iteration {iteration}: {self.count} batches with a NaN/Inf loss skipped, more"
+                             f" than train.max_nonfinite={self.limit}; stopping (the training has"
+                             " diverged or the data is broken)")
+        return (f"warning: iteration {iteration}: loss {value} is not finite; batch skipped, training state"
+                f" restored ({self.count} skipped so far)")

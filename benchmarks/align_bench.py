@@ -207,10 +207,10 @@ def sweep(models: Sequence[str], seeds: Sequence[int], dtypes: Sequence[str], si
 
 
 def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
+    from isaid.atomic import write_bytes_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_bytes_atomic(path, (json.dumps(data, indent=1) + "\n").encode("utf-8"))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

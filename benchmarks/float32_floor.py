@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import platform
 import sys
 import time
@@ -102,10 +101,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "what": "torch_ref float32 vs torch_ref float64 on the default align fixture (64x64, batch 2, seed 2333)",
                 "machine": {"platform": platform.platform(), "python": platform.python_version()},
                 "seconds": round(time.perf_counter() - started, 1), "models": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(document, indent=1) + "\n")
-    os.replace(tmp, args.out)
+    from isaid.atomic import write_bytes_atomic
+
+    write_bytes_atomic(args.out, (json.dumps(document, indent=1) + "\n").encode("utf-8"))
     return 0
 
 

@@ -471,10 +471,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "seconds": round(time.perf_counter() - started, 1), "results": results}
     if timed is not None:
         document["timing"] = timed
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(_compact(json.dumps(document, indent=1)) + "\n")
-    os.replace(tmp, args.out)
+    from isaid.atomic import write_bytes_atomic
+
+    write_bytes_atomic(args.out, (_compact(json.dumps(document, indent=1)) + "\n").encode("utf-8"))
     return 0
 
 

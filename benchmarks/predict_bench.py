@@ -291,11 +291,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "note": "CPU timings on a shared 2-core machine; the load average is recorded. GPU runs"
                         " need --runs torch:dygraph:cuda (and paddle:dygraph:gpu) on a GPU machine.",
                 "forward_interleaved": interleaved, "runs": records}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    temporary = args.out + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=1)
-    os.replace(temporary, args.out)
+    from isaid.atomic import write_bytes_atomic
+
+    write_bytes_atomic(args.out, json.dumps(document, indent=1).encode("utf-8"))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

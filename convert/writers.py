@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import pickle
-import secrets
 import struct
 import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Tuple, Union
 
 import numpy as np
+
+from isaid.atomic import atomic_write as _atomic_write
 
 from .rules import as_numpy, contiguous
 from .torch_pickle import c_strides
@@ -26,32 +27,11 @@ PADDLE_PICKLE_PROTOCOL = 4
 
 
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(f)`` on a temporary file next to ``path``, then move it into place."""
+    """Call ``write(f)`` on a temporary file next to ``path``, then move it into place
+    (the project's one atomic writer, :func:`isaid.atomic.atomic_write`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    # os.open with 0o666: the final file gets the usual umask-derived mode (mkstemp's is 0600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable (POSIX; not possible on Windows)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    _atomic_write(path, write)
     return path
 
 

@@ -213,6 +213,42 @@ def load_sample(patches: Sequence[PatchRef], plan: SamplePlan, position: int,
     return augment(image, label, plan.augment_params(position), window)
 
 
+# A sample that cannot be loaded travels to the training loop as a fixed-size error record
+# (UTF-8 bytes of the one-line message, zero-padded) next to a dummy image and label, rather
+# than as an exception: each framework's DataLoader handles a worker's exception its own way
+# (Paddle's single-process loader thread dies and the loop waits forever; its worker
+# processes end in a long traceback), while a third batch element is collated like any other.
+SAMPLE_ERROR_BYTES = 512
+
+
+def load_sample_checked(patches: Sequence[PatchRef], plan: SamplePlan, position: int,
+                        window: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`load_sample` plus an error record: uint8 [SAMPLE_ERROR_BYTES], all zero when the
+    sample is fine, else the error's message (image and label are then zeros)."""
+    record = np.zeros(SAMPLE_ERROR_BYTES, dtype=np.uint8)
+    try:
+        image, label = load_sample(patches, plan, position, window)
+    except Exception as error:  # noqa: BLE001 - every failure reaches the loop as one line
+        message = " ".join(str(error).split())
+        if not isinstance(error, DataError):
+            message = f"sample {position}: {type(error).__name__}: {message}"
+        data = message.encode("utf-8")[:SAMPLE_ERROR_BYTES]
+        record[:len(data)] = np.frombuffer(data, dtype=np.uint8)
+        image = np.zeros((window, window, 3), dtype=np.uint8)
+        label = np.full((window, window), IGNORE_INDEX, dtype=np.uint8)
+    return image, label, record
+
+
+def raise_sample_errors(records: np.ndarray) -> None:
+    """Raise :class:`DataError` with the first message in a batch of error records
+    (uint8 [B, SAMPLE_ERROR_BYTES]); nothing when all are zero."""
+    records = np.asarray(records)
+    if not records.any():
+        return
+    first = records[np.flatnonzero(records.any(axis=1))[0]]
+    raise DataError(bytes(first).rstrip(b"\0").decode("utf-8", "replace"))
+
+
 def normalize_batch(images: np.ndarray) -> np.ndarray:
     """Reference of the on-device normalisation: uint8 [B,H,W,3] -> float32 [B,3,H,W].
 

@@ -9,12 +9,20 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
+import stat
 from typing import BinaryIO, Dict, Iterator, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
+from .atomic import (  # noqa: F401  (re-exported: the project's one atomic writer)
+    OutputError,
+    atomic_output,
+    current_umask,
+    publish,
+    temporary_path_beside,
+    write_bytes_atomic,
+)
 from .palette import (
     IGNORE_INDEX,
     NUM_CLASSES,
@@ -37,16 +45,6 @@ MAX_IMAGE_PIXELS = 20000 * 20000
 _PHOTO_MODES = {"RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "1"}
 _INDEX_MODES = {"L", "P"}
 _COLOUR_MASK_MODES = {"RGB", "RGBA", "RGBX"}
-
-
-def current_umask() -> int:
-    """The process umask (read by setting and restoring it: there is no getter)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = current_umask()
 
 
 class ImageReadError(Exception):
@@ -76,8 +74,25 @@ def _one_line(error: BaseException) -> str:
     return text
 
 
+def require_regular_file(source: Source, name: str) -> None:
+    """ImageReadError unless a path ``source`` is a regular file: a FIFO or a device would
+    block the reader for ever (file objects are the caller's business)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return
+    try:
+        mode = os.stat(source).st_mode
+    except FileNotFoundError:
+        raise ImageReadError(f"{name}: file not found") from None
+    except OSError as error:
+        raise ImageReadError(f"{name}: cannot read ({error.strerror or error})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise ImageReadError(f"{name}: is {kind}, not a regular image file")
+
+
 def _open_loaded(source: Source, name: str) -> Image.Image:
     """Open and fully decode an image; every failure becomes one ImageReadError line."""
+    require_regular_file(source, name)
     try:
         with _large_images_allowed():
             image = Image.open(source)
@@ -97,11 +112,14 @@ def _open_loaded(source: Source, name: str) -> Image.Image:
 def read_size(source: Source, name: Optional[str] = None) -> Tuple[int, int]:
     """(height, width) of an image from its header, without decoding the pixels."""
     name = _display_name(source, name)
+    require_regular_file(source, name)
     try:
         with _large_images_allowed(), Image.open(source) as image:
             return image.height, image.width
     except FileNotFoundError:
         raise ImageReadError(f"{name}: file not found") from None
+    except Image.UnidentifiedImageError:
+        raise ImageReadError(f"{name}: not an image file (or an unsupported format)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageReadError(f"{name}: cannot read image header ({_one_line(error)})") from None
 
@@ -145,7 +163,8 @@ def _check_index_values(index: np.ndarray, name: str) -> None:
 def read_index_mask(source: Source, name: Optional[str] = None) -> np.ndarray:
     """Read an index-label PNG (mode "L" or "P": pixel value = class, 255 = ignore) as uint8 [H,W].
 
-    For mode "P" the stored indices are returned, not the palette colours.
+    For mode "P" the stored indices are returned when the palette is the project's own; a
+    palette PNG with other colours is refused (it is a colour mask, see :func:`read_mask`).
     """
     name = _display_name(source, name)
     image = _open_loaded(source, name)
@@ -154,8 +173,25 @@ def read_index_mask(source: Source, name: Optional[str] = None) -> np.ndarray:
             f"{name}: not an index mask (PIL mode {image.mode}; expected L or P)"
         )
     index = np.asarray(image, dtype=np.uint8)
+    if image.mode == "P" and not palette_is_ours(image, np.unique(index)):
+        raise ImageReadError(f"{name}: palette PNG whose colours are not the project's label palette: a"
+                             " colour mask, not class indices (decode it with isaid.prepare)")
     _check_index_values(index, name)
     return index
+
+
+def palette_is_ours(image: Image.Image, values: Optional[np.ndarray] = None) -> bool:
+    """Whether a mode "P" image's palette gives every pixel value it uses (``values``; all
+    256 when None) the colour of the project's own label palette (:func:`index_png_palette`):
+    then its pixel values are class indices. Any other palette (an iSAID colour mask saved as
+    a palette PNG, say) means the colours are the labels."""
+    palette = image.getpalette() or []
+    ours = index_png_palette()
+    used = range(256) if values is None else [int(v) for v in values]
+    for value in used:
+        if palette[3 * value:3 * value + 3] != ours[3 * value:3 * value + 3]:
+            return False  # another colour, or no palette entry at all for a used value
+    return True
 
 
 class MaskDetails(NamedTuple):
@@ -164,7 +200,7 @@ class MaskDetails(NamedTuple):
     index: np.ndarray  # uint8 [H,W]
     n_unknown: int  # pixels whose colour is outside the palette
     unknown_colours: Dict[Tuple[int, int, int], int]  # those colours -> pixel counts
-    is_colour_mask: bool  # True for an official RGB colour mask, False for an index PNG
+    is_colour_mask: bool  # True for a colour mask (RGB, or palette PNG with foreign colours), False for indices
     unknown_as_class: int  # off-palette pixels the official decoding labels as a class, not 0
 
 
@@ -178,8 +214,11 @@ def read_mask_details(source: Source, name: Optional[str] = None) -> MaskDetails
     image = _open_loaded(source, name)
     if image.mode in _INDEX_MODES:
         index = np.asarray(image, dtype=np.uint8)
-        _check_index_values(index, name)
-        return MaskDetails(index, 0, {}, False, 0)
+        if image.mode == "P" and not palette_is_ours(image, np.unique(index)):
+            image = image.convert("RGB")  # a colour mask stored with a palette: decode its colours
+        else:
+            _check_index_values(index, name)
+            return MaskDetails(index, 0, {}, False, 0)
     if image.mode in _COLOUR_MASK_MODES:
         rgb = np.asarray(image.convert("RGB") if image.mode != "RGB" else image, dtype=np.uint8)
         del image
@@ -201,8 +240,10 @@ def read_mask(source: Source, name: Optional[str] = None) -> Tuple[np.ndarray, i
 
     Decided by the PIL mode: "RGB"/"RGBA" files are official colour masks
     (``*_instance_color_RGB.png``) decoded with :func:`isaid.palette.decode_color_mask`
-    (colours outside the palette -> 0, counted); "L"/"P" files are index masks (values
-    0..15 and 255; n_unknown is 0). Anything else raises :class:`ImageReadError`.
+    (colours outside the palette -> 0, counted); "L" files and "P" files whose palette is the
+    project's own (:func:`palette_is_ours`) are index masks (values 0..15 and 255; n_unknown
+    is 0); other "P" files are colour masks stored with a palette and decoded by their
+    colours. Anything else raises :class:`ImageReadError`.
     """
     details = read_mask_details(source, name)
     return details.index, details.n_unknown
@@ -219,50 +260,6 @@ def read_colour_mask_rgb(source: Source, name: Optional[str] = None) -> np.ndarr
     if image.mode != "RGB":
         image = image.convert("RGB")
     return np.asarray(image, dtype=np.uint8)
-
-
-def temporary_path_beside(path: Union[str, "os.PathLike[str]"]) -> str:
-    """A new empty file ``.<name>.XXXX.tmp`` in the folder of ``path`` (created if needed):
-    the same file system, so that :func:`publish` can rename it into place atomically."""
-    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix="." + os.path.basename(os.fspath(path)) + ".", suffix=".tmp", dir=folder
-    )
-    os.close(handle)
-    return temporary
-
-
-def publish(temporary: str, path: Union[str, "os.PathLike[str]"]) -> None:
-    """Move a finished temporary file to ``path`` (atomic on one file system)."""
-    # mkstemp creates the file private (0600); give it the permissions a plain open()
-    # would have, since outputs are datasets that others read.
-    os.chmod(temporary, 0o666 & ~_UMASK)
-    os.replace(temporary, path)
-
-
-@contextlib.contextmanager
-def atomic_output(path: Union[str, "os.PathLike[str]"]) -> Iterator[str]:
-    """Yield a temporary path in the folder of ``path``; rename it to ``path`` on success.
-
-    The rename is atomic on one file system, so a killed process leaves either the old
-    file, the complete new one, or a stray ``.tmp`` file -- never a half-written ``path``.
-    """
-    temporary = temporary_path_beside(path)
-    try:
-        yield temporary
-        publish(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise
-
-
-def write_bytes_atomic(path: Union[str, "os.PathLike[str]"], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    with atomic_output(path) as temporary:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
 
 
 def write_png_atomic(
@@ -290,8 +287,23 @@ def write_png_atomic(
             image.putpalette(index_png_palette())  # turns the "L" image into "P", same values
     else:
         raise ValueError(f"expected [H,W] or [H,W,3], got shape {array.shape}")
-    with atomic_output(path) as temporary:
+    with atomic_output(path, verify=lambda temporary: verify_png(temporary, array.shape)) as temporary:
         image.save(temporary, format="PNG", compress_level=compress_level)
+
+
+def verify_png(path: str, shape: Tuple[int, ...]) -> None:
+    """Decode the PNG ``path`` fully and check its size and band count against ``shape``
+    (raises :class:`OutputError`): what :func:`write_png_atomic` checks before the rename."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            size, bands = (image.height, image.width), len(image.getbands())
+    except Exception as error:  # noqa: BLE001 - any decoding failure means a bad file
+        raise OutputError(f"the PNG written does not read back ({_one_line(error)})") from None
+    want_bands = shape[2] if len(shape) == 3 else 1
+    if size != tuple(shape[:2]) or bands != want_bands:
+        raise OutputError(f"the PNG written reads back as {size[1]}x{size[0]}x{bands}, not"
+                          f" {shape[1]}x{shape[0]}x{want_bands}")
 
 
 def png_bytes(array: np.ndarray, *, index_palette: bool = False, compress_level: int = 6) -> bytes:

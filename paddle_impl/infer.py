@@ -42,6 +42,7 @@ import numpy as np
 import paddle.inference as paddle_infer
 
 from app.cli import OneLineArgumentParser
+from isaid.atomic import describe_os_error
 from isaid.imageio import write_png_atomic
 from isaid.palette import CLASS_NAMES, NUM_CLASSES, normalize
 from app.preview import ColourPreview
@@ -259,12 +260,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     for backend, reason in model.fallbacks:
         print(f"note: backend {backend} failed ({reason}); used {model.backend} instead", file=sys.stderr)
-    if args.out:
-        write_png_atomic(args.out, classes, index_palette=True)
-    if args.color:
-        preview = ColourPreview(*classes.shape)
-        preview.add_rows(0, classes)
-        preview.save(args.color)
+    try:
+        if args.out:
+            write_png_atomic(args.out, classes, index_palette=True)
+        if args.color:
+            preview = ColourPreview(*classes.shape)
+            preview.add_rows(0, classes)
+            preview.save(args.color)
+    except OSError as error:  # disk full, read-only folder: the earlier file is untouched
+        print(f"{PROG}: error: {describe_os_error(error, with_file=True)}", file=sys.stderr)
+        return 2
+    except RasterError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
     counts = np.bincount(classes.reshape(-1), minlength=NUM_CLASSES)
     present = ", ".join(f"{CLASS_NAMES[c]} {100.0 * counts[c] / classes.size:.1f}%"
                         for c in np.argsort(-counts) if counts[c])

@@ -21,6 +21,7 @@ Mirror: ``torch_ref/train.py`` reads the same, line for line.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import pickle
 import random
@@ -45,9 +46,10 @@ from paddle import DataParallel
 
 from convert import CheckpointError, atomic_write, imagenet_encoder_state, save_paddle, validate
 from convert.safe_load import read_object
+from isaid.atomic import describe_os_error, remove_stale_temporaries
 from isaid.augment import DataError, SamplePlan, load_patch_index
 from app.config import Config, ConfigError, dump_config, load_config, resolve_out_dir
-from app.training import (MetricsFile, TrainError, check_training_checkpoint,
+from app.training import (MetricsFile, NonFiniteGuard, TrainError, check_training_checkpoint,
                           checkpoint_dir, list_checkpoints, one_line, remove_checkpoint_file,
                           starting_point, write_checkpoint_file)
 from app.training import build_parser as build_train_parser
@@ -388,6 +390,40 @@ class MetricsLog:
             self.writer.close()
 
 
+def finite_on_all_processes(loss: paddle.Tensor, runtime: Runtime) -> bool:
+    """Whether ``loss`` is finite in every process (every process must call this)."""
+    bad = (~paddle.isfinite(loss)).astype("float32")
+    if runtime.world_size > 1:
+        dist.all_reduce(bad)
+    return float(bad.item()) == 0.0
+
+
+def first_bad_over_processes(first_bad: paddle.Tensor, runtime: Runtime) -> int:
+    """The earliest non-finite iteration recorded by any process (-1: none)."""
+    if runtime.world_size > 1:
+        # -1 means none: take the max of the negated values that are set
+        marked = paddle.where(first_bad < 0, paddle.full_like(first_bad, -2**62), -first_bad)
+        dist.all_reduce(marked, op=dist.ReduceOp.MAX)
+        return -1 if int(marked.item()) == -2**62 else -int(marked.item())
+    return int(first_bad.item())
+
+
+def training_snapshot(net, optimizer, scheduler, scaler) -> Tuple[Any, ...]:
+    """Copies of everything one step changes (for train.skip_nonfinite), as numpy arrays."""
+    return (to_numpy(net.state_dict()), to_numpy(optimizer.state_dict()),
+            copy.deepcopy(scheduler.state_dict()), to_numpy(scaler.state_dict()))
+
+
+def restore_snapshot(snapshot: Tuple[Any, ...], net, optimizer, scheduler, scaler) -> None:
+    """Undo a step: back to :func:`training_snapshot`'s state."""
+    model, optim, sched, scale = snapshot
+    net.set_state_dict(model)
+    optimizer.set_state_dict(optim)
+    scheduler.set_state_dict(sched)
+    if scale:
+        scaler.load_state_dict(scale)
+
+
 def mean_over_processes(value: paddle.Tensor, runtime: Runtime) -> float:
     """The mean of ``value`` over all processes (every process must call this)."""
     if runtime.world_size > 1:
@@ -425,6 +461,7 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
     iterations = train_cfg["iterations"]
     if runtime.is_main:
         os.makedirs(out_dir, exist_ok=True)
+        remove_stale_temporaries(out_dir)  # config.yaml / metrics / final weights of a killed run
         atomic_write(os.path.join(out_dir, "config.yaml"),
                      lambda handle: handle.write(dump_config(config).encode("utf-8")))
         origin = (f"resumed from {resume_path} at iteration {start}" if resume_path else
@@ -444,28 +481,44 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
     window_loss = paddle.zeros([], dtype="float32")
     window_grad_norm = paddle.zeros_like(window_loss)
     window_start, window_time, started = start, time.perf_counter(), time.perf_counter()
+    guard = NonFiniteGuard(train_cfg["skip_nonfinite"], train_cfg["max_nonfinite"])
+    # Iteration of the first NaN/Inf loss (-1: none), kept on the device: no sync per step.
+    first_bad = paddle.full([], -1, dtype="int64")
+    window_count = 0
     for iteration, batch in enumerate(loader, start):
         images, labels = to_device(batch, runtime.device)
+        snapshot = training_snapshot(net, optimizer, scheduler, scaler) if guard.skip else None
         result = step(images, labels)
-        lr = result.lr
-        window_loss = window_loss + result.loss
-        window_grad_norm = window_grad_norm + result.grad_norm
+        lr, loss = result.lr, result.loss
         done = iteration + 1
         bar.update(1)
-        if done % train_cfg["log_every"] == 0 or done == iterations:
-            loss = mean_over_processes(window_loss, runtime) / (done - window_start)
+        if snapshot is not None and not finite_on_all_processes(loss, runtime):
+            restore_snapshot(snapshot, net, optimizer, scheduler, scaler)
+            bar.write(guard.skipped(done, float(loss)), file=sys.stderr)
+        else:
+            first_bad = paddle.where((first_bad < 0) & ~paddle.isfinite(loss),
+                                     paddle.full_like(first_bad, done), first_bad)
+            window_loss = window_loss + loss
+            window_grad_norm = window_grad_norm + result.grad_norm
+            window_count += 1
+        saving = runtime.is_main and (done % train_cfg["checkpoint_every"] == 0 or done == iterations)
+        logging_now = done % train_cfg["log_every"] == 0 or done == iterations
+        if logging_now or done % train_cfg["checkpoint_every"] == 0:  # the same steps on every rank
+            guard.check_first(first_bad_over_processes(first_bad, runtime))
+        if logging_now:
+            loss = mean_over_processes(window_loss, runtime) / max(window_count, 1)
             # Gradients are already averaged over the processes: every rank has this norm.
-            grad_norm = float(window_grad_norm.item()) / (done - window_start)
+            grad_norm = float(window_grad_norm.item()) / max(window_count, 1)
             now = time.perf_counter()
             speed = (done - window_start) * train_cfg["batch_size"] / (now - window_time)
-            metrics.log(done, {"loss": loss, "lr": lr, "grad_norm": grad_norm,
-                               "images_per_s": speed,
-                               "seconds": now - started})
+            metrics.log(done, {"loss": loss, "lr": lr, "grad_norm": grad_norm, "images_per_s": speed,
+                               "seconds": now - started, **({"skipped_nonfinite": guard.count}
+                                                            if guard.skip else {})})
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
             window_loss = paddle.zeros_like(window_loss)
             window_grad_norm = paddle.zeros_like(window_grad_norm)
-            window_start, window_time = done, now
-        if runtime.is_main and (done % train_cfg["checkpoint_every"] == 0 or done == iterations):
+            window_start, window_time, window_count = done, now, 0
+        if saving:
             save_checkpoint(out_dir, done, config, runtime, net, optimizer, scheduler, scaler,
                             train_cfg["keep_checkpoints"])
     bar.close()
@@ -503,6 +556,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         train(config, resume_path, imagenet, args.progress)
     except (ConfigError, DataError, CheckpointError, TrainError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+        return 2
+    except OSError as error:  # a write failed (disk full, read-only folder): the earlier files are intact
+        print(f"error: {describe_os_error(error, with_file=True)}", file=sys.stderr, flush=True)
         return 2
     return 0
 

@@ -427,7 +427,8 @@ def test_tiff_input_is_read_by_strips_of_one_window(tmp_path: Path, monkeypatch)
     original = rasterio.io.DatasetReader.read
 
     def counting_read(self, *args, **kwargs):
-        reads.append(int(kwargs["window"].height))
+        if os.path.basename(self.name) == "scene.tif":  # not the writer's read-back check of out.tif
+            reads.append(int(kwargs["window"].height))
         return original(self, *args, **kwargs)
 
     with monkeypatch.context() as patch:

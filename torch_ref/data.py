@@ -13,12 +13,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from isaid.augment import PatchRef, SamplePlan, load_sample
+from isaid.augment import PatchRef, SamplePlan, load_sample_checked, raise_sample_errors
 from isaid.palette import MEAN, STD
 
 
 class PatchDataset(Dataset):
-    """``dataset[position]`` -> (uint8 [window,window,3] image, uint8 [window,window] label)."""
+    """``dataset[position]`` -> (uint8 [window,window,3] image, uint8 [window,window] label,
+    uint8 error record): a sample that cannot be read is reported through the record (see
+    :func:`isaid.augment.load_sample_checked`) and raised by :func:`to_device` in the training
+    loop, the same one-line DataError with 0 or N workers."""
 
     def __init__(self, patches: Sequence[PatchRef], plan: SamplePlan, window: int) -> None:
         self.patches = list(patches)
@@ -28,8 +31,8 @@ class PatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.patches)
 
-    def __getitem__(self, position: int) -> Tuple[np.ndarray, np.ndarray]:
-        return load_sample(self.patches, self.plan, int(position), self.window)
+    def __getitem__(self, position: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return load_sample_checked(self.patches, self.plan, int(position), self.window)
 
 
 class IterationBatchSampler(Sampler):
@@ -79,11 +82,16 @@ def to_device(batch: Sequence[torch.Tensor], device: torch.device,
               channels_last: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """uint8 images [B,H,W,3] and labels [B,H,W] -> normalised float32 [B,3,H,W], int64 labels.
 
+    A batch from :func:`build_loader` also holds the samples' error records: the first error
+    is raised here as :class:`isaid.augment.DataError` (one line naming the file).
+
     The normalisation is ``(pixel - MEAN) / STD`` in float32 on the device, bit-identical to
     ``isaid.augment.normalize_batch``. The NHWC -> NCHW permute is a view whose strides are
     already channels_last, so that format costs no copy.
     """
-    images, labels = batch
+    if len(batch) == 3:  # the error records of PatchDataset: a bad sample stops here
+        raise_sample_errors(batch[2].numpy())
+    images, labels = batch[0], batch[1]
     images = images.to(device, non_blocking=True)
     labels = labels.to(device, non_blocking=True)
     mean, std = normaliser(images.device)
