@@ -177,7 +177,7 @@ def eval_stride_for(window: int) -> int:
 
 def build_setup(config: AlignConfig, work_dir: str) -> Setup:
     """Resolve the recipe, make or check the data and build the shared initial weights."""
-    from isaid.config import ConfigError, load_config, resolve_imagenet_path
+    from app.config import ConfigError, load_config, resolve_imagenet_path
 
     config_path = config.train_config or default_config_path(config.model)
     synthetic = config.data is None
@@ -243,7 +243,7 @@ def initial_state(model: str, num_classes: int, seed: int,
 
 def recipe_for(setup: Setup, framework: str, out_dir: str, extra: Sequence[str] = ()) -> Dict[str, Any]:
     """The trainer config of one run (``extra``: more overrides, e.g. a perturbation)."""
-    from isaid.config import load_config
+    from app.config import load_config
 
     return load_config(setup.config_path, [*setup.overrides, f"train.out_dir={out_dir}", *extra])
 
@@ -323,7 +323,7 @@ def evaluate(setup: Setup, framework: str, weights: str) -> np.ndarray:
     """The confusion matrix of ``framework``'s own evaluator on the val scenes."""
     import importlib
 
-    from isaid.evaluation import find_scenes
+    from app.evaluation import find_scenes
 
     module = importlib.import_module("torch_ref.evaluate" if framework == "torch" else "paddle_impl.evaluate")
     val = os.path.join(setup.data_root, "val")
@@ -620,7 +620,7 @@ def run(config: AlignConfig, fixture: Any = None, progress: bool = False) -> Sta
     ``fixture`` is ignored (the stage builds its own models through the trainers).
     """
     from isaid.augment import DataError
-    from isaid.training import TrainError
+    from app.training import TrainError
 
     from .fixtures import import_frameworks
 
@@ -679,7 +679,7 @@ def run(config: AlignConfig, fixture: Any = None, progress: bool = False) -> Sta
 
 
 def _amp(setup: Setup) -> str:
-    from isaid.config import load_config
+    from app.config import load_config
 
     amp = load_config(setup.config_path, setup.overrides)["train"]["amp"]
     return "" if amp == "none" else amp
