@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -318,14 +316,6 @@ class StageResult:
 # Text report
 # ----------------------------------------------------------------------------------------------
 
-def _fmt(value: float) -> str:
-    if isinstance(value, float) and math.isnan(value):
-        return "nan"
-    if isinstance(value, float) and math.isinf(value):
-        return "inf"
-    return f"{value:.3e}"
-
-
 def _shape(shape: Sequence[int]) -> str:
     return "[" + ",".join(str(s) for s in shape) + "]"
 
@@ -339,16 +329,10 @@ def format_rows(rows: Sequence[Row]) -> List[str]:
     lines = [f"{'value':<{width}}  {'shape':<{shape_width}}  {'max|d|':>9}  {'mean|d|':>9}  "
              f"{'rel':>9}  {'threshold':<24}  result"]
     for r in rows:
-        lines.append(f"{r.name:<{width}}  {_shape(r.shape):<{shape_width}}  {_fmt(r.max_abs):>9}  "
-                     f"{_fmt(r.mean_abs):>9}  {_fmt(r.rel):>9}  {r.tol.describe():<24}  "
+        lines.append(f"{r.name:<{width}}  {_shape(r.shape):<{shape_width}}  {r.max_abs:>9.3e}  "
+                     f"{r.mean_abs:>9.3e}  {r.rel:>9.3e}  {r.tol.describe():<24}  "
                      f"{'ok' if r.passed else 'FAIL'}" + (f"  ({r.note})" if r.note else ""))
     return lines
-
-
-def group_of(row: Row) -> str:
-    """Rows with many members (per-parameter values) are summarised per group in the text."""
-    parts = row.name.split("/")
-    return "/".join(parts[:2]) if len(parts) > 2 else row.name
 
 
 def format_report(result: StageResult, max_rows: int = 40) -> str:
@@ -366,10 +350,11 @@ def format_report(result: StageResult, max_rows: int = 40) -> str:
     if len(rows) <= max_rows:
         lines += format_rows(rows)
     else:
-        # Per group: the worst row (largest rel / threshold), with the group size in the note.
+        # Per group (the first two parts of a name: step1/grad/...): the worst row (largest
+        # rel / threshold), with the group size in the note.
         groups: Dict[str, List[Row]] = {}
         for r in rows:
-            groups.setdefault(group_of(r), []).append(r)
+            groups.setdefault("/".join(r.name.split("/")[:2]), []).append(r)
         summary = []
         for name, members in groups.items():
             worst = max(members, key=lambda r: (not r.passed, r.rel / max(r.tol.rtol, 1e-300)))
@@ -409,36 +394,21 @@ def write_reprod_log(path: Path, values: Mapping[str, np.ndarray]) -> Path:
     logger = ReprodLogger()
     for key, value in values.items():
         logger.add(key, np.asarray(value))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}.tmp.npy"  # np.save keeps a .npy name
-    try:
-        logger.save(str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_stage_outputs(result: StageResult, out_dir: Path, torch_log: Mapping[str, np.ndarray],
-                        paddle_log: Mapping[str, np.ndarray]) -> Path:
-    """``torch.npy`` / ``paddle.npy`` (reprod_log), ``diff.txt`` and ``diff.json`` in ``out_dir``."""
-    out_dir = Path(out_dir)
-    result.out_dir = str(out_dir)
-    write_reprod_log(out_dir / "torch.npy", torch_log)
-    write_reprod_log(out_dir / "paddle.npy", paddle_log)
-    diff_json = (json.dumps(result.to_json(), indent=1) + "\n").encode("utf-8")
-    atomic_write(out_dir / "diff.json", lambda f: f.write(diff_json))
-    diff_txt = (format_report(result) + "\n").encode("utf-8")
-    atomic_write(out_dir / "diff.txt", lambda f: f.write(diff_txt))
-    return out_dir
+    # ReprodLogger.save is np.save of its dict; through the project's atomic writer instead.
+    return atomic_write(path, lambda f: np.save(f, logger.data, allow_pickle=True))
 
 
 def finish_stage(result: StageResult, start: float, out_dir: Optional[Path],
                  torch_log: Mapping[str, np.ndarray], paddle_log: Mapping[str, np.ndarray]) -> StageResult:
     """Record the stage's time since ``start`` (``time.perf_counter()``) and, when ``out_dir``
-    is set, write its files (:func:`write_stage_outputs`); returns ``result``."""
+    is set, write ``torch.npy`` / ``paddle.npy`` (reprod_log), ``diff.json`` and ``diff.txt``
+    there; returns ``result``."""
     result.seconds = time.perf_counter() - start
     if out_dir is not None:
-        write_stage_outputs(result, out_dir, torch_log, paddle_log)
+        result.out_dir = str(out_dir)
+        write_reprod_log(Path(out_dir) / "torch.npy", torch_log)
+        write_reprod_log(Path(out_dir) / "paddle.npy", paddle_log)
+        for name, text in (("diff.json", json.dumps(result.to_json(), indent=1)), ("diff.txt", format_report(result))):
+            data = (text + "\n").encode("utf-8")
+            atomic_write(Path(out_dir) / name, lambda f, data=data: f.write(data))
     return result

@@ -16,6 +16,7 @@ from typing import Any, Callable, ContextManager, Dict, List, Mapping, Protocol,
 
 import numpy as np
 
+
 class Side(Protocol):
     """What align needs from one framework."""
 
@@ -59,6 +60,18 @@ def _returning_none(record: Callable[[Any], Any]) -> Callable[..., None]:
     return hook
 
 
+def _torch() -> ModuleType:
+    import torch
+
+    return torch
+
+
+def _paddle() -> ModuleType:
+    import paddle
+
+    return paddle
+
+
 class _Side:
     """What both sides share: names and the model package."""
 
@@ -76,12 +89,9 @@ class _Side:
         return net
 
     def cast(self, model: Any, dtype: str) -> None:
-        """Cast ``model``'s parameters and buffers to ``dtype`` in place."""
         raise NotImplementedError
 
-    def hook(self, module: Any, record: Callable[[Any], None], before: bool = False) -> Any:
-        """Call ``record(output)`` (``record(inputs)`` with ``before``) at every call of
-        ``module``; returns a handle with ``remove()``."""
+    def device(self) -> Any:
         raise NotImplementedError
 
     def train_step(self, model: Any, recipe: Mapping[str, Any], train_model: Any = None) -> Any:
@@ -90,9 +100,10 @@ class _Side:
         CPU; ``train_model`` (default ``model``) is what the step calls."""
         trainer = self.package("train")
         optimizer, scheduler = trainer.build_optimizer(model, recipe)
-        scaler = trainer.build_scaler(recipe, self.device())
+        device = self.device()
+        scaler = trainer.build_scaler(recipe, device)
         return trainer.TrainStep(model if train_model is None else train_model, model, optimizer, scheduler,
-                                 scaler, recipe, self.device())
+                                 scaler, recipe, device)
 
 
 class TorchSide(_Side):
@@ -100,24 +111,17 @@ class TorchSide(_Side):
     package_name = "torch_ref"
 
     def device(self) -> Any:
-        import torch
-
-        return torch.device("cpu")
+        return _torch().device("cpu")
 
     def cast(self, model: Any, dtype: str) -> None:
-        import torch
-
-        model.to(getattr(torch, dtype))
+        model.to(getattr(_torch(), dtype))
 
     def tensor(self, array: np.ndarray, requires_grad: bool = False) -> Any:
-        import torch
-
+        torch = _torch()
         return torch.tensor(array, requires_grad=True) if requires_grad else torch.from_numpy(array.copy())
 
     def is_tensor(self, value: Any) -> bool:
-        import torch
-
-        return isinstance(value, torch.Tensor)
+        return isinstance(value, _torch().Tensor)
 
     def numpy(self, tensor: Any) -> np.ndarray:
         """A numpy copy."""
@@ -125,15 +129,11 @@ class TorchSide(_Side):
 
     def fill(self, tensor: Any, value: float) -> None:
         """Set every element of ``tensor`` (a buffer) to ``value`` in place."""
-        import torch
-
-        with torch.no_grad():
+        with _torch().no_grad():
             tensor.fill_(value)
 
     def no_grad(self) -> ContextManager[Any]:
-        import torch
-
-        return torch.no_grad()
+        return _torch().no_grad()
 
     def load_state(self, model: Any, state: Mapping[str, Any]) -> None:
         model.load_state_dict(state, strict=True)
@@ -146,6 +146,8 @@ class TorchSide(_Side):
         return [(n, m) for n, m in model.named_modules() if n]
 
     def hook(self, module: Any, record: Callable[[Any], None], before: bool = False) -> Any:
+        """Call ``record(output)`` (``record(inputs)`` with ``before``) at every call of
+        ``module``; returns a handle with ``remove()``."""
         if before:
             return module.register_forward_pre_hook(_returning_none(record))
         return module.register_forward_hook(_returning_none(record))
@@ -158,9 +160,7 @@ class TorchSide(_Side):
         return param.grad.detach().numpy() if param.grad is not None else np.zeros(tuple(param.shape))
 
     def batchnorms(self, model: Any) -> List[str]:
-        import torch
-
-        return [n for n, m in self.modules(model) if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        return [n for n, m in self.modules(model) if isinstance(m, _torch().nn.modules.batchnorm._BatchNorm)]
 
     def bn_stats(self, model: Any, name: str) -> Tuple[np.ndarray, np.ndarray]:
         bn = model.get_submodule(name)
@@ -178,14 +178,10 @@ class PaddleSide(_Side):
         model.to(dtype=dtype)
 
     def tensor(self, array: np.ndarray, requires_grad: bool = False) -> Any:
-        import paddle
-
-        return paddle.to_tensor(array, stop_gradient=not requires_grad)
+        return _paddle().to_tensor(array, stop_gradient=not requires_grad)
 
     def is_tensor(self, value: Any) -> bool:
-        import paddle
-
-        return isinstance(value, paddle.Tensor)
+        return isinstance(value, _paddle().Tensor)
 
     def numpy(self, tensor: Any) -> np.ndarray:
         """A numpy copy."""
@@ -193,14 +189,10 @@ class PaddleSide(_Side):
 
     def fill(self, tensor: Any, value: float) -> None:
         """Set every element of ``tensor`` (a buffer) to ``value`` in place."""
-        import paddle
-
-        tensor.set_value(paddle.full(tensor.shape, value, dtype=tensor.dtype))
+        tensor.set_value(_paddle().full(tensor.shape, value, dtype=tensor.dtype))
 
     def no_grad(self) -> ContextManager[Any]:
-        import paddle
-
-        return paddle.no_grad()
+        return _paddle().no_grad()
 
     def load_state(self, model: Any, state: Mapping[str, Any]) -> None:
         model.set_state_dict(state)
@@ -224,9 +216,7 @@ class PaddleSide(_Side):
         return param.grad.numpy() if param.grad is not None else np.zeros(tuple(param.shape))
 
     def batchnorms(self, model: Any) -> List[str]:
-        import paddle
-
-        return [n for n, m in self.modules(model) if isinstance(m, paddle.nn.layer.norm._BatchNormBase)]
+        return [n for n, m in self.modules(model) if isinstance(m, _paddle().nn.layer.norm._BatchNormBase)]
 
     def bn_stats(self, model: Any, name: str) -> Tuple[np.ndarray, np.ndarray]:
         bn = dict(model.named_sublayers())[name]
