@@ -1,25 +1,13 @@
 """Stage 3, backward: k iterations of the trainers' own ``TrainStep`` on both sides.
 
-From identical weights, each side builds its trainer's optimiser, scheduler and loss scaler
-(``torch_ref.train.build_optimizer`` / ``paddle_impl.train.build_optimizer``, ``build_scaler``)
-from ONE recipe, the ``train`` section of configs/<model>_isaid.yaml (``AlignConfig.recipe``:
-mixed precision off, the learning rate times ``--lr-scale``, ``--iterations`` and ``--clip``
-when given), and runs ``steps`` iterations of its trainer's ``TrainStep``. Between the two halves
-of each iteration (``compute_gradients``: forward, backward, unscaling; ``apply_gradients``:
-clipping, optimiser step, zeroing, lr step) the stage compares:
-
-- every step: the loss, the learning rate the update uses and the global gradient norm
-  (before clipping), then every parameter gradient; after the update every parameter, every
-  BatchNorm running statistic; at the end FarSeg's ``buffer_step``;
-- step 1 with the sharp ``grad`` / ``param`` / ``running_stat`` thresholds, later steps with
-  ``drift`` (loss, gradients, their norm), ``param_drift`` and ``stat_drift``. In
-  float64 the stage runs at 0.01 x the recipe's learning rate (``--lr-scale``), which keeps
-  later steps sharp enough to catch momentum and scheduler bugs with a wide margin: what was
-  measured, and why, is in ``align.compare`` above ``DEFAULT_TOLERANCES``.
-
-The first failing value in causal order (step, loss, lr, gradients in backward-execution order,
-gradient norm, parameters after the update, statistics) is reported as the first divergence,
-with an explanation.
+Both trainers are built from ONE recipe, the ``train`` section of configs/<model>_isaid.yaml
+(``AlignConfig.recipe``: no mixed precision, lr x ``--lr-scale``). Between the two halves of each
+iteration (``compute_gradients``, ``apply_gradients``) the stage compares the loss, the lr, the
+global gradient norm before clipping and every parameter gradient; after the update every
+parameter and BatchNorm running statistic; at the end FarSeg's ``buffer_step``. Step 1 is held to
+the sharp ``grad`` / ``param`` / ``running_stat`` thresholds, later steps to the ``*drift`` ones;
+why float64 runs at 0.01 x lr is in ``align.compare`` above ``DEFAULT_TOLERANCES``. The first
+failing value in causal order is reported as the first divergence, with an explanation.
 
 Two known framework differences are accounted for, not hidden:
 

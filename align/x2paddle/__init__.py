@@ -7,17 +7,10 @@ when torch_ref and paddle_impl disagree: if the generated program agrees with to
 with paddle_impl, the hand port has the bug; if torch_ref and paddle_impl agree and the generated
 program differs from both, X2Paddle mistranslated something.
 
-``python -m align.x2paddle --model farseg [--size 64] [--batch 1] [--seed 0] [--out DIR]``, or
-``python -m align.forward --against x2paddle``. Modules:
-
-- ``guard``: no network (X2Paddle's usage report is refused at once), output, exit(0) or static
-  export escapes a conversion;
-- ``conversion``: one ``pytorch2paddle`` run (fingerprinted, atomic folder), loading and running
-  the generated program;
-- ``plans``: what to convert per model (eval forward in one trace; else the logits path; else
-  its sub-parts) and the torch wrappers that make each one traceable; training probes;
-- ``check``: the three-way comparison with align's ``compare_arrays`` and align's fixture;
-- ``report``: verdicts (which side differs) and the text report; ``cli``: the command line.
+``python -m align.x2paddle --model farseg`` or ``python -m align.forward --against x2paddle``.
+Modules: ``guard`` (no network, output, exit(0) or static export escapes a conversion),
+``conversion`` (one ``pytorch2paddle`` run; loading and running its program), ``plans`` (what
+to convert per model), ``check`` (the three-way comparison), ``report``, ``cli``.
 
 Everything runs in float32 (X2Paddle's tracer and generated code are float32). Whatever X2Paddle
 cannot convert is reported in ``untraceable`` with the error observed in this run. Nothing heavy

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 import numpy as np
 
 from ..compare import Tolerance, compare_arrays
+from ..sides import TORCH
 from . import conversion
 from .conversion import (CODE_FILE, Conversion, _require_x2paddle, _short_path, flatten,
                          installed_x2paddle_version, load_generated_program, run_generated_program)
@@ -157,7 +158,7 @@ class _Run:
         n = len(self.torch_logits)
         tail_part = f"eval forward: the {self.plan.tail_description}"
         tail = self.attempt(self.mods["AfterLogits"](_husk(self.torch_model, training=False)),
-                            [torch_tensor(a) for a in self.torch_logits], "eval tail", tail_part,
+                            [TORCH.tensor(a) for a in self.torch_logits], "eval tail", tail_part,
                             "so the whole eval forward, whose trace contains this code, is not attempted; "
                             "the probabilities are compared between torch_ref and paddle_impl only")
         tail_ok = tail is not None and self.execute(tail, self.torch_logits, tail_part, 1) is not None
@@ -231,7 +232,7 @@ class _Run:
         batch, _, height, width = self.x.shape
         label = rng.integers(0, self.torch_logits[0].shape[1], size=(batch, height, width)).astype(np.int64)
         label[rng.random(label.shape) < 0.1] = 255  # some ignored pixels, as in real masks
-        logits_t = [torch_tensor(a) for a in self.torch_logits]
+        logits_t = [TORCH.tensor(a) for a in self.torch_logits]
 
         # 1. The training-mode forward after the logits: the loss and FarSeg's step counter.
         part = f"training-mode forward after the logits ({self.plan.loss_key})"
@@ -342,31 +343,20 @@ class _Run:
         }
 
 
-def torch_tensor(a: np.ndarray) -> "torch.Tensor":
-    import torch
-    return torch.from_numpy(np.ascontiguousarray(a))
-
-
 def compare_with_x2paddle(model_name: str, torch_model: "torch.nn.Module", paddle_model: "paddle.nn.Layer",
                           x: np.ndarray, out_dir: Path, atol_mean: float = 1e-5, rtol_max: float = 1e-4,
                           *, check_training: bool = True, seed: int = 0, reuse: bool = False,
                           progress: bool = True) -> Dict[str, Any]:
-    """Compare torch_ref, paddle_impl and X2Paddle's program generated from torch_ref.
+    """Compare torch_ref, paddle_impl and X2Paddle's program generated from torch_ref, in float32
+    and eval mode (float32 CPU models are used as they are and handed back in their mode; others
+    are copied). ``x``: [B,3,H,W], H and W multiples of 32. Generated programs go to ``out_dir``,
+    one folder per conversion (``<name>.failed.log`` for a failed one); ``reuse``: see
+    ``convert_with_x2paddle``.
 
-    Everything runs in float32 and in eval mode: float32 CPU models are used as they are and
-    handed back in the mode they came in; others (float64, GPU) are copied to float32 and left
-    untouched. ``x`` is [B,3,H,W] (H, W multiples of 32; any float dtype, cast to float32).
-    Generated programs go to ``out_dir`` (one folder per conversion; a failed conversion leaves
-    ``<name>.failed.log``). ``reuse``: see ``convert_with_x2paddle``.
-
-    Returns ``{"rows": [{"pair", "output", "shape", "max_abs", "mean_abs", "max_rel",
-    "passed"}, ...], "passed", "untraceable": [{"part", "why"}], "generated_dir"}`` plus
-    ``verdicts`` (per output: which side differs), ``conversions`` (time, folder, tracer
-    warnings of each), ``network_attempts`` (must be empty), ``x2paddle_version``, ``seconds``.
-    ``passed`` needs every row within ``atol_mean`` (mean |diff|) and ``rtol_max`` (max |diff| /
-    max |value|) and at least one row against X2Paddle. With ``check_training`` the
-    training-mode probes run too (they add ``untraceable`` entries, never failing rows, except
-    for a loss piece that converts and is compared three ways).
+    Returns the rows (``compare_pair``), ``passed`` (every row within the thresholds and at
+    least one row against X2Paddle), ``untraceable`` parts with the error seen, ``verdicts`` per
+    output, ``conversions``, ``network_attempts`` (must be empty) and timings. The training-mode
+    probes (``check_training``) add ``untraceable`` entries, rows only for a loss piece.
     """
     from weights import check_model_name
 
@@ -400,9 +390,7 @@ def compare_with_x2paddle(model_name: str, torch_model: "torch.nn.Module", paddl
 
 def build_fixture(model_name: str, seed: int = 0, size: int = 64,
                   batch: int = 1) -> Tuple["torch.nn.Module", "paddle.nn.Layer", np.ndarray]:
-    """align's fixture in float32 (``align.fixtures.build_fixture``: random torch_ref weights
-    with randomised BatchNorm statistics and affine parameters, the same weights in paddle_impl
-    through ``convert.torch_to_paddle``, a synthetic scene): (torch model, Paddle model, x)."""
+    """align's fixture (``align.fixtures.build_fixture``) in float32: (torch model, Paddle model, x)."""
     from ..config import AlignConfig
     from ..fixtures import build_fixture as build_align_fixture
 

@@ -53,13 +53,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:  # align's one validation of model, size and batch
-        AlignConfig(model=args.model, dtype="float32", batch=args.batch, size=args.size, seed=args.seed, out=None)
+        config = AlignConfig(model=args.model, dtype="float32", batch=args.batch, size=args.size, seed=args.seed,
+                             out=None)
     except AlignInputError as exc:
         parser.error(str(exc))
     if not x2paddle_available():
         print(f"error: {INSTALL_MESSAGE}", file=sys.stderr)
         return 2
-    from .check import build_fixture, compare_with_x2paddle
+    from ..fixtures import build_fixture
+    from .check import compare_with_x2paddle
     from .conversion import installed_x2paddle_version
     from .report import format_report
 
@@ -75,8 +77,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if out_dir.exists() and not out_dir.is_dir():
                 print(f"error: {out_dir}: exists and is not a folder", file=sys.stderr)
                 return 2
-        torch_model, paddle_model, x = build_fixture(args.model, args.seed, args.size, args.batch)
-        result = compare_with_x2paddle(args.model, torch_model, paddle_model, x, out_dir, args.atol_mean,
+        fx = build_fixture(config)
+        result = compare_with_x2paddle(args.model, fx.torch_model, fx.paddle_model, fx.x, out_dir, args.atol_mean,
                                        args.rtol_max, check_training=not args.no_training, seed=args.seed,
                                        reuse=args.reuse)
         if args.out is None:

@@ -25,15 +25,12 @@ def network_guard() -> Iterator[List[str]]:
         attempts.append(what)
         raise OSError(errno.ENETUNREACH, f"network access refused by align.x2paddle ({what})")
 
-    def connect(sock: socket.socket, address: Any) -> Any:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            refuse(f"connect{address!r}")
-        return saved[0](sock, address)
-
-    def connect_ex(sock: socket.socket, address: Any) -> Any:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            refuse(f"connect_ex{address!r}")
-        return saved[1](sock, address)
+    def internet_only(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        def call(sock: socket.socket, address: Any) -> Any:  # local (AF_UNIX) sockets still connect
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                refuse(f"{name}{address!r}")
+            return original(sock, address)
+        return call
 
     def create_connection(address: Any, *args: Any, **kwargs: Any) -> Any:
         refuse(f"create_connection{address!r}")
@@ -42,7 +39,8 @@ def network_guard() -> Iterator[List[str]]:
         refuse(f"getaddrinfo({host!r}, {port!r})")
 
     # Replacing the socket module's functions is the point; the ignores tell a type checker so.
-    socket.socket.connect, socket.socket.connect_ex = connect, connect_ex  # type: ignore[method-assign]
+    socket.socket.connect = internet_only("connect", saved[0])  # type: ignore[method-assign]
+    socket.socket.connect_ex = internet_only("connect_ex", saved[1])  # type: ignore[method-assign]
     socket.create_connection, socket.getaddrinfo = create_connection, getaddrinfo  # type: ignore[assignment]
     try:
         yield attempts
