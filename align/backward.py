@@ -50,15 +50,6 @@ TORCH_BN_MOMENTUM = 0.1  # torch convention (weight of the new batch statistic)
 
 
 @dataclass
-class StepLog:
-    """What one side reports for one step (its trainer's ``StepResult`` as numbers)."""
-
-    loss: float
-    lr: float
-    grad_norm: float  # global L2 norm of the unscaled gradients before clipping
-
-
-@dataclass
 class BatchNormRecorder:
     """Forward pre-hooks on the reference's BatchNorms: biased batch variance and n per
     training-mode call."""
@@ -198,7 +189,8 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
                                       ("forward_train", "lr", "grad", "param", "running_stat", "drift",
                                        "param_drift", "stat_drift", "counter")},
                        **versions()}
-    logs: Dict[str, List[StepLog]] = {side.name: [] for side in SIDES}
+    # The reprod_log files: loss, lr and global gradient norm (before clipping) per step.
+    values: Dict[str, Dict[str, np.ndarray]] = {side.name: {} for side in SIDES}
     clip = float(recipe["clip_norm"])
     with run_.recorder:
         for step in tqdm(range(1, config.steps + 1), desc=f"backward {config.model}", unit="step",
@@ -213,12 +205,14 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
             p_res = _guarded(run_, result, step, PADDLE.name, "compute_gradients", p_step, px, py)
             if t_res is None or p_res is None:
                 break
-            t_log, p_log = (StepLog(float(r.loss), float(r.lr), float(r.grad_norm)) for r in (t_res, p_res))
-            logs[TORCH.name].append(t_log)
-            logs[PADDLE.name].append(p_log)
+            t_log, p_log = ({"loss": float(r.loss), "lr": float(r.lr), "grad_norm": float(r.grad_norm)}
+                            for r in (t_res, p_res))
+            for side, log in zip(SIDES, (t_log, p_log)):
+                values[side.name].update((f"{key}_step{step}", np.asarray(v)) for key, v in log.items())
+            norm = t_log["grad_norm"]
             scalar_kinds = {"loss": "forward_train" if sharp else "drift", "lr": "lr",
                             "grad_norm": "grad" if sharp else "drift"}
-            scalars = {name: compare_arrays(f"step{step}/{name}", getattr(t_log, name), getattr(p_log, name),
+            scalars = {name: compare_arrays(f"step{step}/{name}", t_log[name], p_log[name],
                                             tols[kind], kind) for name, kind in scalar_kinds.items()}
             result.rows += list(scalars.values())
             run_.checkpoints += [(f"step {step}: {name}", scalars[name]) for name in ("loss", "lr")]
@@ -234,13 +228,13 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
             if sharp:
                 largest = max(t_grads, key=lambda n: float(np.dot(t_grads[n].ravel(), t_grads[n].ravel())))
                 result.notes.append(
-                    f"step 1: global gradient norm {t_log.grad_norm:.4g} (clip {clip:g}: "
-                    f"{'clipping binds' if t_log.grad_norm > clip else 'NO CLIPPING'}); largest single tensor "
+                    f"step 1: global gradient norm {norm:.4g} (clip {clip:g}: "
+                    f"{'clipping binds' if norm > clip else 'NO CLIPPING'}); largest single tensor "
                     f"{largest} {np.linalg.norm(t_grads[largest].ravel()):.4g}; gradient floor {floor:.2e}")
-            if t_log.grad_norm > clip:
+            if norm > clip:
                 result.notes.append(
                     f"step {step}: clipping scales by {clip:g}/(norm + 1e-6) in torch and by {clip:g}/norm in "
-                    f"Paddle: every update differs by {1e-6 / t_log.grad_norm:.1e} relative by design")
+                    f"Paddle: every update differs by {1e-6 / norm:.1e} relative by design")
             # The global norm summarises the gradients: after them in the causal order, so that a
             # gradient bug is reported at the first parameter it reaches, not at the norm.
             run_.checkpoints.append((f"step {step}: grad_norm", scalars["grad_norm"]))
@@ -263,11 +257,6 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
         run_.checkpoints.append((f"step {config.steps}: buffer_step", row))
     _first_divergence(result, run_)
 
-    values: Dict[str, Dict[str, np.ndarray]] = {side.name: {} for side in SIDES}
-    for side in SIDES:
-        for i, log in enumerate(logs[side.name], start=1):
-            values[side.name].update({f"loss_step{i}": np.asarray(log.loss), f"lr_step{i}": np.asarray(log.lr),
-                                      f"grad_norm_step{i}": np.asarray(log.grad_norm)})
     if config.full_logs:
         for n in run_.t_params:
             values[TORCH.name][f"param/{n}"] = TORCH.numpy(run_.t_params[n])

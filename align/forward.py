@@ -21,12 +21,12 @@ from .config import AlignConfig
 from .fixtures import Fixture, get_fixture, versions
 from .localise import capture, first_divergent_layer
 from .sides import SIDES, Side, outputs_of
+from .x2paddle import ATOL_MEAN, RTOL_MAX
 
 STAGE = "forward"
-# Names of each model's logits, in the order of its package's LOGIT_MODULES.
+# Names of each model's logits, in the order of its package's LOGIT_MODULES (align.x2paddle's too).
 LOGIT_NAMES = {"farseg": ("logits",), "factseg": ("fg_logits", "bi_logits")}
-# align.x2paddle's own defaults (float32): mean |d| <= 1e-5 and max |d| / max |value| <= 1e-4.
-X2PADDLE_TOLERANCE = Tolerance(1e-4, 1e-5)
+X2PADDLE_TOLERANCE = Tolerance(RTOL_MAX, ATOL_MEAN)  # align.x2paddle's own defaults (float32)
 
 
 def side_outputs(fx: Fixture, side: Side) -> Dict[str, np.ndarray]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 
 X2PADDLE_VERSION = "1.6.0"
+ATOL_MEAN, RTOL_MAX = 1e-5, 1e-4  # default pass thresholds: mean |d|, max |d| / max |reference|
 INSTALL_MESSAGE = ('X2Paddle is an optional extra: install it with  pip install -e ".[x2paddle]"  '
                    f"(x2paddle=={X2PADDLE_VERSION} plus six and requests, which X2Paddle imports)")
 

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 import numpy as np
 
 from ..compare import Tolerance, compare_arrays
+from ..forward import LOGIT_NAMES
 from ..sides import TORCH
+from . import ATOL_MEAN, RTOL_MAX
 from . import conversion
 from .conversion import (CODE_FILE, Conversion, _require_x2paddle, _short_path, flatten,
                          installed_x2paddle_version, load_generated_program, run_generated_program)
@@ -39,22 +41,6 @@ def compare_pair(pair: str, output: str, a: np.ndarray, b: np.ndarray, atol_mean
     if row.note:
         out["note"] = row.note
     return out
-
-
-def _three_way_rows(output: str, torch_out: np.ndarray, paddle_out: np.ndarray,
-                    x2p_out: Optional[np.ndarray], atol_mean: float, rtol_max: float,
-                    note: Optional[str] = None, scale_atol: bool = False) -> List[Dict[str, Any]]:
-    pairs = [("torch_ref vs paddle_impl", torch_out, paddle_out)]
-    if x2p_out is not None:
-        pairs = [("torch_ref vs x2paddle", torch_out, x2p_out),
-                 ("paddle_impl vs x2paddle", paddle_out, x2p_out)] + pairs
-    rows = []
-    for pair, a, b in pairs:
-        row = compare_pair(pair, output, a, b, atol_mean, rtol_max, scale_atol)
-        if note and "x2paddle" in pair:
-            row["note"] = note
-        rows.append(row)
-    return rows
 
 
 class _Run:
@@ -145,8 +131,16 @@ class _Run:
 
     def add_rows(self, output: str, torch_out: np.ndarray, paddle_out: np.ndarray,
                  x2p_out: Optional[np.ndarray], note: Optional[str] = None, scale_atol: bool = False) -> None:
-        self.rows += _three_way_rows(output, torch_out, paddle_out, x2p_out, self.atol_mean,
-                                     self.rtol_max, note, scale_atol)
+        """The rows of ``output``: each side against X2Paddle's (when it has one), then torch_ref
+        against paddle_impl; ``note`` goes on the X2Paddle rows."""
+        pairs = [("torch_ref vs paddle_impl", torch_out, paddle_out)]
+        if x2p_out is not None:
+            pairs = [("torch_ref vs x2paddle", torch_out, x2p_out), ("paddle_impl vs x2paddle", paddle_out, x2p_out),
+                     *pairs]
+        for pair, a, b in pairs:
+            self.rows.append(compare_pair(pair, output, a, b, self.atol_mean, self.rtol_max, scale_atol))
+            if note and "x2paddle" in pair:
+                self.rows[-1]["note"] = note
 
     # -- eval ---------------------------------------------------------------------------------
     def eval_outputs(self) -> None:
@@ -168,7 +162,7 @@ class _Run:
                                  "converting the logits path alone")
             out = None if layer is None else self.execute(layer, [self.x], part, n + 1)
             if out is not None:
-                for name, t, p, g in zip(self.plan.logits_outputs, self.torch_logits, self.paddle_logits, out):
+                for name, t, p, g in zip(LOGIT_NAMES[self.name], self.torch_logits, self.paddle_logits, out):
                     self.add_rows(name, t, p, g)
                 self.add_rows("probs", self.torch_probs, self.paddle_probs, out[-1])
                 return
@@ -177,7 +171,7 @@ class _Run:
         layer = self.attempt(self.mods["Logits"](self.torch_model), [self.xt], "logits", part,
                              "falling back to its sub-parts, each fed torch_ref's inputs")
         logits = None if layer is None else self.execute(layer, [self.x], part, n)
-        for i, (name, t, p) in enumerate(zip(self.plan.logits_outputs, self.torch_logits, self.paddle_logits)):
+        for i, (name, t, p) in enumerate(zip(LOGIT_NAMES[self.name], self.torch_logits, self.paddle_logits)):
             self.add_rows(name, t, p, None if logits is None else logits[i])
         if logits is None:
             self.parts()
@@ -344,7 +338,7 @@ class _Run:
 
 
 def compare_with_x2paddle(model_name: str, torch_model: "torch.nn.Module", paddle_model: "paddle.nn.Layer",
-                          x: np.ndarray, out_dir: Path, atol_mean: float = 1e-5, rtol_max: float = 1e-4,
+                          x: np.ndarray, out_dir: Path, atol_mean: float = ATOL_MEAN, rtol_max: float = RTOL_MAX,
                           *, check_training: bool = True, seed: int = 0, reuse: bool = False,
                           progress: bool = True) -> Dict[str, Any]:
     """Compare torch_ref, paddle_impl and X2Paddle's program generated from torch_ref, in float32

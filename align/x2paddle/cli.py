@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from ..cli import OneLineParser
 from ..config import AlignConfig, AlignInputError
-from . import INSTALL_MESSAGE, X2PADDLE_VERSION
+from . import ATOL_MEAN, INSTALL_MESSAGE, RTOL_MAX, X2PADDLE_VERSION
 from .plans import PLANS
 
 
@@ -31,10 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for the generated programs (kept); default: a temporary folder "
                              "removed at exit (each FarSeg/FactSeg program is ~130 MB)")
-    parser.add_argument("--atol-mean", type=float, default=1e-5,
-                        help="pass threshold on the mean absolute difference (default 1e-5)")
-    parser.add_argument("--rtol-max", type=float, default=1e-4,
-                        help="pass threshold on max |diff| / max |reference| (default 1e-4)")
+    parser.add_argument("--atol-mean", type=float, default=ATOL_MEAN,
+                        help=f"pass threshold on the mean absolute difference (default {ATOL_MEAN:.0e})")
+    parser.add_argument("--rtol-max", type=float, default=RTOL_MAX,
+                        help=f"pass threshold on max |diff| / max |reference| (default {RTOL_MAX:.0e})")
     parser.add_argument("--no-training", action="store_true",
                         help="skip the training-mode probes (loss, step counter, training-mode BatchNorm)")
     parser.add_argument("--reuse", action="store_true",

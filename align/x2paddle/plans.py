@@ -13,7 +13,6 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModelPlan:
-    logits_outputs: Tuple[str, ...]
     # Fallback when the logits path does not convert: (label, attribute path), in call order.
     parts: Tuple[Tuple[str, str], ...]
     loss_key: str
@@ -26,7 +25,6 @@ class ModelPlan:
 
 PLANS: Dict[str, ModelPlan] = {
     "farseg": ModelPlan(
-        logits_outputs=("logits",),
         parts=(("encoder", "en"), ("fpn", "fpn"), ("scene pooling", "gap"), ("relation", "sr"),
                ("decoder", "decoder"), ("classifier", "cls_pred_conv"), ("upsample x4", "upsample4x_op")),
         loss_key="cls_loss",
@@ -34,7 +32,6 @@ PLANS: Dict[str, ModelPlan] = {
         bn_stage="decoder.blocks.1.0",
     ),
     "factseg": ModelPlan(
-        logits_outputs=("fg_logits", "bi_logits"),
         parts=(("encoder", "resencoder"), ("fg fpn", "fgfpn"), ("bi fpn", "bifpn"),
                ("fg decoder", "fg_decoder"), ("bi decoder", "bi_decoder"), ("fg classifier", "fg_cls"),
                ("bi classifier", "bi_cls"), ("fg upsample x4", "fg_upsample"),
