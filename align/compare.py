@@ -295,21 +295,13 @@ class StageResult:
         raise KeyError(name)
 
     def to_json(self) -> Dict[str, Any]:
-        return {
-            "stage": self.stage,
-            "model": self.model,
-            "dtype": self.dtype,
-            "passed": self.passed,
-            "num_values": len(self.rows),
-            "num_failed": len(self.failed_rows()),
-            "relative_error": "max|torch - paddle| / max(max|torch|, floor) per value",
-            "settings": self.settings,
-            "first_divergence": None if self.first_divergence is None else asdict(self.first_divergence),
-            "localisation": None if self.localisation is None else asdict(self.localisation),
-            "notes": self.notes,
-            "seconds": round(self.seconds, 3),
-            "rows": [r.to_json() for r in self.rows],
-        }
+        return {"stage": self.stage, "model": self.model, "dtype": self.dtype, "passed": self.passed,
+                "num_values": len(self.rows), "num_failed": len(self.failed_rows()),
+                "relative_error": "max|torch - paddle| / max(max|torch|, floor) per value",
+                "settings": self.settings,
+                "first_divergence": None if self.first_divergence is None else asdict(self.first_divergence),
+                "localisation": None if self.localisation is None else asdict(self.localisation),
+                "notes": self.notes, "seconds": round(self.seconds, 3), "rows": [r.to_json() for r in self.rows]}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -313,28 +313,20 @@ class _Run:
 
     def result(self, seconds: float, cpu_seconds: float) -> Dict[str, Any]:
         has_x2p = any("x2paddle" in r["pair"] for r in self.rows)
-        attempts = [a for c in self.conversions for a in c.network_attempts]
-        return {
-            "model": self.name,
-            "rows": self.rows,
-            # A check that compared nothing with X2Paddle is not a pass.
-            "passed": bool(self.rows) and has_x2p and all(r["passed"] for r in self.rows),
-            "untraceable": self.untraceable,
-            "generated_dir": str(self.out_dir),
-            "verdicts": verdicts(self.rows),
-            "conversions": [{"target": c.target, "ok": c.ok, "seconds": round(c.seconds, 2),
-                             "cpu_seconds": round(c.cpu_seconds, 2), "reused": c.reused,
-                             "directory": None if c.directory is None else str(c.directory),
-                             "log": None if c.log_path is None else str(c.log_path),
-                             "trace_warnings": c.trace_warnings} for c in self.conversions],
-            "network_attempts": attempts,
-            "x2paddle_version": installed_x2paddle_version(),
-            "dtype": "float32",
-            "input_shape": list(self.x.shape),
-            "thresholds": {"atol_mean": self.atol_mean, "rtol_max": self.rtol_max},
-            "seconds": round(seconds, 2),
-            "cpu_seconds": round(cpu_seconds, 2),
-        }
+        # A check that compared nothing with X2Paddle is not a pass.
+        return {"model": self.name, "rows": self.rows,
+                "passed": bool(self.rows) and has_x2p and all(r["passed"] for r in self.rows),
+                "untraceable": self.untraceable, "generated_dir": str(self.out_dir), "verdicts": verdicts(self.rows),
+                "conversions": [{"target": c.target, "ok": c.ok, "seconds": round(c.seconds, 2),
+                                 "cpu_seconds": round(c.cpu_seconds, 2), "reused": c.reused,
+                                 "directory": None if c.directory is None else str(c.directory),
+                                 "log": None if c.log_path is None else str(c.log_path),
+                                 "trace_warnings": c.trace_warnings} for c in self.conversions],
+                "network_attempts": [a for c in self.conversions for a in c.network_attempts],
+                "x2paddle_version": installed_x2paddle_version(), "dtype": "float32",
+                "input_shape": list(self.x.shape),
+                "thresholds": {"atol_mean": self.atol_mean, "rtol_max": self.rtol_max},
+                "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2)}
 
 
 def compare_with_x2paddle(model_name: str, torch_model: "torch.nn.Module", paddle_model: "paddle.nn.Layer",

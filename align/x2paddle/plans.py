@@ -118,12 +118,8 @@ def _torch_modules() -> Dict[str, type]:
             logits = self.model.logits(x)
             return (*flatten(logits), forward_on_logits(self.model, x, logits))
 
-    class Logits(nn.Module):
+    class Logits(Eval):
         """forward = model.logits."""
-
-        def __init__(self, model: nn.Module) -> None:
-            super().__init__()
-            self.model = model
 
         def forward(self, x):
             return self.model.logits(x)
