@@ -11,20 +11,17 @@ failing value in causal order is reported as the first divergence, with an expla
 
 Two known framework differences are accounted for, not hidden:
 
-- running variance: torch updates it with the UNBIASED batch variance (x n/(n-1), n = elements
-  per channel = B*H*W at that layer), Paddle with the biased one (measured, see
-  ``tests/test_align.py``). The torch value is converted to what Paddle's rule gives from the
-  same batches: a forward pre-hook records each BatchNorm's biased batch variance and n at
-  every step, and rv_paddle = rv_torch - sum_k (1-m)^(K-k) m v_k / (n_k - 1) (m = 0.1). The
-  uncorrected difference is in each row's note.
+- running variance: torch updates it with the UNBIASED batch variance (x n/(n-1), n = B*H*W
+  per channel), Paddle with the biased one (``tests/test_align.py``). ``BatchNormRecorder``
+  converts the torch value to Paddle's rule from the same batches,
+  rv_paddle = rv_torch - sum_k (1-m)^(K-k) m v_k / (n_k - 1) (m = 0.1); each row's note has the
+  uncorrected difference.
 - clipping: torch scales by clip / (norm + 1e-6), Paddle by clip / max(norm, clip): every
-  clipped update differs by 1e-6 / norm relative (measured on a bare parameter: exactly that).
-  Reported for every clipped step, not corrected.
+  clipped update differs by 1e-6 / norm relative by design; reported, not corrected.
 
-Clipping must bind, or a per-tensor clip (``ClipGradByNorm``) could pass unnoticed. It does on
-the default fixture: at step 1 the global gradient norm is ~347 (FarSeg) / ~495 (FactSeg)
-against the clip of 35, the stem conv alone ~314 / ~454. The report says whether clipping
-bound; ``--loss-scale`` multiplies the loss for set-ups where it would not.
+Clipping must bind, or a per-tensor clip could pass unnoticed: at step 1 the global norm is ~347
+(FarSeg) / ~495 (FactSeg) against the clip of 35. The report says whether it bound;
+``--loss-scale`` multiplies the loss where it would not.
 
 ``python -m align.backward --model farseg [--steps K]``; see ``--help``.
 """

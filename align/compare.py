@@ -1,22 +1,18 @@
 """Framework-free comparison of torch and Paddle values, thresholds and the per-stage report.
 
-Every compared value becomes a ``Row``: max / mean absolute difference, the scale-aware relative
-error, the threshold it was held to and pass/fail. The relative error of a tensor is
+Every compared value becomes a ``Row`` held to its kind's ``Tolerance``, with the relative error
 
-    rel = max|t - p| / max(max|t|, floor)
+    rel = max|t - p| / max(max|t|, floor)    (t: torch, the reference; p: Paddle)
 
-with ``t`` the torch (reference) value and ``p`` the Paddle one: the worst element error measured
-against the tensor's own magnitude, not element by element (an elementwise ratio blows up on
-values that are zero up to rounding, e.g. probabilities of 1e-30). ``floor`` is 0 except for
-gradients of a whole model, where it is a fraction of the largest gradient of the model (see
-``grad_floor``): the bias of a convolution that feeds a training-mode BatchNorm has a gradient
-that is mathematically zero, ~1e-19 of pure rounding in float64, and its "relative" error would
-otherwise be of order 1 while meaning nothing.
+the worst element error against the tensor's own magnitude: an elementwise ratio blows up on
+values that are zero up to rounding (probabilities of 1e-30). ``floor`` is 0 except for a
+model's gradients (``grad_floor``): a conv bias feeding a training-mode BatchNorm has a
+gradient that is mathematically zero, ~1e-19 of rounding in float64, whose "relative" error
+would be of order 1 while meaning nothing.
 
-Nothing here uses reprod_log's comparison. reprod_log 1.0.1's ``ReprodDiffHelper`` compares
-absolute differences only, silently transposes mismatched shapes, returns None from
-``report()`` and adds a handler to the root logger on every call; we use its ``ReprodLogger``
-only to write the ``.npy`` dict files the Paddle reproduction guide expects.
+reprod_log 1.0.1's ``ReprodDiffHelper`` is not used: it compares absolute differences only,
+silently transposes mismatched shapes, returns None from ``report()`` and adds a root-logger
+handler on every call. Its ``ReprodLogger`` format is what the stage files are written in.
 """
 from __future__ import annotations
 

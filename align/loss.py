@@ -1,24 +1,16 @@
 """Stage 2, loss: the training losses of torch_ref and paddle_impl on IDENTICAL logits.
 
-Fed the same logits (deterministic, N(0, 3^2): confident and unsure pixels alike) and the
-fixture labels (with 255 ignore pixels), each side's loss function gives a value and, by
-autograd, the gradient w.r.t. the logits; both are compared. This isolates the loss from the
-network. Then the loss once more through each model's training-mode forward (which also
-exercises FarSeg's ``buffer_step`` increment), compared with the forward tolerance.
+Each side's loss and its autograd gradient w.r.t. the logits (N(0, 3^2); the fixture labels,
+with ignore pixels) are compared, which isolates the loss from the network; then the loss once
+more through each model's training-mode forward (and FarSeg's ``buffer_step`` increment).
 
-FarSeg (docs/official_models.md, "FarSeg"): the annealing loss at steps 1, 5000 and 30000, plus, within EACH framework,
-the two identities that make the step handling testable: the loss value is the same at every
-step, and grad(t) = a(t) grad(0) + (1 - a(t)) grad(t > 10000) with a(t) = (cos(pi t/1e4)+1)/2.
-A batch whose pixels are all ignored must give 0 (the official code gives 0/0) on both sides.
-
-FactSeg (docs/official_models.md, "FactSeg"): the joint loss with small-object mining, and its gradients w.r.t. both the
-multi-class (fg) and the binary (bi) logits.
-
-Saturated rows (``saturated/...``): the same comparisons on the logits of a confident model
-(align/saturated.py: logit gaps in the hundreds, mislabelled pixels, binary logits of +-40 and
-beyond), plus FactSeg's fused log-probabilities and probabilities. N(0, 3^2) logits never reach
-Paddle's clamp of log-probabilities at -64 (docs/paddle_numerics.md); these do, so a clamped
-primitive on the path of a loss, a gradient or a fused probability fails here.
+FarSeg (docs/official_models.md, "FarSeg"): the annealing loss at steps 1, 5000 and 30000, and
+within EACH framework the identities that make the step handling testable: value(t) = value(0)
+and grad(t) = a(t) grad(0) + (1 - a(t)) grad(t > 1e4); an all-ignored batch gives 0 on both
+sides (the official code: 0/0). FactSeg: the joint loss and its gradients w.r.t. both heads.
+``saturated/`` rows: the same on a confident model's logits (align/saturated.py), which reach
+Paddle's clamp of log-probabilities at -64 (docs/paddle_numerics.md), plus FactSeg's fused
+(log-)probabilities: a clamped primitive on any of these paths fails there.
 
 ``python -m align.loss --model farseg``; see ``--help``.
 """
