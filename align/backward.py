@@ -31,7 +31,7 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -39,8 +39,8 @@ from .compare import (Divergence, Localisation, Row, StageResult, compare_arrays
                       grad_floor)
 from .config import AlignConfig
 from .fixtures import Fixture, get_fixture, versions
-from .localise import CONTEXT, ExecutionOrder
-from .sides import PADDLE, SIDES, TORCH
+from .localise import CONTEXT, backward_parameter_order
+from .sides import PADDLE, SIDES, TORCH, hooks
 
 STAGE = "backward"
 TORCH_BN_MOMENTUM = 0.1  # torch convention (weight of the new batch statistic)
@@ -53,9 +53,9 @@ class BatchNormRecorder:
 
     model: Any
     records: Dict[str, List[Tuple[int, np.ndarray]]] = field(default_factory=dict)
-    handles: List[Any] = field(default_factory=list)
 
-    def __enter__(self) -> "BatchNormRecorder":
+    def hooked(self) -> ContextManager[None]:
+        """Record inside the block."""
         modules = dict(TORCH.modules(self.model))
 
         def make_hook(name: str):
@@ -67,13 +67,7 @@ class BatchNormRecorder:
                     self.records.setdefault(name, []).append((x.size // channels, var))
             return hook
 
-        self.handles = [TORCH.hook(modules[n], make_hook(n), before=True) for n in TORCH.batchnorms(self.model)]
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
+        return hooks(TORCH, [(modules[n], make_hook(n)) for n in TORCH.batchnorms(self.model)], before=True)
 
     def paddle_equivalent_var(self, name: str, torch_running_var: np.ndarray, steps: int) -> np.ndarray:
         """The running variance Paddle's biased rule gives from the first ``steps`` batches torch saw."""
@@ -189,14 +183,13 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
     # The reprod_log files: loss, lr and global gradient norm (before clipping) per step.
     values: Dict[str, Dict[str, np.ndarray]] = {side.name: {} for side in SIDES}
     clip = float(recipe["clip_norm"])
-    with run_.recorder:
+    with run_.recorder.hooked():
         for step in tqdm(range(1, config.steps + 1), desc=f"backward {config.model}", unit="step",
                          disable=not progress, leave=False):
             sharp = step == 1
             if sharp:
-                with ExecutionOrder(tm) as execution:
+                with backward_parameter_order(tm) as run_.order:
                     t_res = _guarded(run_, result, step, TORCH.name, "compute_gradients", t_step, tx, ty)
-                run_.order = execution.backward_parameter_order()
             else:
                 t_res = _guarded(run_, result, step, TORCH.name, "compute_gradients", t_step, tx, ty)
             p_res = _guarded(run_, result, step, PADDLE.name, "compute_gradients", p_step, px, py)

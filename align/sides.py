@@ -8,11 +8,12 @@ package's own loss, confusion-matrix and training code, looked up at call time s
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import warnings
 from collections import OrderedDict
 from types import ModuleType
-from typing import Any, Callable, ContextManager, Dict, List, Mapping, Protocol, Tuple
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Mapping, Protocol, Sequence, Tuple
 
 import numpy as np
 
@@ -232,10 +233,17 @@ def outputs_of(side: Side, model: Any, names: Tuple[str, ...], run: Callable[[],
     """``run()``'s result and the outputs of the modules ``names`` during it (hooks removed after)."""
     captured: Dict[str, np.ndarray] = {}
     modules = dict(side.modules(model))
-    handles = [side.hook(modules[n], lambda out, n=n: captured.setdefault(n, side.numpy(out))) for n in names]
-    try:
+    with hooks(side, [(modules[n], lambda out, n=n: captured.setdefault(n, side.numpy(out))) for n in names]):
         result = run()
+    return result, [captured[n] for n in names]
+
+
+@contextlib.contextmanager
+def hooks(side: Side, records: Sequence[Tuple[Any, Callable[[Any], None]]], before: bool = False) -> Iterator[None]:
+    """``side.hook(module, record, before)`` for every (module, record) pair inside the block."""
+    handles = [side.hook(module, record, before) for module, record in records]
+    try:
+        yield
     finally:
         for h in handles:
             h.remove()
-    return result, [captured[n] for n in names]
