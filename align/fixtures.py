@@ -161,15 +161,10 @@ def build_fixture(config: AlignConfig) -> Fixture:
 _CACHE: List[Tuple[Tuple[Any, ...], Fixture]] = []
 
 
-def _cache_key(config: AlignConfig) -> Tuple[Any, ...]:
-    return (config.model, config.dtype, config.batch, config.size, config.seed, config.torch_ckpt,
-            config.input)
-
-
 def get_fixture(config: AlignConfig) -> Fixture:
     """The fixture of ``config``, reused while only stage settings change (one kept: each holds
     two full models, ~0.5 GB in float64)."""
-    key = _cache_key(config)
+    key = (config.model, config.dtype, config.batch, config.size, config.seed, config.torch_ckpt, config.input)
     for cached_key, fixture in _CACHE:
         if cached_key == key:
             fixture.config = config

@@ -102,18 +102,15 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
             result.localisation = found
             result.first_divergence = Divergence(found.first, f"[{mode} mode] {found.summary}", mode)
     if config.against == "x2paddle":
-        passed, lines, rows = run_x2paddle(fx, config.out, progress)
+        lines, rows = run_x2paddle(fx, config.out, progress)
         result.rows += rows
         result.notes += lines
-        if not passed and not rows:
-            result.rows.append(Row("x2paddle/no_comparison", "x2paddle", [], math.inf, math.inf, math.inf,
-                                   math.nan, X2PADDLE_TOLERANCE, False, "nothing converted"))
     return finish_stage(result, start, config.out_dir(STAGE), t_out, p_out)
 
 
-def run_x2paddle(fx: Fixture, out_root: Optional[str], progress: bool = True) -> Tuple[bool, List[str], List[Row]]:
-    """The X2Paddle third opinion (``align.x2paddle``, float32): (passed, report lines, rows).
-    AlignConfig has checked that the optional extra is installed."""
+def run_x2paddle(fx: Fixture, out_root: Optional[str], progress: bool = True) -> Tuple[List[str], List[Row]]:
+    """The X2Paddle third opinion (``align.x2paddle``, float32): (report lines, rows; a failing
+    row when nothing was compared). AlignConfig has checked that the optional extra is installed."""
     from pathlib import Path
 
     from .x2paddle.check import compare_with_x2paddle
@@ -124,14 +121,16 @@ def run_x2paddle(fx: Fixture, out_root: Optional[str], progress: bool = True) ->
     report = compare_with_x2paddle(fx.model_name, fx.torch_model, fx.paddle_model, fx.x, target,
                                    seed=fx.config.seed, progress=progress)
     fx.reset()
-    passed = bool(report.get("passed", False))
     lines = [f"x2paddle third opinion ({fx.model_name}, float32; programs in {target}):",
              *format_report(report).splitlines()]
     rows = [Row(f"x2paddle/{r['pair']}/{r['output']}", "x2paddle",
                 list(r["shape"]) if isinstance(r["shape"], (list, tuple)) else [],
                 float(r["max_abs"]), float(r["mean_abs"]), float(r["max_rel"]), math.nan,
                 X2PADDLE_TOLERANCE, bool(r["passed"])) for r in report.get("rows", [])]
-    return passed, lines, rows
+    if not rows and not report.get("passed", False):
+        rows = [Row("x2paddle/no_comparison", "x2paddle", [], math.inf, math.inf, math.inf, math.nan,
+                    X2PADDLE_TOLERANCE, False, "nothing converted")]
+    return lines, rows
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

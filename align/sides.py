@@ -1,10 +1,8 @@
 """One adapter per framework: everything align does to a model goes through a ``Side``.
 
 Every stage is written once against the ``Side`` protocol and run on ``TORCH`` (torch_ref, the
-reference) and ``PADDLE`` (paddle_impl, the port). A side turns numpy arrays into its tensors
-and back, builds and loads the model package's models, hooks module calls, and hands out the
-package's own loss, confusion-matrix and training code, looked up at call time so that a test's
-``monkeypatch`` of ``paddle_impl`` applies.
+reference) and ``PADDLE`` (paddle_impl, the port). The model package's modules are looked up at
+call time, so that a test's ``monkeypatch`` of ``paddle_impl`` applies.
 """
 from __future__ import annotations
 

@@ -1,11 +1,9 @@
 """X2Paddle as a third opinion on the Paddle port (an optional extra).
 
-X2Paddle's ``pytorch2paddle`` traces ``torch_ref`` with ``torch.jit.trace`` and writes an
-independent, automatically generated Paddle program (``x2paddle_code.py`` + ``model.pdparams``).
-Comparing three ways (torch_ref, paddle_impl, the generated program) tells WHICH side is wrong
-when torch_ref and paddle_impl disagree: if the generated program agrees with torch_ref and not
-with paddle_impl, the hand port has the bug; if torch_ref and paddle_impl agree and the generated
-program differs from both, X2Paddle mistranslated something.
+X2Paddle's ``pytorch2paddle`` traces ``torch_ref`` into an independent, generated Paddle
+program. Comparing three ways tells WHICH side is wrong when torch_ref and paddle_impl disagree:
+the generated program sides with torch_ref against paddle_impl (a porting bug), or differs from
+both while they agree (a conversion problem).
 
 ``python -m align.x2paddle --model farseg`` or ``python -m align.forward --against x2paddle``.
 Modules: ``guard`` (no network, output, exit(0) or static export escapes a conversion),

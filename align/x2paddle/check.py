@@ -29,9 +29,8 @@ if TYPE_CHECKING:
 
 def compare_pair(pair: str, output: str, a: np.ndarray, b: np.ndarray, atol_mean: float, rtol_max: float,
                  scale_atol: bool = False) -> Dict[str, Any]:
-    """One row of the report: ``align.compare.compare_arrays`` of ``a`` (the reference of the
-    pair) and ``b`` under relative bound ``rtol_max`` and mean-abs bound ``atol_mean`` (with
-    ``scale_atol`` times max(1, max |a|): intermediate features have arbitrary magnitudes)."""
+    """One row of the report: ``align.compare.compare_arrays`` of ``a`` (the pair's reference) and
+    ``b``; ``scale_atol`` multiplies ``atol_mean`` by max(1, max |a|) for intermediate features."""
     a = np.asarray(a, dtype=np.float64)
     scale = float(np.abs(a).max(initial=0.0)) if a.size else 0.0
     tol = Tolerance(rtol_max, atol_mean * max(1.0, scale) if scale_atol else atol_mean)
@@ -292,12 +291,8 @@ class _Run:
             self.add_rows(part, expected, got, x2p[0])
 
     def frozen_values(self) -> None:
-        """Lines of the project's code where torch's tracer turned a tensor into a Python value.
-
-        Whatever depends on such a value (a branch, a step counter) is a constant in every
-        traced program: X2Paddle cannot reproduce it, even when the conversion succeeds.
-        Library-internal sites (torch/, paddle/) are left out.
-        """
+        """Lines of the project's code (not torch's, Paddle's or X2Paddle's) where the tracer
+        turned a tensor into a Python value: what depends on it is a constant in every program."""
         sites: Dict[str, Dict[str, Any]] = {}
         for conv in self.conversions:
             for w in conv.trace_warnings:
@@ -373,13 +368,3 @@ def compare_with_x2paddle(model_name: str, torch_model: "torch.nn.Module", paddl
     run.frozen_values()
     return run.result(time.perf_counter() - start, time.process_time() - cpu_start)
 
-
-def build_fixture(model_name: str, seed: int = 0, size: int = 64,
-                  batch: int = 1) -> Tuple["torch.nn.Module", "paddle.nn.Layer", np.ndarray]:
-    """align's fixture (``align.fixtures.build_fixture``) in float32: (torch model, Paddle model, x)."""
-    from ..config import AlignConfig
-    from ..fixtures import build_fixture as build_align_fixture
-
-    fixture = build_align_fixture(AlignConfig(model=model_name, dtype="float32", batch=batch, size=size,
-                                              seed=seed, out=None))
-    return fixture.torch_model, fixture.paddle_model, fixture.x

@@ -11,12 +11,9 @@ from typing import Any, Callable, Iterator, List
 
 @contextlib.contextmanager
 def network_guard() -> Iterator[List[str]]:
-    """Refuse every internet socket connection and name lookup inside the block.
-
-    Yields the list of refused attempts (empty when nothing tried the network). A refused call
-    raises ``OSError(ENETUNREACH)`` at once, so code that swallows errors (X2Paddle's usage
-    report does) returns immediately instead of waiting for a timeout.
-    """
+    """Refuse every internet socket connection and name lookup inside the block; yields the list
+    of refused attempts. A refusal raises ``OSError(ENETUNREACH)`` at once, so code that swallows
+    errors (X2Paddle's usage report) returns at once instead of waiting for a timeout."""
     attempts: List[str] = []
     saved = (socket.socket.connect, socket.socket.connect_ex, socket.create_connection,
              socket.getaddrinfo)
@@ -69,12 +66,8 @@ def _captured_output(log: io.StringIO) -> Iterator[None]:
 
 
 def _trace_without_check(trace: Callable[..., Any]) -> Callable[..., Any]:
-    """``torch.jit.trace`` with ``check_trace=False`` for X2Paddle's tracer.
-
-    The check re-runs the model twice and traces it again to compare graphs: about two thirds
-    of a FarSeg conversion. It adds nothing here: every generated program is run and its outputs
-    compared with torch_ref's, which is the stronger check.
-    """
+    """``torch.jit.trace`` with ``check_trace=False``: the check re-runs and re-traces the model
+    (two thirds of a FarSeg conversion) and adds nothing to running every generated program."""
     def trace_once(*args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("check_trace", False)
         return trace(*args, **kwargs)
@@ -82,11 +75,6 @@ def _trace_without_check(trace: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _skip_static_export(self: Any, *args: Any, **kwargs: Any) -> None:
-    """Stands in for ``PaddleGraph.dygraph2static`` during a conversion.
-
-    X2Paddle's ``gen_model`` ends by inserting the output folder into ``sys.path``, importing
-    the generated code as the module ``x2paddle_code`` and exporting a static inference model
-    with ``paddle.jit``. This check does not use that export; skipping it roughly halves the
-    conversion time, leaves ``sys.path``/``sys.modules`` alone, and avoids the ``exit(0)`` the
-    export calls on some errors (which would end the caller's process with status 0).
-    """
+    """Stands in for ``PaddleGraph.dygraph2static``: X2Paddle's static export (unused here) puts
+    the output folder on ``sys.path``, imports the generated code and calls ``exit(0)`` on some
+    errors; skipping it roughly halves the conversion time."""
