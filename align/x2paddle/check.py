@@ -367,4 +367,3 @@ def compare_with_x2paddle(model_name: str, torch_model: "torch.nn.Module", paddl
         run.restore()
     run.frozen_values()
     return run.result(time.perf_counter() - start, time.process_time() - cpu_start)
-
