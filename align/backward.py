@@ -35,8 +35,8 @@ from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import (Divergence, Localisation, Row, StageResult, compare_arrays, finish_stage, format_rows,
-                      grad_floor)
+from .compare import (Divergence, Localisation, Row, StageResult, around, compare_arrays, finish_stage,
+                      format_rows, grad_floor)
 from .config import AlignConfig
 from .fixtures import Fixture, get_fixture, versions
 from .localise import CONTEXT, backward_parameter_order
@@ -267,7 +267,7 @@ def _first_divergence(result: StageResult, run_: _Run) -> None:
     if run_.config.localise and "gradient of" in where:
         table = run_.grad_tables[step]
         index = next(i for i, r in enumerate(table) if not r.passed)
-        shown = table[max(0, index - CONTEXT): index + CONTEXT + 1]
+        shown = around(table, index, CONTEXT)
         result.localisation = Localisation(
             row.name.split("/", 2)[-1], index, [f"step-{step} parameter gradients around the first divergence "
                                                "(backward-execution order):", *format_rows(shown)],

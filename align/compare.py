@@ -247,6 +247,11 @@ class Divergence:
     value: Optional[str] = None  # the first failing row's name, where it differs from ``where``
 
 
+def around(rows: Sequence[Row], index: int, context: int) -> List[Row]:
+    """``rows[index]`` with up to ``context`` rows on either side (the table of a localisation)."""
+    return list(rows[max(0, index - context): index + context + 1])
+
+
 @dataclass
 class Localisation:
     """The table around the first divergence (forward: module calls; backward: gradients)."""

@@ -17,15 +17,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .compare import Divergence, Localisation, Row, StageResult, Tolerance, compare_arrays, finish_stage
-from .config import AlignConfig
+from .config import LOGIT_NAMES, AlignConfig
 from .fixtures import Fixture, get_fixture, versions
 from .localise import capture, first_divergent_layer
 from .sides import SIDES, Side, outputs_of
 from .x2paddle import ATOL_MEAN, RTOL_MAX
 
 STAGE = "forward"
-# Names of each model's logits, in the order of its package's LOGIT_MODULES (align.x2paddle's too).
-LOGIT_NAMES = {"farseg": ("logits",), "factseg": ("fg_logits", "bi_logits")}
 X2PADDLE_TOLERANCE = Tolerance(RTOL_MAX, ATOL_MEAN)  # align.x2paddle's own defaults (float32)
 
 
@@ -70,12 +68,8 @@ def localise_forward(fx: Fixture, mode: str, tol: Any) -> Localisation:
 
 
 def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool = False) -> StageResult:
-    """Run the forward stage for ``config``; write its files when ``config.out`` is set.
-
-    ``config.against == "x2paddle"`` adds the X2Paddle third opinion (``align.x2paddle``,
-    float32): its three-way rows join this stage's rows (kind ``x2paddle``) and its report its
-    notes.
-    """
+    """Run the forward stage for ``config``; write its files when ``config.out`` is set. With
+    ``config.against == "x2paddle"`` the rows (kind ``x2paddle``) and report of ``run_x2paddle`` join."""
     start = time.perf_counter()
     fx = fixture if fixture is not None else get_fixture(config)
     tols = config.tolerances()

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from .compare import Localisation, Row, Tolerance, compare_arrays, format_rows
+from .compare import Localisation, Row, Tolerance, around, compare_arrays, format_rows
 from .sides import TORCH, Side, hooks
 
 CONTEXT = 4  # rows shown before and after the first divergence
@@ -111,7 +111,7 @@ def first_divergent_layer(torch_records: Sequence[Record], paddle_records: Seque
     else:
         summary = (f"first divergent module (torch execution order): {rows[first].name} "
                    f"(call {first + 1} of {len(rows)}; rel {rows[first].rel:.3e} > {tol.rtol:.0e})")
-        shown = rows[max(0, first - context): first + context + 1]
+        shown = around(rows, first, context)
         lines.append(f"module calls around the first divergence (torch execution order, "
                      f"{tol.describe()}):")
     lines += format_rows(shown)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 import numpy as np
 
 from ..compare import Tolerance, compare_arrays
-from ..forward import LOGIT_NAMES
+from ..config import LOGIT_NAMES
 from ..sides import TORCH
 from . import ATOL_MEAN, RTOL_MAX
 from . import conversion
