@@ -76,6 +76,7 @@ class _Side:
 
     name = ""
     package_name = ""
+    post_hook = ""  # the name of the framework's method that registers a forward (post-)hook
 
     def package(self, module: str = "") -> ModuleType:
         """``torch_ref`` / ``paddle_impl`` or one of their modules (imported now: patches apply)."""
@@ -89,6 +90,12 @@ class _Side:
 
     def cast(self, model: Any, dtype: str) -> None:
         raise NotImplementedError
+
+    def hook(self, module: Any, record: Callable[[Any], None], before: bool = False) -> Any:
+        """Call ``record(output)`` (``record(inputs)`` with ``before``) at every call of
+        ``module``; returns a handle with ``remove()``."""
+        register = module.register_forward_pre_hook if before else getattr(module, self.post_hook)
+        return register(_returning_none(record))
 
     def device(self) -> Any:
         raise NotImplementedError
@@ -108,6 +115,7 @@ class _Side:
 class TorchSide(_Side):
     name = "torch"
     package_name = "torch_ref"
+    post_hook = "register_forward_hook"
 
     def device(self) -> Any:
         return _torch().device("cpu")
@@ -144,13 +152,6 @@ class TorchSide(_Side):
     def modules(self, model: Any) -> List[Tuple[str, Any]]:
         return [(n, m) for n, m in model.named_modules() if n]
 
-    def hook(self, module: Any, record: Callable[[Any], None], before: bool = False) -> Any:
-        """Call ``record(output)`` (``record(inputs)`` with ``before``) at every call of
-        ``module``; returns a handle with ``remove()``."""
-        if before:
-            return module.register_forward_pre_hook(_returning_none(record))
-        return module.register_forward_hook(_returning_none(record))
-
     def parameters(self, model: Any) -> "OrderedDict[str, Any]":
         return OrderedDict(model.named_parameters())
 
@@ -169,6 +170,7 @@ class TorchSide(_Side):
 class PaddleSide(_Side):
     name = "paddle"
     package_name = "paddle_impl"
+    post_hook = "register_forward_post_hook"
 
     def device(self) -> str:
         return "cpu"
@@ -201,11 +203,6 @@ class PaddleSide(_Side):
 
     def modules(self, model: Any) -> List[Tuple[str, Any]]:
         return list(model.named_sublayers())
-
-    def hook(self, module: Any, record: Callable[[Any], None], before: bool = False) -> Any:
-        if before:
-            return module.register_forward_pre_hook(_returning_none(record))
-        return module.register_forward_post_hook(_returning_none(record))
 
     def parameters(self, model: Any) -> "OrderedDict[str, Any]":
         # BatchNorm's _mean/_variance are parameters with stop_gradient=True in Paddle.
