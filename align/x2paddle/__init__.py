@@ -10,9 +10,8 @@ Modules: ``guard`` (no network, output, exit(0) or static export escapes a conve
 ``conversion`` (one ``pytorch2paddle`` run; loading and running its program), ``plans`` (what
 to convert per model), ``check`` (the three-way comparison), ``report``, ``cli``.
 
-Everything runs in float32 (X2Paddle's tracer and generated code are float32). Whatever X2Paddle
-cannot convert is reported in ``untraceable`` with the error observed in this run. Nothing heavy
-is imported by this file: ``x2paddle_available()`` is instant.
+Everything runs in float32, as X2Paddle does; what it cannot convert is reported in
+``untraceable`` with the error seen. This file imports nothing heavy.
 """
 from __future__ import annotations
 

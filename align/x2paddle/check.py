@@ -14,7 +14,7 @@ import numpy as np
 
 from ..compare import Tolerance, compare_arrays
 from ..config import LOGIT_NAMES
-from ..sides import TORCH
+from ..sides import SIDES, TORCH
 from . import ATOL_MEAN, RTOL_MAX
 from . import conversion
 from .conversion import (CODE_FILE, Conversion, _require_x2paddle, _short_path, flatten,
@@ -267,28 +267,21 @@ class _Run:
     def loss_pieces(self, rng: np.random.Generator) -> None:
         """After a failed loss conversion: try the loss's separable pieces on their own, on
         per-pixel losses (non-negative, some exactly 0 as where pixels are ignored)."""
-        import paddle
-        import torch
-
-        from paddle_impl import losses as paddle_losses
-        from torch_ref import losses as torch_losses
-
         batch, _, height, width = self.x.shape
         losses = rng.random((batch, height, width)).astype(np.float32) * 3.0
         losses[rng.random(losses.shape) < 0.3] = 0.0
         for name in self.plan.loss_pieces:
-            torch_fn, paddle_fn = getattr(torch_losses, name), getattr(paddle_losses, name)
+            fns = [getattr(side.package("losses"), name) for side in SIDES]
             part = f"loss piece losses.{name}"
-            layer = self.attempt(self.mods["Function"](torch_fn), [torch.from_numpy(losses)],
-                                 f"loss piece {name}", part)
+            layer = self.attempt(self.mods["Function"](fns[0]), [TORCH.tensor(losses)], f"loss piece {name}", part)
             x2p = None if layer is None else self.execute(layer, [losses], part, 1)
             if x2p is None:
                 continue
-            with torch.no_grad():
-                expected = torch_fn(torch.from_numpy(losses)).numpy()
-            with paddle.no_grad():
-                got = paddle_fn(paddle.to_tensor(losses)).numpy()
-            self.add_rows(part, expected, got, x2p[0])
+            outputs = []
+            for side, fn in zip(SIDES, fns):
+                with side.no_grad():
+                    outputs.append(side.numpy(fn(side.tensor(losses))))
+            self.add_rows(part, *outputs, x2p[0])
 
     def frozen_values(self) -> None:
         """Lines of the project's code (not torch's, Paddle's or X2Paddle's) where the tracer
