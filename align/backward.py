@@ -1,42 +1,27 @@
 """Stage 3, backward: k iterations of the trainers' own ``TrainStep`` on both sides.
 
-From identical weights, each side builds its trainer's optimiser, scheduler and loss scaler
-(``torch_ref.train.build_optimizer`` / ``paddle_impl.train.build_optimizer``, ``build_scaler``)
-from ONE recipe, the ``train`` section of configs/<model>_isaid.yaml (``AlignConfig.recipe``:
-mixed precision off, the learning rate times ``--lr-scale``, ``--iterations`` and ``--clip``
-when given), and runs ``steps`` iterations of its trainer's ``TrainStep``. Between the two halves
-of each iteration (``compute_gradients``: forward, backward, unscaling; ``apply_gradients``:
-clipping, optimiser step, zeroing, lr step) the stage compares:
-
-- every step: the loss, the learning rate the update uses and the global gradient norm
-  (before clipping), then every parameter gradient; after the update every parameter, every
-  BatchNorm running statistic; at the end FarSeg's ``buffer_step``;
-- step 1 with the sharp ``grad`` / ``param`` / ``running_stat`` thresholds, later steps with
-  ``drift`` (loss, gradients, their norm), ``param_drift`` and ``stat_drift``. In
-  float64 the stage runs at 0.01 x the recipe's learning rate (``--lr-scale``), which keeps
-  later steps sharp enough to catch momentum and scheduler bugs with a wide margin: what was
-  measured, and why, is in ``align.compare`` above ``DEFAULT_TOLERANCES``.
-
-The first failing value in causal order (step, loss, lr, gradients in backward-execution order,
-gradient norm, parameters after the update, statistics) is reported as the first divergence,
-with an explanation.
+Both trainers are built from ONE recipe, the ``train`` section of configs/<model>_isaid.yaml
+(``AlignConfig.recipe``: no mixed precision, lr x ``--lr-scale``). Between the two halves of each
+iteration (``compute_gradients``, ``apply_gradients``) the stage compares the loss, the lr, the
+global gradient norm before clipping and every parameter gradient; after the update every
+parameter and BatchNorm running statistic; at the end FarSeg's ``buffer_step``. Step 1 is held to
+the sharp ``grad`` / ``param`` / ``running_stat`` thresholds, later steps to the ``*drift`` ones;
+why float64 runs at 0.01 x lr is in ``align.compare`` above ``DEFAULT_TOLERANCES``. The first
+failing value in causal order is reported as the first divergence, with an explanation.
 
 Two known framework differences are accounted for, not hidden:
 
-- running variance: torch updates it with the UNBIASED batch variance (x n/(n-1), n = elements
-  per channel = B*H*W at that layer), Paddle with the biased one (measured, see
-  ``tests/test_align.py``). The torch value is converted to what Paddle's rule gives from the
-  same batches: a forward pre-hook records each BatchNorm's biased batch variance and n at
-  every step, and rv_paddle = rv_torch - sum_k (1-m)^(K-k) m v_k / (n_k - 1) (m = 0.1). The
-  uncorrected difference is in each row's note.
+- running variance: torch updates it with the UNBIASED batch variance (x n/(n-1), n = B*H*W
+  per channel), Paddle with the biased one (``tests/test_align.py``). ``BatchNormRecorder``
+  converts the torch value to Paddle's rule from the same batches,
+  rv_paddle = rv_torch - sum_k (1-m)^(K-k) m v_k / (n_k - 1) (m = 0.1); each row's note has the
+  uncorrected difference.
 - clipping: torch scales by clip / (norm + 1e-6), Paddle by clip / max(norm, clip): every
-  clipped update differs by 1e-6 / norm relative (measured on a bare parameter: exactly that).
-  Reported for every clipped step, not corrected.
+  clipped update differs by 1e-6 / norm relative by design; reported, not corrected.
 
-Clipping must bind, or a per-tensor clip (``ClipGradByNorm``) could pass unnoticed. It does on
-the default fixture: at step 1 the global gradient norm is ~347 (FarSeg) / ~495 (FactSeg)
-against the clip of 35, the stem conv alone ~314 / ~454. The report says whether clipping
-bound; ``--loss-scale`` multiplies the loss for set-ups where it would not.
+Clipping must bind, or a per-tensor clip could pass unnoticed: at step 1 the global norm is ~347
+(FarSeg) / ~495 (FactSeg) against the clip of 35. The report says whether it bound;
+``--loss-scale`` multiplies the loss where it would not.
 
 ``python -m align.backward --model farseg [--steps K]``; see ``--help``.
 """
@@ -46,28 +31,19 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import (Divergence, Localisation, Row, StageResult, compare_arrays, finish_stage, format_rows,
-                      grad_floor)
+from .compare import (Divergence, Localisation, Row, StageResult, around, compare_arrays, finish_stage,
+                      format_rows, grad_floor)
 from .config import AlignConfig
 from .fixtures import Fixture, get_fixture, versions
-from .localise import CONTEXT, ExecutionOrder
-from .sides import PADDLE, SIDES, TORCH
+from .localise import CONTEXT, backward_parameter_order
+from .sides import PADDLE, SIDES, TORCH, hooks
 
 STAGE = "backward"
 TORCH_BN_MOMENTUM = 0.1  # torch convention (weight of the new batch statistic)
-
-
-@dataclass
-class StepLog:
-    """What one side reports for one step (its trainer's ``StepResult`` as numbers)."""
-
-    loss: float
-    lr: float
-    grad_norm: float  # global L2 norm of the unscaled gradients before clipping
 
 
 @dataclass
@@ -77,9 +53,9 @@ class BatchNormRecorder:
 
     model: Any
     records: Dict[str, List[Tuple[int, np.ndarray]]] = field(default_factory=dict)
-    handles: List[Any] = field(default_factory=list)
 
-    def __enter__(self) -> "BatchNormRecorder":
+    def hooked(self) -> ContextManager[None]:
+        """Record inside the block."""
         modules = dict(TORCH.modules(self.model))
 
         def make_hook(name: str):
@@ -91,13 +67,7 @@ class BatchNormRecorder:
                     self.records.setdefault(name, []).append((x.size // channels, var))
             return hook
 
-        self.handles = [TORCH.hook(modules[n], make_hook(n), before=True) for n in TORCH.batchnorms(self.model)]
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
+        return hooks(TORCH, [(modules[n], make_hook(n)) for n in TORCH.batchnorms(self.model)], before=True)
 
     def paddle_equivalent_var(self, name: str, torch_running_var: np.ndarray, steps: int) -> np.ndarray:
         """The running variance Paddle's biased rule gives from the first ``steps`` batches torch saw."""
@@ -210,27 +180,29 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
                                       ("forward_train", "lr", "grad", "param", "running_stat", "drift",
                                        "param_drift", "stat_drift", "counter")},
                        **versions()}
-    logs: Dict[str, List[StepLog]] = {side.name: [] for side in SIDES}
+    # The reprod_log files: loss, lr and global gradient norm (before clipping) per step.
+    values: Dict[str, Dict[str, np.ndarray]] = {side.name: {} for side in SIDES}
     clip = float(recipe["clip_norm"])
-    with run_.recorder:
+    with run_.recorder.hooked():
         for step in tqdm(range(1, config.steps + 1), desc=f"backward {config.model}", unit="step",
                          disable=not progress, leave=False):
             sharp = step == 1
             if sharp:
-                with ExecutionOrder(tm) as execution:
+                with backward_parameter_order(tm) as run_.order:
                     t_res = _guarded(run_, result, step, TORCH.name, "compute_gradients", t_step, tx, ty)
-                run_.order = execution.backward_parameter_order()
             else:
                 t_res = _guarded(run_, result, step, TORCH.name, "compute_gradients", t_step, tx, ty)
             p_res = _guarded(run_, result, step, PADDLE.name, "compute_gradients", p_step, px, py)
             if t_res is None or p_res is None:
                 break
-            t_log, p_log = (StepLog(float(r.loss), float(r.lr), float(r.grad_norm)) for r in (t_res, p_res))
-            logs[TORCH.name].append(t_log)
-            logs[PADDLE.name].append(p_log)
+            t_log, p_log = ({"loss": float(r.loss), "lr": float(r.lr), "grad_norm": float(r.grad_norm)}
+                            for r in (t_res, p_res))
+            for side, log in zip(SIDES, (t_log, p_log)):
+                values[side.name].update((f"{key}_step{step}", np.asarray(v)) for key, v in log.items())
+            norm = t_log["grad_norm"]
             scalar_kinds = {"loss": "forward_train" if sharp else "drift", "lr": "lr",
                             "grad_norm": "grad" if sharp else "drift"}
-            scalars = {name: compare_arrays(f"step{step}/{name}", getattr(t_log, name), getattr(p_log, name),
+            scalars = {name: compare_arrays(f"step{step}/{name}", t_log[name], p_log[name],
                                             tols[kind], kind) for name, kind in scalar_kinds.items()}
             result.rows += list(scalars.values())
             run_.checkpoints += [(f"step {step}: {name}", scalars[name]) for name in ("loss", "lr")]
@@ -246,13 +218,13 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
             if sharp:
                 largest = max(t_grads, key=lambda n: float(np.dot(t_grads[n].ravel(), t_grads[n].ravel())))
                 result.notes.append(
-                    f"step 1: global gradient norm {t_log.grad_norm:.4g} (clip {clip:g}: "
-                    f"{'clipping binds' if t_log.grad_norm > clip else 'NO CLIPPING'}); largest single tensor "
+                    f"step 1: global gradient norm {norm:.4g} (clip {clip:g}: "
+                    f"{'clipping binds' if norm > clip else 'NO CLIPPING'}); largest single tensor "
                     f"{largest} {np.linalg.norm(t_grads[largest].ravel()):.4g}; gradient floor {floor:.2e}")
-            if t_log.grad_norm > clip:
+            if norm > clip:
                 result.notes.append(
                     f"step {step}: clipping scales by {clip:g}/(norm + 1e-6) in torch and by {clip:g}/norm in "
-                    f"Paddle: every update differs by {1e-6 / t_log.grad_norm:.1e} relative by design")
+                    f"Paddle: every update differs by {1e-6 / norm:.1e} relative by design")
             # The global norm summarises the gradients: after them in the causal order, so that a
             # gradient bug is reported at the first parameter it reaches, not at the norm.
             run_.checkpoints.append((f"step {step}: grad_norm", scalars["grad_norm"]))
@@ -275,11 +247,6 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
         run_.checkpoints.append((f"step {config.steps}: buffer_step", row))
     _first_divergence(result, run_)
 
-    values: Dict[str, Dict[str, np.ndarray]] = {side.name: {} for side in SIDES}
-    for side in SIDES:
-        for i, log in enumerate(logs[side.name], start=1):
-            values[side.name].update({f"loss_step{i}": np.asarray(log.loss), f"lr_step{i}": np.asarray(log.lr),
-                                      f"grad_norm_step{i}": np.asarray(log.grad_norm)})
     if config.full_logs:
         for n in run_.t_params:
             values[TORCH.name][f"param/{n}"] = TORCH.numpy(run_.t_params[n])
@@ -300,7 +267,7 @@ def _first_divergence(result: StageResult, run_: _Run) -> None:
     if run_.config.localise and "gradient of" in where:
         table = run_.grad_tables[step]
         index = next(i for i, r in enumerate(table) if not r.passed)
-        shown = table[max(0, index - CONTEXT): index + CONTEXT + 1]
+        shown = around(table, index, CONTEXT)
         result.localisation = Localisation(
             row.name.split("/", 2)[-1], index, [f"step-{step} parameter gradients around the first divergence "
                                                "(backward-execution order):", *format_rows(shown)],

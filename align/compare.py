@@ -1,22 +1,18 @@
 """Framework-free comparison of torch and Paddle values, thresholds and the per-stage report.
 
-Every compared value becomes a ``Row``: max / mean absolute difference, the scale-aware relative
-error, the threshold it was held to and pass/fail. The relative error of a tensor is
+Every compared value becomes a ``Row`` held to its kind's ``Tolerance``, with the relative error
 
-    rel = max|t - p| / max(max|t|, floor)
+    rel = max|t - p| / max(max|t|, floor)    (t: torch, the reference; p: Paddle)
 
-with ``t`` the torch (reference) value and ``p`` the Paddle one: the worst element error measured
-against the tensor's own magnitude, not element by element (an elementwise ratio blows up on
-values that are zero up to rounding, e.g. probabilities of 1e-30). ``floor`` is 0 except for
-gradients of a whole model, where it is a fraction of the largest gradient of the model (see
-``grad_floor``): the bias of a convolution that feeds a training-mode BatchNorm has a gradient
-that is mathematically zero, ~1e-19 of pure rounding in float64, and its "relative" error would
-otherwise be of order 1 while meaning nothing.
+the worst element error against the tensor's own magnitude: an elementwise ratio blows up on
+values that are zero up to rounding (probabilities of 1e-30). ``floor`` is 0 except for a
+model's gradients (``grad_floor``): a conv bias feeding a training-mode BatchNorm has a
+gradient that is mathematically zero, ~1e-19 of rounding in float64, whose "relative" error
+would be of order 1 while meaning nothing.
 
-Nothing here uses reprod_log's comparison. reprod_log 1.0.1's ``ReprodDiffHelper`` compares
-absolute differences only, silently transposes mismatched shapes, returns None from
-``report()`` and adds a handler to the root logger on every call; we use its ``ReprodLogger``
-only to write the ``.npy`` dict files the Paddle reproduction guide expects.
+reprod_log 1.0.1's ``ReprodDiffHelper`` is not used: it compares absolute differences only,
+silently transposes mismatched shapes, returns None from ``report()`` and adds a root-logger
+handler on every call. Its ``ReprodLogger`` format is what the stage files are written in.
 """
 from __future__ import annotations
 
@@ -220,9 +216,7 @@ class Row:
     note: str = ""
 
     def to_json(self) -> Dict[str, Any]:
-        out = asdict(self)
-        out["tol"] = {"rtol": self.tol.rtol, "mean_atol": self.tol.mean_atol}
-        return {k: _json_number(v) for k, v in out.items()}
+        return {k: _json_number(v) for k, v in asdict(self).items()}  # tol becomes {"rtol", "mean_atol"}
 
 
 def _json_number(value: Any) -> Any:
@@ -292,6 +286,11 @@ class Divergence:
     value: Optional[str] = None  # the first failing row's name, where it differs from ``where``
 
 
+def around(rows: Sequence[Row], index: int, context: int) -> List[Row]:
+    """``rows[index]`` with up to ``context`` rows on either side (the table of a localisation)."""
+    return list(rows[max(0, index - context): index + context + 1])
+
+
 @dataclass
 class Localisation:
     """The table around the first divergence (forward: module calls; backward: gradients)."""
@@ -336,34 +335,18 @@ class StageResult:
         raise KeyError(name)
 
     def to_json(self) -> Dict[str, Any]:
-        return {
-            "stage": self.stage,
-            "model": self.model,
-            "dtype": self.dtype,
-            "passed": self.passed,
-            "num_values": len(self.rows),
-            "num_failed": len(self.failed_rows()),
-            "relative_error": "max|torch - paddle| / max(max|torch|, floor) per value",
-            "settings": self.settings,
-            "first_divergence": None if self.first_divergence is None else asdict(self.first_divergence),
-            "localisation": None if self.localisation is None else asdict(self.localisation),
-            "notes": self.notes,
-            "seconds": round(self.seconds, 3),
-            "rows": [r.to_json() for r in self.rows],
-        }
+        return {"stage": self.stage, "model": self.model, "dtype": self.dtype, "passed": self.passed,
+                "num_values": len(self.rows), "num_failed": len(self.failed_rows()),
+                "relative_error": "max|torch - paddle| / max(max|torch|, floor) per value",
+                "settings": self.settings,
+                "first_divergence": None if self.first_divergence is None else asdict(self.first_divergence),
+                "localisation": None if self.localisation is None else asdict(self.localisation),
+                "notes": self.notes, "seconds": round(self.seconds, 3), "rows": [r.to_json() for r in self.rows]}
 
 
 # ----------------------------------------------------------------------------------------------
 # Text report
 # ----------------------------------------------------------------------------------------------
-
-def _fmt(value: float) -> str:
-    if isinstance(value, float) and math.isnan(value):
-        return "nan"
-    if isinstance(value, float) and math.isinf(value):
-        return "inf"
-    return f"{value:.3e}"
-
 
 def _shape(shape: Sequence[int]) -> str:
     return "[" + ",".join(str(s) for s in shape) + "]"
@@ -378,16 +361,10 @@ def format_rows(rows: Sequence[Row]) -> List[str]:
     lines = [f"{'value':<{width}}  {'shape':<{shape_width}}  {'max|d|':>9}  {'mean|d|':>9}  "
              f"{'rel':>9}  {'threshold':<24}  result"]
     for r in rows:
-        lines.append(f"{r.name:<{width}}  {_shape(r.shape):<{shape_width}}  {_fmt(r.max_abs):>9}  "
-                     f"{_fmt(r.mean_abs):>9}  {_fmt(r.rel):>9}  {r.tol.describe():<24}  "
+        lines.append(f"{r.name:<{width}}  {_shape(r.shape):<{shape_width}}  {r.max_abs:>9.3e}  "
+                     f"{r.mean_abs:>9.3e}  {r.rel:>9.3e}  {r.tol.describe():<24}  "
                      f"{'ok' if r.passed else 'FAIL'}" + (f"  ({r.note})" if r.note else ""))
     return lines
-
-
-def group_of(row: Row) -> str:
-    """Rows with many members (per-parameter values) are summarised per group in the text."""
-    parts = row.name.split("/")
-    return "/".join(parts[:2]) if len(parts) > 2 else row.name
 
 
 def format_report(result: StageResult, max_rows: int = 40) -> str:
@@ -405,10 +382,11 @@ def format_report(result: StageResult, max_rows: int = 40) -> str:
     if len(rows) <= max_rows:
         lines += format_rows(rows)
     else:
-        # Per group: the worst row (largest rel / threshold), with the group size in the note.
+        # Per group (the first two parts of a name: step1/grad/...): the worst row (largest
+        # rel / threshold), with the group size in the note.
         groups: Dict[str, List[Row]] = {}
         for r in rows:
-            groups.setdefault(group_of(r), []).append(r)
+            groups.setdefault("/".join(r.name.split("/")[:2]), []).append(r)
         summary = []
         for name, members in groups.items():
             worst = max(members, key=lambda r: (not r.passed, r.rel / max(r.tol.rtol, 1e-300)))
@@ -448,30 +426,21 @@ def write_reprod_log(path: Path, values: Mapping[str, np.ndarray]) -> Path:
     logger = ReprodLogger()
     for key, value in values.items():
         logger.add(key, np.asarray(value))
-    # ReprodLogger.save is np.save of its dict; given a handle, np.save keeps the temp file's name
-    atomic_write(path, lambda handle: np.save(handle, logger._data))
-    return path
-
-
-def write_stage_outputs(result: StageResult, out_dir: Path, torch_log: Mapping[str, np.ndarray],
-                        paddle_log: Mapping[str, np.ndarray]) -> Path:
-    """``torch.npy`` / ``paddle.npy`` (reprod_log), ``diff.txt`` and ``diff.json`` in ``out_dir``."""
-    out_dir = Path(out_dir)
-    result.out_dir = str(out_dir)
-    write_reprod_log(out_dir / "torch.npy", torch_log)
-    write_reprod_log(out_dir / "paddle.npy", paddle_log)
-    diff_json = (json.dumps(result.to_json(), indent=1) + "\n").encode("utf-8")
-    atomic_write(out_dir / "diff.json", lambda f: f.write(diff_json))
-    diff_txt = (format_report(result) + "\n").encode("utf-8")
-    atomic_write(out_dir / "diff.txt", lambda f: f.write(diff_txt))
-    return out_dir
+    # ReprodLogger.save is np.save of its dict; through the project's atomic writer instead.
+    return atomic_write(path, lambda f: np.save(f, logger.data, allow_pickle=True))
 
 
 def finish_stage(result: StageResult, start: float, out_dir: Optional[Path],
                  torch_log: Mapping[str, np.ndarray], paddle_log: Mapping[str, np.ndarray]) -> StageResult:
     """Record the stage's time since ``start`` (``time.perf_counter()``) and, when ``out_dir``
-    is set, write its files (:func:`write_stage_outputs`); returns ``result``."""
+    is set, write ``torch.npy`` / ``paddle.npy`` (reprod_log), ``diff.json`` and ``diff.txt``
+    there; returns ``result``."""
     result.seconds = time.perf_counter() - start
     if out_dir is not None:
-        write_stage_outputs(result, out_dir, torch_log, paddle_log)
+        result.out_dir = str(out_dir)
+        write_reprod_log(Path(out_dir) / "torch.npy", torch_log)
+        write_reprod_log(Path(out_dir) / "paddle.npy", paddle_log)
+        for name, text in (("diff.json", json.dumps(result.to_json(), indent=1)), ("diff.txt", format_report(result))):
+            data = (text + "\n").encode("utf-8")
+            atomic_write(Path(out_dir) / name, lambda f, data=data: f.write(data))
     return result

@@ -23,8 +23,10 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # FarSeg's annealing loss is checked at these steps (docs/official_models.md, "FarSeg"): inside
 # the cosine ramp (1, 5000) and after it (30000, pure focal weighting).
 FARSEG_LOSS_STEPS = (1, 5000, 30000)
+# Names of each model's logits in reports, in the order of its package's LOGIT_MODULES.
+LOGIT_NAMES = {"farseg": ("logits",), "factseg": ("fg_logits", "bi_logits")}
 
-__all__ = ["AGAINST", "AlignConfig", "AlignInputError", "DTYPES", "FARSEG_LOSS_STEPS", "STAGES"]
+__all__ = ["AGAINST", "AlignConfig", "AlignInputError", "DTYPES", "FARSEG_LOSS_STEPS", "LOGIT_NAMES", "STAGES"]
 
 
 @dataclass

@@ -1,22 +1,13 @@
 """Deterministic fixtures: the same weights, inputs and labels in torch_ref and paddle_impl.
 
-Weights: by default ``torch_ref.build_model`` under ``torch.manual_seed(seed)`` (the official
-initialisation), then every BatchNorm gets random affine parameters and running statistics and
-every zero-initialised bias a random value, so that no parameter is trivially 0 or 1 and a
-port that ignores one of them is caught. With ``--torch-ckpt`` an official-layout checkpoint
-(loaded by ``convert.load_state_dict_file``: no code is executed) replaces them. The Paddle
-model then receives exactly these values through the project's converter
-(``convert.torch_to_paddle``), so the alignment also exercises the converter.
-
-Inputs: synthetic iSAID-like scenes (``isaid.synth.make_scene``), normalised with the official
-mean/std (``isaid.palette.normalize``); labels are their class maps with about 10% ignore
-pixels (255): a rectangle per image plus a bottom band like the training padding
-(``align.inputs``).
+Weights: ``torch_ref``'s official initialisation with every BatchNorm and zero bias randomised
+(``randomise_torch_model``), or an official-layout checkpoint (``--torch-ckpt``, read without
+executing code); the Paddle model receives them through the project's converter
+(``convert.torch_to_paddle``), which the alignment so exercises too. Inputs: ``align.inputs``.
 """
 from __future__ import annotations
 
 import sys
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
@@ -81,7 +72,6 @@ class Fixture:
     y: np.ndarray  # [B,H,W] int64, 255 = ignore
     weights: str  # description for reports
     cache: Dict[str, Any] = field(default_factory=dict)  # e.g. the forward stage's torch probs
-    build_seconds: float = 0.0
     dirty: bool = False  # set by anything that may change weights or buffers (training mode)
 
     @property
@@ -134,7 +124,6 @@ def build_fixture(config: AlignConfig) -> Fixture:
 
     import convert
 
-    start = time.perf_counter()
     import_frameworks()
     if config.input is not None:
         x = load_input(config.input)
@@ -166,22 +155,16 @@ def build_fixture(config: AlignConfig) -> Fixture:
     fixture = Fixture(config, {TORCH.name: torch_model, PADDLE.name: paddle_model},
                       {TORCH.name: torch_state, PADDLE.name: paddle_state}, x, y, weights)
     fixture.reset()  # (not dirty: only sets eval mode)
-    fixture.build_seconds = time.perf_counter() - start
     return fixture
 
 
 _CACHE: List[Tuple[Tuple[Any, ...], Fixture]] = []
 
 
-def _cache_key(config: AlignConfig) -> Tuple[Any, ...]:
-    return (config.model, config.dtype, config.batch, config.size, config.seed, config.torch_ckpt,
-            config.input)
-
-
 def get_fixture(config: AlignConfig) -> Fixture:
     """The fixture of ``config``, reused while only stage settings change (one kept: each holds
     two full models, ~0.5 GB in float64)."""
-    key = _cache_key(config)
+    key = (config.model, config.dtype, config.batch, config.size, config.seed, config.torch_ckpt, config.input)
     for cached_key, fixture in _CACHE:
         if cached_key == key:
             fixture.config = config

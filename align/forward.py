@@ -17,16 +17,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .compare import Divergence, Localisation, Row, StageResult, Tolerance, compare_arrays, finish_stage
-from .config import AlignConfig
+from .config import LOGIT_NAMES, AlignConfig
 from .fixtures import Fixture, get_fixture, versions
 from .localise import capture, first_divergent_layer
 from .sides import SIDES, Side, outputs_of
+from .x2paddle import ATOL_MEAN, RTOL_MAX
 
 STAGE = "forward"
-# Names of each model's logits, in the order of its package's LOGIT_MODULES.
-LOGIT_NAMES = {"farseg": ("logits",), "factseg": ("fg_logits", "bi_logits")}
-# align.x2paddle's own defaults (float32): mean |d| <= 1e-5 and max |d| / max |value| <= 1e-4.
-X2PADDLE_TOLERANCE = Tolerance(1e-4, 1e-5)
+X2PADDLE_TOLERANCE = Tolerance(RTOL_MAX, ATOL_MEAN)  # align.x2paddle's own defaults (float32)
 
 
 def side_outputs(fx: Fixture, side: Side) -> Dict[str, np.ndarray]:
@@ -70,12 +68,8 @@ def localise_forward(fx: Fixture, mode: str, tol: Any) -> Localisation:
 
 
 def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool = False) -> StageResult:
-    """Run the forward stage for ``config``; write its files when ``config.out`` is set.
-
-    ``config.against == "x2paddle"`` adds the X2Paddle third opinion (``align.x2paddle``,
-    float32): its three-way rows join this stage's rows (kind ``x2paddle``) and its report its
-    notes.
-    """
+    """Run the forward stage for ``config``; write its files when ``config.out`` is set. With
+    ``config.against == "x2paddle"`` the rows (kind ``x2paddle``) and report of ``run_x2paddle`` join."""
     start = time.perf_counter()
     fx = fixture if fixture is not None else get_fixture(config)
     tols = config.tolerances()
@@ -102,18 +96,15 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
             result.localisation = found
             result.first_divergence = Divergence(found.first, f"[{mode} mode] {found.summary}", mode)
     if config.against == "x2paddle":
-        passed, lines, rows = run_x2paddle(fx, config.out, progress)
+        lines, rows = run_x2paddle(fx, config.out, progress)
         result.rows += rows
         result.notes += lines
-        if not passed and not rows:
-            result.rows.append(Row("x2paddle/no_comparison", "x2paddle", [], math.inf, math.inf, math.inf,
-                                   math.nan, X2PADDLE_TOLERANCE, False, "nothing converted"))
     return finish_stage(result, start, config.out_dir(STAGE), t_out, p_out)
 
 
-def run_x2paddle(fx: Fixture, out_root: Optional[str], progress: bool = True) -> Tuple[bool, List[str], List[Row]]:
-    """The X2Paddle third opinion (``align.x2paddle``, float32): (passed, report lines, rows).
-    AlignConfig has checked that the optional extra is installed."""
+def run_x2paddle(fx: Fixture, out_root: Optional[str], progress: bool = True) -> Tuple[List[str], List[Row]]:
+    """The X2Paddle third opinion (``align.x2paddle``, float32): (report lines, rows; a failing
+    row when nothing was compared). AlignConfig has checked that the optional extra is installed."""
     from pathlib import Path
 
     from .x2paddle.check import compare_with_x2paddle
@@ -124,14 +115,16 @@ def run_x2paddle(fx: Fixture, out_root: Optional[str], progress: bool = True) ->
     report = compare_with_x2paddle(fx.model_name, fx.torch_model, fx.paddle_model, fx.x, target,
                                    seed=fx.config.seed, progress=progress)
     fx.reset()
-    passed = bool(report.get("passed", False))
     lines = [f"x2paddle third opinion ({fx.model_name}, float32; programs in {target}):",
              *format_report(report).splitlines()]
     rows = [Row(f"x2paddle/{r['pair']}/{r['output']}", "x2paddle",
                 list(r["shape"]) if isinstance(r["shape"], (list, tuple)) else [],
                 float(r["max_abs"]), float(r["mean_abs"]), float(r["max_rel"]), math.nan,
                 X2PADDLE_TOLERANCE, bool(r["passed"])) for r in report.get("rows", [])]
-    return passed, lines, rows
+    if not rows and not report.get("passed", False):
+        rows = [Row("x2paddle/no_comparison", "x2paddle", [], math.inf, math.inf, math.inf, math.nan,
+                    X2PADDLE_TOLERANCE, False, "nothing converted")]
+    return lines, rows
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -13,13 +13,14 @@ of the module that owns it: the loss reaches the head first), whose gradient dif
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import Localisation, Row, Tolerance, compare_arrays, format_rows
-from .sides import TORCH, Side
+from .compare import Localisation, Row, Tolerance, around, compare_arrays, format_rows
+from .sides import TORCH, Side, hooks
 
 CONTEXT = 4  # rows shown before and after the first divergence
 
@@ -64,13 +65,8 @@ def capture(side: Side, model: Any, run: Callable[[], Any]) -> List[Record]:
             records.append(Record(name, call, _flatten(output, side)))
         return hook
 
-    handles = [side.hook(module, make_hook(name)) for name, module in side.modules(model)]
-    try:
-        with side.no_grad():
-            run()
-    finally:
-        for h in handles:
-            h.remove()
+    with hooks(side, [(module, make_hook(name)) for name, module in side.modules(model)]), side.no_grad():
+        run()
     return records
 
 
@@ -115,7 +111,7 @@ def first_divergent_layer(torch_records: Sequence[Record], paddle_records: Seque
     else:
         summary = (f"first divergent module (torch execution order): {rows[first].name} "
                    f"(call {first + 1} of {len(rows)}; rel {rows[first].rel:.3e} > {tol.rtol:.0e})")
-        shown = rows[max(0, first - context): first + context + 1]
+        shown = around(rows, first, context)
         lines.append(f"module calls around the first divergence (torch execution order, "
                      f"{tol.describe()}):")
     lines += format_rows(shown)
@@ -130,43 +126,18 @@ def first_divergent_layer(torch_records: Sequence[Record], paddle_records: Seque
 # Backward order
 # ----------------------------------------------------------------------------------------------
 
-class ExecutionOrder:
-    """Context manager recording the order in which the modules of a torch model START running.
-
-    Attach it around a forward that happens anyway (the first training step) so that finding
-    the backward order costs no extra forward.
-    """
-
-    def __init__(self, torch_model: Any) -> None:
-        self.model = torch_model
-        self.modules: List[str] = []
-        self._seen: set = set()
-        self._handles: List[Any] = []
-
-    def __enter__(self) -> "ExecutionOrder":
-        def make_hook(name: str) -> Callable[..., None]:
-            def hook(inputs: Any) -> None:
-                if name not in self._seen:
-                    self._seen.add(name)
-                    self.modules.append(name)
-            return hook
-
-        self._handles = [TORCH.hook(m, make_hook(n), before=True) for n, m in self.model.named_modules()]
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-    def backward_parameter_order(self) -> List[str]:
-        """Parameter names in backward-execution order: the reverse of the order in which their
-        owning modules first ran; parameters of modules that never ran come last, in state-dict
-        order."""
-        owners = dict(self.model.named_modules())
-        order: List[str] = []
-        for name in reversed(self.modules):
-            for pname, _ in owners[name].named_parameters(recurse=False):
-                order.append(f"{name}.{pname}" if name else pname)
-        placed = set(order)
-        return order + [n for n, _ in self.model.named_parameters() if n not in placed]
+@contextlib.contextmanager
+def backward_parameter_order(torch_model: Any) -> Iterator[List[str]]:
+    """Around a forward that happens anyway (the first training step, so finding the order costs
+    no extra forward): yields a list that, at the end of the block, holds the parameter names in
+    backward-execution order, the reverse of the order in which their owning modules first START
+    running; parameters of modules that never ran come last, in state-dict order."""
+    owners = dict(torch_model.named_modules())
+    started: Dict[str, None] = {}  # an insertion-ordered set
+    order: List[str] = []
+    with hooks(TORCH, [(m, lambda _inputs, n=n: started.setdefault(n)) for n, m in owners.items()], before=True):
+        yield order
+    for name in reversed(started):
+        order += [f"{name}.{pname}" if name else pname for pname, _ in owners[name].named_parameters(recurse=False)]
+    placed = set(order)
+    order += [n for n, _ in torch_model.named_parameters() if n not in placed]

@@ -1,24 +1,16 @@
 """Stage 2, loss: the training losses of torch_ref and paddle_impl on IDENTICAL logits.
 
-Fed the same logits (deterministic, N(0, 3^2): confident and unsure pixels alike) and the
-fixture labels (with 255 ignore pixels), each side's loss function gives a value and, by
-autograd, the gradient w.r.t. the logits; both are compared. This isolates the loss from the
-network. Then the loss once more through each model's training-mode forward (which also
-exercises FarSeg's ``buffer_step`` increment), compared with the forward tolerance.
+Each side's loss and its autograd gradient w.r.t. the logits (N(0, 3^2); the fixture labels,
+with ignore pixels) are compared, which isolates the loss from the network; then the loss once
+more through each model's training-mode forward (and FarSeg's ``buffer_step`` increment).
 
-FarSeg (docs/official_models.md, "FarSeg"): the annealing loss at steps 1, 5000 and 30000, plus, within EACH framework,
-the two identities that make the step handling testable: the loss value is the same at every
-step, and grad(t) = a(t) grad(0) + (1 - a(t)) grad(t > 10000) with a(t) = (cos(pi t/1e4)+1)/2.
-A batch whose pixels are all ignored must give 0 (the official code gives 0/0) on both sides.
-
-FactSeg (docs/official_models.md, "FactSeg"): the joint loss with small-object mining, and its gradients w.r.t. both the
-multi-class (fg) and the binary (bi) logits.
-
-Saturated rows (``saturated/...``): the same comparisons on the logits of a confident model
-(align/saturated.py: logit gaps in the hundreds, mislabelled pixels, binary logits of +-40 and
-beyond), plus FactSeg's fused log-probabilities and probabilities. N(0, 3^2) logits never reach
-Paddle's clamp of log-probabilities at -64 (docs/paddle_numerics.md); these do, so a clamped
-primitive on the path of a loss, a gradient or a fused probability fails here.
+FarSeg (docs/official_models.md, "FarSeg"): the annealing loss at steps 1, 5000 and 30000, and
+within EACH framework the identities that make the step handling testable: value(t) = value(0)
+and grad(t) = a(t) grad(0) + (1 - a(t)) grad(t > 1e4); an all-ignored batch gives 0 on both
+sides (the official code: 0/0). FactSeg: the joint loss and its gradients w.r.t. both heads.
+``saturated/`` rows: the same on a confident model's logits (align/saturated.py), which reach
+Paddle's clamp of log-probabilities at -64 (docs/paddle_numerics.md), plus FactSeg's fused
+(log-)probabilities: a clamped primitive on any of these paths fails there.
 
 ``python -m align.loss --model farseg``; see ``--help``.
 """
@@ -41,6 +33,7 @@ STAGE = "loss"
 LOGIT_SCALE = 3.0
 T_MAX = 10000  # the cosine ramp ends here (docs/official_models.md, "FarSeg")
 AFTER_RAMP = 1_000_000  # any step > T_MAX: pure focal weighting
+GRAD_NAMES = {"farseg": ("grad_logits",), "factseg": ("grad_fg_logits", "grad_bi_logits")}  # per logits input
 
 
 def annealing_weight(step: float) -> float:
@@ -136,51 +129,45 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
         t_log[name], p_log[name] = np.asarray(t_value), np.asarray(p_value)
         result.rows.append(compare_arrays(name, t_value, p_value, kind_tol, kind, note=note))
 
-    if model == "farseg":
-        logits = [make_logits(config, (batch, 16, height, width), 1)]
-        steps = tuple(config.loss_steps)
-        t_values, p_values, t_grads, p_grads = {}, {}, {}, {}
-        for t in (0,) + steps + (AFTER_RAMP,):
-            (t_values[t], (t_grads[t],)), (p_values[t], (p_grads[t],)) = (
-                side_loss(side, model, logits, labels, t) for side in SIDES)
+    steps = tuple(config.loss_steps) if model == "farseg" else (None,)  # FactSeg's loss has no step
+
+    def add_losses(prefix: str, logits: List[np.ndarray], labels: np.ndarray) -> Dict[Optional[int], tuple]:
+        """Both sides' loss and its gradients at each step, as rows; returns them per step."""
+        found = {}
         for t in steps:
-            add(f"step{t}/loss", t_values[t], p_values[t], tol, "loss")
-            add(f"step{t}/grad_logits", t_grads[t], p_grads[t], tol, "loss")
-        result.rows += _identity_rows("torch", t_values, t_grads, steps, tol_id)
-        result.rows += _identity_rows("paddle", p_values, p_grads, steps, tol_id)
+            (t_value, t_grads), (p_value, p_grads) = found[t] = tuple(
+                side_loss(side, model, logits, labels, t) for side in SIDES)
+            head = prefix if t is None else f"{prefix}step{t}/"
+            add(head + ("loss" if model == "farseg" else "joint_loss"), t_value, p_value, tol, "loss")
+            for name, t_grad, p_grad in zip(GRAD_NAMES[model], t_grads, p_grads):
+                add(head + name, t_grad, p_grad, tol, "loss")
+        return found
+
+    fg_logits = make_logits(config, (batch, 16, height, width), 1)
+    if model == "farseg":
+        found = add_losses("", [fg_logits], labels)
+        for t in (0, AFTER_RAMP):
+            found[t] = tuple(side_loss(side, model, [fg_logits], labels, t) for side in SIDES)
+        for i, side_name in enumerate(("torch", "paddle")):
+            result.rows += _identity_rows(side_name, {t: v[i][0] for t, v in found.items()},
+                                          {t: v[i][1][0] for t, v in found.items()}, steps, tol_id)
         # All pixels ignored: the official 0/0 must be guarded on both sides (0, finite gradient).
         ignored = np.full_like(labels, 255)
         (t_zero, (t_zero_grad,)), (p_zero, (p_zero_grad,)) = (
-            side_loss(side, model, logits, ignored, steps[0]) for side in SIDES)
+            side_loss(side, model, [fg_logits], ignored, steps[0]) for side in SIDES)
         add("all_ignored/loss", t_zero, p_zero, tol, "loss", note="must be 0 on both sides")
         add("all_ignored/grad_logits", t_zero_grad, p_zero_grad, tol, "loss")
         if not (float(t_zero) == 0.0 and np.isfinite(t_zero_grad).all()):
             result.notes.append("torch_ref gives a non-zero or non-finite loss on an all-ignored batch")
         model_step: Optional[int] = steps[len(steps) // 2]
     else:
-        logits = [make_logits(config, (batch, 16, height, width), 1),
-                  make_logits(config, (batch, 1, height, width), 2)]
-        (t_value, t_grads_list), (p_value, p_grads_list) = (side_loss(side, model, logits, labels)
-                                                            for side in SIDES)
-        add("joint_loss", t_value, p_value, tol, "loss")
-        add("grad_fg_logits", t_grads_list[0], p_grads_list[0], tol, "loss")
-        add("grad_bi_logits", t_grads_list[1], p_grads_list[1], tol, "loss")
+        add_losses("", [fg_logits, make_logits(config, (batch, 1, height, width), 2)], labels)
         model_step = None
 
     # The saturated fixture: what a confident model's logits do to each side's primitives.
     sat_fg, sat_bi, sat_labels = saturated_inputs((batch, 16, height, width), config.seed, config.dtype)
-    if model == "farseg":
-        for t in config.loss_steps:
-            (t_value, (t_grad,)), (p_value, (p_grad,)) = (
-                side_loss(side, model, [sat_fg], sat_labels, t) for side in SIDES)
-            add(f"saturated/step{t}/loss", t_value, p_value, tol, "loss")
-            add(f"saturated/step{t}/grad_logits", t_grad, p_grad, tol, "loss")
-    else:
-        (t_value, t_grads_list), (p_value, p_grads_list) = (
-            side_loss(side, model, [sat_fg, sat_bi], sat_labels) for side in SIDES)
-        add("saturated/joint_loss", t_value, p_value, tol, "loss")
-        add("saturated/grad_fg_logits", t_grads_list[0], p_grads_list[0], tol, "loss")
-        add("saturated/grad_bi_logits", t_grads_list[1], p_grads_list[1], tol, "loss")
+    add_losses("saturated/", [sat_fg] if model == "farseg" else [sat_fg, sat_bi], sat_labels)
+    if model == "factseg":
         t_log_p, p_log_p = (side_fused_log_probs(side, sat_fg, sat_bi) for side in SIDES)
         add("saturated/fused_log_probs", t_log_p, p_log_p, tols["forward"], "forward",
             note="the eval output's logarithm: -64 against -200 shows here")

@@ -1,17 +1,11 @@
 """Stage 4, metric: the evaluation's confusion matrix and mIoU from each framework's own code.
 
-Each side counts the confusion matrix on its device (``torch_ref.metrics.confusion_matrix`` /
-``paddle_impl.metrics.confusion_matrix``); the IoU maths on the matrix is the shared numpy
-code (``isaid.metrics.miou``), so it is run on each side's matrix. Two prediction sets, both
-scored against the fixture labels (with 255 ignore pixels):
-
-- ``random``: uniform random classes (every class present, so no IoU is NaN);
-- ``model``: the argmax of torch_ref's eval probabilities from the forward stage (what the
-  evaluator does), computed here when the forward stage did not run in this process.
-
-Everything must be bit-identical (counts are integers; the IoU maths is the same code on the
-same numbers). The framework-free count (``isaid.metrics.confusion_from_labels``) is a third
-opinion on the torch count.
+Each side counts the confusion matrix on its device (its package's ``metrics.confusion_matrix``);
+the IoU maths is the shared numpy code (``isaid.metrics.miou``) run on each side's matrix. Two
+prediction sets against the fixture labels: ``random`` classes (every class present) and
+``model``, the argmax of torch_ref's eval probabilities (from the forward stage when it ran).
+Everything must be bit-identical; ``isaid.metrics.confusion_from_labels`` (framework-free) is
+a third opinion on the torch count.
 
 ``python -m align.metric --model farseg``; see ``--help``.
 """

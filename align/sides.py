@@ -1,20 +1,20 @@
 """One adapter per framework: everything align does to a model goes through a ``Side``.
 
 Every stage is written once against the ``Side`` protocol and run on ``TORCH`` (torch_ref, the
-reference) and ``PADDLE`` (paddle_impl, the port). A side turns numpy arrays into its tensors
-and back, builds and loads the model package's models, hooks module calls, and hands out the
-package's own loss, confusion-matrix and training code, looked up at call time so that a test's
-``monkeypatch`` of ``paddle_impl`` applies.
+reference) and ``PADDLE`` (paddle_impl, the port). The model package's modules are looked up at
+call time, so that a test's ``monkeypatch`` of ``paddle_impl`` applies.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import warnings
 from collections import OrderedDict
 from types import ModuleType
-from typing import Any, Callable, ContextManager, Dict, List, Mapping, Protocol, Tuple
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Mapping, Protocol, Sequence, Tuple
 
 import numpy as np
+
 
 class Side(Protocol):
     """What align needs from one framework."""
@@ -59,11 +59,24 @@ def _returning_none(record: Callable[[Any], Any]) -> Callable[..., None]:
     return hook
 
 
+def _torch() -> ModuleType:
+    import torch
+
+    return torch
+
+
+def _paddle() -> ModuleType:
+    import paddle
+
+    return paddle
+
+
 class _Side:
     """What both sides share: names and the model package."""
 
     name = ""
     package_name = ""
+    post_hook = ""  # the name of the framework's method that registers a forward (post-)hook
 
     def package(self, module: str = "") -> ModuleType:
         """``torch_ref`` / ``paddle_impl`` or one of their modules (imported now: patches apply)."""
@@ -76,12 +89,15 @@ class _Side:
         return net
 
     def cast(self, model: Any, dtype: str) -> None:
-        """Cast ``model``'s parameters and buffers to ``dtype`` in place."""
         raise NotImplementedError
 
     def hook(self, module: Any, record: Callable[[Any], None], before: bool = False) -> Any:
         """Call ``record(output)`` (``record(inputs)`` with ``before``) at every call of
         ``module``; returns a handle with ``remove()``."""
+        register = module.register_forward_pre_hook if before else getattr(module, self.post_hook)
+        return register(_returning_none(record))
+
+    def device(self) -> Any:
         raise NotImplementedError
 
     def train_step(self, model: Any, recipe: Mapping[str, Any], train_model: Any = None) -> Any:
@@ -90,34 +106,29 @@ class _Side:
         CPU; ``train_model`` (default ``model``) is what the step calls."""
         trainer = self.package("train")
         optimizer, scheduler = trainer.build_optimizer(model, recipe)
-        scaler = trainer.build_scaler(recipe, self.device())
+        device = self.device()
+        scaler = trainer.build_scaler(recipe, device)
         return trainer.TrainStep(model if train_model is None else train_model, model, optimizer, scheduler,
-                                 scaler, recipe, self.device())
+                                 scaler, recipe, device)
 
 
 class TorchSide(_Side):
     name = "torch"
     package_name = "torch_ref"
+    post_hook = "register_forward_hook"
 
     def device(self) -> Any:
-        import torch
-
-        return torch.device("cpu")
+        return _torch().device("cpu")
 
     def cast(self, model: Any, dtype: str) -> None:
-        import torch
-
-        model.to(getattr(torch, dtype))
+        model.to(getattr(_torch(), dtype))
 
     def tensor(self, array: np.ndarray, requires_grad: bool = False) -> Any:
-        import torch
-
+        torch = _torch()
         return torch.tensor(array, requires_grad=True) if requires_grad else torch.from_numpy(array.copy())
 
     def is_tensor(self, value: Any) -> bool:
-        import torch
-
-        return isinstance(value, torch.Tensor)
+        return isinstance(value, _torch().Tensor)
 
     def numpy(self, tensor: Any) -> np.ndarray:
         """A numpy copy."""
@@ -125,15 +136,11 @@ class TorchSide(_Side):
 
     def fill(self, tensor: Any, value: float) -> None:
         """Set every element of ``tensor`` (a buffer) to ``value`` in place."""
-        import torch
-
-        with torch.no_grad():
+        with _torch().no_grad():
             tensor.fill_(value)
 
     def no_grad(self) -> ContextManager[Any]:
-        import torch
-
-        return torch.no_grad()
+        return _torch().no_grad()
 
     def load_state(self, model: Any, state: Mapping[str, Any]) -> None:
         model.load_state_dict(state, strict=True)
@@ -145,11 +152,6 @@ class TorchSide(_Side):
     def modules(self, model: Any) -> List[Tuple[str, Any]]:
         return [(n, m) for n, m in model.named_modules() if n]
 
-    def hook(self, module: Any, record: Callable[[Any], None], before: bool = False) -> Any:
-        if before:
-            return module.register_forward_pre_hook(_returning_none(record))
-        return module.register_forward_hook(_returning_none(record))
-
     def parameters(self, model: Any) -> "OrderedDict[str, Any]":
         return OrderedDict(model.named_parameters())
 
@@ -158,9 +160,7 @@ class TorchSide(_Side):
         return param.grad.detach().numpy() if param.grad is not None else np.zeros(tuple(param.shape))
 
     def batchnorms(self, model: Any) -> List[str]:
-        import torch
-
-        return [n for n, m in self.modules(model) if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        return [n for n, m in self.modules(model) if isinstance(m, _torch().nn.modules.batchnorm._BatchNorm)]
 
     def bn_stats(self, model: Any, name: str) -> Tuple[np.ndarray, np.ndarray]:
         bn = model.get_submodule(name)
@@ -170,6 +170,7 @@ class TorchSide(_Side):
 class PaddleSide(_Side):
     name = "paddle"
     package_name = "paddle_impl"
+    post_hook = "register_forward_post_hook"
 
     def device(self) -> str:
         return "cpu"
@@ -178,14 +179,10 @@ class PaddleSide(_Side):
         model.to(dtype=dtype)
 
     def tensor(self, array: np.ndarray, requires_grad: bool = False) -> Any:
-        import paddle
-
-        return paddle.to_tensor(array, stop_gradient=not requires_grad)
+        return _paddle().to_tensor(array, stop_gradient=not requires_grad)
 
     def is_tensor(self, value: Any) -> bool:
-        import paddle
-
-        return isinstance(value, paddle.Tensor)
+        return isinstance(value, _paddle().Tensor)
 
     def numpy(self, tensor: Any) -> np.ndarray:
         """A numpy copy."""
@@ -193,14 +190,10 @@ class PaddleSide(_Side):
 
     def fill(self, tensor: Any, value: float) -> None:
         """Set every element of ``tensor`` (a buffer) to ``value`` in place."""
-        import paddle
-
-        tensor.set_value(paddle.full(tensor.shape, value, dtype=tensor.dtype))
+        tensor.set_value(_paddle().full(tensor.shape, value, dtype=tensor.dtype))
 
     def no_grad(self) -> ContextManager[Any]:
-        import paddle
-
-        return paddle.no_grad()
+        return _paddle().no_grad()
 
     def load_state(self, model: Any, state: Mapping[str, Any]) -> None:
         model.set_state_dict(state)
@@ -211,11 +204,6 @@ class PaddleSide(_Side):
     def modules(self, model: Any) -> List[Tuple[str, Any]]:
         return list(model.named_sublayers())
 
-    def hook(self, module: Any, record: Callable[[Any], None], before: bool = False) -> Any:
-        if before:
-            return module.register_forward_pre_hook(_returning_none(record))
-        return module.register_forward_post_hook(_returning_none(record))
-
     def parameters(self, model: Any) -> "OrderedDict[str, Any]":
         # BatchNorm's _mean/_variance are parameters with stop_gradient=True in Paddle.
         return OrderedDict((n, p) for n, p in model.named_parameters() if not p.stop_gradient)
@@ -224,9 +212,7 @@ class PaddleSide(_Side):
         return param.grad.numpy() if param.grad is not None else np.zeros(tuple(param.shape))
 
     def batchnorms(self, model: Any) -> List[str]:
-        import paddle
-
-        return [n for n, m in self.modules(model) if isinstance(m, paddle.nn.layer.norm._BatchNormBase)]
+        return [n for n, m in self.modules(model) if isinstance(m, _paddle().nn.layer.norm._BatchNormBase)]
 
     def bn_stats(self, model: Any, name: str) -> Tuple[np.ndarray, np.ndarray]:
         bn = dict(model.named_sublayers())[name]
@@ -242,10 +228,17 @@ def outputs_of(side: Side, model: Any, names: Tuple[str, ...], run: Callable[[],
     """``run()``'s result and the outputs of the modules ``names`` during it (hooks removed after)."""
     captured: Dict[str, np.ndarray] = {}
     modules = dict(side.modules(model))
-    handles = [side.hook(modules[n], lambda out, n=n: captured.setdefault(n, side.numpy(out))) for n in names]
-    try:
+    with hooks(side, [(modules[n], lambda out, n=n: captured.setdefault(n, side.numpy(out))) for n in names]):
         result = run()
+    return result, [captured[n] for n in names]
+
+
+@contextlib.contextmanager
+def hooks(side: Side, records: Sequence[Tuple[Any, Callable[[Any], None]]], before: bool = False) -> Iterator[None]:
+    """``side.hook(module, record, before)`` for every (module, record) pair inside the block."""
+    handles = [side.hook(module, record, before) for module, record in records]
+    try:
+        yield
     finally:
         for h in handles:
             h.remove()
-    return result, [captured[n] for n in names]

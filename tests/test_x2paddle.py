@@ -31,13 +31,22 @@ def rows_by(result, output):
     return {r["pair"]: r for r in result["rows"] if r["output"] == output}
 
 
+def build_fixture(model):
+    """align's fixture in float32, as the x2paddle CLI builds it: (torch model, Paddle model, x)."""
+    from align import AlignConfig
+    from align.fixtures import build_fixture as build
+
+    fx = build(AlignConfig(model=model, dtype="float32", batch=1, size=64, seed=0, out=None))
+    return fx.torch_model, fx.paddle_model, fx.x
+
+
 def leaked_modules():
     return sorted(m for m in sys.modules if m.startswith("_x2paddle_generated") or m == "x2paddle_code")
 
 
 @pytest.fixture(scope="module")
 def farseg():
-    return check.build_fixture("farseg", seed=0, size=64, batch=1)
+    return build_fixture("farseg")
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +242,7 @@ def test_sub_part_fallback_when_the_logits_path_does_not_convert(farseg, tmp_pat
 # ----------------------------------------------------------------------------------------------
 
 def test_factseg_logits_three_way_and_the_untraceable_parts_reported(tmp_path):
-    torch_model, paddle_model, x = check.build_fixture("factseg", seed=0, size=64, batch=1)
+    torch_model, paddle_model, x = build_fixture("factseg")
     result = check.compare_with_x2paddle("factseg", torch_model, paddle_model, x, tmp_path, progress=False)
     assert result["passed"], report.format_report(result)
     for output, channels in (("fg_logits", 16), ("bi_logits", 1)):

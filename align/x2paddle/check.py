@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 import numpy as np
 
 from ..compare import Tolerance, compare_arrays
+from ..config import LOGIT_NAMES
+from ..sides import SIDES, TORCH
+from . import ATOL_MEAN, RTOL_MAX
 from . import conversion
 from .conversion import (CODE_FILE, Conversion, _require_x2paddle, _short_path, flatten,
                          installed_x2paddle_version, load_generated_program, run_generated_program)
@@ -26,9 +29,8 @@ if TYPE_CHECKING:
 
 def compare_pair(pair: str, output: str, a: np.ndarray, b: np.ndarray, atol_mean: float, rtol_max: float,
                  scale_atol: bool = False) -> Dict[str, Any]:
-    """One row of the report: ``align.compare.compare_arrays`` of ``a`` (the reference of the
-    pair) and ``b`` under relative bound ``rtol_max`` and mean-abs bound ``atol_mean`` (with
-    ``scale_atol`` times max(1, max |a|): intermediate features have arbitrary magnitudes)."""
+    """One row of the report: ``align.compare.compare_arrays`` of ``a`` (the pair's reference) and
+    ``b``; ``scale_atol`` multiplies ``atol_mean`` by max(1, max |a|) for intermediate features."""
     a = np.asarray(a, dtype=np.float64)
     scale = float(np.abs(a).max(initial=0.0)) if a.size else 0.0
     tol = Tolerance(rtol_max, atol_mean * max(1.0, scale) if scale_atol else atol_mean)
@@ -38,22 +40,6 @@ def compare_pair(pair: str, output: str, a: np.ndarray, b: np.ndarray, atol_mean
     if row.note:
         out["note"] = row.note
     return out
-
-
-def _three_way_rows(output: str, torch_out: np.ndarray, paddle_out: np.ndarray,
-                    x2p_out: Optional[np.ndarray], atol_mean: float, rtol_max: float,
-                    note: Optional[str] = None, scale_atol: bool = False) -> List[Dict[str, Any]]:
-    pairs = [("torch_ref vs paddle_impl", torch_out, paddle_out)]
-    if x2p_out is not None:
-        pairs = [("torch_ref vs x2paddle", torch_out, x2p_out),
-                 ("paddle_impl vs x2paddle", paddle_out, x2p_out)] + pairs
-    rows = []
-    for pair, a, b in pairs:
-        row = compare_pair(pair, output, a, b, atol_mean, rtol_max, scale_atol)
-        if note and "x2paddle" in pair:
-            row["note"] = note
-        rows.append(row)
-    return rows
 
 
 class _Run:
@@ -144,8 +130,16 @@ class _Run:
 
     def add_rows(self, output: str, torch_out: np.ndarray, paddle_out: np.ndarray,
                  x2p_out: Optional[np.ndarray], note: Optional[str] = None, scale_atol: bool = False) -> None:
-        self.rows += _three_way_rows(output, torch_out, paddle_out, x2p_out, self.atol_mean,
-                                     self.rtol_max, note, scale_atol)
+        """The rows of ``output``: each side against X2Paddle's (when it has one), then torch_ref
+        against paddle_impl; ``note`` goes on the X2Paddle rows."""
+        pairs = [("torch_ref vs paddle_impl", torch_out, paddle_out)]
+        if x2p_out is not None:
+            pairs = [("torch_ref vs x2paddle", torch_out, x2p_out), ("paddle_impl vs x2paddle", paddle_out, x2p_out),
+                     *pairs]
+        for pair, a, b in pairs:
+            self.rows.append(compare_pair(pair, output, a, b, self.atol_mean, self.rtol_max, scale_atol))
+            if note and "x2paddle" in pair:
+                self.rows[-1]["note"] = note
 
     # -- eval ---------------------------------------------------------------------------------
     def eval_outputs(self) -> None:
@@ -157,7 +151,7 @@ class _Run:
         n = len(self.torch_logits)
         tail_part = f"eval forward: the {self.plan.tail_description}"
         tail = self.attempt(self.mods["AfterLogits"](_husk(self.torch_model, training=False)),
-                            [torch_tensor(a) for a in self.torch_logits], "eval tail", tail_part,
+                            [TORCH.tensor(a) for a in self.torch_logits], "eval tail", tail_part,
                             "so the whole eval forward, whose trace contains this code, is not attempted; "
                             "the probabilities are compared between torch_ref and paddle_impl only")
         tail_ok = tail is not None and self.execute(tail, self.torch_logits, tail_part, 1) is not None
@@ -167,7 +161,7 @@ class _Run:
                                  "converting the logits path alone")
             out = None if layer is None else self.execute(layer, [self.x], part, n + 1)
             if out is not None:
-                for name, t, p, g in zip(self.plan.logits_outputs, self.torch_logits, self.paddle_logits, out):
+                for name, t, p, g in zip(LOGIT_NAMES[self.name], self.torch_logits, self.paddle_logits, out):
                     self.add_rows(name, t, p, g)
                 self.add_rows("probs", self.torch_probs, self.paddle_probs, out[-1])
                 return
@@ -176,7 +170,7 @@ class _Run:
         layer = self.attempt(self.mods["Logits"](self.torch_model), [self.xt], "logits", part,
                              "falling back to its sub-parts, each fed torch_ref's inputs")
         logits = None if layer is None else self.execute(layer, [self.x], part, n)
-        for i, (name, t, p) in enumerate(zip(self.plan.logits_outputs, self.torch_logits, self.paddle_logits)):
+        for i, (name, t, p) in enumerate(zip(LOGIT_NAMES[self.name], self.torch_logits, self.paddle_logits)):
             self.add_rows(name, t, p, None if logits is None else logits[i])
         if logits is None:
             self.parts()
@@ -231,7 +225,7 @@ class _Run:
         batch, _, height, width = self.x.shape
         label = rng.integers(0, self.torch_logits[0].shape[1], size=(batch, height, width)).astype(np.int64)
         label[rng.random(label.shape) < 0.1] = 255  # some ignored pixels, as in real masks
-        logits_t = [torch_tensor(a) for a in self.torch_logits]
+        logits_t = [TORCH.tensor(a) for a in self.torch_logits]
 
         # 1. The training-mode forward after the logits: the loss and FarSeg's step counter.
         part = f"training-mode forward after the logits ({self.plan.loss_key})"
@@ -273,36 +267,25 @@ class _Run:
     def loss_pieces(self, rng: np.random.Generator) -> None:
         """After a failed loss conversion: try the loss's separable pieces on their own, on
         per-pixel losses (non-negative, some exactly 0 as where pixels are ignored)."""
-        import paddle
-        import torch
-
-        from paddle_impl import losses as paddle_losses
-        from torch_ref import losses as torch_losses
-
         batch, _, height, width = self.x.shape
         losses = rng.random((batch, height, width)).astype(np.float32) * 3.0
         losses[rng.random(losses.shape) < 0.3] = 0.0
         for name in self.plan.loss_pieces:
-            torch_fn, paddle_fn = getattr(torch_losses, name), getattr(paddle_losses, name)
+            fns = [getattr(side.package("losses"), name) for side in SIDES]
             part = f"loss piece losses.{name}"
-            layer = self.attempt(self.mods["Function"](torch_fn), [torch.from_numpy(losses)],
-                                 f"loss piece {name}", part)
+            layer = self.attempt(self.mods["Function"](fns[0]), [TORCH.tensor(losses)], f"loss piece {name}", part)
             x2p = None if layer is None else self.execute(layer, [losses], part, 1)
             if x2p is None:
                 continue
-            with torch.no_grad():
-                expected = torch_fn(torch.from_numpy(losses)).numpy()
-            with paddle.no_grad():
-                got = paddle_fn(paddle.to_tensor(losses)).numpy()
-            self.add_rows(part, expected, got, x2p[0])
+            outputs = []
+            for side, fn in zip(SIDES, fns):
+                with side.no_grad():
+                    outputs.append(side.numpy(fn(side.tensor(losses))))
+            self.add_rows(part, *outputs, x2p[0])
 
     def frozen_values(self) -> None:
-        """Lines of the project's code where torch's tracer turned a tensor into a Python value.
-
-        Whatever depends on such a value (a branch, a step counter) is a constant in every
-        traced program: X2Paddle cannot reproduce it, even when the conversion succeeds.
-        Library-internal sites (torch/, paddle/) are left out.
-        """
+        """Lines of the project's code (not torch's, Paddle's or X2Paddle's) where the tracer
+        turned a tensor into a Python value: what depends on it is a constant in every program."""
         sites: Dict[str, Dict[str, Any]] = {}
         for conv in self.conversions:
             for w in conv.trace_warnings:
@@ -318,55 +301,36 @@ class _Run:
 
     def result(self, seconds: float, cpu_seconds: float) -> Dict[str, Any]:
         has_x2p = any("x2paddle" in r["pair"] for r in self.rows)
-        attempts = [a for c in self.conversions for a in c.network_attempts]
-        return {
-            "model": self.name,
-            "rows": self.rows,
-            # A check that compared nothing with X2Paddle is not a pass.
-            "passed": bool(self.rows) and has_x2p and all(r["passed"] for r in self.rows),
-            "untraceable": self.untraceable,
-            "generated_dir": str(self.out_dir),
-            "verdicts": verdicts(self.rows),
-            "conversions": [{"target": c.target, "ok": c.ok, "seconds": round(c.seconds, 2),
-                             "cpu_seconds": round(c.cpu_seconds, 2), "reused": c.reused,
-                             "directory": None if c.directory is None else str(c.directory),
-                             "log": None if c.log_path is None else str(c.log_path),
-                             "trace_warnings": c.trace_warnings} for c in self.conversions],
-            "network_attempts": attempts,
-            "x2paddle_version": installed_x2paddle_version(),
-            "dtype": "float32",
-            "input_shape": list(self.x.shape),
-            "thresholds": {"atol_mean": self.atol_mean, "rtol_max": self.rtol_max},
-            "seconds": round(seconds, 2),
-            "cpu_seconds": round(cpu_seconds, 2),
-        }
-
-
-def torch_tensor(a: np.ndarray) -> "torch.Tensor":
-    import torch
-    return torch.from_numpy(np.ascontiguousarray(a))
+        # A check that compared nothing with X2Paddle is not a pass.
+        return {"model": self.name, "rows": self.rows,
+                "passed": bool(self.rows) and has_x2p and all(r["passed"] for r in self.rows),
+                "untraceable": self.untraceable, "generated_dir": str(self.out_dir), "verdicts": verdicts(self.rows),
+                "conversions": [{"target": c.target, "ok": c.ok, "seconds": round(c.seconds, 2),
+                                 "cpu_seconds": round(c.cpu_seconds, 2), "reused": c.reused,
+                                 "directory": None if c.directory is None else str(c.directory),
+                                 "log": None if c.log_path is None else str(c.log_path),
+                                 "trace_warnings": c.trace_warnings} for c in self.conversions],
+                "network_attempts": [a for c in self.conversions for a in c.network_attempts],
+                "x2paddle_version": installed_x2paddle_version(), "dtype": "float32",
+                "input_shape": list(self.x.shape),
+                "thresholds": {"atol_mean": self.atol_mean, "rtol_max": self.rtol_max},
+                "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2)}
 
 
 def compare_with_x2paddle(model_name: str, torch_model: "torch.nn.Module", paddle_model: "paddle.nn.Layer",
-                          x: np.ndarray, out_dir: Path, atol_mean: float = 1e-5, rtol_max: float = 1e-4,
+                          x: np.ndarray, out_dir: Path, atol_mean: float = ATOL_MEAN, rtol_max: float = RTOL_MAX,
                           *, check_training: bool = True, seed: int = 0, reuse: bool = False,
                           progress: bool = True) -> Dict[str, Any]:
-    """Compare torch_ref, paddle_impl and X2Paddle's program generated from torch_ref.
+    """Compare torch_ref, paddle_impl and X2Paddle's program generated from torch_ref, in float32
+    and eval mode (float32 CPU models are used as they are and handed back in their mode; others
+    are copied). ``x``: [B,3,H,W], H and W multiples of 32. Generated programs go to ``out_dir``,
+    one folder per conversion (``<name>.failed.log`` for a failed one); ``reuse``: see
+    ``convert_with_x2paddle``.
 
-    Everything runs in float32 and in eval mode: float32 CPU models are used as they are and
-    handed back in the mode they came in; others (float64, GPU) are copied to float32 and left
-    untouched. ``x`` is [B,3,H,W] (H, W multiples of 32; any float dtype, cast to float32).
-    Generated programs go to ``out_dir`` (one folder per conversion; a failed conversion leaves
-    ``<name>.failed.log``). ``reuse``: see ``convert_with_x2paddle``.
-
-    Returns ``{"rows": [{"pair", "output", "shape", "max_abs", "mean_abs", "max_rel",
-    "passed"}, ...], "passed", "untraceable": [{"part", "why"}], "generated_dir"}`` plus
-    ``verdicts`` (per output: which side differs), ``conversions`` (time, folder, tracer
-    warnings of each), ``network_attempts`` (must be empty), ``x2paddle_version``, ``seconds``.
-    ``passed`` needs every row within ``atol_mean`` (mean |diff|) and ``rtol_max`` (max |diff| /
-    max |value|) and at least one row against X2Paddle. With ``check_training`` the
-    training-mode probes run too (they add ``untraceable`` entries, never failing rows, except
-    for a loss piece that converts and is compared three ways).
+    Returns the rows (``compare_pair``), ``passed`` (every row within the thresholds and at
+    least one row against X2Paddle), ``untraceable`` parts with the error seen, ``verdicts`` per
+    output, ``conversions``, ``network_attempts`` (must be empty) and timings. The training-mode
+    probes (``check_training``) add ``untraceable`` entries, rows only for a loss piece.
     """
     from weights import check_model_name
 
@@ -396,16 +360,3 @@ def compare_with_x2paddle(model_name: str, torch_model: "torch.nn.Module", paddl
         run.restore()
     run.frozen_values()
     return run.result(time.perf_counter() - start, time.process_time() - cpu_start)
-
-
-def build_fixture(model_name: str, seed: int = 0, size: int = 64,
-                  batch: int = 1) -> Tuple["torch.nn.Module", "paddle.nn.Layer", np.ndarray]:
-    """align's fixture in float32 (``align.fixtures.build_fixture``: random torch_ref weights
-    with randomised BatchNorm statistics and affine parameters, the same weights in paddle_impl
-    through ``convert.torch_to_paddle``, a synthetic scene): (torch model, Paddle model, x)."""
-    from ..config import AlignConfig
-    from ..fixtures import build_fixture as build_align_fixture
-
-    fixture = build_align_fixture(AlignConfig(model=model_name, dtype="float32", batch=batch, size=size,
-                                              seed=seed, out=None))
-    return fixture.torch_model, fixture.paddle_model, fixture.x

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from ..cli import OneLineParser
 from ..config import AlignConfig, AlignInputError
-from . import INSTALL_MESSAGE, X2PADDLE_VERSION
+from . import ATOL_MEAN, INSTALL_MESSAGE, RTOL_MAX, X2PADDLE_VERSION
 from .plans import PLANS
 
 
@@ -31,10 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for the generated programs (kept); default: a temporary folder "
                              "removed at exit (each FarSeg/FactSeg program is ~130 MB)")
-    parser.add_argument("--atol-mean", type=float, default=1e-5,
-                        help="pass threshold on the mean absolute difference (default 1e-5)")
-    parser.add_argument("--rtol-max", type=float, default=1e-4,
-                        help="pass threshold on max |diff| / max |reference| (default 1e-4)")
+    parser.add_argument("--atol-mean", type=float, default=ATOL_MEAN,
+                        help=f"pass threshold on the mean absolute difference (default {ATOL_MEAN:.0e})")
+    parser.add_argument("--rtol-max", type=float, default=RTOL_MAX,
+                        help=f"pass threshold on max |diff| / max |reference| (default {RTOL_MAX:.0e})")
     parser.add_argument("--no-training", action="store_true",
                         help="skip the training-mode probes (loss, step counter, training-mode BatchNorm)")
     parser.add_argument("--reuse", action="store_true",
@@ -53,13 +53,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:  # align's one validation of model, size and batch
-        AlignConfig(model=args.model, dtype="float32", batch=args.batch, size=args.size, seed=args.seed, out=None)
+        config = AlignConfig(model=args.model, dtype="float32", batch=args.batch, size=args.size, seed=args.seed,
+                             out=None)
     except AlignInputError as exc:
         parser.error(str(exc))
     if not x2paddle_available():
         print(f"error: {INSTALL_MESSAGE}", file=sys.stderr)
         return 2
-    from .check import build_fixture, compare_with_x2paddle
+    from ..fixtures import build_fixture
+    from .check import compare_with_x2paddle
     from .conversion import installed_x2paddle_version
     from .report import format_report
 
@@ -75,8 +77,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if out_dir.exists() and not out_dir.is_dir():
                 print(f"error: {out_dir}: exists and is not a folder", file=sys.stderr)
                 return 2
-        torch_model, paddle_model, x = build_fixture(args.model, args.seed, args.size, args.batch)
-        result = compare_with_x2paddle(args.model, torch_model, paddle_model, x, out_dir, args.atol_mean,
+        fx = build_fixture(config)
+        result = compare_with_x2paddle(args.model, fx.torch_model, fx.paddle_model, fx.x, out_dir, args.atol_mean,
                                        args.rtol_max, check_training=not args.no_training, seed=args.seed,
                                        reuse=args.reuse)
         if args.out is None:

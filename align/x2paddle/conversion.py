@@ -163,16 +163,12 @@ def conversion_fingerprint(module: "torch.nn.Module", examples: Sequence["torch.
 
 def convert_with_x2paddle(module: "torch.nn.Module", examples: Sequence["torch.Tensor"],
                           target_dir: Path, target: Optional[str] = None, reuse: bool = False) -> Conversion:
-    """Run ``pytorch2paddle`` (trace mode, feedback off, network refused) on ``module``.
-
-    Never raises for an X2Paddle failure: the returned ``Conversion`` carries the error. On
-    success ``target_dir`` holds the generated code, params, X2Paddle's log and the
-    fingerprint of what was converted; it appears only complete (written to a temporary
-    sibling, then renamed). With ``reuse``, a ``target_dir`` whose fingerprint matches is used
-    as is (same module state, inputs, sources and versions give the same program). Off by
-    default: a torch_ref method monkeypatched at run time is not in the fingerprint. On failure
-    ``target_dir`` is removed and ``<target_dir>.failed.log`` holds the error and X2Paddle's
-    output.
+    """Run ``pytorch2paddle`` (trace mode, feedback off, network refused) on ``module``; an
+    X2Paddle failure is returned in the ``Conversion``, never raised. ``target_dir`` appears only
+    complete (code, params, log, fingerprint; renamed from a temporary sibling); on failure it is
+    removed and ``<target_dir>.failed.log`` holds the error and X2Paddle's output. ``reuse``: take
+    a ``target_dir`` whose fingerprint matches as is (off by default: a torch_ref method
+    monkeypatched at run time is not in the fingerprint).
     """
     _require_x2paddle()
     from unittest import mock
@@ -236,11 +232,8 @@ def convert_with_x2paddle(module: "torch.nn.Module", examples: Sequence["torch.T
 
 
 def load_generated_program(directory: Path) -> "paddle.nn.Layer":
-    """The Paddle layer X2Paddle generated in ``directory``, with its parameters, in eval mode.
-
-    The code is imported under a fresh private module name that is never registered in
-    ``sys.modules`` (nothing leaks between calls; two programs never shadow each other).
-    """
+    """The Paddle layer X2Paddle generated in ``directory``, with its parameters, in eval mode,
+    imported under a fresh module name never registered in ``sys.modules`` (nothing leaks)."""
     import paddle
     from convert import load_state_dict_file
 

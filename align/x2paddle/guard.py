@@ -11,12 +11,9 @@ from typing import Any, Callable, Iterator, List
 
 @contextlib.contextmanager
 def network_guard() -> Iterator[List[str]]:
-    """Refuse every internet socket connection and name lookup inside the block.
-
-    Yields the list of refused attempts (empty when nothing tried the network). A refused call
-    raises ``OSError(ENETUNREACH)`` at once, so code that swallows errors (X2Paddle's usage
-    report does) returns immediately instead of waiting for a timeout.
-    """
+    """Refuse every internet socket connection and name lookup inside the block; yields the list
+    of refused attempts. A refusal raises ``OSError(ENETUNREACH)`` at once, so code that swallows
+    errors (X2Paddle's usage report) returns at once instead of waiting for a timeout."""
     attempts: List[str] = []
     saved = (socket.socket.connect, socket.socket.connect_ex, socket.create_connection,
              socket.getaddrinfo)
@@ -25,15 +22,12 @@ def network_guard() -> Iterator[List[str]]:
         attempts.append(what)
         raise OSError(errno.ENETUNREACH, f"network access refused by align.x2paddle ({what})")
 
-    def connect(sock: socket.socket, address: Any) -> Any:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            refuse(f"connect{address!r}")
-        return saved[0](sock, address)
-
-    def connect_ex(sock: socket.socket, address: Any) -> Any:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            refuse(f"connect_ex{address!r}")
-        return saved[1](sock, address)
+    def internet_only(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        def call(sock: socket.socket, address: Any) -> Any:  # local (AF_UNIX) sockets still connect
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                refuse(f"{name}{address!r}")
+            return original(sock, address)
+        return call
 
     def create_connection(address: Any, *args: Any, **kwargs: Any) -> Any:
         refuse(f"create_connection{address!r}")
@@ -42,7 +36,8 @@ def network_guard() -> Iterator[List[str]]:
         refuse(f"getaddrinfo({host!r}, {port!r})")
 
     # Replacing the socket module's functions is the point; the ignores tell a type checker so.
-    socket.socket.connect, socket.socket.connect_ex = connect, connect_ex  # type: ignore[method-assign]
+    socket.socket.connect = internet_only("connect", saved[0])  # type: ignore[method-assign]
+    socket.socket.connect_ex = internet_only("connect_ex", saved[1])  # type: ignore[method-assign]
     socket.create_connection, socket.getaddrinfo = create_connection, getaddrinfo  # type: ignore[assignment]
     try:
         yield attempts
@@ -71,12 +66,8 @@ def _captured_output(log: io.StringIO) -> Iterator[None]:
 
 
 def _trace_without_check(trace: Callable[..., Any]) -> Callable[..., Any]:
-    """``torch.jit.trace`` with ``check_trace=False`` for X2Paddle's tracer.
-
-    The check re-runs the model twice and traces it again to compare graphs: about two thirds
-    of a FarSeg conversion. It adds nothing here: every generated program is run and its outputs
-    compared with torch_ref's, which is the stronger check.
-    """
+    """``torch.jit.trace`` with ``check_trace=False``: the check re-runs and re-traces the model
+    (two thirds of a FarSeg conversion) and adds nothing to running every generated program."""
     def trace_once(*args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("check_trace", False)
         return trace(*args, **kwargs)
@@ -84,11 +75,6 @@ def _trace_without_check(trace: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _skip_static_export(self: Any, *args: Any, **kwargs: Any) -> None:
-    """Stands in for ``PaddleGraph.dygraph2static`` during a conversion.
-
-    X2Paddle's ``gen_model`` ends by inserting the output folder into ``sys.path``, importing
-    the generated code as the module ``x2paddle_code`` and exporting a static inference model
-    with ``paddle.jit``. This check does not use that export; skipping it roughly halves the
-    conversion time, leaves ``sys.path``/``sys.modules`` alone, and avoids the ``exit(0)`` the
-    export calls on some errors (which would end the caller's process with status 0).
-    """
+    """Stands in for ``PaddleGraph.dygraph2static``: X2Paddle's static export (unused here) puts
+    the output folder on ``sys.path``, imports the generated code and calls ``exit(0)`` on some
+    errors; skipping it roughly halves the conversion time."""

@@ -13,7 +13,6 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModelPlan:
-    logits_outputs: Tuple[str, ...]
     # Fallback when the logits path does not convert: (label, attribute path), in call order.
     parts: Tuple[Tuple[str, str], ...]
     loss_key: str
@@ -26,7 +25,6 @@ class ModelPlan:
 
 PLANS: Dict[str, ModelPlan] = {
     "farseg": ModelPlan(
-        logits_outputs=("logits",),
         parts=(("encoder", "en"), ("fpn", "fpn"), ("scene pooling", "gap"), ("relation", "sr"),
                ("decoder", "decoder"), ("classifier", "cls_pred_conv"), ("upsample x4", "upsample4x_op")),
         loss_key="cls_loss",
@@ -34,7 +32,6 @@ PLANS: Dict[str, ModelPlan] = {
         bn_stage="decoder.blocks.1.0",
     ),
     "factseg": ModelPlan(
-        logits_outputs=("fg_logits", "bi_logits"),
         parts=(("encoder", "resencoder"), ("fg fpn", "fgfpn"), ("bi fpn", "bifpn"),
                ("fg decoder", "fg_decoder"), ("bi decoder", "bi_decoder"), ("fg classifier", "fg_cls"),
                ("bi classifier", "bi_cls"), ("fg upsample x4", "fg_upsample"),
@@ -71,12 +68,9 @@ def _getpath(obj: Any, path: str) -> Any:
 
 
 def forward_on_logits(model: Any, x: Any, logits: Any, *args: Any) -> Any:
-    """``model(x, *args)`` with ``model.logits`` shadowed to return ``logits``.
-
-    Works for a torch Module and a Paddle Layer alike. The models' forward calls
-    ``self.logits(x)`` once and then computes the probabilities (eval) or the loss (training)
-    from them, so this runs exactly the model's own code after the logits, on given logits.
-    """
+    """``model(x, *args)`` (torch or Paddle) with ``model.logits`` shadowed to return ``logits``:
+    the models' forward calls ``self.logits(x)`` once, so this runs exactly their own code after
+    the logits (probabilities in eval, the loss in training) on given logits."""
     model.logits = lambda _x: logits  # an instance attribute shadows the method
     try:
         return model(x, *args)
@@ -85,13 +79,9 @@ def forward_on_logits(model: Any, x: Any, logits: Any, *args: Any) -> Any:
 
 
 def _husk(model: "torch.nn.Module", training: bool) -> "torch.nn.Module":
-    """A shallow copy of ``model`` without sub-modules or parameters, with its own copies of
-    the top-level buffers (FarSeg's ``buffer_step``), in the given mode.
-
-    The code after the logits uses no sub-module, and ``torch.jit.trace`` builds a script
-    module for every sub-module it holds, used or not: on a husk the trace of the loss costs
-    a fraction of a second instead of a full ResNet-50 trace.
-    """
+    """A shallow copy of ``model`` without sub-modules or parameters, with its own copies of the
+    top-level buffers (FarSeg's ``buffer_step``), in the given mode: the code after the logits
+    uses no sub-module, and tracing it on a husk skips scripting the whole ResNet-50."""
     from collections import OrderedDict
 
     husk = copy.copy(model)  # new __dict__, shared values: replace the containers
@@ -107,11 +97,8 @@ def _torch_modules() -> Dict[str, type]:
     import torch.nn as nn
 
     class Eval(nn.Module):
-        """The eval forward in one trace: (*logits, probabilities).
-
-        ``model.logits(x)``, then ``model(x)`` with its logits call answered by those logits:
-        the same computation as ``model(x)``, traced once, returning the logits as well.
-        """
+        """The eval forward in one trace: (*logits, probabilities): ``model(x)`` with its logits
+        call answered by ``model.logits(x)``, computed once."""
 
         def __init__(self, model: nn.Module) -> None:
             super().__init__()
@@ -121,12 +108,8 @@ def _torch_modules() -> Dict[str, type]:
             logits = self.model.logits(x)
             return (*flatten(logits), forward_on_logits(self.model, x, logits))
 
-    class Logits(nn.Module):
+    class Logits(Eval):
         """forward = model.logits."""
-
-        def __init__(self, model: nn.Module) -> None:
-            super().__init__()
-            self.model = model
 
         def forward(self, x):
             return self.model.logits(x)
