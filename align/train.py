@@ -328,8 +328,8 @@ def evaluate(setup: Setup, framework: str, weights: str) -> np.ndarray:
     module = importlib.import_module("torch_ref.evaluate" if framework == "torch" else "paddle_impl.evaluate")
     val = os.path.join(setup.data_root, "val")
     scenes = find_scenes(os.path.join(val, "images"), os.path.join(val, "labels"), setup.val_scenes)
-    engine, _ = module.build_engine(setup.model, weights, setup.eval_window, setup.eval_stride, setup.device,
-                                    batch_size=EVAL_BATCH)
+    engine, _ = module.BACKEND.build_engine(setup.model, weights, setup.eval_window, setup.eval_stride,
+                                            setup.device, batch_size=EVAL_BATCH)
     confusion, _ = module.evaluate_scenes(engine, scenes, progress=False, prefetch=False)
     return np.asarray(confusion, dtype=np.int64)
 
@@ -356,9 +356,9 @@ def batch_digests(setup: Setup, iterations: int) -> Dict[str, List[str]]:
 
             loader = build_loader(patches, plan, window, 0, iterations, 0)
         digests = []
-        for images, labels in loader:
+        for batch in loader:  # (images, labels, the samples' error records)
             h = hashlib.sha256()
-            for tensor in (images, labels):
+            for tensor in batch[:2]:
                 array = np.ascontiguousarray(tensor.numpy())
                 h.update(f"{array.dtype}{array.shape}".encode())
                 h.update(array.tobytes())

@@ -45,6 +45,7 @@ from align import AlignConfig  # noqa: E402
 from align.compare import TRAIN_FLOOR, TRAIN_MARGIN, TRAIN_TOLERANCES, Tolerance  # noqa: E402
 from align.config import DEFAULT_TRAIN_ITERATIONS  # noqa: E402
 from align.train import TRAIN_KINDS, build_setup, compare_runs, relative_curve, run_trainer  # noqa: E402
+from isaid.atomic import write_bytes_atomic  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "train_align_floor.json"
 # Harmless perturbations of the torch run: (overrides, intra-op threads).
@@ -175,9 +176,7 @@ def _print_summary(summary: Dict[str, Any]) -> None:
 
 def _write(path: Path, document: Dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(document, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_bytes_atomic(path, (json.dumps(document, indent=1) + "\n").encode("utf-8"))
 
 
 if __name__ == "__main__":
