@@ -97,6 +97,21 @@ class Inert:
         raise PickleRefused(f"{self.describe()} takes no state")
 
 
+class OrderedDictType(Inert):
+    """``collections.OrderedDict`` as a global: called without arguments, it makes an empty one
+    (the pickle then fills it item by item)."""
+
+    __slots__ = ()
+
+    def describe(self) -> str:
+        return "collections.OrderedDict"
+
+    def call(self, args: tuple) -> Any:
+        if args:
+            raise PickleRefused("OrderedDict called with arguments")
+        return collections.OrderedDict()
+
+
 class Profile:
     """What one kind of checkpoint may name: globals, persistent ids, the final values."""
 

@@ -25,7 +25,6 @@ non-finite values refused unless asked for (``allow_nonfinite``).
 """
 from __future__ import annotations
 
-import collections
 import os
 import time
 import zipfile
@@ -243,17 +242,6 @@ class _EmptyBytes(rp.Inert):
         return rp.RawBytes(memoryview(b""))
 
 
-class _OrderedDictType(rp.Inert):
-    __slots__ = ()
-
-    def describe(self) -> str:
-        return "collections.OrderedDict"
-
-    def call(self, args: tuple) -> Any:
-        if args:
-            raise rp.PickleRefused("OrderedDict called with arguments")
-        return collections.OrderedDict()
-
 
 # Exactly what ``paddle.save`` writes in Paddle 3.3.1 (checked with pickletools.dis):
 #   state dict of tensors -> dict + numpy._core.multiarray._reconstruct, numpy.ndarray,
@@ -263,7 +251,7 @@ class _OrderedDictType(rp.Inert):
 # is how protocol 2 spells bytes (``bytes()`` the empty ones), ``_frombuffer`` how numpy pickles
 # with protocol 5.
 ALLOWED_GLOBALS: Dict[Tuple[str, str], rp.Inert] = {
-    ("collections", "OrderedDict"): _OrderedDictType(),
+    ("collections", "OrderedDict"): rp.OrderedDictType(),
     ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): _DtypeFactory(),
     ("numpy._core.multiarray", "_reconstruct"): _Reconstruct(),

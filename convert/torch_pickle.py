@@ -35,7 +35,6 @@ name the key in its error; they are never converted silently.
 """
 from __future__ import annotations
 
-import collections
 import os
 import struct
 import sys
@@ -273,23 +272,12 @@ class _RebuildParameter(rp.Inert):
         return args[0]
 
 
-class _OrderedDictType(rp.Inert):
-    __slots__ = ()
-
-    def describe(self) -> str:
-        return "collections.OrderedDict"
-
-    def call(self, args: tuple) -> Any:
-        if args:
-            raise rp.PickleRefused("OrderedDict called with arguments")
-        return collections.OrderedDict()
-
 
 _STORAGE_KINDS = frozenset(_STORAGE_TYPES.values()) | {_UNTYPED}
 _DTYPE_KINDS = frozenset(_DTYPES.values())
 
 ALLOWED: Dict[Tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): _OrderedDictType(),
+    ("collections", "OrderedDict"): rp.OrderedDictType(),
     ("torch._utils", "_rebuild_tensor"): _RebuildTensor(),
     ("torch._utils", "_rebuild_tensor_v2"): _RebuildTensor(),
     ("torch._utils", "_rebuild_tensor_v3"): _RebuildTensorV3(),
