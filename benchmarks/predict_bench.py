@@ -12,7 +12,7 @@ deflate, 256x256 tiles) is written to a temporary folder BY WINDOWS (tiles of
 ``isaid.synth.make_scene``; the scene never exists in memory). Each run
 ``FRAMEWORK:MODE:DEVICE`` (``@HxW,...`` limits it to those sizes) then predicts it exactly as
 the CLI does (the same functions:
-``build_engine`` -> ``isaid.raster.predict_to_files`` -> a deflate GeoTIFF with the input's CRS
+``build_engine`` -> ``app.raster.predict_to_files`` -> a deflate GeoTIFF with the input's CRS
 and transform), in its own process so that its peak RSS is its own. MODE is ``dygraph`` (the
 framework's own model, random official initialisation: speed does not depend on the weights'
 values), or, for Paddle, ``onednn`` / ``native``: an export of the same model run by Paddle
@@ -78,7 +78,7 @@ def parse_run(text: str) -> Dict[str, Any]:
 
 def write_scene(path: str, height: int, width: int, seed: int = 0) -> None:
     """A georeferenced synthetic scene made of 512x512 synthetic tiles, written by windows."""
-    from isaid.raster import write_geotiff_by_windows
+    from app.raster import write_geotiff_by_windows
     from isaid.synth import make_scene
 
     rng = np.random.default_rng(seed)
@@ -104,7 +104,7 @@ def peak_rss_mb() -> float:
 def child(run: Dict[str, str], scene: str, out: str, model: str, window: int, stride: int,
           export_dir: Optional[str]) -> Dict[str, Any]:
     """One measurement, in this (fresh) process; returns the record."""
-    from isaid.raster import open_raster, predict_to_files
+    from app.raster import open_raster, predict_to_files
     from isaid.windows import num_windows
 
     start = time.perf_counter()

@@ -48,7 +48,7 @@ KEY_FIELDS = ("kind", "framework", "model", "device", "size", "batch", "amp", "c
 
 
 def _config(spec: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
-    from isaid.config import load_config
+    from app.config import load_config
 
     sets = [f"model.name={spec['model']}", "init.imagenet=none", f"train.amp={spec['amp']}",
             f"train.channels_last={str(spec['channels_last']).lower()}",

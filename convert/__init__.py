@@ -11,8 +11,9 @@ Command line: ``python -m convert IN [-o OUT] [--model ...] [--to ...] [--target
 Nothing here imports torch or Paddle to read, detect, validate, convert or write (torch
 files are parsed by ``convert.torch_pickle`` and written in torch's zip format by
 ``convert.writers``, the module types come from ``weights/module_types.json``); torch is
-imported only to take the rules of a torch module (``rules_from_module``, ``torch_ref_rules``)
-or to make tensors (``as_torch``).
+imported only to take the rules of a torch module (``rules_from_module``) or to make tensors
+(``as_torch``). This package imports neither model package (``torch_ref.module_types`` writes
+the module-type table).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from .api import (ConversionResult, convert_file, default_output_path, detect_ar
 from .errors import CheckpointError
 from .rules import (KeyRule, as_numpy, as_torch, detect_model, expected_layout,
                     imagenet_resnet50_to, model_rules, paddle_layout, paddle_to_torch,
-                    rules_from_module, torch_layout, torch_ref_rules, torch_to_paddle, validate)
+                    rules_from_module, torch_layout, torch_to_paddle, validate)
 from .safe_load import LoadedCheckpoint, load_state_dict_file, read_checkpoint
 from .writers import atomic_write, save_paddle, save_torch
 
@@ -31,6 +32,6 @@ __all__ = [
     "detect_architecture", "detect_model", "expected_layout", "imagenet_encoder_state",
     "imagenet_resnet50_to", "load_state_dict_file",
     "model_rules", "paddle_layout", "paddle_to_torch", "read_checkpoint", "rules_from_module",
-    "run_conversion", "save_paddle", "save_torch", "torch_layout", "torch_ref_rules", "torch_to_paddle",
+    "run_conversion", "save_paddle", "save_torch", "torch_layout", "torch_to_paddle",
     "validate",
 ]

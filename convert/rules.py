@@ -11,23 +11,20 @@ from the ``torch_ref`` module tree, never from key-name patterns:
 
 For FarSeg and FactSeg those module types are recorded once in ``weights/module_types.json``
 (key -> owning module type, type -> kind), so that converting, detecting and validating never
-import torch; ``torch_ref_rules`` derives the same rules from ``torch_ref`` itself (built on the
-meta device) and the tests check that both agree key by key. After a change to ``torch_ref``:
-``python -c "from convert.rules import write_module_types_table as w; w()"``.
-``rules_from_module`` reads the types of any other torch module directly.
+import torch. The table is generated from ``torch_ref``'s module tree by ``python -m
+torch_ref.module_types`` (convert never imports torch_ref: the arrow goes the other way), and
+the tests check that both agree key by key. ``rules_from_module`` reads the types of any
+torch module directly.
 
 The layouts themselves (key -> shape, order) come from ``weights/*_official_keys.json``; the
 module types only tell what each key is, and must cover exactly those keys.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -128,36 +125,12 @@ def rules_from_module(module: Any, shapes: Optional[Mapping[str, Sequence[int]]]
     return tuple(rules)
 
 
-@contextlib.contextmanager
-def _skip_initialisation() -> Iterator[None]:
-    """Make ``torch.nn.init.*_`` no-ops while a model is built only for its structure.
-
-    On the meta device ``normal_`` goes through torch's Python reference kernels, whose first
-    use imports torch._dynamo (~2 s); the values are irrelevant here, so skip the calls.
-    """
-    torch = import_torch()
-    init = torch.nn.init
-    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))]
-    saved = {n: getattr(init, n) for n in names}
-
-    def keep(tensor: Any, *args: Any, **kwargs: Any) -> Any:
-        return tensor
-
-    try:
-        for n in names:
-            setattr(init, n, keep)
-        yield
-    finally:
-        for n, f in saved.items():
-            setattr(init, n, f)
-
-
 @functools.lru_cache(maxsize=None)
 def model_rules(model: str) -> Tuple[KeyRule, ...]:
     """The rules of ``model`` ("farseg"/"factseg"), in official state-dict order (cached).
 
-    Read from ``weights/module_types.json`` (no torch import); ``torch_ref_rules`` gives the
-    same from the module tree, which the tests check. The table must cover exactly the keys of
+    Read from ``weights/module_types.json`` (no torch import); ``torch_ref.module_types``
+    gives the same from the module tree, which the tests check. The table must cover exactly the keys of
     the official layout.
     """
     if model not in MODEL_NAMES:
@@ -166,58 +139,8 @@ def model_rules(model: str) -> Tuple[KeyRule, ...]:
     types, kinds = load_module_types(model)
     if list(types) != list(layout):
         raise RuntimeError(f"{MODULE_TYPES_FILE.name} does not list the {model} layout's keys in "
-                           f"order: regenerate it with convert.rules.write_module_types_table()")
+                           f"order: regenerate it with python -m torch_ref.module_types")
     return tuple(_rule(key, shape, types[key], kinds[types[key]]) for key, shape in layout.items())
-
-
-def torch_ref_rules(model: str) -> Tuple[KeyRule, ...]:
-    """The rules of ``model`` derived from ``torch_ref.build_model(model)``'s module types.
-
-    Built on the meta device (no memory, no initialisation); the module tree must give exactly
-    the keys of the official layout (checked: the converter and torch_ref must agree). Imports
-    torch; ``model_rules`` is the torch-free equivalent.
-    """
-    if model not in MODEL_NAMES:
-        raise ValueError(f"unknown model {model!r}: expected one of {', '.join(MODEL_NAMES)}")
-    torch = import_torch()
-    import torch_ref
-
-    layout = load_layout(model)
-    with _skip_initialisation(), torch.device("meta"):
-        net = torch_ref.build_model(model)
-    rules = rules_from_module(net, shapes=layout)
-    if [r.torch_key for r in rules] != list(layout):
-        missing = [k for k in layout if k not in {r.torch_key for r in rules}]
-        extra = [r.torch_key for r in rules if r.torch_key not in layout]
-        raise RuntimeError(f"torch_ref.build_model({model!r}) does not give the official layout "
-                           f"(missing {missing[:5]}, extra {extra[:5]}, or a different order)")
-    return rules
-
-
-def module_types_table() -> Dict[str, Any]:
-    """The content of ``weights/module_types.json``, derived from ``torch_ref`` (imports torch)."""
-    kinds: Dict[str, str] = {}
-    models: Dict[str, "OrderedDict[str, str]"] = {}
-    for model in MODEL_NAMES:
-        rules = torch_ref_rules(model)
-        for rule in rules:
-            if kinds.setdefault(rule.module_type, rule.kind) != rule.kind:
-                raise RuntimeError(f"two module types named {rule.module_type} of different kinds")
-        models[model] = OrderedDict((r.torch_key, r.module_type) for r in rules)
-    return {"about": "module type owning each key of the official layouts (state-dict order), and "
-                     "each type's kind for the converter; derived from torch_ref by "
-                     "convert.rules.write_module_types_table(), checked by tests/test_convert.py",
-            "kinds": dict(sorted(kinds.items())), "models": models}
-
-
-def write_module_types_table(path: Optional[Union[str, Path]] = None) -> Path:
-    """Regenerate ``weights/module_types.json`` from ``torch_ref`` (after changing its modules)."""
-    path = Path(path or MODULE_TYPES_FILE)
-    text = json.dumps(module_types_table(), indent=1) + "\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
 
 
 def torch_layout(model: str) -> "OrderedDict[str, Tuple[int, ...]]":

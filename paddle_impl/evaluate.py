@@ -9,7 +9,7 @@ Usage::
 One 16x16 confusion matrix over all pixels of all images, counted on the device band by band
 as the engine (:mod:`paddle_impl.inference`) emits rows; only the label rows travel to the
 device and only the final 16x16 matrix comes back. Inputs, report, JSON and the expectation
-check are shared with the torch evaluator (:mod:`isaid.evaluation`); ``python -m
+check are shared with the torch evaluator (:mod:`app.evaluation`); ``python -m
 paddle_impl.evaluate --help`` lists every option. Exit status 0 done, 1 ``--expect`` failed,
 2 bad input (one line per problem on stderr; no JSON written).
 """
@@ -23,7 +23,7 @@ import paddle
 from tqdm import tqdm
 
 from convert import CheckpointError
-from isaid.evaluation import Scene, SceneTotals, iter_loaded_scenes, run_evaluator, total_windows
+from app.evaluation import Scene, SceneTotals, iter_loaded_scenes, run_evaluator, total_windows
 from isaid.palette import NUM_CLASSES
 from isaid.windows import num_windows
 

@@ -38,25 +38,22 @@ import paddle.nn as nn
 from paddle.static import InputSpec
 
 from convert import CheckpointError
-from isaid.cli import OneLineArgumentParser
-from isaid.exported import (CONFIG_FILE, ONNX_FORMAT, PADDLE_FORMAT, ExportError, OnnxModel, check_replaceable,
-                            compare_probabilities, deploy_config, fixed_size, read_deploy_config, replace_folder,
-                            staging_folder, write_deploy_config)
+from app.cli import OneLineArgumentParser
+from app.exported import (ONNX_FORMAT, OnnxModel, check_replaceable, compare_probabilities, deploy_config,
+                          read_deploy_config, replace_folder, staging_folder, write_deploy_config)
 from isaid.imageio import current_umask
 from weights import MODEL_NAMES
 
 from . import build_model
 from . import factseg as _factseg_module
 from . import farseg as _farseg_module
+from .export_format import CONFIG_FILE, EXPORT_PROG, FORMAT, INPUT_NAME, PARAMS_FILE, PROGRAM_FILE, ExportError
+from .infer import create_predictor
 from .inference import load_weights
 from .shapes import SIZE_MULTIPLE
 
-PROG = "python -m paddle_impl.export"
-PROGRAM_FILE = "model.json"
-PARAMS_FILE = "model.pdiparams"
+PROG = EXPORT_PROG
 ONNX_FILE = "model.onnx"
-INPUT_NAME = "x"
-FORMAT = PADDLE_FORMAT
 FORMATS = ("paddle", "onnx")
 ONNX_OPSET = 17
 DEFAULT_TOLERANCE = 1e-5  # exact backend (native): agrees bit for bit in practice
@@ -146,8 +143,6 @@ def check_export(model: nn.Layer, model_dir: str, size: Optional[Tuple[int, int]
     noise). Returns ``[(backend, max |difference|, tolerance)]``; raises ExportError when a
     difference exceeds its tolerance.
     """
-    from .infer import create_predictor
-
     height, width = size if size is not None else CHECK_SIZE
     x = np.random.default_rng(seed).standard_normal((1, 3, height, width)).astype("float32")
     model.eval()

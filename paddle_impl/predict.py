@@ -13,7 +13,7 @@ the dynamic graph; everything else is the same.
 The official sliding-window protocol (:mod:`paddle_impl.inference`): probabilities averaged where
 windows overlap, argmax; rows are written as soon as no later window covers them. A GeoTIFF
 input is read by windows and its CRS and affine transform are written into a GeoTIFF output;
-memory depends on the scene's width, not its height (:mod:`isaid.raster` says what is bounded
+memory depends on the scene's width, not its height (:mod:`app.raster` says what is bounded
 and what is not). Bad input gives one line on stderr, exit status 2 and no output file.
 ``python -m paddle_impl.predict --help`` lists every option.
 """
@@ -27,10 +27,10 @@ import paddle
 import paddle.nn as nn
 
 from convert import CheckpointError, detect_architecture
-from isaid.raster import RasterError, run_predictor
+from app.raster import RasterError, run_predictor
 
 from . import build_model
-from .export import ExportError
+from .export_format import ExportError
 from .infer import DeployedModel, InferenceError, create_predictor
 from .inference import SlidingWindowInference, gpu_available, load_weights, resolve_device
 

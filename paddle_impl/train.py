@@ -46,10 +46,10 @@ from paddle import DataParallel
 from convert import CheckpointError, atomic_write, imagenet_encoder_state, save_paddle
 from convert.safe_load import unpickle_numpy_only
 from isaid.augment import DataError, SamplePlan, load_patch_index
-from isaid.config import Config, ConfigError, changed_keys, dump_config, load_config, resolve_out_dir
-from isaid.training import (RESUME_MUST_MATCH, MetricsFile, TrainError, checkpoint_dir,
+from app.config import Config, ConfigError, changed_keys, dump_config, load_config, resolve_out_dir
+from app.training import (RESUME_MUST_MATCH, MetricsFile, TrainError, checkpoint_dir,
                             list_checkpoints, one_line, starting_point)
-from isaid.training import build_parser as build_train_parser
+from app.training import build_parser as build_train_parser
 from paddle_impl import build_model
 from paddle_impl.data import build_loader, to_device
 from weights import ENCODER_PREFIX

@@ -38,7 +38,7 @@ import torch_ref.inference as torch_inference
 import weights
 from convert import convert_file, save_torch
 from isaid import stitching
-from isaid.evaluation import check_expectation, find_scenes
+from app.evaluation import check_expectation, find_scenes
 from isaid.imageio import write_png_atomic
 from isaid.palette import NUM_CLASSES, colorize, normalize
 from isaid.synth import make_scene
@@ -419,8 +419,8 @@ def test_colour_masks_and_index_masks_give_the_same_confusion(farseg_files, monk
     np.testing.assert_array_equal(by_index, host)
     # Planted bug: decode colour masks in mmsegmentation's index order, which swaps classes 2
     # (roundabout) and 12 (storage tank) relative to the FarSeg weights. The check sees it.
-    import isaid.evaluation
-    real_reader = isaid.evaluation.read_mask_details
+    import app.evaluation
+    real_reader = app.evaluation.read_mask_details
 
     def swapped_reader(path, name=None):
         details = real_reader(path, name)
@@ -430,7 +430,7 @@ def test_colour_masks_and_index_masks_give_the_same_confusion(farseg_files, monk
         index[details.index == 2], index[details.index == 12] = 12, 2
         return details._replace(index=index)
 
-    monkeypatch.setattr(isaid.evaluation, "read_mask_details", swapped_reader)
+    monkeypatch.setattr(app.evaluation, "read_mask_details", swapped_reader)
     bugged, _ = torch_evaluate.evaluate_scenes(
         engine, find_scenes(str(farseg_files["images"]), str(farseg_files["colours"])), progress=False)
     assert not np.array_equal(bugged, by_index)

@@ -30,7 +30,7 @@ import rasterio
 from PIL import Image
 from rasterio.transform import Affine
 
-from isaid import raster
+from app import raster
 from isaid.imageio import read_index_mask, read_rgb
 from isaid.metrics import confusion_from_labels
 

@@ -178,6 +178,22 @@ def test_factseg_fusion_batch_of_two_equals_the_official_output_image_by_image()
         official_fused_probs_one_image(torch.tensor(fg), torch.tensor(bi))
 
 
+def test_official_factseg_fusion_at_batch_16_runs_and_is_silently_wrong():
+    """At B == 16 (the number of classes) the official [B,16,H,W] / [B,H,W] broadcasts: it divides
+    image b, class c by the pixel sum of image c, so it runs and returns non-probabilities."""
+    fg, bi, _ = random_case(batch=16, size=(4, 4))
+    official = official_fused_probs_one_image(torch.tensor(fg), torch.tensor(bi))
+    ours = torch_losses.joint_log_probs(torch.tensor(fg), torch.tensor(bi)).exp()
+    assert official.shape == ours.shape == (16, 16, 4, 4)
+    assert torch.allclose(ours.sum(dim=1), torch.ones(16, 4, 4, dtype=ours.dtype), atol=1e-12)
+    assert (official.sum(dim=1) - 1).abs().max() > 0.1  # not a distribution over classes
+    assert (official - ours).abs().max() > 0.1
+    # Image by image, the ports still equal the official fusion.
+    for i in (0, 15):
+        single = official_fused_probs_one_image(torch.tensor(fg[i:i + 1]), torch.tensor(bi[i:i + 1]))
+        assert torch.allclose(ours[i:i + 1], single, rtol=0, atol=1e-14)
+
+
 def test_factseg_joint_loss_and_gradients_equal_the_official_formula():
     fg, bi, target = random_case(seed=1)
     ref_fg, ref_bi = torch.tensor(fg, requires_grad=True), torch.tensor(bi, requires_grad=True)

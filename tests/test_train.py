@@ -23,7 +23,7 @@ import pytest
 
 from isaid.augment import (AugmentParams, SamplePlan, augment, draw_augment, load_patch_index,
                            load_sample, normalize_batch)
-from isaid.config import ConfigError, default_config, load_config, parse_override
+from app.config import ConfigError, default_config, load_config, parse_override
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "farseg_isaid.yaml")

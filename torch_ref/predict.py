@@ -8,7 +8,7 @@ Usage::
 The official sliding-window protocol (:mod:`torch_ref.inference`): probabilities averaged where
 windows overlap, argmax; rows are written as soon as no later window covers them. A GeoTIFF
 input is read by windows and its CRS and affine transform are written into a GeoTIFF output;
-memory depends on the scene's width, not its height (:mod:`isaid.raster` says what is bounded
+memory depends on the scene's width, not its height (:mod:`app.raster` says what is bounded
 and what is not). Bad input gives one line on stderr, exit status 2 and no output file.
 ``python -m torch_ref.predict --help`` lists every option.
 """
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from convert import CheckpointError, detect_architecture
-from isaid.raster import RasterError, run_predictor
+from app.raster import RasterError, run_predictor
 
 from . import build_model
 from .inference import SlidingWindowInference, gpu_available, load_weights, resolve_device

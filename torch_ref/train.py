@@ -44,10 +44,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from convert import CheckpointError, atomic_write, imagenet_encoder_state, save_torch, validate
 from isaid.augment import DataError, SamplePlan, load_patch_index
-from isaid.config import Config, ConfigError, changed_keys, dump_config, load_config, resolve_out_dir
-from isaid.training import (RESUME_MUST_MATCH, MetricsFile, TrainError, checkpoint_dir,
+from app.config import Config, ConfigError, changed_keys, dump_config, load_config, resolve_out_dir
+from app.training import (RESUME_MUST_MATCH, MetricsFile, TrainError, checkpoint_dir,
                             list_checkpoints, one_line, starting_point)
-from isaid.training import build_parser as build_train_parser
+from app.training import build_parser as build_train_parser
 from torch_ref import build_model
 from torch_ref.data import build_loader, to_device
 from weights import ENCODER_PREFIX

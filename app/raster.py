@@ -43,10 +43,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from isaid.imageio import (ImageReadError, atomic_output, publish, read_rgb_with_mode, temporary_path_beside,
+                           write_png_atomic)
+from isaid.palette import CLASS_NAMES, NUM_CLASSES, PALETTE, colorize, index_png_palette
+
 from .cli import OneLineArgumentParser, positive_int
-from .imageio import (ImageReadError, atomic_output, publish, read_rgb_with_mode, temporary_path_beside,
-                      write_png_atomic)
-from .palette import CLASS_NAMES, NUM_CLASSES, PALETTE, colorize, index_png_palette
 
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 GEOTIFF_EXTENSIONS = (".tif", ".tiff")

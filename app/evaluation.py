@@ -32,13 +32,13 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from isaid.imageio import ImageReadError, read_mask_details, read_rgb, read_size, write_bytes_atomic
+from isaid.metrics import format_iou_table, miou
+from isaid.palette import CLASS_NAMES, IGNORE_INDEX, MEAN, STD
+from isaid.windows import num_windows
 from weights import MODEL_NAMES, OFFICIAL_MIOU, SEED_REPRODUCTION_MIOU
 
 from .cli import OneLineArgumentParser, non_negative_float, positive_int
-from .imageio import ImageReadError, read_mask_details, read_rgb, read_size, write_bytes_atomic
-from .metrics import format_iou_table, miou
-from .palette import CLASS_NAMES, IGNORE_INDEX, MEAN, STD
-from .windows import num_windows
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 COLOUR_MASK_SUFFIX = "_instance_color_RGB.png"

@@ -11,8 +11,9 @@ import os
 import re
 from typing import Dict, List, Optional, Pattern, Tuple
 
+from isaid.imageio import write_bytes_atomic
+
 from .config import Config, describe_keys, resolve_imagenet_path, resolve_out_dir
-from .imageio import write_bytes_atomic
 
 IMAGENET_URL = "https://download.pytorch.org/models/resnet50-19c8e357.pth"
 # A resumed run must draw the same batches and follow the same schedule as the first one.

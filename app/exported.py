@@ -28,10 +28,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
+from isaid.palette import CLASS_NAMES, MEAN, NUM_CLASSES, PALETTE, STD, normalize
+from isaid.windows import pad_to_multiple
 from weights import MODEL_NAMES, load_layout
-
-from .palette import CLASS_NAMES, MEAN, NUM_CLASSES, PALETTE, STD, normalize
-from .windows import pad_to_multiple
 
 CONFIG_FILE = "model.yml"
 PADDLE_FORMAT = "paddle-inference-pir"  # model.json + model.pdiparams, Paddle >= 3.0
@@ -211,13 +210,28 @@ def onnx_conv_shapes(path: str) -> ShapeList:
         model = onnx.load(path, load_external_data=False)
     except Exception as error:  # noqa: BLE001 (protobuf raises DecodeError and others)
         raise ExportError(f"{path}: not a readable ONNX model ({type(error).__name__})") from None
-    initializers = {init.name: tuple(int(d) for d in init.dims) for init in model.graph.initializer}
+    # A weight is an initializer (torch's exporter) or the output of a Constant node
+    # (paddle2onnx without an optimiser), possibly behind Identity nodes.
+    tensors = {init.name: tuple(int(d) for d in init.dims) for init in model.graph.initializer}
+    aliases: Dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and len(node.output) == 1:
+            for attribute in node.attribute:
+                if attribute.name == "value" and attribute.HasField("t"):
+                    tensors[node.output[0]] = tuple(int(d) for d in attribute.t.dims)
+        elif node.op_type == "Identity" and len(node.input) == 1 and len(node.output) == 1:
+            aliases[node.output[0]] = node.input[0]
     shapes: ShapeList = []
     for node in model.graph.node:
         if node.op_type == "Conv":
-            if len(node.input) < 2 or node.input[1] not in initializers:
-                raise ExportError(f"{path}: a convolution weight is not an initializer")
-            shapes.append(initializers[node.input[1]])
+            name = node.input[1] if len(node.input) >= 2 else ""
+            for _ in range(len(aliases) + 1):  # bounded: a cycle of Identity nodes ends here
+                if name not in aliases:
+                    break
+                name = aliases[name]
+            if name not in tensors:
+                raise ExportError(f"{path}: a convolution weight is not a constant of the model")
+            shapes.append(tensors[name])
     return sorted(shapes)
 
 
@@ -316,6 +330,7 @@ class OnnxModel(ExportedModel):
         self.device, self.backend, self.fallbacks = "cpu", "onnxruntime", []
         ort = _import_onnxruntime()
         options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: its notes on unused initialisers are not ours to act on
         options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
