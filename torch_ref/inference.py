@@ -244,3 +244,21 @@ def _checked_window(read_window: ReadWindow, window: Tuple[int, int, int, int]) 
         raise ValueError(f"read_window{window} returned {pixels.dtype} {list(pixels.shape)};"
                          f" expected uint8 [{y1 - y0}, {x1 - x0}, 3]")
     return pixels
+
+
+class DeployedModule(nn.Module):
+    """An exported model run outside torch (onnxruntime), as a module the engine can drive.
+
+    ``deployed(x)`` maps a normalised float32 numpy batch [B,3,H,W] to probabilities
+    [B,C,H,W] (:class:`app.exported.OnnxModel`). The engine reads the dtype of the first
+    parameter and moves the module to its device, so this module carries one float32 marker
+    parameter; each window batch goes through host memory.
+    """
+
+    def __init__(self, deployed: Callable[[np.ndarray], np.ndarray]) -> None:
+        super().__init__()
+        self.deployed = deployed
+        self.dtype_marker = nn.Parameter(torch.zeros(1), requires_grad=False)  # read by the engine only
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.deployed(x.float().contiguous().cpu().numpy())).to(x.device)
