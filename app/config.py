@@ -18,9 +18,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
 
-# The model names of ``weights.MODEL_NAMES``, repeated here because isaid/ imports no other
-# package of the project (it is a leaf of the import graph).
-MODEL_CHOICES = ("farseg", "factseg")
+from weights import MODEL_NAMES
+
+MODEL_CHOICES = MODEL_NAMES
 AMP_CHOICES = ("none", "fp16", "bf16")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "gpu")
 LOG_BACKEND_CHOICES = ("auto", "none")

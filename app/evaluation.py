@@ -1,9 +1,9 @@
-"""Framework-free parts of the evaluators ``python -m torch_ref.evaluate`` and
-``python -m paddle_impl.evaluate``: finding and checking the input files, reading scenes,
-the command line, the expectation check against the official figures, the report and the
-JSON result, and the command's main (:func:`run_evaluator`). The model, the sliding-window
-engine and the on-device confusion matrix are in each framework's ``evaluate.py`` /
-``inference.py``; everything here is written once.
+"""The evaluate command of both frameworks, written once: ``python -m torch_ref.evaluate`` and
+``python -m paddle_impl.evaluate`` are :func:`run_evaluator` over their framework's backend
+(:mod:`app.backend`). Here: finding and checking the input files, reading scenes, the loop
+over scenes and bands (:func:`evaluate_scenes`), the command line, the expectation check
+against the official figures, the report and the JSON result. The model, the sliding-window
+engine and the on-device confusion matrix are the backend's.
 
 Inputs: ``--images DIR`` holds whole scenes (``P0003.png``; PNG, JPEG, TIFF or BMP);
 ``--masks DIR`` holds, for each scene, the official colour mask ``P0003_instance_color_RGB.png``
@@ -28,16 +28,19 @@ import platform
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+from tqdm import tqdm
 
+from convert import CheckpointError
 from isaid.imageio import ImageReadError, read_mask_details, read_rgb, read_size, write_bytes_atomic
 from isaid.metrics import format_iou_table, miou
-from isaid.palette import CLASS_NAMES, IGNORE_INDEX, MEAN, STD
+from isaid.palette import CLASS_NAMES, IGNORE_INDEX, MEAN, NUM_CLASSES, STD
 from isaid.windows import num_windows
 from weights import MODEL_NAMES, OFFICIAL_MIOU, SEED_REPRODUCTION_MIOU
 
+from .backend import Backend, Engine
 from .cli import OneLineArgumentParser, non_negative_float, positive_int
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -193,6 +196,31 @@ def iter_loaded_scenes(scenes: Sequence[Scene], prefetch: bool = True) -> Iterat
 def total_windows(scenes: Sequence[Scene], window: int, stride: int) -> int:
     """Windows the official protocol runs over ``scenes``."""
     return sum(num_windows(s.height, s.width, window, stride) for s in scenes)
+
+
+def evaluate_scenes(backend: Backend, engine: Engine, scenes: Sequence[Scene],
+                    num_classes: int = NUM_CLASSES, progress: bool = True,
+                    prefetch: bool = True) -> "Tuple[np.ndarray, SceneTotals]":
+    """Run ``engine`` over ``scenes``; return (confusion int64 [C,C] rows = truth, totals).
+
+    The matrix stays on the device until the end (only the label rows travel there); raises
+    ImageReadError / InputError for a scene that cannot be read.
+    """
+    confusion = backend.new_confusion(engine, num_classes)
+    totals = SceneTotals()
+    bar = tqdm(total=total_windows(scenes, engine.window, engine.stride), unit="win",
+               desc="evaluate", disable=not progress, file=sys.stderr)
+    with bar:
+        for loaded in iter_loaded_scenes(scenes, prefetch):
+            image, label = loaded.image, loaded.label
+            height, width = label.shape
+            for row_start, row_end, classes in engine.run(
+                    height, width, lambda y0, x0, y1, x1, pixels=image: pixels[y0:y1, x0:x1], progress=bar):
+                target = engine.to_device(label[row_start:row_end])
+                confusion += backend.confusion_matrix(classes, target, num_classes)
+            totals.add(loaded, num_windows(height, width, engine.window, engine.stride))
+            del image, label, loaded
+    return backend.to_host(confusion), totals
 
 
 # ---------------------------------------------------------------------------- command line
@@ -452,21 +480,15 @@ def split_seconds(start: float, loaded: float, done: float) -> Dict[str, float]:
 # ------------------------------------------------------------------------------ main
 
 
-def run_evaluator(argv: Optional[Sequence[str]], prog: str, framework: str, framework_version: str,
-                  gpu_name: str, *, gpu_available: Callable[[], bool],
-                  resolve_device: Callable[[str], Any], build_engine: Callable[..., Tuple[Any, str]],
-                  evaluate_scenes: Callable[..., Tuple[np.ndarray, SceneTotals]],
-                  checkpoint_error: Type[Exception]) -> int:
-    """The evaluator's command line, given one framework's parts; returns the exit status.
+def run_evaluator(argv: Optional[Sequence[str]], prog: str, backend: Backend) -> int:
+    """The evaluate command line over one framework's ``backend``; returns the exit status.
 
-    ``build_engine(model, weights, window, stride, device, batch_size, amp, dtype)`` returns
-    (engine, how the weights were loaded) or raises ``checkpoint_error`` (convert's
-    CheckpointError: its ``headline()`` is reported); ``resolve_device`` raises ValueError for
-    a device the framework cannot use; ``evaluate_scenes(engine, scenes, progress=...)`` is the
-    framework's evaluation loop.
+    Bad input (options, files, a device the framework cannot use, convert's CheckpointError:
+    its ``headline()`` is reported, an unreadable scene): one line per problem, exit 2, no
+    JSON. ``--expect`` failed: exit 1.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(prog, framework, gpu_name).parse_args(argv)
+    args = build_parser(prog, backend.name, backend.gpu_name).parse_args(argv)
     start = time.perf_counter()
     try:
         check_args(args)
@@ -474,22 +496,22 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, framework: str, fram
     except InputError as error:
         print_errors(error.lines)
         return 2
-    device = args.device if args.device != "auto" else (gpu_name if gpu_available() else "cpu")
+    device = args.device if args.device != "auto" else (backend.gpu_name if backend.gpu_available() else "cpu")
     try:
-        resolve_device(device)
+        backend.resolve_device(device)
     except ValueError as error:
         print_errors([f"--device {device}: {error}"])
         return 2
     try:
-        engine, how = build_engine(args.model, args.weights, args.window, args.stride, device,
-                                   args.batch_size, None if args.amp == "none" else args.amp,
-                                   args.dtype)
-    except checkpoint_error as error:
-        print_errors([error.headline()])  # type: ignore[attr-defined]
+        engine, how = backend.build_engine(args.model, args.weights, args.window, args.stride, device,
+                                           args.batch_size, None if args.amp == "none" else args.amp,
+                                           args.dtype)
+    except CheckpointError as error:
+        print_errors([error.headline()])
         return 2
     loaded = time.perf_counter()
     try:
-        confusion, totals = evaluate_scenes(engine, scenes, progress=args.progress)
+        confusion, totals = evaluate_scenes(backend, engine, scenes, progress=args.progress)
     except ImageReadError as error:
         print_errors([str(error)])
         return 2
@@ -497,7 +519,7 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, framework: str, fram
         print_errors(error.lines)
         return 2
     seconds = split_seconds(start, loaded, time.perf_counter())
-    result = build_result(args, f"{prog} {' '.join(argv)}", framework, framework_version,
+    result = build_result(args, f"{prog} {' '.join(argv)}", backend.name, backend.version,
                           str(engine.device), confusion, totals, how, seconds)
     print(format_report(result, confusion), flush=True)
     expectation = None

@@ -12,7 +12,7 @@ deflate, 256x256 tiles) is written to a temporary folder BY WINDOWS (tiles of
 ``isaid.synth.make_scene``; the scene never exists in memory). Each run
 ``FRAMEWORK:MODE:DEVICE`` (``@HxW,...`` limits it to those sizes) then predicts it exactly as
 the CLI does (the same functions:
-``build_engine`` -> ``app.raster.predict_to_files`` -> a deflate GeoTIFF with the input's CRS
+``build_engine`` -> ``app.predict.predict_to_files`` -> a deflate GeoTIFF with the input's CRS
 and transform), in its own process so that its peak RSS is its own. MODE is ``dygraph`` (the
 framework's own model, random official initialisation: speed does not depend on the weights'
 values), or, for Paddle, ``onednn`` / ``native``: an export of the same model run by Paddle
@@ -78,7 +78,7 @@ def parse_run(text: str) -> Dict[str, Any]:
 
 def write_scene(path: str, height: int, width: int, seed: int = 0) -> None:
     """A georeferenced synthetic scene made of 512x512 synthetic tiles, written by windows."""
-    from app.raster import write_geotiff_by_windows
+    from tests.raster_scenes import write_geotiff_by_windows
     from isaid.synth import make_scene
 
     rng = np.random.default_rng(seed)
@@ -104,14 +104,16 @@ def peak_rss_mb() -> float:
 def child(run: Dict[str, str], scene: str, out: str, model: str, window: int, stride: int,
           export_dir: Optional[str]) -> Dict[str, Any]:
     """One measurement, in this (fresh) process; returns the record."""
-    from app.raster import open_raster, predict_to_files
+    from app.predict import class_bands, predict_to_files
+    from app.raster import open_raster
     from isaid.windows import num_windows
 
     start = time.perf_counter()
     if run["framework"] == "torch":
         import torch
 
-        from torch_ref import build_model, predict as module
+        from torch_ref import build_model
+        from torch_ref.backend import BACKEND
         from torch_ref.inference import SlidingWindowInference
 
         torch.manual_seed(0)
@@ -121,7 +123,8 @@ def child(run: Dict[str, str], scene: str, out: str, model: str, window: int, st
     else:
         import paddle
 
-        from paddle_impl import build_model, predict as module
+        from paddle_impl import build_model
+        from paddle_impl.backend import BACKEND, DeployedLayer
         from paddle_impl.inference import SlidingWindowInference
 
         paddle.seed(0)
@@ -130,7 +133,7 @@ def child(run: Dict[str, str], scene: str, out: str, model: str, window: int, st
         else:
             from paddle_impl.infer import create_predictor
 
-            layer = module.DeployedLayer(create_predictor(export_dir, run["device"], run["mode"]))
+            layer = DeployedLayer(create_predictor(export_dir, run["device"], run["mode"]))
         engine = SlidingWindowInference(layer, window, stride, run["device"])
         threads = None
         version = paddle.__version__
@@ -138,7 +141,7 @@ def child(run: Dict[str, str], scene: str, out: str, model: str, window: int, st
     rss_loaded = peak_rss_mb()
     with open_raster(scene) as reader:
         height, width = reader.height, reader.width
-        predict_to_files(reader, out, module.class_bands(engine, progress=False))
+        predict_to_files(reader, out, class_bands(BACKEND, engine, progress=False))
     done = time.perf_counter()
     windows = num_windows(height, width, window, stride)
     seconds = done - loaded

@@ -32,7 +32,7 @@ from PIL import Image  # noqa: E402
 from isaid.imageio import read_index_mask, read_rgb, write_png_atomic  # noqa: E402
 from isaid.metrics import confusion_from_labels, miou  # noqa: E402
 from isaid.palette import colorize  # noqa: E402
-from app.raster import compose_panels  # noqa: E402
+from app.preview import compose_panels  # noqa: E402
 
 DEFAULT_OUT = os.path.join(ROOT, "docs", "prediction_example.png")
 

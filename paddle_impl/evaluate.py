@@ -9,78 +9,36 @@ Usage::
 One 16x16 confusion matrix over all pixels of all images, counted on the device band by band
 as the engine (:mod:`paddle_impl.inference`) emits rows; only the label rows travel to the
 device and only the final 16x16 matrix comes back. Inputs, report, JSON and the expectation
-check are shared with the torch evaluator (:mod:`app.evaluation`); ``python -m
+check are written once for both frameworks (:mod:`app.evaluation`); ``python -m
 paddle_impl.evaluate --help`` lists every option. Exit status 0 done, 1 ``--expect`` failed,
 2 bad input (one line per problem on stderr; no JSON written).
 """
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
-import paddle
-from tqdm import tqdm
 
-from convert import CheckpointError
-from app.evaluation import Scene, SceneTotals, iter_loaded_scenes, run_evaluator, total_windows
+from app import evaluation
+from app.evaluation import Scene, SceneTotals, run_evaluator
 from isaid.palette import NUM_CLASSES
-from isaid.windows import num_windows
 
-from . import build_model
-from .inference import SlidingWindowInference, gpu_available, load_weights, resolve_device
-from .metrics import confusion_matrix
+from .backend import BACKEND
+from .inference import SlidingWindowInference
 
-FRAMEWORK = "paddle"
-FRAMEWORK_VERSION = paddle.__version__
-GPU_NAME = "gpu"
 PROG = "python -m paddle_impl.evaluate"
 
 
 def evaluate_scenes(engine: SlidingWindowInference, scenes: Sequence[Scene],
                     num_classes: int = NUM_CLASSES, progress: bool = True,
-                    prefetch: bool = True) -> "tuple[np.ndarray, SceneTotals]":
-    """Run ``engine`` over ``scenes``; return (confusion int64 [C,C] rows = truth, totals).
-
-    The matrix stays on the device until the end; raises ImageReadError / InputError for a
-    scene that cannot be read.
-    """
-    confusion = paddle.zeros([num_classes, num_classes], dtype="int64")
-    totals = SceneTotals()
-    bar = tqdm(total=total_windows(scenes, engine.window, engine.stride), unit="win",
-               desc="evaluate", disable=not progress, file=sys.stderr)
-    with bar:
-        for loaded in iter_loaded_scenes(scenes, prefetch):
-            image, label = loaded.image, loaded.label
-            height, width = label.shape
-            for row_start, row_end, classes in engine.run(
-                    height, width, lambda y0, x0, y1, x1: image[y0:y1, x0:x1], progress=bar):
-                target = engine.to_device(label[row_start:row_end])
-                confusion += confusion_matrix(classes, target, num_classes)
-            totals.add(loaded, num_windows(height, width, engine.window, engine.stride))
-            del image, label, loaded
-    return confusion.numpy(), totals
-
-
-def build_engine(model_name: str, weights: str, window: int = 896, stride: int = 512,
-                 device: str = "cpu", batch_size: int = 1, amp: Optional[str] = None,
-                 dtype: str = "float32") -> "tuple[SlidingWindowInference, str]":
-    """Build ``model_name``, load ``weights`` (CheckpointError), wrap it in the engine."""
-    model = build_model(model_name)
-    how = load_weights(model, model_name, weights)
-    if dtype == "float64":
-        model = model.to(dtype="float64")
-    # (The torch evaluator turns TF32 off for float32 on a GPU; Paddle's cuDNN/cuBLAS TF32
-    # switches are build-dependent flags, left at Paddle's defaults.)
-    engine = SlidingWindowInference(model, window, stride, device, batch_size, amp)
-    return engine, how
+                    prefetch: bool = True) -> Tuple[np.ndarray, SceneTotals]:
+    """Run ``engine`` over ``scenes``; return (confusion int64 [C,C] rows = truth, totals)."""
+    return evaluation.evaluate_scenes(BACKEND, engine, scenes, num_classes, progress, prefetch)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return run_evaluator(argv, PROG, FRAMEWORK, FRAMEWORK_VERSION, GPU_NAME,
-                         gpu_available=gpu_available, resolve_device=resolve_device,
-                         build_engine=build_engine, evaluate_scenes=evaluate_scenes,
-                         checkpoint_error=CheckpointError)
+    return run_evaluator(argv, PROG, BACKEND)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ import paddle.inference as paddle_infer
 from app.cli import OneLineArgumentParser
 from app.exported import ONNX_FORMAT, ExportedModel, OnnxModel, check_input
 from app.exported import default_threads as default_threads
-from app.raster import ColourPreview, RasterError, open_raster
+from app.preview import ColourPreview
+from app.raster import RasterError, open_raster
 from isaid.imageio import write_png_atomic
 from isaid.palette import CLASS_NAMES, NUM_CLASSES
 

@@ -38,6 +38,8 @@ import torch_ref
 import torch_ref.predict as torch_predict
 from convert import save_torch
 from app import raster
+from app.predict import predict_to_files
+from app.preview import ColourPreview
 from isaid.imageio import write_png_atomic
 from isaid.palette import NUM_CLASSES, index_png_palette, normalize
 from isaid.stitching import plan_bands
@@ -47,6 +49,7 @@ from paddle_impl.export import check_export, export, save_inference_model
 from paddle_impl.export_format import ExportError, fixed_size, read_deploy_config
 from paddle_impl.inference import SlidingWindowInference as PaddleEngine
 from paddle_impl.inference import load_weights as paddle_load_weights
+from raster_scenes import read_georeference, write_geotiff_by_windows  # tests/raster_scenes.py
 
 WINDOW, STRIDE = 64, 32
 CRS = "EPSG:32633"
@@ -379,7 +382,7 @@ def test_geotiff_writer_keeps_crs_and_transform(tmp_path: Path) -> None:
 
 def test_colour_preview_subsamples_and_counts_at_full_resolution(tmp_path: Path) -> None:
     classes = np.random.default_rng(2).integers(0, 4, (1000, 700), dtype=np.uint8)
-    preview = raster.ColourPreview(1000, 700, max_side=300)
+    preview = ColourPreview(1000, 700, max_side=300)
     for start in range(0, 1000, 96):  # bands not aligned with the step
         preview.add_rows(start, classes[start:start + 96])
     assert preview.step == 4
@@ -395,7 +398,7 @@ def _scene_geotiff(path: Path, height: int, width: int, seed: int = 0, count: in
                    dtype: str = "uint8") -> np.ndarray:
     image, _ = make_scene(np.random.default_rng(seed), height, width)
     if count == 3 and dtype == "uint8":
-        raster.write_geotiff_by_windows(str(path), height, width, lambda a, b: image[a:b],
+        write_geotiff_by_windows(str(path), height, width, lambda a, b: image[a:b],
                                         crs=CRS, transform=TRANSFORM, block_rows=40)
         return image
     bands = np.concatenate([image.transpose(2, 0, 1)] * 2)[:count].astype(dtype)
@@ -431,7 +434,7 @@ def test_tiff_input_is_read_by_strips_of_one_window(tmp_path: Path, monkeypatch)
         patch.setattr(rasterio.io.DatasetReader, "read", counting_read)
         with raster.open_raster(str(tmp_path / "scene.tif")) as reader:
             assert reader.bounded and reader.georeferenced
-            result = raster.predict_to_files(reader, str(tmp_path / "out.tif"), _toy_bands(WINDOW, STRIDE))
+            result = predict_to_files(reader, str(tmp_path / "out.tif"), _toy_bands(WINDOW, STRIDE))
     # One strip per band of windows, never more rows than a window: memory does not grow
     # with the scene's height.
     assert len(reads) == len(plan_bands(300, 200, WINDOW, STRIDE)) and max(reads) == WINDOW
@@ -465,7 +468,7 @@ def paddle_prediction(scene: Path, weights, tmp_path_factory) -> Path:
 
 
 def test_predict_geotiff_keeps_crs_transform_and_size(paddle_prediction: Path, scene: Path) -> None:
-    source, written = raster.read_georeference(str(scene)), raster.read_georeference(str(paddle_prediction))
+    source, written = read_georeference(str(scene)), read_georeference(str(paddle_prediction))
     assert written["crs"] == source["crs"] and written["crs"].to_epsg() == 32633
     assert written["transform"] == source["transform"] == TRANSFORM
     assert (written["height"], written["width"]) == (source["height"], source["width"]) == (96, 130)
@@ -496,7 +499,7 @@ def test_torch_and_paddle_predict_agree(paddle_prediction: Path, scene: Path, we
     assert _predict(torch_predict, ["--weights", str(weights["farseg"]), "--image", str(scene),
                                     "--out", str(out)]) == 0
     torch_classes, paddle_classes = _read_classes(out), _read_classes(paddle_prediction)
-    assert raster.read_georeference(str(out))["transform"] == TRANSFORM
+    assert read_georeference(str(out))["transform"] == TRANSFORM
     assert _agreement(torch_classes, paddle_classes) >= MIN_AGREEMENT
     # Planted bug: the same Paddle model fed BGR instead of RGB (a classic deployment slip)
     # must fall below the threshold.

@@ -30,9 +30,9 @@ import rasterio
 from PIL import Image
 from rasterio.transform import Affine
 
-from app import raster
 from isaid.imageio import read_index_mask, read_rgb
 from isaid.metrics import confusion_from_labels
+from raster_scenes import read_georeference, write_geotiff_by_windows  # tests/raster_scenes.py
 
 ROOT = Path(__file__).resolve().parents[1]
 # One thread per process: the 2 cores are shared, and thread count changes float summation order.
@@ -93,7 +93,7 @@ def test_lite_chain(tmp_path: Path) -> None:
 
     # A georeferenced GeoTIFF of the val scene, written by windows.
     scene = tmp_path / "scene.tif"
-    raster.write_geotiff_by_windows(str(scene), image.shape[0], image.shape[1],
+    write_geotiff_by_windows(str(scene), image.shape[0], image.shape[1],
                                     lambda a, b: image[a:b], crs=CRS, transform=TRANSFORM,
                                     block_rows=32)
     outputs = {
@@ -108,7 +108,7 @@ def test_lite_chain(tmp_path: Path) -> None:
         run(command + ["--image", str(scene), "--out", str(out), "--window", str(WINDOW),
                        "--stride", str(STRIDE), "--device", "cpu", "--no-progress"]
             + (["--color", str(tmp_path / "colour.png")] if name == "export" else []))
-        written = raster.read_georeference(str(out))
+        written = read_georeference(str(out))
         assert written["crs"].to_epsg() == 32633 and written["transform"] == TRANSFORM
         assert (written["height"], written["width"], written["count"]) == (*image.shape[:2], 1)
         with rasterio.open(out) as dataset:

@@ -15,48 +15,17 @@ and what is not). Bad input gives one line on stderr, exit status 2 and no outpu
 from __future__ import annotations
 
 import sys
-from typing import Callable, Iterator, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
-import numpy as np
-import torch
+from app.predict import run_predictor
 
-from convert import CheckpointError, detect_architecture
-from app.raster import RasterError, run_predictor
+from .backend import BACKEND
 
-from . import build_model
-from .inference import SlidingWindowInference, gpu_available, load_weights, resolve_device
-
-FRAMEWORK = "PyTorch"
-GPU_NAME = "cuda"
 PROG = "python -m torch_ref.predict"
-DEFAULT_WINDOW, DEFAULT_STRIDE = 896, 512
-
-
-def build_engine(args) -> Tuple[SlidingWindowInference, str]:
-    """The sliding-window engine over the model the options name; CheckpointError / ValueError."""
-    name = detect_architecture(args.weights) if args.model == "auto" else args.model
-    model = build_model(name)
-    how = load_weights(model, name, args.weights)
-    engine = SlidingWindowInference(model, args.window or DEFAULT_WINDOW, args.stride or DEFAULT_STRIDE,
-                                    args.device, args.batch_size, None if args.amp == "none" else args.amp)
-    return engine, f"{name}, {how}"
-
-
-def class_bands(engine: SlidingWindowInference, progress: bool) -> Callable[..., Iterator[Tuple[int, int, np.ndarray]]]:
-    """The engine's bands as host uint8 rows (only the class indices leave the device)."""
-
-    def bands(height: int, width: int, read_window) -> Iterator[Tuple[int, int, np.ndarray]]:
-        for row_start, row_end, classes in engine.run(height, width, read_window, progress):
-            yield row_start, row_end, classes.to(torch.uint8).cpu().numpy()
-
-    return bands
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return run_predictor(argv, PROG, FRAMEWORK, GPU_NAME, gpu_available=gpu_available,
-                         resolve_device=resolve_device, build_engine=build_engine,
-                         class_bands=class_bands, checkpoint_error=CheckpointError,
-                         engine_errors=(ValueError,), band_errors=(RasterError,))
+    return run_predictor(argv, PROG, BACKEND)
 
 
 if __name__ == "__main__":

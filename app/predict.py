@@ -1,0 +1,259 @@
+"""The predict command of both frameworks, written once: ``python -m torch_ref.predict`` and
+``python -m paddle_impl.predict`` are this driver over their framework's backend
+(:mod:`app.backend`).
+
+The command line, the checks made before any model is built, the loop that writes each row
+band as the engine yields it (:func:`predict_to_files`: class map through :mod:`app.raster`,
+colour rendering through :mod:`app.preview`), and the command's main (:func:`run_predictor`).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from convert import CheckpointError, detect_architecture
+from isaid.palette import CLASS_NAMES
+
+from .backend import Backend, Engine, ReadWindow
+from .cli import OneLineArgumentParser, positive_int
+from .preview import DEFAULT_PREVIEW_SIDE, ColourPreview
+from .raster import (OUTPUT_EXTENSIONS, GeoTiffClassMapWriter, RasterError, RasterReader, create_class_map_writer,
+                     open_raster)
+
+DEFAULT_WINDOW, DEFAULT_STRIDE = 896, 512  # the official sliding windows
+
+
+def build_predict_parser(prog: str, framework: str, gpu_name: str,
+                         model_dir: bool = False) -> argparse.ArgumentParser:
+    """The predict CLI's parser; ``model_dir`` adds Paddle's ``--model-dir`` / ``--backend``."""
+    source = "--weights W" + (" or --model-dir DIR" if model_dir else "")
+    parser = OneLineArgumentParser(
+        prog=prog,
+        description=(
+            f"Predict the iSAID classes of a scene of any size with FarSeg / FactSeg ({framework}):"
+            " the official sliding windows (896 at stride 512, probabilities averaged where"
+            " windows overlap, argmax), streamed by row bands. Output: a uint8 class-index raster"
+            " (0..15). GeoTIFF in, GeoTIFF out keeps the CRS and affine transform. Memory: a"
+            " GeoTIFF/TIFF input is read by windows (one strip of --window rows), the output is"
+            " written band by band (GeoTIFF or PNG), and the device holds one band of"
+            " probabilities (16 x window x width float32), so memory depends on the scene's"
+            " width, not its height; a PNG/JPEG input is decoded whole (3 bytes a pixel):"
+            " convert huge scenes to a tiled GeoTIFF. Output files appear only when complete."
+            f" Model: {source}. Exit status 0 done, 2 bad input (one line on stderr)."))
+    parser.add_argument("--weights", metavar="FILE",
+                        help="checkpoint: a torch .pth (official training wrapper and 'module.'"
+                             " prefix accepted) or a Paddle .pdparams; the other framework's file"
+                             " is converted in memory. Loaded without executing code"
+                             + ("; or use --model-dir" if model_dir else ""))
+    if model_dir:
+        parser.add_argument("--model-dir", metavar="DIR",
+                            help="an export of python -m paddle_impl.export, run with Paddle"
+                                 " Inference instead of the dynamic graph (window and stride default"
+                                 " to the values in DIR/model.yml)")
+    parser.add_argument("--model", choices=("auto", "farseg", "factseg"), default="auto",
+                        help="architecture of --weights (default auto: detected from the"
+                             " checkpoint's keys)")
+    parser.add_argument("--image", required=True, metavar="FILE",
+                        help="RGB scene: a 3-band uint8 GeoTIFF/TIFF (read by windows) or a"
+                             " PNG / JPEG / BMP (decoded whole; greyscale is replicated and alpha"
+                             " dropped, as the official loader does)")
+    parser.add_argument("--out", required=True, metavar="OUT.tif|OUT.png",
+                        help="class-index raster, 1 band uint8 (0..15): .tif/.tiff writes a"
+                             " deflate-compressed, 256x256-tiled GeoTIFF with the input's CRS and"
+                             " transform and the iSAID colour table; .png a palette PNG (values"
+                             " = classes, iSAID colours; no georeferencing). Both are written band"
+                             " by band to a temporary file renamed at the end")
+    parser.add_argument("--window", type=positive_int, metavar="PX",
+                        help="window side (default 896, the official value)")
+    parser.add_argument("--stride", type=positive_int, metavar="PX",
+                        help="window stride, at most --window (default 512, the official value)")
+    parser.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
+                        help="windows per forward pass (default 1; larger is faster on a GPU)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "gpu"), default="auto",
+                        help=f"cpu, {gpu_name} (cuda and gpu both name the GPU), or auto ({gpu_name}"
+                             f" when available; default)")
+    parser.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none",
+                        help="mixed precision on a GPU (default none)")
+    if model_dir:
+        parser.add_argument("--backend", default="auto",
+                            choices=("auto", "onednn", "native", "paddle-default"),
+                            help="Paddle Inference CPU backend for --model-dir (default auto; see"
+                                 " python -m paddle_impl.infer --help)")
+    parser.add_argument("--color", metavar="COLOUR.png",
+                        help="also write a colour rendering in the iSAID palette with a legend"
+                             " (class names and each class's share of the pixels)")
+    parser.add_argument("--color-max-side", type=positive_int, default=DEFAULT_PREVIEW_SIDE,
+                        metavar="PX",
+                        help=f"the colour rendering is subsampled (nearest neighbour) so that its"
+                             f" longer side is at most PX (default {DEFAULT_PREVIEW_SIDE}); the"
+                             f" class shares are computed at full resolution")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="progress bar over windows on stderr (default on)")
+    return parser
+
+
+def check_predict_args(args: argparse.Namespace) -> List[str]:
+    """Problems with the options that argparse cannot see (empty list when fine)."""
+    problems: List[str] = []
+    has_dir = getattr(args, "model_dir", None) is not None
+    if has_dir == (args.weights is not None):
+        problems.append("give exactly one of --weights and --model-dir" if hasattr(args, "model_dir")
+                        else "--weights is required")
+    if has_dir and args.model != "auto":
+        problems.append("--model is read from DIR/model.yml with --model-dir; leave it out")
+    if args.window is not None and args.stride is not None and args.stride > args.window:
+        problems.append(f"--stride {args.stride} is larger than --window {args.window}, which would"
+                        " leave pixels in no window")
+    extension = os.path.splitext(args.out)[1].lower()
+    if extension not in OUTPUT_EXTENSIONS:
+        problems.append(f"--out {args.out}: unsupported extension {extension or '(none)'!r}; use .tif"
+                        " (GeoTIFF, keeps the georeferencing) or .png")
+    if args.color is not None and not args.color.lower().endswith(".png"):
+        problems.append(f"--color {args.color}: must end in .png")
+    if args.color is not None and os.path.abspath(args.color) == os.path.abspath(args.out):
+        problems.append("--color and --out name the same file")
+    if os.path.abspath(args.out) == os.path.abspath(args.image):
+        problems.append("--out would overwrite --image")
+    return problems
+
+
+@dataclass
+class PredictionResult:
+    """What :func:`predict_to_files` wrote, for the CLI's summary line."""
+
+    image: str
+    out: str
+    colour: Optional[str]
+    height: int
+    width: int
+    seconds: float
+    input_description: str
+    georeferenced_output: bool
+    class_fractions: np.ndarray
+
+    def summary(self) -> str:
+        megapixels = self.height * self.width / 1e6
+        geo = "CRS and transform kept" if self.georeferenced_output else "no georeferencing"
+        top = np.argsort(-self.class_fractions)[:4]
+        classes = ", ".join(f"{CLASS_NAMES[c]} {100 * self.class_fractions[c]:.1f}%"
+                            for c in top if self.class_fractions[c] > 0)
+        colour = f"; colour rendering {self.colour}" if self.colour else ""
+        return (f"{self.image} ({self.input_description}) -> {self.out} (uint8 classes, {geo}) in"
+                f" {self.seconds:.1f}s, {megapixels / max(self.seconds, 1e-9):.3f} Mpx/s; top classes:"
+                f" {classes}{colour}")
+
+
+def predict_to_files(reader: RasterReader, out_path: str,
+                     bands: Callable[[int, int, Callable[..., np.ndarray]], Iterator[Tuple[int, int, np.ndarray]]],
+                     colour_path: Optional[str] = None,
+                     colour_max_side: int = DEFAULT_PREVIEW_SIDE) -> PredictionResult:
+    """Run ``bands(height, width, read_window)`` (the engine, yielding ``(row_start, row_end,
+    uint8 rows [n, width])`` on the host) over ``reader`` and write each band as it arrives.
+
+    The class map goes to ``out_path`` (:func:`create_class_map_writer`; the input's CRS and
+    transform when it is a GeoTIFF), the subsampled colour rendering to ``colour_path``.
+    Nothing is left at ``out_path`` if anything fails (RasterError from the reader, an engine
+    error, Ctrl-C): the temporary file is removed and the exception propagates.
+    """
+    start = time.perf_counter()
+    writer = create_class_map_writer(out_path, reader.height, reader.width, reader.crs, reader.transform)
+    preview = ColourPreview(reader.height, reader.width, colour_max_side)
+    with writer:
+        for row_start, row_end, rows in bands(reader.height, reader.width, reader.read_window):
+            if rows.shape != (row_end - row_start, reader.width):
+                raise ValueError(f"engine yielded rows {row_start}..{row_end} of shape {list(rows.shape)}")
+            writer.write_rows(row_start, rows)
+            preview.add_rows(row_start, rows)
+        writer.commit()
+    if colour_path is not None:
+        preview.save(colour_path, title=f"{os.path.basename(reader.path)}: prediction"
+                     + (f" (1:{preview.step})" if preview.step > 1 else ""))
+    georeferenced = isinstance(writer, GeoTiffClassMapWriter) and reader.crs is not None
+    return PredictionResult(reader.path, out_path, colour_path, reader.height, reader.width,
+                            time.perf_counter() - start, reader.describe(), georeferenced,
+                            preview.fractions())
+
+
+def class_bands(backend: Backend, engine: Engine,
+                progress: bool) -> Callable[[int, int, ReadWindow], Iterator[Tuple[int, int, np.ndarray]]]:
+    """The engine's bands as host uint8 rows (only the class indices leave the device): the
+    ``bands`` argument of :func:`predict_to_files`."""
+
+    def bands(height: int, width: int, read_window: ReadWindow) -> Iterator[Tuple[int, int, np.ndarray]]:
+        for row_start, row_end, classes in engine.run(height, width, read_window, progress):
+            yield row_start, row_end, backend.classes_to_host(classes)
+
+    return bands
+
+
+def build_engine(backend: Backend, args: argparse.Namespace) -> Tuple[Engine, str]:
+    """The sliding-window engine over the model the options name, and what it runs.
+
+    Raises CheckpointError (bad weights) or one of ``backend.engine_errors``.
+    """
+    if getattr(args, "model_dir", None) is not None:
+        return backend.build_deployed_engine(args.model_dir, args.window, args.stride, args.device,
+                                             args.batch_size, args.backend, args.amp)
+    name = detect_architecture(args.weights) if args.model == "auto" else args.model
+    engine, how = backend.build_engine(name, args.weights, args.window or DEFAULT_WINDOW,
+                                       args.stride or DEFAULT_STRIDE, args.device, args.batch_size,
+                                       None if args.amp == "none" else args.amp, exact_float32=False)
+    return engine, f"{name}, {how}"
+
+
+def print_error(prog: str, message: str) -> None:
+    """``prog: error: message`` on stderr, on one line."""
+    print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
+def run_predictor(argv: Optional[Sequence[str]], prog: str, backend: Backend) -> int:
+    """The predict command line over one framework's ``backend``; returns the exit status.
+
+    Bad options, an unreadable scene, bad weights (convert's CheckpointError: its
+    ``headline()`` is reported), ``backend.engine_errors`` while building the engine and
+    RasterError / ``backend.run_errors`` while predicting: one line on stderr, exit 2, no
+    output file.
+    """
+    args = build_predict_parser(prog, backend.display_name, backend.gpu_name,
+                                model_dir=backend.supports_model_dir).parse_args(argv)
+    problems = check_predict_args(args)
+    if args.device == "auto":
+        args.device = backend.gpu_name if backend.gpu_available() else "cpu"
+    for problem in problems:
+        print_error(prog, problem)
+    if problems:
+        return 2
+    try:
+        backend.resolve_device(args.device)
+        reader: RasterReader = open_raster(args.image)  # header and band checks before the model
+    except (RasterError, ValueError) as error:
+        print_error(prog, error)
+        return 2
+    with reader:
+        try:
+            engine, how = build_engine(backend, args)
+        except CheckpointError as error:
+            print_error(prog, error.headline())
+            return 2
+        except backend.engine_errors as error:
+            print_error(prog, error)
+            return 2
+        if reader.georeferenced and not args.out.lower().endswith((".tif", ".tiff")):
+            print(f"note: {args.image} is georeferenced but {args.out} is a PNG, which cannot keep"
+                  " the CRS and transform; use a .tif output to keep them", file=sys.stderr)
+        print(f"model: {how}; device {engine.device}; window {engine.window}, stride {engine.stride}",
+              file=sys.stderr, flush=True)
+        try:
+            result = predict_to_files(reader, args.out, class_bands(backend, engine, args.progress), args.color,
+                                      args.color_max_side)
+        except (RasterError, *backend.run_errors) as error:
+            print_error(prog, error)
+            return 2
+    print(result.summary(), flush=True)
+    return 0

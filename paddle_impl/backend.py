@@ -1,0 +1,92 @@
+"""The Paddle side of the shared commands: ``BACKEND`` implements :class:`app.backend.Backend`.
+
+``python -m paddle_impl.evaluate`` and ``python -m paddle_impl.predict`` are ``app``'s runners
+over this object; everything framework-specific they need (devices, building the engine,
+the confusion matrix on the device, tensors back to the host, and an exported program run
+by Paddle Inference for ``predict --model-dir``) is here and nowhere else.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+
+from . import build_model
+from .export_format import ExportError
+from .infer import DeployedModel, InferenceError, create_predictor
+from .inference import SlidingWindowInference, gpu_available, load_weights, resolve_device
+from .metrics import confusion_matrix
+
+
+class DeployedLayer(nn.Layer):
+    """An export run by Paddle Inference, as a layer the sliding-window engine can drive.
+
+    The engine moves its model to the device, sets eval mode and reads the dtype of the first
+    parameter; an export has no dynamic-graph parameters, so this layer carries one float32
+    marker parameter for that. Each window batch goes to the predictor through host memory.
+    """
+
+    def __init__(self, deployed: DeployedModel) -> None:
+        super().__init__()
+        self.deployed = deployed
+        self.dtype_marker = self.create_parameter([1], dtype="float32")  # read by the engine only
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return paddle.to_tensor(self.deployed(x.numpy()), place=x.place)
+
+
+class PaddleBackend:
+    """:class:`app.backend.Backend` for PaddlePaddle (dynamic graph, or an export)."""
+
+    name = "paddle"
+    display_name = "PaddlePaddle"
+    version = paddle.__version__
+    gpu_name = "gpu"
+    supports_model_dir = True
+    engine_errors: Tuple[type, ...] = (ValueError, ExportError, InferenceError)
+    run_errors: Tuple[type, ...] = (InferenceError,)
+
+    def gpu_available(self) -> bool:
+        return gpu_available()
+
+    def resolve_device(self, device: str) -> str:
+        return resolve_device(device)
+
+    def build_engine(self, model_name: str, weights: str, window: int, stride: int, device: str,
+                     batch_size: int = 1, amp: Optional[str] = None, dtype: str = "float32",
+                     exact_float32: bool = True) -> Tuple[SlidingWindowInference, str]:
+        model = build_model(model_name)
+        how = load_weights(model, model_name, weights)
+        if dtype == "float64":
+            model = model.to(dtype="float64")
+        # (exact_float32: Paddle's cuDNN/cuBLAS TF32 switches are build-dependent flags, left at
+        # Paddle's defaults either way.)
+        return SlidingWindowInference(model, window, stride, device, batch_size, amp), how
+
+    def build_deployed_engine(self, model_dir: str, window: Optional[int], stride: Optional[int],
+                              device: str, batch_size: int, backend: str,
+                              amp: str) -> Tuple[SlidingWindowInference, str]:
+        deployed = create_predictor(model_dir, device, backend)
+        window = window or deployed.config["sliding_window"]["window"]
+        stride = stride or deployed.config["sliding_window"]["stride"]
+        if amp != "none":
+            raise ValueError("--amp applies to the dynamic graph; an export runs in float32")
+        engine = SlidingWindowInference(DeployedLayer(deployed), window, stride, device, batch_size)
+        return engine, f"{deployed.config['model']} export {model_dir}, Paddle Inference {deployed.backend} backend"
+
+    def new_confusion(self, engine: SlidingWindowInference, num_classes: int) -> paddle.Tensor:
+        return paddle.zeros([num_classes, num_classes], dtype="int64")
+
+    def confusion_matrix(self, classes: paddle.Tensor, target: paddle.Tensor, num_classes: int) -> paddle.Tensor:
+        return confusion_matrix(classes, target, num_classes)
+
+    def to_host(self, tensor: paddle.Tensor) -> np.ndarray:
+        return tensor.numpy()
+
+    def classes_to_host(self, classes: paddle.Tensor) -> np.ndarray:
+        return classes.astype("uint8").numpy()
+
+
+BACKEND = PaddleBackend()

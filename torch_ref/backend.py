@@ -1,0 +1,68 @@
+"""The PyTorch side of the shared commands: ``BACKEND`` implements :class:`app.backend.Backend`.
+
+``python -m torch_ref.evaluate`` and ``python -m torch_ref.predict`` are ``app``'s runners
+over this object; everything framework-specific they need (devices, building the engine,
+the confusion matrix on the device, tensors back to the host) is here and nowhere else.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+from . import build_model
+from .inference import SlidingWindowInference, gpu_available, load_weights, resolve_device
+from .metrics import confusion_matrix
+
+
+class TorchBackend:
+    """:class:`app.backend.Backend` for PyTorch (no exported-program path: that is Paddle's)."""
+
+    name = "torch"
+    display_name = "PyTorch"
+    version = torch.__version__
+    gpu_name = "cuda"
+    supports_model_dir = False
+    engine_errors: Tuple[type, ...] = (ValueError,)
+    run_errors: Tuple[type, ...] = ()
+
+    def gpu_available(self) -> bool:
+        return gpu_available()
+
+    def resolve_device(self, device: str) -> torch.device:
+        return resolve_device(device)
+
+    def build_engine(self, model_name: str, weights: str, window: int, stride: int, device: str,
+                     batch_size: int = 1, amp: Optional[str] = None, dtype: str = "float32",
+                     exact_float32: bool = True) -> Tuple[SlidingWindowInference, str]:
+        model = build_model(model_name)
+        how = load_weights(model, model_name, weights)
+        if dtype == "float64":
+            model = model.to(torch.float64)
+        if exact_float32 and resolve_device(device).type == "cuda" and amp is None:
+            # float32 means float32: cuDNN and cuBLAS would otherwise round convolution and
+            # matmul inputs to TF32 (10-bit mantissa) on Ampere and later GPUs.
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+        return SlidingWindowInference(model, window, stride, device, batch_size, amp), how
+
+    def build_deployed_engine(self, model_dir: str, window: Optional[int], stride: Optional[int],
+                              device: str, batch_size: int, backend: str,
+                              amp: str) -> Tuple[SlidingWindowInference, str]:
+        raise ValueError("--model-dir runs a Paddle export: use python -m paddle_impl.predict")
+
+    def new_confusion(self, engine: SlidingWindowInference, num_classes: int) -> torch.Tensor:
+        return torch.zeros([num_classes, num_classes], dtype=torch.int64, device=engine.device)
+
+    def confusion_matrix(self, classes: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+        return confusion_matrix(classes, target, num_classes)
+
+    def to_host(self, tensor: torch.Tensor) -> np.ndarray:
+        return tensor.cpu().numpy()
+
+    def classes_to_host(self, classes: torch.Tensor) -> np.ndarray:
+        return classes.to(torch.uint8).cpu().numpy()
+
+
+BACKEND = TorchBackend()
