@@ -195,7 +195,7 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
         if framework == "paddle-inference":
             from paddle_impl.export import export
             from paddle_impl.infer import create_predictor
-            from paddle_impl.predict import DeployedLayer
+            from paddle_impl.backend import DeployedLayer
 
             export_dir = os.path.join(os.path.dirname(spec["weights"]), f"paddle_{os.getpid()}")
             export(spec["model"], None, export_dir, model=model, check=False)

@@ -312,6 +312,26 @@ def test_engine_argument_checks(fw):
         list(engine.run(8, 8, lambda y0, x0, y1, x1: np.zeros((1, 1, 3), np.uint8), progress=False))
 
 
+def test_torch_cpu_engine_runs_channels_last_for_float32_and_bf16_close_to_float32():
+    """The fix behind ``--amp bf16`` on a CPU: oneDNN's bf16 convolutions are fast only in NHWC
+    (NCHW bf16 measured slower than float32), so float32 models run channels-last on the CPU by
+    default; float64 (alignment) keeps the official NCHW. bf16 then changes few classes."""
+    torch.manual_seed(0)
+    model = torch_ref.build_model("farseg")
+    randomise_batchnorm(model, seed=2)
+    image = make_scene(np.random.default_rng(3), 96, 96)[0]
+    fp32 = torch_inference.SlidingWindowInference(model, 64, 32)
+    assert fp32.channels_last and fp32.prepare(image[None, :64, :64]).is_contiguous(memory_format=torch.channels_last)
+    assert model.en.resnet.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    nchw = torch_inference.SlidingWindowInference(model, 64, 32, channels_last=False)
+    reference = nchw.predict_array(image)
+    assert (fp32.predict_array(image) == reference).mean() >= 0.999  # layout changes rounding only
+    bf16 = torch_inference.SlidingWindowInference(model, 64, 32, amp="bf16")
+    agreement = (bf16.predict_array(image) == reference).mean()
+    assert bf16.channels_last and 0.9 <= agreement  # random weights: 2.2% change (bf16_cost.json)
+    assert not torch_inference.SlidingWindowInference(model.double(), 64, 32).channels_last
+
+
 # ------------------------------------------------------------------- real model, evaluators
 
 

@@ -146,3 +146,69 @@ def test_paddle_onnx_export_runs_in_infer_and_predict(tmp_path: Path, torch_fars
     assert difference <= TOLERANCE and agreement >= 0.999
     with pytest.raises(infer.InferenceError, match="ONNX export"):
         infer.create_predictor(str(out), backend="onednn")
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """Two small synthetic val scenes with index labels (the evaluator's input layout)."""
+    from isaid.imageio import write_png_atomic
+    from isaid.synth import make_scene
+
+    root = tmp_path_factory.mktemp("scenes")
+    (root / "images").mkdir()
+    (root / "labels").mkdir()
+    for number, (height, width) in enumerate([(72, 90), (100, 64)]):
+        rgb, index = make_scene(np.random.default_rng(number), height, width)
+        write_png_atomic(root / "images" / f"P{number:04d}.png", rgb)
+        write_png_atomic(root / "labels" / f"P{number:04d}.png", index, index_palette=True)
+    return root
+
+
+def _evaluate(module, scenes: Path, source: list, json_path: Path, *extra: str) -> int:
+    return module.main(["--model", "farseg", *source, "--images", str(scenes / "images"), "--masks",
+                        str(scenes / "labels"), "--window", "64", "--stride", "48", "--device", "cpu",
+                        "--no-progress", "--json", str(json_path), *extra])
+
+
+def test_evaluate_and_predict_run_an_onnx_export_in_both_frameworks(torch_onnx: Path, torch_farseg, scenes: Path,
+                                                                    tmp_path: Path, capsys) -> None:
+    import json
+
+    import paddle_impl.evaluate as paddle_evaluate
+    import torch_ref.evaluate as torch_evaluate
+    import torch_ref.predict as torch_predict
+
+    _, weights = torch_farseg
+    assert _evaluate(torch_evaluate, scenes, ["--weights", str(weights)], tmp_path / "w.json") == 0
+    assert _evaluate(torch_evaluate, scenes, ["--model-dir", str(torch_onnx)], tmp_path / "t.json") == 0
+    assert _evaluate(paddle_evaluate, scenes, ["--model-dir", str(torch_onnx)], tmp_path / "p.json") == 0
+    reference = np.array(json.loads((tmp_path / "w.json").read_text())["confusion"])
+    for name in ("t.json", "p.json"):
+        result = json.loads((tmp_path / name).read_text())
+        confusion = np.array(result["confusion"])
+        assert confusion.sum() == reference.sum() == 72 * 90 + 100 * 64
+        # Same argmax up to float32 near-ties: per true class, the predicted counts move by a few pixels.
+        assert np.abs(confusion - reference).sum() <= 0.002 * reference.sum() * 2
+        assert "onnxruntime" in result["weights"]["loaded_as"]
+    # An export of the other model than --model: one line, exit 2.
+    assert torch_evaluate.main(["--model", "factseg", "--model-dir", str(torch_onnx), "--images",
+                                str(scenes / "images"), "--masks", str(scenes / "labels"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds farseg, not --model factseg" in err[0]
+    out = tmp_path / "classes.png"
+    assert torch_predict.main(["--model-dir", str(torch_onnx), "--image", str(scenes / "images" / "P0000.png"),
+                               "--out", str(out), "--window", "64", "--stride", "48", "--device", "cpu",
+                               "--no-progress"]) == 0
+    assert out.exists()
+
+
+def test_paddle_dynamic_graph_refuses_cpu_amp_in_one_line(torch_farseg, scenes: Path, tmp_path: Path,
+                                                          capsys) -> None:
+    """Paddle 3.3.1's auto_cast on the CPU silently stays float32: asking for it is an error."""
+    import paddle_impl.evaluate as paddle_evaluate
+
+    _, weights = torch_farseg
+    assert _evaluate(paddle_evaluate, scenes, ["--weights", str(weights)], tmp_path / "x.json", "--amp", "bf16") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no CPU mixed precision" in err[0] and "--model-dir" in err[0]
+    assert not (tmp_path / "x.json").exists()
