@@ -12,8 +12,14 @@ torch_ref's engine in three ways: float32 NCHW (the official layout), float32 ch
 noise floor) and bf16 autocast channels-last (``--amp bf16``). Reported per model: the share of
 pixels whose class differs from float32 NCHW, and the mIoU (16 classes, against the scenes'
 labels) of each. Models: random weights (torch's default initialisation, seed 0) and, with
-``--trained``, a briefly trained checkpoint (e.g. from ``python -m torch_ref.train`` with
-``init.imagenet=none`` on ``isaid.synth`` data; the JSON records the file and its hash).
+``--trained``, a briefly trained checkpoint (the JSON records the file and its hash). The one in
+``benchmarks/results/bf16_cost.json`` came from (200 iterations from random initialisation)::
+
+    python -m isaid.synth W/src --train 6 --val 2 --size 1024 --seed 0 --no-zip
+    python -m isaid.prepare W/src W/data --window 128 --stride 96 --no-progress
+    python -m torch_ref.train --config configs/farseg_isaid.yaml --set init.imagenet=none \
+        train.iterations=200 train.batch_size=4 data.root=W/data data.window=128 train.out_dir=W/run \
+        train.amp=none train.device=cpu train.num_workers=0 train.log_backend=none
 """
 from __future__ import annotations
 

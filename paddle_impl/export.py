@@ -1,9 +1,16 @@
-"""Export FarSeg / FactSeg for Paddle Inference (``paddle.jit.save``, Paddle 3 PIR format).
+"""Export FarSeg / FactSeg for Paddle Inference (``paddle.jit.save``, Paddle 3 PIR format) or ONNX.
 
 Usage::
 
     python -m paddle_impl.export --model farseg --weights farseg50.pdparams --out deploy/farseg
-        [--size H W] [--no-check]
+        [--size H W] [--no-check] [--format paddle|onnx]
+
+``--format onnx`` converts the saved program with paddle2onnx 2.1.0 (the ``.[onnx]`` extra) into
+``DIR/model.onnx`` and checks it with onnxruntime instead. paddle2onnx 2.1.0 cannot read Paddle
+3.3.1's programs as written: its PIR parser requires float elements in the interpolations'
+``scale`` attribute, which Paddle writes (and its own loader requires) as doubles ("the 0th
+elementwise MUST be ir::FloatAttribute"); the converter is given a copy with those exact values
+(2.0, 4.0) retyped (:func:`scale_attributes_as_float32`).
 
 Writes ``DIR/model.json`` (the PIR program) + ``DIR/model.pdiparams`` (the weights) and a small
 ``DIR/model.yml`` that says how to feed the program: model, classes (iSAID names and colours),

@@ -581,14 +581,17 @@ def test_torch_predict_bad_input_and_bad_options(weights, tmp_path: Path, capsys
 
 
 @pytest.mark.parametrize("module,options", [
-    ("paddle_impl.export", ["--model", "--weights", "--out", "--size", "--window", "--stride", "--check",
-                            "--tolerance", "--rounding-tolerance"]),
+    ("paddle_impl.export", ["--model", "--weights", "--out", "--format", "--size", "--window", "--stride",
+                            "--check", "--tolerance", "--rounding-tolerance"]),
+    ("torch_ref.export", ["--model", "--weights", "--out", "--format", "--size", "--opset", "--window", "--stride",
+                          "--check", "--tolerance"]),
     ("paddle_impl.infer", ["--model-dir", "--image", "--out", "--color", "--device", "--backend", "--threads"]),
     ("paddle_impl.predict", ["--weights", "--model-dir", "--model", "--image", "--out", "--window", "--stride",
                              "--batch-size", "--device", "--amp", "--backend", "--color", "--color-max-side",
                              "--progress"]),
-    ("torch_ref.predict", ["--weights", "--model", "--image", "--out", "--window", "--stride", "--batch-size",
-                           "--device", "--amp", "--color", "--color-max-side", "--progress"]),
+    ("torch_ref.predict", ["--weights", "--model-dir", "--model", "--image", "--out", "--window", "--stride",
+                           "--batch-size", "--device", "--amp", "--backend", "--color", "--color-max-side",
+                           "--progress"]),
 ])
 def test_every_option_is_documented(module: str, options: List[str], capsys) -> None:
     import importlib

@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"largest allowed max |difference| of the probabilities (default"
                              f" {DEFAULT_TOLERANCE:g}; measured 3.3e-5 to 3.6e-5 on random weights,"
                              f" from onnxruntime's BatchNorm folding); the argmax must also agree on"
-                             f" {MIN_AGREEMENT:.1%} of the pixels")
+                             f" {MIN_AGREEMENT * 100:g}%% of the pixels")
     return parser
 
 
