@@ -1,9 +1,17 @@
 """The application shell of both frameworks' commands: what ``python -m torch_ref.<cmd>`` and
-``python -m paddle_impl.<cmd>`` share beyond the model (training configuration and command line,
-the evaluate runner, the large-scene predictor and its raster input/output, shared argparse pieces).
+``python -m paddle_impl.<cmd>`` share beyond the model, written once.
 
-Framework-free (numpy, PIL, PyYAML, rasterio on demand): each framework's ``train.py``,
-``evaluate.py``, ``predict.py``, ``export.py`` and ``infer.py`` import from here. The dataset
-facts these commands rely on (palette, windows, metrics, image IO) are in :mod:`isaid`, which
-imports nothing from this package.
+- :mod:`app.config`, :mod:`app.training`: the training recipe (YAML + overrides) and the
+  trainers' command line, checkpoint folder and metrics file;
+- :mod:`app.evaluation`: the evaluate command (inputs, scene loop, report, JSON, expectation);
+- :mod:`app.predict`: the predict command (options, band loop, summary), over
+  :mod:`app.raster` (GeoTIFF / PNG input and output by row bands) and :mod:`app.preview`
+  (colour rendering with a class legend);
+- :mod:`app.cli`: argparse pieces shared by every command;
+- :mod:`app.backend`: the protocol each framework's ``backend.BACKEND`` implements, through
+  which the commands build, load and run a model without importing a framework.
+
+Framework-free (numpy, PIL, PyYAML, tqdm; rasterio on demand). The dataset facts these
+commands rely on are in :mod:`isaid`, the checkpoint facts in :mod:`weights` and
+:mod:`convert`; none of them imports this package (docs/architecture.md).
 """

@@ -3,6 +3,7 @@ one-line errors with exit status 2, and the option types they have in common."""
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -32,3 +33,12 @@ def non_negative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
     return value
+
+
+def auto_device(requested: str, gpu_name: str, gpu_available: Callable[[], bool]) -> str:
+    """The device a command runs on for ``--device requested``: ``auto`` is ``gpu_name`` when
+    the framework sees a GPU, else ``cpu``; any other value is kept (``python -m align.env``
+    reports what ``auto`` resolves to through this function)."""
+    if requested != "auto":
+        return requested
+    return gpu_name if gpu_available() else "cpu"

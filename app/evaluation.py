@@ -41,7 +41,7 @@ from isaid.windows import num_windows
 from weights import MODEL_NAMES, OFFICIAL_MIOU, SEED_REPRODUCTION_MIOU
 
 from .backend import Backend, Engine
-from .cli import OneLineArgumentParser, non_negative_float, positive_int
+from .cli import OneLineArgumentParser, auto_device, non_negative_float, positive_int
 from .exported import read_deploy_config
 from .predict import AMP_HELP, BACKEND_HELP, MODEL_DIR_HELP
 
@@ -510,7 +510,7 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
     except InputError as error:
         print_errors(error.lines)
         return 2
-    device = args.device if args.device != "auto" else (backend.gpu_name if backend.gpu_available() else "cpu")
+    device = auto_device(args.device, backend.gpu_name, backend.gpu_available)
     try:
         backend.resolve_device(device)
     except ValueError as error:

@@ -21,7 +21,7 @@ from convert import CheckpointError, detect_architecture
 from isaid.palette import CLASS_NAMES
 
 from .backend import Backend, Engine, ReadWindow
-from .cli import OneLineArgumentParser, positive_int
+from .cli import OneLineArgumentParser, auto_device, positive_int
 from .preview import DEFAULT_PREVIEW_SIDE, ColourPreview
 from .raster import (OUTPUT_EXTENSIONS, GeoTiffClassMapWriter, RasterError, RasterReader, create_class_map_writer,
                      open_raster)
@@ -229,8 +229,7 @@ def run_predictor(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
                                 model_dir=backend.supports_model_dir,
                                 deploy_backends=backend.deploy_backends).parse_args(argv)
     problems = check_predict_args(args)
-    if args.device == "auto":
-        args.device = backend.gpu_name if backend.gpu_available() else "cpu"
+    args.device = auto_device(args.device, backend.gpu_name, backend.gpu_available)
     for problem in problems:
         print_error(prog, problem)
     if problems:

@@ -118,16 +118,15 @@ def step_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
         versions = {"paddle": paddle.__version__}
         cpu_threads = paddle.get_flags(["FLAGS_paddle_num_threads"])["FLAGS_paddle_num_threads"]
     net, model, optimizer, scheduler, scaler = trainer.build_training(config, runtime, None)
-    step = trainer.TrainStep(model, net, optimizer, scheduler, scaler, config["train"]["amp"],
-                             config["train"]["clip_norm"], runtime.device)
+    step = trainer.TrainStep(model, net, optimizer, scheduler, scaler, config["train"], runtime.device)
     losses: List[float] = []
     for _ in range(spec["warmup"]):
-        losses.append(float(step(*prepare()).item()))
+        losses.append(float(step(*prepare()).loss.item()))
     synchronize()
     start = time.perf_counter()
     last = None
     for _ in range(spec["iters"]):
-        last = step(*prepare())
+        last = step(*prepare()).loss
     synchronize()
     seconds = time.perf_counter() - start
     losses.append(float(last.item()))

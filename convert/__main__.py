@@ -11,8 +11,14 @@ PaddlePaddle (paddle_impl), or turn torchvision's ImageNet ResNet-50 into encode
 
 Input: the official training wrapper {"model": ..., "opt": ..., "global_step": ...} or a bare
 state dict, with or without the DDP "module." prefix; torchvision's resnet50-19c8e357.pth;
-a Paddle .pdparams. Files are loaded without executing code and written without importing
-torch or Paddle (restricted unpicklers that build numpy arrays; .pth in torch's zip format).
+a Paddle .pdparams. The published Paddle reproductions' files are recognised from their keys
+and renamed to the official layout by named rule tables (the summary line names the layout
+and what was dropped or filled): PaddleSeg FarSeg (ucsk/FarSeg), PaddleRS FarSeg, the
+PaddleRS-named FactSeg of FactSeg_paddle, the official layout in a .pdparams with torch
+BatchNorm names or num_batches_tracked, and the ImageNet ResNet-50 of X2Paddle (ucsk/FarSeg's
+resnet50_pth.pdparams) or with paddle.vision's names. Files are loaded without executing
+code and written without importing torch or Paddle (restricted unpicklers that build numpy
+arrays; .pth in torch's zip format).
 Every key and shape is checked against the official layout first: on any mismatch the
 missing / unexpected / wrong-shape keys are listed, the exit status is 2 and nothing is
 written. Output is written atomically (temp file, fsync, rename).
@@ -24,6 +30,10 @@ examples:
   python -m convert farseg50.pdparams                 # -> farseg50.pth (bare state dict)
   python -m convert resnet50-19c8e357.pth --target factseg
                                    # -> resnet50-19c8e357_factseg_encoder.pdparams
+  python -m convert farseg_r50_896x896_asf_amp_60k.pdparams --to paddle
+                                   # PaddleSeg FarSeg -> official Paddle layout (.converted.pdparams)
+  python -m convert resnet50_pth.pdparams --model resnet50 --target farseg
+                                   # X2Paddle's ImageNet ResNet-50 -> resnet50_pth_farseg_encoder.pth
 exit status: 0 converted, 2 bad input or arguments (one "error: <path>: ..." line on stderr,
 followed by the key report for a layout mismatch).
 """
@@ -44,10 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "Never the input itself; an existing OUT is replaced atomically")
     parser.add_argument("--model", choices=("auto", "farseg", "factseg", "resnet50"), default="auto",
                         help="what IN holds (default auto: detected from the keys; resnet50 = "
-                             "torchvision's ImageNet ResNet-50)")
+                             "an ImageNet ResNet-50: torchvision's .pth, X2Paddle's conversion or "
+                             "paddle.vision's names in a .pdparams)")
     parser.add_argument("--to", choices=("paddle", "torch"), default=None,
                         help="output format (default: the other framework: a PyTorch file becomes "
-                             ".pdparams, a .pdparams becomes .pth). torch -> torch strips the "
+                             ".pdparams, a .pdparams becomes .pth; a Paddle port's file gives the "
+                             "official layout in either). torch -> torch strips the "
                              "wrapper/prefix after validation; for ImageNet input it gives "
                              "official-layout encoder keys with num_batches_tracked = 0")
     parser.add_argument("--target", choices=("farseg", "factseg"), default=None,

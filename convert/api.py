@@ -13,6 +13,7 @@ import numpy as np
 from weights import ENCODER_PREFIX, MODEL_NAMES
 
 from .errors import CheckpointError
+from .foreign import RecognisedCheckpoint
 from .rules import (DETECTABLE, FRAMEWORKS, IMAGENET_HEAD, detect_model, expected_layout,
                     imagenet_resnet50_to, model_rules, paddle_to_torch, torch_to_paddle, validate)
 from .safe_load import read_checkpoint, torch_import_seconds
@@ -92,14 +93,17 @@ def run_conversion(in_path: PathLike, out_path: Optional[PathLike] = None, model
     if target is not None and target not in MODEL_NAMES:
         raise ValueError(f"unknown target {target!r}: expected one of {', '.join(MODEL_NAMES)}")
 
-    loaded = read_checkpoint(in_path)
+    loaded = read_checkpoint(in_path)  # a port's layout comes back renamed (convert.foreign)
     state, source = loaded.state, loaded.framework
     # The input's own format decides the default direction (content, not extension).
-    to = to or ("paddle" if source == "torch" else "torch")
+    recognised = loaded if isinstance(loaded, RecognisedCheckpoint) else None
+    file_framework = recognised.file_framework if recognised else source
+    to = to or ("paddle" if file_framework == "torch" else "torch")
     try:
         name = detect_model(state) if model == "auto" else model
         if name == "resnet50" and source != "torch":
-            raise CheckpointError("ImageNet resnet50 weights are read from torchvision's .pth files only")
+            raise CheckpointError("ImageNet resnet50 weights are read from torchvision's .pth or a known Paddle "
+                                  "ResNet-50 layout (X2Paddle's, paddle.vision's names)")
         notes: List[str] = []
         if name != "resnet50" and target is not None:
             notes.append(f"target {target} ignored (only used for ImageNet resnet50 input)")
@@ -127,7 +131,7 @@ def run_conversion(in_path: PathLike, out_path: Optional[PathLike] = None, model
             validate(state, name, source)
             order = expected_layout(name, source)[0]
             out_state = OrderedDict((k, state[k]) for k in order)
-            notes.append("validated, wrapper/prefix removed")
+            notes.append("official layout" if recognised else "validated, wrapper/prefix removed")
     except CheckpointError as exc:
         hint = ""
         if model != "auto":
@@ -152,7 +156,7 @@ def run_conversion(in_path: PathLike, out_path: Optional[PathLike] = None, model
         raise CheckpointError(f"cannot write: {exc.strerror or exc}", path=out) from None
     return ConversionResult(in_path=in_path, out_path=out, model=name, source=source, to=to,
                             input_description=loaded.describe() + "".join(f", {n}" for n in loaded.notes),
-                            n_in=len(state), n_out=len(out_state), notes=notes,
+                            n_in=recognised.n_file if recognised else len(state), n_out=len(out_state), notes=notes,
                             seconds=time.perf_counter() - start,
                             import_seconds=torch_import_seconds() - imports_before)
 

@@ -302,7 +302,11 @@ def _strip_prefix(state: "OrderedDict[str, np.ndarray]", prefix: str = "module."
 
 
 def read_checkpoint(path: PathLike) -> LoadedCheckpoint:
-    """Read any supported checkpoint safely; see the module docstring. Raises CheckpointError."""
+    """Read any supported checkpoint safely; see the module docstring. Raises CheckpointError.
+
+    A Paddle file in a known port's layout (``convert.foreign``) comes back renamed to the
+    official layout, as a ``RecognisedCheckpoint`` saying what was dropped or filled.
+    """
     p = Path(path)
     fmt = sniff_format(p)
     notes: List[str] = []
@@ -326,7 +330,11 @@ def read_checkpoint(path: PathLike) -> LoadedCheckpoint:
         if arr.dtype.hasobject:
             raise CheckpointError(f"array {key!r} holds Python objects, not numbers", path=p)
     state, prefix = _strip_prefix(state)
-    return LoadedCheckpoint(p, state, framework, container, prefix, notes)
+    # The published Paddle ports' layouts, renamed to the official one (convert/foreign.py);
+    # imported here because foreign.py builds on the rules, which import this module.
+    from .foreign import recognise
+
+    return recognise(LoadedCheckpoint(p, state, framework, container, prefix, notes))
 
 
 def load_state_dict_file(path: PathLike) -> "OrderedDict[str, np.ndarray]":

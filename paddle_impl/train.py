@@ -30,7 +30,7 @@ import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 if __package__ in (None, ""):
     # Started as a script path (launchers that cannot run "-m"): import from the repository
@@ -166,6 +166,34 @@ def load_imagenet(net: nn.Layer, path: str, model_name: str) -> int:
 # ------------------------------------------------------------------------------ model, step
 
 
+def build_optimizer(model: nn.Layer, recipe: Mapping[str, Any]) -> Tuple[paddle.optimizer.Momentum, Any]:
+    """(optimizer, scheduler) of ``recipe`` (the ``train`` section of configs/*.yaml) for ``model``.
+
+    Momentum SGD with L2 weight decay on every trainable parameter, clipping by the GLOBAL norm
+    of all gradients (``ClipGradByGlobalNorm`` is torch's ``clip_grad_norm_``;
+    ``ClipGradByNorm`` would clip each tensor alone), and the poly learning rate
+    ``lr * (1 - k / iterations) ** poly_power`` stepped once per iteration.
+    """
+    scheduler = paddle.optimizer.lr.PolynomialDecay(
+        learning_rate=recipe["lr"], decay_steps=recipe["iterations"], end_lr=0.0,
+        power=recipe["poly_power"])
+    # BatchNorm's running statistics are parameters with stop_gradient=True in Paddle.
+    params = [p for p in model.parameters() if not p.stop_gradient]
+    clip = nn.ClipGradByGlobalNorm(recipe["clip_norm"]) if recipe["clip_norm"] > 0 else None
+    optimizer = paddle.optimizer.Momentum(learning_rate=scheduler, momentum=recipe["momentum"],
+                                          parameters=params, weight_decay=recipe["weight_decay"],
+                                          grad_clip=clip)
+    return optimizer, scheduler
+
+
+def build_scaler(recipe: Mapping[str, Any], device: str) -> paddle.amp.GradScaler:
+    """The loss scaler of ``recipe``: dynamic scaling for fp16 (apex O1's defaults), else off."""
+    del device  # Paddle's scaler follows the current device; kept to mirror torch_ref
+    return paddle.amp.GradScaler(enable=recipe["amp"] == "fp16", init_loss_scaling=2.0 ** 16,
+                                 incr_ratio=2.0, decr_ratio=0.5, incr_every_n_steps=2000,
+                                 decr_every_n_nan_or_inf=1)
+
+
 def build_training(config: Config, runtime: Runtime, imagenet: Optional[str]):
     """(net, train_model, optimizer, scheduler, scaler) for ``config`` on ``runtime``.
 
@@ -188,50 +216,64 @@ def build_training(config: Config, runtime: Runtime, imagenet: Optional[str]):
     if runtime.world_size > 1:
         # Buffers are not broadcast each step, as with apex's DDP in the official run.
         train_model = DataParallel(net)
-    scheduler = paddle.optimizer.lr.PolynomialDecay(
-        learning_rate=train["lr"], decay_steps=train["iterations"], end_lr=0.0,
-        power=train["poly_power"])
-    # ClipGradByGlobalNorm is torch's clip_grad_norm_ (ClipGradByNorm clips each tensor alone).
-    optimizer = paddle.optimizer.Momentum(
-        learning_rate=scheduler, momentum=train["momentum"], parameters=net.parameters(),
-        weight_decay=train["weight_decay"],
-        grad_clip=nn.ClipGradByGlobalNorm(train["clip_norm"]) if train["clip_norm"] > 0 else None)
-    scaler = paddle.amp.GradScaler(enable=train["amp"] == "fp16",
-                                   init_loss_scaling=2.0 ** 16, incr_ratio=2.0, decr_ratio=0.5,
-                                   incr_every_n_steps=2000, decr_every_n_nan_or_inf=1)
-    return net, train_model, optimizer, scheduler, scaler
+    optimizer, scheduler = build_optimizer(net, train)
+    return net, train_model, optimizer, scheduler, build_scaler(train, runtime.device)
+
+
+@dataclass
+class StepResult:
+    """What one training iteration reports (tensors stay on the device: no synchronisation)."""
+
+    loss: paddle.Tensor  # the summed training loss (detached)
+    lr: float  # the learning rate this iteration's update used
+    grad_norm: paddle.Tensor  # global L2 norm of the unscaled gradients, before clipping
 
 
 class TrainStep:
-    """One optimisation step: forward under autocast, (scaled) backward, clipping by the
-    global norm of the unscaled gradients, SGD step, learning-rate step."""
+    """One training iteration of ``recipe``: forward under autocast, (scaled) backward,
+    unscaling, clipping by the global norm, SGD step, loss-scaler update, zeroing the
+    gradients, learning-rate step.
+
+    ``step(images, labels)`` runs it whole; :meth:`compute_gradients` and
+    :meth:`apply_gradients` are its two halves, for callers that inspect the gradients in
+    between (``align.backward``).
+    """
 
     def __init__(self, train_model: nn.Layer, net: nn.Layer, optimizer, scheduler, scaler,
-                 amp: str, clip_norm: float, device: str) -> None:
+                 recipe: Mapping[str, Any], device: str) -> None:
         self.train_model, self.net = train_model, net
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
-        self.amp, self.clip_norm, self.device = amp, clip_norm, device
+        self.amp, self.clip_norm, self.device = recipe["amp"], float(recipe["clip_norm"]), device
         # The dtype of a disabled auto_cast is never used.
-        self.amp_dtype = "float16" if amp == "fp16" else "bfloat16"
+        self.amp_dtype = "float16" if self.amp == "fp16" else "bfloat16"
         self.train_model.train()
 
-    def __call__(self, images: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
-        """Train on one batch; returns the loss (detached, on the device)."""
+    def __call__(self, images: paddle.Tensor, labels: paddle.Tensor) -> StepResult:
+        """Train on one batch."""
+        result = self.compute_gradients(images, labels)
+        self.apply_gradients(result.grad_norm)
+        return result
+
+    def compute_gradients(self, images: paddle.Tensor, labels: paddle.Tensor) -> StepResult:
+        """Forward, scaled backward and unscaling: ``.grad`` holds the true gradients."""
+        lr = float(self.optimizer.get_lr())
         with paddle.amp.auto_cast(enable=self.amp != "none", dtype=self.amp_dtype, level="O1"):
             losses = self.train_model(images, {"cls": labels})
         loss = sum(losses.values())
         self.scaler.scale(loss).backward()
-        # GradScaler.step unscales the gradients, then the optimizer clips them by their
-        # global norm (its grad_clip) and steps.
+        self.scaler.unscale_(self.optimizer)  # a no-op unless fp16; step() will not repeat it
+        squares = [(p.grad * p.grad).sum() for p in self.net.parameters() if p.grad is not None]
+        return StepResult(loss.detach(), lr, paddle.sqrt(paddle.add_n(squares)))
+
+    def apply_gradients(self, grad_norm: paddle.Tensor) -> None:
+        """Step the optimizer, which clips by the global norm (its ``grad_clip``; ``grad_norm``
+        is recomputed there) and is skipped by the scaler on inf/NaN; zero the gradients,
+        step the lr."""
+        del grad_norm  # Paddle's grad_clip computes the norm itself
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.clear_grad(set_to_zero=False)
         self.scheduler.step()
-        return loss.detach()
-
-    def current_lr(self) -> float:
-        """The learning rate the next step uses."""
-        return float(self.scheduler.get_lr())
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -360,8 +402,7 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
     seed_everything(train_cfg["seed"])
     net, train_model, optimizer, scheduler, scaler = build_training(
         config, runtime, None if resume_path else imagenet)
-    step = TrainStep(train_model, net, optimizer, scheduler, scaler, train_cfg["amp"],
-                     train_cfg["clip_norm"], runtime.device)
+    step = TrainStep(train_model, net, optimizer, scheduler, scaler, train_cfg, runtime.device)
 
     start = 0
     if resume_path is not None:
@@ -388,8 +429,9 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
     window_start, window_time, started = start, time.perf_counter(), time.perf_counter()
     for iteration, batch in enumerate(loader, start):
         images, labels = to_device(batch, runtime.device)
-        lr = step.current_lr()
-        window_loss = window_loss + step(images, labels)
+        result = step(images, labels)
+        lr = result.lr
+        window_loss = window_loss + result.loss
         done = iteration + 1
         bar.update(1)
         if done % train_cfg["log_every"] == 0 or done == iterations:

@@ -55,6 +55,9 @@ FRAMEWORK_ALLOWED: Dict[str, Dict[str, str]] = {
 # then; the test does not require the cycle to still exist).
 KNOWN_CYCLES: FrozenSet[FrozenSet[str]] = frozenset({
     frozenset({"align.config", "align.fixtures"}),  # TODO(align helper): being removed in align/
+    # TODO(convert): safe_load.read_checkpoint -> foreign.recognise -> rules -> safe_load.import_torch
+    # (and foreign -> safe_load.LoadedCheckpoint); to cut once the reader rewrite of safe_load is in.
+    frozenset({"convert.foreign", "convert.rules", "convert.safe_load"}),
 })
 
 

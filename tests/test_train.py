@@ -518,10 +518,10 @@ def test_torch_amp_step_on_cpu(amp: str) -> None:
     seen = []
     net.en.resnet.conv1.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     before = net.cls_pred_conv.weight.detach().clone()
-    step = TrainStep(model, net, optimizer, scheduler, scaler, amp, 35.0, runtime.device)
+    step = TrainStep(model, net, optimizer, scheduler, scaler, config["train"], runtime.device)
     images = torch.randn(2, 3, 32, 32)  # CPU bf16/fp16 kernels are slow: smallest valid input
     labels = torch.randint(0, 16, (2, 32, 32))
-    loss = step(images, labels)
+    loss = step(images, labels).loss
     assert seen == [torch.bfloat16 if amp == "bf16" else torch.float16]
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p).all() for p in net.parameters())

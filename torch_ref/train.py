@@ -29,7 +29,7 @@ import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 if __package__ in (None, ""):
     # Started as a script path (launchers that cannot run "-m"): import from the repository
@@ -155,6 +155,28 @@ def load_imagenet(net: nn.Module, path: str, model_name: str) -> int:
 # ------------------------------------------------------------------------------ model, step
 
 
+def build_optimizer(model: nn.Module, recipe: Mapping[str, Any]) -> Tuple[torch.optim.SGD, Any]:
+    """(optimizer, scheduler) of ``recipe`` (the ``train`` section of configs/*.yaml) for ``model``.
+
+    SGD with momentum and L2 weight decay on every parameter, and the poly learning rate
+    ``lr * (1 - k / iterations) ** poly_power`` stepped once per iteration. Clipping by the
+    global norm (``clip_norm``) is done by :class:`TrainStep` (torch has no optimizer option).
+    """
+    params = list(model.parameters())
+    optimizer = torch.optim.SGD(params, lr=recipe["lr"], momentum=recipe["momentum"],
+                                weight_decay=recipe["weight_decay"],
+                                fused=True if params and params[0].is_cuda else None)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(
+        optimizer, total_iters=recipe["iterations"], power=recipe["poly_power"])
+    return optimizer, scheduler
+
+
+def build_scaler(recipe: Mapping[str, Any], device: torch.device) -> torch.amp.GradScaler:
+    """The loss scaler of ``recipe``: dynamic scaling for fp16 (apex O1's defaults), else off."""
+    return torch.amp.GradScaler(device.type, enabled=recipe["amp"] == "fp16", init_scale=2.0 ** 16,
+                                growth_factor=2.0, backoff_factor=0.5, growth_interval=2000)
+
+
 def build_training(config: Config, runtime: Runtime, imagenet: Optional[str]):
     """(net, train_model, optimizer, scheduler, scaler) for ``config`` on ``runtime``.
 
@@ -180,47 +202,64 @@ def build_training(config: Config, runtime: Runtime, imagenet: Optional[str]):
             broadcast_buffers=False)
     if train["compile"]:
         train_model = torch.compile(train_model)
-    optimizer = torch.optim.SGD(net.parameters(), lr=train["lr"], momentum=train["momentum"],
-                                weight_decay=train["weight_decay"], fused=runtime.on_gpu or None)
-    scheduler = torch.optim.lr_scheduler.PolynomialLR(
-        optimizer, total_iters=train["iterations"], power=train["poly_power"])
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=train["amp"] == "fp16",
-                                  init_scale=2.0 ** 16, growth_factor=2.0, backoff_factor=0.5,
-                                  growth_interval=2000)
-    return net, train_model, optimizer, scheduler, scaler
+    optimizer, scheduler = build_optimizer(net, train)
+    return net, train_model, optimizer, scheduler, build_scaler(train, runtime.device)
+
+
+@dataclass
+class StepResult:
+    """What one training iteration reports (tensors stay on the device: no synchronisation)."""
+
+    loss: torch.Tensor  # the summed training loss (detached)
+    lr: float  # the learning rate this iteration's update used
+    grad_norm: torch.Tensor  # global L2 norm of the unscaled gradients, before clipping
 
 
 class TrainStep:
-    """One optimisation step: forward under autocast, (scaled) backward, clipping by the
-    global norm of the unscaled gradients, SGD step, learning-rate step."""
+    """One training iteration of ``recipe``: forward under autocast, (scaled) backward,
+    unscaling, clipping by the global norm, SGD step, loss-scaler update, zeroing the
+    gradients, learning-rate step.
+
+    ``step(images, labels)`` runs it whole; :meth:`compute_gradients` and
+    :meth:`apply_gradients` are its two halves, for callers that inspect the gradients in
+    between (``align.backward``).
+    """
 
     def __init__(self, train_model: nn.Module, net: nn.Module, optimizer, scheduler, scaler,
-                 amp: str, clip_norm: float, device: torch.device) -> None:
+                 recipe: Mapping[str, Any], device: torch.device) -> None:
         self.train_model, self.net = train_model, net
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
-        self.amp, self.clip_norm, self.device = amp, clip_norm, device
+        self.amp, self.clip_norm, self.device = recipe["amp"], float(recipe["clip_norm"]), device
         # The dtype of a disabled autocast is never used; bfloat16 keeps torch from warning.
-        self.amp_dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+        self.amp_dtype = torch.float16 if self.amp == "fp16" else torch.bfloat16
         self.train_model.train()
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Train on one batch; returns the loss (detached, on the device)."""
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
+        """Train on one batch."""
+        result = self.compute_gradients(images, labels)
+        self.apply_gradients(result.grad_norm)
+        return result
+
+    def compute_gradients(self, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
+        """Forward, scaled backward and unscaling: ``.grad`` holds the true gradients."""
+        lr = float(self.optimizer.param_groups[0]["lr"])
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp != "none"):
             losses = self.train_model(images, {"cls": labels})
         loss = sum(losses.values())
         self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # a no-op unless fp16
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        return StepResult(loss.detach(), lr, torch.nn.utils.get_total_norm(grads))
+
+    def apply_gradients(self, grad_norm: torch.Tensor) -> None:
+        """Clip by the global norm ``grad_norm`` (from :meth:`compute_gradients`), step the
+        optimizer (skipped by the scaler on inf/NaN), zero the gradients, step the lr."""
         if self.clip_norm > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.clip_norm)
+            torch.nn.utils.clip_grads_with_norm_(self.net.parameters(), self.clip_norm, grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        return loss.detach()
-
-    def current_lr(self) -> float:
-        """The learning rate the next step uses."""
-        return float(self.scheduler.get_last_lr()[0])
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -342,8 +381,7 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
     seed_everything(train_cfg["seed"])
     net, train_model, optimizer, scheduler, scaler = build_training(
         config, runtime, None if resume_path else imagenet)
-    step = TrainStep(train_model, net, optimizer, scheduler, scaler, train_cfg["amp"],
-                     train_cfg["clip_norm"], runtime.device)
+    step = TrainStep(train_model, net, optimizer, scheduler, scaler, train_cfg, runtime.device)
 
     start = 0
     if resume_path is not None:
@@ -371,8 +409,9 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
     window_start, window_time, started = start, time.perf_counter(), time.perf_counter()
     for iteration, batch in enumerate(loader, start):
         images, labels = to_device(batch, runtime.device, train_cfg["channels_last"])
-        lr = step.current_lr()
-        window_loss = window_loss + step(images, labels)
+        result = step(images, labels)
+        lr = result.lr
+        window_loss = window_loss + result.loss
         done = iteration + 1
         bar.update(1)
         if done % train_cfg["log_every"] == 0 or done == iterations:
