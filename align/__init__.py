@@ -5,7 +5,7 @@ Stages, each callable from Python with an ``AlignConfig`` and returning a ``Stag
 
 - ``align.forward.run``: eval probabilities and logits, training-mode logits;
 - ``align.loss.run``: the training losses and their gradients on identical logits;
-- ``align.backward.run``: a few optimiser steps of the official recipe;
+- ``align.backward.run``: k iterations of the trainers' own ``TrainStep`` (configs/*.yaml recipe);
 - ``align.metric.run``: confusion matrix and mIoU.
 
 Command line: ``python -m align`` (all stages, both models) and ``python -m align.forward``,
@@ -20,7 +20,6 @@ Example::
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, List, Optional, Sequence
 
 from .compare import DEFAULT_TOLERANCES, Row, StageResult, Tolerance
@@ -34,12 +33,14 @@ def run_stage(stage: str, config: AlignConfig, fixture: Optional[Any] = None) ->
     """Run one stage ("forward", "loss", "backward" or "metric") for ``config``."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}: expected one of {', '.join(STAGES)}")
-    return importlib.import_module(f"align.{stage}").run(config, fixture)
+    from .cli import stage_runner
+
+    return stage_runner(stage)(config, fixture)
 
 
 def run_all(config: AlignConfig, stages: Sequence[str] = STAGES) -> List[StageResult]:
     """Run ``stages`` in order for ``config.model`` on one shared fixture."""
     from .fixtures import get_fixture
 
-    fixture = get_fixture(config.validate())
+    fixture = get_fixture(config)
     return [run_stage(stage, config, fixture) for stage in stages]

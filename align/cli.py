@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -15,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from weights import MODEL_NAMES
 
 from .compare import DEFAULT_TOLERANCES, StageResult, Tolerance, format_report
-from .config import DTYPES, STAGES, AlignConfig, AlignInputError
+from .config import AGAINST, DTYPES, STAGES, AlignConfig, AlignInputError
 
 EPILOG = """\
 relative error: max|torch - paddle| / max|torch| per compared value (gradients: with a floor at
@@ -52,17 +51,10 @@ def _tolerance_override(text: str) -> Tuple[str, Tolerance]:
 def build_parser(stage: Optional[str]) -> argparse.ArgumentParser:
     """The parser of ``python -m align`` (stage None) or ``python -m align.<stage>``."""
     prog = "python -m align" + (f".{stage}" if stage else "")
-    what = {
-        None: "Run the alignment stages (forward, loss, backward, metric) of torch_ref against "
-              "paddle_impl.",
-        "forward": "Forward stage: eval probabilities, pre-softmax logits and training-mode logits "
-                   "of torch_ref vs paddle_impl; names the first divergent layer on a failure.",
-        "loss": "Loss stage: FarSeg's annealing loss at steps 1/5000/30000 (+ its identities) or "
-                "FactSeg's joint loss, values and gradients w.r.t. the logits, on identical logits.",
-        "backward": "Backward stage: a few optimiser steps of the official recipe (SGD momentum, "
-                    "weight decay, poly lr, global-norm clip) in each framework from identical weights.",
-        "metric": "Metric stage: confusion matrix and mIoU from each framework's on-device counting.",
-    }[stage]
+    # A stage's description is the first paragraph of its module's docstring (stage modules
+    # import torch and Paddle only when they run: --help stays instant).
+    what = (f"Run the alignment stages ({', '.join(STAGES)}) of torch_ref against paddle_impl."
+            if stage is None else (importlib.import_module(f"align.{stage}").__doc__ or "").split("\n\n")[0])
     p = OneLineParser(prog=prog, description=what, epilog=EPILOG,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=MODEL_NAMES + ("all",), default="all",
@@ -93,9 +85,16 @@ def build_parser(stage: Optional[str]) -> argparse.ArgumentParser:
     p.add_argument("--tol", action="append", type=_tolerance_override, default=[], metavar="KIND=RTOL[:MEAN_ATOL]",
                    help=f"bound for one kind of value, repeatable; kinds: {', '.join(TOLERANCE_KINDS)}")
     if stage in (None, "backward"):
-        p.add_argument("--steps", type=int, default=3, help="backward: optimiser steps (default 3)")
-        p.add_argument("--clip", type=float, default=35.0, dest="clip_norm",
-                       help="backward: global gradient-norm clip (default 35, the official value)")
+        p.add_argument("--steps", type=int, default=3,
+                       help="backward: iterations of the trainers' TrainStep (default 3)")
+        p.add_argument("--lr-scale", type=float,
+                       help="backward: multiply the recipe's learning rate (configs/<model>_isaid.yaml) by this "
+                            "(default: 0.01 in float64, where the later steps then stay sharp, 1 in float32; "
+                            "measured in align/compare.py)")
+        p.add_argument("--iterations", type=int,
+                       help="backward: length of the poly lr schedule (default: the recipe's 60000)")
+        p.add_argument("--clip", type=float, dest="clip_norm",
+                       help="backward: global gradient-norm clip (default: the recipe's 35, the official value)")
         p.add_argument("--loss-scale", type=float,
                        help="backward: multiply the loss by this (default 1: clipping already binds "
                             "on the default fixture; the report says whether it did)")
@@ -103,9 +102,9 @@ def build_parser(stage: Optional[str]) -> argparse.ArgumentParser:
                        help="backward: also log every final parameter in the reprod_log files "
                             "(~0.25 GB per side in float64)")
     if stage == "forward":
-        p.add_argument("--against", choices=("paddle_impl", "x2paddle"), default="paddle_impl",
+        p.add_argument("--against", choices=AGAINST, default="paddle_impl",
                        help="paddle_impl (default); x2paddle: also the X2Paddle third opinion "
-                            "(align.x2paddle_check; needs pip install -e .[x2paddle])")
+                            "(align.x2paddle; needs pip install -e .[x2paddle])")
     p.add_argument("--no-localise", dest="localise", action="store_false",
                    help="on a failure, do not re-run with hooks to find the first divergent layer")
     p.add_argument("-v", "--verbose", action="store_true", help="print the full report of every stage")
@@ -113,18 +112,19 @@ def build_parser(stage: Optional[str]) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace, model: str) -> AlignConfig:
-    """The AlignConfig of one model from parsed options (validated)."""
+    """The AlignConfig of one model from parsed options (validated when made)."""
     values = dict(model=model, dtype=args.dtype, batch=args.batch, size=args.size, seed=args.seed,
                   torch_ckpt=args.torch_ckpt, input=args.input, out=args.out, rtol=args.rtol,
                   atol=args.atol, tol=dict(args.tol), localise=args.localise)
-    for name in ("steps", "clip_norm", "loss_scale", "full_logs"):
+    for name in ("steps", "lr_scale", "iterations", "clip_norm", "loss_scale", "full_logs", "against"):
         if hasattr(args, name):
             values[name] = getattr(args, name)
-    return AlignConfig(**values).validate()
+    return AlignConfig(**values)
 
 
 def stage_runner(stage: str) -> Callable[..., StageResult]:
-    """``align.<stage>.run`` (imported on demand: ``--help`` stays instant)."""
+    """``align.<stage>.run(config, fixture, progress=...)``: every name in ``STAGES`` is a module
+    of this package with that ``run`` and a ``main`` (a new stage: its module + its name there)."""
     return importlib.import_module(f"align.{stage}").run
 
 
@@ -145,9 +145,11 @@ def summary_line(result: StageResult) -> str:
 
 
 def run_stages(stages: Sequence[str], models: Sequence[str], args: argparse.Namespace,
+               runners: Optional[Dict[str, Callable[..., StageResult]]] = None,
                progress: bool = True) -> List[StageResult]:
     """Run every (model, stage), printing a summary line per stage (the full report too when a
-    stage fails, with --verbose, or with --against x2paddle)."""
+    stage fails, with --verbose, or with --against x2paddle). ``runners`` maps stage names to
+    their ``run`` where the caller has it already (``python -m align.<stage>``)."""
     from tqdm import tqdm
 
     from .fixtures import get_fixture
@@ -163,16 +165,11 @@ def run_stages(stages: Sequence[str], models: Sequence[str], args: argparse.Name
             fixture = get_fixture(config)
             for stage in stages:
                 bar.set_postfix_str(f"{model}: {stage}")
-                runner = stage_runner(stage)
-                kwargs: Dict[str, object] = {}
-                if stage == "backward":
-                    kwargs["progress"] = progress
-                if stage == "forward":
-                    kwargs.update(against=getattr(args, "against", "paddle_impl"), progress=progress)
-                result = runner(config, fixture, **kwargs)
+                runner = (runners or {}).get(stage) or stage_runner(stage)
+                result = runner(config, fixture, progress=progress)
                 results.append(result)
                 tqdm.write(summary_line(result), file=sys.stdout)
-                if not result.passed or args.verbose or kwargs.get("against") == "x2paddle":
+                if not result.passed or args.verbose or config.against == "x2paddle":
                     tqdm.write(format_report(result) + "\n", file=sys.stdout)
                 bar.update(1)
     finally:
@@ -180,15 +177,19 @@ def run_stages(stages: Sequence[str], models: Sequence[str], args: argparse.Name
     return results
 
 
-def main_for(stage: Optional[str], argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m align`` (stage None) and ``python -m align.<stage>``."""
+def main_for(stage: Optional[str], argv: Optional[Sequence[str]] = None,
+             runner: Optional[Callable[..., StageResult]] = None) -> int:
+    """Entry point of ``python -m align`` (stage None) and ``python -m align.<stage>`` (which
+    passes its own ``run`` as ``runner``: the module running as ``__main__`` is not imported
+    a second time)."""
     parser = build_parser(stage)
     args = parser.parse_args(argv)
     if stage is None:
         stages = [s.strip() for s in args.stages.split(",") if s.strip()]
         unknown = [s for s in stages if s not in STAGES]
         if unknown or not stages:
-            parser.error(f"--stages: unknown stage {', '.join(unknown) or '(none)'}; expected some of {', '.join(STAGES)}")
+            parser.error(f"--stages: unknown stage {', '.join(unknown) or '(none)'}; "
+                         f"expected some of {', '.join(STAGES)}")
     else:
         stages = [stage]
     models = list(MODEL_NAMES) if args.model == "all" else [args.model]
@@ -196,10 +197,7 @@ def main_for(stage: Optional[str], argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.torch_ckpt and len(models) > 1:
             raise AlignInputError("--torch-ckpt needs a single --model (farseg or factseg)")
-        if getattr(args, "against", None) == "x2paddle" and importlib.util.find_spec("x2paddle") is None:
-            raise AlignInputError("--against x2paddle needs the optional X2Paddle extra: "
-                                  "pip install -e .[x2paddle]  (x2paddle==1.6.0, six, requests)")
-        results = run_stages(stages, models, args)
+        results = run_stages(stages, models, args, {stage: runner} if stage and runner else None)
     except AlignInputError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -210,12 +208,12 @@ def main_for(stage: Optional[str], argv: Optional[Sequence[str]] = None) -> int:
         print(f"align: {len(failed)} of {len(results)} stage runs FAILED ({names}) in {elapsed:.1f} s")
         for r in failed:
             if r.first_divergence:
-                print(f"  {r.model}/{r.stage}: first divergence: {r.first_divergence.get('summary', '')}")
+                print(f"  {r.model}/{r.stage}: first divergence: {r.first_divergence.summary}")
         return 1
     print(f"align: all {len(results)} stage runs passed in {elapsed:.1f} s")
     return 0
 
 
-def stage_main(stage: str, argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m align.<stage>``."""
-    return main_for(stage, argv)
+def stage_main(stage: str, argv: Optional[Sequence[str]], runner: Callable[..., StageResult]) -> int:
+    """``python -m align.<stage>``, whose module passes its own ``run``."""
+    return main_for(stage, argv, runner)

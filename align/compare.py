@@ -44,9 +44,11 @@ KINDS = (
     "grad",  # parameter gradients (and their global norm) of the first training step
     "param",  # parameters after the first optimiser step
     "running_stat",  # BatchNorm running mean / variance after the first training step
-    "drift",  # anything after step 2 and later: differences grow step by step (README)
+    "drift",  # step 2 and later: loss, gradients and their norm (differences grow step by step)
+    "param_drift",  # step 2 and later: parameters after the update
+    "stat_drift",  # step 2 and later: BatchNorm running statistics after the update
     "exact",  # metric stage: must be bit-identical
-    "x2paddle",  # forward --against x2paddle: rows of align.x2paddle_check (its own thresholds)
+    "x2paddle",  # forward --against x2paddle: rows of align.x2paddle (its own thresholds)
 )
 
 
@@ -64,27 +66,45 @@ class Tolerance:
         return text
 
 
-# Defaults, set from measurements (README "Measured alignment"; ``python
-# benchmarks/align_bench.py --sweep`` re-measures them): the worst value measured on this port,
-# both models, with a margin of 3-40x, except where the issue fixes them (float32 eval forward:
-# mean-abs 1e-5 and relative 1e-4; float64 forward and loss: 1e-9).
+# Defaults, set from measurements: the worst value measured on this port, both models, with a
+# margin of 3-40x, except where the issue fixes them (float32 eval forward: mean-abs 1e-5 and
+# relative 1e-4; float64 forward and loss: 1e-9). Forward/loss/metric: README "Measured
+# alignment" (``python benchmarks/align_bench.py``). Backward (k steps of the trainers'
+# TrainStep, 64x64, batch 2, seed 2333): ``python benchmarks/backward_sensitivity.py``
+# (benchmarks/results/backward_sensitivity.json), which also plants the trainer bugs of
+# tests/trainer_bugs.py and records the size of what each one moves.
+#
+# Why the backward stage runs float64 at 0.01 x the recipe's learning rate (DEFAULT_LR_SCALE):
+# at the official lr 0.007 the first clipped update moves the stem conv by ~10% of its weights,
+# and training-mode BatchNorm over few elements (n = 8 per channel in layer4) then amplifies
+# the step-1 differences (3e-10, mostly the clip's 1e-6/norm by design) ~300x per step:
+# parameters differ by 3e-5 and gradients by 1e-2 after step 3, so steps 2-3 could only catch
+# gross errors. At 0.01 x lr (clipping still binds: it depends on the gradient norm only) the
+# clean run stays at parameters 1.2e-10 / gradients 1.4e-7 after step 3 (2.1e-9 / 2.7e-6 after
+# step 5), while (FarSeg) momentum 0 moves step-2 parameters by 1.1e-3 (10^4 x param_drift),
+# poly power 1.0 and a scheduler stepped twice move the step-2 lr by 1.7e-6 and 1.5e-5 (lr
+# threshold 1e-12; parameters 2.6e-9 and 2.3e-8), gradients not cleared move step-2 gradients
+# by 0.10, weight decay x10 moves step-1 parameters by 6.3e-8 (60 x param) and a per-tensor
+# clip by 4.0e-4.
 #
 # float32 is not a precision check for training-mode values: with batch statistics over few
-# elements (n = 8 per channel at stride 32 for a 64x64 batch of 2), float32 rounding alone moves
-# deep-layer gradients by up to ~15% (torch against torch in float64 shows the same), and three
-# steps of the official recipe amplify any difference chaotically. float64 is the default.
+# elements, float32 rounding alone moves deep-layer gradients by up to ~15% (torch against torch
+# in float64 shows the same), and every later step amplifies it chaotically (gradients differ
+# by O(1) from step 2 at any lr). float64 is the default; float32 keeps the official lr.
 DEFAULT_TOLERANCES: Dict[str, Dict[str, Tolerance]] = {
     "float64": {
         "forward": Tolerance(1e-9),  # measured <= 4e-12
         "forward_train": Tolerance(1e-9),  # measured <= 1.5e-10
         "loss": Tolerance(1e-9),  # measured <= 8e-16 (loss stage), 7e-13 (through the model)
         "identity": Tolerance(1e-12),  # measured <= 8e-16
-        "lr": Tolerance(1e-12),  # measured <= 1.3e-16
+        "lr": Tolerance(1e-12),  # measured <= 1.9e-16
         "counter": Tolerance(0.0),
-        "grad": Tolerance(1e-8),  # measured <= 8.3e-10
-        "param": Tolerance(1e-8),  # measured <= 3.3e-10
-        "running_stat": Tolerance(1e-5),  # measured <= 2.7e-7 (Paddle's float32 BN momentum)
-        "drift": Tolerance(1e-3),  # measured <= 3.2e-5 after 3 steps
+        "grad": Tolerance(1e-8),  # measured <= 8.3e-10 (step 1)
+        "param": Tolerance(1e-9),  # measured <= 3.3e-12 at lr x0.01 (3.3e-10 at lr x1)
+        "running_stat": Tolerance(1e-5),  # measured <= 2.8e-7 (Paddle's float32 BN momentum)
+        "drift": Tolerance(1e-4),  # measured <= 1.4e-7 at step 3, 2.7e-6 at step 5 (lr x0.01)
+        "param_drift": Tolerance(1e-7),  # measured <= 1.2e-10 at step 3, 2.1e-9 at step 5 (lr x0.01)
+        "stat_drift": Tolerance(1e-5),  # measured <= 2.8e-7 to step 5 (Paddle's float32 BN momentum)
         "exact": Tolerance(0.0),
     },
     "float32": {
@@ -95,15 +115,21 @@ DEFAULT_TOLERANCES: Dict[str, Dict[str, Tolerance]] = {
         "lr": Tolerance(1e-12),
         "counter": Tolerance(0.0),
         "grad": Tolerance(0.5),  # measured <= 0.15 (deep layers; global norm <= 3e-3)
-        "param": Tolerance(3e-2),  # measured <= 3.0e-3
+        "param": Tolerance(3e-2),  # measured <= 3.1e-3
         "running_stat": Tolerance(5e-4),  # measured <= 5.0e-5
-        "drift": Tolerance(1.0),  # measured <= 0.45 after 3 steps: only gross errors show
+        "drift": Tolerance(5.0),  # measured <= 2.5 (gradients from step 2): only gross errors show
+        "param_drift": Tolerance(1.0),  # measured <= 0.38 at step 3, 0.74 at step 5
+        "stat_drift": Tolerance(1.0),  # measured <= 0.51 at step 3
         "exact": Tolerance(0.0),
     },
 }
 
+# The backward stage's learning-rate scale per dtype when ``AlignConfig.lr_scale`` is None (above).
+DEFAULT_LR_SCALE = {"float64": 0.01, "float32": 1.0}
+
 # Kinds whose tolerance --rtol/--atol may override (exact comparisons stay exact).
-OVERRIDABLE = ("forward", "forward_train", "loss", "identity", "grad", "param", "running_stat", "drift")
+OVERRIDABLE = ("forward", "forward_train", "loss", "identity", "grad", "param", "running_stat", "drift",
+               "param_drift", "stat_drift")
 
 # Fraction of the model's largest gradient below which a gradient counts as zero (see module doc).
 GRAD_FLOOR_FRACTION = {"float64": 1e-6, "float32": 1e-3}
@@ -218,6 +244,30 @@ def _join(a: str, b: str) -> str:
 
 
 @dataclass
+class Divergence:
+    """Where torch_ref and paddle_impl first disagree, in causal order."""
+
+    where: Optional[str]  # module, parameter or value name (None: outside every module)
+    summary: str  # one line for people
+    mode: Optional[str] = None  # forward: "eval" or "train"
+    value: Optional[str] = None  # the first failing row's name, where it differs from ``where``
+
+
+@dataclass
+class Localisation:
+    """The table around the first divergence (forward: module calls; backward: gradients)."""
+
+    first: Optional[str]  # the first divergent module or parameter (None: none diverges)
+    index: Optional[int]  # its position in execution order
+    lines: List[str]  # the table as text
+    rows: List[Dict[str, Any]]  # the table's rows (Row.to_json)
+    summary: str = ""
+    unpaired: List[str] = field(default_factory=list)  # paddle module calls torch never made
+    mode: Optional[str] = None  # forward: "eval" or "train"
+    step: Optional[int] = None  # backward: the training step
+
+
+@dataclass
 class StageResult:
     """What a stage returns: its rows, pass/fail, and where things first diverge."""
 
@@ -225,8 +275,8 @@ class StageResult:
     model: str
     dtype: str
     rows: List[Row] = field(default_factory=list)
-    first_divergence: Optional[Dict[str, Any]] = None  # {"where": ..., "what": ..., ...}
-    localisation: Optional[Dict[str, Any]] = None  # the table around the first divergence
+    first_divergence: Optional[Divergence] = None
+    localisation: Optional[Localisation] = None
     settings: Dict[str, Any] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -256,8 +306,8 @@ class StageResult:
             "num_failed": len(self.failed_rows()),
             "relative_error": "max|torch - paddle| / max(max|torch|, floor) per value",
             "settings": self.settings,
-            "first_divergence": self.first_divergence,
-            "localisation": self.localisation,
+            "first_divergence": None if self.first_divergence is None else asdict(self.first_divergence),
+            "localisation": None if self.localisation is None else asdict(self.localisation),
             "notes": self.notes,
             "seconds": round(self.seconds, 3),
             "rows": [r.to_json() for r in self.rows],
@@ -339,9 +389,9 @@ def format_report(result: StageResult, max_rows: int = 40) -> str:
             lines += ["", f"failed values ({len(failed_rows)}; first {min(len(failed_rows), max_rows)}):"]
             lines += format_rows(failed_rows[:max_rows])
     if result.first_divergence:
-        lines += ["", "first divergence: " + result.first_divergence.get("summary", "")]
+        lines += ["", "first divergence: " + result.first_divergence.summary]
     if result.localisation:
-        lines += ["", *result.localisation.get("lines", [])]
+        lines += ["", *result.localisation.lines]
     n_failed = len(result.failed_rows())
     lines += ["", f"RESULT: {'PASS' if result.passed else 'FAIL'} "
                   f"({len(rows) - n_failed}/{len(rows)} values within thresholds, {result.seconds:.1f} s)"]

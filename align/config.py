@@ -1,30 +1,32 @@
 """The settings of an alignment run, shared by every stage and by the command line."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from weights import MODEL_NAMES
 
-from .compare import DEFAULT_TOLERANCES, Tolerance, tolerances
+from .compare import DEFAULT_LR_SCALE, DEFAULT_TOLERANCES, Tolerance, tolerances
+from .inputs import SIZE_MULTIPLE, AlignInputError, load_input
 
+# The stages in their default order; ``align.<name>`` is each one's module (``run`` and ``main``).
 STAGES = ("forward", "loss", "backward", "metric")
 DTYPES = tuple(DEFAULT_TOLERANCES)  # ("float64", "float32")
-SIZE_MULTIPLE = 32  # output stride of the encoder: the models refuse anything else
+AGAINST = ("paddle_impl", "x2paddle")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 # FarSeg's annealing loss is checked at these steps (SPEC 3): inside the cosine ramp (1, 5000)
 # and after it (30000, pure focal weighting).
 FARSEG_LOSS_STEPS = (1, 5000, 30000)
 
-
-class AlignInputError(ValueError):
-    """Bad input (options, files): the CLI prints ``error: <message>`` and exits 2."""
+__all__ = ["AGAINST", "AlignConfig", "AlignInputError", "DTYPES", "FARSEG_LOSS_STEPS", "STAGES"]
 
 
 @dataclass
 class AlignConfig:
-    """One alignment run. Every stage takes one; the CLI builds one from its options.
+    """One alignment run. Every stage takes one; the CLI builds one from its options. It is
+    validated when made (``AlignInputError``, one line), so every holder has a valid one.
 
     float64 is the default dtype: it separates porting bugs (which change results by far more
     than 1e-9) from float32 rounding (1e-5..1e-2 on a deep random network, SPEC 9).
@@ -41,18 +43,20 @@ class AlignConfig:
     rtol: Optional[float] = None  # overrides the relative bound of every non-exact kind
     atol: Optional[float] = None  # overrides the mean-abs bound of every non-exact kind
     tol: Dict[str, Tolerance] = field(default_factory=dict)  # per-kind overrides
-    # backward stage: the official recipe (SPEC 5), run for a few steps.
+    against: str = "paddle_impl"  # forward: "x2paddle" adds the X2Paddle third opinion
+    # backward stage: the trainers' recipe from configs/<model>_isaid.yaml, run for a few steps,
+    # with these overrides (None: the recipe's value).
     steps: int = 3
-    base_lr: float = 0.007
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    max_iters: int = 60000
-    lr_power: float = 0.9
-    clip_norm: float = 35.0
+    lr_scale: Optional[float] = None  # None: DEFAULT_LR_SCALE of the dtype (align/compare.py)
+    iterations: Optional[int] = None  # the poly schedule's length
+    clip_norm: Optional[float] = None
     loss_scale: Optional[float] = None  # None: the per-model default that makes clipping bind
     loss_steps: Tuple[int, ...] = FARSEG_LOSS_STEPS
     localise: bool = True  # on a failure, find the first divergent layer / parameter
     full_logs: bool = False  # backward: log every final parameter (hundreds of MB in float64)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> "AlignConfig":
         """Raise AlignInputError (one line) for any bad setting; return self."""
@@ -60,6 +64,13 @@ class AlignConfig:
             raise AlignInputError(f"unknown model {self.model!r}: expected one of {', '.join(MODEL_NAMES)}")
         if self.dtype not in DTYPES:
             raise AlignInputError(f"unknown dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+        if self.against not in AGAINST:
+            raise AlignInputError(f"unknown --against {self.against!r}: expected one of {', '.join(AGAINST)}")
+        if self.against == "x2paddle":
+            from .x2paddle import INSTALL_MESSAGE, x2paddle_available
+
+            if not x2paddle_available():
+                raise AlignInputError(f"--against x2paddle: {INSTALL_MESSAGE}")
         if self.batch < 1:
             raise AlignInputError(f"--batch must be at least 1, got {self.batch}")
         if self.size < SIZE_MULTIPLE or self.size % SIZE_MULTIPLE:
@@ -71,16 +82,18 @@ class AlignConfig:
             value = getattr(self, name)
             if value is not None and not value >= 0:
                 raise AlignInputError(f"--{name} must be a non-negative number, got {value}")
-        if self.clip_norm <= 0:
+        if self.clip_norm is not None and not self.clip_norm > 0:
             raise AlignInputError(f"--clip must be positive, got {self.clip_norm}")
+        if self.lr_scale is not None and not self.lr_scale > 0:
+            raise AlignInputError(f"--lr-scale must be positive, got {self.lr_scale}")
+        if self.iterations is not None and self.iterations <= self.steps:
+            raise AlignInputError(f"--iterations must exceed --steps ({self.steps}), got {self.iterations}")
         if self.torch_ckpt is not None and not Path(self.torch_ckpt).is_file():
             what = "is a directory" if Path(self.torch_ckpt).is_dir() else "no such file"
             raise AlignInputError(f"{self.torch_ckpt}: {what} (--torch-ckpt)")
         if self.input is not None:
             if not Path(self.input).is_file():
                 raise AlignInputError(f"{self.input}: no such file (--input)")
-            from .fixtures import load_input  # numpy only: bad files fail before torch loads
-
             load_input(self.input)
         return self
 
@@ -88,19 +101,37 @@ class AlignConfig:
         """The tolerance of every kind of compared value for this run."""
         return tolerances(self.dtype, self.rtol, self.atol, self.tol)
 
+    def recipe(self) -> Dict[str, Any]:
+        """The training recipe the backward stage hands to both trainers: the ``train`` section
+        of configs/<model>_isaid.yaml, with mixed precision off (the run's dtype rules), the
+        learning rate times ``lr_scale`` and ``iterations`` / ``clip_norm`` when set."""
+        from app.config import load_config
+
+        recipe = dict(load_config(str(CONFIGS / f"{self.model}_isaid.yaml"))["train"])
+        recipe.update(amp="none", lr=recipe["lr"] * self.effective_lr_scale)
+        if self.iterations is not None:
+            recipe["iterations"] = self.iterations
+        if self.clip_norm is not None:
+            recipe["clip_norm"] = self.clip_norm
+        return recipe
+
+    @property
+    def effective_lr_scale(self) -> float:
+        """``lr_scale``, or the measured default of the dtype (``DEFAULT_LR_SCALE``)."""
+        return DEFAULT_LR_SCALE[self.dtype] if self.lr_scale is None else self.lr_scale
+
     def out_dir(self, stage: str) -> Optional[Path]:
         """Where ``stage`` writes its logs and reports (None: nowhere)."""
         return None if self.out is None else Path(self.out) / self.model / stage
 
     def describe(self) -> Dict[str, Any]:
         """The settings that shape the numbers, for reports."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("tol", "out", "localise", "full_logs")}
+        skip = ("tol", "out", "localise", "full_logs", "against")
+        out = {k: v for k, v in asdict(self).items() if k not in skip}
         out["loss_steps"] = list(self.loss_steps)
         return out
 
     def with_(self, **changes: Any) -> "AlignConfig":
-        """A copy with ``changes`` applied."""
-        values: Mapping[str, Any] = {**asdict(self), **changes}
-        values = dict(values)
-        values["tol"] = dict(changes.get("tol", self.tol))
-        return AlignConfig(**values)
+        """A validated copy with ``changes`` applied."""
+        changes.setdefault("tol", dict(self.tol))
+        return replace(self, **changes)

@@ -12,110 +12,76 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import Row, StageResult, Tolerance, compare_arrays, finish_stage
+from .compare import Divergence, Localisation, Row, StageResult, Tolerance, compare_arrays, finish_stage
 from .config import AlignConfig
-from .fixtures import LOGIT_MODULES, LOGIT_NAMES, Fixture, get_fixture, to_numpy, versions
-from .localize import capture_paddle, capture_torch, first_divergent_layer
+from .fixtures import Fixture, get_fixture, versions
+from .localize import capture, first_divergent_layer
+from .sides import SIDES, Side, outputs_of
 
 STAGE = "forward"
-# align.x2paddle_check's own defaults (float32): mean |d| <= 1e-5 and max |d| / max |value| <= 1e-4.
+# Names of each model's logits, in the order of its package's LOGIT_MODULES.
+LOGIT_NAMES = {"farseg": ("logits",), "factseg": ("fg_logits", "bi_logits")}
+# align.x2paddle's own defaults (float32): mean |d| <= 1e-5 and max |d| / max |value| <= 1e-4.
 X2PADDLE_TOLERANCE = Tolerance(1e-4, 1e-5)
 
 
-def _outputs(fx: Fixture, model: Any, x: Any, hook_module: Callable[[str, Callable[[Any], None]], Any],
-             no_grad: Callable[[], Any]) -> Dict[str, np.ndarray]:
-    """Eval-mode probabilities and logits (captured by hooks on ``LOGIT_MODULES``), then the
-    training-mode logits, of one framework's model. ``hook_module(name, record)`` hooks the
-    named submodule so that ``record`` gets its output, and returns a handle with ``remove()``."""
+def side_outputs(fx: Fixture, side: Side) -> Dict[str, np.ndarray]:
+    """Eval-mode probabilities and logits (captured by hooks on the package's LOGIT_MODULES
+    during the same eval forward), then the training-mode logits, of one side's model."""
     name = fx.model_name
-    out: Dict[str, np.ndarray] = {}
-    captured: List[np.ndarray] = []
-    handles = [hook_module(m, lambda o: captured.append(to_numpy(o))) for m in LOGIT_MODULES[name]]
-    try:
-        model.eval()
-        with no_grad():
-            out["eval/probs"] = to_numpy(model(x))
-    finally:
-        for h in handles:
-            h.remove()
-    for key, value in zip(LOGIT_NAMES[name], captured):
-        out[f"eval/{key}"] = value
+    model = fx.models[side.name]
+    x, _ = fx.inputs(side)
+    model.eval()
+    with side.no_grad():
+        probs, logits = outputs_of(side, model, side.package().LOGIT_MODULES[name], lambda: model(x))
+    out = {"eval/probs": side.numpy(probs)}
+    out.update((f"eval/{key}", value) for key, value in zip(LOGIT_NAMES[name], logits))
     fx.mark_dirty()  # training mode updates the BatchNorm statistics
     model.train()
-    with no_grad():
+    with side.no_grad():
         train = model.logits(x)
     model.eval()
     for key, value in zip(LOGIT_NAMES[name], train if isinstance(train, tuple) else (train,)):
-        out[f"train/{key}"] = to_numpy(value)
+        out[f"train/{key}"] = side.numpy(value)
     return out
 
 
-def _torch_outputs(fx: Fixture) -> Dict[str, np.ndarray]:
-    import torch
-
-    model = fx.torch_model
-    x, _ = fx.torch_inputs()
-
-    def hook_module(name: str, record: Callable[[Any], None]) -> Any:
-        return model.get_submodule(name).register_forward_hook(lambda mod, inp, o: record(o))
-
-    return _outputs(fx, model, x, hook_module, torch.no_grad)
-
-
-def _paddle_outputs(fx: Fixture) -> Dict[str, np.ndarray]:
-    import paddle
-
-    model = fx.paddle_model
-    x, _ = fx.paddle_inputs()
-    layers = dict(model.named_sublayers())
-
-    def hook_module(name: str, record: Callable[[Any], None]) -> Any:
-        return layers[name].register_forward_post_hook(lambda layer, inp, o: record(o))
-
-    return _outputs(fx, model, x, hook_module, paddle.no_grad)
-
-
-def localise_forward(fx: Fixture, mode: str, tol: Any) -> Dict[str, Any]:
+def localise_forward(fx: Fixture, mode: str, tol: Any) -> Localisation:
     """Hook every module of both models, run ``mode`` ("eval": model(x); "train": training-mode
     logits) once more, and name the first module whose output differs beyond ``tol``."""
     fx.reset()
-    tx, _ = fx.torch_inputs()
-    px, _ = fx.paddle_inputs()
-    if mode == "train":
-        fx.mark_dirty()
-        fx.torch_model.train()
-        fx.paddle_model.train()
-        t_records = capture_torch(fx.torch_model, lambda: fx.torch_model.logits(tx))
-        p_records = capture_paddle(fx.paddle_model, lambda: fx.paddle_model.logits(px))
-    else:
-        t_records = capture_torch(fx.torch_model, lambda: fx.torch_model(tx))
-        p_records = capture_paddle(fx.paddle_model, lambda: fx.paddle_model(px))
+    records = []
+    for side in SIDES:
+        model = fx.models[side.name]
+        x, _ = fx.inputs(side)
+        if mode == "train":
+            fx.mark_dirty()
+            model.train()
+        records.append(capture(side, model, (lambda m=model, x=x: m.logits(x)) if mode == "train"
+                               else (lambda m=model, x=x: m(x))))
     fx.reset()  # the training-mode pass moved the BatchNorm statistics
-    found = first_divergent_layer(t_records, p_records, tol)
-    found["mode"] = mode
+    found = first_divergent_layer(*records, tol)
+    found.mode = mode
     return found
 
 
-def run(config: AlignConfig, fixture: Optional[Fixture] = None, against: str = "paddle_impl",
-        progress: bool = False) -> StageResult:
+def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool = False) -> StageResult:
     """Run the forward stage for ``config``; write its files when ``config.out`` is set.
 
-    ``against="x2paddle"`` adds the X2Paddle third opinion (``align.x2paddle_check``, float32):
-    its three-way rows join this stage's rows (kind ``x2paddle``) and its report its notes.
+    ``config.against == "x2paddle"`` adds the X2Paddle third opinion (``align.x2paddle``,
+    float32): its three-way rows join this stage's rows (kind ``x2paddle``) and its report its
+    notes.
     """
-    if against not in ("paddle_impl", "x2paddle"):
-        raise ValueError(f"unknown against={against!r}: expected paddle_impl or x2paddle")
     start = time.perf_counter()
     fx = fixture if fixture is not None else get_fixture(config)
     tols = config.tolerances()
     tol, tol_train = tols["forward"], tols["forward_train"]
     fx.reset()
-    t_out = _torch_outputs(fx)
-    p_out = _paddle_outputs(fx)
+    t_out, p_out = (side_outputs(fx, side) for side in SIDES)
     fx.reset()
     fx.cache["torch_probs"] = t_out["eval/probs"]  # the metric stage scores its argmax
 
@@ -130,14 +96,12 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, against: str = "
     failed = result.failed_rows()
     if failed:
         mode = failed[0].name.split("/")[0]
-        result.first_divergence = {"where": None, "mode": mode,
-                                   "summary": f"{failed[0].name} differs (rel {failed[0].rel:.3e})"}
+        result.first_divergence = Divergence(None, f"{failed[0].name} differs (rel {failed[0].rel:.3e})", mode)
         if config.localise:
             found = localise_forward(fx, mode, tol_train if mode == "train" else tol)
             result.localisation = found
-            result.first_divergence = {"where": found["first"], "mode": mode,
-                                       "summary": f"[{mode} mode] {found['summary']}"}
-    if against == "x2paddle":
+            result.first_divergence = Divergence(found.first, f"[{mode} mode] {found.summary}", mode)
+    if config.against == "x2paddle":
         passed, lines, rows = run_x2paddle(fx, config.out, progress)
         result.rows += rows
         result.notes += lines
@@ -148,19 +112,12 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, against: str = "
 
 
 def run_x2paddle(fx: Fixture, out_root: Optional[str], progress: bool = True) -> Tuple[bool, List[str], List[Row]]:
-    """The X2Paddle third opinion (``align.x2paddle_check``, float32): (passed, report lines, rows).
-
-    Raises AlignInputError when x2paddle (the optional extra) is not installed.
-    """
-    import importlib.util
+    """The X2Paddle third opinion (``align.x2paddle``, float32): (passed, report lines, rows).
+    AlignConfig has checked that the optional extra is installed."""
     from pathlib import Path
 
-    from .config import AlignInputError
-
-    if importlib.util.find_spec("x2paddle") is None:
-        raise AlignInputError("--against x2paddle needs the optional X2Paddle extra: "
-                              "pip install -e .[x2paddle]  (x2paddle==1.6.0, six, requests)")
-    from .x2paddle_check import compare_with_x2paddle, format_report
+    from .x2paddle.check import compare_with_x2paddle
+    from .x2paddle.report import format_report
 
     target = Path(out_root or "out/align") / fx.model_name / "forward" / "x2paddle"
     fx.reset()
@@ -181,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m align.forward``."""
     from .cli import stage_main
 
-    return stage_main(STAGE, argv)
+    return stage_main(STAGE, argv, run)
 
 
 if __name__ == "__main__":

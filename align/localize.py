@@ -18,7 +18,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import Row, Tolerance, compare_arrays, format_rows
+from .compare import Localisation, Row, Tolerance, compare_arrays, format_rows
+from .sides import TORCH, Side
 
 CONTEXT = 4  # rows shown before and after the first divergence
 
@@ -40,66 +41,32 @@ class Record:
         return self.name if self.call == 0 else f"{self.name}#{self.call}"
 
 
-def _flatten(value: Any, is_tensor: Callable[[Any], bool], to_numpy: Callable[[Any], np.ndarray]) -> List[np.ndarray]:
-    if is_tensor(value):
-        return [to_numpy(value)]
+def _flatten(value: Any, side: Side) -> List[np.ndarray]:
+    if side.is_tensor(value):
+        return [side.numpy(value)]  # a copy: a later in-place op must not change the record
     if isinstance(value, (list, tuple)):
-        out: List[np.ndarray] = []
-        for item in value:
-            out += _flatten(item, is_tensor, to_numpy)
-        return out
+        return [array for item in value for array in _flatten(item, side)]
     if isinstance(value, dict):
-        out = []
-        for key in sorted(value):
-            out += _flatten(value[key], is_tensor, to_numpy)
-        return out
+        return [array for key in sorted(value) for array in _flatten(value[key], side)]
     return []
 
 
-def capture_torch(model: Any, run: Callable[[], Any]) -> List[Record]:
-    """Records of every module call of ``model`` while ``run()`` executes (hooks removed after)."""
-    import torch
-
+def capture(side: Side, model: Any, run: Callable[[], Any]) -> List[Record]:
+    """Records of every module call of ``model`` while ``run()`` executes without gradients
+    (hooks removed after)."""
     records: List[Record] = []
     counts: Dict[str, int] = {}
 
-    def make_hook(name: str) -> Callable[..., None]:
-        def hook(module: Any, inputs: Any, output: Any) -> None:
+    def make_hook(name: str) -> Callable[[Any], None]:
+        def hook(output: Any) -> None:
             call = counts.get(name, 0)
             counts[name] = call + 1
-            records.append(Record(name, call, _flatten(
-                output, lambda v: isinstance(v, torch.Tensor),
-                lambda v: v.detach().clone().cpu().numpy())))
+            records.append(Record(name, call, _flatten(output, side)))
         return hook
 
-    handles = [m.register_forward_hook(make_hook(n)) for n, m in model.named_modules() if n]
+    handles = [side.hook(module, make_hook(name)) for name, module in side.modules(model)]
     try:
-        with torch.no_grad():
-            run()
-    finally:
-        for h in handles:
-            h.remove()
-    return records
-
-
-def capture_paddle(model: Any, run: Callable[[], Any]) -> List[Record]:
-    """Records of every sublayer call of ``model`` while ``run()`` executes (hooks removed after)."""
-    import paddle
-
-    records: List[Record] = []
-    counts: Dict[str, int] = {}
-
-    def make_hook(name: str) -> Callable[..., None]:
-        def hook(layer: Any, inputs: Any, output: Any) -> None:
-            call = counts.get(name, 0)
-            counts[name] = call + 1
-            records.append(Record(name, call, _flatten(
-                output, lambda v: isinstance(v, paddle.Tensor), lambda v: v.clone().numpy())))
-        return hook
-
-    handles = [layer.register_forward_post_hook(make_hook(n)) for n, layer in model.named_sublayers()]
-    try:
-        with paddle.no_grad():
+        with side.no_grad():
             run()
     finally:
         for h in handles:
@@ -126,13 +93,9 @@ def _record_rows(t: Record, p: Optional[Record], tol: Tolerance) -> Row:
 
 
 def first_divergent_layer(torch_records: Sequence[Record], paddle_records: Sequence[Record],
-                          tol: Tolerance, context: int = CONTEXT) -> Dict[str, Any]:
-    """Compare the records pairwise; name the first divergent module and tabulate its neighbours.
-
-    Returns {"first": label or None, "index": position in torch execution order, "rows": the
-    table rows (dicts), "lines": the table as text, "unpaired": paddle calls torch never made,
-    "summary": one line}.
-    """
+                          tol: Tolerance, context: int = CONTEXT) -> Localisation:
+    """Compare the records pairwise; name the first divergent module (None when every module
+    agrees) and tabulate its neighbours."""
     # Relative error only: intermediate activations have arbitrary scales (a convolution output
     # of magnitude 20 is normal), so an absolute mean-abs bound would flag healthy layers.
     tol = Tolerance(tol.rtol)
@@ -159,9 +122,8 @@ def first_divergent_layer(torch_records: Sequence[Record], paddle_records: Seque
     if unpaired:
         lines.append(f"paddle module calls with no torch counterpart: {', '.join(unpaired[:10])}")
         summary += f"; {len(unpaired)} paddle module calls have no torch counterpart"
-    return {"first": None if first is None else rows[first].name, "index": first,
-            "summary": summary, "lines": lines, "unpaired": unpaired,
-            "rows": [r.to_json() for r in shown]}
+    return Localisation(None if first is None else rows[first].name, first, lines, [r.to_json() for r in shown],
+                        summary, unpaired)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,13 +145,13 @@ class ExecutionOrder:
 
     def __enter__(self) -> "ExecutionOrder":
         def make_hook(name: str) -> Callable[..., None]:
-            def hook(module: Any, inputs: Any) -> None:
+            def hook(inputs: Any) -> None:
                 if name not in self._seen:
                     self._seen.add(name)
                     self.modules.append(name)
             return hook
 
-        self._handles = [m.register_forward_pre_hook(make_hook(n)) for n, m in self.model.named_modules()]
+        self._handles = [TORCH.hook(m, make_hook(n), before=True) for n, m in self.model.named_modules()]
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import Row, StageResult, Tolerance, compare_arrays, finish_stage
+from .compare import Divergence, Row, StageResult, Tolerance, compare_arrays, finish_stage
 from .config import AlignConfig
-from .fixtures import LOSS_KEY, Fixture, get_fixture, to_numpy, versions
+from .fixtures import Fixture, get_fixture, versions
+from .sides import SIDES, Side
 
 STAGE = "loss"
 LOGIT_SCALE = 3.0
@@ -45,71 +46,42 @@ def make_logits(config: AlignConfig, shape: Tuple[int, ...], salt: int) -> np.nd
     return (LOGIT_SCALE * rng.standard_normal(shape)).astype(config.dtype)
 
 
-# ----------------------------------------------------------------------------------------------
-# One loss evaluation per framework: (value, gradients w.r.t. each logits tensor)
-# ----------------------------------------------------------------------------------------------
-
-def _loss_and_grads(losses: Any, model: str, tensors: Sequence[Any], target: Any,
-                    step: Optional[float]) -> Tuple[np.ndarray, List[np.ndarray]]:
-    """``model``'s loss from one framework's ``losses`` module on ``tensors`` (leaf tensors that
-    require gradients), backward, then (value, gradient of each tensor) as numpy."""
+def side_loss(side: Side, model: str, logits: Sequence[np.ndarray], labels: np.ndarray,
+              step: Optional[float] = None) -> Tuple[np.ndarray, List[np.ndarray]]:
+    """``side``'s loss of ``model`` on ``logits`` and its gradient w.r.t. each logits tensor
+    (the package's ``losses`` module is looked up at call time, so patches apply)."""
+    losses = side.package("losses")
+    tensors = [side.tensor(a, requires_grad=True) for a in logits]
+    target = side.tensor(labels)
     if model == "farseg":
         value = losses.annealing_softmax_focal_loss(tensors[0], target, step)
     else:
         value = losses.joint_loss(tensors[0], tensors[1], target)
     value.backward()
-    return to_numpy(value), [to_numpy(t.grad) for t in tensors]
+    return side.numpy(value), [side.numpy(t.grad) for t in tensors]
 
 
-def torch_loss(model: str, logits: Sequence[np.ndarray], labels: np.ndarray,
-               step: Optional[float] = None) -> Tuple[np.ndarray, List[np.ndarray]]:
-    """torch_ref's loss of ``model`` on ``logits`` (looked up at call time, so patches apply)."""
-    import torch
-    import torch_ref.losses as losses
-
-    tensors = [torch.tensor(a, requires_grad=True) for a in logits]
-    return _loss_and_grads(losses, model, tensors, torch.from_numpy(labels), step)
-
-
-def paddle_loss(model: str, logits: Sequence[np.ndarray], labels: np.ndarray,
-                step: Optional[float] = None) -> Tuple[np.ndarray, List[np.ndarray]]:
-    """paddle_impl's loss of ``model`` on ``logits`` (looked up at call time, so patches apply)."""
-    import paddle
-    import paddle_impl.losses as losses
-
-    tensors = [paddle.to_tensor(a, stop_gradient=False) for a in logits]
-    return _loss_and_grads(losses, model, tensors, paddle.to_tensor(labels), step)
-
-
-def _through_models(fx: Fixture, step: Optional[int]) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+def _through_models(fx: Fixture, step: Optional[int]) -> Tuple[Dict[str, np.ndarray], ...]:
     """The loss from each model's own training-mode forward (FarSeg: ``buffer_step`` set to
     ``step - 1``, so the forward's increment lands on ``step``)."""
-    import paddle
-    import torch
-
-    key = LOSS_KEY[fx.model_name]
     fx.reset()
-    tx, ty = fx.torch_inputs()
-    px, py = fx.paddle_inputs()
-    t_out: Dict[str, np.ndarray] = {}
-    p_out: Dict[str, np.ndarray] = {}
     fx.mark_dirty()
-    if step is not None:
-        with torch.no_grad():
-            fx.torch_model.buffer_step.fill_(step - 1)
-        fx.paddle_model.buffer_step.set_value(
-            paddle.full([], step - 1, dtype=fx.paddle_model.buffer_step.dtype))
-    fx.torch_model.train()
-    fx.paddle_model.train()
-    with torch.no_grad():
-        t_out[f"model/{key}"] = to_numpy(fx.torch_model(tx, {"cls": ty})[key])
-    with paddle.no_grad():
-        p_out[f"model/{key}"] = to_numpy(fx.paddle_model(px, {"cls": py})[key])
-    if step is not None:
-        t_out["model/buffer_step"] = to_numpy(fx.torch_model.buffer_step)
-        p_out["model/buffer_step"] = to_numpy(fx.paddle_model.buffer_step)
+    outputs = []
+    for side in SIDES:
+        model = fx.models[side.name]
+        x, y = fx.inputs(side)
+        out: Dict[str, np.ndarray] = {}
+        if step is not None:
+            side.fill(model.buffer_step, step - 1)
+        model.train()
+        with side.no_grad():
+            losses = model(x, {"cls": y})
+        out.update((f"model/{key}", side.numpy(value)) for key, value in losses.items())
+        if step is not None:
+            out["model/buffer_step"] = side.numpy(model.buffer_step)
+        outputs.append(out)
     fx.reset()
-    return t_out, p_out
+    return tuple(outputs)
 
 
 def _identity_rows(side: str, values: Dict[float, np.ndarray], grads: Dict[float, np.ndarray],
@@ -126,8 +98,9 @@ def _identity_rows(side: str, values: Dict[float, np.ndarray], grads: Dict[float
     return rows
 
 
-def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
-    """Run the loss stage for ``config``; write its files when ``config.out`` is set."""
+def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool = False) -> StageResult:
+    """Run the loss stage for ``config``; write its files when ``config.out`` is set
+    (``progress`` is unused: the stage is quick)."""
     start = time.perf_counter()
     fx = fixture if fixture is not None else get_fixture(config)
     tols = config.tolerances()
@@ -152,8 +125,8 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
         steps = tuple(config.loss_steps)
         t_values, p_values, t_grads, p_grads = {}, {}, {}, {}
         for t in (0,) + steps + (AFTER_RAMP,):
-            t_values[t], (t_grads[t],) = torch_loss(model, logits, labels, t)
-            p_values[t], (p_grads[t],) = paddle_loss(model, logits, labels, t)
+            (t_values[t], (t_grads[t],)), (p_values[t], (p_grads[t],)) = (
+                side_loss(side, model, logits, labels, t) for side in SIDES)
         for t in steps:
             add(f"step{t}/loss", t_values[t], p_values[t], tol, "loss")
             add(f"step{t}/grad_logits", t_grads[t], p_grads[t], tol, "loss")
@@ -161,8 +134,8 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
         result.rows += _identity_rows("paddle", p_values, p_grads, steps, tol_id)
         # All pixels ignored: the official 0/0 must be guarded on both sides (0, finite gradient).
         ignored = np.full_like(labels, 255)
-        t_zero, (t_zero_grad,) = torch_loss(model, logits, ignored, steps[0])
-        p_zero, (p_zero_grad,) = paddle_loss(model, logits, ignored, steps[0])
+        (t_zero, (t_zero_grad,)), (p_zero, (p_zero_grad,)) = (
+            side_loss(side, model, logits, ignored, steps[0]) for side in SIDES)
         add("all_ignored/loss", t_zero, p_zero, tol, "loss", note="must be 0 on both sides")
         add("all_ignored/grad_logits", t_zero_grad, p_zero_grad, tol, "loss")
         if not (float(t_zero) == 0.0 and np.isfinite(t_zero_grad).all()):
@@ -171,8 +144,8 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
     else:
         logits = [make_logits(config, (batch, 16, height, width), 1),
                   make_logits(config, (batch, 1, height, width), 2)]
-        t_value, t_grads_list = torch_loss(model, logits, labels)
-        p_value, p_grads_list = paddle_loss(model, logits, labels)
+        (t_value, t_grads_list), (p_value, p_grads_list) = (side_loss(side, model, logits, labels)
+                                                            for side in SIDES)
         add("joint_loss", t_value, p_value, tol, "loss")
         add("grad_fg_logits", t_grads_list[0], p_grads_list[0], tol, "loss")
         add("grad_bi_logits", t_grads_list[1], p_grads_list[1], tol, "loss")
@@ -189,8 +162,8 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
     failed = result.failed_rows()
     if failed:
         first = failed[0]
-        result.first_divergence = {"where": first.name, "summary": f"{first.name}: rel {first.rel:.3e} "
-                                   f"> {first.tol.rtol:.0e}" + (f" ({first.note})" if first.note else "")}
+        result.first_divergence = Divergence(first.name, f"{first.name}: rel {first.rel:.3e} > {first.tol.rtol:.0e}"
+                                             + (f" ({first.note})" if first.note else ""))
     return finish_stage(result, start, config.out_dir(STAGE), t_log, p_log)
 
 
@@ -198,7 +171,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m align.loss``."""
     from .cli import stage_main
 
-    return stage_main(STAGE, argv)
+    return stage_main(STAGE, argv, run)
 
 
 if __name__ == "__main__":

@@ -22,28 +22,20 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from .compare import StageResult, compare_arrays, finish_stage
+from .compare import Divergence, StageResult, compare_arrays, finish_stage
 from .config import AlignConfig
-from .fixtures import Fixture, get_fixture, to_numpy, versions
+from .fixtures import Fixture, get_fixture, versions
+from .sides import SIDES, TORCH, Side
 
 STAGE = "metric"
 NUM_CLASSES = 16
 
 
-def torch_confusion(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """torch_ref's on-device confusion matrix (looked up at call time, so patches apply)."""
-    import torch
-    import torch_ref.metrics as metrics
-
-    return to_numpy(metrics.confusion_matrix(torch.from_numpy(pred), torch.from_numpy(labels), NUM_CLASSES))
-
-
-def paddle_confusion(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """paddle_impl's on-device confusion matrix (looked up at call time, so patches apply)."""
-    import paddle
-    import paddle_impl.metrics as metrics
-
-    return to_numpy(metrics.confusion_matrix(paddle.to_tensor(pred), paddle.to_tensor(labels), NUM_CLASSES))
+def side_confusion(side: Side, pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``side``'s on-device confusion matrix (its ``metrics`` module is looked up at call time,
+    so patches apply)."""
+    metrics = side.package("metrics")
+    return side.numpy(metrics.confusion_matrix(side.tensor(pred), side.tensor(labels), NUM_CLASSES))
 
 
 def _summary(cm: np.ndarray) -> Dict[str, np.ndarray]:
@@ -58,18 +50,17 @@ def model_predictions(fx: Fixture) -> np.ndarray:
     """argmax of torch_ref's eval probabilities (from the forward stage's cache when present)."""
     probs = fx.cache.get("torch_probs")
     if probs is None:
-        import torch
-
         fx.reset()
-        x, _ = fx.torch_inputs()
-        with torch.no_grad():
-            probs = to_numpy(fx.torch_model(x))
+        x, _ = fx.inputs(TORCH)
+        with TORCH.no_grad():
+            probs = TORCH.numpy(fx.torch_model(x))
         fx.cache["torch_probs"] = probs
     return probs.argmax(axis=1).astype(np.int64)
 
 
-def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
-    """Run the metric stage for ``config``; write its files when ``config.out`` is set."""
+def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool = False) -> StageResult:
+    """Run the metric stage for ``config``; write its files when ``config.out`` is set
+    (``progress`` is unused: the stage is quick)."""
     from isaid.metrics import confusion_from_labels
 
     start = time.perf_counter()
@@ -84,8 +75,7 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
     t_log: Dict[str, np.ndarray] = {}
     p_log: Dict[str, np.ndarray] = {}
     for source, pred in predictions.items():
-        t_cm = torch_confusion(pred, labels)
-        p_cm = paddle_confusion(pred, labels)
+        t_cm, p_cm = (side_confusion(side, pred, labels) for side in SIDES)
         t_sum, p_sum = _summary(t_cm), _summary(p_cm)
         for key in t_sum:
             name = f"{source}/{key}"
@@ -102,9 +92,8 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None) -> StageResult:
                             f"{int(np.isnan(t_sum['iou']).sum())}")
     failed = result.failed_rows()
     if failed:
-        result.first_divergence = {"where": failed[0].name,
-                                   "summary": f"{failed[0].name}: max|d| {failed[0].max_abs:g}"
-                                              + (f" ({failed[0].note})" if failed[0].note else "")}
+        result.first_divergence = Divergence(failed[0].name, f"{failed[0].name}: max|d| {failed[0].max_abs:g}"
+                                             + (f" ({failed[0].note})" if failed[0].note else ""))
     return finish_stage(result, start, config.out_dir(STAGE), t_log, p_log)
 
 
@@ -112,7 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m align.metric``."""
     from .cli import stage_main
 
-    return stage_main(STAGE, argv)
+    return stage_main(STAGE, argv, run)
 
 
 if __name__ == "__main__":

@@ -6,14 +6,19 @@ step, checkpoint contents and scalar writers are in each framework's ``train.py`
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
-from typing import Dict, List, Optional, Pattern, Tuple
+import stat
+import sys
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Pattern, Tuple
 
-from isaid.imageio import write_bytes_atomic
+import numpy as np
 
-from .config import Config, describe_keys, resolve_imagenet_path, resolve_out_dir
+from isaid.imageio import atomic_output, write_bytes_atomic
+
+from .config import Config, changed_keys, describe_keys, resolve_imagenet_path, resolve_out_dir
 
 IMAGENET_URL = "https://download.pytorch.org/models/resnet50-19c8e357.pth"
 # A resumed run must draw the same batches and follow the same schedule as the first one.
@@ -54,13 +59,207 @@ def list_checkpoints(out_dir: str, pattern: Pattern[str]) -> List[Tuple[int, str
     return sorted(found)
 
 
+# ------------------------------------------------------------------------------ checkpoint files
+#
+# Each checkpoint ``ckpt_<iteration>.<ext>`` has a checksum file next to it,
+# ``ckpt_<iteration>.<ext>.sha256`` in ``sha256sum`` format (``sha256sum -c`` checks it by hand).
+# Both are written through temporary files and renamed, the checksum first: a checkpoint under
+# its final name therefore always has its checksum, and one that does not match (a disk error,
+# a file cut or overwritten later) is never resumed from without saying so.
+
+CHECKSUM_SUFFIX = ".sha256"
+_HASH_CHUNK = 4 * 2**20
+_MAX_CHECKSUM_FILE = 4096
+
+
+def _sha256_of_descriptor(fd: int) -> str:
+    digest, offset = hashlib.sha256(), 0
+    while True:
+        chunk = os.pread(fd, _HASH_CHUNK, offset)
+        if not chunk:
+            return digest.hexdigest()
+        digest.update(chunk)
+        offset += len(chunk)
+
+
+def _open_regular(path: str) -> int:
+    """A read descriptor of the regular file ``path`` (a FIFO or device: OSError, no blocking)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    return fd
+
+
+def write_checkpoint_file(path: str, write: Callable[[BinaryIO], None]) -> str:
+    """Write a checkpoint with ``write(handle)`` and its checksum file, both atomically.
+
+    The payload goes to a temporary file, is flushed to disk and hashed as it is on disk; the
+    checksum file is written (temporary + rename), then the payload is renamed into place.
+    A killed write leaves only hidden temporary files (removed by ``remove_stale_temporaries``).
+    """
+    with atomic_output(path) as temporary:
+        with open(temporary, "w+b") as handle:  # readable too: hashed as written
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+            digest = _sha256_of_descriptor(handle.fileno())
+        line = f"{digest}  {os.path.basename(path)}\n".encode("ascii")
+        with atomic_output(path + CHECKSUM_SUFFIX) as checksum_temporary:
+            with open(checksum_temporary, "wb") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+    return path
+
+
+def remove_checkpoint_file(path: str) -> None:
+    """Delete a checkpoint and its checksum file (either may already be gone)."""
+    for name in (path, path + CHECKSUM_SUFFIX):
+        try:
+            os.remove(name)
+        except FileNotFoundError:
+            pass
+
+
+def checkpoint_problem(path: str) -> Optional[str]:
+    """Why the checkpoint ``path`` cannot be trusted (None when its checksum matches)."""
+    try:
+        fd = _open_regular(path + CHECKSUM_SUFFIX)
+    except FileNotFoundError:
+        return (f"no checksum file {os.path.basename(path)}{CHECKSUM_SUFFIX} next to it (every checkpoint"
+                f" of this trainer has one): incomplete, or not written by this trainer")
+    except OSError as error:
+        return f"cannot read its checksum file ({error.strerror or error})"
+    try:
+        text = os.pread(fd, _MAX_CHECKSUM_FILE, 0)
+    finally:
+        os.close(fd)
+    match = re.fullmatch(rb"([0-9a-f]{64}) [ *]?(\S.*)\n?", text)
+    if match is None:
+        return f"its checksum file {os.path.basename(path)}{CHECKSUM_SUFFIX} is not in sha256sum format"
+    try:
+        fd = _open_regular(path)
+    except FileNotFoundError:
+        return "file not found"
+    except OSError as error:
+        return f"cannot read ({error.strerror or error})"
+    try:
+        actual = _sha256_of_descriptor(fd)
+    finally:
+        os.close(fd)
+    if actual != match.group(1).decode("ascii"):
+        return (f"corrupt: its sha256 is {actual[:12]}..., its checksum file says "
+                f"{match.group(1).decode('ascii')[:12]}... (truncated, overwritten or damaged on disk)")
+    return None
+
+
+def remove_stale_temporaries(out_dir: str, pattern: Pattern[str]) -> List[str]:
+    """Delete the hidden temporary files that killed checkpoint writes left in ``out_dir``'s
+    checkpoint folder (``.<checkpoint name>[.sha256].<random>.tmp``); returns their paths.
+    Call once at the start of a run, before anything of this run writes there."""
+    folder = checkpoint_dir(out_dir)
+    removed: List[str] = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in os.listdir(folder):
+        if not (name.startswith(".") and name.endswith(".tmp")):
+            continue
+        parts = name[1:-len(".tmp")].split(".")
+        # ".ckpt_0000010.pt.k3j4h5.tmp" or ".ckpt_0000010.pt.sha256.k3j4h5.tmp"
+        candidates = {".".join(parts[:i]) for i in range(1, len(parts))}
+        if any(pattern.match(c) or (c.endswith(CHECKSUM_SUFFIX) and pattern.match(c[: -len(CHECKSUM_SUFFIX)]))
+               for c in candidates):
+            path = os.path.join(folder, name)
+            try:
+                os.remove(path)
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
 def find_resume(resume: Optional[str], out_dir: str, pattern: Pattern[str]) -> Optional[str]:
-    """The checkpoint to continue from: ``resume`` itself, or for "auto" the newest in
-    ``out_dir`` (None when there is none: a fresh start)."""
+    """The checkpoint to continue from: ``resume`` itself, or for "auto" the newest INTACT one
+    in ``out_dir`` (None when there is none: a fresh start).
+
+    An explicit ``resume`` whose checksum does not match is a TrainError. For "auto", a newest
+    checkpoint that is corrupt, truncated or without its checksum is skipped with a warning on
+    stderr naming it and the reason, and the previous one is tried; TrainError when
+    checkpoints exist but none is intact (a fresh start would silently discard them).
+    """
     if resume != "auto":
+        if resume is None:
+            return None
+        problem = checkpoint_problem(resume)
+        if problem:
+            raise TrainError(f"--resume {resume}: {problem}")
         return resume
     found = list_checkpoints(out_dir, pattern)
-    return found[-1][1] if found else None
+    for _, path in reversed(found):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        print(f"warning: --resume auto: skipping {path}: {problem}; falling back to the previous checkpoint",
+              file=sys.stderr, flush=True)
+    if found:
+        raise TrainError(f"--resume auto: none of the {len(found)} checkpoints in {checkpoint_dir(out_dir)} is"
+                         f" intact (see the warnings above); resume from one explicitly or move them away")
+    return None
+
+
+def check_training_checkpoint(path: str, state: Any, checkpoint_format: str, program: str,
+                              config: Config) -> None:
+    """What a trainer's checkpoint must hold before anything of it is used (TrainError, one line):
+    the format tag, the recipe of ``config`` (``RESUME_MUST_MATCH``), the entries
+    ``save_checkpoint`` writes, and finite model and optimizer arrays (a diverged run's
+    checkpoint is not resumed from silently)."""
+    if not isinstance(state, dict) or state.get("format") != checkpoint_format:
+        raise TrainError(f"{path}: not a training checkpoint of {program}")
+    if not isinstance(state.get("config"), dict):
+        raise TrainError(f"{path}: entry 'config' missing or not a dict (damaged checkpoint)")
+    changed = changed_keys(state["config"], config, RESUME_MUST_MATCH)
+    if changed:
+        raise TrainError(f"{path}: the checkpoint was trained with other settings"
+                         f" ({'; '.join(changed)}); resume with the same recipe")
+    wanted = {"iteration": int, "model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "rng": dict}
+    for key, kind in wanted.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise TrainError(f"{path}: entry {key!r} missing or not a {kind.__name__} (damaged checkpoint)")
+    for part in ("model", "optimizer"):
+        bad = _first_nonfinite(state[part], part)
+        if bad:
+            raise TrainError(f"{path}: {bad} holds NaN/Inf values: refusing to resume from it")
+
+
+def write_checksum(path: str) -> str:
+    """Write the checksum file of the existing checkpoint ``path`` (e.g. after editing one by
+    hand; ``sha256sum ckpt > ckpt.sha256`` does the same); returns its path."""
+    fd = _open_regular(path)
+    try:
+        digest = _sha256_of_descriptor(fd)
+    finally:
+        os.close(fd)
+    write_bytes_atomic(path + CHECKSUM_SUFFIX, f"{digest}  {os.path.basename(path)}\n".encode("ascii"))
+    return path + CHECKSUM_SUFFIX
+
+
+def _first_nonfinite(value: Any, where: str) -> Optional[str]:
+    """Where the first floating-point array holding NaN/Inf is in ``value`` (nested dicts and lists)."""
+    if isinstance(value, np.ndarray):
+        return where if value.dtype.kind in "fc" and value.size and not np.isfinite(value).all() else None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        label = key if isinstance(key, int) else str(key)[:60]
+        found = _first_nonfinite(item, f"{where}[{label!r}]")
+        if found:
+            return found
+    return None
 
 
 def starting_point(config: Config, resume: Optional[str], framework: str,
@@ -69,7 +268,13 @@ def starting_point(config: Config, resume: Optional[str], framework: str,
 
     TrainError when a fresh start needs an ImageNet file that does not exist.
     """
-    resume_path = find_resume(resume, resolve_out_dir(config, framework), pattern)
+    out_dir = resolve_out_dir(config, framework)
+    if os.environ.get("RANK", "0") == "0":
+        stale = remove_stale_temporaries(out_dir, pattern)
+        if stale:
+            print(f"removed {len(stale)} temporary files of interrupted checkpoint writes from"
+                  f" {checkpoint_dir(out_dir)}", file=sys.stderr, flush=True)
+    resume_path = find_resume(resume, out_dir, pattern)
     # A resumed run takes every weight from its checkpoint; a fresh one needs the
     # ImageNet file unless init.imagenet=none says otherwise (no silent random start).
     imagenet = None if resume_path else resolve_imagenet_path(config)

@@ -102,7 +102,9 @@ def run_child(args: Sequence[str], timeout: float = 3600) -> Dict[str, Any]:
 def stage_summaries(folder: Path, model: str) -> Dict[str, Any]:
     """Per stage: passed, seconds, number of values, worst rel per kind (from diff.json)."""
     out: Dict[str, Any] = {}
-    for stage in ("forward", "loss", "backward", "metric"):
+    from align.config import STAGES
+
+    for stage in STAGES:
         path = folder / model / stage / "diff.json"
         if not path.exists():
             continue

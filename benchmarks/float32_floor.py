@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:
 from align import AlignConfig  # noqa: E402
 from align.compare import GRAD_FLOOR_FRACTION  # noqa: E402
 from align.fixtures import get_fixture  # noqa: E402
+from align.sides import TORCH  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "float32_floor.json"
 
@@ -49,7 +50,7 @@ def measure(model_name: str) -> Dict[str, Any]:
     import torch
 
     fx = get_fixture(AlignConfig(model=model_name, dtype="float64"))
-    x64, y64 = fx.torch_inputs()
+    x64, y64 = fx.inputs(TORCH)
     labels = {"cls": y64}
     models = {"float64": copy.deepcopy(fx.torch_model), "float32": copy.deepcopy(fx.torch_model).float()}
     inputs = {"float64": x64, "float32": x64.float()}

@@ -23,7 +23,8 @@ from .errors import CheckpointError
 from .rules import (KeyRule, as_numpy, as_torch, detect_model, expected_layout,
                     imagenet_resnet50_to, model_rules, paddle_layout, paddle_to_torch,
                     rules_from_module, torch_layout, torch_to_paddle, validate)
-from .safe_load import LoadedCheckpoint, load_state_dict_file, read_checkpoint
+from .reader import load_state_dict_file, read_checkpoint
+from .safe_load import LoadedCheckpoint
 from .writers import atomic_write, save_paddle, save_torch
 
 __all__ = [

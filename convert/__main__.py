@@ -17,11 +17,14 @@ and what was dropped or filled): PaddleSeg FarSeg (ucsk/FarSeg), PaddleRS FarSeg
 PaddleRS-named FactSeg of FactSeg_paddle, the official layout in a .pdparams with torch
 BatchNorm names or num_batches_tracked, and the ImageNet ResNet-50 of X2Paddle (ucsk/FarSeg's
 resnet50_pth.pdparams) or with paddle.vision's names. Files are loaded without executing
-code and written without importing torch or Paddle (restricted unpicklers that build numpy
-arrays; .pth in torch's zip format).
-Every key and shape is checked against the official layout first: on any mismatch the
-missing / unexpected / wrong-shape keys are listed, the exit status is 2 and nothing is
-written. Output is written atomically (temp file, fsync, rename).
+code and written without importing torch or Paddle (the project's own restricted pickle
+interpreter: data only, arrays made from the file's bytes after their dtype, size and
+strides are checked; .pth written in torch's zip format).
+Every key, shape and dtype (float32; integer BatchNorm counters) is checked against the
+official layout first: on any mismatch the missing / unexpected / wrong-shape / wrong-dtype
+keys are listed, the exit status is 2 and nothing is written. NaN/Inf values are refused
+unless --allow-nonfinite. Only regular files are read, with bounded time and memory whatever
+the file claims. Output is written atomically (temp file, fsync, rename).
 """
 
 EPILOG = """\
@@ -66,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="for ImageNet resnet50 input only: whose encoder keys to produce "
                              "(farseg -> en.resnet.*, factseg -> resencoder.resnet.*; default farseg); "
                              "fc.weight/fc.bias are dropped")
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="convert tensors holding NaN or Inf anyway, with a warning on stderr naming "
+                             "them (default: refused with exit 2, naming the first such key)")
     return parser
 
 
@@ -75,7 +81,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from . import CheckpointError, run_conversion  # after parsing: --help stays fast
 
     try:
-        result = run_conversion(args.input, args.output, model=args.model, to=args.to, target=args.target)
+        result = run_conversion(args.input, args.output, model=args.model, to=args.to, target=args.target,
+                                allow_nonfinite=args.allow_nonfinite)
     except CheckpointError as exc:
         if exc.path is None:
             exc = exc.with_path(args.input)
@@ -84,6 +91,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as exc:  # bad argument combination
         print(f"error: {args.input}: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    warning = result.warning()
+    if warning:
+        print(warning, file=sys.stderr)
     print(result.summary())
     return 0
 

@@ -14,9 +14,11 @@ from weights import ENCODER_PREFIX, MODEL_NAMES
 
 from .errors import CheckpointError
 from .foreign import RecognisedCheckpoint
-from .rules import (DETECTABLE, FRAMEWORKS, IMAGENET_HEAD, detect_model, expected_layout,
-                    imagenet_resnet50_to, model_rules, paddle_to_torch, torch_to_paddle, validate)
-from .safe_load import read_checkpoint, torch_import_seconds
+from .rules import (DETECTABLE, FRAMEWORKS, IMAGENET_HEAD, check_layout, counter_keys, detect_model,
+                    expected_layout, imagenet_resnet50_to, model_rules, paddle_to_torch, torch_to_paddle,
+                    validate)
+from .reader import read_checkpoint
+from .safe_load import torch_import_seconds
 from .writers import save_paddle, save_torch
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -40,6 +42,15 @@ class ConversionResult:
     notes: List[str] = field(default_factory=list)
     seconds: float = 0.0
     import_seconds: float = 0.0  # part of ``seconds`` spent importing torch
+    nonfinite: List[str] = field(default_factory=list)  # keys with NaN/Inf converted anyway
+
+    def warning(self) -> Optional[str]:
+        """The warning line for non-finite values converted with ``allow_nonfinite`` (or None)."""
+        if not self.nonfinite:
+            return None
+        shown = ", ".join(repr(k) for k in self.nonfinite[:3]) + (", ..." if len(self.nonfinite) > 3 else "")
+        return (f"warning: {self.in_path}: {len(self.nonfinite)} tensors hold NaN/Inf values ({shown}); "
+                f"converted anyway (--allow-nonfinite): predictions from these weights are not meaningful")
 
     def summary(self) -> str:
         label = "resnet50 ImageNet" if self.model == "resnet50" else self.model
@@ -81,8 +92,13 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def run_conversion(in_path: PathLike, out_path: Optional[PathLike] = None, model: str = "auto",
-                   to: Optional[str] = None, target: Optional[str] = None) -> ConversionResult:
-    """Convert one checkpoint file; see ``convert_file``. Returns what was done."""
+                   to: Optional[str] = None, target: Optional[str] = None,
+                   allow_nonfinite: bool = False) -> ConversionResult:
+    """Convert one checkpoint file; see ``convert_file``. Returns what was done.
+
+    NaN/Inf values are refused (CheckpointError naming the key) unless ``allow_nonfinite``;
+    then they are converted and listed in the result (``ConversionResult.warning``).
+    """
     start = time.perf_counter()
     imports_before = torch_import_seconds()
     in_path = Path(in_path)
@@ -93,7 +109,8 @@ def run_conversion(in_path: PathLike, out_path: Optional[PathLike] = None, model
     if target is not None and target not in MODEL_NAMES:
         raise ValueError(f"unknown target {target!r}: expected one of {', '.join(MODEL_NAMES)}")
 
-    loaded = read_checkpoint(in_path)  # a port's layout comes back renamed (convert.foreign)
+    # A port's layout comes back renamed to the official one (convert.foreign).
+    loaded = read_checkpoint(in_path, allow_nonfinite=allow_nonfinite)
     state, source = loaded.state, loaded.framework
     # The input's own format decides the default direction (content, not extension).
     recognised = loaded if isinstance(loaded, RecognisedCheckpoint) else None
@@ -158,7 +175,8 @@ def run_conversion(in_path: PathLike, out_path: Optional[PathLike] = None, model
                             input_description=loaded.describe() + "".join(f", {n}" for n in loaded.notes),
                             n_in=recognised.n_file if recognised else len(state), n_out=len(out_state), notes=notes,
                             seconds=time.perf_counter() - start,
-                            import_seconds=torch_import_seconds() - imports_before)
+                            import_seconds=torch_import_seconds() - imports_before,
+                            nonfinite=list(loaded.nonfinite))
 
 
 def convert_file(in_path: PathLike, out_path: Optional[PathLike] = None, model: str = "auto",
@@ -195,6 +213,12 @@ def _imagenet_encoder_state(path: PathLike, model_name: str,
     loaded = read_checkpoint(path)
     state, prefix = loaded.state, ENCODER_PREFIX[model_name]
     if all(key.startswith(prefix) for key in state) and loaded.framework == framework:
+        # Already this model's encoder in this framework: check keys, shapes and dtypes as is.
+        rules = [r for r in model_rules(model_name) if r.torch_key.startswith(prefix)]
+        layout = OrderedDict((r.torch_key, r.shape) for r in rules) if framework == "torch" else \
+            OrderedDict((r.paddle_key, r.paddle_shape) for r in rules if r.paddle_key)
+        check_layout(state, layout, what=f"the {model_name} encoder layout ({framework} names)",
+                     counters=counter_keys(model_name, framework))
         return state
     source = next((name for name, p in ENCODER_PREFIX.items()
                    if all(key.startswith(p) for key in state)), None)

@@ -5,6 +5,14 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 
+MAX_MESSAGE = 1000  # characters of the headline
+MAX_DETAIL = 300  # characters of each report line
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + " ... (cut)"
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or does not match the expected layout.
 
@@ -15,9 +23,10 @@ class CheckpointError(ValueError):
 
     def __init__(self, message: str, details: Sequence[str] = (),
                  path: Optional[Union[str, Path]] = None) -> None:
-        # Keep the headline on one line whatever the underlying library wrote.
-        self.message = " ".join(str(message).split())
-        self.details = list(details)
+        # Keep the headline on one line whatever the underlying library wrote, and short
+        # whatever a hostile file named its keys.
+        self.message = _bounded(" ".join(str(message).split()), MAX_MESSAGE)
+        self.details = [_bounded(str(line), MAX_DETAIL) for line in details]
         self.path = None if path is None else str(path)
         super().__init__(self.format())
 

@@ -34,7 +34,7 @@ The layouts were derived from the ports' public source (see ``LAYOUTS`` and READ
 PaddleRS's own FactSeg (``fpn_inner1`` ... via ``add_sublayer``, ``fc`` popped) and the
 FactSeg_paddle port's module tree already have the official Paddle names: no table is needed.
 
-``recognise`` is called by ``safe_load.read_checkpoint`` on every Paddle file, so every entry
+``recognise`` is called by ``reader.read_checkpoint`` on every Paddle file, so every entry
 point (convert, evaluate, predict, export, align, train init) reads these files as they are.
 """
 from __future__ import annotations

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
@@ -186,6 +186,16 @@ def expected_layout(model: str, framework: str = "torch") -> Tuple["OrderedDict[
     raise ValueError(f"unknown framework {framework!r}: expected torch or paddle")
 
 
+def counter_keys(model: str, framework: str = "torch") -> Set[str]:
+    """Keys of ``model`` in ``framework`` naming that hold integer step counters (BatchNorm
+    ``num_batches_tracked``, by module type); every other key holds float32 values."""
+    if model == "resnet50":
+        return {key for key, rule in encoder_rules("farseg") if rule.paddle_key is None}
+    if framework != "torch":
+        return set()  # Paddle's BatchNorm keeps no counter
+    return {r.torch_key for r in model_rules(model) if r.kind == "batchnorm" and r.paddle_key is None}
+
+
 # ----------------------------------------------------------------------------------------------
 # Detection
 # ----------------------------------------------------------------------------------------------
@@ -247,32 +257,53 @@ def _listing(title: str, rows: List[str]) -> List[str]:
     return out
 
 
+def dtype_problem(key: str, value: Any, counter: bool) -> Optional[str]:
+    """Why ``value``'s dtype does not fit ``key`` (None when it does): weights and statistics
+    are float32, BatchNorm step counters (``counter``) integers. float16, float64, int32 or
+    complex weights would load and then fail (or silently compute something else) at
+    prediction, so they are refused here, naming the key."""
+    dtype = np.dtype(getattr(value, "dtype", np.float32))
+    if counter:
+        return None if dtype.kind in "iu" else f"{key}  expected an integer counter (int64), found {dtype}"
+    return None if dtype == np.float32 else f"{key}  expected float32, found {dtype}"
+
+
 def check_layout(state: Mapping[str, Any], required: Mapping[str, Sequence[int]],
                  optional: Mapping[str, Sequence[int]] = None, what: str = "the layout",
-                 other_names: Iterable[str] = ()) -> None:
-    """Every required key present with its shape, no key outside required/optional.
+                 other_names: Iterable[str] = (), counters: Optional[Iterable[str]] = None) -> None:
+    """Every required key present with its shape (and dtype), no key outside required/optional.
 
-    Raises CheckpointError whose details list missing / unexpected / wrong-shape keys (up to
-    ten of each, with counts and shapes). ``optional`` keys are checked for shape except
-    where that shape is None. ``other_names``: keys of the same model in the other
-    framework's naming, used only to add a hint when a file has the wrong naming.
+    Raises CheckpointError whose details list missing / unexpected / wrong-shape / wrong-dtype
+    keys (up to ten of each, with counts and shapes). ``optional`` keys are checked for shape
+    except where that shape is None. ``counters``: when given, the keys that must hold
+    integers (BatchNorm ``num_batches_tracked``); every other key must then be float32 (None:
+    dtypes not checked, e.g. for arbitrary modules). ``other_names``: keys of the same model in
+    the other framework's naming, used only to add a hint when a file has the wrong naming.
     """
     optional = optional or {}
+    counter_keys = None if counters is None else set(counters)
     missing = [f"{k}  expected {_fmt_shape(s)}" for k, s in required.items() if k not in state]
-    unexpected, wrong = [], []
+    unexpected, wrong, wrong_dtype = [], [], []
     for key, value in state.items():
         shape = tuple(getattr(value, "shape", ()))
         want = required.get(key, optional.get(key, False))
         if want is False:
             unexpected.append(f"{key}  {_fmt_shape(shape)}")
-        elif want is not None and tuple(want) != shape:
+            continue
+        if want is not None and tuple(want) != shape:
             wrong.append(f"{key}  expected {_fmt_shape(want)}, found {_fmt_shape(shape)}")
-    if not (missing or unexpected or wrong):
+        problem = None if counter_keys is None else dtype_problem(key, value, key in counter_keys)
+        if problem:
+            wrong_dtype.append(problem)
+    if not (missing or unexpected or wrong or wrong_dtype):
         return
     counts = ", ".join(f"{n} {label}" for n, label in (
-        (len(missing), "missing"), (len(unexpected), "unexpected"), (len(wrong), "wrong shape")) if n)
+        (len(missing), "missing"), (len(unexpected), "unexpected"), (len(wrong), "wrong shape"),
+        (len(wrong_dtype), "wrong dtype")) if n)
     details = _listing("missing keys", missing) + _listing("unexpected keys", unexpected) \
-        + _listing("wrong shape", wrong)
+        + _listing("wrong shape", wrong) + _listing("wrong dtype", wrong_dtype)
+    if len(wrong_dtype) == 1 and not (missing or unexpected or wrong):
+        counts += f": {wrong_dtype[0].replace('  ', ' ')}"  # the key in the headline itself
     other = set(other_names)
     renamed = sum(1 for k in state if k in other and k not in required)
     if other and renamed and renamed * 2 >= len(unexpected):
@@ -290,12 +321,16 @@ def _rules_of(model: ModelSpec) -> Tuple[KeyRule, ...]:
     return model_rules(model) if isinstance(model, str) else tuple(model)
 
 
-def validate(state: Mapping[str, Any], model: ModelSpec, framework: str = "torch") -> None:
+def validate(state: Mapping[str, Any], model: ModelSpec, framework: str = "torch",
+             check_dtypes: bool = True) -> None:
     """Check ``state`` against the layout of ``model`` in ``framework`` naming.
 
     ``model``: "farseg", "factseg", "resnet50" (torchvision ImageNet file, framework torch),
-    or a rule sequence from ``rules_from_module`` (any other torch module).
-    Raises CheckpointError with the multi-line report on any missing / unexpected / wrong-shape key.
+    or a rule sequence from ``rules_from_module`` (any other torch module). ``check_dtypes``
+    (named models): float32 weights and integer BatchNorm counters, as every checkpoint has;
+    off only for in-memory states deliberately in another precision (align's float64 runs).
+    Raises CheckpointError with the multi-line report on any missing / unexpected / wrong-shape
+    / wrong-dtype key.
     """
     if not isinstance(model, str):
         rules = _rules_of(model)
@@ -310,7 +345,8 @@ def validate(state: Mapping[str, Any], model: ModelSpec, framework: str = "torch
         other = expected_layout(model, "paddle" if framework == "torch" else "torch")[0]
     label = "torchvision's ImageNet resnet50 layout" if model == "resnet50" else \
         f"the {model} layout ({framework} names)"
-    check_layout(state, required, optional, what=label, other_names=other)
+    check_layout(state, required, optional, what=label, other_names=other,
+                 counters=counter_keys(model, framework) if check_dtypes else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,17 +380,19 @@ def _leftover_check(remaining: Mapping[str, Any]) -> None:
         raise RuntimeError(f"keys left unmapped: {list(remaining)[:10]}")
 
 
-def torch_to_paddle(state: Mapping[str, Any], model: ModelSpec) -> "OrderedDict[str, np.ndarray]":
+def torch_to_paddle(state: Mapping[str, Any], model: ModelSpec,
+                    check_dtypes: bool = True) -> "OrderedDict[str, np.ndarray]":
     """Official/torch_ref state dict of ``model`` -> Paddle state dict (numpy arrays).
 
     ``model``: "farseg"/"factseg", or rules from ``rules_from_module`` for any torch module.
-    Validates first (CheckpointError on any mismatch). BatchNorm buffers are renamed and
+    Validates first (CheckpointError on any mismatch; dtypes too unless ``check_dtypes`` is
+    False). BatchNorm buffers are renamed and
     ``num_batches_tracked`` dropped, Linear weights transposed, everything else passed through
     unchanged (same dtype; no copy unless a transpose or non-contiguous input needs one).
     Output order: the official order minus the dropped keys.
     """
     state = _numpy_state(state)
-    validate(state, model, "torch")
+    validate(state, model, "torch", check_dtypes)
     remaining = OrderedDict(state)
     out: "OrderedDict[str, np.ndarray]" = OrderedDict()
     for rule in _rules_of(model):
@@ -366,8 +404,8 @@ def torch_to_paddle(state: Mapping[str, Any], model: ModelSpec) -> "OrderedDict[
     return out
 
 
-def paddle_to_torch(state: Mapping[str, Any], model: ModelSpec,
-                    num_batches_tracked: int = 0) -> "OrderedDict[str, np.ndarray]":
+def paddle_to_torch(state: Mapping[str, Any], model: ModelSpec, num_batches_tracked: int = 0,
+                    check_dtypes: bool = True) -> "OrderedDict[str, np.ndarray]":
     """Paddle state dict of ``model`` -> torch_ref/official state dict (numpy arrays).
 
     The exact inverse of ``torch_to_paddle``, in the official key order. Paddle keeps no
@@ -376,7 +414,7 @@ def paddle_to_torch(state: Mapping[str, Any], model: ModelSpec,
     ``momentum=None``, which these models never use). Use ``as_torch`` for tensors.
     """
     state = _numpy_state(state)
-    validate(state, model, "paddle")
+    validate(state, model, "paddle", check_dtypes)
     remaining = OrderedDict(state)
     out: "OrderedDict[str, np.ndarray]" = OrderedDict()
     for rule in _rules_of(model):
@@ -405,7 +443,8 @@ def imagenet_resnet50_to(state: Mapping[str, Any], model: str = "farseg",
         raise ValueError(f"unknown framework {to!r}: expected torch or paddle")
     state = _numpy_state(state)
     required, optional = imagenet_layout(model)
-    check_layout(state, required, optional, what="torchvision's ImageNet resnet50 layout")
+    check_layout(state, required, optional, what="torchvision's ImageNet resnet50 layout",
+                 counters=counter_keys("resnet50"))
     remaining = OrderedDict(state)
     out: "OrderedDict[str, np.ndarray]" = OrderedDict()
     for src, rule in encoder_rules(model):

@@ -5,36 +5,38 @@ Both on-disk formats of ``torch.save`` are read:
 * zip (torch >= 1.6): ``<archive>/data.pkl`` is the pickled object; each storage it refers to
   is the raw record ``<archive>/data/<key>`` in the byte order named by ``<archive>/byteorder``
   (little when the record is absent). torch writes those records uncompressed and 64-byte
-  aligned, so they are memory-mapped, not read: a tensor is a numpy view of a private
-  (copy-on-write) map of the file, so writing into it never touches the file (copied only when
-  its byte order is not the machine's; broadcast and other strided views are read-only).
+  aligned, so they are views of a private (copy-on-write) map of the file, not copies:
+  writing into an array never touches the file (copied only when its byte order is not the
+  machine's; non-contiguous views are read-only).
 * legacy (torch < 1.6, e.g. torchvision's ``resnet50-19c8e357.pth``): a run of pickles (magic
   number, protocol version 1001, system info, the object, the sorted list of storage keys)
   followed by each storage in that order as an 8-byte little-endian element count and the raw
   little-endian bytes.
 
-The object pickle goes through ``TorchUnpickler``, a ``pickle.Unpickler`` whose ``find_class``
-resolves only what a state dict of dense tensors needs (``ALLOWED``) to this module's own
-stand-ins, which build numpy arrays; every other global is refused before anything is called.
-Tensors come back as ``np.ndarray`` (same dtype, shape and strides as torch gives, storage
-offsets and shared storages honoured) and ``nn.Parameter`` as its data.
+The pickles are run by ``convert.restricted_pickle`` (no ``pickle.Unpickler``): the globals a
+state dict of dense tensors needs (``ALLOWED``) resolve to inert stand-ins, so a tensor is
+first a ``TensorSpec`` (storage key, declared storage size, offset, size, stride), checked
+when it is made: integer sizes, strides at least 1 on every dimension longer than one and
+not overlapping (no stride-0 broadcast, no aliasing within a tensor), and every element inside
+the declared storage. Only after the whole pickle is read does ``finalize`` look up each storage
+record, check that its size is exactly the declared one BEFORE reading it (a compressed record
+is inflated only up to that size, and at most ``MAX_INFLATED`` bytes in all), and make the
+array with ``np.frombuffer`` on those bytes. Tensors come back as ``np.ndarray`` (same dtype,
+shape, strides and values as torch gives; storage offsets and shared storages honoured) and
+``nn.Parameter`` as its data.
 
-Refused, each with one CheckpointError line and no fallback to ``torch.load`` (the converter
-must never need torch to read): any global outside ``ALLOWED`` (code, custom classes, and also
-torch objects that are not dense weights: quantized, sparse, nested or subclass tensors,
-``torch.device``, ...), TorchScript archives, compressed or encrypted storage records that
-``zipfile`` cannot read, the pre-1.0 tar format. Tensors whose dtype numpy has no type for
-(bfloat16, float8) are read as ``UnsupportedTensor`` placeholders so the caller can name the
-key in its error; they are never converted silently.
+Refused, each with one CheckpointError line and no fallback to ``torch.load``: any global
+outside ``ALLOWED`` (code, custom classes, and also torch objects that are not dense weights:
+quantized, sparse, nested or subclass tensors, ``torch.device``, ...), TorchScript archives,
+encrypted records, dict keys other than strings and integers, nesting deeper than
+``restricted_pickle.MAX_DEPTH``, the pre-1.0 tar format. Tensors whose dtype numpy has no type
+for (bfloat16, float8) are read as ``UnsupportedTensor`` placeholders so that the caller can
+name the key in its error; they are never converted silently.
 """
 from __future__ import annotations
 
-import _compat_pickle
 import collections
-import io
-import mmap
 import os
-import pickle
 import struct
 import sys
 import zipfile
@@ -44,7 +46,9 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
+from . import restricted_pickle as rp
 from .errors import CheckpointError
+from .fileio import MappedFile, map_regular_file
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -52,6 +56,11 @@ _NATIVE = "<" if sys.byteorder == "little" else ">"
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # zip local file header: signature ... name len, extra len
+MAX_PICKLE_BYTES = 256 * 2**20  # data.pkl of a state dict is kilobytes, of a training checkpoint ~100 KB
+# torch never compresses records; a re-packed (deflated) file is inflated up to this many bytes
+# in all, so that a small file cannot claim gigabytes of zeros.
+MAX_INFLATED = 1024 * 2**20
+MAX_KEY_CHARS = 256  # storage keys are small decimal numbers
 
 
 class UnsupportedTensor(NamedTuple):
@@ -62,8 +71,8 @@ class UnsupportedTensor(NamedTuple):
 
 
 class _StorageType(NamedTuple):
-    # Stand-in for torch.FloatStorage & co. (and for torch dtypes, which _rebuild_tensor_v3
-    # receives): numpy dtype code (None: numpy has none) and element size in bytes.
+    # torch.FloatStorage & co. (and torch dtypes, which _rebuild_tensor_v3 receives): numpy
+    # dtype code (None: numpy has none) and element size in bytes.
     name: str
     dtype: str  # torch's dtype name, e.g. "torch.float32"
     code: Optional[str]
@@ -71,10 +80,9 @@ class _StorageType(NamedTuple):
 
 
 class _Storage(NamedTuple):
-    # What persistent_load returns: the raw bytes of one storage (None while scouting the
-    # legacy format, whose data follows the pickle) and its declared type and byte order.
+    # The bytes of one storage once its record is checked, and their byte order.
     kind: _StorageType
-    raw: Optional[np.ndarray]  # uint8, 1-D
+    raw: np.ndarray  # uint8, 1-D, exactly the declared size
     order: str  # "<" or ">"
 
 
@@ -100,64 +108,6 @@ _DTYPES = {name: _StorageType(f"torch.{name}", f"torch.{name}", code, size) for 
 ]}
 
 
-class BadTensor(ValueError):
-    """Tensor arguments that no torch.save would write (out of bounds, negative, wrong types)."""
-
-
-def _ints(value: Any, what: str) -> Tuple[int, ...]:
-    if not isinstance(value, (tuple, list)) or not all(isinstance(v, int) for v in value):
-        raise BadTensor(f"tensor {what} is not a tuple of integers: {value!r:.80}")
-    if any(v < 0 for v in value):
-        raise BadTensor(f"negative tensor {what} {tuple(value)}")
-    return tuple(int(v) for v in value)
-
-
-def _make_tensor(storage: Any, offset: Any, size: Any, stride: Any,
-                 kind: Optional[_StorageType] = None) -> Union[np.ndarray, UnsupportedTensor, None]:
-    """The array ``storage[offset:]`` seen with ``size``/``stride`` (in elements), bounds-checked.
-
-    ``kind``: the element type when the storage is untyped (``_rebuild_tensor_v3``).
-    """
-    if not isinstance(storage, _Storage):
-        raise BadTensor(f"tensor built from a {type(storage).__name__}, not a storage")
-    if not isinstance(offset, int) or offset < 0:
-        raise BadTensor(f"bad storage offset {offset!r:.40}")
-    shape, strides = _ints(size, "size"), _ints(stride, "stride")
-    if len(shape) != len(strides):
-        raise BadTensor(f"tensor size {shape} and stride {strides} differ in length")
-    kind = kind or storage.kind
-    if storage.raw is None:  # legacy format, first pass: only the arguments are checked
-        return None
-    numel_storage = storage.raw.size // kind.itemsize
-    numel = 1
-    for n in shape:
-        numel *= n
-    if numel:
-        # as_strided does no bounds checking: a crafted file must not make us read past the storage.
-        last = offset + sum((n - 1) * s for n, s in zip(shape, strides))
-        if last >= numel_storage:
-            raise BadTensor(f"tensor of size {shape}, stride {strides} at offset {offset} reaches "
-                            f"element {last} of a storage of {numel_storage}")
-    elif offset > numel_storage:
-        raise BadTensor(f"storage offset {offset} beyond a storage of {numel_storage} elements")
-    if kind.code is None:
-        return UnsupportedTensor(kind.dtype, shape)
-    dtype = np.dtype(kind.code)  # numpy's shared instance: pickles (.pdparams) memoise it
-    if storage.order != _NATIVE and dtype.itemsize > 1:
-        dtype = dtype.newbyteorder(storage.order)
-    typed = storage.raw[: numel_storage * kind.itemsize].view(dtype)
-    if not numel:
-        arr = np.empty(shape, dtype)
-    elif strides == c_strides(shape):
-        arr = typed[offset: offset + numel].reshape(shape)  # the usual case: a plain view
-    else:
-        arr = np.lib.stride_tricks.as_strided(typed[offset:], shape, [s * dtype.itemsize for s in strides],
-                                              writeable=False)
-    if not dtype.isnative:
-        arr = arr.astype(np.dtype(kind.code))  # the one case that must copy
-    return arr
-
-
 def c_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
     """Element strides of a C-contiguous tensor of ``shape`` (what torch stores for one)."""
     out, step = [], 1
@@ -167,88 +117,247 @@ def c_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
     return tuple(reversed(out))
 
 
-# Stand-ins for torch's rebuild functions. Instances of slot-less classes, not plain
-# functions: a pickle's BUILD opcode can set attributes on a function object, not on these.
-class _StandIn:
+def layout_problem(shape: Tuple[int, ...], strides: Tuple[int, ...], offset: int,
+                   numel_storage: int) -> Optional[str]:
+    """Why ``shape``/``strides`` at ``offset`` is not a safe view of ``numel_storage`` elements
+    (None when it is): every element inside the storage, and no two elements at one place
+    (no stride 0 on a dimension longer than one, no overlapping strides), so that a view
+    never reads outside its bytes and never holds more elements than the storage."""
+    if rp.product(shape) == 0:
+        return None if offset <= numel_storage else \
+            f"storage offset {offset} beyond a storage of {numel_storage} elements"
+    extent = 1  # elements spanned by the dimensions checked so far (ascending stride)
+    for stride, n in sorted((s, n) for n, s in zip(shape, strides) if n > 1):
+        if stride < extent:
+            return (f"tensor of size {shape} with stride {strides} puts several elements at one "
+                    f"place (stride 0 or overlapping strides): refused")
+        extent += (n - 1) * stride
+    last = offset + sum((n - 1) * s for n, s in zip(shape, strides))
+    if last >= numel_storage:
+        return (f"tensor of size {shape}, stride {strides} at offset {offset} reaches element {last} "
+                f"of a storage of {numel_storage}")
+    return None
+
+
+def _make_tensor(storage: _Storage, offset: int, size: Tuple[int, ...], stride: Tuple[int, ...],
+                 kind: Optional[_StorageType] = None) -> Union[np.ndarray, UnsupportedTensor]:
+    """The array ``storage[offset:]`` seen with ``size``/``stride`` (in elements).
+
+    ``kind``: the element type when the storage is untyped (``_rebuild_tensor_v3``). The
+    layout was checked when the tensor was read (``TensorSpec``); checked again here, since
+    ``as_strided`` itself checks nothing.
+    """
+    kind = kind or storage.kind
+    numel_storage = storage.raw.size // kind.itemsize
+    problem = layout_problem(size, stride, offset, numel_storage)
+    if problem:
+        raise rp.PickleRefused(problem)
+    if kind.code is None:
+        return UnsupportedTensor(kind.dtype, size)
+    dtype = np.dtype(kind.code)
+    if storage.order != _NATIVE and dtype.itemsize > 1:
+        dtype = dtype.newbyteorder(storage.order)
+    numel = rp.product(size)
+    if not numel:
+        arr = np.zeros(size, dtype)
+    else:
+        typed = storage.raw[: numel_storage * kind.itemsize].view(dtype)
+        if stride == c_strides(size) or numel == 1:
+            arr = typed[offset: offset + numel].reshape(size)  # the usual case: a plain view
+        else:
+            arr = np.lib.stride_tricks.as_strided(typed[offset:], size, [s * dtype.itemsize for s in stride],
+                                                  writeable=False)
+    if not dtype.isnative:
+        arr = arr.astype(np.dtype(kind.code))  # the one case that must copy
+    return arr
+
+
+# ----------------------------------------------------------------------------------------------
+# Inert stand-ins for what a torch pickle names
+# ----------------------------------------------------------------------------------------------
+
+class _Kind(rp.Inert):
+    """torch.FloatStorage & co., or a torch dtype: only ever an argument."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: _StorageType) -> None:
+        self.kind = kind
+
+    def describe(self) -> str:
+        return self.kind.name
+
+
+class StorageRef(rp.Inert):
+    """A storage named by a persistent id: key, type, declared size (elements), legacy view."""
+
+    __slots__ = ("kind", "key", "numel", "view")
+
+    def __init__(self, kind: _StorageType, key: str, numel: int, view: Optional[Tuple[int, int]]) -> None:
+        self.kind, self.key, self.numel, self.view = kind, key, numel, view
+
+    def describe(self) -> str:
+        return f"storage {self.key!r}"
+
+    @property
+    def elements(self) -> int:
+        """Elements a tensor may address (of the view, for a legacy storage view)."""
+        return self.view[1] if self.view else self.numel
+
+
+class TensorSpec(rp.Inert):
+    """A tensor as the pickle declares it, already checked against its storage's declared size."""
+
+    __slots__ = ("storage", "offset", "size", "stride", "kind")
+
+    def __init__(self, storage: Any, offset: Any, size: Any, stride: Any,
+                 kind: Optional[_StorageType] = None) -> None:
+        if not isinstance(storage, StorageRef):
+            raise rp.PickleRefused(f"tensor built from {rp.short(storage)}, not a storage")
+        if type(offset) is not int or offset < 0:
+            raise rp.PickleRefused(f"bad storage offset {rp.short(offset)}")
+        size, stride = rp.check_ints(size, "size"), rp.check_ints(stride, "stride")
+        if len(size) != len(stride):
+            raise rp.PickleRefused(f"tensor size {size} and stride {stride} differ in length")
+        kind = kind or storage.kind
+        numel_storage = storage.elements * storage.kind.itemsize // kind.itemsize
+        problem = layout_problem(size, stride, offset, numel_storage)
+        if problem:
+            raise rp.PickleRefused(problem)
+        self.storage, self.offset, self.size, self.stride, self.kind = storage, offset, size, stride, kind
+
+    def describe(self) -> str:
+        return f"tensor of size {self.size}"
+
+
+class _RebuildTensor(rp.Inert):
     __slots__ = ()
-    qualname = ""
 
-    def __repr__(self) -> str:
-        return f"<stand-in for {self.qualname}>"
+    def describe(self) -> str:
+        return "torch._utils._rebuild_tensor"
+
+    def call(self, args: tuple) -> Any:
+        # (storage, offset, size, stride[, requires_grad, backward_hooks[, metadata]]): the
+        # flags, hooks (always empty when saved) and Python metadata do not change the values.
+        if not 4 <= len(args) <= 7:
+            raise rp.PickleRefused(f"{self.describe()} with {len(args)} arguments")
+        return TensorSpec(*args[:4])
 
 
-class _RebuildTensor(_StandIn):
+class _RebuildTensorV3(rp.Inert):
     __slots__ = ()
-    qualname = "torch._utils._rebuild_tensor"
 
-    def __call__(self, storage: Any, storage_offset: Any, size: Any, stride: Any) -> Any:
-        return _make_tensor(storage, storage_offset, size, stride)
+    def describe(self) -> str:
+        return "torch._utils._rebuild_tensor_v3"
+
+    def call(self, args: tuple) -> Any:
+        # (storage, offset, size, stride, requires_grad, backward_hooks, dtype[, metadata])
+        if len(args) not in (7, 8):
+            raise rp.PickleRefused(f"{self.describe()} with {len(args)} arguments")
+        dtype = args[6]
+        if not isinstance(dtype, _Kind) or dtype.kind not in _DTYPE_KINDS:
+            raise rp.PickleRefused(f"{self.describe()} given {rp.short(dtype)} as dtype")
+        return TensorSpec(*args[:4], kind=dtype.kind)
 
 
-class _RebuildTensorV2(_StandIn):
+class _RebuildParameter(rp.Inert):
     __slots__ = ()
-    qualname = "torch._utils._rebuild_tensor_v2"
 
-    def __call__(self, storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any = False,
-                 backward_hooks: Any = None, metadata: Any = None) -> Any:
-        # requires_grad, hooks (always empty when saved) and Python metadata do not change the values.
-        return _make_tensor(storage, storage_offset, size, stride)
+    def describe(self) -> str:
+        return "torch._utils._rebuild_parameter"
+
+    def call(self, args: tuple) -> Any:
+        # (data, requires_grad, backward_hooks[, state]): a Parameter is its data here.
+        if len(args) not in (3, 4) or not isinstance(args[0], TensorSpec):
+            raise rp.PickleRefused(f"parameter built from {rp.short(args[0] if args else None)}, not a tensor")
+        return args[0]
 
 
-class _RebuildTensorV3(_StandIn):
+class _OrderedDictType(rp.Inert):
     __slots__ = ()
-    qualname = "torch._utils._rebuild_tensor_v3"
 
-    def __call__(self, storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any,
-                 backward_hooks: Any, dtype: Any, metadata: Any = None) -> Any:
-        if not isinstance(dtype, _StorageType) or dtype not in _DTYPE_KINDS:
-            raise BadTensor(f"_rebuild_tensor_v3 given {dtype!r:.60} as dtype")
-        return _make_tensor(storage, storage_offset, size, stride, kind=dtype)
+    def describe(self) -> str:
+        return "collections.OrderedDict"
 
-
-class _RebuildParameter(_StandIn):
-    __slots__ = ()
-    qualname = "torch._utils._rebuild_parameter"
-
-    def __call__(self, data: Any, requires_grad: Any, backward_hooks: Any, state: Any = None) -> Any:
-        # (data is None only in the legacy format's first pass, which builds no arrays)
-        if data is not None and not isinstance(data, (np.ndarray, UnsupportedTensor)):
-            raise BadTensor(f"parameter built from a {type(data).__name__}, not a tensor")
-        return data  # a Parameter is its data here: requires_grad/state are not weights
-
-
-class _RebuildParameterWithState(_RebuildParameter):
-    __slots__ = ()
-    qualname = "torch._utils._rebuild_parameter_with_state"
+    def call(self, args: tuple) -> Any:
+        if args:
+            raise rp.PickleRefused("OrderedDict called with arguments")
+        return collections.OrderedDict()
 
 
 _STORAGE_KINDS = frozenset(_STORAGE_TYPES.values()) | {_UNTYPED}
 _DTYPE_KINDS = frozenset(_DTYPES.values())
 
 ALLOWED: Dict[Tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("collections", "OrderedDict"): _OrderedDictType(),
     ("torch._utils", "_rebuild_tensor"): _RebuildTensor(),
-    ("torch._utils", "_rebuild_tensor_v2"): _RebuildTensorV2(),
+    ("torch._utils", "_rebuild_tensor_v2"): _RebuildTensor(),
     ("torch._utils", "_rebuild_tensor_v3"): _RebuildTensorV3(),
     ("torch._utils", "_rebuild_parameter"): _RebuildParameter(),
-    ("torch._utils", "_rebuild_parameter_with_state"): _RebuildParameterWithState(),
-    ("torch.storage", "UntypedStorage"): _UNTYPED,
-    ("torch", "UntypedStorage"): _UNTYPED,
-    **{("torch", name): kind for name, kind in _STORAGE_TYPES.items()},
-    **{("torch", name): kind for name, kind in _DTYPES.items()},
+    ("torch._utils", "_rebuild_parameter_with_state"): _RebuildParameter(),
+    ("torch.storage", "UntypedStorage"): _Kind(_UNTYPED),
+    ("torch", "UntypedStorage"): _Kind(_UNTYPED),
+    **{("torch", name): _Kind(kind) for name, kind in _STORAGE_TYPES.items()},
+    **{("torch", name): _Kind(kind) for name, kind in _DTYPES.items()},
 }
 
-
-class Refused(pickle.UnpicklingError):
-    """The pickle names a global outside ``ALLOWED``; nothing was called."""
-
-    def __init__(self, module: str, name: str) -> None:
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)  # "__builtin__" -> "builtins"
-        super().__init__(f"{module}.{name}")
-        self.module, self.qualname = module, f"{module}.{name}"
+# (storage key, declared type, declared element count) -> the record's bytes, exactly that size
+StorageSource = Callable[[str, _StorageType, int], np.ndarray]
 
 
-def _refusal_message(exc: Refused) -> str:
+class TorchProfile(rp.Profile):
+    """What a torch.save pickle may name; storages come from ``source`` when finalized."""
+
+    globals = ALLOWED
+    string_encoding = "utf-8"  # what torch.load passes for Python 2 strings
+
+    def __init__(self, order: str = "<") -> None:
+        self.order = order
+        self.seen: Dict[str, Tuple[_StorageType, int]] = {}
+        self.source: Optional[StorageSource] = None
+        self._records: Dict[str, np.ndarray] = {}
+
+    def persistent_load(self, pid: Any) -> Any:
+        if type(pid) is not tuple or len(pid) not in (5, 6) or pid[0] != "storage":
+            raise rp.PickleRefused(f"unsupported persistent id {rp.short(pid)}")
+        kind, key, numel = pid[1], pid[2], pid[4]
+        if not isinstance(kind, _Kind) or kind.kind not in _STORAGE_KINDS:
+            raise rp.PickleRefused(f"persistent id names {rp.short(kind)} as storage type")
+        if type(key) is not str or len(key) > MAX_KEY_CHARS or type(numel) is not int or numel < 0:
+            raise rp.PickleRefused(f"malformed storage id (key {rp.short(key)}, size {rp.short(numel)})")
+        kind = kind.kind
+        known = self.seen.setdefault(key, (kind, numel))
+        if known[0].itemsize * known[1] != kind.itemsize * numel:
+            raise rp.PickleRefused(f"storage {key!r} declared with two different sizes")
+        view = pid[5] if len(pid) == 6 else None
+        if view is not None:  # legacy storage view: (view key, offset, size) in elements
+            if not (type(view) is tuple and len(view) == 3 and all(type(v) is int and v >= 0 for v in view[1:])):
+                raise rp.PickleRefused(f"malformed storage view {rp.short(view)}")
+            if view[1] + view[2] > numel:
+                raise rp.PickleRefused(f"storage view ({view[1]}, {view[2]}) beyond its storage of {numel}")
+            view = (view[1], view[2])
+        return StorageRef(kind, key, numel, view)
+
+    def finish(self, value: rp.Inert, depth: int) -> Any:
+        if isinstance(value, TensorSpec):
+            ref = value.storage
+            raw = self._records.get(ref.key)
+            if raw is None:
+                raw = self._records[ref.key] = self.source(ref.key, ref.kind, ref.numel)
+            if ref.view:
+                raw = raw[ref.view[0] * ref.kind.itemsize: (ref.view[0] + ref.view[1]) * ref.kind.itemsize]
+            return _make_tensor(_Storage(ref.kind, raw, self.order), value.offset, value.size,
+                                value.stride, value.kind)
+        raise rp.PickleRefused(f"{value.describe()} outside a tensor")
+
+
+class _PlainProfile(rp.Profile):
+    """No globals, no persistent ids: the legacy format's header pickles and key list."""
+
+    globals: Dict[Tuple[str, str], Any] = {}
+
+
+def _refusal_message(exc: rp.Refused) -> str:
     if exc.module.startswith("__torch__"):
         return (f"a TorchScript archive (torch.jit.save), not a state dict: it names {exc.qualname}; "
                 f"save model.state_dict() with torch.save instead (nothing was executed)")
@@ -260,106 +369,73 @@ def _refusal_message(exc: Refused) -> str:
             f"numbers, and loading this one could run code (nothing was executed)")
 
 
-def _text(value: Any) -> Any:
-    # Python 2 era files pickled these ids as byte strings.
-    return value.decode("ascii") if isinstance(value, bytes) else value
+def _run(buf: Any, profile: rp.Profile, what: str, start: int = 0) -> Tuple[Any, int]:
+    """``restricted_pickle.load`` with every failure as one CheckpointError line."""
+    try:
+        return rp.load(buf, profile, start)
+    except rp.Refused as exc:
+        raise CheckpointError(_refusal_message(exc)) from None
+    except rp.Truncated as exc:
+        raise CheckpointError(f"truncated or corrupt pickle in {what} ({exc})") from None
+    except rp.PickleRefused as exc:
+        raise CheckpointError(f"corrupt pickle in {what} ({exc})") from None
 
 
-# (key, declared type, declared element count) -> the storage's bytes, or None (legacy first pass)
-StorageSource = Callable[[str, _StorageType, int], Optional[np.ndarray]]
-
-
-class TorchUnpickler(pickle.Unpickler):
-    """The C ``pickle.Unpickler`` restricted to ``ALLOWED``; storages come from ``storages``.
-
-    ``storages(key, kind, numel)`` returns the raw bytes of storage ``key`` (uint8 array) or
-    None (legacy first pass); ``seen`` records every storage the pickle names.
-    """
-
-    def __init__(self, file: Any, storages: Optional[StorageSource] = None, order: str = "<") -> None:
-        super().__init__(file, encoding="utf-8")  # what torch.load passes for Python 2 strings
-        self._storages = storages
-        self._order = order
-        self.seen: Dict[str, Tuple[_StorageType, int]] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        found = ALLOWED.get((module, name))
-        if found is None:
-            raise Refused(module, name)
-        return found
-
-    def persistent_load(self, pid: Any) -> Any:
-        if self._storages is None:
-            raise pickle.UnpicklingError("unexpected persistent id in a plain pickle")
-        if not isinstance(pid, tuple) or len(pid) not in (5, 6) or _text(pid[0]) != "storage":
-            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
-        kind, key, _location, numel = pid[1], _text(pid[2]), pid[3], pid[4]
-        if not isinstance(kind, _StorageType) or kind not in _STORAGE_KINDS:
-            raise pickle.UnpicklingError(f"persistent id names {kind!r:.60} as storage type")
-        if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
-            raise pickle.UnpicklingError(f"malformed storage id {pid!r:.80}")
-        known = self.seen.setdefault(key, (kind, numel))
-        if known[0].itemsize * known[1] != kind.itemsize * numel:
-            raise pickle.UnpicklingError(f"storage {key!r} declared with two different sizes")
-        raw = self._storages(key, kind, numel)
-        view = pid[5] if len(pid) == 6 else None
-        if view is not None:  # legacy storage view: (view key, offset, size) in elements
-            if not (isinstance(view, tuple) and len(view) == 3 and all(isinstance(v, int) for v in view[1:])
-                    and view[1] >= 0 and view[2] >= 0):
-                raise pickle.UnpicklingError(f"malformed storage view {view!r:.80}")
-            start, stop = view[1] * kind.itemsize, (view[1] + view[2]) * kind.itemsize
-            if stop > numel * kind.itemsize:
-                raise pickle.UnpicklingError(f"storage view {view!r:.80} beyond its storage")
-            raw = None if raw is None else raw[start:stop]
-        return _Storage(kind, raw, self._order)
-
-
-class _PlainUnpickler(TorchUnpickler):
-    """No globals, no persistent ids: the legacy format's header pickles and key list."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise Refused(module, name)
+def _finalize(obj: Any, profile: TorchProfile, what: str) -> Any:
+    try:
+        return rp.finalize(obj, profile)
+    except CheckpointError:  # from the storage source: already one line
+        raise
+    except rp.PickleRefused as exc:
+        raise CheckpointError(f"corrupt checkpoint ({exc})") from None
+    except MemoryError:
+        raise CheckpointError(f"{what} asks for more memory than available") from None
 
 
 # ----------------------------------------------------------------------------------------------
 # The two container formats
 # ----------------------------------------------------------------------------------------------
 
-def _map(path: Path) -> mmap.mmap:
-    with open(path, "rb") as f:
-        # ACCESS_COPY: pages are shared until written, and a write (e.g. into a tensor made
-        # with torch.from_numpy) lands in a private copy, never in the file and never a crash.
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+class _Inflated:
+    """How many bytes compressed records have been inflated to so far (bounded)."""
+
+    def __init__(self) -> None:
+        self.total = 0
 
 
-def _zip_record(zf: zipfile.ZipFile, mapped: mmap.mmap, name: str) -> np.ndarray:
-    """The bytes of record ``name``: a view of the mapped file when stored, else read."""
-    try:
-        info = zf.getinfo(name)
-    except KeyError:
-        raise CheckpointError(f"storage record {name!r} is missing from the archive (truncated or "
-                              f"corrupt checkpoint)") from None
+def _zip_bytes(zf: zipfile.ZipFile, mapped: Any, info: zipfile.ZipInfo, budget: _Inflated) -> Any:
+    """The content of record ``info`` (its declared size already checked by the caller): a view
+    of the mapped file when stored, else inflated up to the declared size (CRC checked)."""
+    name = info.filename
     if info.flag_bits & 0x1:
-        raise CheckpointError(f"storage record {name!r} is encrypted")
-    if info.compress_type != zipfile.ZIP_STORED:
-        # torch never compresses, but other zip tools may have re-packed the file: zipfile
-        # inflates and checks the CRC.
-        try:
-            return np.frombuffer(bytearray(zf.read(name)), dtype=np.uint8)  # writable, like the map
-        except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError, zlib.error) as exc:
-            raise CheckpointError(f"cannot read storage record {name!r} ({exc})") from None
-    head = mapped[info.header_offset: info.header_offset + _LOCAL_HEADER.size]
-    if len(head) != _LOCAL_HEADER.size or not head.startswith(b"PK\x03\x04"):
-        raise CheckpointError(f"corrupt zip archive (bad local header of {name!r})")
-    _, name_len, extra_len = _LOCAL_HEADER.unpack(head)
-    start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
-    if start + info.file_size > len(mapped):
-        raise CheckpointError(f"truncated checkpoint: storage record {name!r} runs past the end of the file")
-    return np.frombuffer(mapped, dtype=np.uint8, count=info.file_size, offset=start)
+        raise CheckpointError(f"record {name!r} is encrypted")
+    if info.compress_type == zipfile.ZIP_STORED:
+        head = mapped[info.header_offset: info.header_offset + _LOCAL_HEADER.size]
+        if len(head) != _LOCAL_HEADER.size or not head.startswith(b"PK\x03\x04"):
+            raise CheckpointError(f"corrupt zip archive (bad local header of {name!r})")
+        _, name_len, extra_len = _LOCAL_HEADER.unpack(head)
+        start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+        if start + info.file_size > len(mapped):
+            raise CheckpointError(f"truncated checkpoint: record {name!r} runs past the end of the file")
+        return np.frombuffer(mapped, dtype=np.uint8, count=info.file_size, offset=start)
+    # torch never compresses, but another zip tool may have re-packed the file.
+    budget.total += info.file_size
+    if budget.total > MAX_INFLATED:
+        raise CheckpointError(f"compressed records would inflate to more than {MAX_INFLATED >> 20} MiB "
+                              f"(torch never compresses; re-save the checkpoint with torch.save)")
+    try:
+        with zf.open(info) as handle:
+            data = handle.read(info.file_size + 1)  # zipfile inflates in bounded steps
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError, zlib.error) as exc:
+        raise CheckpointError(f"cannot read record {name!r} ({' '.join(str(exc).split())[:200]})") from None
+    if len(data) != info.file_size:
+        raise CheckpointError(f"corrupt zip archive (record {name!r} inflates to {len(data)} bytes, "
+                              f"declared {info.file_size})")
+    return np.frombuffer(bytearray(data), dtype=np.uint8)  # writable, like the map
 
 
-def _load_zip(path: Path) -> Any:
-    with zipfile.ZipFile(path) as zf:
+def _load_zip(mapped: Any) -> Any:
+    with zipfile.ZipFile(MappedFile(mapped)) as zf:
         names = zf.namelist()
         pkl = next((n for n in names if n == "data.pkl" or n.endswith("/data.pkl")), None)
         if pkl is None:
@@ -368,72 +444,56 @@ def _load_zip(path: Path) -> Any:
         if any(n.startswith(prefix + "code/") for n in names) or prefix + "constants.pkl" in names:
             raise CheckpointError("a TorchScript archive (torch.jit.save), not a state dict: save "
                                   "model.state_dict() with torch.save instead")
+        budget = _Inflated()
         order = "<"
         if prefix + "byteorder" in names:
-            mark = zf.read(prefix + "byteorder")
+            info = zf.getinfo(prefix + "byteorder")
+            mark = bytes(_zip_bytes(zf, mapped, info, budget)) if info.file_size <= 8 else b"?"
             if mark not in (b"little", b"big"):
                 raise CheckpointError(f"unknown byte order {mark[:20]!r} in the archive")
             order = "<" if mark == b"little" else ">"
-        data = zf.read(pkl)
-        mapped = _map(path)
-        records: Dict[str, np.ndarray] = {}
+        info = zf.getinfo(pkl)
+        if info.file_size > MAX_PICKLE_BYTES:
+            raise CheckpointError(f"data.pkl declares {info.file_size} bytes; a checkpoint's pickle is "
+                                  f"at most {MAX_PICKLE_BYTES >> 20} MiB")
+        profile = TorchProfile(order)
+        obj, _ = _run(_zip_bytes(zf, mapped, info, budget), profile, "data.pkl")
 
-        def storage(key: str, kind: _StorageType, numel: int) -> np.ndarray:
-            raw = records.get(key)
-            if raw is None:
-                raw = records[key] = _zip_record(zf, mapped, f"{prefix}data/{key}")
-            if raw.size < numel * kind.itemsize:
-                raise BadTensor(f"storage record data/{key} holds {raw.size} bytes, the pickle says "
-                                f"{numel} x {kind.itemsize}")
-            return raw[: numel * kind.itemsize]  # tensors are bounds-checked against the declared size
+        def source(key: str, kind: _StorageType, numel: int) -> np.ndarray:
+            name = f"{prefix}data/{key}"
+            try:
+                record = zf.getinfo(name)
+            except KeyError:
+                raise CheckpointError(f"storage record {name!r} is missing from the archive (truncated or "
+                                      f"corrupt checkpoint)") from None
+            if record.file_size != numel * kind.itemsize:  # before reading or inflating anything
+                raise CheckpointError(f"storage record data/{key} holds {record.file_size} bytes, the "
+                                      f"pickle says {numel} x {kind.itemsize}")
+            return _zip_bytes(zf, mapped, record, budget)
 
-        return _unpickle(TorchUnpickler(io.BytesIO(data), storage, order), "data.pkl")
-
-
-def _unpickle(unpickler: TorchUnpickler, what: str) -> Any:
-    """``unpickler.load()`` with every failure as one CheckpointError line."""
-    try:
-        return unpickler.load()
-    except CheckpointError:  # from persistent_load: already one line
-        raise
-    except Refused as exc:
-        raise CheckpointError(_refusal_message(exc)) from None
-    except BadTensor as exc:
-        raise CheckpointError(f"corrupt checkpoint ({exc})") from None
-    except (EOFError, pickle.UnpicklingError) as exc:
-        raise CheckpointError(f"truncated or corrupt pickle in {what} ({exc or type(exc).__name__})") from None
-    except MemoryError:
-        raise CheckpointError(f"corrupt pickle in {what} (asks for more memory than available)") from None
-    except (ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError, RecursionError) as exc:
-        raise CheckpointError(f"corrupt pickle in {what} ({type(exc).__name__}: {exc})") from None
+        profile.source = source
+        return _finalize(obj, profile, "data.pkl")
 
 
-def _load_legacy(path: Path) -> Any:
-    with open(path, "rb") as f:
-        magic = _unpickle(_PlainUnpickler(f), "the header")
-        if magic != LEGACY_MAGIC_NUMBER:
-            raise CheckpointError("not a PyTorch checkpoint (wrong magic number)")
-        version = _unpickle(_PlainUnpickler(f), "the header")
-        if version != LEGACY_PROTOCOL_VERSION:
-            raise CheckpointError(f"unsupported legacy checkpoint protocol version {version!r:.20}")
-        _unpickle(_PlainUnpickler(f), "the header")  # sys_info: sizes of C types, byte order
-        start = f.tell()
-        # The storages follow the object pickle, whose length is known only once it is parsed:
-        # a first pass checks the pickle and learns every storage's type and size, a second,
-        # once the storages are located, builds the arrays (the pickle is small; twice is cheap).
-        scout = TorchUnpickler(f, storages=lambda key, kind, numel: None)
-        _unpickle(scout, "the checkpoint")
-        keys = _unpickle(_PlainUnpickler(f), "the storage list")
-        data_start = f.tell()
-    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+def _load_legacy(mapped: Any) -> Any:
+    magic, pos = _run(mapped, _PlainProfile(), "the header")
+    if magic != LEGACY_MAGIC_NUMBER:
+        raise CheckpointError("not a PyTorch checkpoint (wrong magic number)")
+    version, pos = _run(mapped, _PlainProfile(), "the header", pos)
+    if version != LEGACY_PROTOCOL_VERSION:
+        raise CheckpointError(f"unsupported legacy checkpoint protocol version {rp.short(version)}")
+    _, pos = _run(mapped, _PlainProfile(), "the header", pos)  # sys_info: sizes of C types, byte order
+    # Legacy storages are always written little-endian (torch swaps on big-endian machines).
+    profile = TorchProfile("<")
+    obj, pos = _run(mapped, profile, "the checkpoint", pos)
+    keys, pos = _run(mapped, _PlainProfile(), "the storage list", pos)
+    if type(keys) is not list or not all(type(k) is str for k in keys):
         raise CheckpointError("corrupt legacy checkpoint (the storage list is not a list of keys)")
-    mapped = _map(path)
     records: Dict[str, np.ndarray] = {}
-    pos = data_start
     for key in keys:
-        if key not in scout.seen:
-            raise CheckpointError(f"corrupt legacy checkpoint (storage {key!r} is listed but never used)")
-        kind, numel = scout.seen[key]
+        if key not in profile.seen:
+            raise CheckpointError(f"corrupt legacy checkpoint (storage {rp.short(key)} is listed but never used)")
+        kind, numel = profile.seen[key]
         head = mapped[pos: pos + 8]
         if len(head) < 8:
             raise CheckpointError(f"truncated checkpoint: storage {key!r} is missing from the end of the file")
@@ -446,35 +506,39 @@ def _load_legacy(path: Path) -> Any:
             raise CheckpointError(f"truncated checkpoint: storage {key!r} runs past the end of the file")
         records[key] = np.frombuffer(mapped, dtype=np.uint8, count=nbytes, offset=pos + 8)
         pos += 8 + nbytes
-    missing = [k for k in scout.seen if k not in records]
+    missing = [k for k in profile.seen if k not in records]
     if missing:
         raise CheckpointError(f"corrupt legacy checkpoint (no data for storage {missing[0]!r})")
-    with open(path, "rb") as f:
-        f.seek(start)
-        # Legacy storages are always written little-endian (torch swaps on big-endian machines).
-        return _unpickle(TorchUnpickler(f, lambda key, kind, numel: records[key], "<"), "the checkpoint")
+    profile.source = lambda key, kind, numel: records[key]
+    return _finalize(obj, profile, "the checkpoint")
 
 
-def load_torch_file(path: PathLike, fmt: str) -> Any:
+def load_torch_file(path: PathLike, fmt: str, mapped: Any = None) -> Any:
     """The object ``torch.save`` wrote to ``path`` with tensors as numpy arrays.
 
-    ``fmt``: ``"torch-zip"`` or ``"torch-legacy"`` (``safe_load.sniff_format``). Arrays are
+    ``fmt``: ``"torch-zip"`` or ``"torch-legacy"`` (``safe_load.sniff_format``); ``mapped``:
+    the file already mapped by ``fileio.map_regular_file`` (mapped here when None). Arrays are
     views of a private memory map of the file where possible. Raises CheckpointError (one
     line, naming ``path``) for anything refused, truncated or corrupt.
     """
     p = Path(path)
     try:
+        if mapped is None:
+            mapped = map_regular_file(p)
         if fmt == "torch-zip":
-            return _load_zip(p)
+            return _load_zip(mapped)
         if fmt == "torch-legacy":
-            return _load_legacy(p)
+            return _load_legacy(mapped)
         raise ValueError(f"unknown torch format {fmt!r}")
     except CheckpointError as exc:
         raise exc.with_path(p) from None
     except zipfile.BadZipFile as exc:
         raise CheckpointError(f"truncated or corrupt zip archive ({exc})", path=p) from None
-    except (OSError, ValueError) as exc:  # unreadable file, mmap failures
-        raise CheckpointError(f"cannot read: {exc}", path=p) from None
+    except MemoryError:
+        raise CheckpointError("asks for more memory than available", path=p) from None
+    except (OSError, ValueError, OverflowError) as exc:  # unreadable file, mmap failures
+        raise CheckpointError(f"cannot read: {' '.join(str(exc).split())[:200]}", path=p) from None
 
 
-__all__ = ["ALLOWED", "LEGACY_MAGIC_NUMBER", "TorchUnpickler", "UnsupportedTensor", "load_torch_file"]
+__all__ = ["ALLOWED", "LEGACY_MAGIC_NUMBER", "TorchProfile", "UnsupportedTensor", "c_strides", "layout_problem",
+           "load_torch_file"]

@@ -61,7 +61,7 @@ def save_paddle(state: Mapping[str, Any], path: PathLike) -> Path:
     For a dict of numpy arrays ``paddle.save`` does nothing but ``pickle.dump(obj, f,
     protocol=4)`` (Paddle 3.3.1, ``_pickle_save``); we write exactly that, byte for byte (the
     tests compare with ``paddle.save``), without importing Paddle (~1.3 s). ``paddle.load``,
-    ``Layer.set_state_dict`` and ``safe_load.load_state_dict_file`` read it.
+    ``Layer.set_state_dict`` and ``reader.load_state_dict_file`` read it.
     """
     arrays = {}
     for key, value in state.items():

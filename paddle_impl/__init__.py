@@ -13,6 +13,9 @@ from .factseg import FactSeg  # noqa: E402
 from .farseg import FarSeg  # noqa: E402
 
 MODELS = {"farseg": FarSeg, "factseg": FactSeg}
+# The modules whose outputs are each model's pre-softmax logits (FactSeg: multi-class head, then
+# binary head): hooks on them read the logits of the very forward that gives the probabilities.
+LOGIT_MODULES = {"farseg": ("upsample4x_op",), "factseg": ("fg_upsample", "bi_upsample")}
 
 
 def build_model(name: str, num_classes: int = 16) -> nn.Layer:
@@ -22,4 +25,4 @@ def build_model(name: str, num_classes: int = 16) -> nn.Layer:
     return MODELS[name](num_classes=num_classes)
 
 
-__all__ = ["FarSeg", "FactSeg", "build_model", "MODELS"]
+__all__ = ["FarSeg", "FactSeg", "build_model", "MODELS", "LOGIT_MODULES"]

@@ -44,11 +44,12 @@ import paddle.nn as nn
 from paddle import DataParallel
 
 from convert import CheckpointError, atomic_write, imagenet_encoder_state, save_paddle
-from convert.safe_load import unpickle_numpy_only
+from convert.safe_load import read_object
 from isaid.augment import DataError, SamplePlan, load_patch_index
-from app.config import Config, ConfigError, changed_keys, dump_config, load_config, resolve_out_dir
-from app.training import (RESUME_MUST_MATCH, MetricsFile, TrainError, checkpoint_dir,
-                            list_checkpoints, one_line, starting_point)
+from app.config import Config, ConfigError, dump_config, load_config, resolve_out_dir
+from app.training import (MetricsFile, TrainError, check_training_checkpoint,
+                          checkpoint_dir, list_checkpoints, one_line, remove_checkpoint_file,
+                          starting_point, write_checkpoint_file)
 from app.training import build_parser as build_train_parser
 from paddle_impl import build_model
 from paddle_impl.data import build_loader, to_device
@@ -292,7 +293,7 @@ def to_numpy(value: Any) -> Any:
 
 def save_checkpoint(out_dir: str, iteration: int, config: Config, runtime: Runtime, net, optimizer,
                     scheduler, scaler, keep: int) -> str:
-    """Write ``ckpt_<iteration>`` atomically, then drop all but the newest ``keep``."""
+    """Write ``ckpt_<iteration>`` and its checksum atomically, then drop all but the newest ``keep``."""
     state = {
         "format": CHECKPOINT_FORMAT,
         "framework": FRAMEWORK,
@@ -306,33 +307,32 @@ def save_checkpoint(out_dir: str, iteration: int, config: Config, runtime: Runti
         "rng": rng_state(),  # of rank 0; the loop itself draws no random numbers
     }
     path = os.path.join(checkpoint_dir(out_dir), f"ckpt_{iteration:07d}.pdckpt")
-    # Plain pickle of numpy arrays and Python values: convert's restricted unpickler reads it.
-    atomic_write(path, lambda handle: pickle.dump(state, handle, protocol=4))
+    # Plain pickle of numpy arrays and Python values: convert's restricted reader reads it.
+    write_checkpoint_file(path, lambda handle: pickle.dump(state, handle, protocol=4))
     if keep > 0:
         for _, old in list_checkpoints(out_dir, CHECKPOINT_PATTERN)[:-keep]:
-            os.remove(old)
+            remove_checkpoint_file(old)
     return path
 
 
 def load_checkpoint(path: str, config: Config, runtime: Runtime, net, optimizer, scheduler,
                     scaler) -> int:
-    """Restore everything :func:`save_checkpoint` wrote; returns the iteration reached."""
-    if not os.path.isfile(path):
-        raise TrainError(f"--resume {path}: file not found")
-    # Restricted unpickler: a checkpoint is data; nothing in it may run code.
-    state = unpickle_numpy_only(path)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise TrainError(f"{path}: not a training checkpoint of paddle_impl.train")
-    changed = changed_keys(state["config"], config, RESUME_MUST_MATCH)
-    if changed:
-        raise TrainError(f"{path}: the checkpoint was trained with other settings"
-                         f" ({'; '.join(changed)}); resume with the same recipe")
-    net.set_state_dict(state["model"])
-    optimizer.set_state_dict(state["optimizer"])
-    scheduler.set_state_dict(state["scheduler"])
-    if state["scaler"]:
-        scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
+    """Restore everything :func:`save_checkpoint` wrote; returns the iteration reached.
+
+    Read by convert's reader (no code executed, bounded time and memory; the file's checksum
+    was checked by ``starting_point``), checked (``check_training_checkpoint``), then loaded.
+    """
+    state = read_object(path)[1]
+    check_training_checkpoint(path, state, CHECKPOINT_FORMAT, "paddle_impl.train", config)
+    try:
+        net.set_state_dict(state["model"])
+        optimizer.set_state_dict(state["optimizer"])
+        scheduler.set_state_dict(state["scheduler"])
+        if state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
+        raise TrainError(f"{path}: does not fit this model and optimizer ({one_line(error)[:300]})") from None
     return int(state["iteration"])
 
 

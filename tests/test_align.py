@@ -111,6 +111,35 @@ def test_reprod_log_file_format_and_no_root_logger_handlers(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))  # atomic write leaves no temporary file
 
 
+def test_align_builds_no_optimiser_of_its_own():
+    """The backward stage runs the trainers' build_optimizer / TrainStep: no optimiser, scheduler
+    or clipping piece is named anywhere in align's code (docstrings aside)."""
+    import ast
+
+    pieces = {"SGD", "Momentum", "PolynomialLR", "PolynomialDecay", "clip_grad_norm_", "clip_grads_with_norm_",
+              "ClipGradByGlobalNorm", "ClipGradByNorm", "GradScaler"}
+    used = set()
+    for path in (ROOT / "align").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", None)
+            if name in pieces:
+                used.add(f"{path.relative_to(ROOT)}: {name}")
+    assert not used, sorted(used)
+
+
+def test_backward_recipe_is_the_config_files_train_section():
+    from app.config import load_config
+
+    for model in ("farseg", "factseg"):
+        train = load_config(str(ROOT / "configs" / f"{model}_isaid.yaml"))["train"]
+        recipe = AlignConfig(model=model).recipe()
+        assert recipe["lr"] == pytest.approx(train["lr"] * 0.01) and recipe["amp"] == "none"
+        assert {k: recipe[k] for k in ("momentum", "weight_decay", "poly_power", "clip_norm", "iterations")} == \
+            {k: train[k] for k in ("momentum", "weight_decay", "poly_power", "clip_norm", "iterations")}
+    recipe = AlignConfig(dtype="float32", iterations=100, clip_norm=1.0).recipe()
+    assert (recipe["lr"], recipe["iterations"], recipe["clip_norm"]) == (train["lr"], 100, 1.0)
+
+
 def test_empty_result_does_not_pass():
     assert not StageResult("forward", "farseg", "float64").passed
 
@@ -159,7 +188,7 @@ def test_against_x2paddle_without_the_extra_says_how_to_install(monkeypatch, cap
                         lambda name, *args: None if name == "x2paddle" else real(name, *args))
     code = main_for("forward", ["--model", "farseg", "--against", "x2paddle", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "pip install -e .[x2paddle]" in err[0]
+    assert code == 2 and len(err) == 1 and 'pip install -e ".[x2paddle]"' in err[0]
     assert not (tmp_path / "o").exists()
 
 
@@ -226,14 +255,16 @@ def test_paddle_batchnorm_updates_running_var_with_the_biased_variance():
 
 
 def test_hooked_logits_equal_the_models_logits():
-    """The forward stage reads the logits off the eval forward with hooks (LOGIT_MODULES)."""
+    """The forward stage reads the logits off the eval forward with hooks (the model package's
+    LOGIT_MODULES)."""
     import torch
 
     from align import forward
     from align.fixtures import get_fixture
+    from align.sides import TORCH
 
     fx = get_fixture(AlignConfig(model="factseg", **SMALL))
-    outputs = forward._torch_outputs(fx)
+    outputs = forward.side_outputs(fx, TORCH)
     fx.reset()
     with torch.no_grad():
         fg, bi = fx.torch_model.logits(torch.from_numpy(fx.x))

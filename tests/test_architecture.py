@@ -95,7 +95,8 @@ def _imported_names(tree: ast.AST, module: str, is_package: bool) -> Iterator[Tu
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            yield target, node.lineno
+            if node.module or not node.level:  # `from . import sub` names the submodule only
+                yield target, node.lineno
             for alias in node.names:
                 if alias.name != "*":
                     yield f"{target}.{alias.name}", node.lineno
@@ -283,7 +284,8 @@ def test_cycle_finder_on_a_small_graph() -> None:
 def test_relative_imports_resolve() -> None:
     names = dict(imported_names("from . import build_model\nfrom ..isaid import palette\n",
                                 "torch_ref.evaluate", False))
-    assert {"torch_ref", "torch_ref.build_model", "isaid.palette"} <= set(names)
+    # `from . import x` names x (a submodule, or a name that resolves to the package itself).
+    assert {"torch_ref.build_model", "isaid.palette", "isaid"} <= set(names)
     names = dict(imported_names("from .farseg import FarSeg\n", "torch_ref", True))
     assert "torch_ref.farseg" in names
 

@@ -2,8 +2,9 @@
 
 Checkpoints are built from the official JSON layouts (right keys, shapes and order) with
 random values, so every test runs without downloads. Full-size files (FarSeg ~125 MB) are
-made once per module; the error-path checkpoints use broadcast (stride-0) tensors, which
-torch.save stores in a few bytes whatever their shape.
+made once per module; the error-path checkpoints use views of one shared storage, which
+torch.save stores once (as big as the largest tensor, ~9 MB). Stride-0 (broadcast) tensors,
+which would be smaller still, are refused by the reader.
 """
 from __future__ import annotations
 
@@ -71,13 +72,16 @@ def random_state(model: str, seed: int = 0) -> "OrderedDict[str, np.ndarray]":
     return out
 
 
-def broadcast_state(model: str) -> "OrderedDict[str, torch.Tensor]":
-    """Official-layout state dict of stride-0 tensors: right shapes, a few bytes on disk."""
+def shared_state(model: str) -> "OrderedDict[str, torch.Tensor]":
+    """Official-layout state dict of C-contiguous views of ONE storage of ones: right shapes,
+    stored once (the size of the largest tensor)."""
     counters = nbt_keys(model)
+    layout = load_layout(model)
+    base = torch.ones(max(int(np.prod(s)) for s in layout.values()))
     return OrderedDict(
-        (k, torch.zeros((), dtype=torch.int64) if k in counters else torch.ones(1).expand(*s) if s
+        (k, torch.zeros((), dtype=torch.int64) if k in counters else base[: int(np.prod(s))].view(*s) if s
          else torch.zeros(()))
-        for k, s in load_layout(model).items())
+        for k, s in layout.items())
 
 
 def official_wrapper(state) -> dict:
@@ -169,7 +173,7 @@ def test_official_wrapper_with_module_prefix(official_files):
 @pytest.mark.parametrize("prefix", ["", "module."])
 def test_bare_state_dict_either_prefix(tmp_path, prefix):
     path = tmp_path / "bare.pth"
-    torch.save(OrderedDict((prefix + k, v) for k, v in broadcast_state("factseg").items()), path)
+    torch.save(OrderedDict((prefix + k, v) for k, v in shared_state("factseg").items()), path)
     loaded = read_checkpoint(path)
     assert loaded.container == "bare state dict"
     assert loaded.prefix == (prefix or None)
@@ -475,7 +479,6 @@ def reader_cases() -> "OrderedDict[str, torch.Tensor]":
         ("scalar", torch.tensor(2.5)),
         ("empty", torch.zeros(0, 3)),
         ("param", torch.nn.Parameter(torch.randn(2, 3, generator=g))),
-        ("broadcast", torch.ones(1).expand(3, 4)),  # stride 0, as the error-path files use
     ])
 
 
@@ -533,12 +536,13 @@ def test_torch_free_reader_equals_torch_load(reader_files, fmt):
     bare, wrapped, _ = reader_files[fmt]
     ref = torch.load(bare, weights_only=True)
     for path, container in ((bare, "bare state dict"), (wrapped, "official wrapper")):
-        loaded = read_checkpoint(path)
+        loaded = read_checkpoint(path, allow_nonfinite=True)  # "f32" holds NaN and inf on purpose
+        assert loaded.nonfinite == ["f32"]
         assert (loaded.framework, loaded.container) == ("torch", container)
         assert loaded.prefix == ("module." if path == wrapped else None)
         assert_same_as_torch(dict(loaded.state), dict(ref))
     # Shared storage: both tensors are views of one mapped buffer (nothing copied), 8 floats apart.
-    state = read_checkpoint(bare).state
+    state = read_checkpoint(bare, allow_nonfinite=True).state
     address = {k: state[k].__array_interface__["data"][0] for k in ("shared_a", "shared_b")}
     assert address["shared_b"] - address["shared_a"] == 8 * 4
 
@@ -747,7 +751,7 @@ def test_cli_reads_validates_and_converts_without_torch_or_paddle(tmp_path, imag
     """torch -> Paddle, ImageNet legacy file, .pdparams validation, Paddle -> torch (.pth
     written): no torch, no Paddle imported."""
     pth = tmp_path / "farseg.pth"
-    torch.save(official_wrapper(broadcast_state("farseg")), pth)
+    torch.save(official_wrapper(shared_state("farseg")), pth)
     runs = [[str(pth), "-o", str(tmp_path / "farseg.pdparams")],
             [str(imagenet_file[1]), "--target", "factseg", "-o", str(tmp_path / "enc.pdparams")],
             [str(tmp_path / "farseg.pdparams"), "--to", "paddle", "-o", str(tmp_path / "again.pdparams")],
@@ -793,12 +797,12 @@ class _Evil:
 def _make_bad(kind: str, folder: Path, marker: Path) -> Path:
     if kind == "truncated_zip":
         path = folder / "trunc.pth"
-        torch.save(broadcast_state("farseg"), path)
+        torch.save(shared_state("farseg"), path)
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
     elif kind == "truncated_legacy":
         path = folder / "trunc_legacy.pth"
-        torch.save(broadcast_state("farseg"), path, _use_new_zipfile_serialization=False)
+        torch.save(shared_state("farseg"), path, _use_new_zipfile_serialization=False)
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
     elif kind == "truncated_pdparams":
@@ -870,7 +874,7 @@ def test_cli_bad_input_one_line_error(tmp_path, kind):
 
 def test_cli_layout_mismatch_report(tmp_path):
     # One file with both defects (one subprocess): a missing key and a wrong shape.
-    state = broadcast_state("farseg")
+    state = shared_state("farseg")
     state.pop("sr.scene_encoder.2.0.weight")
     state["cls_pred_conv.weight"] = torch.zeros(15, 128, 1, 1)
     path = tmp_path / "bad.pth"
@@ -897,7 +901,7 @@ def test_cli_wrong_model_name(tmp_path):
 
 def test_explicit_model_mismatch_hints_detected(tmp_path):
     path = tmp_path / "farseg.pth"
-    torch.save(broadcast_state("farseg"), path)
+    torch.save(shared_state("farseg"), path)
     with pytest.raises(CheckpointError) as info:
         run_conversion(path, model="factseg")
     assert "the keys look like farseg" in info.value.message
@@ -921,7 +925,7 @@ def test_help_documents_options_and_skips_torch():
 
 def test_refuses_to_overwrite_input(tmp_path):
     path = tmp_path / "factseg.pth"
-    torch.save(broadcast_state("factseg"), path)
+    torch.save(shared_state("factseg"), path)
     before = path.read_bytes()
     with pytest.raises(CheckpointError, match="refusing to overwrite the input"):
         run_conversion(path, path, to="torch")
@@ -1006,8 +1010,8 @@ def test_save_torch_without_torch_matches_torch_load_bit_for_bit(tmp_path):
     assert_bitwise_equal(torch.load(path, weights_only=True), state)
     assert_bitwise_equal(torch.load(path, weights_only=True, mmap=True), state)
     assert_bitwise_equal(load_torch_file(path, "torch-zip"), state)  # the converter's own reader
-    assert_bitwise_equal(read_checkpoint(path).state, state)
-    assert read_checkpoint(path).container == "bare state dict"
+    assert_bitwise_equal(read_checkpoint(path, allow_nonfinite=True).state, state)
+    assert read_checkpoint(path, allow_nonfinite=True).container == "bare state dict"
     # torch's layout: one folder, uncompressed, every record's data 64-byte aligned.
     raw = path.read_bytes()
     with zipfile.ZipFile(path) as zf:

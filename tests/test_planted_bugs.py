@@ -1,13 +1,17 @@
 """Each planted porting bug makes the right stage fail AND the report names the right place.
 
 The bugs are planted in-process (pytest ``monkeypatch``) in paddle_impl -- module functions,
-or attributes of the one Paddle model the fixture built -- and in the Paddle pieces the
-backward stage configures; ``monkeypatch`` undoes each one, so the cached fixture is reused
-clean by the next test. float64 (the default) keeps the signal crisp: a correct port agrees
-to ~1e-10, every bug here moves a value by far more than the thresholds.
+or attributes of the one Paddle model the fixture built -- and, for the trainer, in
+``paddle_impl.train.build_optimizer`` (tests/trainer_bugs.py): what the backward stage runs is
+the trainer's own optimiser, scheduler and ``TrainStep``, so a bug there is a bug in training.
+``monkeypatch`` undoes each one, so the cached fixture is reused clean by the next test. float64
+(the default) keeps the signal crisp: a correct port agrees to ~1e-10, every bug here moves a
+value by far more than the thresholds.
 
-Backward bugs that show on the first step run one optimiser step only (the stage's sharp checks
-are the step-1 gradients, parameters and BatchNorm statistics); later steps only drift.
+Backward bugs that show on the first step run one step only (the stage's sharpest checks are
+the step-1 gradients, parameters and BatchNorm statistics); momentum and scheduler bugs, which
+only show from step 2, run two. Not planted: fp16 clipping before unscaling, which needs an fp16
+pair, and Paddle 3.3.1 has no CPU mixed precision (tests/test_train.py::test_paddle_amp_on_cpu).
 """
 from __future__ import annotations
 
@@ -18,7 +22,9 @@ import pytest
 from align import AlignConfig
 from align import backward, forward, loss, metric
 from align.compare import format_report
+from align.cli import main_for
 from align.fixtures import get_fixture
+from trainer_bugs import plant  # tests/trainer_bugs.py
 
 FARSEG = AlignConfig(model="farseg", dtype="float64", batch=2, size=64, out=None)
 FACTSEG = AlignConfig(model="factseg", dtype="float64", batch=2, size=64, out=None)
@@ -54,8 +60,8 @@ def test_farseg_decoder_upsample_align_corners_false(monkeypatch, config):
     result = forward.run(config, fx)
     _assert_fails(result)
     assert not result.row("eval/logits").passed and not result.row("eval/probs").passed
-    assert result.first_divergence["where"] == "decoder.blocks.1.0.3", result.first_divergence
-    assert "decoder.blocks.1.0.3" in "\n".join(result.localisation["lines"])
+    assert result.first_divergence.where == "decoder.blocks.1.0.3", result.first_divergence
+    assert "decoder.blocks.1.0.3" in "\n".join(result.localisation.lines)
 
 
 def test_farseg_relation_from_reencoded_features(monkeypatch):
@@ -75,7 +81,7 @@ def test_farseg_relation_from_reencoded_features(monkeypatch):
     monkeypatch.setattr(sr, "forward", swapped)
     result = forward.run(FARSEG, fx)
     _assert_fails(result)
-    assert result.first_divergence["where"] == "sr.normalizer", result.first_divergence
+    assert result.first_divergence.where == "sr.normalizer", result.first_divergence
 
 
 @BOTH_DTYPES
@@ -90,36 +96,8 @@ def test_farseg_batchnorm_momentum_0_1(monkeypatch, config):
     _assert_fails(result)
     failed = {r.name.split("/")[1] for r in result.failed_rows()}
     assert failed == {"running_mean", "running_var"}, failed  # gradients and parameters agree
-    assert "BatchNorm running_mean of en.resnet.bn1" in result.first_divergence["where"]
-    assert "running-statistics update" in result.first_divergence["summary"]
-
-
-def test_farseg_per_tensor_clipping(monkeypatch):
-    import paddle
-
-    class PerTensorClip(paddle.nn.ClipGradByNorm):
-        """``paddle.nn.ClipGradByNorm``'s rule (each tensor clipped to the norm alone), written
-        with ops that have float64 CPU kernels: Paddle 3.3.1's own ``clip_by_norm`` kernel is
-        float32-only on CPU, so the real class raises in a float64 run instead of diverging."""
-
-        @paddle.no_grad()
-        def _dygraph_clip(self, params_grads):
-            out = []
-            for p, g in params_grads:
-                if g is None:
-                    continue
-                norm = paddle.sqrt((g * g).sum())
-                out.append((p, g * (self.clip_norm / paddle.maximum(norm, paddle.full_like(norm, self.clip_norm)))))
-            return out
-
-    fx = get_fixture(FARSEG)
-    monkeypatch.setattr(paddle.nn, "ClipGradByGlobalNorm", PerTensorClip)
-    result = backward.run(FARSEG.with_(steps=1), fx)
-    _assert_fails(result)
-    assert all(r.passed for r in result.rows if r.name.startswith("step1/grad"))  # gradients agree
-    assert "after the update" in result.first_divergence["where"]
-    assert "optimiser step differs" in result.first_divergence["summary"]
-    assert any("clipping binds" in n for n in result.notes)
+    assert "BatchNorm running_mean of en.resnet.bn1" in result.first_divergence.where
+    assert "running-statistics update" in result.first_divergence.summary
 
 
 @BOTH_DTYPES
@@ -141,7 +119,7 @@ def test_farseg_loss_without_plus_batch_size(monkeypatch, config):
     monkeypatch.setattr(paddle_impl.farseg, "annealing_softmax_focal_loss", without_batch)
     result = loss.run(config, get_fixture(config))
     _assert_fails(result)
-    assert result.first_divergence["where"] == "step1/loss"
+    assert result.first_divergence.where == "step1/loss"
     assert not result.row("step5000/grad_logits").passed and not result.row("model/cls_loss").passed
     assert result.row("identity/paddle/value_step5000_eq_step0").passed  # the identity still holds
 
@@ -196,8 +174,8 @@ def test_farseg_train_mode_batchnorm_uses_running_statistics(monkeypatch):
     result = forward.run(FARSEG, fx)
     _assert_fails(result)
     assert result.row("eval/probs").passed and not result.row("train/logits").passed
-    assert result.first_divergence["mode"] == "train"
-    assert result.first_divergence["where"] == "en.resnet.bn1"
+    assert result.first_divergence.mode == "train"
+    assert result.first_divergence.where == "en.resnet.bn1"
 
 
 def test_farseg_converter_swapping_one_batchnorm_mean_and_variance(monkeypatch):
@@ -214,8 +192,8 @@ def test_farseg_converter_swapping_one_batchnorm_mean_and_variance(monkeypatch):
     finally:
         fx.mark_dirty()  # the next reset() reloads the correct state (monkeypatch restores it)
     _assert_fails(result)
-    assert result.first_divergence["mode"] == "eval"
-    assert result.first_divergence["where"] == key
+    assert result.first_divergence.mode == "eval"
+    assert result.first_divergence.where == key
 
 
 def test_farseg_gradient_bug_is_localised_in_backward_order(monkeypatch):
@@ -232,24 +210,8 @@ def test_farseg_gradient_bug_is_localised_in_backward_order(monkeypatch):
     result = backward.run(FARSEG.with_(steps=1), fx)
     _assert_fails(result)
     assert result.row("step1/loss").passed
-    assert result.first_divergence["where"].startswith("decoder.blocks.0.0.1."), result.first_divergence
-    assert "backward-execution order" in result.localisation["lines"][0]
-
-
-def test_farseg_poly_lr_with_power_1(monkeypatch):
-    import paddle
-
-    original = paddle.optimizer.lr.PolynomialDecay
-
-    def linear(*args, **kwargs):
-        kwargs["power"] = 1.0  # BUG: linear instead of poly 0.9
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(paddle.optimizer.lr, "PolynomialDecay", linear)
-    result = backward.run(FARSEG.with_(steps=2), get_fixture(FARSEG))
-    _assert_fails(result)
-    assert result.row("step1/lr").passed and not result.row("step2/lr").passed
-    assert result.first_divergence["where"] == "step 2: lr"
+    assert result.first_divergence.where.startswith("decoder.blocks.0.0.1."), result.first_divergence
+    assert "backward-execution order" in result.localisation.lines[0]
 
 
 def test_farseg_confusion_matrix_transposed(monkeypatch):
@@ -259,7 +221,7 @@ def test_farseg_confusion_matrix_transposed(monkeypatch):
     monkeypatch.setattr(paddle_impl.metrics, "confusion_matrix", lambda *a, **k: original(*a, **k).T)
     result = metric.run(FARSEG, get_fixture(FARSEG))
     _assert_fails(result)
-    assert result.first_divergence["where"] == "random/confusion"
+    assert result.first_divergence.where == "random/confusion"
     assert result.row("random/confusion_vs_numpy").passed  # the torch count is right
 
 
@@ -274,7 +236,7 @@ def test_factseg_som_ratio_0_2(monkeypatch):
     monkeypatch.setattr(paddle_impl.losses, "small_object_mining", lambda losses, ratio=0.1: original(losses, 0.2))
     result = loss.run(FACTSEG, get_fixture(FACTSEG))
     _assert_fails(result)
-    assert result.first_divergence["where"] == "joint_loss"
+    assert result.first_divergence.where == "joint_loss"
     assert not result.row("grad_fg_logits").passed
 
 
@@ -295,7 +257,7 @@ def test_factseg_k_from_valid_pixels_only(monkeypatch):
     monkeypatch.setattr(L, "joint_loss", k_from_valid)
     result = loss.run(FACTSEG, get_fixture(FACTSEG))
     _assert_fails(result)
-    assert result.first_divergence["where"] == "joint_loss"
+    assert result.first_divergence.where == "joint_loss"
 
 
 def test_factseg_binary_head_upsample_align_corners_false(monkeypatch):
@@ -304,7 +266,7 @@ def test_factseg_binary_head_upsample_align_corners_false(monkeypatch):
     result = forward.run(FACTSEG, fx)
     _assert_fails(result)
     assert result.row("eval/fg_logits").passed and not result.row("eval/bi_logits").passed
-    assert result.first_divergence["where"] == "bi_upsample"
+    assert result.first_divergence.where == "bi_upsample"
 
 
 def test_factseg_softmax_and_sigmoid_swapped_in_the_fusion(monkeypatch):
@@ -327,25 +289,75 @@ def test_factseg_softmax_and_sigmoid_swapped_in_the_fusion(monkeypatch):
     _assert_fails(result)
     assert result.row("eval/fg_logits").passed and not result.row("eval/probs").passed
     # No module output differs: the localiser says the fusion is in forward() code, not a layer.
-    assert result.first_divergence["where"] is None
-    assert "outside the modules" in result.first_divergence["summary"]
+    assert result.first_divergence.where is None
+    assert "outside the modules" in result.first_divergence.summary
     _assert_fails(loss.run(FACTSEG, fx), message="loss stage")
 
 
 # ----------------------------------------------------------------------------------------------
-# float32 only: Paddle's own per-tensor ClipGradByNorm (its clip_by_norm kernel is float32-only
-# on CPU; the float64 test above plants the same rule written with float64-capable ops).
+# The trainer (issue 9): bugs planted in paddle_impl.train.build_optimizer, caught by align.backward
 # ----------------------------------------------------------------------------------------------
 
-FARSEG32 = FARSEG.with_(dtype="float32")
+def _optimiser_step_differs(result, step):
+    assert all(r.passed for r in result.rows if r.name.startswith(f"step{step}/grad"))  # gradients agree
+    assert f"step {step}: parameter" in result.first_divergence.where
+    assert "after the update" in result.first_divergence.where
+    assert "optimiser step differs" in result.first_divergence.summary
 
 
-def test_float32_paddle_per_tensor_clip_grad_by_norm(monkeypatch):
-    import paddle
-
-    fx = get_fixture(FARSEG32)
-    monkeypatch.setattr(paddle.nn, "ClipGradByGlobalNorm", paddle.nn.ClipGradByNorm)
-    result = backward.run(FARSEG32.with_(steps=1), fx)
+@pytest.mark.parametrize("config", [FARSEG, FARSEG.with_(dtype="float32")], ids=["float64", "float32"])
+def test_trainer_per_tensor_clipping(monkeypatch, config):
+    # float64: ClipGradByNorm's rule written with float64-capable ops; float32: Paddle's own class.
+    plant(monkeypatch, "per_tensor_clip")
+    result = backward.run(config.with_(steps=1), get_fixture(config))
     _assert_fails(result)
-    assert all(r.passed for r in result.rows if r.name.startswith("step1/grad"))
-    assert "after the update" in result.first_divergence["where"]
+    _optimiser_step_differs(result, 1)
+    assert any("clipping binds" in n for n in result.notes)
+
+
+def test_trainer_weight_decay_x10(monkeypatch):
+    plant(monkeypatch, "weight_decay_x10")
+    result = backward.run(FARSEG.with_(steps=1), get_fixture(FARSEG))
+    _assert_fails(result)
+    _optimiser_step_differs(result, 1)
+
+
+@pytest.mark.parametrize("bug", ["poly_power_1", "scheduler_twice"])
+def test_trainer_scheduler_bugs_show_at_step_2(monkeypatch, bug):
+    plant(monkeypatch, bug)
+    result = backward.run(FARSEG.with_(steps=2), get_fixture(FARSEG))
+    _assert_fails(result)
+    assert result.row("step1/lr").passed and not result.row("step2/lr").passed
+    assert result.first_divergence.where == "step 2: lr"
+
+
+def test_trainer_momentum_0_shows_at_step_2(monkeypatch):
+    plant(monkeypatch, "momentum_0")
+    result = backward.run(FARSEG.with_(steps=2), get_fixture(FARSEG))
+    _assert_fails(result)
+    assert all(r.passed for r in result.rows if r.name.startswith("step1/"))  # step 1 has no momentum yet
+    _optimiser_step_differs(result, 2)
+    # Caught with a wide margin: the measured clean step-2 parameters differ by ~3e-11.
+    worst = max(r.rel for r in result.rows if r.name.startswith("step2/param/"))
+    assert worst > 100 * result.row("step2/param/en.resnet.conv1.weight").tol.rtol
+
+
+def test_trainer_gradients_not_cleared(monkeypatch):
+    plant(monkeypatch, "gradients_not_cleared")
+    result = backward.run(FARSEG.with_(steps=2), get_fixture(FARSEG))
+    _assert_fails(result)
+    assert all(r.passed for r in result.rows if r.name.startswith("step1/"))
+    assert result.row("step2/loss").passed and not result.row("step2/grad_norm").passed
+    assert result.localisation.step == 2  # named at the first gradient in backward order
+    assert result.first_divergence.where == result.localisation.first
+
+
+def test_cli_backward_fails_and_says_what_differs(monkeypatch, capsys, tmp_path):
+    """As a user would alter the trainer from outside: ``python -m align.backward --model farseg``
+    exits 1 and names the optimiser step as what differs."""
+    plant(monkeypatch, "weight_decay_x10")
+    code = main_for("backward", ["--model", "farseg", "--steps", "1", "--out", str(tmp_path)], backward.run)
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "farseg/backward: first divergence: step 1: parameter" in out
+    assert "optimiser step differs (clipping, weight decay, momentum or learning rate)" in out

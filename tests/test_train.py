@@ -24,6 +24,7 @@ import pytest
 from isaid.augment import (AugmentParams, SamplePlan, augment, draw_augment, load_patch_index,
                            load_sample, normalize_batch)
 from app.config import ConfigError, default_config, load_config, parse_override
+from app.training import write_checksum
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "farseg_isaid.yaml")
@@ -196,6 +197,7 @@ def test_resume_comparison_catches_a_lost_optimizer_state(resume_runs, prepared:
     for buffers in state["optimizer"]["state"].values():
         buffers["momentum_buffer"].zero_()
     torch.save(state, checkpoint)
+    write_checksum(str(checkpoint))  # edited on purpose: sign it, as a user would after editing
     run_train("torch", overrides(prepared, broken, **{"train.checkpoint_every": 1}),
               resume=str(checkpoint))
     # Step 2's loss does not see the momentum yet; the weights after step 2 do.
@@ -216,6 +218,7 @@ def test_resume_refuses_a_changed_recipe(prepared: Path, tmp_path: Path,
     checkpoint = tmp_path / "ckpt_0000001.pt"
     other = load_config(CONFIG, overrides(prepared, out, **{"train.lr": 0.01}))
     torch.save({"format": CHECKPOINT_FORMAT, "iteration": 1, "config": other}, checkpoint)
+    write_checksum(str(checkpoint))
     code = main(["--config", CONFIG, "--no-progress", "--resume", str(checkpoint), "--set",
                  *overrides(prepared, out)])
     assert code == 2

@@ -1,4 +1,4 @@
-"""X2Paddle as a third opinion (align/x2paddle_check.py).
+"""X2Paddle as a third opinion (align/x2paddle/).
 
 The comparisons are checked both ways: on a correct port every row passes, and with a bug
 planted in paddle_impl the rows that involve paddle_impl fail while torch_ref vs X2Paddle still
@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from align import x2paddle_check as xc
+from align import x2paddle as xc
+from align.compare import Tolerance, compare_arrays
+from align.x2paddle import check, cli, conversion, guard, plans, report
 
 pytestmark = pytest.mark.skipif(not xc.x2paddle_available(),
                                 reason=f"x2paddle not importable. {xc.INSTALL_MESSAGE}")
@@ -35,7 +37,7 @@ def leaked_modules():
 
 @pytest.fixture(scope="module")
 def farseg():
-    return xc.build_fixture("farseg", seed=0, size=64, batch=1)
+    return check.build_fixture("farseg", seed=0, size=64, batch=1)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,7 @@ def farseg_result(farseg, tmp_path_factory):
     torch_model, paddle_model, x = farseg
     path_before = list(sys.path)
     out_dir = tmp_path_factory.mktemp("x2p_farseg")
-    result = xc.compare_with_x2paddle("farseg", torch_model, paddle_model, x, out_dir, reuse=True,
+    result = check.compare_with_x2paddle("farseg", torch_model, paddle_model, x, out_dir, reuse=True,
                                       progress=False)
     return result, path_before
 
@@ -59,7 +61,7 @@ def test_network_guard_refuses_x2paddle_usage_report_at_once():
     from x2paddle.utils import ConverterCheck
 
     original = socket.getaddrinfo
-    with xc.network_guard() as attempts:
+    with guard.network_guard() as attempts:
         ConverterCheck(task="PyTorch", time_info=0, convert_state="Start").run()  # swallows errors
         start = time.perf_counter()  # timed second: the first call pays requests' lazy imports
         ConverterCheck(task="PyTorch", time_info=0, convert_state="Success").run()
@@ -80,10 +82,10 @@ def test_feedback_is_off_in_pytorch2paddle_calls(monkeypatch, tmp_path):
         raise AssertionError("ConverterCheck constructed: feedback is not disabled")
 
     monkeypatch.setattr(x2paddle.convert, "ConverterCheck", refuse)
-    conv = xc.convert_with_x2paddle(torch.nn.Conv2d(3, 4, 3), [torch.zeros(1, 3, 8, 8)], tmp_path / "conv")
+    conv = conversion.convert_with_x2paddle(torch.nn.Conv2d(3, 4, 3), [torch.zeros(1, 3, 8, 8)], tmp_path / "conv")
     assert conv.ok, conv.error
     assert conv.network_attempts == []
-    assert (tmp_path / "conv" / xc.CODE_FILE).is_file() and not list(tmp_path.glob(".conv.*"))
+    assert (tmp_path / "conv" / conversion.CODE_FILE).is_file() and not list(tmp_path.glob(".conv.*"))
 
 
 def test_x2paddle_exit_during_trace_becomes_an_error_not_an_exit(tmp_path):
@@ -95,7 +97,7 @@ def test_x2paddle_exit_during_trace_becomes_an_error_not_an_exit(tmp_path):
         def forward(self, x):
             raise RuntimeError("planted failure inside forward")
 
-    conv = xc.convert_with_x2paddle(Broken(), [torch.zeros(1, 3, 8, 8)], tmp_path / "broken")
+    conv = conversion.convert_with_x2paddle(Broken(), [torch.zeros(1, 3, 8, 8)], tmp_path / "broken")
     assert not conv.ok and conv.error == "X2Paddle called exit(0) after: planted failure inside forward"
     assert not (tmp_path / "broken").exists() and (tmp_path / "broken.failed.log").is_file()
 
@@ -105,25 +107,27 @@ def test_x2paddle_exit_during_trace_becomes_an_error_not_an_exit(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 def test_compare_arrays_thresholds_shapes_and_nan():
+    """The three-way rows use align's own comparison (align.compare.compare_arrays)."""
     a = np.linspace(-2.0, 2.0, 64, dtype=np.float32).reshape(4, 16)
-    assert xc.compare_arrays(a, a + 1e-6, 1e-5, 1e-4)["passed"]
-    assert not xc.compare_arrays(a, a + 1e-3, 1e-5, 1e-4)["passed"]
-    row = xc.compare_arrays(a, a.T.copy().T.reshape(16, 4), 1e-5, 1e-4)  # same data, other shape
-    assert not row["passed"] and "vs" in row["shape"]
+    tol = Tolerance(1e-4, 1e-5)
+    assert check.compare_pair("p", "o", a, a + 1e-6, 1e-5, 1e-4)["passed"]
+    assert not check.compare_pair("p", "o", a, a + 1e-3, 1e-5, 1e-4)["passed"]
+    row = compare_arrays("o", a, a.T.copy().T.reshape(16, 4), tol, "x2paddle")  # same data, other shape
+    assert not row.passed and "shape mismatch" in row.note
     b = a.copy()
     b[0, 0] = np.nan
-    assert not xc.compare_arrays(a, b, 1e-5, 1e-4)["passed"]
+    assert not compare_arrays("o", a, b, tol, "x2paddle").passed
 
 
 def test_verdicts_name_the_odd_one_out():
     def rows(tx, px, tp):
-        return [{"output": "o", "pair": p, "passed": v} for p, v in zip(xc.PAIRS, (tx, px, tp))]
+        return [{"output": "o", "pair": p, "passed": v} for p, v in zip(report.PAIRS, (tx, px, tp))]
 
-    assert xc.verdicts(rows(True, True, True))["o"] == "all agree"
-    assert xc.verdicts(rows(True, False, False))["o"].startswith("paddle_impl differs")
-    assert xc.verdicts(rows(False, False, True))["o"].startswith("x2paddle differs")
-    assert xc.verdicts(rows(False, True, False))["o"].startswith("both Paddle programs agree")
-    assert xc.verdicts([{"output": "o", "pair": xc.PAIRS[2], "passed": True}])["o"].startswith("no X2Paddle")
+    assert report.verdicts(rows(True, True, True))["o"] == "all agree"
+    assert report.verdicts(rows(True, False, False))["o"].startswith("paddle_impl differs")
+    assert report.verdicts(rows(False, False, True))["o"].startswith("x2paddle differs")
+    assert report.verdicts(rows(False, True, False))["o"].startswith("both Paddle programs agree")
+    assert report.verdicts([{"output": "o", "pair": report.PAIRS[2], "passed": True}])["o"].startswith("no X2Paddle")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,15 +136,15 @@ def test_verdicts_name_the_odd_one_out():
 
 def test_farseg_three_way_comparison_passes(farseg_result, farseg):
     result, path_before = farseg_result
-    assert result["passed"], xc.format_report(result)
+    assert result["passed"], report.format_report(result)
     for output in ("logits", "probs"):
         rows = rows_by(result, output)
-        assert set(rows) == set(xc.PAIRS)
+        assert set(rows) == set(report.PAIRS)
         assert all(r["passed"] and r["shape"] == [1, 16, 64, 64] for r in rows.values())
     assert result["verdicts"] == {"logits": "all agree", "probs": "all agree"}
     assert result["network_attempts"] == []
     generated = Path(result["generated_dir"])
-    assert (generated / "eval" / xc.CODE_FILE).is_file() and (generated / "eval" / xc.PARAMS_FILE).is_file()
+    assert all((generated / "eval" / name).is_file() for name in (conversion.CODE_FILE, conversion.PARAMS_FILE))
     # The generated code was imported without registering anything; X2Paddle's own
     # sys.path/sys.modules side effects were kept out.
     assert leaked_modules() == []
@@ -184,7 +188,7 @@ def test_planted_paddle_bug_is_blamed_on_paddle_impl(farseg, farseg_result, monk
     assert planted == 6  # 0 + 1 + 2 + 3 stages with an upsample
 
     out_dir = Path(farseg_result[0]["generated_dir"])
-    result = xc.compare_with_x2paddle("farseg", torch_model, paddle_model, x, out_dir, check_training=False,
+    result = check.compare_with_x2paddle("farseg", torch_model, paddle_model, x, out_dir, check_training=False,
                                       reuse=True, progress=False)
     assert [(c["target"], c["reused"]) for c in result["conversions"]] == [("eval tail", True), ("eval", True)]
     assert not result["passed"]
@@ -201,25 +205,25 @@ def test_sub_part_fallback_when_the_logits_path_does_not_convert(farseg, tmp_pat
     sub-parts, each converted on torch_ref's inputs, and still compares three ways. To keep
     the test short only the parts after the FPN are listed (a tensor plus a list in, a list
     in, a lone upsample without parameters); the encoder and FPN take the same path."""
-    real = xc.convert_with_x2paddle
-    plan = xc.PLANS["farseg"]
-    monkeypatch.setitem(xc.PLANS, "farseg", dataclasses.replace(plan, parts=plan.parts[3:]))
+    real = conversion.convert_with_x2paddle
+    plan = plans.PLANS["farseg"]
+    monkeypatch.setitem(plans.PLANS, "farseg", dataclasses.replace(plan, parts=plan.parts[3:]))
 
     def failing_whole_model(module, examples, target_dir, target=None, **kwargs):
         if target in ("eval", "logits"):
-            return xc.Conversion(target, None, 0.0, error="planted failure")
+            return conversion.Conversion(target, None, 0.0, error="planted failure")
         return real(module, examples, target_dir, target, **kwargs)
 
-    monkeypatch.setattr(xc, "convert_with_x2paddle", failing_whole_model)
+    monkeypatch.setattr(conversion, "convert_with_x2paddle", failing_whole_model)
     torch_model, paddle_model, x = farseg
-    result = xc.compare_with_x2paddle("farseg", torch_model, paddle_model, x, tmp_path, check_training=False,
+    result = check.compare_with_x2paddle("farseg", torch_model, paddle_model, x, tmp_path, check_training=False,
                                       progress=False)
     parts = [u["part"] for u in result["untraceable"]]
     assert parts[:2] == ["eval forward (logits and probabilities, one trace)", "logits path (model.logits)"]
     x2p_outputs = {r["output"] for r in result["rows"] if r["pair"] == "torch_ref vs x2paddle"}
     assert x2p_outputs == {"relation[0]", "relation[1]", "relation[2]", "relation[3]", "decoder",
                            "classifier", "upsample x4"}
-    assert result["passed"], xc.format_report(result)
+    assert result["passed"], report.format_report(result)
     assert rows_by(result, "probs").keys() == {"torch_ref vs paddle_impl"}  # nothing composes them
     assert "eval forward: probabilities" in parts  # the softmax alone converts, the logits do not
 
@@ -229,12 +233,12 @@ def test_sub_part_fallback_when_the_logits_path_does_not_convert(farseg, tmp_pat
 # ----------------------------------------------------------------------------------------------
 
 def test_factseg_logits_three_way_and_the_untraceable_parts_reported(tmp_path):
-    torch_model, paddle_model, x = xc.build_fixture("factseg", seed=0, size=64, batch=1)
-    result = xc.compare_with_x2paddle("factseg", torch_model, paddle_model, x, tmp_path, progress=False)
-    assert result["passed"], xc.format_report(result)
+    torch_model, paddle_model, x = check.build_fixture("factseg", seed=0, size=64, batch=1)
+    result = check.compare_with_x2paddle("factseg", torch_model, paddle_model, x, tmp_path, progress=False)
+    assert result["passed"], report.format_report(result)
     for output, channels in (("fg_logits", 16), ("bi_logits", 1)):
         rows = rows_by(result, output)
-        assert set(rows) == set(xc.PAIRS)
+        assert set(rows) == set(report.PAIRS)
         assert all(r["passed"] and r["shape"] == [1, channels, 64, 64] for r in rows.values())
     # The fused probabilities: no X2Paddle program (log_sigmoid/logsumexp), torch vs paddle only.
     assert rows_by(result, "probs").keys() == {"torch_ref vs paddle_impl"}
@@ -248,7 +252,7 @@ def test_factseg_logits_three_way_and_the_untraceable_parts_reported(tmp_path):
     assert "aten::log_sigmoid" in why["training-mode forward after the logits (joint_loss)"]
     assert "aten::sum" in why["loss piece losses.small_object_mining"]
     assert any(p.startswith("torch_ref/losses.py:") and "numel()" in p for p in why)
-    assert (tmp_path / "eval_tail.failed.log").is_file() and (tmp_path / "logits" / xc.CODE_FILE).is_file()
+    assert (tmp_path / "eval_tail.failed.log").is_file() and (tmp_path / "logits" / conversion.CODE_FILE).is_file()
     assert result["network_attempts"] == [] and leaked_modules() == []
 
 
@@ -263,10 +267,10 @@ def test_float64_models_are_checked_in_float32_and_left_untouched(farseg, farseg
     torch64 = copy.deepcopy(torch_model).double().train()
     paddle64 = copy.deepcopy(paddle_model)
     paddle64.to(dtype="float64")
-    result = xc.compare_with_x2paddle("farseg", torch64, paddle64, x.astype(np.float64),
+    result = check.compare_with_x2paddle("farseg", torch64, paddle64, x.astype(np.float64),
                                       Path(farseg_result[0]["generated_dir"]), check_training=False,
                                       reuse=True, progress=False)
-    assert result["passed"], xc.format_report(result)
+    assert result["passed"], report.format_report(result)
     assert result["dtype"] == "float32" and result["conversions"][-1]["reused"]
     assert torch64.training and torch64.en.resnet.conv1.weight.dtype == torch.float64
     assert paddle64.en.resnet.conv1.weight.dtype == paddle.float64
@@ -274,23 +278,23 @@ def test_float64_models_are_checked_in_float32_and_left_untouched(farseg, farseg
 
 def test_cli_writes_report_and_json_and_rejects_bad_input(farseg_result, tmp_path, capsys, monkeypatch):
     out_dir = farseg_result[0]["generated_dir"]
-    report = tmp_path / "report.json"
-    code = subprocess.run([sys.executable, "-m", "align.x2paddle_check", "--model", "farseg", "--out", out_dir,
-                           "--reuse", "--no-training", "--json", str(report)],
+    report_file = tmp_path / "report.json"
+    code = subprocess.run([sys.executable, "-m", "align.x2paddle", "--model", "farseg", "--out", out_dir,
+                           "--reuse", "--no-training", "--json", str(report_file)],
                           capture_output=True, text=True, timeout=600)
     assert code.returncode == 0, code.stdout + code.stderr
     assert "PASSED" in code.stdout and "verdict logits: all agree" in code.stdout
-    saved = json.loads(report.read_text())
-    assert saved["passed"] and {r["pair"] for r in saved["rows"]} == set(xc.PAIRS)
+    saved = json.loads(report_file.read_text())
+    assert saved["passed"] and {r["pair"] for r in saved["rows"]} == set(report.PAIRS)
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically
 
     with pytest.raises(SystemExit) as bad_size:
-        xc.main(["--model", "farseg", "--size", "48"])
+        cli.main(["--model", "farseg", "--size", "48"])
     assert bad_size.value.code == 2 and "multiple of 32" in capsys.readouterr().err
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    assert xc.main(["--model", "farseg", "--out", str(a_file)]) == 2
+    assert cli.main(["--model", "farseg", "--out", str(a_file)]) == 2
     assert f"{a_file}: exists and is not a folder" in capsys.readouterr().err
-    monkeypatch.setattr(xc, "x2paddle_available", lambda: False)
-    assert xc.main(["--model", "factseg"]) == 2
+    monkeypatch.setattr(xc, "x2paddle_available", lambda: False)  # looked up by main at call time
+    assert cli.main(["--model", "factseg"]) == 2
     assert 'pip install -e ".[x2paddle]"' in capsys.readouterr().err

@@ -43,10 +43,12 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from convert import CheckpointError, atomic_write, imagenet_encoder_state, save_torch, validate
+from convert.safe_load import read_object
 from isaid.augment import DataError, SamplePlan, load_patch_index
-from app.config import Config, ConfigError, changed_keys, dump_config, load_config, resolve_out_dir
-from app.training import (RESUME_MUST_MATCH, MetricsFile, TrainError, checkpoint_dir,
-                            list_checkpoints, one_line, starting_point)
+from app.config import Config, ConfigError, dump_config, load_config, resolve_out_dir
+from app.training import (MetricsFile, TrainError, check_training_checkpoint,
+                          checkpoint_dir, list_checkpoints, one_line, remove_checkpoint_file,
+                          starting_point, write_checkpoint_file)
 from app.training import build_parser as build_train_parser
 from torch_ref import build_model
 from torch_ref.data import build_loader, to_device
@@ -267,7 +269,7 @@ class TrainStep:
 
 def save_checkpoint(out_dir: str, iteration: int, config: Config, runtime: Runtime, net, optimizer,
                     scheduler, scaler, keep: int) -> str:
-    """Write ``ckpt_<iteration>`` atomically, then drop all but the newest ``keep``."""
+    """Write ``ckpt_<iteration>`` and its checksum atomically, then drop all but the newest ``keep``."""
     state = {
         "format": CHECKPOINT_FORMAT,
         "framework": FRAMEWORK,
@@ -281,36 +283,43 @@ def save_checkpoint(out_dir: str, iteration: int, config: Config, runtime: Runti
         "rng": rng_state(),  # of rank 0; the loop itself draws no random numbers
     }
     path = os.path.join(checkpoint_dir(out_dir), f"ckpt_{iteration:07d}.pt")
-    atomic_write(path, lambda handle: torch.save(state, handle))
+    write_checkpoint_file(path, lambda handle: torch.save(state, handle))
     if keep > 0:
         for _, old in list_checkpoints(out_dir, CHECKPOINT_PATTERN)[:-keep]:
-            os.remove(old)
+            remove_checkpoint_file(old)
     return path
+
+
+def to_torch(value: Any) -> Any:
+    """``value`` with every numpy array turned into a torch tensor (a copy; nested dicts and lists)."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.array(value, copy=True))
+    if isinstance(value, dict):
+        return type(value)((k, to_torch(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_torch(v) for v in value)
+    return value
 
 
 def load_checkpoint(path: str, config: Config, runtime: Runtime, net, optimizer, scheduler,
                     scaler) -> int:
-    """Restore everything :func:`save_checkpoint` wrote; returns the iteration reached."""
+    """Restore everything :func:`save_checkpoint` wrote; returns the iteration reached.
+
+    Read by convert's reader (no code executed, bounded time and memory; the file's checksum
+    was checked by ``starting_point``), checked (``check_training_checkpoint``), then loaded.
+    """
+    state = read_object(path)[1]
+    check_training_checkpoint(path, state, CHECKPOINT_FORMAT, "torch_ref.train", config)
+    state = to_torch(state)
     try:
-        # weights_only: a checkpoint is data; nothing in it may run code.
-        state = torch.load(path, map_location=runtime.device, weights_only=True)
-    except FileNotFoundError:
-        raise TrainError(f"--resume {path}: file not found") from None
-    except Exception as error:  # noqa: BLE001 - any unreadable file becomes one line
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise TrainError(f"{path}: not a readable torch checkpoint ({first[:200]})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise TrainError(f"{path}: not a training checkpoint of torch_ref.train")
-    changed = changed_keys(state["config"], config, RESUME_MUST_MATCH)
-    if changed:
-        raise TrainError(f"{path}: the checkpoint was trained with other settings"
-                         f" ({'; '.join(changed)}); resume with the same recipe")
-    net.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if state["scaler"]:
-        scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
+        raise TrainError(f"{path}: does not fit this model and optimizer ({one_line(error)[:300]})") from None
     return int(state["iteration"])
 
 
