@@ -340,6 +340,27 @@ def test_torch_cpu_engine_runs_channels_last_for_float32_and_bf16_close_to_float
     assert not torch_inference.SlidingWindowInference(model.double(), 64, 32).channels_last
 
 
+@pytest.mark.parametrize("name", ["farseg", "factseg"])
+def test_batch_norm_folding_of_the_bf16_path_keeps_the_float32_function(name):
+    torch.manual_seed(0)
+    model = torch_ref.build_model(name)
+    randomise_batchnorm(model, seed=4)
+    model.eval()
+    folded, count = torch_inference.fold_batch_norms(model)
+    assert count == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = model(x)
+        assert (folded(x) - expected).abs().max() <= 1e-4  # float32 rounding of the folded weights
+        # Planted: a fold that drops the running means (as if folding only the scale) is caught.
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.zero_()
+        careless, _ = torch_inference.fold_batch_norms(model)
+        assert (careless(x) - expected).abs().max() > 1e-4
+
+
 # ------------------------------------------------------------------- real model, evaluators
 
 

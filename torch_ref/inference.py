@@ -17,12 +17,14 @@ framework's file).
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
 from convert import CheckpointError, as_torch, detect_model, paddle_to_torch, read_checkpoint, validate
@@ -91,6 +93,35 @@ def _other_model_hint(state, name: str) -> str:
     return f" (the keys look like {found}: is --model {name} right?)" if found != name else ""
 
 
+def fold_batch_norms(model: nn.Module) -> Tuple[nn.Module, int]:
+    """An eval-mode copy of ``model`` with every BatchNorm folded into the convolution before it.
+
+    Pairs are a Conv2d followed by a BatchNorm2d in an ``nn.Sequential``, or children named
+    ``convN`` / ``bnN`` of one module (the ResNet stem and bottlenecks); the BatchNorm becomes
+    an Identity. Used for bf16 on the CPU, where it saves the BatchNorm passes (about 7% of a
+    forward, measured); it changes float32 rounding, so float32 evaluation does not use it.
+    Returns (the copy, the number of BatchNorms folded); ``model`` is untouched.
+    """
+    folded = copy.deepcopy(model).eval()
+    count = 0
+    for module in list(folded.modules()):
+        children = dict(module.named_children())
+        pairs = []
+        if isinstance(module, nn.Sequential):
+            names = list(children)
+            pairs += [(a, b) for a, b in zip(names, names[1:])]
+        pairs += [(name, "bn" + name[4:]) for name in children
+                  if name.startswith("conv") and "bn" + name[4:] in children]
+        for conv_name, bn_name in pairs:
+            conv, bn = children[conv_name], children[bn_name]
+            if isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d:
+                setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
+                setattr(module, bn_name, nn.Identity())
+                children[bn_name] = nn.Identity()
+                count += 1
+    return folded, count
+
+
 class SlidingWindowInference:
     """The official sliding-window protocol over an image of any size, streamed by bands.
 
@@ -127,6 +158,9 @@ class SlidingWindowInference:
         # float64 models (alignment checks) accumulate in float64; everything else as officially.
         self.accumulate_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
         self.channels_last = self.dtype == torch.float32 if channels_last is None else channels_last
+        self.folded_batch_norms = 0
+        if amp is not None and self.device.type == "cpu":
+            self.model, self.folded_batch_norms = fold_batch_norms(self.model)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.mean = torch.tensor(MEAN, dtype=torch.float32, device=self.device).reshape(1, 3, 1, 1)
