@@ -199,6 +199,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ExportError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # an unwritable or full --out: one line, nothing left behind
+        print(f"{PROG}: error: {args.out}: {error.strerror or error}", file=sys.stderr)
+        return 2
     size = "x".join(map(str, summary["size"])) if summary["size"] else "dynamic HxW"
     print(f"exported {args.model} ({summary['weights']}) -> {args.out}/{{{ONNX_FILE},{CONFIG_FILE}}}"
           f" (input [B,3,{size}], {summary['bytes'][ONNX_FILE] / 1e6:.1f} MB) in"
