@@ -9,9 +9,11 @@
   (colour rendering with a class legend);
 - :mod:`app.cli`: argparse pieces shared by every command;
 - :mod:`app.backend`: the protocol each framework's ``backend.BACKEND`` implements, through
-  which the commands build, load and run a model without importing a framework.
+  which the commands build, load and run a model without importing a framework;
+- :mod:`app.exported`: export folders (``model.yml``, its check against the program's
+  convolution shapes, folder replacement) and ONNX exports run by onnxruntime.
 
-Framework-free (numpy, PIL, PyYAML, tqdm; rasterio on demand). The dataset facts these
+Framework-free (numpy, PIL, PyYAML, tqdm; rasterio, onnx and onnxruntime on demand). The dataset facts these
 commands rely on are in :mod:`isaid`, the checkpoint facts in :mod:`weights` and
 :mod:`convert`; none of them imports this package (docs/architecture.md).
 """

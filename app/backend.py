@@ -43,7 +43,8 @@ class Backend(Protocol):
     display_name: str  # "PyTorch" / "PaddlePaddle": help texts
     version: str  # the framework's version, recorded in results
     gpu_name: str  # how the framework spells its GPU device: "cuda" / "gpu"
-    supports_model_dir: bool  # predict can run an exported program (``--model-dir``)
+    supports_model_dir: bool  # evaluate and predict can run an exported program (``--model-dir``)
+    deploy_backends: Tuple[str, ...]  # the ``--backend`` choices for ``--model-dir`` ("auto" first)
     # Errors building an engine may raise besides convert's CheckpointError, and errors running
     # one (besides RasterError): reported as one line, exit status 2.
     engine_errors: Tuple[type, ...]
@@ -71,8 +72,11 @@ class Backend(Protocol):
     def build_deployed_engine(self, model_dir: str, window: Optional[int], stride: Optional[int],
                               device: str, batch_size: int, backend: str, amp: str) -> Tuple[Engine, str]:
         """An engine over an exported program (only if ``supports_model_dir``); window and
-        stride default to the export's own; ``backend``: the inference backend; ``amp`` other
-        than "none" is refused (an export runs in float32). Returns (engine, what it runs)."""
+        stride default to the export's own; ``backend``: the inference backend (one of
+        ``deploy_backends``); ``amp``: "none", or "bf16" where the runtime has a bf16 path
+        (Paddle Inference's oneDNN), refused otherwise. Raises ExportError (from
+        :mod:`app.exported`) when the folder is not an export or its ``model.yml`` does not
+        describe its program. Returns (engine, what it runs)."""
         ...
 
     def new_confusion(self, engine: Engine, num_classes: int) -> Any:

@@ -43,6 +43,8 @@ from weights import MODEL_NAMES, OFFICIAL_MIOU, SEED_REPRODUCTION_MIOU
 
 from .backend import Backend, Engine
 from .cli import OneLineArgumentParser, auto_device, non_negative_float, positive_int
+from .exported import read_deploy_config
+from .predict import AMP_HELP, BACKEND_HELP, MODEL_DIR_HELP
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 COLOUR_MASK_SUFFIX = "_instance_color_RGB.png"
@@ -227,8 +229,10 @@ def evaluate_scenes(backend: Backend, engine: Engine, scenes: Sequence[Scene],
 # ---------------------------------------------------------------------------- command line
 
 
-def build_parser(prog: str, framework: str, gpu_name: str) -> argparse.ArgumentParser:
-    """The evaluator's argument parser; ``gpu_name`` is "cuda" (torch) or "gpu" (Paddle)."""
+def build_parser(prog: str, framework: str, gpu_name: str,
+                 deploy_backends: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The evaluator's argument parser; ``gpu_name`` is "cuda" (torch) or "gpu" (Paddle);
+    ``deploy_backends`` (non-empty: the framework runs exports) adds ``--model-dir`` / ``--backend``."""
     parser = OneLineArgumentParser(
         prog=prog,
         description=(
@@ -242,12 +246,15 @@ def build_parser(prog: str, framework: str, gpu_name: str) -> argparse.ArgumentP
     )
     parser.add_argument("--model", required=True, choices=MODEL_NAMES,
                         help="model architecture: farseg or factseg")
-    parser.add_argument("--weights", required=True, metavar="FILE",
+    parser.add_argument("--weights", required=not deploy_backends, metavar="FILE",
                         help="checkpoint: a torch .pth (official training wrapper and 'module.'"
                              " prefix accepted) or a Paddle .pdparams; the other framework's"
                              " file is converted in memory on the fly (python -m convert writes"
                              " it once). Loaded without executing code; the layout must match"
-                             " the model exactly")
+                             " the model exactly" + ("; or use --model-dir" if deploy_backends else ""))
+    if deploy_backends:
+        parser.add_argument("--model-dir", metavar="DIR", help=MODEL_DIR_HELP + "; its model must be --model")
+        parser.add_argument("--backend", default="auto", choices=tuple(deploy_backends), help=BACKEND_HELP)
     parser.add_argument("--images", required=True, metavar="DIR",
                         help="folder of whole scenes, e.g. OUT/val/images from isaid.prepare or"
                              " the extracted official val images (P0003.png ...)")
@@ -268,8 +275,7 @@ def build_parser(prog: str, framework: str, gpu_name: str) -> argparse.ArgumentP
                              f" cpu, {gpu_name}, or auto ({gpu_name} when available;"
                              f" the default)")
     parser.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none",
-                        help="mixed precision for the forward pass on a GPU (default none: the"
-                             " official figures were measured in float32)")
+                        help=AMP_HELP + " (default none: the official figures were measured in float32)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="model precision (default float32, official). float64 is for"
                              " alignment checks: it removes float32 argmax flips between"
@@ -298,6 +304,12 @@ def check_args(args: argparse.Namespace) -> None:
                           " would leave pixels in no window"])
     if args.amp != "none" and args.dtype == "float64":
         raise InputError(["--amp and --dtype float64 exclude each other"])
+    model_dir = getattr(args, "model_dir", None)
+    if (model_dir is not None) == (args.weights is not None):
+        raise InputError(["give exactly one of --weights and --model-dir" if hasattr(args, "model_dir")
+                          else "--weights is required"])
+    if model_dir is not None and args.dtype != "float32":
+        raise InputError(["--dtype float64 needs --weights: an export runs in float32"])
 
 
 # ------------------------------------------------------------------------------ results
@@ -397,8 +409,9 @@ def build_result(args: argparse.Namespace, command: str, framework: str, framewo
         "model": args.model,
         "framework": framework,
         "framework_version": framework_version,
-        "weights": {"path": os.path.abspath(args.weights), "sha256": file_sha256(args.weights),
-                    "loaded_as": weights_info},
+        "weights": ({"path": os.path.abspath(args.weights), "sha256": file_sha256(args.weights),
+                     "loaded_as": weights_info} if args.weights is not None else
+                    {"model_dir": os.path.abspath(args.model_dir), "loaded_as": weights_info}),
         "data": {"images_dir": os.path.abspath(args.images),
                  "masks_dir": os.path.abspath(args.masks),
                  "images": totals.images, "limit": args.limit,
@@ -434,7 +447,7 @@ def format_report(result: Dict[str, Any], confusion: np.ndarray) -> str:
     lines = [
         f"{result['model']} ({result['framework']} {result['framework_version']}, {run['device']},"
         f" {run['dtype']}{'' if run['amp'] == 'none' else ', amp ' + run['amp']}) weights"
-        f" {result['weights']['path']} ({result['weights']['loaded_as']})",
+        f" {result['weights'].get('path') or result['weights']['model_dir']} ({result['weights']['loaded_as']})",
         f"protocol: window {result['protocol']['window']} stride {result['protocol']['stride']},"
         " normalise then zero-pad to a multiple of 32, average probabilities, argmax;"
         " one confusion matrix" + ("" if result["protocol"]["official"]
@@ -489,7 +502,8 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
     JSON. ``--expect`` failed: exit 1.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(prog, backend.name, backend.gpu_name).parse_args(argv)
+    args = build_parser(prog, backend.name, backend.gpu_name,
+                        backend.deploy_backends if backend.supports_model_dir else ()).parse_args(argv)
     start = time.perf_counter()
     try:
         check_args(args)
@@ -511,11 +525,24 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
         print_errors([f"--device {device}: {error}"])
         return 2
     try:
-        engine, how = backend.build_engine(args.model, args.weights, args.window, args.stride, device,
-                                           args.batch_size, None if args.amp == "none" else args.amp,
-                                           args.dtype)
+        if getattr(args, "model_dir", None) is not None:
+            exported_model = read_deploy_config(args.model_dir)["model"]
+            if exported_model != args.model:
+                raise InputError([f"--model-dir {args.model_dir} holds {exported_model}, not --model {args.model}"])
+            engine, how = backend.build_deployed_engine(args.model_dir, args.window, args.stride, device,
+                                                        args.batch_size, args.backend, args.amp)
+        else:
+            engine, how = backend.build_engine(args.model, args.weights, args.window, args.stride, device,
+                                               args.batch_size, None if args.amp == "none" else args.amp,
+                                               args.dtype)
     except CheckpointError as error:
         print_errors([error.headline()])
+        return 2
+    except InputError as error:
+        print_errors(error.lines)
+        return 2
+    except backend.engine_errors as error:
+        print_errors([str(error)])
         return 2
     loaded = time.perf_counter()
     try:

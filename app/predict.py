@@ -29,11 +29,23 @@ from .raster import (NODATA_CLASS, OUTPUT_EXTENSIONS, GeoTiffClassMapWriter, Ras
                      create_class_map_writer, open_raster)
 
 DEFAULT_WINDOW, DEFAULT_STRIDE = 896, 512  # the official sliding windows
+MODEL_DIR_HELP = ("an export instead of --weights: python -m paddle_impl.export (Paddle Inference; Paddle"
+                  " commands) or an ONNX export of python -m torch_ref.export / paddle_impl.export --format"
+                  " onnx (onnxruntime; both frameworks' commands). DIR/model.yml is checked against the"
+                  " program; window and stride default to its values")
+BACKEND_HELP = ("runtime for --model-dir (default auto: Paddle Inference's oneDNN backend for a Paddle"
+                " export, onnxruntime for an ONNX one); Paddle: onednn, onednn-bf16 (oneDNN bfloat16),"
+                " native, paddle-default (see python -m paddle_impl.infer --help), onnxruntime")
+AMP_HELP = ("mixed precision (default none = float32). On a GPU fp16 or bf16 autocast; on a CPU bf16 only,"
+            " fast on CPUs with AVX512-BF16 or AMX: torch autocast with channels-last convolutions; Paddle"
+            " with --model-dir (Paddle Inference's oneDNN bf16; Paddle 3.3.1's dynamic graph has no CPU"
+            " mixed precision). Not exact: see the README for the share of pixels that change")
 
 
-def build_predict_parser(prog: str, framework: str, gpu_name: str,
-                         model_dir: bool = False) -> argparse.ArgumentParser:
-    """The predict CLI's parser; ``model_dir`` adds Paddle's ``--model-dir`` / ``--backend``."""
+def build_predict_parser(prog: str, framework: str, gpu_name: str, model_dir: bool = False,
+                         deploy_backends: Sequence[str] = ("auto",)) -> argparse.ArgumentParser:
+    """The predict CLI's parser; ``model_dir`` adds ``--model-dir`` / ``--backend`` (choices
+    ``deploy_backends``)."""
     source = "--weights W" + (" or --model-dir DIR" if model_dir else "")
     parser = OneLineArgumentParser(
         prog=prog,
@@ -57,10 +69,7 @@ def build_predict_parser(prog: str, framework: str, gpu_name: str,
                              " is converted in memory. Loaded without executing code"
                              + ("; or use --model-dir" if model_dir else ""))
     if model_dir:
-        parser.add_argument("--model-dir", metavar="DIR",
-                            help="an export of python -m paddle_impl.export, run with Paddle"
-                                 " Inference instead of the dynamic graph (window and stride default"
-                                 " to the values in DIR/model.yml)")
+        parser.add_argument("--model-dir", metavar="DIR", help=MODEL_DIR_HELP)
     parser.add_argument("--model", choices=("auto", "farseg", "factseg"), default="auto",
                         help="architecture of --weights (default auto: detected from the"
                              " checkpoint's keys)")
@@ -83,13 +92,9 @@ def build_predict_parser(prog: str, framework: str, gpu_name: str,
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "gpu"), default="auto",
                         help=f"cpu, {gpu_name} (cuda and gpu both name the GPU), or auto ({gpu_name}"
                              f" when available; default)")
-    parser.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none",
-                        help="mixed precision on a GPU (default none)")
+    parser.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none", help=AMP_HELP)
     if model_dir:
-        parser.add_argument("--backend", default="auto",
-                            choices=("auto", "onednn", "native", "paddle-default"),
-                            help="Paddle Inference CPU backend for --model-dir (default auto; see"
-                                 " python -m paddle_impl.infer --help)")
+        parser.add_argument("--backend", default="auto", choices=tuple(deploy_backends), help=BACKEND_HELP)
     parser.add_argument("--color", metavar="COLOUR.png",
                         help="also write a colour rendering in the iSAID palette with a legend"
                              " (class names and each class's share of the pixels)")
@@ -260,7 +265,8 @@ def run_predictor(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
     output file.
     """
     args = build_predict_parser(prog, backend.display_name, backend.gpu_name,
-                                model_dir=backend.supports_model_dir).parse_args(argv)
+                                model_dir=backend.supports_model_dir,
+                                deploy_backends=backend.deploy_backends).parse_args(argv)
     problems = check_predict_args(args)
     args.device = auto_device(args.device, backend.gpu_name, backend.gpu_available)
     for problem in problems:

@@ -20,7 +20,16 @@ selection, allocator), then the timed pass over the whole scene. Reported: secon
 megapixels/s, peak host RSS, and on a GPU the peak device memory allocated by the framework.
 The JSON (written atomically) holds the command, the machine and every run.
 
-Defaults: on ``--device cpu`` the runs ``torch:cpu:none:1`` and ``paddle:cpu:none:1``; on
+Frameworks: ``torch`` and ``paddle`` (dynamic graphs), ``paddle-inference`` (the same weights
+exported and run by Paddle Inference's oneDNN backend; AMP ``bf16``: its oneDNN bf16 passes) and
+``onnxruntime`` (the same weights exported by ``torch_ref.export``). Every run loads one set of
+weights (torch's default initialisation, seed 0; Paddle converts the ``.pth``), so the class
+maps are compared pixel for pixel with the first torch float32 run (``pixels_changed_vs_torch_float32``);
+the mIoU against the synthetic labels is recorded too. Exports are made inside the run and timed
+apart (``prepare_seconds``). The JSON is rewritten after each run.
+
+Defaults: on ``--device cpu`` torch float32 and bf16, Paddle Inference float32 and bf16,
+onnxruntime and Paddle's dynamic graph; on
 ``--device cuda`` the official-precision run ``torch:cuda:none:1``, the fast run
 ``torch:cuda:bf16:8`` (batched windows, channels-last, bf16 autocast) and ``paddle:gpu:none:1``.
 """
@@ -46,10 +55,16 @@ import numpy as np  # noqa: E402
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", "eval_bench.json")
 
 
+# torch / paddle: the dynamic graphs; paddle-inference: an export of the same weights run by
+# Paddle Inference's oneDNN backend (amp bf16: its oneDNN bf16 passes); onnxruntime: the
+# torch_ref.export ONNX file of the same weights.
+FRAMEWORKS = ("torch", "paddle", "paddle-inference", "onnxruntime")
+
+
 def parse_run(text: str) -> Dict[str, Any]:
     """``framework:device:amp:batch`` -> dict; raises argparse.ArgumentTypeError."""
     parts = text.split(":")
-    if len(parts) != 4 or parts[0] not in ("torch", "paddle") or parts[2] not in ("none", "fp16", "bf16"):
+    if len(parts) != 4 or parts[0] not in FRAMEWORKS or parts[2] not in ("none", "fp16", "bf16"):
         raise argparse.ArgumentTypeError(
             f"expected FRAMEWORK:DEVICE:AMP:BATCH like torch:cuda:bf16:8, got {text!r}")
     try:
@@ -87,11 +102,19 @@ def default_runs(device: str) -> List[Dict[str, Any]]:
     if device == "cuda":
         names = ["torch:cuda:none:1", "torch:cuda:bf16:8", "paddle:gpu:none:1"]
     else:
-        names = ["torch:cpu:none:1", "paddle:cpu:none:1"]
+        # torch float32 first: the reference of "pixels changed"; the slowest (Paddle dygraph) last.
+        names = ["torch:cpu:none:1", "torch:cpu:bf16:1", "paddle-inference:cpu:none:1",
+                 "paddle-inference:cpu:bf16:1", "onnxruntime:cpu:none:1", "paddle:cpu:none:1"]
     return [parse_run(name) for name in names]
 
 
 # ------------------------------------------------------------------------ one run (child)
+
+
+def onnxruntime_version() -> str:
+    import onnxruntime
+
+    return f"onnxruntime {onnxruntime.__version__}"
 
 
 def _peak_rss_mb() -> float:
@@ -108,7 +131,7 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
     framework, device, amp = spec["framework"], spec["device"], spec["amp"]
     amp = None if amp == "none" else amp
     extra: Dict[str, Any] = {}
-    if framework == "torch":
+    if framework in ("torch", "onnxruntime"):
         import torch
 
         from torch_ref import build_model
@@ -118,9 +141,22 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
         if spec["threads"]:
             torch.set_num_threads(spec["threads"])
         extra["threads"] = torch.get_num_threads()
-        torch.manual_seed(0)
+        from torch_ref.inference import DeployedModule, load_weights
+
         model = build_model(spec["model"])
+        load_weights(model, spec["model"], spec["weights"])
         on_gpu = device.startswith(("cuda", "gpu"))
+        channels_last = None
+        prepare_start = time.perf_counter()
+        if framework == "onnxruntime":
+            from app.exported import OnnxModel
+            from torch_ref.export import export
+
+            export_dir = os.path.join(os.path.dirname(spec["weights"]), f"onnx_{os.getpid()}")
+            export(spec["model"], None, export_dir, model=model, check=False)
+            model, channels_last = DeployedModule(OnnxModel(export_dir, spec["threads"])), False
+            version = onnxruntime_version()
+        extra["prepare_seconds"] = round(time.perf_counter() - prepare_start, 2)
         if on_gpu:
             # All windows have one size: let cuDNN pick the fastest kernels once (warm-up).
             torch.backends.cudnn.benchmark = True
@@ -129,8 +165,11 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
                 torch.backends.cuda.matmul.allow_tf32 = False
             extra["gpu"] = torch.cuda.get_device_name()
         engine = SlidingWindowInference(model, spec["window"], spec["stride"], device,
-                                        spec["batch_size"], amp)
+                                        spec["batch_size"], amp, channels_last)
         extra["channels_last"] = engine.channels_last
+
+        def to_host(classes):
+            return classes.to(torch.uint8).cpu().numpy()
 
         def zeros():
             return torch.zeros([16, 16], dtype=torch.int64, device=engine.device)
@@ -145,7 +184,8 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
 
         def device_peak():
             return torch.cuda.max_memory_allocated() / 2 ** 20 if on_gpu else None
-        version = torch.__version__
+        if framework == "torch":
+            version = torch.__version__
     else:
         import paddle
 
@@ -156,11 +196,28 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
         # Paddle's CPU kernels take their thread count from OMP_NUM_THREADS at start-up (the
         # parent sets it for this process when --threads is given).
         extra["threads"] = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS") else None
-        paddle.seed(0)
+        from paddle_impl.inference import load_weights
+
         model = build_model(spec["model"])
+        load_weights(model, spec["model"], spec["weights"])
         on_gpu = device.startswith(("cuda", "gpu"))
+        prepare_start = time.perf_counter()
+        if framework == "paddle-inference":
+            from paddle_impl.export import export
+            from paddle_impl.infer import create_predictor
+            from paddle_impl.backend import DeployedLayer
+
+            export_dir = os.path.join(os.path.dirname(spec["weights"]), f"paddle_{os.getpid()}")
+            export(spec["model"], None, export_dir, model=model, check=False)
+            backend = "onednn-bf16" if amp == "bf16" else "onednn"
+            model, amp = DeployedLayer(create_predictor(export_dir, "cpu", backend, spec["threads"])), None
+            extra["backend"] = backend
+        extra["prepare_seconds"] = round(time.perf_counter() - prepare_start, 2)
         engine = SlidingWindowInference(model, spec["window"], spec["stride"], device,
                                         spec["batch_size"], amp)
+
+        def to_host(classes):
+            return classes.astype("uint8").numpy()
         if on_gpu:
             extra["gpu"] = paddle.device.cuda.get_device_name()
 
@@ -177,7 +234,9 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
 
         def device_peak():
             return paddle.device.cuda.max_memory_allocated() / 2 ** 20 if on_gpu else None
-        version = paddle.__version__
+        version = paddle.__version__ + (" (Paddle Inference)" if framework == "paddle-inference" else "")
+
+    predicted = np.zeros((height, width), dtype=np.uint8)
 
     def evaluate(rows: int) -> np.ndarray:
         confusion = zeros()
@@ -185,6 +244,7 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
                 rows, width, lambda y0, x0, y1, x1: np.asarray(image[y0:y1, x0:x1]), progress=False):
             target = engine.to_device(np.asarray(label[row_start:row_end]))
             confusion += confusion_matrix(classes, target, 16)
+            predicted[row_start:row_end] = to_host(classes)  # for the comparison across runs (untimed cost: small)
         return finish(confusion)  # the copy to the host waits for all device work
 
     # Warm-up: the first band of windows (every batch shape the timed pass will use).
@@ -200,7 +260,11 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
     from isaid.windows import num_windows
 
     windows = num_windows(height, width, spec["window"], spec["stride"])
+    np.save(spec["classes"], predicted)
+    from isaid.metrics import miou
+
     return {
+        "miou_percent": round(100 * float(miou(confusion)["miou"]), 3),
         **{k: spec[k] for k in ("framework", "device", "amp", "batch_size", "model")},
         "framework_version": version,
         "size": [height, width],
@@ -221,9 +285,23 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
 # ---------------------------------------------------------------------------- parent
 
 
+def cpu_flags() -> List[str]:
+    """The CPU features that decide bf16 / oneDNN speed (from /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return sorted(f for f in line.split(":", 1)[1].split()
+                                  if f.startswith(("avx512", "amx", "avx_vnni", "avx2", "fma")))
+    except OSError:
+        pass
+    return []
+
+
 def machine_info() -> Dict[str, Any]:
     info: Dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpu_count": os.cpu_count()}
+                            "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags(),
+                            "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
@@ -249,10 +327,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("error: --size must be >= 32 and --stride <= --window", file=sys.stderr)
         return 2
     runs = args.runs or default_runs(args.device)
-    from isaid.imageio import write_bytes_atomic
     from isaid.synth import make_scene
 
     results: List[Dict[str, Any]] = []
+    reference: Optional[np.ndarray] = None  # the class map of the first torch float32 run
     with tempfile.TemporaryDirectory(prefix="eval_bench_") as folder:
         started = time.perf_counter()
         image, label = make_scene(np.random.default_rng(args.seed), args.size, args.size)
@@ -260,10 +338,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         np.save(os.path.join(folder, "image.npy"), image)
         np.save(os.path.join(folder, "label.npy"), label)
         del image, label
+        # One set of weights for every run (torch's default initialisation, seed 0), so that
+        # the class maps can be compared pixel for pixel; Paddle loads the .pth converted.
+        import torch
+
+        from torch_ref import build_model as build_torch_model
+
+        torch.manual_seed(0)
+        weights = os.path.join(folder, f"{args.model}.pth")
+        torch.save(build_torch_model(args.model).state_dict(), weights)
+        info = machine_info()
         for number, run in enumerate(runs):
             spec = dict(run, model=args.model, window=args.window, stride=args.stride,
                         threads=args.threads, image=os.path.join(folder, "image.npy"),
-                        label=os.path.join(folder, "label.npy"))
+                        label=os.path.join(folder, "label.npy"), weights=weights,
+                        classes=os.path.join(folder, f"classes{number}.npy"))
             spec_path = os.path.join(folder, f"run{number}.json")
             with open(spec_path, "w", encoding="utf-8") as handle:
                 json.dump(spec, handle)
@@ -282,23 +371,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 results.append({**run, "error": tail})
                 continue
             result = json.loads(lines[-1][len("RESULT "):])
+            classes = np.load(spec["classes"])
+            if reference is None and run["framework"] == "torch" and run["amp"] == "none":
+                reference = classes
+            if reference is not None:
+                changed = int((classes != reference).sum())
+                result["pixels_changed_vs_torch_float32"] = changed
+                result["share_changed_vs_torch_float32"] = changed / classes.size
             print(f"  {result['seconds']:.2f} s, {result['windows_per_s']:.2f} windows/s,"
                   f" {result['megapixels_per_s']:.3f} Mpx/s, peak RSS {result['peak_host_rss_mb']:.0f} MB"
                   + ("" if result["peak_device_mb"] is None else
                      f", peak device {result['peak_device_mb']:.0f} MB"), file=sys.stderr, flush=True)
             results.append(result)
+            write_document(args, argv, scene_seconds, info, results)  # partial results survive a stop
+    write_document(args, argv, scene_seconds, info, results)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 1 if any("error" in r for r in results) else 0
+
+
+def write_document(args: argparse.Namespace, argv: List[str], scene_seconds: float, info: Dict[str, Any],
+                   results: List[Dict[str, Any]]) -> None:
+    """The results JSON (atomically), with every run measured so far."""
+    from isaid.imageio import write_bytes_atomic
+
     document = {
         "benchmark": "whole-scene evaluation, official sliding-window protocol",
         "command": "python benchmarks/eval_bench.py " + " ".join(argv),
         "scene": {"size": [args.size, args.size], "generator": "isaid.synth.make_scene",
                   "seed": args.seed, "seconds_to_generate": round(scene_seconds, 2)},
         "protocol": {"window": args.window, "stride": args.stride},
-        "machine": machine_info(),
+        "machine": dict(info, load_average_at_end=[round(v, 2) for v in os.getloadavg()]),
         "runs": results,
     }
     write_bytes_atomic(args.out, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
-    print(f"wrote {args.out}", file=sys.stderr)
-    return 1 if any("error" in r for r in results) else 0
 
 
 if __name__ == "__main__":

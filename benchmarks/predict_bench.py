@@ -48,8 +48,14 @@ import numpy as np  # noqa: E402
 
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", "predict_bench.json")
 DEFAULT_SIZES = ("2000x2000", "4000x4000", "8000x2000")
-DEFAULT_RUNS = ("torch:dygraph:cpu", "paddle:dygraph:cpu", "paddle:onednn:cpu", "paddle:native:cpu")
-MODES = ("dygraph", "onednn", "native")
+DEFAULT_RUNS = ("torch:dygraph:cpu", "torch:bf16:cpu", "torch:onnxruntime:cpu", "paddle:dygraph:cpu",
+                "paddle:onednn:cpu", "paddle:onednn-bf16:cpu", "paddle:native:cpu")
+# torch: dygraph (float32), bf16 (autocast, channels-last), onnxruntime (torch_ref.export of the
+# seed-0 model); paddle: dygraph, or the seed-0 export run by Paddle Inference (onednn,
+# onednn-bf16, native).
+FRAMEWORK_MODES = {"torch": ("dygraph", "bf16", "onnxruntime"),
+                   "paddle": ("dygraph", "onednn", "onednn-bf16", "native")}
+MODES = tuple(sorted({mode for modes in FRAMEWORK_MODES.values() for mode in modes}))
 TILE = 512  # side of the synthetic tiles the big scenes are made of
 
 
@@ -70,8 +76,8 @@ def parse_run(text: str) -> Dict[str, Any]:
     if len(parts) != 3 or parts[0] not in ("torch", "paddle") or parts[1] not in MODES:
         raise argparse.ArgumentTypeError(f"expected FRAMEWORK:MODE:DEVICE[@HxW,...] like paddle:onednn:cpu,"
                                          f" got {text!r}")
-    if parts[0] == "torch" and parts[1] != "dygraph":
-        raise argparse.ArgumentTypeError(f"{text}: torch has only the dygraph mode")
+    if parts[1] not in FRAMEWORK_MODES[parts[0]]:
+        raise argparse.ArgumentTypeError(f"{text}: {parts[0]} modes are {', '.join(FRAMEWORK_MODES[parts[0]])}")
     only = [parse_size(size) for size in sizes.split(",")] if sizes else None
     return {"framework": parts[0], "mode": parts[1], "device": parts[2], "only": only}
 
@@ -117,7 +123,18 @@ def child(run: Dict[str, str], scene: str, out: str, model: str, window: int, st
         from torch_ref.inference import SlidingWindowInference
 
         torch.manual_seed(0)
-        engine = SlidingWindowInference(build_model(model), window, stride, run["device"])
+        if run["mode"] == "onnxruntime":
+            from app.exported import OnnxModel
+            from torch_ref.export import export
+            from torch_ref.inference import DeployedModule
+
+            onnx_dir = os.path.join(os.path.dirname(out), "torch_onnx")
+            export(model, None, onnx_dir, model=build_model(model), check=False)
+            engine = SlidingWindowInference(DeployedModule(OnnxModel(onnx_dir)), window, stride, "cpu",
+                                            channels_last=False)
+        else:
+            engine = SlidingWindowInference(build_model(model), window, stride, run["device"],
+                                            amp="bf16" if run["mode"] == "bf16" else None)
         threads = torch.get_num_threads()
         version = torch.__version__
     else:
@@ -255,7 +272,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     interleaved = None
     with tempfile.TemporaryDirectory(prefix="predict_bench_") as folder:
         export_dir = None
-        if args.interleaved_rounds or any(run["mode"] != "dygraph" for run in args.runs):
+        if args.interleaved_rounds or any(run["framework"] == "paddle" and run["mode"] != "dygraph"
+                                          for run in args.runs):
             export_dir = os.path.join(folder, "export")
             export_model(args.model, export_dir)
         if args.interleaved_rounds:

@@ -13,22 +13,24 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
+from app.exported import ExportedModel
+
 from . import build_model
 from .export_format import ExportError
-from .infer import DeployedModel, InferenceError, create_predictor
+from .infer import InferenceError, create_predictor
 from .inference import SlidingWindowInference, gpu_available, load_weights, resolve_device
 from .metrics import confusion_matrix
 
 
 class DeployedLayer(nn.Layer):
-    """An export run by Paddle Inference, as a layer the sliding-window engine can drive.
+    """An export run by Paddle Inference (or onnxruntime), as a layer the sliding-window engine can drive.
 
     The engine moves its model to the device, sets eval mode and reads the dtype of the first
     parameter; an export has no dynamic-graph parameters, so this layer carries one float32
     marker parameter for that. Each window batch goes to the predictor through host memory.
     """
 
-    def __init__(self, deployed: DeployedModel) -> None:
+    def __init__(self, deployed: ExportedModel) -> None:
         super().__init__()
         self.deployed = deployed
         self.dtype_marker = self.create_parameter([1], dtype="float32")  # read by the engine only
@@ -45,6 +47,7 @@ class PaddleBackend:
     version = paddle.__version__
     gpu_name = "gpu"
     supports_model_dir = True
+    deploy_backends: Tuple[str, ...] = ("auto", "onednn", "onednn-bf16", "native", "paddle-default", "onnxruntime")
     engine_errors: Tuple[type, ...] = (ValueError, ExportError, InferenceError)
     run_errors: Tuple[type, ...] = (InferenceError,)
 
@@ -57,6 +60,12 @@ class PaddleBackend:
     def build_engine(self, model_name: str, weights: str, window: int, stride: int, device: str,
                      batch_size: int = 1, amp: Optional[str] = None, dtype: str = "float32",
                      exact_float32: bool = True) -> Tuple[SlidingWindowInference, str]:
+        if amp is not None and resolve_device(device) == "cpu":
+            # Measured: paddle.amp.auto_cast(dtype="bfloat16") on the CPU returns float32
+            # probabilities identical to float32 (Paddle 3.3.1 has no CPU autocast lists).
+            raise ValueError(f"--amp {amp}: Paddle 3.3.1's dynamic graph has no CPU mixed precision (it would"
+                             " run float32); for oneDNN bf16 export the model (python -m paddle_impl.export)"
+                             " and pass --model-dir DIR --amp bf16")
         model = build_model(model_name)
         how = load_weights(model, model_name, weights)
         if dtype == "float64":
@@ -68,13 +77,17 @@ class PaddleBackend:
     def build_deployed_engine(self, model_dir: str, window: Optional[int], stride: Optional[int],
                               device: str, batch_size: int, backend: str,
                               amp: str) -> Tuple[SlidingWindowInference, str]:
+        if amp == "bf16" and backend in ("auto", "onednn", "onednn-bf16") and resolve_device(device) == "cpu":
+            backend = "onednn-bf16"  # Paddle Inference's oneDNN bf16 passes
+        elif amp != "none":
+            raise ValueError(f"--amp {amp} with --model-dir: only bf16 on the CPU (oneDNN backends) is supported;"
+                             " otherwise an export runs in float32")
         deployed = create_predictor(model_dir, device, backend)
         window = window or deployed.config["sliding_window"]["window"]
         stride = stride or deployed.config["sliding_window"]["stride"]
-        if amp != "none":
-            raise ValueError("--amp applies to the dynamic graph; an export runs in float32")
         engine = SlidingWindowInference(DeployedLayer(deployed), window, stride, device, batch_size)
-        return engine, f"{deployed.config['model']} export {model_dir}, Paddle Inference {deployed.backend} backend"
+        runtime = "onnxruntime" if deployed.backend == "onnxruntime" else f"Paddle Inference {deployed.backend} backend"
+        return engine, f"{deployed.config['model']} export {model_dir}, {runtime}"
 
     def new_confusion(self, engine: SlidingWindowInference, num_classes: int) -> paddle.Tensor:
         return paddle.zeros([num_classes, num_classes], dtype="int64")

@@ -1,9 +1,16 @@
-"""Export FarSeg / FactSeg for Paddle Inference (``paddle.jit.save``, Paddle 3 PIR format).
+"""Export FarSeg / FactSeg for Paddle Inference (``paddle.jit.save``, Paddle 3 PIR format) or ONNX.
 
 Usage::
 
     python -m paddle_impl.export --model farseg --weights farseg50.pdparams --out deploy/farseg
-        [--size H W] [--no-check]
+        [--size H W] [--no-check] [--format paddle|onnx]
+
+``--format onnx`` converts the saved program with paddle2onnx 2.1.0 (the ``.[onnx]`` extra) into
+``DIR/model.onnx`` and checks it with onnxruntime instead. paddle2onnx 2.1.0 cannot read Paddle
+3.3.1's programs as written: its PIR parser requires float elements in the interpolations'
+``scale`` attribute, which Paddle writes (and its own loader requires) as doubles ("the 0th
+elementwise MUST be ir::FloatAttribute"); the converter is given a copy with those exact values
+(2.0, 4.0) retyped (:func:`scale_attributes_as_float32`).
 
 Writes ``DIR/model.json`` (the PIR program) + ``DIR/model.pdiparams`` (the weights) and a small
 ``DIR/model.yml`` that says how to feed the program: model, classes (iSAID names and colours),
@@ -25,24 +32,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
+import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
 import paddle.nn as nn
-import yaml
 from paddle.static import InputSpec
 
 from convert import CheckpointError
 from app.cli import OneLineArgumentParser
+from app.exported import (ONNX_FORMAT, OnnxModel, check_replaceable, compare_probabilities, deploy_config,
+                          read_deploy_config, replace_folder, staging_folder, write_deploy_config)
 from isaid.imageio import current_umask
-from isaid.palette import CLASS_NAMES, MEAN, NUM_CLASSES, PALETTE, STD
 from weights import MODEL_NAMES, check_model_name
 
 from . import build_model
@@ -54,6 +60,9 @@ from .inference import load_weights
 from .shapes import SIZE_MULTIPLE
 
 PROG = EXPORT_PROG
+ONNX_FILE = "model.onnx"
+FORMATS = ("paddle", "onnx")
+ONNX_OPSET = 17
 DEFAULT_TOLERANCE = 1e-5  # exact backend (native): agrees bit for bit in practice
 DEFAULT_ROUNDING_TOLERANCE = 1e-4  # oneDNN backend: BatchNorm folding changes float32 rounding
 CHECK_SIZE = (64, 96)  # input of the post-export check for a dynamic-size export (H != W on purpose)
@@ -112,75 +121,6 @@ def input_spec(size: Optional[Tuple[int, int]] = None) -> List[InputSpec]:
     return [InputSpec([None, 3, height, width], "float32", INPUT_NAME)]
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def deploy_config(model_name: str, size: Optional[Tuple[int, int]], weights: Optional[str],
-                  weights_how: str, window: int = 896, stride: int = 512) -> Dict[str, object]:
-    """The content of ``model.yml``: everything a deployment needs besides the program."""
-    height, width = size if size is not None else (-1, -1)
-    return {
-        "model": model_name,
-        "format": FORMAT,
-        "paddle_version": paddle.__version__,
-        "files": {"program": PROGRAM_FILE, "params": PARAMS_FILE},
-        "input": {
-            "name": INPUT_NAME,
-            "dtype": "float32",
-            "layout": "NCHW",
-            "channels": "RGB",
-            "shape": [-1, 3, height, width],
-            "size_multiple": SIZE_MULTIPLE,
-            "pad": "zero-pad bottom/right to a multiple of size_multiple AFTER normalisation,"
-                   " crop the output back",
-        },
-        "output": {
-            "shape": [-1, NUM_CLASSES, height, width],
-            "meaning": "class probabilities (FarSeg: softmax; FactSeg: fused joint probability);"
-                       " argmax over axis 1 gives the class index",
-        },
-        "normalize": {"mean": [float(v) for v in MEAN], "std": [float(v) for v in STD],
-                      "pixel_range": "0..255", "formula": "(pixel - mean) / std per channel"},
-        "sliding_window": {"window": window, "stride": stride,
-                           "merge": "average probabilities where windows overlap, then argmax"},
-        "num_classes": NUM_CLASSES,
-        "classes": list(CLASS_NAMES),
-        "palette": [[int(c) for c in colour] for colour in PALETTE],
-        "weights": {"file": os.path.basename(weights) if weights else None,
-                    "sha256": _sha256(weights) if weights else None, "loaded_as": weights_how},
-    }
-
-
-def _check_replaceable(out_dir: str) -> None:
-    """Refuse an ``out_dir`` that holds anything but an earlier export (checked before any work)."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ExportError(f"{out_dir}: exists and is not a folder")
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, CONFIG_FILE)):
-        raise ExportError(f"{out_dir}: exists and is not an earlier export (no {CONFIG_FILE});"
-                          " refusing to replace it")
-
-
-def _replace_folder(staging: str, out_dir: str) -> None:
-    """Move the finished ``staging`` folder to ``out_dir``, replacing an earlier export there."""
-    _check_replaceable(out_dir)
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        previous = tempfile.mkdtemp(prefix="." + os.path.basename(out_dir) + ".old.",
-                                    dir=os.path.dirname(os.path.abspath(out_dir)))
-        os.rmdir(previous)
-        os.replace(out_dir, previous)
-        os.replace(staging, out_dir)
-        shutil.rmtree(previous, ignore_errors=True)
-    else:
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)
-        os.replace(staging, out_dir)
-
-
 def save_inference_model(model: nn.Layer, folder: str, size: Optional[Tuple[int, int]] = None) -> None:
     """``paddle.jit.save`` the eval forward of ``model`` to ``folder/model.{json,pdiparams}``."""
     model.eval()
@@ -228,22 +168,97 @@ def check_export(model: nn.Layer, model_dir: str, size: Optional[Tuple[int, int]
     return results
 
 
+def scale_attributes_as_float32(program_json: str, out_json: str) -> int:
+    """Copy a PIR program with the interpolations' ``scale`` arrays retyped double -> float.
+
+    paddle2onnx 2.1.0's PIR parser requires ``pir::FloatAttribute`` elements in the ``scale``
+    of ``nearest_interp`` / ``bilinear_interp`` ("the 0th elementwise MUST be
+    ir::FloatAttribute") while Paddle 3.3.1 writes (and its own loader requires) doubles. The
+    values (2.0, 4.0) are exact in float32, so the retyped copy is the same program; it is
+    given to paddle2onnx only. Returns the number of values retyped.
+    """
+    with open(program_json, encoding="utf-8") as handle:
+        program = json.load(handle)
+    retyped = 0
+    for op in program["program"]["regions"][0]["blocks"][0]["ops"]:
+        if str(op.get("#", "")).endswith("_interp"):
+            for attribute in op.get("A", []):
+                if attribute.get("N") == "scale":
+                    for value in attribute["AT"]["D"]:
+                        if value.get("#") == "0.a_f64":
+                            value["#"] = "0.a_f32"
+                            retyped += 1
+    with open(out_json, "w", encoding="utf-8") as handle:
+        json.dump(program, handle)
+    return retyped
+
+
+def convert_to_onnx(program_dir: str, onnx_path: str, opset: int = ONNX_OPSET) -> None:
+    """paddle2onnx (the ``.[onnx]`` extra) on the program in ``program_dir``; ExportError on failure."""
+    try:
+        import paddle2onnx
+    except ImportError:
+        raise ExportError("--format onnx needs paddle2onnx: pip install -e \".[onnx]\"") from None
+    patched = os.path.join(program_dir, "paddle2onnx_input.json")
+    scale_attributes_as_float32(os.path.join(program_dir, PROGRAM_FILE), patched)
+    try:
+        # No extra optimiser: onnxruntime folds constants itself when it loads the model.
+        paddle2onnx.export(patched, os.path.join(program_dir, PARAMS_FILE), save_file=onnx_path,
+                           opset_version=opset, enable_onnx_checker=True, optimize_tool="None",
+                           verbose=False)
+    except Exception as error:  # noqa: BLE001 (paddle2onnx raises bare Exceptions)
+        raise ExportError(f"paddle2onnx {paddle2onnx.__version__} failed:"
+                          f" {' '.join(str(error).split())[:300]}") from None
+    finally:
+        os.remove(patched)
+    if not os.path.isfile(onnx_path):
+        raise ExportError(f"paddle2onnx {paddle2onnx.__version__} wrote no {os.path.basename(onnx_path)}"
+                          " (its log above says why)")
+
+
+def check_onnx_export(model: nn.Layer, model_dir: str, size: Optional[Tuple[int, int]],
+                      tolerance: float = DEFAULT_ROUNDING_TOLERANCE, min_agreement: float = 0.999,
+                      seed: int = 0) -> List[Tuple[str, float, float]]:
+    """onnxruntime on the exported ``model.onnx`` vs the dynamic graph on a random input.
+
+    onnxruntime folds BatchNorm into the convolutions, like the oneDNN backend, so the same
+    rounding tolerance applies (measured 2.9e-5 on paddle.seed(0) weights). Raises ExportError
+    when the max |difference| of the probabilities exceeds ``tolerance`` or the argmax agrees
+    on fewer than ``min_agreement`` of the pixels.
+    """
+    height, width = size if size is not None else CHECK_SIZE
+    x = np.random.default_rng(seed).standard_normal((1, 3, height, width)).astype("float32")
+    model.eval()
+    with paddle.no_grad():
+        expected = model(paddle.to_tensor(x)).numpy()
+    got = OnnxModel(model_dir, threads=1)(x)
+    difference, agreement = compare_probabilities(expected, got)
+    if not (difference <= tolerance and agreement >= min_agreement):
+        raise ExportError(f"{model_dir}: ONNX model (onnxruntime) differs from the dynamic graph by"
+                          f" {difference:.3g} (tolerance {tolerance:g}), argmax agreement"
+                          f" {agreement:.4%} on a {height}x{width} input")
+    return [("onnxruntime", difference, tolerance)]
+
+
 def export(model_name: str, weights: Optional[str], out_dir: str,
            size: Optional[Tuple[int, int]] = None, check: bool = True,
            tolerance: float = DEFAULT_TOLERANCE, model: Optional[nn.Layer] = None,
            window: int = 896, stride: int = 512,
-           rounding_tolerance: float = DEFAULT_ROUNDING_TOLERANCE) -> Dict[str, object]:
+           rounding_tolerance: float = DEFAULT_ROUNDING_TOLERANCE, fmt: str = "paddle") -> Dict[str, object]:
     """Build ``model_name``, load ``weights``, save the inference program + ``model.yml``.
 
+    ``fmt``: "paddle" (``model.json`` + ``model.pdiparams``, Paddle Inference) or "onnx"
+    (``model.onnx`` converted from that program by paddle2onnx, run by onnxruntime).
     ``model``: an already built (and loaded) model to export instead of loading ``weights``
     (tests, benchmarks). Returns a summary dict (paths, sizes, check results, seconds).
     Raises CheckpointError (bad weights) or ExportError; ``out_dir`` is untouched then.
     """
     check_model_name(model_name)
+    check_model_name(fmt, choices=FORMATS, what="format")
     if size is not None and (size[0] % SIZE_MULTIPLE or size[1] % SIZE_MULTIPLE or min(size) <= 0):
         raise ExportError(f"--size {size[0]} {size[1]}: both must be positive multiples of {SIZE_MULTIPLE}")
     out_dir = os.path.normpath(out_dir)  # "deploy/" and "deploy" name the same folder
-    _check_replaceable(out_dir)
+    check_replaceable(out_dir)
     start = time.perf_counter()
     how = "given model"
     if model is None:
@@ -252,27 +267,40 @@ def export(model_name: str, weights: Optional[str], out_dir: str,
         model = build_model(model_name)
         how = load_weights(model, model_name, weights)
     model.eval()
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix="." + os.path.basename(os.path.abspath(out_dir)) + ".", dir=parent)
+    staging = staging_folder(out_dir)
     try:
         save_inference_model(model, staging, size)
-        config = deploy_config(model_name, size, weights, how, window, stride)
-        with open(os.path.join(staging, CONFIG_FILE), "w", encoding="utf-8") as handle:
-            handle.write(f"# Written by {PROG}; read by python -m paddle_impl.infer / predict.\n")
-            yaml.safe_dump(config, handle, sort_keys=False, width=100, default_flow_style=None)
+        if fmt == "onnx":
+            import paddle2onnx
+
+            convert_to_onnx(staging, os.path.join(staging, ONNX_FILE))
+            for name in os.listdir(staging):  # keep model.onnx only
+                if name != ONNX_FILE:
+                    os.remove(os.path.join(staging, name))
+            config = deploy_config(model_name, size, weights, how, window, stride, ONNX_FORMAT,
+                                   f"paddle {paddle.__version__} + paddle2onnx {paddle2onnx.__version__},"
+                                   f" opset {ONNX_OPSET}")
+        else:
+            config = deploy_config(model_name, size, weights, how, window, stride, FORMAT,
+                                   f"paddle {paddle.__version__} paddle.jit.save",
+                                   {"paddle_version": paddle.__version__})
+        write_deploy_config(staging, config, PROG)
+        read_deploy_config(staging)  # the program must be what model.yml says
         saved = time.perf_counter()
-        checks = check_export(model, staging, size, tolerance, rounding_tolerance) if check else []
+        checks: List[Tuple[str, float, float]] = []
+        if check:
+            checks = (check_onnx_export(model, staging, size, rounding_tolerance) if fmt == "onnx"
+                      else check_export(model, staging, size, tolerance, rounding_tolerance))
         os.chmod(staging, 0o777 & ~current_umask())
-        _replace_folder(staging, out_dir)
+        replace_folder(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {"out_dir": out_dir, "model": model_name, "weights": how, "size": size,
+    files = (ONNX_FILE,) if fmt == "onnx" else (PROGRAM_FILE, PARAMS_FILE)
+    return {"out_dir": out_dir, "model": model_name, "weights": how, "size": size, "format": fmt,
             "checks": checks, "export_seconds": saved - start,
             "check_seconds": time.perf_counter() - saved,
-            "bytes": {name: os.path.getsize(os.path.join(out_dir, name))
-                      for name in (PROGRAM_FILE, PARAMS_FILE, CONFIG_FILE)}}
+            "bytes": {name: os.path.getsize(os.path.join(out_dir, name)) for name in files + (CONFIG_FILE,)}}
 
 
 def _size_multiple_of_32(text: str) -> int:
@@ -304,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder (created; an earlier export there is replaced"
                              " atomically, any other non-empty folder is refused)")
+    parser.add_argument("--format", choices=FORMATS, default="paddle",
+                        help="paddle (default): DIR/model.json + model.pdiparams for Paddle Inference;"
+                             " onnx: DIR/model.onnx, the same program converted by paddle2onnx (opset"
+                             f" {ONNX_OPSET}; the onnx extra), for onnxruntime (checked with it)")
     parser.add_argument("--size", nargs=2, type=_size_multiple_of_32, metavar=("H", "W"),
                         help="fix the input height and width (multiples of 32; e.g. 896 896 for"
                              " the official windows). Default: dynamic H and W. The batch is"
@@ -338,7 +370,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         summary = export(args.model, args.weights, args.out, tuple(args.size) if args.size else None,
                          args.check, args.tolerance, window=args.window, stride=args.stride,
-                         rounding_tolerance=args.rounding_tolerance)
+                         rounding_tolerance=args.rounding_tolerance, fmt=args.format)
     except CheckpointError as error:
         print(f"{PROG}: error: {error.headline()}", file=sys.stderr)
         return 2
@@ -346,13 +378,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     size = "x".join(map(str, summary["size"])) if summary["size"] else "dynamic HxW"
-    megabytes = summary["bytes"][PARAMS_FILE] / 1e6
-    print(f"exported {args.model} ({summary['weights']}) -> {args.out}/{{{PROGRAM_FILE},{PARAMS_FILE},"
-          f"{CONFIG_FILE}}} (input [B,3,{size}], {megabytes:.1f} MB of weights) in"
-          f" {summary['export_seconds']:.1f}s")
+    files = [name for name in summary["bytes"]]
+    megabytes = summary["bytes"][files[-2]] / 1e6
+    print(f"exported {args.model} ({summary['weights']}) -> {args.out}/{{{','.join(files)}}}"
+          f" (input [B,3,{size}], {megabytes:.1f} MB of weights) in {summary['export_seconds']:.1f}s")
     for backend, difference, limit in summary["checks"]:
-        print(f"check: Paddle Inference ({backend} backend, 1 thread) vs dynamic graph: max |diff|"
-              f" of the probabilities {difference:.3g} (tolerance {limit:g})")
+        runtime = "onnxruntime" if backend == "onnxruntime" else f"Paddle Inference ({backend} backend)"
+        print(f"check: {runtime}, 1 thread, vs dynamic graph: max |diff| of the probabilities"
+              f" {difference:.3g} (tolerance {limit:g})")
     return 0
 
 

@@ -27,8 +27,16 @@ CPU backends (``--backend``), and why ``auto`` does not use Paddle's default:
   convolution weights).
 - ``native``: oneDNN off (``config.disable_mkldnn()``): Paddle's plain CPU kernels, the same
   as the dynamic graph's; with one thread the output equals the dynamic graph bit for bit.
+- ``onednn-bf16``: ``onednn`` with oneDNN's bfloat16 passes (``enable_mkldnn_bfloat16``):
+  the fused convolutions run in bf16 on CPUs with AVX512-BF16 / AMX, the rest stays float32.
+  Not exact: see the README for the measured share of pixels whose class changes.
+- ``onnxruntime``: for an ONNX export (``--format onnx`` of either framework's export), run by
+  onnxruntime's CPU provider; ``auto`` picks it for such a folder.
 - ``auto`` (default): ``onednn``, falling back to ``native`` if it fails on the first run
   (the reason is kept in ``DeployedModel.fallbacks`` and printed); on a GPU: ``gpu``.
+
+Before anything runs, ``model.yml`` is checked against the program (the convolution weight
+shapes must be those of the model it names; :func:`app.exported.read_deploy_config`).
 """
 from __future__ import annotations
 
@@ -42,18 +50,19 @@ import numpy as np
 import paddle.inference as paddle_infer
 
 from app.cli import OneLineArgumentParser
-from isaid.atomic import describe_os_error
-from isaid.imageio import write_png_atomic
-from isaid.palette import CLASS_NAMES, NUM_CLASSES, normalize
+from app.exported import ONNX_FORMAT, ExportedModel, OnnxModel, check_input
+from app.exported import default_threads as default_threads
 from app.preview import ColourPreview
 from app.raster import RasterError, open_raster
-from isaid.windows import pad_to_multiple
+from isaid.atomic import describe_os_error
+from isaid.imageio import write_png_atomic
+from isaid.palette import CLASS_NAMES, NUM_CLASSES
 
 from .export_format import CONFIG_FILE, PARAMS_FILE, PROGRAM_FILE, ExportError, fixed_size, read_deploy_config
 
 PROG = "python -m paddle_impl.infer"
-CPU_BACKENDS = ("onednn", "native", "paddle-default")
-BACKENDS = ("auto",) + CPU_BACKENDS + ("gpu",)
+CPU_BACKENDS = ("onednn", "onednn-bf16", "native", "paddle-default")
+BACKENDS = ("auto",) + CPU_BACKENDS + ("gpu", "onnxruntime")
 # What "auto" tries on a CPU, in order (a test puts "paddle-default" first to see the fallback).
 AUTO_CPU_ORDER: Tuple[str, ...] = ("onednn", "native")
 # The pass whose removal keeps oneDNN convolutions but leaves interpolations on CPU kernels.
@@ -62,14 +71,6 @@ ONEDNN_PLACEMENT_PASS = "onednn_placement_pass"
 
 class InferenceError(Exception):
     """No backend could run the export, or the input does not fit it; one line."""
-
-
-def default_threads() -> int:
-    """CPU cores this process may use (Paddle Inference's own default is 1 thread)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def make_config(model_dir: str, backend: str, threads: Optional[int] = None,
@@ -84,9 +85,11 @@ def make_config(model_dir: str, backend: str, threads: Optional[int] = None,
     config.set_cpu_math_library_num_threads(threads or default_threads())
     if backend == "native":
         config.disable_mkldnn()
-    elif backend == "onednn":
+    elif backend in ("onednn", "onednn-bf16"):
         config.enable_mkldnn()
         config.delete_pass(ONEDNN_PLACEMENT_PASS)
+        if backend == "onednn-bf16":
+            config.enable_mkldnn_bfloat16()
     elif backend == "paddle-default":
         config.enable_mkldnn()  # what a plain Config does on a oneDNN-enabled CPU build
     else:
@@ -100,7 +103,7 @@ def _first_line(error: BaseException) -> str:
     return " ".join(text.split())[:300] or type(error).__name__
 
 
-class DeployedModel:
+class DeployedModel(ExportedModel):
     """A Paddle Inference predictor over an export, with the backend chosen as ``infer`` does.
 
     ``model(x)`` maps normalised float32 [B,3,H,W] (multiples of 32; the fixed size of a
@@ -109,10 +112,12 @@ class DeployedModel:
     and ``fallbacks`` lists ``(backend, reason)`` for those that failed.
     """
 
+    error = InferenceError
+
     def __init__(self, model_dir: str, device: str = "cpu", backend: str = "auto",
-                 threads: Optional[int] = None) -> None:
+                 threads: Optional[int] = None, config: Optional[dict] = None) -> None:
         self.model_dir = model_dir
-        self.config = read_deploy_config(model_dir)
+        self.config = read_deploy_config(model_dir) if config is None else config
         self.fixed_size = fixed_size(self.config)
         self.threads = threads
         device = device.lower()
@@ -166,15 +171,7 @@ class DeployedModel:
         return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise InferenceError(f"expected a normalised batch [B,3,H,W], got {list(x.shape)}")
-        height, width = x.shape[2:]
-        if height % 32 or width % 32:
-            raise InferenceError(f"input {height}x{width}: height and width must be multiples of 32")
-        if self.fixed_size is not None and (height, width) != self.fixed_size:
-            raise InferenceError(f"{self.model_dir} was exported for {self.fixed_size[0]}x{self.fixed_size[1]}"
-                                 f" inputs, got {height}x{width}")
+        x = check_input(x, self.fixed_size, self.model_dir, InferenceError)
         while True:
             try:
                 output = self._run(x)
@@ -185,31 +182,23 @@ class DeployedModel:
             except Exception as error:  # noqa: BLE001 (Paddle raises RuntimeError, NotImplementedError, ...)
                 self._next_backend(error)
 
-    def probabilities(self, image: np.ndarray) -> np.ndarray:
-        """uint8 RGB [H,W,3] -> probabilities float32 [16,H,W] (one forward pass, padded)."""
-        height, width = image.shape[:2]
-        x = normalize(image)
-        if self.fixed_size is not None:
-            if height > self.fixed_size[0] or width > self.fixed_size[1]:
-                raise InferenceError(f"image {height}x{width} is larger than the fixed export size"
-                                     f" {self.fixed_size[0]}x{self.fixed_size[1]}: use python -m"
-                                     f" paddle_impl.predict --model-dir {self.model_dir} (sliding windows)")
-            pad_h, pad_w = self.fixed_size[0] - height, self.fixed_size[1] - width
-        else:
-            pad_h, pad_w = pad_to_multiple(height, width, 32)
-        # Zero padding AFTER normalisation, as the official evaluation pads each window.
-        x = np.pad(x, ((0, 0), (0, pad_h), (0, pad_w)))[None]
-        return self(x)[0, :, :height, :width]
-
-    def predict_image(self, image: np.ndarray) -> np.ndarray:
-        """uint8 RGB [H,W,3] -> uint8 class map [H,W] (argmax of :meth:`probabilities`)."""
-        return self.probabilities(image).argmax(axis=0).astype(np.uint8)
-
 
 def create_predictor(model_dir: str, device: str = "cpu", backend: str = "auto",
-                     threads: Optional[int] = None) -> DeployedModel:
-    """Open the export in ``model_dir`` (see :class:`DeployedModel`); ExportError if it is not one."""
-    return DeployedModel(model_dir, device, backend, threads)
+                     threads: Optional[int] = None, verify: bool = True) -> ExportedModel:
+    """Open the export in ``model_dir``: a :class:`DeployedModel` (Paddle Inference) for a
+    Paddle program, an :class:`app.exported.OnnxModel` for an ONNX export. ExportError if the
+    folder is not an export or its ``model.yml`` does not describe its program (``verify``).
+    """
+    config = read_deploy_config(model_dir, verify=verify)
+    if config["format"] == ONNX_FORMAT:
+        if backend not in ("auto", "onnxruntime") or device.lower() != "cpu":
+            raise InferenceError(f"{model_dir} is an ONNX export: it runs with --backend onnxruntime (or auto)"
+                                 " on the CPU")
+        return OnnxModel(model_dir, threads, config, error=InferenceError)
+    if backend == "onnxruntime":
+        raise InferenceError(f"{model_dir} is a Paddle Inference export; --backend onnxruntime needs an export"
+                             " written with --format onnx")
+    return DeployedModel(model_dir, device, backend, threads, config)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,11 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", metavar="cpu|gpu[:N]",
                         help="where Paddle Inference runs (default cpu)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
-                        help="CPU backend: auto (default: onednn, falling back to native),"
-                             " onednn (oneDNN convolutions, interpolation on CPU kernels), native"
+                        help="CPU backend: auto (default: onednn, falling back to native; onnxruntime"
+                             " for an ONNX export), onednn (oneDNN convolutions, interpolation on CPU"
+                             " kernels), onednn-bf16 (the same with oneDNN bfloat16; not exact), native"
                              " (oneDNN off; bit-exact with the dynamic graph on one thread),"
                              " paddle-default (Paddle's own config: fails on Paddle 3.3.1 for"
-                             " these models, see the module doc); gpu with --device gpu")
+                             " these models, see the module doc); gpu with --device gpu; onnxruntime"
+                             " for an export written with --format onnx")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads (default: all cores this process may use)")
     return parser

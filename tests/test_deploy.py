@@ -241,7 +241,7 @@ class _OneConv(paddle.nn.Layer):
 
 def _paddle_default_runs(folder: Path, x: np.ndarray) -> Tuple[bool, str]:
     try:
-        infer.create_predictor(str(folder), backend="paddle-default", threads=1)(x)
+        infer.create_predictor(str(folder), backend="paddle-default", threads=1, verify=False)(x)
         return True, ""
     except infer.InferenceError as error:
         return False, str(error)
@@ -286,7 +286,7 @@ def test_interpolation_ops_are_what_paddle_default_onednn_refuses(one_op_program
         if not runs:
             assert "ArrayAttribute<pir::DoubleAttribute>" in message
         expected = _probabilities(model, x)
-        assert _max_diff(infer.create_predictor(str(folder), backend="onednn", threads=1)(x), expected) <= 1e-5
+        assert _max_diff(infer.create_predictor(str(folder), backend="onednn", threads=1, verify=False)(x), expected) <= 1e-5
     assert refused["none"] is False
     assert refused["nearest"] == refused["bilinear_size"]
 
@@ -294,10 +294,10 @@ def test_interpolation_ops_are_what_paddle_default_onednn_refuses(one_op_program
 def test_auto_backend_falls_back_from_a_failing_configuration(one_op_programs, monkeypatch) -> None:
     folder, _ = one_op_programs["nearest"]
     x = _random_batch(1, 32, 32, seed=3)
-    expected = infer.create_predictor(str(folder), backend="native", threads=1)(x)
+    expected = infer.create_predictor(str(folder), backend="native", threads=1, verify=False)(x)
     # Put Paddle's own (failing on 3.3.1) configuration first: auto must skip it and say why.
     monkeypatch.setattr(infer, "AUTO_CPU_ORDER", ("paddle-default", "onednn", "native"))
-    model = infer.create_predictor(str(folder), threads=1)
+    model = infer.create_predictor(str(folder), threads=1, verify=False)
     assert _max_diff(model(x), expected) <= 1e-5
     if not model.fallbacks:  # a Paddle that runs its default configuration
         assert model.backend == "paddle-default"
@@ -308,7 +308,7 @@ def test_auto_backend_falls_back_from_a_failing_configuration(one_op_programs, m
     # With nothing to fall back to, the failure is one clear error.
     monkeypatch.setattr(infer, "AUTO_CPU_ORDER", ("paddle-default",))
     with pytest.raises(infer.InferenceError, match="paddle-default backend"):
-        infer.create_predictor(str(folder), threads=1)(x)
+        infer.create_predictor(str(folder), threads=1, verify=False)(x)
 
 
 def test_infer_cli_writes_the_class_map(export_dynamic: Path, paddle_farseg, tmp_path: Path,
@@ -582,14 +582,17 @@ def test_torch_predict_bad_input_and_bad_options(weights, tmp_path: Path, capsys
 
 
 @pytest.mark.parametrize("module,options", [
-    ("paddle_impl.export", ["--model", "--weights", "--out", "--size", "--window", "--stride", "--check",
-                            "--tolerance", "--rounding-tolerance"]),
+    ("paddle_impl.export", ["--model", "--weights", "--out", "--format", "--size", "--window", "--stride",
+                            "--check", "--tolerance", "--rounding-tolerance"]),
+    ("torch_ref.export", ["--model", "--weights", "--out", "--format", "--size", "--opset", "--window", "--stride",
+                          "--check", "--tolerance"]),
     ("paddle_impl.infer", ["--model-dir", "--image", "--out", "--color", "--device", "--backend", "--threads"]),
     ("paddle_impl.predict", ["--weights", "--model-dir", "--model", "--image", "--out", "--window", "--stride",
                              "--batch-size", "--device", "--amp", "--backend", "--color", "--color-max-side",
                              "--progress"]),
-    ("torch_ref.predict", ["--weights", "--model", "--image", "--out", "--window", "--stride", "--batch-size",
-                           "--device", "--amp", "--color", "--color-max-side", "--progress"]),
+    ("torch_ref.predict", ["--weights", "--model-dir", "--model", "--image", "--out", "--window", "--stride",
+                           "--batch-size", "--device", "--amp", "--backend", "--color", "--color-max-side",
+                           "--progress"]),
 ])
 def test_every_option_is_documented(module: str, options: List[str], capsys) -> None:
     import importlib

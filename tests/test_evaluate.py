@@ -167,8 +167,16 @@ def _paddle_forward(model, x: np.ndarray) -> np.ndarray:
         return model(paddle.to_tensor(x)).numpy()
 
 
+class TorchNCHWEngine(torch_inference.SlidingWindowInference):
+    def __init__(self, *args, channels_last: bool = False, **kwargs) -> None:
+        super().__init__(*args, channels_last=channels_last, **kwargs)
+
+
 FRAMEWORKS = {
-    "torch": Framework("torch", torch_inference.SlidingWindowInference, TorchStandIn,
+    # NCHW, as the naive reference runs the stand-in: these tests prove the merge bit for bit, and a
+    # convolution's rounding depends on the memory layout (the channels-last default on the CPU is
+    # tested on its own, below).
+    "torch": Framework("torch", TorchNCHWEngine, TorchStandIn,
                        _torch_forward, lambda t: t.cpu().numpy()),
     "paddle": Framework("paddle", paddle_inference.SlidingWindowInference, PaddleStandIn,
                         _paddle_forward, lambda t: t.numpy()),
@@ -310,6 +318,47 @@ def test_engine_argument_checks(fw):
         engine.predict_array(np.zeros((8, 8, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="read_window"):
         list(engine.run(8, 8, lambda y0, x0, y1, x1: np.zeros((1, 1, 3), np.uint8), progress=False))
+
+
+def test_torch_cpu_engine_runs_channels_last_for_float32_and_bf16_close_to_float32():
+    """The fix behind ``--amp bf16`` on a CPU: oneDNN's bf16 convolutions are fast only in NHWC
+    (NCHW bf16 measured slower than float32), so float32 models run channels-last on the CPU by
+    default; float64 (alignment) keeps the official NCHW. bf16 then changes few classes."""
+    torch.manual_seed(0)
+    model = torch_ref.build_model("farseg")
+    randomise_batchnorm(model, seed=2)
+    image = make_scene(np.random.default_rng(3), 96, 96)[0]
+    fp32 = torch_inference.SlidingWindowInference(model, 64, 32)
+    assert fp32.channels_last and fp32.prepare(image[None, :64, :64]).is_contiguous(memory_format=torch.channels_last)
+    assert model.en.resnet.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    nchw = torch_inference.SlidingWindowInference(model, 64, 32, channels_last=False)
+    reference = nchw.predict_array(image)
+    assert (fp32.predict_array(image) == reference).mean() >= 0.999  # layout changes rounding only
+    bf16 = torch_inference.SlidingWindowInference(model, 64, 32, amp="bf16")
+    agreement = (bf16.predict_array(image) == reference).mean()
+    assert bf16.channels_last and 0.9 <= agreement  # random weights: 2.2% change (bf16_cost.json)
+    assert not torch_inference.SlidingWindowInference(model.double(), 64, 32).channels_last
+
+
+@pytest.mark.parametrize("name", ["farseg", "factseg"])
+def test_batch_norm_folding_of_the_bf16_path_keeps_the_float32_function(name):
+    torch.manual_seed(0)
+    model = torch_ref.build_model(name)
+    randomise_batchnorm(model, seed=4)
+    model.eval()
+    folded, count = torch_inference.fold_batch_norms(model)
+    assert count == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = model(x)
+        assert (folded(x) - expected).abs().max() <= 1e-4  # float32 rounding of the folded weights
+        # Planted: a fold that drops the running means (as if folding only the scale) is caught.
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.zero_()
+        careless, _ = torch_inference.fold_batch_norms(model)
+        assert (careless(x) - expected).abs().max() > 1e-4
 
 
 # ------------------------------------------------------------------- real model, evaluators

@@ -2,7 +2,8 @@
 
 ``python -m torch_ref.evaluate`` and ``python -m torch_ref.predict`` are ``app``'s runners
 over this object; everything framework-specific they need (devices, building the engine,
-the confusion matrix on the device, tensors back to the host) is here and nowhere else.
+the confusion matrix on the device, tensors back to the host, and an ONNX export run by
+onnxruntime for ``--model-dir``) is here and nowhere else.
 """
 from __future__ import annotations
 
@@ -11,20 +12,23 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from app.exported import ONNX_FORMAT, ExportError, OnnxModel, read_deploy_config
+
 from . import build_model
-from .inference import SlidingWindowInference, gpu_available, load_weights, resolve_device
+from .inference import DeployedModule, SlidingWindowInference, gpu_available, load_weights, resolve_device
 from .metrics import confusion_matrix
 
 
 class TorchBackend:
-    """:class:`app.backend.Backend` for PyTorch (no exported-program path: that is Paddle's)."""
+    """:class:`app.backend.Backend` for PyTorch (dynamic graph, or an ONNX export by onnxruntime)."""
 
     name = "torch"
     display_name = "PyTorch"
     version = torch.__version__
     gpu_name = "cuda"
-    supports_model_dir = False
-    engine_errors: Tuple[type, ...] = (ValueError,)
+    supports_model_dir = True
+    deploy_backends: Tuple[str, ...] = ("auto", "onnxruntime")
+    engine_errors: Tuple[type, ...] = (ValueError, ExportError)
     run_errors: Tuple[type, ...] = ()
 
     def gpu_available(self) -> bool:
@@ -50,7 +54,21 @@ class TorchBackend:
     def build_deployed_engine(self, model_dir: str, window: Optional[int], stride: Optional[int],
                               device: str, batch_size: int, backend: str,
                               amp: str) -> Tuple[SlidingWindowInference, str]:
-        raise ValueError("--model-dir runs a Paddle export: use python -m paddle_impl.predict")
+        config = read_deploy_config(model_dir)
+        if config["format"] != ONNX_FORMAT:
+            raise ValueError(f"{model_dir} is a Paddle Inference export: run it with python -m paddle_impl.predict"
+                             " (or export ONNX: python -m torch_ref.export --format onnx)")
+        if amp != "none":
+            raise ValueError("--amp: an ONNX export runs in float32 under onnxruntime")
+        if resolve_device(device).type != "cpu":
+            raise ValueError("--model-dir with an ONNX export runs on the CPU (onnxruntime's CPU provider)")
+        window = window or config["sliding_window"]["window"]
+        stride = stride or config["sliding_window"]["stride"]
+        deployed = OnnxModel(model_dir, config=config)
+        # The export is NCHW float32; the engine's channels-last input would only add a copy.
+        engine = SlidingWindowInference(DeployedModule(deployed), window, stride, "cpu", batch_size,
+                                        channels_last=False)
+        return engine, f"{config['model']} ONNX export {model_dir}, onnxruntime"
 
     def new_confusion(self, engine: SlidingWindowInference, num_classes: int) -> torch.Tensor:
         return torch.zeros([num_classes, num_classes], dtype=torch.int64, device=engine.device)

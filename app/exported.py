@@ -1,0 +1,392 @@
+"""Exported models, framework-free: ``model.yml``, the program-vs-metadata check, onnxruntime.
+
+An export folder holds a program and a ``model.yml`` that says how to feed it. Two formats:
+
+- ``paddle-inference-pir``: ``model.json`` (Paddle 3 PIR program) + ``model.pdiparams``,
+  written by ``python -m paddle_impl.export`` and run by Paddle Inference;
+- ``onnx``: ``model.onnx`` (weights inside), written by ``python -m torch_ref.export --format
+  onnx`` (torch's exporter) or ``python -m paddle_impl.export --format onnx`` (paddle2onnx),
+  run by onnxruntime (:class:`OnnxModel`).
+
+``model.yml`` is not believed on its own word: :func:`read_deploy_config` reads the shapes of
+the convolution weights the program actually uses and identifies the architecture from them
+(FarSeg and FactSeg differ: FactSeg has two FPNs and decoders and a 1-channel binary head);
+a ``model.yml`` naming the other model, or a program of neither, is refused in one line.
+Nothing here imports torch or Paddle; ``onnx`` and ``onnxruntime`` (the ``.[onnx]`` extra) are
+imported when an ONNX export is opened.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import yaml
+
+from isaid.palette import CLASS_NAMES, MEAN, NUM_CLASSES, PALETTE, STD, normalize
+from isaid.windows import pad_to_multiple
+from weights import MODEL_NAMES, load_layout
+
+CONFIG_FILE = "model.yml"
+PADDLE_FORMAT = "paddle-inference-pir"  # model.json + model.pdiparams, Paddle >= 3.0
+ONNX_FORMAT = "onnx"
+FORMAT_FILES = {PADDLE_FORMAT: ("model.json", "model.pdiparams"), ONNX_FORMAT: ("model.onnx",)}
+INPUT_NAME = "x"
+SIZE_MULTIPLE = 32
+# Bounds on what is parsed before anything is believed: a PIR program of these models is
+# ~0.3 MB of JSON; an ONNX file with its weights ~126 MB (protobuf's own limit is 2 GB).
+MAX_PROGRAM_JSON_BYTES = 64 << 20
+MAX_ONNX_BYTES = 2 << 30
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class ExportError(Exception):
+    """An export could not be written, read, or did not pass its check; one line."""
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def deploy_config(model_name: str, size: Optional[Tuple[int, int]], weights: Optional[str],
+                  weights_how: str, window: int = 896, stride: int = 512, fmt: str = PADDLE_FORMAT,
+                  producer: str = "", extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The content of ``model.yml``: everything a deployment needs besides the program."""
+    if fmt not in FORMAT_FILES:
+        raise ValueError(f"unknown export format {fmt!r}")
+    height, width = size if size is not None else (-1, -1)
+    files = FORMAT_FILES[fmt]
+    config: Dict[str, Any] = {
+        "model": model_name,
+        "format": fmt,
+        "producer": producer,
+        "files": {"program": files[0], "params": files[1]} if len(files) == 2 else {"program": files[0]},
+        "input": {
+            "name": INPUT_NAME,
+            "dtype": "float32",
+            "layout": "NCHW",
+            "channels": "RGB",
+            "shape": [-1, 3, height, width],
+            "size_multiple": SIZE_MULTIPLE,
+            "pad": "zero-pad bottom/right to a multiple of size_multiple AFTER normalisation,"
+                   " crop the output back",
+        },
+        "output": {
+            "shape": [-1, NUM_CLASSES, height, width],
+            "meaning": "class probabilities (FarSeg: softmax; FactSeg: fused joint probability);"
+                       " argmax over axis 1 gives the class index",
+        },
+        "normalize": {"mean": [float(v) for v in MEAN], "std": [float(v) for v in STD],
+                      "pixel_range": "0..255", "formula": "(pixel - mean) / std per channel"},
+        "sliding_window": {"window": window, "stride": stride,
+                           "merge": "average probabilities where windows overlap, then argmax"},
+        "num_classes": NUM_CLASSES,
+        "classes": list(CLASS_NAMES),
+        "palette": [[int(c) for c in colour] for colour in PALETTE],
+        "weights": {"file": os.path.basename(weights) if weights else None,
+                    "sha256": sha256_file(weights) if weights else None, "loaded_as": weights_how},
+    }
+    config.update(extra or {})
+    return config
+
+
+def write_deploy_config(folder: str, config: Dict[str, Any], prog: str) -> None:
+    """Write ``folder/model.yml`` (the folder is a staging folder: no atomicity needed here)."""
+    with open(os.path.join(folder, CONFIG_FILE), "w", encoding="utf-8") as handle:
+        handle.write(f"# Written by {prog}; checked against the program when it is loaded.\n")
+        yaml.safe_dump(config, handle, sort_keys=False, width=100, default_flow_style=None)
+
+
+def _regular_file(path: str, limit: int) -> None:
+    if not os.path.isfile(path):
+        raise ExportError(f"{path}: missing or not a regular file")
+    if os.path.getsize(path) > limit:
+        raise ExportError(f"{path}: {os.path.getsize(path)} bytes, more than the {limit} this reader accepts")
+
+
+def read_deploy_config(model_dir: str, verify: bool = True) -> Dict[str, Any]:
+    """Read and check ``DIR/model.yml``; ExportError (one line) if the folder is not an export.
+
+    ``verify``: also identify the architecture from the program (:func:`program_model`) and
+    refuse a ``model.yml`` whose ``model`` says otherwise.
+    """
+    config_path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise ExportError(f"{model_dir}: not an export (no {CONFIG_FILE})")
+    try:
+        _regular_file(config_path, MAX_CONFIG_BYTES)
+        with open(config_path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ExportError(f"{config_path}: cannot read ({' '.join(str(error).split())[:200]})") from None
+    if not isinstance(config, dict) or config.get("format") not in FORMAT_FILES or not isinstance(
+            config.get("input"), dict):
+        raise ExportError(f"{config_path}: not a model.yml written by this project's export")
+    missing = [name for name in FORMAT_FILES[config["format"]]
+               if not os.path.isfile(os.path.join(model_dir, name))]
+    if missing:
+        raise ExportError(f"{model_dir}: incomplete {config['format']} export (missing {', '.join(missing)})")
+    if config.get("model") not in MODEL_NAMES:
+        raise ExportError(f"{config_path}: model {config.get('model')!r} is not one of {', '.join(MODEL_NAMES)}")
+    try:
+        shape = [int(v) for v in config["input"]["shape"]]
+        if len(shape) != 4 or shape[1] != 3:
+            raise ValueError
+        window = int(config["sliding_window"]["window"])
+        stride = int(config["sliding_window"]["stride"])
+        if not 0 < stride <= window:
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise ExportError(f"{config_path}: input shape or sliding_window is malformed") from None
+    if verify:
+        found = program_model(model_dir, config["format"])
+        if found != config["model"]:
+            raise ExportError(f"{config_path}: says model {config['model']!r} but the program's convolutions"
+                              f" are {found or 'neither farseg nor factseg'}'s; refusing a mismatched export")
+    return config
+
+
+def fixed_size(config: Dict[str, Any]) -> Optional[Tuple[int, int]]:
+    """(H, W) of a fixed-size export, None for a dynamic one."""
+    height, width = config["input"]["shape"][2:]
+    return None if height == -1 or width == -1 else (int(height), int(width))
+
+
+ShapeList = List[Tuple[int, ...]]
+
+
+def layout_conv_shapes(name: str) -> ShapeList:
+    """Sorted shapes of the convolution weights of ``name`` (the 4-D entries of its layout)."""
+    return sorted(shape for shape in load_layout(name).values() if len(shape) == 4)
+
+
+def identify(shapes: Sequence[Tuple[int, ...]]) -> Optional[str]:
+    """The model whose convolution weights have exactly these shapes (as a multiset), or None."""
+    found = Counter(tuple(s) for s in shapes)
+    for name in MODEL_NAMES:
+        if Counter(layout_conv_shapes(name)) == found:
+            return name
+    return None
+
+
+def paddle_program_conv_shapes(path: str) -> ShapeList:
+    """Shapes of the weight operand of every ``conv2d`` in a Paddle 3 PIR ``model.json``."""
+    _regular_file(path, MAX_PROGRAM_JSON_BYTES)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            program = json.load(handle)
+        ops = program["program"]["regions"][0]["blocks"][0]["ops"]
+        parameters: Dict[int, Tuple[int, ...]] = {}
+        shapes: ShapeList = []
+        for op in ops:
+            kind = op.get("#")
+            if kind == "p":  # a parameter: its value id and declared dense-tensor shape
+                parameters[int(op["O"]["%"])] = tuple(int(v) for v in op["O"]["TT"]["D"][1])
+            elif kind == "1.conv2d":
+                weight = int(op["I"][1]["%"])
+                if weight not in parameters:
+                    raise ValueError("a convolution weight is not a parameter")
+                shapes.append(parameters[weight])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError, RecursionError) as error:
+        raise ExportError(f"{path}: not a readable Paddle PIR program ({type(error).__name__}:"
+                          f" {' '.join(str(error).split())[:120]})") from None
+    return sorted(shapes)
+
+
+def onnx_conv_shapes(path: str) -> ShapeList:
+    """Shapes of the weight initializer of every ``Conv`` node of an ONNX model."""
+    _regular_file(path, MAX_ONNX_BYTES)
+    onnx = _import_onnx()
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as error:  # noqa: BLE001 (protobuf raises DecodeError and others)
+        raise ExportError(f"{path}: not a readable ONNX model ({type(error).__name__})") from None
+    # A weight is an initializer (torch's exporter) or the output of a Constant node
+    # (paddle2onnx without an optimiser), possibly behind Identity nodes.
+    tensors = {init.name: tuple(int(d) for d in init.dims) for init in model.graph.initializer}
+    aliases: Dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and len(node.output) == 1:
+            for attribute in node.attribute:
+                if attribute.name == "value" and attribute.HasField("t"):
+                    tensors[node.output[0]] = tuple(int(d) for d in attribute.t.dims)
+        elif node.op_type == "Identity" and len(node.input) == 1 and len(node.output) == 1:
+            aliases[node.output[0]] = node.input[0]
+    shapes: ShapeList = []
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            name = node.input[1] if len(node.input) >= 2 else ""
+            for _ in range(len(aliases) + 1):  # bounded: a cycle of Identity nodes ends here
+                if name not in aliases:
+                    break
+                name = aliases[name]
+            if name not in tensors:
+                raise ExportError(f"{path}: a convolution weight is not a constant of the model")
+            shapes.append(tensors[name])
+    return sorted(shapes)
+
+
+def program_model(model_dir: str, fmt: str) -> Optional[str]:
+    """Which model the program in ``model_dir`` is, from its convolution weight shapes."""
+    program = os.path.join(model_dir, FORMAT_FILES[fmt][0])
+    shapes = paddle_program_conv_shapes(program) if fmt == PADDLE_FORMAT else onnx_conv_shapes(program)
+    return identify(shapes)
+
+
+def _import_onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise ExportError("ONNX support needs the onnx extra: pip install -e \".[onnx]\"") from None
+    return onnx
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ExportError("ONNX support needs the onnx extra: pip install -e \".[onnx]\"") from None
+    return onnxruntime
+
+
+def check_input(x: np.ndarray, size: Optional[Tuple[int, int]], model_dir: str,
+                error: type = ExportError) -> np.ndarray:
+    """A float32 [B,3,H,W] batch with H, W multiples of 32 (the fixed size if there is one)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise error(f"expected a normalised batch [B,3,H,W], got {list(x.shape)}")
+    height, width = x.shape[2:]
+    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+        raise error(f"input {height}x{width}: height and width must be multiples of {SIZE_MULTIPLE}")
+    if size is not None and (height, width) != size:
+        raise error(f"{model_dir} was exported for {size[0]}x{size[1]} inputs, got {height}x{width}")
+    return x
+
+
+class ExportedModel:
+    """What the deployment runners share: ``model(x)`` on a normalised batch, plus whole images.
+
+    Subclasses set ``model_dir``, ``config``, ``fixed_size``, ``device``, ``backend``,
+    ``fallbacks`` and implement ``__call__`` (float32 [B,3,H,W] -> probabilities [B,16,H,W]).
+    """
+
+    model_dir: str
+    config: Dict[str, Any]
+    fixed_size: Optional[Tuple[int, int]]
+    error: type = ExportError
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """uint8 RGB [H,W,3] -> probabilities float32 [16,H,W] (one forward pass, padded)."""
+        height, width = image.shape[:2]
+        x = normalize(image)
+        if self.fixed_size is not None:
+            if height > self.fixed_size[0] or width > self.fixed_size[1]:
+                raise self.error(f"image {height}x{width} is larger than the fixed export size"
+                                 f" {self.fixed_size[0]}x{self.fixed_size[1]}: use predict --model-dir"
+                                 f" {self.model_dir} (sliding windows)")
+            pad_h, pad_w = self.fixed_size[0] - height, self.fixed_size[1] - width
+        else:
+            pad_h, pad_w = pad_to_multiple(height, width, SIZE_MULTIPLE)
+        # Zero padding AFTER normalisation, as the official evaluation pads each window.
+        x = np.pad(x, ((0, 0), (0, pad_h), (0, pad_w)))[None]
+        return self(x)[0, :, :height, :width]
+
+    def predict_image(self, image: np.ndarray) -> np.ndarray:
+        """uint8 RGB [H,W,3] -> uint8 class map [H,W] (argmax of :meth:`probabilities`)."""
+        return self.probabilities(image).argmax(axis=0).astype(np.uint8)
+
+
+def default_threads() -> int:
+    """CPU cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class OnnxModel(ExportedModel):
+    """An ONNX export run by onnxruntime's CPU execution provider (all graph optimisations on)."""
+
+    def __init__(self, model_dir: str, threads: Optional[int] = None, config: Optional[Dict[str, Any]] = None,
+                 error: type = ExportError) -> None:
+        self.error = error
+        self.model_dir = model_dir
+        self.config = read_deploy_config(model_dir) if config is None else config
+        if self.config["format"] != ONNX_FORMAT:
+            raise error(f"{model_dir}: a {self.config['format']} export, not an ONNX one")
+        self.fixed_size = fixed_size(self.config)
+        self.device, self.backend, self.fallbacks = "cpu", "onnxruntime", []
+        ort = _import_onnxruntime()
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: its notes on unused initialisers are not ours to act on
+        options.intra_op_num_threads = threads or default_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(os.path.join(model_dir, FORMAT_FILES[ONNX_FORMAT][0]),
+                                                options, providers=["CPUExecutionProvider"])
+        except Exception as error_:  # noqa: BLE001 (onnxruntime raises its own exception types)
+            raise error(f"{model_dir}: onnxruntime cannot load the model"
+                        f" ({' '.join(str(error_).split())[:200]})") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = check_input(x, self.fixed_size, self.model_dir, self.error)
+        try:
+            return self.session.run(None, {self.input_name: x})[0]
+        except Exception as error_:  # noqa: BLE001
+            raise self.error(f"{self.model_dir}: onnxruntime failed ({' '.join(str(error_).split())[:200]})") from None
+
+
+def compare_probabilities(expected: np.ndarray, got: np.ndarray) -> Tuple[float, float]:
+    """(max |difference|, share of pixels whose argmax class agrees); NaN-safe (NaN -> inf)."""
+    if got.shape != expected.shape:
+        return float("inf"), 0.0
+    difference = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+    worst = float("inf") if not np.isfinite(difference).all() else float(difference.max())
+    agree = float((got.argmax(axis=1) == expected.argmax(axis=1)).mean())
+    return worst, agree
+
+
+def check_replaceable(out_dir: str) -> None:
+    """Refuse an ``out_dir`` that holds anything but an earlier export (checked before any work)."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ExportError(f"{out_dir}: exists and is not a folder")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, CONFIG_FILE)):
+        raise ExportError(f"{out_dir}: exists and is not an earlier export (no {CONFIG_FILE});"
+                          " refusing to replace it")
+
+
+def staging_folder(out_dir: str) -> str:
+    """A new hidden folder next to ``out_dir`` to write an export into before it is checked."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix="." + os.path.basename(os.path.abspath(out_dir)) + ".", dir=parent)
+
+
+def replace_folder(staging: str, out_dir: str) -> None:
+    """Move the finished ``staging`` folder to ``out_dir``, replacing an earlier export there."""
+    check_replaceable(out_dir)
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        previous = tempfile.mkdtemp(prefix="." + os.path.basename(out_dir) + ".old.",
+                                    dir=os.path.dirname(os.path.abspath(out_dir)))
+        os.rmdir(previous)
+        os.replace(out_dir, previous)
+        os.replace(staging, out_dir)
+        shutil.rmtree(previous, ignore_errors=True)
+    else:
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)
+        os.replace(staging, out_dir)

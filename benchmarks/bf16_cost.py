@@ -1,0 +1,132 @@
+"""What bf16 costs: pixels whose class changes against float32, and the mIoU difference.
+
+Usage::
+
+    python benchmarks/bf16_cost.py [--trained RUN/model_final.pth] [--scenes 2] [--size 1024]
+                                   [--threads 2] [--out benchmarks/results/bf16_cost.json]
+
+Synthetic scenes (``isaid.synth.make_scene``, seeds 100..99+N, with their labels) are predicted
+with the official protocol (windows 896 / stride 512, probabilities averaged, argmax) by
+torch_ref's engine in three ways: float32 NCHW (the official layout), float32 channels-last
+(the CPU default: same arithmetic, other summation order, so its changes are float32's own
+noise floor) and bf16 autocast channels-last (``--amp bf16``). Reported per model: the share of
+pixels whose class differs from float32 NCHW, and the mIoU (16 classes, against the scenes'
+labels) of each. Models: random weights (torch's default initialisation, seed 0) and, with
+``--trained``, a briefly trained checkpoint (the JSON records the file and its hash). The one in
+``benchmarks/results/bf16_cost.json`` came from (200 iterations from random initialisation)::
+
+    python -m isaid.synth W/src --train 6 --val 2 --size 1024 --seed 0 --no-zip
+    python -m isaid.prepare W/src W/data --window 128 --stride 96 --no-progress
+    python -m torch_ref.train --config configs/farseg_isaid.yaml --set init.imagenet=none \
+        train.iterations=200 train.batch_size=4 data.root=W/data data.window=128 train.out_dir=W/run \
+        train.amp=none train.device=cpu train.num_workers=0 train.log_backend=none
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from app.exported import sha256_file  # noqa: E402
+from isaid.metrics import confusion_from_labels, miou  # noqa: E402
+from isaid.synth import make_scene  # noqa: E402
+from torch_ref import build_model  # noqa: E402
+from torch_ref.inference import SlidingWindowInference, load_weights  # noqa: E402
+
+DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", "bf16_cost.json")
+VARIANTS = (("float32 NCHW", None, False), ("float32 channels_last", None, True),
+            ("bf16 channels_last", "bf16", True))
+
+
+def cpu_flags() -> List[str]:
+    """The CPU features that decide bf16 speed (from /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return sorted(f for f in line.split(":", 1)[1].split()
+                                  if f.startswith(("avx512", "amx", "avx_vnni", "avx2")))
+    except OSError:
+        pass
+    return []
+
+
+def measure(model_name: str, weights: Optional[str], scenes: Sequence[Any], window: int,
+            stride: int) -> Dict[str, Any]:
+    """Predict every scene in every variant; changed-pixel shares against float32 NCHW, mIoU."""
+    torch.manual_seed(0)
+    model = build_model(model_name)
+    how = "random (torch default initialisation, seed 0)"
+    if weights:
+        how = load_weights(model, model_name, weights)
+    maps: Dict[str, List[np.ndarray]] = {}
+    seconds: Dict[str, float] = {}
+    for label, amp, channels_last in VARIANTS:
+        engine = SlidingWindowInference(model, window, stride, "cpu", 1, amp, channels_last)
+        start = time.perf_counter()
+        maps[label] = [engine.predict_array(image) for image, _ in scenes]
+        seconds[label] = round(time.perf_counter() - start, 2)
+        model = model.to(memory_format=torch.contiguous_format)
+    reference = maps[VARIANTS[0][0]]
+    total = sum(m.size for m in reference)
+    result: Dict[str, Any] = {"model": model_name, "weights": how,
+                              "weights_sha256": sha256_file(weights) if weights else None, "variants": {}}
+    for label, _, _ in VARIANTS:
+        changed = sum(int((a != b).sum()) for a, b in zip(maps[label], reference))
+        confusion = sum(confusion_from_labels(m, truth) for m, (_, truth) in zip(maps[label], scenes))
+        result["variants"][label] = {
+            "pixels_changed_vs_float32_nchw": changed, "share_changed": changed / total,
+            "miou_percent": round(100 * float(miou(confusion)["miou"]), 4), "seconds": seconds[label]}
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python benchmarks/bf16_cost.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=("farseg", "factseg"), default="farseg", help="model (default farseg)")
+    parser.add_argument("--trained", metavar="CKPT", help="a briefly trained checkpoint to measure too")
+    parser.add_argument("--scenes", type=int, default=2, help="synthetic scenes (default 2)")
+    parser.add_argument("--size", type=int, default=1024, help="scene side (default 1024)")
+    parser.add_argument("--window", type=int, default=896, help="window (default 896)")
+    parser.add_argument("--stride", type=int, default=512, help="stride (default 512)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="JSON written (default benchmarks/results/bf16_cost.json)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    seeds = list(range(100, 100 + args.scenes))  # not the seeds isaid.synth trains on by default
+    scenes = [make_scene(np.random.default_rng(seed), args.size, args.size) for seed in seeds]
+    results = [measure(args.model, None, scenes, args.window, args.stride)]
+    if args.trained:
+        results.append(measure(args.model, args.trained, scenes, args.window, args.stride))
+    document = {"benchmark": "bf16 cost: class changes and mIoU vs float32 (torch_ref engine, CPU)",
+                "command": "python benchmarks/bf16_cost.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                "scenes": {"count": args.scenes, "size": args.size, "generator": "isaid.synth.make_scene",
+                           "seeds": seeds},
+                "protocol": {"window": args.window, "stride": args.stride},
+                "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
+                            "cpu_flags": cpu_flags(), "load_average_1min": os.getloadavg()[0]},
+                "results": results}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    temporary = args.out + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(document, handle, indent=2)
+    os.replace(temporary, args.out)
+    for result in results:
+        for label, values in result["variants"].items():
+            print(f"{result['model']} {result['weights'][:40]:40s} {label:22s} changed"
+                  f" {100 * values['share_changed']:.4f}%  mIoU {values['miou_percent']:.2f}  {values['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
