@@ -19,6 +19,7 @@ Example::
     result = run_stage("forward", AlignConfig(model="farseg", out=None))
     assert result.passed, result.first_divergence
 """
+
 from __future__ import annotations
 
 from typing import Any, List, Optional, Sequence
@@ -26,8 +27,17 @@ from typing import Any, List, Optional, Sequence
 from .compare import DEFAULT_TOLERANCES, Row, StageResult, Tolerance
 from .config import DEFAULT_STAGES, STAGES, AlignConfig, AlignInputError
 
-__all__ = ["AlignConfig", "AlignInputError", "DEFAULT_TOLERANCES", "Row", "STAGES", "StageResult",
-           "Tolerance", "run_stage", "run_all"]
+__all__ = [
+    "AlignConfig",
+    "AlignInputError",
+    "DEFAULT_TOLERANCES",
+    "Row",
+    "STAGES",
+    "StageResult",
+    "Tolerance",
+    "run_stage",
+    "run_all",
+]
 
 
 def run_stage(stage: str, config: AlignConfig, fixture: Optional[Any] = None) -> StageResult:

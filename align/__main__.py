@@ -1,4 +1,5 @@
 """``python -m align``: every stage for every model (see ``python -m align --help``)."""
+
 from __future__ import annotations
 
 from .cli import main_for

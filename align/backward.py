@@ -25,6 +25,7 @@ Clipping must bind, or a per-tensor clip could pass unnoticed: at step 1 the glo
 
 ``python -m align.backward --model farseg [--steps K]``; see ``--help``.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,17 @@ from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import (Divergence, Localisation, Row, StageResult, around, compare_arrays, finish_stage,
-                      format_rows, grad_floor)
+from .compare import (
+    Divergence,
+    Localisation,
+    Row,
+    StageResult,
+    around,
+    compare_arrays,
+    finish_stage,
+    format_rows,
+    grad_floor,
+)
 from .config import AlignConfig
 from .fixtures import Fixture, get_fixture, versions
 from .localise import CONTEXT, backward_parameter_order
@@ -65,6 +75,7 @@ class BatchNormRecorder:
                     channels = x.shape[1]
                     var = x.swapaxes(0, 1).reshape(channels, -1).var(axis=1)
                     self.records.setdefault(name, []).append((x.size // channels, var))
+
             return hook
 
         return hooks(TORCH, [(modules[n], make_hook(n)) for n in TORCH.batchnorms(self.model)], before=True)
@@ -94,15 +105,30 @@ def _state_rows(step: int, kinds: Tuple[str, str], run: "_Run") -> List[Row]:
     """Rows for every parameter and BatchNorm statistic after the update of ``step``."""
     param_kind, stat_kind = kinds
     tols = run.tols
-    rows = [compare_arrays(f"step{step}/param/{n}", run.t_params[n].detach().numpy(), run.p_params[n].numpy(),
-                           tols[param_kind], param_kind) for n in run.t_params]
+    rows = [
+        compare_arrays(
+            f"step{step}/param/{n}",
+            run.t_params[n].detach().numpy(),
+            run.p_params[n].numpy(),
+            tols[param_kind],
+            param_kind,
+        )
+        for n in run.t_params
+    ]
     for bn in run.bn_names:
         (t_mean, t_var), (p_mean, p_var) = (side.bn_stats(run.fx.models[side.name], bn) for side in SIDES)
         raw = compare_arrays("raw", t_var, p_var, tols[stat_kind], stat_kind)
         rows.append(compare_arrays(f"step{step}/running_mean/{bn}", t_mean, p_mean, tols[stat_kind], stat_kind))
-        rows.append(compare_arrays(f"step{step}/running_var/{bn}", run.recorder.paddle_equivalent_var(bn, t_var, step),
-                                   p_var, tols[stat_kind], stat_kind,
-                                   note=f"torch converted to the biased-variance rule; uncorrected rel {raw.rel:.1e}"))
+        rows.append(
+            compare_arrays(
+                f"step{step}/running_var/{bn}",
+                run.recorder.paddle_equivalent_var(bn, t_var, step),
+                p_var,
+                tols[stat_kind],
+                stat_kind,
+                note=f"torch converted to the biased-variance rule; uncorrected rel {raw.rel:.1e}",
+            )
+        )
     return rows
 
 
@@ -122,18 +148,30 @@ class _Run:
     grad_tables: Dict[int, List[Row]] = field(default_factory=dict)  # step -> rows in backward order
 
 
-def _guarded(run_: _Run, result: StageResult, step: int, side: str, half: str, train_step: Any,
-             *args: Any) -> Any:
+def _guarded(run_: _Run, result: StageResult, step: int, side: str, half: str, train_step: Any, *args: Any) -> Any:
     """``train_step.<half>(*args)``, or None after recording a failing row when it raises: a
     trainer that crashes where the other runs differs, and the report says how."""
     try:
         return getattr(train_step, half)(*args) or True
     except Exception as exc:  # noqa: BLE001 - any error of one trainer becomes a reported divergence
         message = (str(exc).strip().splitlines() or [""])[0][:300]
-        hint = (" (no float64 CPU kernel in this framework for an op this trainer uses: compare with "
-                "--dtype float32)" if "float64" in message and "not registered" in message else "")
-        row = Row(f"step{step}/{side}/{half}", "exact", [], math.inf, math.inf, math.inf, math.nan,
-                  run_.tols["exact"], False, f"{side} TrainStep.{half} raised {type(exc).__name__}: {message}{hint}")
+        hint = (
+            " (no float64 CPU kernel in this framework for an op this trainer uses: compare with --dtype float32)"
+            if "float64" in message and "not registered" in message
+            else ""
+        )
+        row = Row(
+            f"step{step}/{side}/{half}",
+            "exact",
+            [],
+            math.inf,
+            math.inf,
+            math.inf,
+            math.nan,
+            run_.tols["exact"],
+            False,
+            f"{side} TrainStep.{half} raised {type(exc).__name__}: {message}{hint}",
+        )
         result.rows.append(row)
         run_.checkpoints.append((f"step {step}: {side} TrainStep.{half} raised {type(exc).__name__}{hint}", row))
         return None
@@ -141,8 +179,10 @@ def _guarded(run_: _Run, result: StageResult, step: int, side: str, half: str, t
 
 def _explain(run: _Run, where: str, step: int) -> str:
     if "after the update" in where and all(r.passed for r in run.grad_tables.get(step, [])):
-        return (f" -- the step-{step} gradients agree, so the optimiser step differs "
-                "(clipping, weight decay, momentum or learning rate)")
+        return (
+            f" -- the step-{step} gradients agree, so the optimiser step differs "
+            "(clipping, weight decay, momentum or learning rate)"
+        )
     if "BatchNorm" in where and step == 1:
         return " -- gradients and parameters agree, so the BatchNorm running-statistics update differs (momentum?)"
     return ""
@@ -161,31 +201,49 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
     fx.mark_dirty()
     tm, pm = fx.torch_model, fx.paddle_model
     (tx, ty), (px, py) = (fx.inputs(side) for side in SIDES)
-    t_step, p_step = (side.train_step(fx.models[side.name], recipe,
-                                      ScaledLoss(fx.models[side.name], scale) if scale != 1.0 else None)
-                      for side in SIDES)
-    run_ = _Run(fx, config, tols, TORCH.parameters(tm), PADDLE.parameters(pm), TORCH.batchnorms(tm),
-                BatchNormRecorder(tm))
+    t_step, p_step = (
+        side.train_step(fx.models[side.name], recipe, ScaledLoss(fx.models[side.name], scale) if scale != 1.0 else None)
+        for side in SIDES
+    )
+    run_ = _Run(
+        fx, config, tols, TORCH.parameters(tm), PADDLE.parameters(pm), TORCH.batchnorms(tm), BatchNormRecorder(tm)
+    )
     if list(run_.t_params) != list(run_.p_params):
         extra = sorted(set(run_.t_params) ^ set(run_.p_params))
         raise RuntimeError(f"trainable parameters differ between torch_ref and paddle_impl: {extra[:5]}")
 
     result = StageResult(STAGE, config.model, config.dtype)
-    result.settings = {**fx.describe(), "steps": config.steps,
-                       "recipe": {k: recipe[k] for k in ("lr", "momentum", "weight_decay", "iterations",
-                                                          "poly_power", "clip_norm", "amp")},
-                       "recipe_source": f"configs/{config.model}_isaid.yaml (train), lr x{config.effective_lr_scale:g}",
-                       "loss_scale": scale,
-                       "tolerances": {k: tols[k].describe() for k in
-                                      ("forward_train", "lr", "grad", "param", "running_stat", "drift",
-                                       "param_drift", "stat_drift", "counter")},
-                       **versions()}
+    result.settings = {
+        **fx.describe(),
+        "steps": config.steps,
+        "recipe": {
+            k: recipe[k] for k in ("lr", "momentum", "weight_decay", "iterations", "poly_power", "clip_norm", "amp")
+        },
+        "recipe_source": f"configs/{config.model}_isaid.yaml (train), lr x{config.effective_lr_scale:g}",
+        "loss_scale": scale,
+        "tolerances": {
+            k: tols[k].describe()
+            for k in (
+                "forward_train",
+                "lr",
+                "grad",
+                "param",
+                "running_stat",
+                "drift",
+                "param_drift",
+                "stat_drift",
+                "counter",
+            )
+        },
+        **versions(),
+    }
     # The reprod_log files: loss, lr and global gradient norm (before clipping) per step.
     values: Dict[str, Dict[str, np.ndarray]] = {side.name: {} for side in SIDES}
     clip = float(recipe["clip_norm"])
     with run_.recorder.hooked():
-        for step in tqdm(range(1, config.steps + 1), desc=f"backward {config.model}", unit="step",
-                         disable=not progress, leave=False):
+        for step in tqdm(
+            range(1, config.steps + 1), desc=f"backward {config.model}", unit="step", disable=not progress, leave=False
+        ):
             sharp = step == 1
             if sharp:
                 with backward_parameter_order(tm) as run_.order:
@@ -195,23 +253,31 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
             p_res = _guarded(run_, result, step, PADDLE.name, "compute_gradients", p_step, px, py)
             if t_res is None or p_res is None:
                 break
-            t_log, p_log = ({"loss": float(r.loss), "lr": float(r.lr), "grad_norm": float(r.grad_norm)}
-                            for r in (t_res, p_res))
+            t_log, p_log = (
+                {"loss": float(r.loss), "lr": float(r.lr), "grad_norm": float(r.grad_norm)} for r in (t_res, p_res)
+            )
             for side, log in zip(SIDES, (t_log, p_log)):
                 values[side.name].update((f"{key}_step{step}", np.asarray(v)) for key, v in log.items())
             norm = t_log["grad_norm"]
-            scalar_kinds = {"loss": "forward_train" if sharp else "drift", "lr": "lr",
-                            "grad_norm": "grad" if sharp else "drift"}
-            scalars = {name: compare_arrays(f"step{step}/{name}", t_log[name], p_log[name],
-                                            tols[kind], kind) for name, kind in scalar_kinds.items()}
+            scalar_kinds = {
+                "loss": "forward_train" if sharp else "drift",
+                "lr": "lr",
+                "grad_norm": "grad" if sharp else "drift",
+            }
+            scalars = {
+                name: compare_arrays(f"step{step}/{name}", t_log[name], p_log[name], tols[kind], kind)
+                for name, kind in scalar_kinds.items()
+            }
             result.rows += list(scalars.values())
             run_.checkpoints += [(f"step {step}: {name}", scalars[name]) for name in ("loss", "lr")]
 
             t_grads = OrderedDict((n, TORCH.grad(p)) for n, p in run_.t_params.items())
             floor = grad_floor(t_grads.values(), config.dtype)
             kind = "grad" if sharp else "drift"
-            grad_rows = {n: compare_arrays(f"step{step}/grad/{n}", t_grads[n], PADDLE.grad(p), tols[kind], kind,
-                                           floor=floor) for n, p in run_.p_params.items()}
+            grad_rows = {
+                n: compare_arrays(f"step{step}/grad/{n}", t_grads[n], PADDLE.grad(p), tols[kind], kind, floor=floor)
+                for n, p in run_.p_params.items()
+            }
             result.rows += list(grad_rows.values())
             run_.grad_tables[step] = [grad_rows[n] for n in run_.order]
             run_.checkpoints += [(f"step {step}: gradient of {n} (backward order)", grad_rows[n]) for n in run_.order]
@@ -220,29 +286,44 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
                 result.notes.append(
                     f"step 1: global gradient norm {norm:.4g} (clip {clip:g}: "
                     f"{'clipping binds' if norm > clip else 'NO CLIPPING'}); largest single tensor "
-                    f"{largest} {np.linalg.norm(t_grads[largest].ravel()):.4g}; gradient floor {floor:.2e}")
+                    f"{largest} {np.linalg.norm(t_grads[largest].ravel()):.4g}; gradient floor {floor:.2e}"
+                )
             if norm > clip:
                 result.notes.append(
                     f"step {step}: clipping scales by {clip:g}/(norm + 1e-6) in torch and by {clip:g}/norm in "
-                    f"Paddle: every update differs by {1e-6 / norm:.1e} relative by design")
+                    f"Paddle: every update differs by {1e-6 / norm:.1e} relative by design"
+                )
             # The global norm summarises the gradients: after them in the causal order, so that a
             # gradient bug is reported at the first parameter it reaches, not at the norm.
             run_.checkpoints.append((f"step {step}: grad_norm", scalars["grad_norm"]))
-            if (_guarded(run_, result, step, TORCH.name, "apply_gradients", t_step, t_res.grad_norm) is None
-                    or _guarded(run_, result, step, PADDLE.name, "apply_gradients", p_step, p_res.grad_norm) is None):
+            if (
+                _guarded(run_, result, step, TORCH.name, "apply_gradients", t_step, t_res.grad_norm) is None
+                or _guarded(run_, result, step, PADDLE.name, "apply_gradients", p_step, p_res.grad_norm) is None
+            ):
                 break
             rows = _state_rows(step, ("param", "running_stat") if sharp else ("param_drift", "stat_drift"), run_)
             result.rows += rows
             by_name = {r.name: r for r in rows}
-            run_.checkpoints += [(f"step {step}: parameter {n} after the update (backward order)",
-                                  by_name[f"step{step}/param/{n}"]) for n in run_.order]
-            run_.checkpoints += [(f"step {step}: BatchNorm {r.name.split('/')[1]} of {r.name.split('/', 2)[2]}", r)
-                                 for r in rows if "/running_" in r.name]
+            run_.checkpoints += [
+                (f"step {step}: parameter {n} after the update (backward order)", by_name[f"step{step}/param/{n}"])
+                for n in run_.order
+            ]
+            run_.checkpoints += [
+                (f"step {step}: BatchNorm {r.name.split('/')[1]} of {r.name.split('/', 2)[2]}", r)
+                for r in rows
+                if "/running_" in r.name
+            ]
     tm.eval()
     pm.eval()
     if config.model == "farseg":
-        row = compare_arrays("final/buffer_step", TORCH.numpy(tm.buffer_step), PADDLE.numpy(pm.buffer_step),
-                             tols["counter"], "counter", note=f"{config.steps} training forwards from 0")
+        row = compare_arrays(
+            "final/buffer_step",
+            TORCH.numpy(tm.buffer_step),
+            PADDLE.numpy(pm.buffer_step),
+            tols["counter"],
+            "counter",
+            note=f"{config.steps} training forwards from 0",
+        )
         result.rows.append(row)
         run_.checkpoints.append((f"step {config.steps}: buffer_step", row))
     _first_divergence(result, run_)
@@ -269,9 +350,15 @@ def _first_divergence(result: StageResult, run_: _Run) -> None:
         index = next(i for i, r in enumerate(table) if not r.passed)
         shown = around(table, index, CONTEXT)
         result.localisation = Localisation(
-            row.name.split("/", 2)[-1], index, [f"step-{step} parameter gradients around the first divergence "
-                                               "(backward-execution order):", *format_rows(shown)],
-            [r.to_json() for r in shown], step=step)
+            row.name.split("/", 2)[-1],
+            index,
+            [
+                f"step-{step} parameter gradients around the first divergence (backward-execution order):",
+                *format_rows(shown),
+            ],
+            [r.to_json() for r in shown],
+            step=step,
+        )
         result.first_divergence.where = result.localisation.first
 
 

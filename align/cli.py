@@ -3,6 +3,7 @@
 Exit status: 0 every compared value passed; 1 some value failed (the report says which, and
 where torch_ref and paddle_impl first diverge); 2 bad input (one ``error:`` line on stderr).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,92 +54,192 @@ def build_parser(stage: Optional[str]) -> argparse.ArgumentParser:
     prog = "python -m align" + (f".{stage}" if stage else "")
     # A stage's description is the first paragraph of its module's docstring (stage modules
     # import torch and Paddle only when they run: --help stays instant).
-    what = (f"Run the alignment stages ({', '.join(STAGES)}) of torch_ref against paddle_impl."
-            if stage is None else (importlib.import_module(f"align.{stage}").__doc__ or "").split("\n\n")[0])
-    p = OneLineParser(prog=prog, description=what, epilog=EPILOG,
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=MODEL_NAMES + ("all",), default="all",
-                   help="which model (default: all = farseg then factseg)")
+    what = (
+        f"Run the alignment stages ({', '.join(STAGES)}) of torch_ref against paddle_impl."
+        if stage is None
+        else (importlib.import_module(f"align.{stage}").__doc__ or "").split("\n\n")[0]
+    )
+    p = OneLineParser(prog=prog, description=what, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--model",
+        choices=MODEL_NAMES + ("all",),
+        default="all",
+        help="which model (default: all = farseg then factseg)",
+    )
     if stage is None:
-        p.add_argument("--stages", default=",".join(DEFAULT_STAGES),
-                       help=f"comma-separated stages to run, in this order, from {','.join(STAGES)} "
-                            f"(default: {','.join(DEFAULT_STAGES)}; train takes minutes)")
-    p.add_argument("--dtype", choices=DTYPES, default="float64",
-                   help="precision of both models and inputs (default float64: porting bugs show "
-                        "up far above the 1e-12..1e-9 rounding floor; float32 noise is 1e-6..1e-2)")
+        p.add_argument(
+            "--stages",
+            default=",".join(DEFAULT_STAGES),
+            help=f"comma-separated stages to run, in this order, from {','.join(STAGES)} "
+            f"(default: {','.join(DEFAULT_STAGES)}; train takes minutes)",
+        )
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float64",
+        help="precision of both models and inputs (default float64: porting bugs show "
+        "up far above the 1e-12..1e-9 rounding floor; float32 noise is 1e-6..1e-2)",
+    )
     p.add_argument("--batch", type=int, default=2, help="batch size of the synthetic input (default 2)")
-    p.add_argument("--size", type=int, default=64,
-                   help="height = width of the synthetic input, a multiple of 32 (default 64)")
-    p.add_argument("--seed", type=int, default=2333,
-                   help="seed of the random weights, inputs, labels and logits (default 2333)")
-    p.add_argument("--torch-ckpt", metavar="PATH",
-                   help="official-layout checkpoint (.pth, or .pdparams) instead of random weights; "
-                        "loaded without executing code; needs a single --model")
-    p.add_argument("--input", metavar="X.npy",
-                   help="input batch (float [B,3,H,W] or [3,H,W], H and W multiples of 32) instead "
-                        "of synthetic scenes; overrides --batch/--size")
-    p.add_argument("--out", metavar="DIR", default="out/align",
-                   help="root of the output files: DIR/<model>/<stage>/ (default out/align)")
-    p.add_argument("--rtol", type=float,
-                   help="relative-error bound for every non-exact kind (overrides the defaults)")
-    p.add_argument("--atol", type=float,
-                   help="mean-absolute-difference bound for every non-exact kind (overrides the defaults)")
-    p.add_argument("--tol", action="append", type=_tolerance_override, default=[], metavar="KIND=RTOL[:MEAN_ATOL]",
-                   help=f"bound for one kind of value, repeatable; kinds: {', '.join(TOLERANCE_KINDS)}")
+    p.add_argument(
+        "--size", type=int, default=64, help="height = width of the synthetic input, a multiple of 32 (default 64)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=2333, help="seed of the random weights, inputs, labels and logits (default 2333)"
+    )
+    p.add_argument(
+        "--torch-ckpt",
+        metavar="PATH",
+        help="official-layout checkpoint (.pth, or .pdparams) instead of random weights; "
+        "loaded without executing code; needs a single --model",
+    )
+    p.add_argument(
+        "--input",
+        metavar="X.npy",
+        help="input batch (float [B,3,H,W] or [3,H,W], H and W multiples of 32) instead "
+        "of synthetic scenes; overrides --batch/--size",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default="out/align",
+        help="root of the output files: DIR/<model>/<stage>/ (default out/align)",
+    )
+    p.add_argument("--rtol", type=float, help="relative-error bound for every non-exact kind (overrides the defaults)")
+    p.add_argument(
+        "--atol", type=float, help="mean-absolute-difference bound for every non-exact kind (overrides the defaults)"
+    )
+    p.add_argument(
+        "--tol",
+        action="append",
+        type=_tolerance_override,
+        default=[],
+        metavar="KIND=RTOL[:MEAN_ATOL]",
+        help=f"bound for one kind of value, repeatable; kinds: {', '.join(TOLERANCE_KINDS)}",
+    )
     if stage in (None, "backward"):
-        p.add_argument("--steps", type=int, default=3,
-                       help="backward: iterations of the trainers' TrainStep (default 3)")
-        p.add_argument("--lr-scale", type=float,
-                       help="backward: multiply the recipe's learning rate (configs/<model>_isaid.yaml) by this "
-                            "(default: 0.01 in float64, where the later steps then stay sharp, 1 in float32; "
-                            "measured in align/compare.py)")
-        p.add_argument("--iterations", type=int,
-                       help="backward: length of the poly lr schedule (default: the recipe's 60000)")
-        p.add_argument("--clip", type=float, dest="clip_norm",
-                       help="backward: global gradient-norm clip (default: the recipe's 35, the official value)")
-        p.add_argument("--loss-scale", type=float,
-                       help="backward: multiply the loss by this (default 1: clipping already binds "
-                            "on the default fixture; the report says whether it did)")
-        p.add_argument("--full-logs", action="store_true",
-                       help="backward: also log every final parameter in the reprod_log files "
-                            "(~0.25 GB per side in float64)")
+        p.add_argument(
+            "--steps", type=int, default=3, help="backward: iterations of the trainers' TrainStep (default 3)"
+        )
+        p.add_argument(
+            "--lr-scale",
+            type=float,
+            help="backward: multiply the recipe's learning rate (configs/<model>_isaid.yaml) by this "
+            "(default: 0.01 in float64, where the later steps then stay sharp, 1 in float32; "
+            "measured in align/compare.py)",
+        )
+        p.add_argument(
+            "--iterations", type=int, help="backward: length of the poly lr schedule (default: the recipe's 60000)"
+        )
+        p.add_argument(
+            "--clip",
+            type=float,
+            dest="clip_norm",
+            help="backward: global gradient-norm clip (default: the recipe's 35, the official value)",
+        )
+        p.add_argument(
+            "--loss-scale",
+            type=float,
+            help="backward: multiply the loss by this (default 1: clipping already binds "
+            "on the default fixture; the report says whether it did)",
+        )
+        p.add_argument(
+            "--full-logs",
+            action="store_true",
+            help="backward: also log every final parameter in the reprod_log files (~0.25 GB per side in float64)",
+        )
     if stage in (None, "train"):
         # In `python -m align.train` this is --iterations; `python -m align` has the backward
         # stage's --iterations (its schedule length) too, so there it is --train-iterations.
-        p.add_argument("--iterations" if stage == "train" else "--train-iterations", type=int,
-                       dest="train_iterations", default=DEFAULT_TRAIN_ITERATIONS, metavar="N",
-                       help=f"train: iterations of both runs; the poly schedule spans them "
-                            f"(default {DEFAULT_TRAIN_ITERATIONS}: a few minutes on 2 CPU cores)")
-        p.add_argument("--config", dest="train_config", metavar="YAML",
-                       help="train: recipe file (default configs/<model>_isaid.yaml); the stage forces "
-                            "train.iterations, train.amp=none, train.device and one log row per iteration")
-        p.add_argument("--data", metavar="DIR",
-                       help="train: an isaid.prepare output (DIR/train, DIR/val) trained at the recipe's "
-                            "window and batch; default: synthetic scenes (isaid.synth -> isaid.prepare) cut "
-                            "into --size patches, batch --batch, random initial weights")
-        p.add_argument("--device", choices=("cpu", "cuda", "gpu", "auto"), default="cpu",
-                       help="train: where both trainers and evaluators run (default cpu)")
-        p.add_argument("--val-scenes", type=int, metavar="N",
-                       help="train: evaluate on the first N val scenes (default: all)")
-        p.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                       help="train: further recipe overrides, applied last (e.g. train.amp=fp16 on a GPU)")
+        p.add_argument(
+            "--iterations" if stage == "train" else "--train-iterations",
+            type=int,
+            dest="train_iterations",
+            default=DEFAULT_TRAIN_ITERATIONS,
+            metavar="N",
+            help=f"train: iterations of both runs; the poly schedule spans them "
+            f"(default {DEFAULT_TRAIN_ITERATIONS}: a few minutes on 2 CPU cores)",
+        )
+        p.add_argument(
+            "--config",
+            dest="train_config",
+            metavar="YAML",
+            help="train: recipe file (default configs/<model>_isaid.yaml); the stage forces "
+            "train.iterations, train.amp=none, train.device and one log row per iteration",
+        )
+        p.add_argument(
+            "--data",
+            metavar="DIR",
+            help="train: an isaid.prepare output (DIR/train, DIR/val) trained at the recipe's "
+            "window and batch; default: synthetic scenes (isaid.synth -> isaid.prepare) cut "
+            "into --size patches, batch --batch, random initial weights",
+        )
+        p.add_argument(
+            "--device",
+            choices=("cpu", "cuda", "gpu", "auto"),
+            default="cpu",
+            help="train: where both trainers and evaluators run (default cpu)",
+        )
+        p.add_argument(
+            "--val-scenes", type=int, metavar="N", help="train: evaluate on the first N val scenes (default: all)"
+        )
+        p.add_argument(
+            "--set",
+            dest="sets",
+            nargs="+",
+            action="extend",
+            default=[],
+            metavar="KEY=VALUE",
+            help="train: further recipe overrides, applied last (e.g. train.amp=fp16 on a GPU)",
+        )
     if stage == "forward":
-        p.add_argument("--against", choices=AGAINST, default="paddle_impl",
-                       help="paddle_impl (default); x2paddle: also the X2Paddle third opinion "
-                            "(align.x2paddle; needs pip install -e .[x2paddle])")
-    p.add_argument("--no-localise", dest="localise", action="store_false",
-                   help="on a failure, do not re-run with hooks to find the first divergent layer")
+        p.add_argument(
+            "--against",
+            choices=AGAINST,
+            default="paddle_impl",
+            help="paddle_impl (default); x2paddle: also the X2Paddle third opinion "
+            "(align.x2paddle; needs pip install -e .[x2paddle])",
+        )
+    p.add_argument(
+        "--no-localise",
+        dest="localise",
+        action="store_false",
+        help="on a failure, do not re-run with hooks to find the first divergent layer",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="print the full report of every stage")
     return p
 
 
 def config_from_args(args: argparse.Namespace, model: str) -> AlignConfig:
     """The AlignConfig of one model from parsed options (validated when made)."""
-    values = dict(model=model, dtype=args.dtype, batch=args.batch, size=args.size, seed=args.seed,
-                  torch_ckpt=args.torch_ckpt, input=args.input, out=args.out, rtol=args.rtol,
-                  atol=args.atol, tol=dict(args.tol), localise=args.localise)
-    for name in ("steps", "lr_scale", "iterations", "clip_norm", "loss_scale", "full_logs", "against",
-                 "train_iterations", "train_config", "data", "device", "val_scenes"):
+    values = dict(
+        model=model,
+        dtype=args.dtype,
+        batch=args.batch,
+        size=args.size,
+        seed=args.seed,
+        torch_ckpt=args.torch_ckpt,
+        input=args.input,
+        out=args.out,
+        rtol=args.rtol,
+        atol=args.atol,
+        tol=dict(args.tol),
+        localise=args.localise,
+    )
+    for name in (
+        "steps",
+        "lr_scale",
+        "iterations",
+        "clip_norm",
+        "loss_scale",
+        "full_logs",
+        "against",
+        "train_iterations",
+        "train_config",
+        "data",
+        "device",
+        "val_scenes",
+    ):
         if hasattr(args, name):
             values[name] = getattr(args, name)
     if hasattr(args, "sets"):
@@ -163,14 +264,20 @@ def summary_line(result: StageResult) -> str:
     """``[PASS] forward  farseg float64  3/3 values  worst ...  2.0 s  -> report``"""
     n_failed = len(result.failed_rows())
     where = f"  -> {result.out_dir}/diff.txt" if result.out_dir else ""
-    return (f"[{'PASS' if result.passed else 'FAIL'}] {result.stage:<8} {result.model:<7} {result.dtype}  "
-            f"{len(result.rows) - n_failed}/{len(result.rows)} values  {_worst(result)}  "
-            f"{result.seconds:.1f} s{where}")
+    return (
+        f"[{'PASS' if result.passed else 'FAIL'}] {result.stage:<8} {result.model:<7} {result.dtype}  "
+        f"{len(result.rows) - n_failed}/{len(result.rows)} values  {_worst(result)}  "
+        f"{result.seconds:.1f} s{where}"
+    )
 
 
-def run_stages(stages: Sequence[str], models: Sequence[str], args: argparse.Namespace,
-               runners: Optional[Dict[str, Callable[..., StageResult]]] = None,
-               progress: bool = True) -> List[StageResult]:
+def run_stages(
+    stages: Sequence[str],
+    models: Sequence[str],
+    args: argparse.Namespace,
+    runners: Optional[Dict[str, Callable[..., StageResult]]] = None,
+    progress: bool = True,
+) -> List[StageResult]:
     """Run every (model, stage), printing a summary line per stage (the full report too when a
     stage fails, with --verbose, or with --against x2paddle). ``runners`` maps stage names to
     their ``run`` where the caller has it already (``python -m align.<stage>``)."""
@@ -180,8 +287,7 @@ def run_stages(stages: Sequence[str], models: Sequence[str], args: argparse.Name
 
     configs = {m: config_from_args(args, m) for m in models}  # validate everything first
     results: List[StageResult] = []
-    bar = tqdm(total=len(stages) * len(models), desc="align", unit="stage", disable=not progress,
-               file=sys.stderr)
+    bar = tqdm(total=len(stages) * len(models), desc="align", unit="stage", disable=not progress, file=sys.stderr)
     try:
         for model in models:
             config = configs[model]
@@ -203,8 +309,9 @@ def run_stages(stages: Sequence[str], models: Sequence[str], args: argparse.Name
     return results
 
 
-def main_for(stage: Optional[str], argv: Optional[Sequence[str]] = None,
-             runner: Optional[Callable[..., StageResult]] = None) -> int:
+def main_for(
+    stage: Optional[str], argv: Optional[Sequence[str]] = None, runner: Optional[Callable[..., StageResult]] = None
+) -> int:
     """Entry point of ``python -m align`` (stage None) and ``python -m align.<stage>`` (which
     passes its own ``run`` as ``runner``: the module running as ``__main__`` is not imported
     a second time)."""
@@ -214,8 +321,9 @@ def main_for(stage: Optional[str], argv: Optional[Sequence[str]] = None,
         stages = [s.strip() for s in args.stages.split(",") if s.strip()]
         unknown = [s for s in stages if s not in STAGES]
         if unknown or not stages:
-            parser.error(f"--stages: unknown stage {', '.join(unknown) or '(none)'}; "
-                         f"expected some of {', '.join(STAGES)}")
+            parser.error(
+                f"--stages: unknown stage {', '.join(unknown) or '(none)'}; expected some of {', '.join(STAGES)}"
+            )
     else:
         stages = [stage]
     models = list(MODEL_NAMES) if args.model == "all" else [args.model]

@@ -14,6 +14,7 @@ reprod_log 1.0.1's ``ReprodDiffHelper`` is not used: it compares absolute differ
 silently transposes mismatched shapes, returns None from ``report()`` and adds a root-logger
 handler on every call. Its ``ReprodLogger`` format is what the stage files are written in.
 """
+
 from __future__ import annotations
 
 import json
@@ -141,8 +142,16 @@ DEFAULT_TOLERANCES: Dict[str, Dict[str, Tolerance]] = {
 TRAIN_EARLY = 5  # iterations 1..5 compared one by one (2..5: kind train_early)
 TRAIN_WINDOW = 10  # later iterations: loss and gradient norm compared as means over 10 iterations
 TRAIN_MARGIN = 5.0
-TRAIN_FLOOR = {"train_lr": 0.0, "train_first_loss": 5.434e-06, "train_first_grad": 0.001995, "train_early": 0.6653,
-               "train_curve": 0.2699, "train_mean": 0.02141, "train_param": 1.373, "train_miou": 0.005768}
+TRAIN_FLOOR = {
+    "train_lr": 0.0,
+    "train_first_loss": 5.434e-06,
+    "train_first_grad": 0.001995,
+    "train_early": 0.6653,
+    "train_curve": 0.2699,
+    "train_mean": 0.02141,
+    "train_param": 1.373,
+    "train_miou": 0.005768,
+}
 TRAIN_MINIMUM = {"train_lr": 1e-9, "train_miou": 0.01}
 
 
@@ -156,22 +165,37 @@ def _round_up(value: float, digits: int = 2) -> float:
 
 TRAIN_TOLERANCES: Dict[str, Tolerance] = {
     kind: Tolerance(float(f"{_round_up(max(TRAIN_MARGIN * floor, TRAIN_MINIMUM.get(kind, 0.0))):.2g}"))
-    for kind, floor in TRAIN_FLOOR.items()}
+    for kind, floor in TRAIN_FLOOR.items()
+}
 for _table in DEFAULT_TOLERANCES.values():
     _table.update(TRAIN_TOLERANCES)
 # The backward stage's learning-rate scale per dtype when ``AlignConfig.lr_scale`` is None (above).
 DEFAULT_LR_SCALE = {"float64": 0.01, "float32": 1.0}
 
 # Kinds whose tolerance --rtol/--atol may override (exact comparisons stay exact).
-OVERRIDABLE = ("forward", "forward_train", "loss", "identity", "grad", "param", "running_stat", "drift",
-               "param_drift", "stat_drift")
+OVERRIDABLE = (
+    "forward",
+    "forward_train",
+    "loss",
+    "identity",
+    "grad",
+    "param",
+    "running_stat",
+    "drift",
+    "param_drift",
+    "stat_drift",
+)
 
 # Fraction of the model's largest gradient below which a gradient counts as zero (see module doc).
 GRAD_FLOOR_FRACTION = {"float64": 1e-6, "float32": 1e-3}
 
 
-def tolerances(dtype: str, rtol: Optional[float] = None, atol: Optional[float] = None,
-               per_kind: Optional[Mapping[str, Tolerance]] = None) -> Dict[str, Tolerance]:
+def tolerances(
+    dtype: str,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
+    per_kind: Optional[Mapping[str, Tolerance]] = None,
+) -> Dict[str, Tolerance]:
     """The tolerance of every kind for ``dtype``, with the command-line overrides applied.
 
     ``rtol``/``atol`` replace the relative / mean-abs bound of every kind in ``OVERRIDABLE``;
@@ -182,8 +206,7 @@ def tolerances(dtype: str, rtol: Optional[float] = None, atol: Optional[float] =
     table = dict(DEFAULT_TOLERANCES[dtype])
     for kind in OVERRIDABLE:
         old = table[kind]
-        table[kind] = Tolerance(old.rtol if rtol is None else rtol,
-                                old.mean_atol if atol is None else atol)
+        table[kind] = Tolerance(old.rtol if rtol is None else rtol, old.mean_atol if atol is None else atol)
     for kind, tol in (per_kind or {}).items():
         if kind not in table:
             raise ValueError(f"unknown tolerance kind {kind!r}: expected one of {', '.join(KINDS)}")
@@ -226,8 +249,9 @@ def _json_number(value: Any) -> Any:
     return value
 
 
-def compare_arrays(name: str, reference: Any, other: Any, tol: Tolerance, kind: str,
-                   floor: float = 0.0, note: str = "") -> Row:
+def compare_arrays(
+    name: str, reference: Any, other: Any, tol: Tolerance, kind: str, floor: float = 0.0, note: str = ""
+) -> Row:
     """Compare ``reference`` (torch) with ``other`` (Paddle) into a ``Row``.
 
     Shapes must match exactly (no broadcasting, no transposing: a mismatch fails with a note).
@@ -237,8 +261,18 @@ def compare_arrays(name: str, reference: Any, other: Any, tol: Tolerance, kind: 
     a = np.asarray(reference)
     b = np.asarray(other)
     if a.shape != b.shape:
-        return Row(name, kind, list(a.shape), math.inf, math.inf, math.inf, math.nan, tol, False,
-                   _join(note, f"shape mismatch: torch {list(a.shape)} vs paddle {list(b.shape)}"))
+        return Row(
+            name,
+            kind,
+            list(a.shape),
+            math.inf,
+            math.inf,
+            math.inf,
+            math.nan,
+            tol,
+            False,
+            _join(note, f"shape mismatch: torch {list(a.shape)} vs paddle {list(b.shape)}"),
+        )
     a = a.astype(np.float64, copy=False)
     b = b.astype(np.float64, copy=False)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -288,7 +322,7 @@ class Divergence:
 
 def around(rows: Sequence[Row], index: int, context: int) -> List[Row]:
     """``rows[index]`` with up to ``context`` rows on either side (the table of a localisation)."""
-    return list(rows[max(0, index - context): index + context + 1])
+    return list(rows[max(0, index - context) : index + context + 1])
 
 
 @dataclass
@@ -335,18 +369,27 @@ class StageResult:
         raise KeyError(name)
 
     def to_json(self) -> Dict[str, Any]:
-        return {"stage": self.stage, "model": self.model, "dtype": self.dtype, "passed": self.passed,
-                "num_values": len(self.rows), "num_failed": len(self.failed_rows()),
-                "relative_error": "max|torch - paddle| / max(max|torch|, floor) per value",
-                "settings": self.settings,
-                "first_divergence": None if self.first_divergence is None else asdict(self.first_divergence),
-                "localisation": None if self.localisation is None else asdict(self.localisation),
-                "notes": self.notes, "seconds": round(self.seconds, 3), "rows": [r.to_json() for r in self.rows]}
+        return {
+            "stage": self.stage,
+            "model": self.model,
+            "dtype": self.dtype,
+            "passed": self.passed,
+            "num_values": len(self.rows),
+            "num_failed": len(self.failed_rows()),
+            "relative_error": "max|torch - paddle| / max(max|torch|, floor) per value",
+            "settings": self.settings,
+            "first_divergence": None if self.first_divergence is None else asdict(self.first_divergence),
+            "localisation": None if self.localisation is None else asdict(self.localisation),
+            "notes": self.notes,
+            "seconds": round(self.seconds, 3),
+            "rows": [r.to_json() for r in self.rows],
+        }
 
 
 # ----------------------------------------------------------------------------------------------
 # Text report
 # ----------------------------------------------------------------------------------------------
+
 
 def _shape(shape: Sequence[int]) -> str:
     return "[" + ",".join(str(s) for s in shape) + "]"
@@ -358,22 +401,27 @@ def format_rows(rows: Sequence[Row]) -> List[str]:
         return []
     width = max(28, max(len(r.name) for r in rows))
     shape_width = max(10, max(len(_shape(r.shape)) for r in rows))
-    lines = [f"{'value':<{width}}  {'shape':<{shape_width}}  {'max|d|':>9}  {'mean|d|':>9}  "
-             f"{'rel':>9}  {'threshold':<24}  result"]
+    lines = [
+        f"{'value':<{width}}  {'shape':<{shape_width}}  {'max|d|':>9}  {'mean|d|':>9}  "
+        f"{'rel':>9}  {'threshold':<24}  result"
+    ]
     for r in rows:
-        lines.append(f"{r.name:<{width}}  {_shape(r.shape):<{shape_width}}  {r.max_abs:>9.3e}  "
-                     f"{r.mean_abs:>9.3e}  {r.rel:>9.3e}  {r.tol.describe():<24}  "
-                     f"{'ok' if r.passed else 'FAIL'}" + (f"  ({r.note})" if r.note else ""))
+        lines.append(
+            f"{r.name:<{width}}  {_shape(r.shape):<{shape_width}}  {r.max_abs:>9.3e}  "
+            f"{r.mean_abs:>9.3e}  {r.rel:>9.3e}  {r.tol.describe():<24}  "
+            f"{'ok' if r.passed else 'FAIL'}" + (f"  ({r.note})" if r.note else "")
+        )
     return lines
 
 
 def format_report(result: StageResult, max_rows: int = 40) -> str:
     """The human-readable diff report of one stage (the JSON has every row in full)."""
     s = result.settings
-    lines = [f"align {result.stage}: model={result.model} dtype={result.dtype} "
-             + " ".join(f"{k}={v}" for k, v in s.items() if k not in ("tolerances",)),
-             "relative error = max|torch - paddle| / max(max|torch|, floor) per value; "
-             "torch_ref is the reference"]
+    lines = [
+        f"align {result.stage}: model={result.model} dtype={result.dtype} "
+        + " ".join(f"{k}={v}" for k, v in s.items() if k not in ("tolerances",)),
+        "relative error = max|torch - paddle| / max(max|torch|, floor) per value; torch_ref is the reference",
+    ]
     if "tolerances" in s:
         lines.append("thresholds: " + "; ".join(f"{k} {v}" for k, v in s["tolerances"].items()))
     lines += [f"note: {n}" for n in result.notes]
@@ -394,12 +442,23 @@ def format_report(result: StageResult, max_rows: int = 40) -> str:
             if len(members) == 1:
                 summary.append(worst)
                 continue
-            summary.append(Row(f"{name}/* (worst: {worst.name.split('/', 2)[-1]})", worst.kind,
-                               worst.shape, worst.max_abs, worst.mean_abs, worst.rel, worst.scale,
-                               worst.tol, failed == 0,
-                               _join(worst.note, f"{len(members)} values, {failed} failed")))
-        lines.append(f"{len(rows)} values in {len(groups)} groups; worst of each group shown "
-                     f"(every value is in diff.json)")
+            summary.append(
+                Row(
+                    f"{name}/* (worst: {worst.name.split('/', 2)[-1]})",
+                    worst.kind,
+                    worst.shape,
+                    worst.max_abs,
+                    worst.mean_abs,
+                    worst.rel,
+                    worst.scale,
+                    worst.tol,
+                    failed == 0,
+                    _join(worst.note, f"{len(members)} values, {failed} failed"),
+                )
+            )
+        lines.append(
+            f"{len(rows)} values in {len(groups)} groups; worst of each group shown (every value is in diff.json)"
+        )
         lines += format_rows(summary)
         failed_rows = result.failed_rows()
         if failed_rows:
@@ -410,14 +469,18 @@ def format_report(result: StageResult, max_rows: int = 40) -> str:
     if result.localisation:
         lines += ["", *result.localisation.lines]
     n_failed = len(result.failed_rows())
-    lines += ["", f"RESULT: {'PASS' if result.passed else 'FAIL'} "
-                  f"({len(rows) - n_failed}/{len(rows)} values within thresholds, {result.seconds:.1f} s)"]
+    lines += [
+        "",
+        f"RESULT: {'PASS' if result.passed else 'FAIL'} "
+        f"({len(rows) - n_failed}/{len(rows)} values within thresholds, {result.seconds:.1f} s)",
+    ]
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
 # Writing (atomic: a file appears complete under its final name, or not at all)
 # ----------------------------------------------------------------------------------------------
+
 
 def write_reprod_log(path: Path, values: Mapping[str, np.ndarray]) -> Path:
     """Write ``values`` as a reprod_log ``ReprodLogger`` file (an ``np.save``'d dict), atomically."""
@@ -430,8 +493,13 @@ def write_reprod_log(path: Path, values: Mapping[str, np.ndarray]) -> Path:
     return atomic_write(path, lambda f: np.save(f, logger.data, allow_pickle=True))
 
 
-def finish_stage(result: StageResult, start: float, out_dir: Optional[Path],
-                 torch_log: Mapping[str, np.ndarray], paddle_log: Mapping[str, np.ndarray]) -> StageResult:
+def finish_stage(
+    result: StageResult,
+    start: float,
+    out_dir: Optional[Path],
+    torch_log: Mapping[str, np.ndarray],
+    paddle_log: Mapping[str, np.ndarray],
+) -> StageResult:
     """Record the stage's time since ``start`` (``time.perf_counter()``) and, when ``out_dir``
     is set, write ``torch.npy`` / ``paddle.npy`` (reprod_log), ``diff.json`` and ``diff.txt``
     there; returns ``result``."""

@@ -1,4 +1,5 @@
 """The settings of an alignment run, shared by every stage and by the command line."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
@@ -87,8 +88,10 @@ class AlignConfig:
         if self.batch < 1:
             raise AlignInputError(f"--batch must be at least 1, got {self.batch}")
         if self.size < SIZE_MULTIPLE or self.size % SIZE_MULTIPLE:
-            raise AlignInputError(f"--size {self.size} is not a positive multiple of {SIZE_MULTIPLE} "
-                                  f"(the encoder's output stride); try {max(1, round(self.size / 32)) * 32}")
+            raise AlignInputError(
+                f"--size {self.size} is not a positive multiple of {SIZE_MULTIPLE} "
+                f"(the encoder's output stride); try {max(1, round(self.size / 32)) * 32}"
+            )
         if self.steps < 1:
             raise AlignInputError(f"--steps must be at least 1, got {self.steps}")
         for name in ("rtol", "atol"):

@@ -24,6 +24,7 @@ use the GPU when there is one); ``torch-gpu`` accepts a CPU Paddle beside a CUDA
 Everything that decides is a pure function of the gathered facts (:func:`diagnose`), so the
 tests feed it faked machines. This module imports nothing from the rest of ``align``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,21 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 EXPECT_CHOICES = ("auto", "cpu", "torch-gpu", "paddle-gpu", "gpu")
 # Distributions whose versions are reported (``None`` when absent).
-DISTRIBUTIONS = ("torch", "paddlepaddle", "paddlepaddle-gpu", "numpy", "x2paddle", "onnxruntime",
-                 "onnx", "paddle2onnx", "rasterio", "reprod_log", "pillow", "pyyaml", "tqdm")
+DISTRIBUTIONS = (
+    "torch",
+    "paddlepaddle",
+    "paddlepaddle-gpu",
+    "numpy",
+    "x2paddle",
+    "onnxruntime",
+    "onnx",
+    "paddle2onnx",
+    "rasterio",
+    "reprod_log",
+    "pillow",
+    "pyyaml",
+    "tqdm",
+)
 # The framework versions the project pins (pyproject.toml, extra "cpu").
 TORCH_VERSION, PADDLE_VERSION = "2.13.0", "3.3.1"
 # CUDA variants of the wheel indexes named in the README (Paddle: documented for 3.3.x; torch:
@@ -54,8 +68,19 @@ TORCH_CUDA_INDEXES = ("12.6", "12.8", "13.0")
 PADDLE_INDEX = "https://www.paddlepaddle.org.cn/packages/stable/cu{tag}/"
 TORCH_INDEX = "https://download.pytorch.org/whl/cu{tag}"
 # /proc/cpuinfo flags that decide how fast float32 and bf16 CPU kernels are.
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
-             "amx_tile", "amx_bf16", "amx_int8", "amx_fp16")
+CPU_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "amx_fp16",
+)
 
 
 @dataclass
@@ -74,7 +99,7 @@ class Finding:
 
 
 def parse_cuda_version(text: Any) -> Optional[Tuple[int, int]]:
-    """"12.4" / "12040" / 12040 / "cu124"-free strings -> (12, 4); None when not a CUDA version."""
+    """ "12.4" / "12040" / 12040 / "cu124"-free strings -> (12, 4); None when not a CUDA version."""
     if text is None or text is False:
         return None
     value = str(text).strip().lower()
@@ -115,19 +140,24 @@ def paddle_install(driver_cuda: Optional[Tuple[int, int]]) -> str:
     """The command that installs Paddle's GPU wheel for a driver supporting ``driver_cuda``."""
     tag = best_index(driver_cuda, PADDLE_CUDA_INDEXES)
     if tag is None:
-        return (f"update the NVIDIA driver (Paddle {PADDLE_VERSION} GPU wheels need CUDA"
-                f" {PADDLE_CUDA_INDEXES[0]} or newer)")
-    return (f"pip uninstall -y paddlepaddle paddlepaddle-gpu && pip install paddlepaddle-gpu=={PADDLE_VERSION}"
-            f" -i {PADDLE_INDEX.format(tag=index_tag(tag))}")
+        return (
+            f"update the NVIDIA driver (Paddle {PADDLE_VERSION} GPU wheels need CUDA {PADDLE_CUDA_INDEXES[0]} or newer)"
+        )
+    return (
+        f"pip uninstall -y paddlepaddle paddlepaddle-gpu && pip install paddlepaddle-gpu=={PADDLE_VERSION}"
+        f" -i {PADDLE_INDEX.format(tag=index_tag(tag))}"
+    )
 
 
 def torch_install(driver_cuda: Optional[Tuple[int, int]]) -> str:
     """The command that installs torch's CUDA build for a driver supporting ``driver_cuda``."""
     tag = best_index(driver_cuda, TORCH_CUDA_INDEXES)
     if tag is None:
-        return (f"update the NVIDIA driver (torch CUDA wheels need CUDA {TORCH_CUDA_INDEXES[0]} or newer)")
-    return (f"pip uninstall -y torch && pip install torch=={TORCH_VERSION}"
-            f" --index-url {TORCH_INDEX.format(tag=index_tag(tag))}")
+        return f"update the NVIDIA driver (torch CUDA wheels need CUDA {TORCH_CUDA_INDEXES[0]} or newer)"
+    return (
+        f"pip uninstall -y torch && pip install torch=={TORCH_VERSION}"
+        f" --index-url {TORCH_INDEX.format(tag=index_tag(tag))}"
+    )
 
 
 def _gpu_seen(facts: Dict[str, Any]) -> bool:
@@ -135,23 +165,39 @@ def _gpu_seen(facts: Dict[str, Any]) -> bool:
     driver = facts.get("driver") or {}
     torch_facts = facts.get("torch") or {}
     paddle_facts = facts.get("paddle") or {}
-    return bool(driver.get("gpus") or driver.get("cuda") or torch_facts.get("cuda_available")
-                or (paddle_facts.get("gpu_count") or 0) > 0)
+    return bool(
+        driver.get("gpus")
+        or driver.get("cuda")
+        or torch_facts.get("cuda_available")
+        or (paddle_facts.get("gpu_count") or 0) > 0
+    )
 
 
-def _build_vs_driver(name: str, build: Optional[Tuple[int, int]], driver: Optional[Tuple[int, int]],
-                     usable: bool, fix: str) -> List[Finding]:
+def _build_vs_driver(
+    name: str, build: Optional[Tuple[int, int]], driver: Optional[Tuple[int, int]], usable: bool, fix: str
+) -> List[Finding]:
     """Findings for a framework's CUDA build against the driver's newest supported CUDA."""
     if build is None or driver is None or build <= driver:
         return []
     if build[0] > driver[0] or not usable:
-        return [Finding("error", f"{name} is built for CUDA {format_cuda(build)} but the NVIDIA driver"
-                                 f" supports CUDA {format_cuda(driver)} at most"
-                                 + ("" if usable else f", so {name} sees no GPU"), fix)]
+        return [
+            Finding(
+                "error",
+                f"{name} is built for CUDA {format_cuda(build)} but the NVIDIA driver"
+                f" supports CUDA {format_cuda(driver)} at most" + ("" if usable else f", so {name} sees no GPU"),
+                fix,
+            )
+        ]
     # Same major version: CUDA's minor-version compatibility lets it run; say so.
-    return [Finding("note", f"{name} is built for CUDA {format_cuda(build)}, newer than the driver's"
-                            f" {format_cuda(driver)}; it runs by CUDA minor-version compatibility"
-                            " (kernels that need a newer driver, e.g. PTX JIT, would fail)", fix)]
+    return [
+        Finding(
+            "note",
+            f"{name} is built for CUDA {format_cuda(build)}, newer than the driver's"
+            f" {format_cuda(driver)}; it runs by CUDA minor-version compatibility"
+            " (kernels that need a newer driver, e.g. PTX JIT, would fail)",
+            fix,
+        )
+    ]
 
 
 def diagnose(facts: Dict[str, Any], expect: str = "auto") -> List[Finding]:
@@ -173,16 +219,26 @@ def diagnose(facts: Dict[str, Any], expect: str = "auto") -> List[Finding]:
     gpu = _gpu_seen(facts)
 
     if dists.get("paddlepaddle") and dists.get("paddlepaddle-gpu"):
-        findings.append(Finding(
-            "error", f"both paddlepaddle {dists['paddlepaddle']} and paddlepaddle-gpu"
-                     f" {dists['paddlepaddle-gpu']} are installed; they share the 'paddle' package"
-                     " and the one installed last silently wins",
-            paddle_install(driver) if gpu else f"pip uninstall -y paddlepaddle paddlepaddle-gpu &&"
-                                               f" pip install paddlepaddle=={PADDLE_VERSION}"))
+        findings.append(
+            Finding(
+                "error",
+                f"both paddlepaddle {dists['paddlepaddle']} and paddlepaddle-gpu"
+                f" {dists['paddlepaddle-gpu']} are installed; they share the 'paddle' package"
+                " and the one installed last silently wins",
+                paddle_install(driver)
+                if gpu
+                else f"pip uninstall -y paddlepaddle paddlepaddle-gpu && pip install paddlepaddle=={PADDLE_VERSION}",
+            )
+        )
     for name, info in (("torch", torch_facts), ("paddle", paddle_facts)):
         if info.get("error"):
-            findings.append(Finding("error", f"{name} is installed but does not import ({info['error']})",
-                                    "reinstall it with the README's Install commands"))
+            findings.append(
+                Finding(
+                    "error",
+                    f"{name} is installed but does not import ({info['error']})",
+                    "reinstall it with the README's Install commands",
+                )
+            )
 
     torch_ok = bool(torch_facts.get("installed")) and not torch_facts.get("error")
     paddle_ok = bool(paddle_facts.get("installed")) and not paddle_facts.get("error")
@@ -193,53 +249,91 @@ def diagnose(facts: Dict[str, Any], expect: str = "auto") -> List[Finding]:
 
     findings += _build_vs_driver("torch", torch_build, driver, torch_gpu, torch_install(driver))
     findings += _build_vs_driver("paddle", paddle_build, driver, paddle_gpu, paddle_install(driver))
-    if torch_build is not None and not torch_gpu and gpu and not any(
-            f.level == "error" and f.message.startswith("torch is built") for f in findings):
-        findings.append(Finding("error", f"torch {torch_facts.get('version')} is a CUDA"
-                                         f" {format_cuda(torch_build)} build but sees no GPU"
-                                         f" ({torch_facts.get('cuda_error') or 'cuda.is_available() is False'})",
-                                "check nvidia-smi and CUDA_VISIBLE_DEVICES"))
-    if paddle_build is not None and not paddle_gpu and gpu and not any(
-            f.level == "error" and f.message.startswith("paddle is built") for f in findings):
-        findings.append(Finding("error", f"paddle {paddle_facts.get('version')} is a CUDA"
-                                         f" {format_cuda(paddle_build)} build but sees no GPU",
-                                "check nvidia-smi and CUDA_VISIBLE_DEVICES"))
+    if (
+        torch_build is not None
+        and not torch_gpu
+        and gpu
+        and not any(f.level == "error" and f.message.startswith("torch is built") for f in findings)
+    ):
+        findings.append(
+            Finding(
+                "error",
+                f"torch {torch_facts.get('version')} is a CUDA"
+                f" {format_cuda(torch_build)} build but sees no GPU"
+                f" ({torch_facts.get('cuda_error') or 'cuda.is_available() is False'})",
+                "check nvidia-smi and CUDA_VISIBLE_DEVICES",
+            )
+        )
+    if (
+        paddle_build is not None
+        and not paddle_gpu
+        and gpu
+        and not any(f.level == "error" and f.message.startswith("paddle is built") for f in findings)
+    ):
+        findings.append(
+            Finding(
+                "error",
+                f"paddle {paddle_facts.get('version')} is a CUDA {format_cuda(paddle_build)} build but sees no GPU",
+                "check nvidia-smi and CUDA_VISIBLE_DEVICES",
+            )
+        )
 
     # One framework on the GPU, the other one's CPU build beside it.
     if torch_gpu and paddle_ok and paddle_build is None and expect not in ("torch-gpu", "cpu"):
-        findings.append(Finding(
-            "error", f"CPU-only Paddle {paddle_facts.get('version')} beside a CUDA torch that sees"
-                     f" the GPU: python -m paddle_impl.* would run on the CPU",
-            paddle_install(driver) + " (or --expect torch-gpu if a CPU Paddle is intended)"))
+        findings.append(
+            Finding(
+                "error",
+                f"CPU-only Paddle {paddle_facts.get('version')} beside a CUDA torch that sees"
+                f" the GPU: python -m paddle_impl.* would run on the CPU",
+                paddle_install(driver) + " (or --expect torch-gpu if a CPU Paddle is intended)",
+            )
+        )
     if paddle_gpu and torch_ok and torch_build is None and expect not in ("paddle-gpu", "cpu"):
-        findings.append(Finding(
-            "error", f"CPU-only torch {torch_facts.get('version')} beside a CUDA Paddle that sees"
-                     f" the GPU: python -m torch_ref.* would run on the CPU",
-            torch_install(driver) + " (or --expect paddle-gpu if a CPU torch is intended)"))
+        findings.append(
+            Finding(
+                "error",
+                f"CPU-only torch {torch_facts.get('version')} beside a CUDA Paddle that sees"
+                f" the GPU: python -m torch_ref.* would run on the CPU",
+                torch_install(driver) + " (or --expect paddle-gpu if a CPU torch is intended)",
+            )
+        )
 
     # What --expect asked for.
-    wanted = {"cpu": (), "torch-gpu": ("torch",), "paddle-gpu": ("paddle",), "gpu": ("torch", "paddle"),
-              "auto": ()}[expect]
-    for name, info, ok, on_gpu in (("torch", torch_facts, torch_ok, torch_gpu),
-                                   ("paddle", paddle_facts, paddle_ok, paddle_gpu)):
+    wanted = {"cpu": (), "torch-gpu": ("torch",), "paddle-gpu": ("paddle",), "gpu": ("torch", "paddle"), "auto": ()}[
+        expect
+    ]
+    for name, info, ok, on_gpu in (
+        ("torch", torch_facts, torch_ok, torch_gpu),
+        ("paddle", paddle_facts, paddle_ok, paddle_gpu),
+    ):
         if name not in wanted:
             continue
         fix = torch_install(driver) if name == "torch" else paddle_install(driver)
         if not info.get("installed"):
             findings.append(Finding("error", f"--expect {expect}: {name} is not installed", fix))
-        elif ok and not on_gpu and not any(f.level == "error" and f.message.startswith(name)
-                                           for f in findings):
+        elif ok and not on_gpu and not any(f.level == "error" and f.message.startswith(name) for f in findings):
             why = "no NVIDIA GPU or driver is visible" if not gpu else f"{name} is a CPU build"
-            findings.append(Finding("error", f"--expect {expect}: {name} does not see a GPU ({why})",
-                                    fix if gpu else "run on a machine with an NVIDIA GPU and driver"))
+            findings.append(
+                Finding(
+                    "error",
+                    f"--expect {expect}: {name} does not see a GPU ({why})",
+                    fix if gpu else "run on a machine with an NVIDIA GPU and driver",
+                )
+            )
     for name, info in (("torch", torch_facts), ("paddle", paddle_facts)):
         if not info.get("installed") and name not in wanted:
             module = "torch_ref" if name == "torch" else "paddle_impl"
-            findings.append(Finding("note", f"{name} is not installed: python -m {module}.* and the"
-                                            " alignment are unavailable"))
+            findings.append(
+                Finding("note", f"{name} is not installed: python -m {module}.* and the alignment are unavailable")
+            )
     if expect == "cpu" and (torch_gpu or paddle_gpu):
-        findings.append(Finding("note", "--expect cpu, but a framework sees a GPU: --device auto will use it;"
-                                        " pass --device cpu (train: --set train.device=cpu) to stay on the CPU"))
+        findings.append(
+            Finding(
+                "note",
+                "--expect cpu, but a framework sees a GPU: --device auto will use it;"
+                " pass --device cpu (train: --set train.device=cpu) to stay on the CPU",
+            )
+        )
     return findings
 
 
@@ -297,8 +391,13 @@ def read_cpu() -> Dict[str, Any]:
     except OSError:
         pass
     features = cpu_features(flags)
-    return {"model": model, "cores": os.cpu_count(), "features": features,
-            "bf16": cpu_bf16_note(features), "cpuinfo_read": bool(flags)}
+    return {
+        "model": model,
+        "cores": os.cpu_count(),
+        "features": features,
+        "bf16": cpu_bf16_note(features),
+        "cpuinfo_read": bool(flags),
+    }
 
 
 def read_driver(timeout: float = 20.0) -> Dict[str, Any]:
@@ -315,9 +414,13 @@ def read_driver(timeout: float = 20.0) -> Dict[str, Any]:
             info["cuda"] = format_cuda(parse_cuda_version(value.value))
         break
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=timeout,
-                             check=False)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return info
     if out.returncode == 0:
@@ -338,9 +441,15 @@ def read_torch() -> Dict[str, Any]:
         if info["installed"]:
             info["error"] = _first_line(error)
         return info
-    info.update(installed=True, version=torch.__version__, cuda_build=torch.version.cuda,
-                cpu_capability=torch.backends.cpu.get_cpu_capability(),
-                onednn=torch.backends.mkldnn.is_available(), onednn_version=None, devices=[])
+    info.update(
+        installed=True,
+        version=torch.__version__,
+        cuda_build=torch.version.cuda,
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        onednn=torch.backends.mkldnn.is_available(),
+        onednn_version=None,
+        devices=[],
+    )
     for line in torch.__config__.show().splitlines():
         if "MKL-DNN" in line or "oneDNN" in line:
             info["onednn_version"] = line.strip(" -").split("(")[0].strip()
@@ -353,8 +462,13 @@ def read_torch() -> Dict[str, Any]:
         info["cudnn"] = torch.backends.cudnn.version()
         for index in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)
-            info["devices"].append({"name": props.name, "capability": f"{props.major}.{props.minor}",
-                                    "memory_gib": round(props.total_memory / 2 ** 30, 1)})
+            info["devices"].append(
+                {
+                    "name": props.name,
+                    "capability": f"{props.major}.{props.minor}",
+                    "memory_gib": round(props.total_memory / 2**30, 1),
+                }
+            )
         info["bf16_supported"] = torch.cuda.is_bf16_supported()
     return info
 
@@ -372,9 +486,15 @@ def read_paddle() -> Dict[str, Any]:
             info["error"] = _first_line(error)
         return info
     compiled = bool(paddle.device.is_compiled_with_cuda())
-    info.update(installed=True, version=paddle.__version__, compiled_with_cuda=compiled,
-                cuda_build=paddle.version.cuda() if compiled else None,
-                cudnn=paddle.version.cudnn() if compiled else None, devices=[], gpu_count=0)
+    info.update(
+        installed=True,
+        version=paddle.__version__,
+        compiled_with_cuda=compiled,
+        cuda_build=paddle.version.cuda() if compiled else None,
+        cudnn=paddle.version.cudnn() if compiled else None,
+        devices=[],
+        gpu_count=0,
+    )
     core = getattr(getattr(paddle, "base", None), "core", None)
     for probe in ("is_compiled_with_onednn", "is_compiled_with_mkldnn"):
         if core is not None and hasattr(core, probe):
@@ -385,8 +505,13 @@ def read_paddle() -> Dict[str, Any]:
             info["gpu_count"] = paddle.device.cuda.device_count()
             for index in range(info["gpu_count"]):
                 props = paddle.device.cuda.get_device_properties(index)
-                info["devices"].append({"name": props.name, "capability": f"{props.major}.{props.minor}",
-                                        "memory_gib": round(props.total_memory / 2 ** 30, 1)})
+                info["devices"].append(
+                    {
+                        "name": props.name,
+                        "capability": f"{props.major}.{props.minor}",
+                        "memory_gib": round(props.total_memory / 2**30, 1),
+                    }
+                )
         except Exception as error:  # noqa: BLE001 - a broken CUDA set-up is a fact too
             info["cuda_error"] = _first_line(error)
     return info
@@ -395,8 +520,7 @@ def read_paddle() -> Dict[str, Any]:
 def gather_facts() -> Dict[str, Any]:
     """Everything :func:`diagnose` and the report use, read from this machine."""
     return {
-        "python": {"version": platform.python_version(), "executable": sys.executable,
-                   "platform": platform.platform()},
+        "python": {"version": platform.python_version(), "executable": sys.executable, "platform": platform.platform()},
         "distributions": {name: _version(name) for name in DISTRIBUTIONS},
         "cpu": read_cpu(),
         "driver": read_driver(),
@@ -451,9 +575,11 @@ def _train_row(framework: str) -> Dict[str, Any]:
     config = load_config(os.path.join(root, "configs", "farseg_isaid.yaml"), [])
     amp = config["train"]["amp"]
     module = "torch_ref.train" if framework == "torch" else "paddle_impl.train"
-    row: Dict[str, Any] = {"command": f"python -m {module}",
-                           "device_option": f"train.device={config['train']['device']}",
-                           "amp_option": f"train.amp={amp} (config default)"}
+    row: Dict[str, Any] = {
+        "command": f"python -m {module}",
+        "device_option": f"train.device={config['train']['device']}",
+        "amp_option": f"train.amp={amp} (config default)",
+    }
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
         row["resolves_to"] = "not resolved here (launched inside a distributed job)"
         return row
@@ -472,8 +598,9 @@ def _train_row(framework: str) -> Dict[str, Any]:
         return row
     device = str(runtime.device)
     row["resolves_to"] = device
-    row["amp_effect"] = (f"{amp} on {device}: " + _amp_summary(framework, device)
-                         + ("; GradScaler on" if amp == "fp16" else ""))
+    row["amp_effect"] = (
+        f"{amp} on {device}: " + _amp_summary(framework, device) + ("; GradScaler on" if amp == "fp16" else "")
+    )
     return row
 
 
@@ -491,15 +618,24 @@ def _inference_rows(framework: str) -> List[Dict[str, Any]]:
         if verb == "evaluate":
             parser = eval_parser(prog, backend.name, backend.gpu_name)
         else:
-            parser = build_predict_parser(prog, backend.display_name, backend.gpu_name,
-                                          model_dir=backend.supports_model_dir)
+            parser = build_predict_parser(
+                prog, backend.display_name, backend.gpu_name, model_dir=backend.supports_model_dir
+            )
         requested, amp = parser.get_default("device"), parser.get_default("amp")
         device = auto_device(requested, backend.gpu_name, backend.gpu_available)
         resolved = backend.resolve_device(device)
-        rows.append({"command": prog, "device_option": f"--device {requested}",
-                     "resolves_to": str(resolved), "amp_option": f"--amp {amp} (default: float32)",
-                     "amp_effect": "with --amp fp16|bf16 on " + str(resolved) + ": "
-                                   + _amp_summary(framework, str(resolved))})
+        rows.append(
+            {
+                "command": prog,
+                "device_option": f"--device {requested}",
+                "resolves_to": str(resolved),
+                "amp_option": f"--amp {amp} (default: float32)",
+                "amp_effect": "with --amp fp16|bf16 on "
+                + str(resolved)
+                + ": "
+                + _amp_summary(framework, str(resolved)),
+            }
+        )
     return rows
 
 
@@ -529,8 +665,10 @@ def format_report(facts: Dict[str, Any], plan: List[Dict[str, Any]], findings: L
     """The human-readable report."""
     dists = facts["distributions"]
     python = facts["python"]
-    lines = [f"Python {python['version']} ({python['executable']}) on {python['platform']}",
-             "packages: " + ", ".join(f"{name} {version}" for name, version in dists.items() if version)]
+    lines = [
+        f"Python {python['version']} ({python['executable']}) on {python['platform']}",
+        "packages: " + ", ".join(f"{name} {version}" for name, version in dists.items() if version),
+    ]
     missing = [name for name in ("torch", "numpy", "x2paddle", "onnxruntime") if not dists.get(name)]
     if not dists.get("paddlepaddle") and not dists.get("paddlepaddle-gpu"):
         missing.insert(1, "paddlepaddle")
@@ -542,8 +680,10 @@ def format_report(facts: Dict[str, Any], plan: List[Dict[str, Any]], findings: L
     lines.append(f"  bf16 on this CPU: {cpu['bf16']}")
     driver = facts["driver"]
     if driver.get("cuda") or driver.get("gpus"):
-        lines.append(f"NVIDIA driver {driver.get('version') or '?'} (CUDA <= {driver.get('cuda') or '?'}):"
-                     f" {'; '.join(driver.get('gpus') or []) or 'no GPU listed'}")
+        lines.append(
+            f"NVIDIA driver {driver.get('version') or '?'} (CUDA <= {driver.get('cuda') or '?'}):"
+            f" {'; '.join(driver.get('gpus') or []) or 'no GPU listed'}"
+        )
     else:
         lines.append("NVIDIA driver: none found (no libcuda, no nvidia-smi)")
     for name in ("torch", "paddle"):
@@ -558,9 +698,12 @@ def format_report(facts: Dict[str, Any], plan: List[Dict[str, Any]], findings: L
         gpus = info.get("devices") or []
         seen = "; ".join(f"{d['name']} (sm {d['capability']}, {d['memory_gib']} GiB)" for d in gpus)
         extra = f", cuDNN {info['cudnn']}" if info.get("cudnn") else ""
-        cpu_side = (f"CPU kernels {info.get('cpu_capability')}, {info.get('onednn_version') or 'oneDNN'}"
-                    f" {'on' if info.get('onednn') else 'off'}" if name == "torch"
-                    else f"oneDNN {'compiled in' if info.get('onednn') else 'absent'}")
+        cpu_side = (
+            f"CPU kernels {info.get('cpu_capability')}, {info.get('onednn_version') or 'oneDNN'}"
+            f" {'on' if info.get('onednn') else 'off'}"
+            if name == "torch"
+            else f"oneDNN {'compiled in' if info.get('onednn') else 'absent'}"
+        )
         lines.append(f"{name} {info['version']}: {build}{extra}; GPUs: {seen or 'none'}; {cpu_side}")
     if plan:
         lines.append("what the commands will do here:")
@@ -568,8 +711,7 @@ def format_report(facts: Dict[str, Any], plan: List[Dict[str, Any]], findings: L
             if "error" in row:
                 lines.append(f"  {row['command']}: could not resolve ({row['error']})")
                 continue
-            lines.append(f"  {row['command']}: {row['amp_option']}; {row['device_option']} ->"
-                         f" {row['resolves_to']}")
+            lines.append(f"  {row['command']}: {row['amp_option']}; {row['device_option']} -> {row['resolves_to']}")
             if row.get("amp_effect"):
                 lines.append(f"      {row['amp_effect']}")
     lines += [finding.line() for finding in findings]
@@ -583,16 +725,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m align.env",
         description="Report versions, devices and what --device auto / --amp do in each command;"
-                    " exit 2 with a one-line fix for each installation mistake found.")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON document (facts, plan, findings) instead of the text report")
-    parser.add_argument("--expect", choices=EXPECT_CHOICES, default="auto",
-                        help="which install was meant: auto (default: every installed framework uses"
-                             " the GPU when there is one), cpu, torch-gpu (Paddle may stay on the CPU),"
-                             " paddle-gpu (torch may stay on the CPU), gpu (both on the GPU)")
-    parser.add_argument("--no-plan", action="store_true",
-                        help="skip resolving the commands' devices and the autocast probes (faster;"
-                             " imports no project module)")
+        " exit 2 with a one-line fix for each installation mistake found.",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document (facts, plan, findings) instead of the text report"
+    )
+    parser.add_argument(
+        "--expect",
+        choices=EXPECT_CHOICES,
+        default="auto",
+        help="which install was meant: auto (default: every installed framework uses"
+        " the GPU when there is one), cpu, torch-gpu (Paddle may stay on the CPU),"
+        " paddle-gpu (torch may stay on the CPU), gpu (both on the GPU)",
+    )
+    parser.add_argument(
+        "--no-plan",
+        action="store_true",
+        help="skip resolving the commands' devices and the autocast probes (faster; imports no project module)",
+    )
     return parser
 
 
@@ -602,9 +752,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     plan = [] if args.no_plan else command_plan(facts)
     findings = diagnose(facts, args.expect)
     if args.json:
-        print(json.dumps({"facts": facts, "plan": plan, "expect": args.expect,
-                          "findings": [asdict(f) for f in findings], "exit_status": exit_status(findings)},
-                         indent=1, default=str))
+        print(
+            json.dumps(
+                {
+                    "facts": facts,
+                    "plan": plan,
+                    "expect": args.expect,
+                    "findings": [asdict(f) for f in findings],
+                    "exit_status": exit_status(findings),
+                },
+                indent=1,
+                default=str,
+            )
+        )
     else:
         print(format_report(facts, plan, findings))
     return exit_status(findings)

@@ -5,6 +5,7 @@ Weights: ``torch_ref``'s official initialisation with every BatchNorm and zero b
 executing code); the Paddle model receives them through the project's converter
 (``convert.torch_to_paddle``), which the alignment so exercises too. Inputs: ``align.inputs``.
 """
+
 from __future__ import annotations
 
 import sys
@@ -32,13 +33,14 @@ def randomise_torch_model(model: Any, seed: int) -> None:
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 c = module.num_features
-                for tensor, values in ((module.weight, rng.uniform(0.5, 1.5, c)),
-                                       (module.bias, rng.normal(0.0, 0.2, c)),
-                                       (module.running_mean, rng.normal(0.0, 0.2, c)),
-                                       (module.running_var, rng.uniform(0.5, 2.0, c))):
+                for tensor, values in (
+                    (module.weight, rng.uniform(0.5, 1.5, c)),
+                    (module.bias, rng.normal(0.0, 0.2, c)),
+                    (module.running_mean, rng.normal(0.0, 0.2, c)),
+                    (module.running_var, rng.uniform(0.5, 2.0, c)),
+                ):
                     tensor.copy_(torch.from_numpy(values))
-            elif isinstance(module, torch.nn.Conv2d) and module.bias is not None \
-                    and not bool(module.bias.any()):
+            elif isinstance(module, torch.nn.Conv2d) and module.bias is not None and not bool(module.bias.any()):
                 module.bias.copy_(torch.from_numpy(rng.normal(0.0, 0.05, module.bias.shape[0])))
 
 
@@ -114,8 +116,11 @@ class Fixture:
 
     def describe(self) -> Dict[str, Any]:
         n_ignored = int((self.y == IGNORE_INDEX).sum())
-        return {"weights": self.weights, "input": f"{list(self.x.shape)} {self.x.dtype}",
-                "ignored_pixels": f"{n_ignored}/{self.y.size}"}
+        return {
+            "weights": self.weights,
+            "input": f"{list(self.x.shape)} {self.x.dtype}",
+            "ignored_pixels": f"{n_ignored}/{self.y.size}",
+        }
 
 
 def build_fixture(config: AlignConfig) -> Fixture:
@@ -152,8 +157,14 @@ def build_fixture(config: AlignConfig) -> Fixture:
     paddle.seed(config.seed)
     paddle_model = PADDLE.build_model(config.model, config.dtype)
     PADDLE.load_state(paddle_model, paddle_state)
-    fixture = Fixture(config, {TORCH.name: torch_model, PADDLE.name: paddle_model},
-                      {TORCH.name: torch_state, PADDLE.name: paddle_state}, x, y, weights)
+    fixture = Fixture(
+        config,
+        {TORCH.name: torch_model, PADDLE.name: paddle_model},
+        {TORCH.name: torch_state, PADDLE.name: paddle_state},
+        x,
+        y,
+        weights,
+    )
     fixture.reset()  # (not dirty: only sets eval mode)
     return fixture
 
@@ -189,4 +200,3 @@ def versions() -> Dict[str, str]:
         if module is not None:
             out[name] = getattr(module, "__version__", "?")
     return out
-

@@ -8,6 +8,7 @@ on every module and names the first module whose output differs.
 
 ``python -m align.forward --model farseg [--against x2paddle]``; see ``--help``.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,8 +60,9 @@ def localise_forward(fx: Fixture, mode: str, tol: Any) -> Localisation:
         if mode == "train":
             fx.mark_dirty()
             model.train()
-        records.append(capture(side, model, (lambda m=model, x=x: m.logits(x)) if mode == "train"
-                               else (lambda m=model, x=x: m(x))))
+        records.append(
+            capture(side, model, (lambda m=model, x=x: m.logits(x)) if mode == "train" else (lambda m=model, x=x: m(x)))
+        )
     fx.reset()  # the training-mode pass moved the BatchNorm statistics
     found = first_divergent_layer(*records, tol)
     found.mode = mode
@@ -80,10 +82,14 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
     fx.cache["torch_probs"] = t_out["eval/probs"]  # the metric stage scores its argmax
 
     result = StageResult(STAGE, config.model, config.dtype)
-    result.settings = {**fx.describe(), "batch": fx.x.shape[0], "size": f"{fx.x.shape[2]}x{fx.x.shape[3]}",
-                       "seed": config.seed,
-                       "tolerances": {"forward": tol.describe(), "forward_train": tol_train.describe()},
-                       **versions()}
+    result.settings = {
+        **fx.describe(),
+        "batch": fx.x.shape[0],
+        "size": f"{fx.x.shape[2]}x{fx.x.shape[3]}",
+        "seed": config.seed,
+        "tolerances": {"forward": tol.describe(), "forward_train": tol_train.describe()},
+        **versions(),
+    }
     for key, reference in t_out.items():
         kind = "forward_train" if key.startswith("train/") else "forward"
         result.rows.append(compare_arrays(key, reference, p_out[key], tols[kind], kind))
@@ -112,18 +118,43 @@ def run_x2paddle(fx: Fixture, out_root: Optional[str], progress: bool = True) ->
 
     target = Path(out_root or "out/align") / fx.model_name / "forward" / "x2paddle"
     fx.reset()
-    report = compare_with_x2paddle(fx.model_name, fx.torch_model, fx.paddle_model, fx.x, target,
-                                   seed=fx.config.seed, progress=progress)
+    report = compare_with_x2paddle(
+        fx.model_name, fx.torch_model, fx.paddle_model, fx.x, target, seed=fx.config.seed, progress=progress
+    )
     fx.reset()
-    lines = [f"x2paddle third opinion ({fx.model_name}, float32; programs in {target}):",
-             *format_report(report).splitlines()]
-    rows = [Row(f"x2paddle/{r['pair']}/{r['output']}", "x2paddle",
-                list(r["shape"]) if isinstance(r["shape"], (list, tuple)) else [],
-                float(r["max_abs"]), float(r["mean_abs"]), float(r["max_rel"]), math.nan,
-                X2PADDLE_TOLERANCE, bool(r["passed"])) for r in report.get("rows", [])]
+    lines = [
+        f"x2paddle third opinion ({fx.model_name}, float32; programs in {target}):",
+        *format_report(report).splitlines(),
+    ]
+    rows = [
+        Row(
+            f"x2paddle/{r['pair']}/{r['output']}",
+            "x2paddle",
+            list(r["shape"]) if isinstance(r["shape"], (list, tuple)) else [],
+            float(r["max_abs"]),
+            float(r["mean_abs"]),
+            float(r["max_rel"]),
+            math.nan,
+            X2PADDLE_TOLERANCE,
+            bool(r["passed"]),
+        )
+        for r in report.get("rows", [])
+    ]
     if not rows and not report.get("passed", False):
-        rows = [Row("x2paddle/no_comparison", "x2paddle", [], math.inf, math.inf, math.inf, math.nan,
-                    X2PADDLE_TOLERANCE, False, "nothing converted")]
+        rows = [
+            Row(
+                "x2paddle/no_comparison",
+                "x2paddle",
+                [],
+                math.inf,
+                math.inf,
+                math.inf,
+                math.nan,
+                X2PADDLE_TOLERANCE,
+                False,
+                "nothing converted",
+            )
+        ]
     return lines, rows
 
 

@@ -2,6 +2,7 @@
 
 numpy only, so that a bad ``--input`` file fails before torch and Paddle load.
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -28,8 +29,8 @@ def make_inputs(batch: int, height: int, width: int, seed: int) -> Tuple[np.ndar
         label = index.astype(np.int64)
         # An ignored rectangle (as unlabelled regions) and a bottom band (as training padding).
         h0, w0 = int(rng.integers(0, height // 2)), int(rng.integers(0, width // 2))
-        label[h0:h0 + height // 4, w0:w0 + width // 4] = IGNORE_INDEX
-        label[height - max(1, height // 16):] = IGNORE_INDEX
+        label[h0 : h0 + height // 4, w0 : w0 + width // 4] = IGNORE_INDEX
+        label[height - max(1, height // 16) :] = IGNORE_INDEX
         xs.append(normalize(rgb))
         ys.append(label)
     return np.stack(xs), np.stack(ys)
@@ -49,8 +50,10 @@ def load_input(path: str) -> np.ndarray:
         raise AlignInputError(f"{path}: expected a float array (normalised image), got {x.dtype}")
     height, width = x.shape[-2:]
     if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE or x.shape[0] < 1:
-        raise AlignInputError(f"{path}: height and width must be multiples of {SIZE_MULTIPLE}, got "
-                              f"{height}x{width} (pad bottom/right as the evaluator does)")
+        raise AlignInputError(
+            f"{path}: height and width must be multiples of {SIZE_MULTIPLE}, got "
+            f"{height}x{width} (pad bottom/right as the evaluator does)"
+        )
     if not np.isfinite(x).all():
         raise AlignInputError(f"{path}: the array holds NaN or inf")
     return x

@@ -11,6 +11,7 @@ in the torch execution order is the innermost, earliest module whose output is w
 Backward: the first parameter, in backward-execution order (the reverse of the forward order
 of the module that owns it: the loss reaches the head first), whose gradient differs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,6 +64,7 @@ def capture(side: Side, model: Any, run: Callable[[], Any]) -> List[Record]:
             call = counts.get(name, 0)
             counts[name] = call + 1
             records.append(Record(name, call, _flatten(output, side)))
+
         return hook
 
     with hooks(side, [(module, make_hook(name)) for name, module in side.modules(model)]), side.no_grad():
@@ -73,13 +75,35 @@ def capture(side: Side, model: Any, run: Callable[[], Any]) -> List[Record]:
 def _record_rows(t: Record, p: Optional[Record], tol: Tolerance) -> Row:
     """One row per module call: the worst of its outputs."""
     if p is None:
-        return Row(t.label, "forward", list(t.outputs[0].shape) if t.outputs else [], np.inf, np.inf,
-                   np.inf, np.nan, tol, False, "not called in paddle_impl")
+        return Row(
+            t.label,
+            "forward",
+            list(t.outputs[0].shape) if t.outputs else [],
+            np.inf,
+            np.inf,
+            np.inf,
+            np.nan,
+            tol,
+            False,
+            "not called in paddle_impl",
+        )
     if len(t.outputs) != len(p.outputs):
-        return Row(t.label, "forward", [], np.inf, np.inf, np.inf, np.nan, tol, False,
-                   f"{len(t.outputs)} outputs in torch, {len(p.outputs)} in paddle")
-    rows = [compare_arrays(t.label if len(t.outputs) == 1 else f"{t.label}[{i}]", a, b, tol, "forward")
-            for i, (a, b) in enumerate(zip(t.outputs, p.outputs))]
+        return Row(
+            t.label,
+            "forward",
+            [],
+            np.inf,
+            np.inf,
+            np.inf,
+            np.nan,
+            tol,
+            False,
+            f"{len(t.outputs)} outputs in torch, {len(p.outputs)} in paddle",
+        )
+    rows = [
+        compare_arrays(t.label if len(t.outputs) == 1 else f"{t.label}[{i}]", a, b, tol, "forward")
+        for i, (a, b) in enumerate(zip(t.outputs, p.outputs))
+    ]
     if not rows:
         return Row(t.label, "forward", [], 0.0, 0.0, 0.0, 0.0, tol, True, "no tensor output")
     worst = max(rows, key=lambda r: (not r.passed, r.rel))
@@ -88,8 +112,9 @@ def _record_rows(t: Record, p: Optional[Record], tol: Tolerance) -> Row:
     return worst
 
 
-def first_divergent_layer(torch_records: Sequence[Record], paddle_records: Sequence[Record],
-                          tol: Tolerance, context: int = CONTEXT) -> Localisation:
+def first_divergent_layer(
+    torch_records: Sequence[Record], paddle_records: Sequence[Record], tol: Tolerance, context: int = CONTEXT
+) -> Localisation:
     """Compare the records pairwise; name the first divergent module (None when every module
     agrees) and tabulate its neighbours."""
     # Relative error only: intermediate activations have arbitrary scales (a convolution output
@@ -102,29 +127,34 @@ def first_divergent_layer(torch_records: Sequence[Record], paddle_records: Seque
     first = next((i for i, r in enumerate(rows) if not r.passed), None)
     lines: List[str] = []
     if first is None:
-        summary = (f"all {len(rows)} module outputs agree within {tol.describe()}: the difference "
-                   f"arises outside the modules, in forward() code after the last module call "
-                   f"({torch_records[-1].label if torch_records else 'none'}), e.g. a softmax or "
-                   f"fusion written inline")
+        summary = (
+            f"all {len(rows)} module outputs agree within {tol.describe()}: the difference "
+            f"arises outside the modules, in forward() code after the last module call "
+            f"({torch_records[-1].label if torch_records else 'none'}), e.g. a softmax or "
+            f"fusion written inline"
+        )
         shown = rows[-context:]
         lines.append(f"last {len(shown)} module calls (torch execution order), all within threshold:")
     else:
-        summary = (f"first divergent module (torch execution order): {rows[first].name} "
-                   f"(call {first + 1} of {len(rows)}; rel {rows[first].rel:.3e} > {tol.rtol:.0e})")
+        summary = (
+            f"first divergent module (torch execution order): {rows[first].name} "
+            f"(call {first + 1} of {len(rows)}; rel {rows[first].rel:.3e} > {tol.rtol:.0e})"
+        )
         shown = around(rows, first, context)
-        lines.append(f"module calls around the first divergence (torch execution order, "
-                     f"{tol.describe()}):")
+        lines.append(f"module calls around the first divergence (torch execution order, {tol.describe()}):")
     lines += format_rows(shown)
     if unpaired:
         lines.append(f"paddle module calls with no torch counterpart: {', '.join(unpaired[:10])}")
         summary += f"; {len(unpaired)} paddle module calls have no torch counterpart"
-    return Localisation(None if first is None else rows[first].name, first, lines, [r.to_json() for r in shown],
-                        summary, unpaired)
+    return Localisation(
+        None if first is None else rows[first].name, first, lines, [r.to_json() for r in shown], summary, unpaired
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Backward order
 # ----------------------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def backward_parameter_order(torch_model: Any) -> Iterator[List[str]]:

@@ -14,6 +14,7 @@ Paddle's clamp of log-probabilities at -64 (docs/paddle_numerics.md), plus FactS
 
 ``python -m align.loss --model farseg``; see ``--help``.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,8 +48,9 @@ def make_logits(config: AlignConfig, shape: Tuple[int, ...], salt: int) -> np.nd
     return (LOGIT_SCALE * rng.standard_normal(shape)).astype(config.dtype)
 
 
-def side_loss(side: Side, model: str, logits: Sequence[np.ndarray], labels: np.ndarray,
-              step: Optional[float] = None) -> Tuple[np.ndarray, List[np.ndarray]]:
+def side_loss(
+    side: Side, model: str, logits: Sequence[np.ndarray], labels: np.ndarray, step: Optional[float] = None
+) -> Tuple[np.ndarray, List[np.ndarray]]:
     """``side``'s loss of ``model`` on ``logits`` and its gradient w.r.t. each logits tensor
     (the package's ``losses`` module is looked up at call time, so patches apply)."""
     losses = side.package("losses")
@@ -91,17 +93,34 @@ def _through_models(fx: Fixture, step: Optional[int]) -> Tuple[Dict[str, np.ndar
     return tuple(outputs)
 
 
-def _identity_rows(side: str, values: Dict[float, np.ndarray], grads: Dict[float, np.ndarray],
-                   steps: Sequence[int], tol: Tolerance) -> List[Row]:
+def _identity_rows(
+    side: str, values: Dict[float, np.ndarray], grads: Dict[float, np.ndarray], steps: Sequence[int], tol: Tolerance
+) -> List[Row]:
     """FarSeg's identities within one framework (reference = what the identity predicts)."""
     rows = []
     g0, g_inf = grads[0], grads[AFTER_RAMP]
     for t in steps:
         a = annealing_weight(t)
-        rows.append(compare_arrays(f"identity/{side}/value_step{t}_eq_step0", values[0], values[t], tol,
-                                   "identity", note="the loss value does not depend on t"))
-        rows.append(compare_arrays(f"identity/{side}/grad_step{t}", a * g0 + (1.0 - a) * g_inf, grads[t], tol,
-                                   "identity", note=f"a(t)={a:.6f}: a*grad(0) + (1-a)*grad(t>1e4)"))
+        rows.append(
+            compare_arrays(
+                f"identity/{side}/value_step{t}_eq_step0",
+                values[0],
+                values[t],
+                tol,
+                "identity",
+                note="the loss value does not depend on t",
+            )
+        )
+        rows.append(
+            compare_arrays(
+                f"identity/{side}/grad_step{t}",
+                a * g0 + (1.0 - a) * g_inf,
+                grads[t],
+                tol,
+                "identity",
+                note=f"a(t)={a:.6f}: a*grad(0) + (1-a)*grad(t>1e4)",
+            )
+        )
     return rows
 
 
@@ -118,14 +137,17 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
     t_log: Dict[str, np.ndarray] = {}
     p_log: Dict[str, np.ndarray] = {}
     result = StageResult(STAGE, model, config.dtype)
-    result.settings = {**fx.describe(), "logits": f"N(0, {LOGIT_SCALE:g}^2), seed {config.seed}",
-                       "saturated": SATURATED_DESCRIPTION,
-                       "tolerances": {k: tols[k].describe()
-                                      for k in ("loss", "identity", "forward", "forward_train", "counter")},
-                       **versions()}
+    result.settings = {
+        **fx.describe(),
+        "logits": f"N(0, {LOGIT_SCALE:g}^2), seed {config.seed}",
+        "saturated": SATURATED_DESCRIPTION,
+        "tolerances": {k: tols[k].describe() for k in ("loss", "identity", "forward", "forward_train", "counter")},
+        **versions(),
+    }
 
-    def add(name: str, t_value: np.ndarray, p_value: np.ndarray, kind_tol: Tolerance, kind: str,
-            note: str = "") -> None:
+    def add(
+        name: str, t_value: np.ndarray, p_value: np.ndarray, kind_tol: Tolerance, kind: str, note: str = ""
+    ) -> None:
         t_log[name], p_log[name] = np.asarray(t_value), np.asarray(p_value)
         result.rows.append(compare_arrays(name, t_value, p_value, kind_tol, kind, note=note))
 
@@ -136,7 +158,8 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
         found = {}
         for t in steps:
             (t_value, t_grads), (p_value, p_grads) = found[t] = tuple(
-                side_loss(side, model, logits, labels, t) for side in SIDES)
+                side_loss(side, model, logits, labels, t) for side in SIDES
+            )
             head = prefix if t is None else f"{prefix}step{t}/"
             add(head + ("loss" if model == "farseg" else "joint_loss"), t_value, p_value, tol, "loss")
             for name, t_grad, p_grad in zip(GRAD_NAMES[model], t_grads, p_grads):
@@ -149,12 +172,18 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
         for t in (0, AFTER_RAMP):
             found[t] = tuple(side_loss(side, model, [fg_logits], labels, t) for side in SIDES)
         for i, side_name in enumerate(("torch", "paddle")):
-            result.rows += _identity_rows(side_name, {t: v[i][0] for t, v in found.items()},
-                                          {t: v[i][1][0] for t, v in found.items()}, steps, tol_id)
+            result.rows += _identity_rows(
+                side_name,
+                {t: v[i][0] for t, v in found.items()},
+                {t: v[i][1][0] for t, v in found.items()},
+                steps,
+                tol_id,
+            )
         # All pixels ignored: the official 0/0 must be guarded on both sides (0, finite gradient).
         ignored = np.full_like(labels, 255)
         (t_zero, (t_zero_grad,)), (p_zero, (p_zero_grad,)) = (
-            side_loss(side, model, [fg_logits], ignored, steps[0]) for side in SIDES)
+            side_loss(side, model, [fg_logits], ignored, steps[0]) for side in SIDES
+        )
         add("all_ignored/loss", t_zero, p_zero, tol, "loss", note="must be 0 on both sides")
         add("all_ignored/grad_logits", t_zero_grad, p_zero_grad, tol, "loss")
         if not (float(t_zero) == 0.0 and np.isfinite(t_zero_grad).all()):
@@ -169,24 +198,46 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
     add_losses("saturated/", [sat_fg] if model == "farseg" else [sat_fg, sat_bi], sat_labels)
     if model == "factseg":
         t_log_p, p_log_p = (side_fused_log_probs(side, sat_fg, sat_bi) for side in SIDES)
-        add("saturated/fused_log_probs", t_log_p, p_log_p, tols["forward"], "forward",
-            note="the eval output's logarithm: -64 against -200 shows here")
-        add("saturated/fused_probs", np.exp(t_log_p), np.exp(p_log_p), tols["forward"], "forward",
-            note="the eval output")
+        add(
+            "saturated/fused_log_probs",
+            t_log_p,
+            p_log_p,
+            tols["forward"],
+            "forward",
+            note="the eval output's logarithm: -64 against -200 shows here",
+        )
+        add(
+            "saturated/fused_probs",
+            np.exp(t_log_p),
+            np.exp(p_log_p),
+            tols["forward"],
+            "forward",
+            note="the eval output",
+        )
 
     t_model, p_model = _through_models(fx, model_step)
     for name in t_model:
         is_counter = name.endswith("buffer_step")
-        add(name, t_model[name], p_model[name], tols["counter"] if is_counter else tol_fwd,
+        add(
+            name,
+            t_model[name],
+            p_model[name],
+            tols["counter"] if is_counter else tol_fwd,
             "counter" if is_counter else "forward_train",
-            note=(f"buffer_step {model_step - 1} before the training forward" if is_counter else
-                  "through the training-mode forward" + (f" at step {model_step}" if model_step else "")))
+            note=(
+                f"buffer_step {model_step - 1} before the training forward"
+                if is_counter
+                else "through the training-mode forward" + (f" at step {model_step}" if model_step else "")
+            ),
+        )
 
     failed = result.failed_rows()
     if failed:
         first = failed[0]
-        result.first_divergence = Divergence(first.name, f"{first.name}: rel {first.rel:.3e} > {first.tol.rtol:.0e}"
-                                             + (f" ({first.note})" if first.note else ""))
+        result.first_divergence = Divergence(
+            first.name,
+            f"{first.name}: rel {first.rel:.3e} > {first.tol.rtol:.0e}" + (f" ({first.note})" if first.note else ""),
+        )
     return finish_stage(result, start, config.out_dir(STAGE), t_log, p_log)
 
 

@@ -9,6 +9,7 @@ a third opinion on the torch count.
 
 ``python -m align.metric --model farseg``; see ``--help``.
 """
+
 from __future__ import annotations
 
 import time
@@ -36,8 +37,12 @@ def _summary(cm: np.ndarray) -> Dict[str, np.ndarray]:
     from isaid.metrics import miou
 
     s = miou(cm)
-    return {"confusion": cm.astype(np.int64), "iou": np.asarray(s["iou"], dtype=np.float64),
-            "miou16": np.asarray(s["miou"]), "miou15_fg": np.asarray(s["miou_fg"])}
+    return {
+        "confusion": cm.astype(np.int64),
+        "iou": np.asarray(s["iou"], dtype=np.float64),
+        "miou16": np.asarray(s["miou"]),
+        "miou15_fg": np.asarray(s["miou_fg"]),
+    }
 
 
 def model_predictions(fx: Fixture) -> np.ndarray:
@@ -62,8 +67,10 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
     tol = config.tolerances()["exact"]
     labels = fx.y
     rng = np.random.default_rng([config.seed, 3])
-    predictions = {"random": rng.integers(0, NUM_CLASSES, size=labels.shape, dtype=np.int64),
-                   "model": model_predictions(fx)}
+    predictions = {
+        "random": rng.integers(0, NUM_CLASSES, size=labels.shape, dtype=np.int64),
+        "model": model_predictions(fx),
+    }
     result = StageResult(STAGE, config.model, config.dtype)
     result.settings = {**fx.describe(), "tolerances": {"exact": tol.describe()}, **versions()}
     t_log: Dict[str, np.ndarray] = {}
@@ -76,18 +83,30 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
             t_log[name], p_log[name] = t_sum[key], p_sum[key]
             result.rows.append(compare_arrays(name, t_sum[key], p_sum[key], tol, "exact"))
         numpy_cm = confusion_from_labels(pred, labels, NUM_CLASSES)
-        result.rows.append(compare_arrays(f"{source}/confusion_vs_numpy", numpy_cm, t_cm, tol, "exact",
-                                          note="torch_ref's count against isaid.metrics (framework-free)"))
+        result.rows.append(
+            compare_arrays(
+                f"{source}/confusion_vs_numpy",
+                numpy_cm,
+                t_cm,
+                tol,
+                "exact",
+                note="torch_ref's count against isaid.metrics (framework-free)",
+            )
+        )
         valid = int((labels != 255).sum())
         if int(t_cm.sum()) != valid:
             result.notes.append(f"{source}: torch counted {int(t_cm.sum())} pixels, {valid} are labelled")
-        result.notes.append(f"{source}: mIoU16 torch {100 * float(t_sum['miou16']):.4f} / paddle "
-                            f"{100 * float(p_sum['miou16']):.4f}; absent classes "
-                            f"{int(np.isnan(t_sum['iou']).sum())}")
+        result.notes.append(
+            f"{source}: mIoU16 torch {100 * float(t_sum['miou16']):.4f} / paddle "
+            f"{100 * float(p_sum['miou16']):.4f}; absent classes "
+            f"{int(np.isnan(t_sum['iou']).sum())}"
+        )
     failed = result.failed_rows()
     if failed:
-        result.first_divergence = Divergence(failed[0].name, f"{failed[0].name}: max|d| {failed[0].max_abs:g}"
-                                             + (f" ({failed[0].note})" if failed[0].note else ""))
+        result.first_divergence = Divergence(
+            failed[0].name,
+            f"{failed[0].name}: max|d| {failed[0].max_abs:g}" + (f" ({failed[0].note})" if failed[0].note else ""),
+        )
     return finish_stage(result, start, config.out_dir(STAGE), t_log, p_log)
 
 

@@ -15,6 +15,7 @@ never get there; these do. Framework-free (numpy), deterministic in the seed. Pe
   log q is clamped), N(0, 3^2) on the unsure ones, and exactly 0 on a few (log-sigmoid's
   gradient 1/2 there).
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -29,12 +30,15 @@ MISLABEL_FRACTION = 0.2
 IGNORE_FRACTION = 0.1
 CONFLICT_FRACTION = 0.1
 ZERO_BI_PIXELS = 4
-DESCRIPTION = ("saturated: predicted class raised by U(100, 300) on 85% of pixels, 20% of those mislabelled, "
-               "binary logits +-U(20, 40), -+U(80, 120) on 10% (branches disagree), 4 exact zeros")
+DESCRIPTION = (
+    "saturated: predicted class raised by U(100, 300) on 85% of pixels, 20% of those mislabelled, "
+    "binary logits +-U(20, 40), -+U(80, 120) on 10% (branches disagree), 4 exact zeros"
+)
 
 
-def saturated_inputs(shape: Tuple[int, int, int, int], seed: int, dtype: str = "float64"
-                     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def saturated_inputs(
+    shape: Tuple[int, int, int, int], seed: int, dtype: str = "float64"
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(multi-class logits [B,C,H,W], binary logits [B,1,H,W], labels int64 [B,H,W]) for ``shape``."""
     batch, classes, height, width = shape
     rng = np.random.default_rng([seed, 0x5A7])
@@ -43,8 +47,7 @@ def saturated_inputs(shape: Tuple[int, int, int, int], seed: int, dtype: str = "
     predicted = rng.integers(0, classes, size=pixels)
     unsure = rng.random(pixels) < UNSURE_FRACTION
     gap = rng.uniform(*GAP_RANGE, size=pixels) * ~unsure
-    np.put_along_axis(fg, predicted[:, None], np.take_along_axis(fg, predicted[:, None], axis=1) + gap[:, None],
-                      axis=1)
+    np.put_along_axis(fg, predicted[:, None], np.take_along_axis(fg, predicted[:, None], axis=1) + gap[:, None], axis=1)
 
     labels = predicted.copy()
     mislabelled = ~unsure & (rng.random(pixels) < MISLABEL_FRACTION)

@@ -4,6 +4,7 @@ Every stage is written once against the ``Side`` protocol and run on ``TORCH`` (
 reference) and ``PADDLE`` (paddle_impl, the port). The model package's modules are looked up at
 call time, so that a test's ``monkeypatch`` of ``paddle_impl`` applies.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,8 +55,10 @@ def import_frameworks() -> None:
 def _returning_none(record: Callable[[Any], Any]) -> Callable[..., None]:
     """A framework hook ``(module, inputs[, output])`` that passes its last argument to
     ``record``; it returns None because a hook's return value replaces inputs or output."""
+
     def hook(module: Any, *args: Any) -> None:
         record(args[-1])
+
     return hook
 
 
@@ -108,8 +111,9 @@ class _Side:
         optimizer, scheduler = trainer.build_optimizer(model, recipe)
         device = self.device()
         scaler = trainer.build_scaler(recipe, device)
-        return trainer.TrainStep(model if train_model is None else train_model, model, optimizer, scheduler,
-                                 scaler, recipe, device)
+        return trainer.TrainStep(
+            model if train_model is None else train_model, model, optimizer, scheduler, scaler, recipe, device
+        )
 
 
 class TorchSide(_Side):

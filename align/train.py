@@ -46,6 +46,7 @@ and ``runs/paddle``, the synthetic data in ``data/``.
 GPU: ``python -m align.train --model farseg --config configs/farseg_isaid.yaml --data
 data/isaid --device cuda --iterations 2000``. See ``--help``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -64,14 +65,31 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import (TRAIN_EARLY, TRAIN_WINDOW, Divergence, Row, StageResult, Tolerance, compare_arrays, finish_stage,
-                      tolerances)
+from .compare import (
+    TRAIN_EARLY,
+    TRAIN_WINDOW,
+    Divergence,
+    Row,
+    StageResult,
+    Tolerance,
+    compare_arrays,
+    finish_stage,
+    tolerances,
+)
 from .config import CONFIGS, AlignConfig, AlignInputError
 from .fixtures import versions
 
 STAGE = "train"
-TRAIN_KINDS = ("train_lr", "train_first_loss", "train_first_grad", "train_early", "train_curve", "train_mean",
-               "train_param", "train_miou")
+TRAIN_KINDS = (
+    "train_lr",
+    "train_first_loss",
+    "train_first_grad",
+    "train_early",
+    "train_curve",
+    "train_mean",
+    "train_param",
+    "train_miou",
+)
 FRAMEWORKS = ("torch", "paddle")
 DTYPE = "float32"  # the trainers train in float32 (or mixed precision, with --set train.amp=...)
 # Synthetic data of the default run: scenes of SYNTH_SCALE x the window, cut at stride = window.
@@ -94,6 +112,7 @@ def default_config_path(model: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # What one trainer run gives
 # ----------------------------------------------------------------------------------------------
+
 
 @dataclass
 class TrainRun:
@@ -135,18 +154,23 @@ class Setup:
     synthetic: bool = True
 
     def describe(self) -> Dict[str, Any]:
-        return {"config": os.path.relpath(self.config_path) if os.path.isabs(self.config_path) else self.config_path,
-                "data": "synthetic (isaid.synth -> isaid.prepare)" if self.synthetic else self.data_root,
-                "iterations": self.iterations, "window": self.window, "batch": self.batch,
-                "device": self.device, "initial weights": self.init_description,
-                "evaluation": f"window {self.eval_window} stride {self.eval_stride}, "
-                              f"{self.val_scenes or 'all'} val scenes",
-                "overrides": " ".join(self.overrides)}
+        return {
+            "config": os.path.relpath(self.config_path) if os.path.isabs(self.config_path) else self.config_path,
+            "data": "synthetic (isaid.synth -> isaid.prepare)" if self.synthetic else self.data_root,
+            "iterations": self.iterations,
+            "window": self.window,
+            "batch": self.batch,
+            "device": self.device,
+            "initial weights": self.init_description,
+            "evaluation": f"window {self.eval_window} stride {self.eval_stride}, {self.val_scenes or 'all'} val scenes",
+            "overrides": " ".join(self.overrides),
+        }
 
 
 # ----------------------------------------------------------------------------------------------
 # Data, recipe, initial weights
 # ----------------------------------------------------------------------------------------------
+
 
 def make_synthetic_data(root: str, window: int, seed: int) -> str:
     """Synthetic iSAID scenes in the download layout, prepared into ``root/prepared``; returns it.
@@ -160,11 +184,22 @@ def make_synthetic_data(root: str, window: int, seed: int) -> str:
     shutil.rmtree(root, ignore_errors=True)  # only the stage's own data folder
     log = io.StringIO()
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        code = synth.main([src, "--train", str(SYNTH_TRAIN_SCENES), "--val", str(SYNTH_VAL_SCENES),
-                           "--size", str(SYNTH_SCALE * window), "--seed", str(seed), "--no-zip"])
+        code = synth.main(
+            [
+                src,
+                "--train",
+                str(SYNTH_TRAIN_SCENES),
+                "--val",
+                str(SYNTH_VAL_SCENES),
+                "--size",
+                str(SYNTH_SCALE * window),
+                "--seed",
+                str(seed),
+                "--no-zip",
+            ]
+        )
         if code == 0:
-            code = prepare.main([src, out, "--window", str(window), "--stride", str(window),
-                                 "--no-progress"])
+            code = prepare.main([src, out, "--window", str(window), "--stride", str(window), "--no-progress"])
     if code != 0:
         raise RuntimeError(f"synthetic data for the train stage failed: {log.getvalue().strip()[-500:]}")
     return out
@@ -186,12 +221,26 @@ def build_setup(config: AlignConfig, work_dir: str) -> Setup:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    forced = {"model.name": config.model, "train.iterations": config.train_iterations, "train.amp": "none",
-              "train.device": device, "train.log_every": 1, "train.log_backend": "none",
-              "train.checkpoint_every": config.train_iterations, "train.keep_checkpoints": 1}
+    forced = {
+        "model.name": config.model,
+        "train.iterations": config.train_iterations,
+        "train.amp": "none",
+        "train.device": device,
+        "train.log_every": 1,
+        "train.log_backend": "none",
+        "train.checkpoint_every": config.train_iterations,
+        "train.keep_checkpoints": 1,
+    }
     if synthetic:
-        forced.update({"data.window": config.size, "train.batch_size": config.batch,
-                       "train.num_workers": 0, "init.imagenet": "none", "train.seed": config.seed})
+        forced.update(
+            {
+                "data.window": config.size,
+                "train.batch_size": config.batch,
+                "train.num_workers": 0,
+                "init.imagenet": "none",
+                "train.seed": config.seed,
+            }
+        )
     else:
         forced["data.root"] = config.data
     # The user's --set come last: they may change anything, e.g. train.amp=fp16 on a GPU.
@@ -210,21 +259,39 @@ def build_setup(config: AlignConfig, work_dir: str) -> Setup:
     data_root = recipe["data"]["root"]
     for split in (recipe["data"]["split"], "val"):
         if not os.path.isfile(os.path.join(data_root, split, "index.json")):
-            raise AlignInputError(f"{os.path.join(data_root, split, 'index.json')}: not found; prepare the "
-                                  f"data with `python -m isaid.prepare SRC {data_root} --window {window}`")
+            raise AlignInputError(
+                f"{os.path.join(data_root, split, 'index.json')}: not found; prepare the "
+                f"data with `python -m isaid.prepare SRC {data_root} --window {window}`"
+            )
     imagenet = None if synthetic else resolve_imagenet_path(recipe)
     if imagenet is not None and not os.path.isfile(imagenet):
-        raise AlignInputError(f"init.imagenet: {imagenet}: file not found (convert torchvision's "
-                              f"resnet50-19c8e357.pth with `python -m convert ... --model resnet50 --target "
-                              f"{config.model}`, or pass --set init.imagenet=none)")
+        raise AlignInputError(
+            f"init.imagenet: {imagenet}: file not found (convert torchvision's "
+            f"resnet50-19c8e357.pth with `python -m convert ... --model resnet50 --target "
+            f"{config.model}`, or pass --set init.imagenet=none)"
+        )
     state, how = initial_state(config.model, recipe["model"]["num_classes"], recipe["train"]["seed"], imagenet)
-    return Setup(config.model, config_path, data_root, overrides, config.train_iterations, device, window,
-                 int(recipe["train"]["batch_size"]), window, eval_stride_for(window), config.val_scenes,
-                 state, how, synthetic)
+    return Setup(
+        config.model,
+        config_path,
+        data_root,
+        overrides,
+        config.train_iterations,
+        device,
+        window,
+        int(recipe["train"]["batch_size"]),
+        window,
+        eval_stride_for(window),
+        config.val_scenes,
+        state,
+        how,
+        synthetic,
+    )
 
 
-def initial_state(model: str, num_classes: int, seed: int,
-                  imagenet: Optional[str]) -> Tuple["OrderedDict[str, np.ndarray]", str]:
+def initial_state(
+    model: str, num_classes: int, seed: int, imagenet: Optional[str]
+) -> Tuple["OrderedDict[str, np.ndarray]", str]:
     """(torch_ref state as numpy, description): the torch trainer's own initialisation."""
     import torch
 
@@ -252,6 +319,7 @@ def recipe_for(setup: Setup, framework: str, out_dir: str, extra: Sequence[str] 
 # Running one trainer and its evaluator
 # ----------------------------------------------------------------------------------------------
 
+
 def read_curves(out_dir: str, iterations: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(loss, lr, grad_norm) per iteration from the trainer's ``metrics.jsonl``."""
     path = os.path.join(out_dir, "metrics.jsonl")
@@ -267,8 +335,15 @@ def read_curves(out_dir: str, iterations: int) -> Tuple[np.ndarray, np.ndarray, 
     return values[0], values[1], values[2]
 
 
-def run_trainer(setup: Setup, framework: str, out_dir: str, extra: Sequence[str] = (), label: str = "",
-                threads: Optional[int] = None, progress: bool = False) -> TrainRun:
+def run_trainer(
+    setup: Setup,
+    framework: str,
+    out_dir: str,
+    extra: Sequence[str] = (),
+    label: str = "",
+    threads: Optional[int] = None,
+    progress: bool = False,
+) -> TrainRun:
     """Train with ``framework``'s trainer from the shared initial state, then evaluate.
 
     ``extra`` and ``threads`` perturb a run harmlessly (benchmarks/train_align_floor.py).
@@ -298,9 +373,19 @@ def run_trainer(setup: Setup, framework: str, out_dir: str, extra: Sequence[str]
     from isaid.metrics import miou
 
     summary = miou(confusion)
-    return TrainRun(label or framework, loss, lr, grad_norm, OrderedDict((k, np.asarray(v)) for k, v in final.items()),
-                    confusion, float(summary["miou"]), float(summary["miou_fg"]), out_dir, seconds,
-                    time.perf_counter() - start)
+    return TrainRun(
+        label or framework,
+        loss,
+        lr,
+        grad_norm,
+        OrderedDict((k, np.asarray(v)) for k, v in final.items()),
+        confusion,
+        float(summary["miou"]),
+        float(summary["miou_fg"]),
+        out_dir,
+        seconds,
+        time.perf_counter() - start,
+    )
 
 
 @contextlib.contextmanager
@@ -328,8 +413,9 @@ def evaluate(setup: Setup, framework: str, weights: str) -> np.ndarray:
     module = importlib.import_module("torch_ref.evaluate" if framework == "torch" else "paddle_impl.evaluate")
     val = os.path.join(setup.data_root, "val")
     scenes = find_scenes(os.path.join(val, "images"), os.path.join(val, "labels"), setup.val_scenes)
-    engine, _ = module.BACKEND.build_engine(setup.model, weights, setup.eval_window, setup.eval_stride,
-                                            setup.device, batch_size=EVAL_BATCH)
+    engine, _ = module.BACKEND.build_engine(
+        setup.model, weights, setup.eval_window, setup.eval_stride, setup.device, batch_size=EVAL_BATCH
+    )
     confusion, _ = module.evaluate_scenes(engine, scenes, progress=False, prefetch=False)
     return np.asarray(confusion, dtype=np.int64)
 
@@ -345,8 +431,9 @@ def batch_digests(setup: Setup, iterations: int) -> Dict[str, List[str]]:
     patches = load_patch_index(recipe["data"]["root"], recipe["data"]["split"], window)
     out: Dict[str, List[str]] = {}
     for framework in FRAMEWORKS:
-        plan = SamplePlan(len(patches), train["batch_size"], train["seed"], 1, 0, augment["hflip"],
-                          augment["vflip"], augment["rot90"])
+        plan = SamplePlan(
+            len(patches), train["batch_size"], train["seed"], 1, 0, augment["hflip"], augment["vflip"], augment["rot90"]
+        )
         if framework == "torch":
             from torch_ref.data import build_loader
 
@@ -371,8 +458,13 @@ def batch_digests(setup: Setup, iterations: int) -> Dict[str, List[str]]:
 # Comparison
 # ----------------------------------------------------------------------------------------------
 
-def global_relative(reference: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray],
-                    start: Mapping[str, np.ndarray], keys: Sequence[str]) -> Tuple[float, float, str]:
+
+def global_relative(
+    reference: Mapping[str, np.ndarray],
+    other: Mapping[str, np.ndarray],
+    start: Mapping[str, np.ndarray],
+    keys: Sequence[str],
+) -> Tuple[float, float, str]:
     """(||ref - other|| / ||ref - start||, ||ref - other|| / ||ref||, tensor with the largest
     share of the difference) over ``keys``."""
     diff2 = travel2 = norm2 = 0.0
@@ -382,7 +474,7 @@ def global_relative(reference: Mapping[str, np.ndarray], other: Mapping[str, np.
         d = float(np.sum((a - np.asarray(other[k], dtype=np.float64)) ** 2))
         diff2 += d
         travel2 += float(np.sum((a - np.asarray(start[k], dtype=np.float64)) ** 2))
-        norm2 += float(np.sum(a ** 2))
+        norm2 += float(np.sum(a**2))
         if d > worst_value:
             worst, worst_value = k, d
     rel_travel = math.sqrt(diff2 / travel2) if travel2 > 0 else (0.0 if diff2 == 0 else math.inf)
@@ -405,8 +497,9 @@ def trainable_keys(state: Mapping[str, np.ndarray]) -> List[str]:
     return [k for k in state if not k.endswith(skip)]
 
 
-def compare_runs(reference: TrainRun, other: TrainRun, start: Mapping[str, np.ndarray],
-                 tols: Mapping[str, Tolerance], model: str) -> Tuple[List[Row], Optional[Dict[str, Any]]]:
+def compare_runs(
+    reference: TrainRun, other: TrainRun, start: Mapping[str, np.ndarray], tols: Mapping[str, Tolerance], model: str
+) -> Tuple[List[Row], Optional[Dict[str, Any]]]:
     """Rows comparing two runs (``reference`` = torch_ref) and the first divergence, if any.
 
     Row order is causal: iteration by iteration (lr, loss, gradient norm), then the final
@@ -419,40 +512,99 @@ def compare_runs(reference: TrainRun, other: TrainRun, start: Mapping[str, np.nd
         kinds = ("train_first_loss", "train_first_grad") if i == 0 else ("train_early", "train_early")
         rows.append(compare_arrays(f"lr/iter/{i + 1}", reference.lr[i], other.lr[i], tols["train_lr"], "train_lr"))
         for key, kind in zip(("loss", "grad_norm"), kinds):
-            rows.append(compare_arrays(f"{key}/iter/{i + 1}", getattr(reference, key)[i], getattr(other, key)[i],
-                                       tols[kind], kind))
+            rows.append(
+                compare_arrays(
+                    f"{key}/iter/{i + 1}", getattr(reference, key)[i], getattr(other, key)[i], tols[kind], kind
+                )
+            )
     # Later iterations: the lr still exactly, loss and gradient norm as means over windows of
     # TRAIN_WINDOW iterations (single iterations of two decorrelated float32 runs are noise).
     for lo in range(TRAIN_EARLY, n, TRAIN_WINDOW):
         hi = min(n, lo + TRAIN_WINDOW)
         for i in range(lo, hi):
-            rows.append(compare_arrays(f"lr/iter/{i + 1}", reference.lr[i], other.lr[i], tols["train_lr"],
-                                       "train_lr"))
+            rows.append(compare_arrays(f"lr/iter/{i + 1}", reference.lr[i], other.lr[i], tols["train_lr"], "train_lr"))
         for key in ("loss", "grad_norm"):
-            rows.append(compare_arrays(f"{key}/mean/{lo + 1}-{hi}", float(np.mean(getattr(reference, key)[lo:hi])),
-                                       float(np.mean(getattr(other, key)[lo:hi])), tols["train_curve"],
-                                       "train_curve", note=f"mean over iterations {lo + 1}..{hi}"))
+            rows.append(
+                compare_arrays(
+                    f"{key}/mean/{lo + 1}-{hi}",
+                    float(np.mean(getattr(reference, key)[lo:hi])),
+                    float(np.mean(getattr(other, key)[lo:hi])),
+                    tols["train_curve"],
+                    "train_curve",
+                    note=f"mean over iterations {lo + 1}..{hi}",
+                )
+            )
     if not all(finite):
         bad = [r.label for r, ok in zip((reference, other), finite) if not ok]
-        rows.append(Row("finite/loss_and_grad_norm", "exact", [n], math.inf, math.inf, math.inf, math.nan,
-                        tols["exact"], False, f"non-finite loss or gradient norm in: {', '.join(bad)}"))
-    rows.append(compare_arrays("loss/run_mean", float(np.mean(reference.loss)), float(np.mean(other.loss)),
-                               tols["train_mean"], "train_mean", note=f"mean over the {n} iterations"))
+        rows.append(
+            Row(
+                "finite/loss_and_grad_norm",
+                "exact",
+                [n],
+                math.inf,
+                math.inf,
+                math.inf,
+                math.nan,
+                tols["exact"],
+                False,
+                f"non-finite loss or gradient norm in: {', '.join(bad)}",
+            )
+        )
+    rows.append(
+        compare_arrays(
+            "loss/run_mean",
+            float(np.mean(reference.loss)),
+            float(np.mean(other.loss)),
+            tols["train_mean"],
+            "train_mean",
+            note=f"mean over the {n} iterations",
+        )
+    )
     keys = trainable_keys(reference.state)
     rel_travel, rel_norm, worst = global_relative(reference.state, other.state, start, keys)
-    rows.append(Row("params/final", "train_param", [len(keys)], math.nan, math.nan, rel_travel, math.nan,
-                    tols["train_param"], rel_travel <= tols["train_param"].rtol,
-                    f"||torch - other|| / ||torch - initial|| over {len(keys)} parameters; "
-                    f"/ ||torch||: {rel_norm:.2e}; largest share: {worst}"))
+    rows.append(
+        Row(
+            "params/final",
+            "train_param",
+            [len(keys)],
+            math.nan,
+            math.nan,
+            rel_travel,
+            math.nan,
+            tols["train_param"],
+            rel_travel <= tols["train_param"].rtol,
+            f"||torch - other|| / ||torch - initial|| over {len(keys)} parameters; "
+            f"/ ||torch||: {rel_norm:.2e}; largest share: {worst}",
+        )
+    )
     if model == "farseg":
-        rows.append(compare_arrays("buffer_step/final", reference.state["buffer_step"], other.state["buffer_step"],
-                                   tols["counter"], "counter", note=f"{n} training forwards"))
+        rows.append(
+            compare_arrays(
+                "buffer_step/final",
+                reference.state["buffer_step"],
+                other.state["buffer_step"],
+                tols["counter"],
+                "counter",
+                note=f"{n} training forwards",
+            )
+        )
     gap = abs(reference.miou - other.miou)
-    rows.append(Row("miou/final", "train_miou", [], gap, gap, gap, 1.0, tols["train_miou"],
-                    bool(gap <= tols["train_miou"].rtol),
-                    f"absolute mIoU difference (fraction): {reference.label} {100 * reference.miou:.2f}, "
-                    f"{other.label} {100 * other.miou:.2f} (15-class: {100 * reference.miou_fg:.2f} / "
-                    f"{100 * other.miou_fg:.2f})"))
+    rows.append(
+        Row(
+            "miou/final",
+            "train_miou",
+            [],
+            gap,
+            gap,
+            gap,
+            1.0,
+            tols["train_miou"],
+            bool(gap <= tols["train_miou"].rtol),
+            f"absolute mIoU difference (fraction): {reference.label} {100 * reference.miou:.2f}, "
+            f"{other.label} {100 * other.miou:.2f} (15-class: {100 * reference.miou_fg:.2f} / "
+            f"{100 * other.miou_fg:.2f})",
+        )
+    )
     return rows, first_divergence(rows, reference, other)
 
 
@@ -465,12 +617,14 @@ def first_divergence(rows: Sequence[Row], reference: TrainRun, other: TrainRun) 
     what = parts[0]
     if len(parts) == 3 and parts[1] == "mean":
         lo, hi = (int(x) for x in parts[2].split("-"))
-        a = float(np.mean(getattr(reference, what)[lo - 1:hi]))
-        b = float(np.mean(getattr(other, what)[lo - 1:hi]))
-        summary = (f"iterations {lo}-{hi}: mean {what} {reference.label} {a:.6g} vs {other.label} {b:.6g} "
-                   f"(rel {failing.rel:.2e} > {failing.tol.rtol:.2g}) -- the learning rates agree, so the updates "
-                   f"differ (weight decay, momentum, clipping, gradient zeroing: python -m align.backward), or "
-                   f"float32 chaos beyond the measured band")
+        a = float(np.mean(getattr(reference, what)[lo - 1 : hi]))
+        b = float(np.mean(getattr(other, what)[lo - 1 : hi]))
+        summary = (
+            f"iterations {lo}-{hi}: mean {what} {reference.label} {a:.6g} vs {other.label} {b:.6g} "
+            f"(rel {failing.rel:.2e} > {failing.tol.rtol:.2g}) -- the learning rates agree, so the updates "
+            f"differ (weight decay, momentum, clipping, gradient zeroing: python -m align.backward), or "
+            f"float32 chaos beyond the measured band"
+        )
         return Divergence(f"iterations {lo}-{hi}", summary, value=failing.name)
     if len(parts) == 3 and parts[1] == "iter":
         i = int(parts[2])
@@ -478,16 +632,24 @@ def first_divergence(rows: Sequence[Row], reference: TrainRun, other: TrainRun) 
         ratio = f", ratio {b / a:.4g}" if a else ""
         explain = {
             "lr": "the learning-rate schedules differ (base lr, poly power or horizon, or a scheduler stepped "
-                  "a different number of times): compare the two build_optimizer",
-            "loss": ("the same weights give another loss: a forward or loss difference (run python -m align "
-                     "--stages forward,loss)" if i == 1 else
-                     "the learning rates agree, so the updates differ (weight decay, momentum, clipping, gradient "
-                     f"zeroing; python -m align.backward --steps {i} shows which), or float32 chaos beyond the band"),
-            "grad_norm": ("the same weights give other gradients (python -m align.backward)" if i == 1 else
-                          "the updates differ (python -m align.backward), or float32 chaos beyond the band"),
+            "a different number of times): compare the two build_optimizer",
+            "loss": (
+                "the same weights give another loss: a forward or loss difference (run python -m align "
+                "--stages forward,loss)"
+                if i == 1
+                else "the learning rates agree, so the updates differ (weight decay, momentum, clipping, gradient "
+                f"zeroing; python -m align.backward --steps {i} shows which), or float32 chaos beyond the band"
+            ),
+            "grad_norm": (
+                "the same weights give other gradients (python -m align.backward)"
+                if i == 1
+                else "the updates differ (python -m align.backward), or float32 chaos beyond the band"
+            ),
         }[what]
-        summary = (f"iteration {i}: {what} {reference.label} {a:.6g} vs {other.label} {b:.6g} (rel {failing.rel:.2e}"
-                   f" > {failing.tol.rtol:.2g}{ratio}) -- {explain}")
+        summary = (
+            f"iteration {i}: {what} {reference.label} {a:.6g} vs {other.label} {b:.6g} (rel {failing.rel:.2e}"
+            f" > {failing.tol.rtol:.2g}{ratio}) -- {explain}"
+        )
         return Divergence(f"iteration {i}", summary, value=failing.name)
     summary = f"{failing.name}: rel {failing.rel:.3e} > {failing.tol.rtol:.2g}"
     if failing.note:
@@ -499,16 +661,23 @@ def first_divergence(rows: Sequence[Row], reference: TrainRun, other: TrainRun) 
 # Curves: JSON and PNG
 # ----------------------------------------------------------------------------------------------
 
-def curves_document(reference: TrainRun, other: TrainRun, result: StageResult,
-                    tols: Mapping[str, Tolerance]) -> Dict[str, Any]:
+
+def curves_document(
+    reference: TrainRun, other: TrainRun, result: StageResult, tols: Mapping[str, Tolerance]
+) -> Dict[str, Any]:
     """What ``curves.json`` holds."""
     return {
-        "stage": STAGE, "model": result.model, "passed": result.passed,
+        "stage": STAGE,
+        "model": result.model,
+        "passed": result.passed,
         "settings": result.settings,
         "iterations": list(range(1, len(reference.loss) + 1)),
-        reference.label: reference.curves(), other.label: other.curves(),
-        "relative_difference": {key: [_finite(x) for x in relative_curve(getattr(reference, key), getattr(other, key))]
-                                for key in ("loss", "lr", "grad_norm")},
+        reference.label: reference.curves(),
+        other.label: other.curves(),
+        "relative_difference": {
+            key: [_finite(x) for x in relative_curve(getattr(reference, key), getattr(other, key))]
+            for key in ("loss", "lr", "grad_norm")
+        },
         "window_relative_difference": window_relative(reference, other),
         "miou": {reference.label: reference.miou, other.label: other.miou},
         "miou_fg": {reference.label: reference.miou_fg, other.label: other.miou_fg},
@@ -572,12 +741,26 @@ def plot_curves(document: Mapping[str, Any], reference: TrainRun, other: TrainRu
     floor = 1e-9
     for key, colour in (("loss", "tab:blue"), ("grad_norm", "tab:green"), ("lr", "tab:red")):
         values = np.array([float(v) for v in rel[key]])
-        ax.semilogy(its, np.maximum(values, floor), label=f"{key}", color=colour, lw=1.0,
-                    marker="o" if len(its) <= 30 else None, ms=2)
+        ax.semilogy(
+            its,
+            np.maximum(values, floor),
+            label=f"{key}",
+            color=colour,
+            lw=1.0,
+            marker="o" if len(its) <= 30 else None,
+            ms=2,
+        )
     for n, window in enumerate(document["window_relative_difference"]):
         for key, colour in (("loss", "tab:blue"), ("grad_norm", "tab:green")):
-            ax.hlines(max(float(window[key]), floor), window["first"] - 0.5, window["last"] + 0.5, colors=colour,
-                      lw=2.5, alpha=0.6, label=f"{key}, {TRAIN_WINDOW}-iteration mean" if n == 0 else None)
+            ax.hlines(
+                max(float(window[key]), floor),
+                window["first"] - 0.5,
+                window["last"] + 0.5,
+                colors=colour,
+                lw=2.5,
+                alpha=0.6,
+                label=f"{key}, {TRAIN_WINDOW}-iteration mean" if n == 0 else None,
+            )
     thresholds = document["thresholds"]
     early = min(len(its), TRAIN_EARLY) + 0.5
     ax.hlines(thresholds["train_early"], 1.5, early, colors="k", ls="--", lw=0.8, label="bands (loss, grad norm)")
@@ -609,6 +792,7 @@ def plot_curves(document: Mapping[str, Any], reference: TrainRun, other: TrainRu
 # The stage
 # ----------------------------------------------------------------------------------------------
 
+
 def stage_tolerances(config: AlignConfig) -> Dict[str, Tolerance]:
     """The train stage's thresholds: float32 (the trainers' precision), with the overrides."""
     return tolerances(DTYPE, config.rtol, config.atol, config.tol)
@@ -619,8 +803,8 @@ def run(config: AlignConfig, fixture: Any = None, progress: bool = False) -> Sta
 
     ``fixture`` is ignored (the stage builds its own models through the trainers).
     """
-    from isaid.augment import DataError
     from app.training import TrainError
+    from isaid.augment import DataError
 
     from .fixtures import import_frameworks
 
@@ -637,25 +821,39 @@ def run(config: AlignConfig, fixture: Any = None, progress: bool = False) -> Sta
         try:
             setup = build_setup(config, work)
             digests = batch_digests(setup, min(setup.iterations, BATCH_CHECK_ITERATIONS))
-            runs = {fw: run_trainer(setup, fw, os.path.join(work, "runs", fw), progress=progress)
-                    for fw in FRAMEWORKS}
+            runs = {fw: run_trainer(setup, fw, os.path.join(work, "runs", fw), progress=progress) for fw in FRAMEWORKS}
         except (DataError, TrainError) as exc:
             raise AlignInputError(str(exc)) from None
         result = StageResult(STAGE, config.model, DTYPE if not _amp(setup) else f"{DTYPE}+{_amp(setup)}")
-        result.settings = {**setup.describe(),
-                           "tolerances": {k: tols[k].describe() for k in
-                                          (*TRAIN_KINDS, "counter", "exact")},
-                           **versions()}
+        result.settings = {
+            **setup.describe(),
+            "tolerances": {k: tols[k].describe() for k in (*TRAIN_KINDS, "counter", "exact")},
+            **versions(),
+        }
         same = digests["torch"] == digests["paddle"]
-        result.rows.append(Row("batches/identical", "exact", [len(digests["torch"])], 0.0 if same else 1.0,
-                               0.0 if same else 1.0, 0.0 if same else 1.0, 1.0, tols["exact"], same,
-                               f"sha256 of the first {len(digests['torch'])} batches of both loaders"
-                               + ("" if same else ": DIFFERENT")))
+        result.rows.append(
+            Row(
+                "batches/identical",
+                "exact",
+                [len(digests["torch"])],
+                0.0 if same else 1.0,
+                0.0 if same else 1.0,
+                0.0 if same else 1.0,
+                1.0,
+                tols["exact"],
+                same,
+                f"sha256 of the first {len(digests['torch'])} batches of both loaders"
+                + ("" if same else ": DIFFERENT"),
+            )
+        )
         rows, divergence = compare_runs(runs["torch"], runs["paddle"], setup.initial_state, tols, config.model)
         result.rows += rows
         if not same:
-            divergence = Divergence("batches", "the two frameworks' loaders give different batches "
-                                    "(isaid.augment / data.py)", value="batches/identical")
+            divergence = Divergence(
+                "batches",
+                "the two frameworks' loaders give different batches (isaid.augment / data.py)",
+                value="batches/identical",
+            )
         result.first_divergence = divergence
         t, p = runs["torch"], runs["paddle"]
         result.notes += [
@@ -668,10 +866,20 @@ def run(config: AlignConfig, fixture: Any = None, progress: bool = False) -> Sta
             "thresholds: measured torch-vs-torch spread under harmless perturbations with a margin "
             "(benchmarks/train_align_floor.py, align/compare.py)",
         ]
-        t_log = {"loss": t.loss, "lr": t.lr, "grad_norm": t.grad_norm, "miou": np.asarray(t.miou),
-                 "confusion": t.confusion}
-        p_log = {"loss": p.loss, "lr": p.lr, "grad_norm": p.grad_norm, "miou": np.asarray(p.miou),
-                 "confusion": p.confusion}
+        t_log = {
+            "loss": t.loss,
+            "lr": t.lr,
+            "grad_norm": t.grad_norm,
+            "miou": np.asarray(t.miou),
+            "confusion": t.confusion,
+        }
+        p_log = {
+            "loss": p.loss,
+            "lr": p.lr,
+            "grad_norm": p.grad_norm,
+            "miou": np.asarray(p.miou),
+            "confusion": p.confusion,
+        }
         finish_stage(result, start, out_dir, t_log, p_log)
         if out_dir is not None:
             write_curves(Path(out_dir), curves_document(t, p, result, tols), t, p)

@@ -9,6 +9,7 @@ that is not (options, input checks, reports, files) stays in ``app``.
 Tensors cross the protocol as opaque values (``Any``): ``app`` only hands a tensor the backend
 produced back to the same backend.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Optional, Protocol, Tuple
@@ -26,8 +27,9 @@ class Engine(Protocol):
     window: int
     stride: int
 
-    def run(self, height: int, width: int, read_window: ReadWindow,
-            progress: Any = True) -> Iterator[Tuple[int, int, Any]]:
+    def run(
+        self, height: int, width: int, read_window: ReadWindow, progress: Any = True
+    ) -> Iterator[Tuple[int, int, Any]]:
         """Yield ``(row_start, row_end, class indices [rows, width])`` on the device, in row order."""
         ...
 
@@ -58,9 +60,18 @@ class Backend(Protocol):
         """The framework's device for ``device`` ("cpu", "cuda", "gpu", "gpu:N"); ValueError if unusable."""
         ...
 
-    def build_engine(self, model_name: str, weights: str, window: int, stride: int, device: str,
-                     batch_size: int = 1, amp: Optional[str] = None, dtype: str = "float32",
-                     exact_float32: bool = True) -> Tuple[Engine, str]:
+    def build_engine(
+        self,
+        model_name: str,
+        weights: str,
+        window: int,
+        stride: int,
+        device: str,
+        batch_size: int = 1,
+        amp: Optional[str] = None,
+        dtype: str = "float32",
+        exact_float32: bool = True,
+    ) -> Tuple[Engine, str]:
         """Build ``model_name``, load ``weights`` (CheckpointError), wrap it in the engine.
 
         Returns (engine, how the weights were loaded). ``exact_float32``: turn off the GPU's
@@ -69,8 +80,16 @@ class Backend(Protocol):
         """
         ...
 
-    def build_deployed_engine(self, model_dir: str, window: Optional[int], stride: Optional[int],
-                              device: str, batch_size: int, backend: str, amp: str) -> Tuple[Engine, str]:
+    def build_deployed_engine(
+        self,
+        model_dir: str,
+        window: Optional[int],
+        stride: Optional[int],
+        device: str,
+        batch_size: int,
+        backend: str,
+        amp: str,
+    ) -> Tuple[Engine, str]:
         """An engine over an exported program (only if ``supports_model_dir``); window and
         stride default to the export's own; ``backend``: the inference backend (one of
         ``deploy_backends``); ``amp``: "none", or "bf16" where the runtime has a bf16 path

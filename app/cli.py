@@ -1,5 +1,6 @@
 """argparse pieces shared by the project's command lines (evaluate, predict, export, infer):
 one-line errors with exit status 2, and the option types they have in common."""
+
 from __future__ import annotations
 
 import argparse

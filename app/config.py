@@ -9,6 +9,7 @@ what it means. A YAML file or an override naming any other key is refused with a
 silently train with the default). Override values are parsed as YAML scalars
 (``train.amp=bf16``, ``train.iterations=100``, ``init.imagenet=none``, ``train.lr=1e-3``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -53,70 +54,85 @@ class Field:
 # configs/ spell it out in full so that a reader sees the whole recipe in one place.
 SCHEMA: Dict[str, Field] = {
     "model.name": Field("farseg", "str", "model to train", choices=MODEL_CHOICES),
-    "model.num_classes": Field(NUM_CLASSES, "int", "number of classes: must be the dataset's"
-                               f" {NUM_CLASSES} (iSAID, background included; what isaid.prepare"
-                               " writes, the official checkpoints and the converter's layouts)",
-                               equals=NUM_CLASSES),
-    "data.root": Field("data/isaid", "str",
-                       "OUT folder of `python -m isaid.prepare` (holds train/index.json)"),
+    "model.num_classes": Field(
+        NUM_CLASSES,
+        "int",
+        "number of classes: must be the dataset's"
+        f" {NUM_CLASSES} (iSAID, background included; what isaid.prepare"
+        " writes, the official checkpoints and the converter's layouts)",
+        equals=NUM_CLASSES,
+    ),
+    "data.root": Field("data/isaid", "str", "OUT folder of `python -m isaid.prepare` (holds train/index.json)"),
     "data.split": Field("train", "str", "split folder under data.root to train on"),
-    "data.window": Field(896, "int",
-                         "patch side: must equal the --window given to isaid.prepare; patches"
-                         " are padded to it after augmentation; a multiple of 32 (the models'"
-                         " output stride)", minimum=32, multiple_of=32),
-    "init.imagenet": Field("weights/resnet50-19c8e357_{model}_encoder.pdparams", "str",
-                           "ImageNet ResNet-50 encoder weights: the output of `python -m convert"
-                           " resnet50-19c8e357.pth --model resnet50 --target <model>` (either"
-                           " format), or torchvision's file itself; {model} is replaced;"
-                           " none = random initialisation (explicitly)", nullable=True),
+    "data.window": Field(
+        896,
+        "int",
+        "patch side: must equal the --window given to isaid.prepare; patches"
+        " are padded to it after augmentation; a multiple of 32 (the models'"
+        " output stride)",
+        minimum=32,
+        multiple_of=32,
+    ),
+    "init.imagenet": Field(
+        "weights/resnet50-19c8e357_{model}_encoder.pdparams",
+        "str",
+        "ImageNet ResNet-50 encoder weights: the output of `python -m convert"
+        " resnet50-19c8e357.pth --model resnet50 --target <model>` (either"
+        " format), or torchvision's file itself; {model} is replaced;"
+        " none = random initialisation (explicitly)",
+        nullable=True,
+    ),
     "train.iterations": Field(60000, "int", "optimizer steps", minimum=1),
-    "train.batch_size": Field(8, "int", "GLOBAL batch (split evenly over the processes)",
-                              minimum=1),
+    "train.batch_size": Field(8, "int", "GLOBAL batch (split evenly over the processes)", minimum=1),
     "train.lr": Field(0.007, "float", "base learning rate", minimum=0.0),
     "train.momentum": Field(0.9, "float", "SGD momentum, in [0, 1)", minimum=0.0, below=1.0),
-    "train.weight_decay": Field(0.0001, "float", "L2 weight decay on all parameters, in [0, 1)",
-                                minimum=0.0, below=1.0),
-    "train.poly_power": Field(0.9, "float",
-                              "lr = lr * (1 - k / iterations) ** poly_power, per iteration",
-                              minimum=0.0),
-    "train.clip_norm": Field(35.0, "float", "gradient clipping by GLOBAL L2 norm; 0 = off",
-                             minimum=0.0),
-    "train.seed": Field(2333, "int", "seed of sampling, augmentation and initialisation",
-                        minimum=0),
-    "train.amp": Field("fp16", "str", "mixed precision: fp16 (autocast + dynamic loss"
-                       " scaling, like the official apex O1), bf16 (autocast), none (float32)",
-                       choices=AMP_CHOICES),
-    "train.channels_last": Field(False, "bool", "torch only: NHWC memory format (faster on"
-                                 " tensor-core GPUs); ignored by Paddle"),
-    "train.sync_bn": Field(True, "bool", "SyncBatchNorm when training on several GPUs"
-                           " (never on CPU: GPU-only kernels in both frameworks)"),
-    "train.compile": Field(False, "bool", "torch only: torch.compile the model; ignored by"
-                           " Paddle"),
-    "train.device": Field("auto", "str", "auto (GPU when available), cpu, cuda / gpu",
-                          choices=DEVICE_CHOICES),
-    "train.num_workers": Field(8, "int", "DataLoader worker processes per training process",
-                               minimum=0),
-    "train.checkpoint_every": Field(2000, "int", "save a resumable checkpoint every N"
-                                    " iterations (and at the end)", minimum=1),
-    "train.keep_checkpoints": Field(3, "int", "keep the newest N checkpoints; 0 = keep all",
-                                    minimum=0),
-    "train.log_every": Field(20, "int", "log loss / lr / images per s every N iterations",
-                             minimum=1),
-    "train.log_backend": Field("auto", "str", "auto: TensorBoard (torch) / VisualDL (Paddle)"
-                               " when installed; none: metrics.jsonl only",
-                               choices=LOG_BACKEND_CHOICES),
-    "train.out_dir": Field("runs/{model}_{framework}", "str", "output folder; {model} and"
-                           " {framework} are replaced"),
-    "train.skip_nonfinite": Field(False, "bool", "a NaN/Inf training loss stops the run with an"
-                                  " error naming the iteration (false), or its batch is undone"
-                                  " (weights, optimiser, schedule as before it), counted and logged"
-                                  " (true)"),
-    "train.max_nonfinite": Field(100, "int", "with train.skip_nonfinite: stop anyway after this"
-                                 " many skipped batches", minimum=1),
-    "augment.hflip": Field(0.5, "float", "probability of a horizontal flip, in [0, 1]",
-                           minimum=0.0, maximum=1.0),
-    "augment.vflip": Field(0.5, "float", "probability of a vertical flip, in [0, 1]",
-                           minimum=0.0, maximum=1.0),
+    "train.weight_decay": Field(
+        0.0001, "float", "L2 weight decay on all parameters, in [0, 1)", minimum=0.0, below=1.0
+    ),
+    "train.poly_power": Field(0.9, "float", "lr = lr * (1 - k / iterations) ** poly_power, per iteration", minimum=0.0),
+    "train.clip_norm": Field(35.0, "float", "gradient clipping by GLOBAL L2 norm; 0 = off", minimum=0.0),
+    "train.seed": Field(2333, "int", "seed of sampling, augmentation and initialisation", minimum=0),
+    "train.amp": Field(
+        "fp16",
+        "str",
+        "mixed precision: fp16 (autocast + dynamic loss"
+        " scaling, like the official apex O1), bf16 (autocast), none (float32)",
+        choices=AMP_CHOICES,
+    ),
+    "train.channels_last": Field(
+        False, "bool", "torch only: NHWC memory format (faster on tensor-core GPUs); ignored by Paddle"
+    ),
+    "train.sync_bn": Field(
+        True, "bool", "SyncBatchNorm when training on several GPUs (never on CPU: GPU-only kernels in both frameworks)"
+    ),
+    "train.compile": Field(False, "bool", "torch only: torch.compile the model; ignored by Paddle"),
+    "train.device": Field("auto", "str", "auto (GPU when available), cpu, cuda / gpu", choices=DEVICE_CHOICES),
+    "train.num_workers": Field(8, "int", "DataLoader worker processes per training process", minimum=0),
+    "train.checkpoint_every": Field(
+        2000, "int", "save a resumable checkpoint every N iterations (and at the end)", minimum=1
+    ),
+    "train.keep_checkpoints": Field(3, "int", "keep the newest N checkpoints; 0 = keep all", minimum=0),
+    "train.log_every": Field(20, "int", "log loss / lr / images per s every N iterations", minimum=1),
+    "train.log_backend": Field(
+        "auto",
+        "str",
+        "auto: TensorBoard (torch) / VisualDL (Paddle) when installed; none: metrics.jsonl only",
+        choices=LOG_BACKEND_CHOICES,
+    ),
+    "train.out_dir": Field("runs/{model}_{framework}", "str", "output folder; {model} and {framework} are replaced"),
+    "train.skip_nonfinite": Field(
+        False,
+        "bool",
+        "a NaN/Inf training loss stops the run with an"
+        " error naming the iteration (false), or its batch is undone"
+        " (weights, optimiser, schedule as before it), counted and logged"
+        " (true)",
+    ),
+    "train.max_nonfinite": Field(
+        100, "int", "with train.skip_nonfinite: stop anyway after this many skipped batches", minimum=1
+    ),
+    "augment.hflip": Field(0.5, "float", "probability of a horizontal flip, in [0, 1]", minimum=0.0, maximum=1.0),
+    "augment.vflip": Field(0.5, "float", "probability of a vertical flip, in [0, 1]", minimum=0.0, maximum=1.0),
     "augment.rot90": Field(True, "bool", "rotate by k*90 degrees, k uniform in {0,1,2,3}"),
 }
 
@@ -136,8 +152,7 @@ def default_config() -> Config:
 
 def flatten(config: Config) -> Dict[str, Any]:
     """``{"train.lr": 0.007, ...}`` from the nested config."""
-    return {f"{section}.{name}": value for section, values in config.items()
-            for name, value in values.items()}
+    return {f"{section}.{name}": value for section, values in config.items() for name, value in values.items()}
 
 
 def _suggest(key: str) -> str:
@@ -150,7 +165,7 @@ def _unknown_key_message(key: str, where: str) -> str:
     if section in SECTIONS:
         known = ", ".join(k.split(".", 1)[1] for k in SCHEMA if k.startswith(section + "."))
         return f"{where}: unknown key {key!r}{_suggest(key)} (keys of {section!r}: {known})"
-    return (f"{where}: unknown key {key!r}{_suggest(key)} (sections: {', '.join(SECTIONS)})")
+    return f"{where}: unknown key {key!r}{_suggest(key)} (sections: {', '.join(SECTIONS)})"
 
 
 def _describe(value: Any) -> str:
@@ -160,8 +175,7 @@ def _describe(value: Any) -> str:
 def coerce(key: str, value: Any, where: str) -> Any:
     """``value`` checked and converted to the type of ``key``; ConfigError otherwise."""
     field = SCHEMA[key]
-    if field.nullable and (value is None or (isinstance(value, str)
-                                             and value.strip().lower() in NONE_SPELLINGS)):
+    if field.nullable and (value is None or (isinstance(value, str) and value.strip().lower() in NONE_SPELLINGS)):
         return None
     if field.kind == "bool":
         if not isinstance(value, bool):
@@ -199,8 +213,10 @@ def coerce(key: str, value: Any, where: str) -> Any:
     if field.maximum is not None and result > field.maximum:
         raise ConfigError(f"{where}: {key}: must be <= {field.maximum:g}, got {result!r} ({field.help})")
     if field.multiple_of is not None and result % field.multiple_of:
-        raise ConfigError(f"{where}: {key}: must be a multiple of {field.multiple_of}, got {result!r}"
-                          f" (e.g. {max(field.multiple_of, result // field.multiple_of * field.multiple_of)})")
+        raise ConfigError(
+            f"{where}: {key}: must be a multiple of {field.multiple_of}, got {result!r}"
+            f" (e.g. {max(field.multiple_of, result // field.multiple_of * field.multiple_of)})"
+        )
     if field.equals is not None and result != field.equals:
         raise ConfigError(f"{where}: {key}: must be {field.equals!r}, got {result!r} ({field.help})")
     return result
@@ -210,8 +226,7 @@ def _check_cross_field(config: Config, where: str) -> None:
     for key in ("augment.hflip", "augment.vflip"):
         section, name = key.split(".")
         if config[section][name] > 1.0:
-            raise ConfigError(f"{where}: {key}: a probability must lie in [0, 1], got"
-                              f" {config[section][name]!r}")
+            raise ConfigError(f"{where}: {key}: a probability must lie in [0, 1], got {config[section][name]!r}")
 
 
 def _read_yaml(path: str) -> Any:
@@ -244,8 +259,7 @@ def parse_override(text: str) -> Tuple[str, Any]:
     except yaml.YAMLError:
         value = raw  # not a YAML scalar (e.g. "a: b"): keep the text; coerce() judges it
     if isinstance(value, (dict, list)):
-        raise ConfigError(f"--set {text}: {key}: expected a single value, got a YAML"
-                          f" {type(value).__name__}")
+        raise ConfigError(f"--set {text}: {key}: expected a single value, got a YAML {type(value).__name__}")
     return key, value
 
 
@@ -261,16 +275,18 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(SECTIONS)}),"
-                          f" got a YAML {type(raw).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of sections ({', '.join(SECTIONS)}), got a YAML {type(raw).__name__}"
+        )
     for section, values in raw.items():
         if not isinstance(section, str) or section not in SECTIONS:
             raise ConfigError(_unknown_key_message(str(section), path))
         if values is None:
             continue
         if not isinstance(values, dict):
-            raise ConfigError(f"{path}: section {section!r} must be a mapping of keys, got a"
-                              f" YAML {type(values).__name__}")
+            raise ConfigError(
+                f"{path}: section {section!r} must be a mapping of keys, got a YAML {type(values).__name__}"
+            )
         for name, value in values.items():
             key = f"{section}.{name}"
             if key not in SCHEMA:
@@ -293,8 +309,9 @@ def resolve_out_dir(config: Config, framework: str) -> str:
     try:
         return template.format(model=config["model"]["name"], framework=framework)
     except (KeyError, IndexError, ValueError) as error:
-        raise ConfigError(f"train.out_dir: {template!r}: only {{model}} and {{framework}} may"
-                          f" be used ({error})") from None
+        raise ConfigError(
+            f"train.out_dir: {template!r}: only {{model}} and {{framework}} may be used ({error})"
+        ) from None
 
 
 def resolve_imagenet_path(config: Config) -> Optional[str]:
@@ -305,15 +322,17 @@ def resolve_imagenet_path(config: Config) -> Optional[str]:
     try:
         return template.format(model=config["model"]["name"])
     except (KeyError, IndexError, ValueError) as error:
-        raise ConfigError(f"init.imagenet: {template!r}: only {{model}} may be used"
-                          f" ({error})") from None
+        raise ConfigError(f"init.imagenet: {template!r}: only {{model}} may be used ({error})") from None
 
 
 def dump_config(config: Config) -> str:
     """The config as YAML text (sections and keys in :data:`SCHEMA` order)."""
-    ordered = {section: {name: config[section][name] for name in
-                         (k.split(".", 1)[1] for k in SCHEMA if k.startswith(section + "."))}
-               for section in SECTIONS}
+    ordered = {
+        section: {
+            name: config[section][name] for name in (k.split(".", 1)[1] for k in SCHEMA if k.startswith(section + "."))
+        }
+        for section in SECTIONS
+    }
     return yaml.safe_dump(ordered, sort_keys=False, default_flow_style=False)
 
 
@@ -325,6 +344,4 @@ def describe_keys() -> List[str]:
 def changed_keys(a: Config, b: Config, keys: Iterable[str]) -> List[str]:
     """``key: a -> b`` for every key in ``keys`` whose values differ between two configs."""
     flat_a, flat_b = flatten(a), flatten(b)
-    return [f"{key}: {flat_a.get(key)!r} -> {flat_b.get(key)!r}" for key in keys
-            if flat_a.get(key) != flat_b.get(key)]
-
+    return [f"{key}: {flat_a.get(key)!r} -> {flat_b.get(key)!r}" for key in keys if flat_a.get(key) != flat_b.get(key)]

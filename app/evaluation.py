@@ -16,6 +16,7 @@ Memory per scene: the image is read once, whole (uint8, 3 bytes a pixel: 507 MB 
 its 507 MB RGB array while it is decoded). One scene is read ahead in a thread while the
 previous one is evaluated, so at most two scenes are held at once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -131,10 +132,7 @@ def find_scenes(images_dir: str, masks_dir: str, limit: Optional[int] = None) ->
         image_path = os.path.join(images_dir, entry)
         mask_path = _mask_for(name, image_path, masks_dir)
         if mask_path is None:
-            problems.append(
-                f"{image_path}: no mask in {masks_dir} (expected {name}{COLOUR_MASK_SUFFIX} or"
-                f" {name}.png)"
-            )
+            problems.append(f"{image_path}: no mask in {masks_dir} (expected {name}{COLOUR_MASK_SUFFIX} or {name}.png)")
             continue
         try:
             height, width = read_size(image_path)
@@ -144,8 +142,7 @@ def find_scenes(images_dir: str, masks_dir: str, limit: Optional[int] = None) ->
             continue
         if mask_size != (height, width):
             problems.append(
-                f"{mask_path}: mask is {mask_size[0]}x{mask_size[1]} (HxW) but image"
-                f" {image_path} is {height}x{width}"
+                f"{mask_path}: mask is {mask_size[0]}x{mask_size[1]} (HxW) but image {image_path} is {height}x{width}"
             )
             continue
         scenes.append(Scene(name, image_path, mask_path, height, width))
@@ -170,10 +167,12 @@ def load_scene(scene: Scene) -> LoadedScene:
     image = read_rgb(scene.image)
     details = read_mask_details(scene.mask)
     if details.index.shape != image.shape[:2]:
-        raise InputError([
-            f"{scene.mask}: mask is {details.index.shape[0]}x{details.index.shape[1]} (HxW) but"
-            f" image {scene.image} is {image.shape[0]}x{image.shape[1]}"
-        ])
+        raise InputError(
+            [
+                f"{scene.mask}: mask is {details.index.shape[0]}x{details.index.shape[1]} (HxW) but"
+                f" image {scene.image} is {image.shape[0]}x{image.shape[1]}"
+            ]
+        )
     return LoadedScene(scene, image, details.index, details.is_colour_mask, details.n_unknown)
 
 
@@ -201,9 +200,14 @@ def total_windows(scenes: Sequence[Scene], window: int, stride: int) -> int:
     return sum(num_windows(s.height, s.width, window, stride) for s in scenes)
 
 
-def evaluate_scenes(backend: Backend, engine: Engine, scenes: Sequence[Scene],
-                    num_classes: int = NUM_CLASSES, progress: bool = True,
-                    prefetch: bool = True) -> "Tuple[np.ndarray, SceneTotals]":
+def evaluate_scenes(
+    backend: Backend,
+    engine: Engine,
+    scenes: Sequence[Scene],
+    num_classes: int = NUM_CLASSES,
+    progress: bool = True,
+    prefetch: bool = True,
+) -> "Tuple[np.ndarray, SceneTotals]":
     """Run ``engine`` over ``scenes``; return (confusion int64 [C,C] rows = truth, totals).
 
     The matrix stays on the device until the end (only the label rows travel there); raises
@@ -211,14 +215,20 @@ def evaluate_scenes(backend: Backend, engine: Engine, scenes: Sequence[Scene],
     """
     confusion = backend.new_confusion(engine, num_classes)
     totals = SceneTotals()
-    bar = tqdm(total=total_windows(scenes, engine.window, engine.stride), unit="win",
-               desc="evaluate", disable=not progress, file=sys.stderr)
+    bar = tqdm(
+        total=total_windows(scenes, engine.window, engine.stride),
+        unit="win",
+        desc="evaluate",
+        disable=not progress,
+        file=sys.stderr,
+    )
     with bar:
         for loaded in iter_loaded_scenes(scenes, prefetch):
             image, label = loaded.image, loaded.label
             height, width = label.shape
             for row_start, row_end, classes in engine.run(
-                    height, width, lambda y0, x0, y1, x1, pixels=image: pixels[y0:y1, x0:x1], progress=bar):
+                height, width, lambda y0, x0, y1, x1, pixels=image: pixels[y0:y1, x0:x1], progress=bar
+            ):
                 target = engine.to_device(label[row_start:row_end])
                 confusion += backend.confusion_matrix(classes, target, num_classes)
             totals.add(loaded, num_windows(height, width, engine.window, engine.stride))
@@ -229,8 +239,9 @@ def evaluate_scenes(backend: Backend, engine: Engine, scenes: Sequence[Scene],
 # ---------------------------------------------------------------------------- command line
 
 
-def build_parser(prog: str, framework: str, gpu_name: str,
-                 deploy_backends: Sequence[str] = ()) -> argparse.ArgumentParser:
+def build_parser(
+    prog: str, framework: str, gpu_name: str, deploy_backends: Sequence[str] = ()
+) -> argparse.ArgumentParser:
     """The evaluator's argument parser; ``gpu_name`` is "cuda" (torch) or "gpu" (Paddle);
     ``deploy_backends`` (non-empty: the framework runs exports) adds ``--model-dir`` / ``--backend``."""
     parser = OneLineArgumentParser(
@@ -244,70 +255,128 @@ def build_parser(prog: str, framework: str, gpu_name: str,
             " the 15 foreground classes. Exit status: 0 done, 1 --expect failed, 2 bad input."
         ),
     )
-    parser.add_argument("--model", required=True, choices=MODEL_NAMES,
-                        help="model architecture: farseg or factseg")
-    parser.add_argument("--weights", required=not deploy_backends, metavar="FILE",
-                        help="checkpoint: a torch .pth (official training wrapper and 'module.'"
-                             " prefix accepted) or a Paddle .pdparams; the other framework's"
-                             " file is converted in memory on the fly (python -m convert writes"
-                             " it once). Loaded without executing code; the layout must match"
-                             " the model exactly" + ("; or use --model-dir" if deploy_backends else ""))
+    parser.add_argument("--model", required=True, choices=MODEL_NAMES, help="model architecture: farseg or factseg")
+    parser.add_argument(
+        "--weights",
+        required=not deploy_backends,
+        metavar="FILE",
+        help="checkpoint: a torch .pth (official training wrapper and 'module.'"
+        " prefix accepted) or a Paddle .pdparams; the other framework's"
+        " file is converted in memory on the fly (python -m convert writes"
+        " it once). Loaded without executing code; the layout must match"
+        " the model exactly" + ("; or use --model-dir" if deploy_backends else ""),
+    )
     if deploy_backends:
         parser.add_argument("--model-dir", metavar="DIR", help=MODEL_DIR_HELP + "; its model must be --model")
         parser.add_argument("--backend", default="auto", choices=tuple(deploy_backends), help=BACKEND_HELP)
-    parser.add_argument("--images", required=True, metavar="DIR",
-                        help="folder of whole scenes, e.g. OUT/val/images from isaid.prepare or"
-                             " the extracted official val images (P0003.png ...)")
-    parser.add_argument("--masks", required=True, metavar="DIR",
-                        help="folder of masks matched by scene name: official colour masks"
-                             " P0003_instance_color_RGB.png (colours outside the palette count"
-                             " as background, as officially) or index PNGs P0003.png (e.g."
-                             " OUT/val/labels from isaid.prepare; 255 = ignored)")
-    parser.add_argument("--window", type=positive_int, default=896, metavar="PX",
-                        help="window side in pixels (default 896, the official value)")
-    parser.add_argument("--stride", type=positive_int, default=512, metavar="PX",
-                        help="window stride in pixels, at most --window (default 512, official)")
-    parser.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
-                        help="windows per forward pass (default 1, as officially; larger is"
-                             " faster on a GPU and gives the same result up to float rounding)")
-    parser.add_argument("--device", choices=("auto", "cpu", gpu_name), default="auto",
-                        help=f"where the model runs and the confusion matrix is counted:"
-                             f" cpu, {gpu_name}, or auto ({gpu_name} when available;"
-                             f" the default)")
-    parser.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none",
-                        help=AMP_HELP + " (default none: the official figures were measured in float32)")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                        help="model precision (default float32, official). float64 is for"
-                             " alignment checks: it removes float32 argmax flips between"
-                             " frameworks")
-    parser.add_argument("--json", metavar="OUT.json",
-                        help="write the confusion matrix, per-class IoU, mIoU and the run's"
-                             " settings to this file (atomically; not written on error)")
-    parser.add_argument("--expect", choices=("official",),
-                        help="compare the mIoU with the official figure of --model (FarSeg"
-                             " 63.71, FactSeg 64.80; the seed reproduction is printed beside):"
-                             " exit 1 when mIoU < official - --tolerance")
-    parser.add_argument("--tolerance", type=non_negative_float, default=0.3, metavar="POINTS",
-                        help="allowed shortfall in mIoU points for --expect (default 0.3)")
-    parser.add_argument("--limit", type=positive_int, metavar="N",
-                        help="evaluate only the first N scenes by name (a quick look; not"
-                             " comparable with the official figures)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                        help="show a progress bar over windows on stderr (default on)")
+    parser.add_argument(
+        "--images",
+        required=True,
+        metavar="DIR",
+        help="folder of whole scenes, e.g. OUT/val/images from isaid.prepare or"
+        " the extracted official val images (P0003.png ...)",
+    )
+    parser.add_argument(
+        "--masks",
+        required=True,
+        metavar="DIR",
+        help="folder of masks matched by scene name: official colour masks"
+        " P0003_instance_color_RGB.png (colours outside the palette count"
+        " as background, as officially) or index PNGs P0003.png (e.g."
+        " OUT/val/labels from isaid.prepare; 255 = ignored)",
+    )
+    parser.add_argument(
+        "--window",
+        type=positive_int,
+        default=896,
+        metavar="PX",
+        help="window side in pixels (default 896, the official value)",
+    )
+    parser.add_argument(
+        "--stride",
+        type=positive_int,
+        default=512,
+        metavar="PX",
+        help="window stride in pixels, at most --window (default 512, official)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="windows per forward pass (default 1, as officially; larger is"
+        " faster on a GPU and gives the same result up to float rounding)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", gpu_name),
+        default="auto",
+        help=f"where the model runs and the confusion matrix is counted:"
+        f" cpu, {gpu_name}, or auto ({gpu_name} when available;"
+        f" the default)",
+    )
+    parser.add_argument(
+        "--amp",
+        choices=("none", "fp16", "bf16"),
+        default="none",
+        help=AMP_HELP + " (default none: the official figures were measured in float32)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="model precision (default float32, official). float64 is for"
+        " alignment checks: it removes float32 argmax flips between"
+        " frameworks",
+    )
+    parser.add_argument(
+        "--json",
+        metavar="OUT.json",
+        help="write the confusion matrix, per-class IoU, mIoU and the run's"
+        " settings to this file (atomically; not written on error)",
+    )
+    parser.add_argument(
+        "--expect",
+        choices=("official",),
+        help="compare the mIoU with the official figure of --model (FarSeg"
+        " 63.71, FactSeg 64.80; the seed reproduction is printed beside):"
+        " exit 1 when mIoU < official - --tolerance",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=non_negative_float,
+        default=0.3,
+        metavar="POINTS",
+        help="allowed shortfall in mIoU points for --expect (default 0.3)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=positive_int,
+        metavar="N",
+        help="evaluate only the first N scenes by name (a quick look; not comparable with the official figures)",
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show a progress bar over windows on stderr (default on)",
+    )
     return parser
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Cross-option checks argparse cannot express; raises InputError."""
     if args.stride > args.window:
-        raise InputError([f"--stride {args.stride} is larger than --window {args.window}, which"
-                          " would leave pixels in no window"])
+        raise InputError(
+            [f"--stride {args.stride} is larger than --window {args.window}, which would leave pixels in no window"]
+        )
     if args.amp != "none" and args.dtype == "float64":
         raise InputError(["--amp and --dtype float64 exclude each other"])
     model_dir = getattr(args, "model_dir", None)
     if (model_dir is not None) == (args.weights is not None):
-        raise InputError(["give exactly one of --weights and --model-dir" if hasattr(args, "model_dir")
-                          else "--weights is required"])
+        raise InputError(
+            ["give exactly one of --weights and --model-dir" if hasattr(args, "model_dir") else "--weights is required"]
+        )
     if model_dir is not None and args.dtype != "float32":
         raise InputError(["--dtype float64 needs --weights: an export runs in float32"])
 
@@ -340,8 +409,7 @@ class Expectation:
     record: Dict[str, Any]
 
 
-def check_expectation(model: str, miou_percent: Optional[float], tolerance: float,
-                      n_images: int) -> Expectation:
+def check_expectation(model: str, miou_percent: Optional[float], tolerance: float, n_images: int) -> Expectation:
     """Compare a measured mIoU (percent) with the official figure of ``model``.
 
     Passes when ``miou >= official - tolerance``. An undefined mIoU (a class absent from
@@ -353,18 +421,25 @@ def check_expectation(model: str, miou_percent: Optional[float], tolerance: floa
     passed = miou_percent is not None and miou_percent >= threshold
     shown = "undefined (a class is absent)" if miou_percent is None else f"{miou_percent:.2f}"
     lines = [
-        f"mIoU {model}: measured {shown} | official {official:.2f} | seed reproduction"
-        f" {seed:.2f}",
+        f"mIoU {model}: measured {shown} | official {official:.2f} | seed reproduction {seed:.2f}",
         f"expectation: mIoU >= official - {tolerance:g} = {threshold:.2f}:"
         f" {'PASS' if passed else 'FAIL'}"
         + ("" if miou_percent is None else f" ({miou_percent - official:+.2f} points vs official)"),
     ]
     if n_images != OFFICIAL_VAL_IMAGES:
-        lines.append(f"note: {n_images} images evaluated; the official figures are over the"
-                     f" {OFFICIAL_VAL_IMAGES} iSAID val images, so this comparison is indicative"
-                     " only")
-    record = {"measured": miou_percent, "official": official, "seed_reproduction": seed,
-              "tolerance": tolerance, "threshold": threshold, "passed": passed}
+        lines.append(
+            f"note: {n_images} images evaluated; the official figures are over the"
+            f" {OFFICIAL_VAL_IMAGES} iSAID val images, so this comparison is indicative"
+            " only"
+        )
+    record = {
+        "measured": miou_percent,
+        "official": official,
+        "seed_reproduction": seed,
+        "tolerance": tolerance,
+        "threshold": threshold,
+        "passed": passed,
+    }
     return Expectation(passed, lines, record)
 
 
@@ -398,9 +473,17 @@ class SceneTotals:
         self.unknown_pixels += loaded.unknown_pixels
 
 
-def build_result(args: argparse.Namespace, command: str, framework: str, framework_version: str,
-                 device: str, confusion: np.ndarray, totals: SceneTotals,
-                 weights_info: str, seconds: Dict[str, float]) -> Dict[str, Any]:
+def build_result(
+    args: argparse.Namespace,
+    command: str,
+    framework: str,
+    framework_version: str,
+    device: str,
+    confusion: np.ndarray,
+    totals: SceneTotals,
+    weights_info: str,
+    seconds: Dict[str, float],
+) -> Dict[str, Any]:
     """The ``--json`` document (also the source of the printed report); ``--expect`` adds
     ``expect`` (:attr:`Expectation.record`) to it."""
     summary = summarize(confusion)
@@ -409,27 +492,44 @@ def build_result(args: argparse.Namespace, command: str, framework: str, framewo
         "model": args.model,
         "framework": framework,
         "framework_version": framework_version,
-        "weights": ({"path": os.path.abspath(args.weights), "sha256": file_sha256(args.weights),
-                     "loaded_as": weights_info} if args.weights is not None else
-                    {"model_dir": os.path.abspath(args.model_dir), "loaded_as": weights_info}),
-        "data": {"images_dir": os.path.abspath(args.images),
-                 "masks_dir": os.path.abspath(args.masks),
-                 "images": totals.images, "limit": args.limit,
-                 "colour_masks": totals.colour_masks, "index_masks": totals.index_masks,
-                 "pixels": totals.pixels, "pixels_counted": counted,
-                 "pixels_ignored": totals.pixels - counted,
-                 "unknown_colour_pixels": totals.unknown_pixels},
-        "protocol": {"window": args.window, "stride": args.stride, "pad_multiple": SIZE_MULTIPLE,
-                     "pad": "zeros bottom/right after normalisation",
-                     "normalisation": {"mean": list(MEAN), "std": list(STD), "scale": "RGB 0..255"},
-                     "merge": "class probabilities averaged over overlapping windows, argmax",
-                     "confusion": "one matrix over all pixels of all images, rows = truth",
-                     "ignore_index": IGNORE_INDEX,
-                     "official": args.window == 896 and args.stride == 512},
-        "run": {"device": device, "dtype": args.dtype, "amp": args.amp,
-                "batch_size": args.batch_size, "seconds": seconds,
-                "python": platform.python_version(), "machine": platform.machine(),
-                "command": command},
+        "weights": (
+            {"path": os.path.abspath(args.weights), "sha256": file_sha256(args.weights), "loaded_as": weights_info}
+            if args.weights is not None
+            else {"model_dir": os.path.abspath(args.model_dir), "loaded_as": weights_info}
+        ),
+        "data": {
+            "images_dir": os.path.abspath(args.images),
+            "masks_dir": os.path.abspath(args.masks),
+            "images": totals.images,
+            "limit": args.limit,
+            "colour_masks": totals.colour_masks,
+            "index_masks": totals.index_masks,
+            "pixels": totals.pixels,
+            "pixels_counted": counted,
+            "pixels_ignored": totals.pixels - counted,
+            "unknown_colour_pixels": totals.unknown_pixels,
+        },
+        "protocol": {
+            "window": args.window,
+            "stride": args.stride,
+            "pad_multiple": SIZE_MULTIPLE,
+            "pad": "zeros bottom/right after normalisation",
+            "normalisation": {"mean": list(MEAN), "std": list(STD), "scale": "RGB 0..255"},
+            "merge": "class probabilities averaged over overlapping windows, argmax",
+            "confusion": "one matrix over all pixels of all images, rows = truth",
+            "ignore_index": IGNORE_INDEX,
+            "official": args.window == 896 and args.stride == 512,
+        },
+        "run": {
+            "device": device,
+            "dtype": args.dtype,
+            "amp": args.amp,
+            "batch_size": args.batch_size,
+            "seconds": seconds,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "command": command,
+        },
         "classes": list(CLASS_NAMES),
         "units": "percent",
         "windows": totals.windows,
@@ -450,8 +550,7 @@ def format_report(result: Dict[str, Any], confusion: np.ndarray) -> str:
         f" {result['weights'].get('path') or result['weights']['model_dir']} ({result['weights']['loaded_as']})",
         f"protocol: window {result['protocol']['window']} stride {result['protocol']['stride']},"
         " normalise then zero-pad to a multiple of 32, average probabilities, argmax;"
-        " one confusion matrix" + ("" if result["protocol"]["official"]
-                                   else " (NOT the official 896/512 windows)"),
+        " one confusion matrix" + ("" if result["protocol"]["official"] else " (NOT the official 896/512 windows)"),
         f"{data['images']} images ({data['colour_masks']} colour masks, {data['index_masks']}"
         f" index masks), {data['pixels_counted']} pixels counted ({data['pixels_ignored']}"
         f" ignored), {result['windows']} windows in {seconds:.1f} s ({rate:.2f} windows/s)",
@@ -486,9 +585,11 @@ def print_errors(lines: Sequence[str]) -> None:
 
 
 def split_seconds(start: float, loaded: float, done: float) -> Dict[str, float]:
-    return {"load_model": round(loaded - start, 3), "evaluate": round(done - loaded, 3),
-            "total": round(done - start, 3)}
-
+    return {
+        "load_model": round(loaded - start, 3),
+        "evaluate": round(done - loaded, 3),
+        "total": round(done - start, 3),
+    }
 
 
 # ------------------------------------------------------------------------------ main
@@ -502,16 +603,18 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
     JSON. ``--expect`` failed: exit 1.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(prog, backend.name, backend.gpu_name,
-                        backend.deploy_backends if backend.supports_model_dir else ()).parse_args(argv)
+    args = build_parser(
+        prog, backend.name, backend.gpu_name, backend.deploy_backends if backend.supports_model_dir else ()
+    ).parse_args(argv)
     start = time.perf_counter()
     try:
         check_args(args)
         if args.json:
             try:
                 check_writable(args.json)  # found now, not after the whole evaluation
-                remove_stale_temporaries(os.path.dirname(os.path.abspath(args.json)),
-                                         lambda target: target == os.path.basename(args.json))
+                remove_stale_temporaries(
+                    os.path.dirname(os.path.abspath(args.json)), lambda target: target == os.path.basename(args.json)
+                )
             except OSError as error:
                 raise InputError([f"--json {args.json}: cannot write there ({describe_os_error(error)})"]) from None
         scenes = find_scenes(args.images, args.masks, args.limit)
@@ -529,12 +632,20 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
             exported_model = read_deploy_config(args.model_dir)["model"]
             if exported_model != args.model:
                 raise InputError([f"--model-dir {args.model_dir} holds {exported_model}, not --model {args.model}"])
-            engine, how = backend.build_deployed_engine(args.model_dir, args.window, args.stride, device,
-                                                        args.batch_size, args.backend, args.amp)
+            engine, how = backend.build_deployed_engine(
+                args.model_dir, args.window, args.stride, device, args.batch_size, args.backend, args.amp
+            )
         else:
-            engine, how = backend.build_engine(args.model, args.weights, args.window, args.stride, device,
-                                               args.batch_size, None if args.amp == "none" else args.amp,
-                                               args.dtype)
+            engine, how = backend.build_engine(
+                args.model,
+                args.weights,
+                args.window,
+                args.stride,
+                device,
+                args.batch_size,
+                None if args.amp == "none" else args.amp,
+                args.dtype,
+            )
     except CheckpointError as error:
         print_errors([error.headline()])
         return 2
@@ -554,8 +665,17 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
         print_errors(error.lines)
         return 2
     seconds = split_seconds(start, loaded, time.perf_counter())
-    result = build_result(args, f"{prog} {' '.join(argv)}", backend.name, backend.version,
-                          str(engine.device), confusion, totals, how, seconds)
+    result = build_result(
+        args,
+        f"{prog} {' '.join(argv)}",
+        backend.name,
+        backend.version,
+        str(engine.device),
+        confusion,
+        totals,
+        how,
+        seconds,
+    )
     print(format_report(result, confusion), flush=True)
     expectation = None
     if args.expect:
@@ -566,7 +686,11 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
         try:
             write_json_atomic(args.json, result)
         except OSError as error:
-            print_errors([f"--json {args.json}: cannot write ({describe_os_error(error)}); the earlier file,"
-                          " if any, is untouched"])
+            print_errors(
+                [
+                    f"--json {args.json}: cannot write ({describe_os_error(error)}); the earlier file,"
+                    " if any, is untouched"
+                ]
+            )
             return 2
     return 1 if expectation is not None and not expectation.passed else 0

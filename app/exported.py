@@ -15,6 +15,7 @@ a ``model.yml`` naming the other model, or a program of neither, is refused in o
 Nothing here imports torch or Paddle; ``onnx`` and ``onnxruntime`` (the ``.[onnx]`` extra) are
 imported when an ONNX export is opened.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,9 +58,17 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def deploy_config(model_name: str, size: Optional[Tuple[int, int]], weights: Optional[str],
-                  weights_how: str, window: int = 896, stride: int = 512, fmt: str = PADDLE_FORMAT,
-                  producer: str = "", extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def deploy_config(
+    model_name: str,
+    size: Optional[Tuple[int, int]],
+    weights: Optional[str],
+    weights_how: str,
+    window: int = 896,
+    stride: int = 512,
+    fmt: str = PADDLE_FORMAT,
+    producer: str = "",
+    extra: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
     """The content of ``model.yml``: everything a deployment needs besides the program."""
     if fmt not in FORMAT_FILES:
         raise ValueError(f"unknown export format {fmt!r}")
@@ -77,23 +86,32 @@ def deploy_config(model_name: str, size: Optional[Tuple[int, int]], weights: Opt
             "channels": "RGB",
             "shape": [-1, 3, height, width],
             "size_multiple": SIZE_MULTIPLE,
-            "pad": "zero-pad bottom/right to a multiple of size_multiple AFTER normalisation,"
-                   " crop the output back",
+            "pad": "zero-pad bottom/right to a multiple of size_multiple AFTER normalisation, crop the output back",
         },
         "output": {
             "shape": [-1, NUM_CLASSES, height, width],
             "meaning": "class probabilities (FarSeg: softmax; FactSeg: fused joint probability);"
-                       " argmax over axis 1 gives the class index",
+            " argmax over axis 1 gives the class index",
         },
-        "normalize": {"mean": [float(v) for v in MEAN], "std": [float(v) for v in STD],
-                      "pixel_range": "0..255", "formula": "(pixel - mean) / std per channel"},
-        "sliding_window": {"window": window, "stride": stride,
-                           "merge": "average probabilities where windows overlap, then argmax"},
+        "normalize": {
+            "mean": [float(v) for v in MEAN],
+            "std": [float(v) for v in STD],
+            "pixel_range": "0..255",
+            "formula": "(pixel - mean) / std per channel",
+        },
+        "sliding_window": {
+            "window": window,
+            "stride": stride,
+            "merge": "average probabilities where windows overlap, then argmax",
+        },
         "num_classes": NUM_CLASSES,
         "classes": list(CLASS_NAMES),
         "palette": [[int(c) for c in colour] for colour in PALETTE],
-        "weights": {"file": os.path.basename(weights) if weights else None,
-                    "sha256": sha256_file(weights) if weights else None, "loaded_as": weights_how},
+        "weights": {
+            "file": os.path.basename(weights) if weights else None,
+            "sha256": sha256_file(weights) if weights else None,
+            "loaded_as": weights_how,
+        },
     }
     config.update(extra or {})
     return config
@@ -128,11 +146,13 @@ def read_deploy_config(model_dir: str, verify: bool = True) -> Dict[str, Any]:
             config = yaml.safe_load(handle)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise ExportError(f"{config_path}: cannot read ({' '.join(str(error).split())[:200]})") from None
-    if not isinstance(config, dict) or config.get("format") not in FORMAT_FILES or not isinstance(
-            config.get("input"), dict):
+    if (
+        not isinstance(config, dict)
+        or config.get("format") not in FORMAT_FILES
+        or not isinstance(config.get("input"), dict)
+    ):
         raise ExportError(f"{config_path}: not a model.yml written by this project's export")
-    missing = [name for name in FORMAT_FILES[config["format"]]
-               if not os.path.isfile(os.path.join(model_dir, name))]
+    missing = [name for name in FORMAT_FILES[config["format"]] if not os.path.isfile(os.path.join(model_dir, name))]
     if missing:
         raise ExportError(f"{model_dir}: incomplete {config['format']} export (missing {', '.join(missing)})")
     if config.get("model") not in MODEL_NAMES:
@@ -150,8 +170,10 @@ def read_deploy_config(model_dir: str, verify: bool = True) -> Dict[str, Any]:
     if verify:
         found = program_model(model_dir, config["format"])
         if found != config["model"]:
-            raise ExportError(f"{config_path}: says model {config['model']!r} but the program's convolutions"
-                              f" are {found or 'neither farseg nor factseg'}'s; refusing a mismatched export")
+            raise ExportError(
+                f"{config_path}: says model {config['model']!r} but the program's convolutions"
+                f" are {found or 'neither farseg nor factseg'}'s; refusing a mismatched export"
+            )
     return config
 
 
@@ -197,8 +219,9 @@ def paddle_program_conv_shapes(path: str) -> ShapeList:
                     raise ValueError("a convolution weight is not a parameter")
                 shapes.append(parameters[weight])
     except (OSError, UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError, RecursionError) as error:
-        raise ExportError(f"{path}: not a readable Paddle PIR program ({type(error).__name__}:"
-                          f" {' '.join(str(error).split())[:120]})") from None
+        raise ExportError(
+            f"{path}: not a readable Paddle PIR program ({type(error).__name__}: {' '.join(str(error).split())[:120]})"
+        ) from None
     return sorted(shapes)
 
 
@@ -246,7 +269,7 @@ def _import_onnx():
     try:
         import onnx
     except ImportError:
-        raise ExportError("ONNX support needs the onnx extra: pip install -e \".[onnx]\"") from None
+        raise ExportError('ONNX support needs the onnx extra: pip install -e ".[onnx]"') from None
     return onnx
 
 
@@ -254,12 +277,13 @@ def _import_onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise ExportError("ONNX support needs the onnx extra: pip install -e \".[onnx]\"") from None
+        raise ExportError('ONNX support needs the onnx extra: pip install -e ".[onnx]"') from None
     return onnxruntime
 
 
-def check_input(x: np.ndarray, size: Optional[Tuple[int, int]], model_dir: str,
-                error: type = ExportError) -> np.ndarray:
+def check_input(
+    x: np.ndarray, size: Optional[Tuple[int, int]], model_dir: str, error: type = ExportError
+) -> np.ndarray:
     """A float32 [B,3,H,W] batch with H, W multiples of 32 (the fixed size if there is one)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 4 or x.shape[1] != 3:
@@ -293,9 +317,11 @@ class ExportedModel:
         x = normalize(image)
         if self.fixed_size is not None:
             if height > self.fixed_size[0] or width > self.fixed_size[1]:
-                raise self.error(f"image {height}x{width} is larger than the fixed export size"
-                                 f" {self.fixed_size[0]}x{self.fixed_size[1]}: use predict --model-dir"
-                                 f" {self.model_dir} (sliding windows)")
+                raise self.error(
+                    f"image {height}x{width} is larger than the fixed export size"
+                    f" {self.fixed_size[0]}x{self.fixed_size[1]}: use predict --model-dir"
+                    f" {self.model_dir} (sliding windows)"
+                )
             pad_h, pad_w = self.fixed_size[0] - height, self.fixed_size[1] - width
         else:
             pad_h, pad_w = pad_to_multiple(height, width, SIZE_MULTIPLE)
@@ -319,8 +345,13 @@ def default_threads() -> int:
 class OnnxModel(ExportedModel):
     """An ONNX export run by onnxruntime's CPU execution provider (all graph optimisations on)."""
 
-    def __init__(self, model_dir: str, threads: Optional[int] = None, config: Optional[Dict[str, Any]] = None,
-                 error: type = ExportError) -> None:
+    def __init__(
+        self,
+        model_dir: str,
+        threads: Optional[int] = None,
+        config: Optional[Dict[str, Any]] = None,
+        error: type = ExportError,
+    ) -> None:
         self.error = error
         self.model_dir = model_dir
         self.config = read_deploy_config(model_dir) if config is None else config
@@ -335,11 +366,13 @@ class OnnxModel(ExportedModel):
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(os.path.join(model_dir, FORMAT_FILES[ONNX_FORMAT][0]),
-                                                options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                os.path.join(model_dir, FORMAT_FILES[ONNX_FORMAT][0]), options, providers=["CPUExecutionProvider"]
+            )
         except Exception as error_:  # noqa: BLE001 (onnxruntime raises its own exception types)
-            raise error(f"{model_dir}: onnxruntime cannot load the model"
-                        f" ({' '.join(str(error_).split())[:200]})") from None
+            raise error(
+                f"{model_dir}: onnxruntime cannot load the model ({' '.join(str(error_).split())[:200]})"
+            ) from None
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -365,8 +398,7 @@ def check_replaceable(out_dir: str) -> None:
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ExportError(f"{out_dir}: exists and is not a folder")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, CONFIG_FILE)):
-        raise ExportError(f"{out_dir}: exists and is not an earlier export (no {CONFIG_FILE});"
-                          " refusing to replace it")
+        raise ExportError(f"{out_dir}: exists and is not an earlier export (no {CONFIG_FILE}); refusing to replace it")
 
 
 def staging_folder(out_dir: str) -> str:
@@ -380,8 +412,9 @@ def replace_folder(staging: str, out_dir: str) -> None:
     """Move the finished ``staging`` folder to ``out_dir``, replacing an earlier export there."""
     check_replaceable(out_dir)
     if os.path.isdir(out_dir) and os.listdir(out_dir):
-        previous = tempfile.mkdtemp(prefix="." + os.path.basename(out_dir) + ".old.",
-                                    dir=os.path.dirname(os.path.abspath(out_dir)))
+        previous = tempfile.mkdtemp(
+            prefix="." + os.path.basename(out_dir) + ".old.", dir=os.path.dirname(os.path.abspath(out_dir))
+        )
         os.rmdir(previous)
         os.replace(out_dir, previous)
         os.replace(staging, out_dir)

@@ -6,6 +6,7 @@ predict driver (:mod:`app.predict`) writes them, keeps every ``step``-th row and
 that its longer side is at most ``max_side`` pixels, and counts each class's share at full
 resolution for the legend.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,7 +44,7 @@ class ColourPreview:
         first = -(-row_start // self.step) * self.step  # first kept row at or after row_start
         kept = np.arange(first, row_start + rows.shape[0], self.step)
         if kept.size:
-            self.index[kept // self.step] = rows[kept - row_start, ::self.step]
+            self.index[kept // self.step] = rows[kept - row_start, :: self.step]
 
     @property
     def nodata_pixels(self) -> int:
@@ -60,8 +61,9 @@ class ColourPreview:
         colour = colorize(self.index)
         if not legend:
             return colour
-        caption = title or (f"prediction {self.width}x{self.height}"
-                            + (f" (1:{self.step} subsampled)" if self.step > 1 else ""))
+        caption = title or (
+            f"prediction {self.width}x{self.height}" + (f" (1:{self.step} subsampled)" if self.step > 1 else "")
+        )
         return compose_panels([(caption, colour)], fractions=self.fractions())
 
     def save(self, path: str, legend: bool = True, title: Optional[str] = None) -> None:
@@ -76,8 +78,7 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def render_legend(height: int, fractions: Optional[Sequence[float]] = None,
-                  font_size: int = 14) -> np.ndarray:
+def render_legend(height: int, fractions: Optional[Sequence[float]] = None, font_size: int = 14) -> np.ndarray:
     """A white legend strip [max(height, needed), w, 3]: one swatch and class name per class.
 
     With ``fractions`` (share of each class), each line also gives the percentage, and
@@ -98,8 +99,7 @@ def render_legend(height: int, fractions: Optional[Sequence[float]] = None,
     needed = 12 + line * (NUM_CLASSES + 1)
     canvas = Image.new("RGB", (width, max(height, needed)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    draw.text((12, 8), "class (share of pixels)" if fractions is not None else "class", fill=(0, 0, 0),
-              font=font)
+    draw.text((12, 8), "class (share of pixels)" if fractions is not None else "class", fill=(0, 0, 0), font=font)
     for index, text in enumerate(labels):
         top = 12 + line * (index + 1)
         colour = tuple(int(c) for c in PALETTE[index])
@@ -109,9 +109,14 @@ def render_legend(height: int, fractions: Optional[Sequence[float]] = None,
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def compose_panels(panels: Sequence[Tuple[str, np.ndarray]], legend: bool = True,
-                   fractions: Optional[Sequence[float]] = None, gap: int = 8,
-                   font_size: int = 14, caption: Optional[str] = None) -> np.ndarray:
+def compose_panels(
+    panels: Sequence[Tuple[str, np.ndarray]],
+    legend: bool = True,
+    fractions: Optional[Sequence[float]] = None,
+    gap: int = 8,
+    font_size: int = 14,
+    caption: Optional[str] = None,
+) -> np.ndarray:
     """Place RGB panels side by side with a title above each and the class legend on the right.
 
     Used for the predict ``--color`` rendering (one panel) and for the documentation picture
@@ -136,7 +141,7 @@ def compose_panels(panels: Sequence[Tuple[str, np.ndarray]], legend: bool = True
     canvas = np.full((height, width, 3), 255, dtype=np.uint8)
     left = 0
     for piece in pieces:
-        canvas[:piece.shape[0], left:left + piece.shape[1]] = piece
+        canvas[: piece.shape[0], left : left + piece.shape[1]] = piece
         left += piece.shape[1] + gap
     if caption:
         caption_width = int(probe.textlength(caption, font=font)) + 8

@@ -30,6 +30,7 @@ and by what:
 Errors: :class:`RasterError`, one line that starts with the file name (unreadable or corrupt
 file, band count other than 3, non-8-bit bands, unsupported output extension).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,14 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 import numpy as np
 
 from isaid.atomic import describe_os_error
-from isaid.imageio import (ImageReadError, publish, read_rgb_with_mode, read_size, require_regular_file,
-                           temporary_path_beside)
+from isaid.imageio import (
+    ImageReadError,
+    publish,
+    read_rgb_with_mode,
+    read_size,
+    require_regular_file,
+    temporary_path_beside,
+)
 from isaid.palette import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE, index_png_palette
 from isaid.resources import MemoryBudgetError, check_memory
 
@@ -83,8 +90,9 @@ def _import_rasterio(path: str, purpose: str):
         import rasterio.enums  # noqa: F401
         import rasterio.windows  # noqa: F401
     except ImportError:
-        raise RasterError(f"{path}: {purpose} needs rasterio (pip install rasterio, or the"
-                          " project's [geo] extra)") from None
+        raise RasterError(
+            f"{path}: {purpose} needs rasterio (pip install rasterio, or the project's [geo] extra)"
+        ) from None
     return rasterio
 
 
@@ -153,9 +161,11 @@ class _WholeImageReader(RasterReader):
     def __init__(self, path: str) -> None:
         try:
             height, width = read_size(path)
-            check_memory(WHOLE_IMAGE_BYTES_PER_PIXEL * height * width,
-                         f"{path}: decoding this {width}x{height} image whole",
-                         "convert it to a tiled GeoTIFF, which is read by windows")
+            check_memory(
+                WHOLE_IMAGE_BYTES_PER_PIXEL * height * width,
+                f"{path}: decoding this {width}x{height} image whole",
+                "convert it to a tiled GeoTIFF, which is read by windows",
+            )
         except ImageReadError as error:
             raise RasterError(str(error)) from None
         except MemoryBudgetError as error:
@@ -198,14 +208,18 @@ class _WindowedTiffReader(RasterReader):
         self.path = path
         try:
             if dataset.count != 3:
-                raise RasterError(f"{path}: {dataset.count} band{'s' if dataset.count != 1 else ''};"
-                                  " expected 3 (RGB). Select the RGB bands first (e.g. gdal_translate"
-                                  " -b 1 -b 2 -b 3)")
+                raise RasterError(
+                    f"{path}: {dataset.count} band{'s' if dataset.count != 1 else ''};"
+                    " expected 3 (RGB). Select the RGB bands first (e.g. gdal_translate"
+                    " -b 1 -b 2 -b 3)"
+                )
             dtypes = set(dataset.dtypes)
             if dtypes != {"uint8"}:
-                raise RasterError(f"{path}: band data type {', '.join(sorted(dtypes))}; expected"
-                                  " uint8 (the models were trained on 8-bit RGB: rescale to 0..255"
-                                  " first)")
+                raise RasterError(
+                    f"{path}: band data type {', '.join(sorted(dtypes))}; expected"
+                    " uint8 (the models were trained on 8-bit RGB: rescale to 0..255"
+                    " first)"
+                )
         except RasterError:
             dataset.close()
             raise
@@ -219,7 +233,8 @@ class _WindowedTiffReader(RasterReader):
         # GDAL's per-band mask flags: all_valid alone means "no nodata value, no mask".
         all_valid = rasterio.enums.MaskFlags.all_valid
         self.has_nodata = dataset.nodata is not None or any(
-            list(flags) != [all_valid] for flags in dataset.mask_flag_enums)
+            list(flags) != [all_valid] for flags in dataset.mask_flag_enums
+        )
 
     def nodata_rows(self, y0: int, y1: int) -> Optional[np.ndarray]:
         if not self.has_nodata:
@@ -228,8 +243,9 @@ class _WindowedTiffReader(RasterReader):
         try:
             masks = self._dataset.read_masks(window=window)  # [3, rows, width], 0 = nodata
         except self._rasterio.errors.RasterioError as error:
-            raise RasterError(f"{self.path}: cannot read the nodata mask of rows {y0}..{y1}"
-                              f" ({_one_line(error)})") from None
+            raise RasterError(
+                f"{self.path}: cannot read the nodata mask of rows {y0}..{y1} ({_one_line(error)})"
+            ) from None
         # A pixel is nodata when every band says so (a per-dataset mask, or the nodata value
         # in all three bands): one dark channel alone is still a valid pixel.
         return (masks == 0).all(axis=0)
@@ -242,12 +258,11 @@ class _WindowedTiffReader(RasterReader):
             try:
                 bands = self._dataset.read(window=window)  # [3, rows, width]
             except self._rasterio.errors.RasterioError as error:
-                raise RasterError(f"{self.path}: cannot read rows {y0}..{y1}"
-                                  f" ({_one_line(error)})") from None
+                raise RasterError(f"{self.path}: cannot read rows {y0}..{y1} ({_one_line(error)})") from None
             self._strip = np.ascontiguousarray(bands.transpose(1, 2, 0))
             self._strip_rows = (y0, y1)
             top = y0
-        return self._strip[y0 - top:y1 - top, x0:x1]
+        return self._strip[y0 - top : y1 - top, x0:x1]
 
     def close(self) -> None:
         self._strip = None
@@ -355,8 +370,9 @@ class ClassMapWriter:
             self._call(self._write, row_start, rows)
         except Exception as error:  # noqa: BLE001 - OSError, GDAL's errors: one line, no traceback
             self.abort()
-            raise self._failure(f"{self.path}: write failed at rows {row_start}..{row_start + rows.shape[0]}"
-                                f" ({self._reason(error)})") from None
+            raise self._failure(
+                f"{self.path}: write failed at rows {row_start}..{row_start + rows.shape[0]} ({self._reason(error)})"
+            ) from None
         self._crc = zlib.crc32(rows, self._crc)
         self.rows_written += rows.shape[0]
 
@@ -364,8 +380,9 @@ class ClassMapWriter:
         """Finish the file, verify it and move it to ``path`` (only if all rows were written)."""
         if self.rows_written != self.height:
             self.abort()
-            raise RuntimeError(f"{self.path}: only {self.rows_written} of {self.height} rows were"
-                               " written; no output file was created")
+            raise RuntimeError(
+                f"{self.path}: only {self.rows_written} of {self.height} rows were written; no output file was created"
+            )
         try:
             self._call(self._finish)
             publish(self.temporary, self.path, verify=lambda temporary: self._call(self._verify, temporary))
@@ -384,11 +401,14 @@ class ClassMapWriter:
         """Read the written file back and compare the CRC of its rows with what was written."""
         height, width, crc = self._read_back(temporary)
         if (height, width) != (self.height, self.width):
-            raise RasterError(f"{self.path}: the {self.kind} written reads back as {width}x{height}, not"
-                              f" {self.width}x{self.height}")
+            raise RasterError(
+                f"{self.path}: the {self.kind} written reads back as {width}x{height}, not {self.width}x{self.height}"
+            )
         if crc != self._crc:
-            raise RasterError(f"{self.path}: the {self.kind} written does not read back as written (CRC"
-                              " mismatch: a write error, e.g. a full disk)")
+            raise RasterError(
+                f"{self.path}: the {self.kind} written does not read back as written (CRC"
+                " mismatch: a write error, e.g. a full disk)"
+            )
 
     @staticmethod
     def _reason(error: BaseException) -> str:
@@ -431,14 +451,26 @@ class GeoTiffClassMapWriter(ClassMapWriter):
 
     kind = "GeoTIFF"
 
-    def __init__(self, path: str, height: int, width: int, crs=None, transform=None,
-                 nodata: Optional[int] = None) -> None:
+    def __init__(
+        self, path: str, height: int, width: int, crs=None, transform=None, nodata: Optional[int] = None
+    ) -> None:
         rasterio = _import_rasterio(path, "writing a GeoTIFF")
         super().__init__(path, height, width)
         self._rasterio = rasterio
-        profile = dict(driver="GTiff", height=height, width=width, count=1, dtype="uint8",
-                       compress="deflate", predictor=1, tiled=True, blockxsize=GEOTIFF_BLOCK,
-                       blockysize=GEOTIFF_BLOCK, BIGTIFF="IF_SAFER", photometric="palette")
+        profile = dict(
+            driver="GTiff",
+            height=height,
+            width=width,
+            count=1,
+            dtype="uint8",
+            compress="deflate",
+            predictor=1,
+            tiled=True,
+            blockxsize=GEOTIFF_BLOCK,
+            blockysize=GEOTIFF_BLOCK,
+            BIGTIFF="IF_SAFER",
+            photometric="palette",
+        )
         if crs is not None:
             profile["crs"] = crs
         if transform is not None:
@@ -451,8 +483,7 @@ class GeoTiffClassMapWriter(ClassMapWriter):
                 self._dataset = rasterio.open(self.temporary, "w", **profile)
             # Class colours and names travel with the file: GIS software shows the iSAID
             # colours while the stored values stay the class indices.
-            self._dataset.write_colormap(1, {i: tuple(int(c) for c in PALETTE[i]) + (255,)
-                                             for i in range(NUM_CLASSES)})
+            self._dataset.write_colormap(1, {i: tuple(int(c) for c in PALETTE[i]) + (255,) for i in range(NUM_CLASSES)})
             self._dataset.update_tags(1, **{f"CLASS_{i}": name for i, name in enumerate(CLASS_NAMES)})
             self._dataset.set_band_description(1, "class index (iSAID)")
         except rasterio.errors.RasterioError as error:
@@ -477,16 +508,17 @@ class GeoTiffClassMapWriter(ClassMapWriter):
                 warnings.simplefilter("ignore")
                 with rasterio.open(temporary) as dataset:
                     if dataset.count != 1 or dataset.dtypes[0] != "uint8":
-                        raise RasterError(f"{self.path}: the GeoTIFF written has {dataset.count} band(s) of"
-                                          f" {dataset.dtypes[0]}, not 1 of uint8")
+                        raise RasterError(
+                            f"{self.path}: the GeoTIFF written has {dataset.count} band(s) of"
+                            f" {dataset.dtypes[0]}, not 1 of uint8"
+                        )
                     for top in range(0, dataset.height, GEOTIFF_BLOCK * 4):
                         rows = min(GEOTIFF_BLOCK * 4, dataset.height - top)
                         block = dataset.read(1, window=rasterio.windows.Window(0, top, dataset.width, rows))
                         crc = zlib.crc32(np.ascontiguousarray(block), crc)
                     return dataset.height, dataset.width, crc
         except rasterio.errors.RasterioError as error:
-            raise RasterError(f"{self.path}: the GeoTIFF written does not read back"
-                              f" ({_one_line(error)})") from None
+            raise RasterError(f"{self.path}: the GeoTIFF written does not read back ({_one_line(error)})") from None
 
     def _close_quietly(self) -> None:
         self._dataset.close()
@@ -594,8 +626,9 @@ class PngClassMapWriter(ClassMapWriter):
         self._file.close()
 
 
-def create_class_map_writer(path: str, height: int, width: int, crs=None,
-                            transform=None, nodata: Optional[int] = None) -> ClassMapWriter:
+def create_class_map_writer(
+    path: str, height: int, width: int, crs=None, transform=None, nodata: Optional[int] = None
+) -> ClassMapWriter:
     """A :class:`ClassMapWriter` chosen by the extension of ``path``.
 
     ``.tif`` / ``.tiff``: :class:`GeoTiffClassMapWriter` (keeps ``crs`` and ``transform``);
@@ -608,5 +641,7 @@ def create_class_map_writer(path: str, height: int, width: int, crs=None,
         return GeoTiffClassMapWriter(path, height, width, crs, transform, nodata)
     if extension in PNG_EXTENSIONS:
         return PngClassMapWriter(path, height, width)
-    raise RasterError(f"{path}: unsupported output extension {extension or '(none)'!r}; use .tif"
-                      " (GeoTIFF, keeps the georeferencing) or .png")
+    raise RasterError(
+        f"{path}: unsupported output extension {extension or '(none)'!r}; use .tif"
+        " (GeoTIFF, keeps the georeferencing) or .png"
+    )

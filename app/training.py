@@ -3,6 +3,7 @@ paddle_impl.train``: the command line, where a run starts from (checkpoint or Im
 the checkpoint folder, ``metrics.jsonl`` and one-line error messages. The model, optimiser,
 step, checkpoint contents and scalar writers are in each framework's ``train.py``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,23 @@ from .config import Config, changed_keys, describe_keys, resolve_imagenet_path, 
 
 IMAGENET_URL = "https://download.pytorch.org/models/resnet50-19c8e357.pth"
 # A resumed run must draw the same batches and follow the same schedule as the first one.
-RESUME_MUST_MATCH = ("model.name", "model.num_classes", "data.window", "train.iterations",
-                     "train.batch_size", "train.lr", "train.momentum", "train.weight_decay",
-                     "train.poly_power", "train.clip_norm", "train.seed", "train.amp",
-                     "augment.hflip", "augment.vflip", "augment.rot90")
+RESUME_MUST_MATCH = (
+    "model.name",
+    "model.num_classes",
+    "data.window",
+    "train.iterations",
+    "train.batch_size",
+    "train.lr",
+    "train.momentum",
+    "train.weight_decay",
+    "train.poly_power",
+    "train.clip_norm",
+    "train.seed",
+    "train.amp",
+    "augment.hflip",
+    "augment.vflip",
+    "augment.rot90",
+)
 
 
 class TrainError(RuntimeError):
@@ -37,11 +51,13 @@ class TrainError(RuntimeError):
 
 def imagenet_missing_message(path: str, model_name: str) -> str:
     """One line: the file is missing, and how to make it."""
-    return (f"init.imagenet: {path}: file not found. Download torchvision's ImageNet ResNet-50"
-            f" {IMAGENET_URL} (resnet50-19c8e357.pth) and convert it:"
-            f" `python -m convert resnet50-19c8e357.pth --model resnet50 --target {model_name}"
-            f" -o {path}`; or pass --set init.imagenet=none to train from random"
-            f" initialisation on purpose")
+    return (
+        f"init.imagenet: {path}: file not found. Download torchvision's ImageNet ResNet-50"
+        f" {IMAGENET_URL} (resnet50-19c8e357.pth) and convert it:"
+        f" `python -m convert resnet50-19c8e357.pth --model resnet50 --target {model_name}"
+        f" -o {path}`; or pass --set init.imagenet=none to train from random"
+        f" initialisation on purpose"
+    )
 
 
 def checkpoint_dir(out_dir: str) -> str:
@@ -54,8 +70,7 @@ def list_checkpoints(out_dir: str, pattern: Pattern[str]) -> List[Tuple[int, str
     folder = checkpoint_dir(out_dir)
     if not os.path.isdir(folder):
         return []
-    found = [(int(m.group(1)), os.path.join(folder, name))
-             for name in os.listdir(folder) if (m := pattern.match(name))]
+    found = [(int(m.group(1)), os.path.join(folder, name)) for name in os.listdir(folder) if (m := pattern.match(name))]
     return sorted(found)
 
 
@@ -127,8 +142,10 @@ def checkpoint_problem(path: str) -> Optional[str]:
     try:
         fd = _open_regular(path + CHECKSUM_SUFFIX)
     except FileNotFoundError:
-        return (f"no checksum file {os.path.basename(path)}{CHECKSUM_SUFFIX} next to it (every checkpoint"
-                f" of this trainer has one): incomplete, or not written by this trainer")
+        return (
+            f"no checksum file {os.path.basename(path)}{CHECKSUM_SUFFIX} next to it (every checkpoint"
+            f" of this trainer has one): incomplete, or not written by this trainer"
+        )
     except OSError as error:
         return f"cannot read its checksum file ({error.strerror or error})"
     try:
@@ -149,8 +166,10 @@ def checkpoint_problem(path: str) -> Optional[str]:
     finally:
         os.close(fd)
     if actual != match.group(1).decode("ascii"):
-        return (f"corrupt: its sha256 is {actual[:12]}..., its checksum file says "
-                f"{match.group(1).decode('ascii')[:12]}... (truncated, overwritten or damaged on disk)")
+        return (
+            f"corrupt: its sha256 is {actual[:12]}..., its checksum file says "
+            f"{match.group(1).decode('ascii')[:12]}... (truncated, overwritten or damaged on disk)"
+        )
     return None
 
 
@@ -165,11 +184,13 @@ def remove_stale_temporaries(out_dir: str, pattern: Pattern[str]) -> List[str]:
     for name in os.listdir(folder):
         if not (name.startswith(".") and name.endswith(".tmp")):
             continue
-        parts = name[1:-len(".tmp")].split(".")
+        parts = name[1 : -len(".tmp")].split(".")
         # ".ckpt_0000010.pt.k3j4h5.tmp" or ".ckpt_0000010.pt.sha256.k3j4h5.tmp"
         candidates = {".".join(parts[:i]) for i in range(1, len(parts))}
-        if any(pattern.match(c) or (c.endswith(CHECKSUM_SUFFIX) and pattern.match(c[: -len(CHECKSUM_SUFFIX)]))
-               for c in candidates):
+        if any(
+            pattern.match(c) or (c.endswith(CHECKSUM_SUFFIX) and pattern.match(c[: -len(CHECKSUM_SUFFIX)]))
+            for c in candidates
+        ):
             path = os.path.join(folder, name)
             try:
                 os.remove(path)
@@ -200,16 +221,20 @@ def find_resume(resume: Optional[str], out_dir: str, pattern: Pattern[str]) -> O
         problem = checkpoint_problem(path)
         if problem is None:
             return path
-        print(f"warning: --resume auto: skipping {path}: {problem}; falling back to the previous checkpoint",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: --resume auto: skipping {path}: {problem}; falling back to the previous checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
     if found:
-        raise TrainError(f"--resume auto: none of the {len(found)} checkpoints in {checkpoint_dir(out_dir)} is"
-                         f" intact (see the warnings above); resume from one explicitly or move them away")
+        raise TrainError(
+            f"--resume auto: none of the {len(found)} checkpoints in {checkpoint_dir(out_dir)} is"
+            f" intact (see the warnings above); resume from one explicitly or move them away"
+        )
     return None
 
 
-def check_training_checkpoint(path: str, state: Any, checkpoint_format: str, program: str,
-                              config: Config) -> None:
+def check_training_checkpoint(path: str, state: Any, checkpoint_format: str, program: str, config: Config) -> None:
     """What a trainer's checkpoint must hold before anything of it is used (TrainError, one line):
     the format tag, the recipe of ``config`` (``RESUME_MUST_MATCH``), the entries
     ``save_checkpoint`` writes, and finite model and optimizer arrays (a diverged run's
@@ -220,8 +245,10 @@ def check_training_checkpoint(path: str, state: Any, checkpoint_format: str, pro
         raise TrainError(f"{path}: entry 'config' missing or not a dict (damaged checkpoint)")
     changed = changed_keys(state["config"], config, RESUME_MUST_MATCH)
     if changed:
-        raise TrainError(f"{path}: the checkpoint was trained with other settings"
-                         f" ({'; '.join(changed)}); resume with the same recipe")
+        raise TrainError(
+            f"{path}: the checkpoint was trained with other settings"
+            f" ({'; '.join(changed)}); resume with the same recipe"
+        )
     wanted = {"iteration": int, "model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "rng": dict}
     for key, kind in wanted.items():
         if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
@@ -262,8 +289,9 @@ def _first_nonfinite(value: Any, where: str) -> Optional[str]:
     return None
 
 
-def starting_point(config: Config, resume: Optional[str], framework: str,
-                   pattern: Pattern[str]) -> Tuple[Optional[str], Optional[str]]:
+def starting_point(
+    config: Config, resume: Optional[str], framework: str, pattern: Pattern[str]
+) -> Tuple[Optional[str], Optional[str]]:
     """(checkpoint to resume from, ImageNet file for the encoder) of a run; either may be None.
 
     TrainError when a fresh start needs an ImageNet file that does not exist.
@@ -272,8 +300,11 @@ def starting_point(config: Config, resume: Optional[str], framework: str,
     if os.environ.get("RANK", "0") == "0":
         stale = remove_stale_temporaries(out_dir, pattern)
         if stale:
-            print(f"removed {len(stale)} temporary files of interrupted checkpoint writes from"
-                  f" {checkpoint_dir(out_dir)}", file=sys.stderr, flush=True)
+            print(
+                f"removed {len(stale)} temporary files of interrupted checkpoint writes from {checkpoint_dir(out_dir)}",
+                file=sys.stderr,
+                flush=True,
+            )
     resume_path = find_resume(resume, out_dir, pattern)
     # A resumed run takes every weight from its checkpoint; a fresh one needs the
     # ImageNet file unless init.imagenet=none says otherwise (no silent random start).
@@ -323,21 +354,40 @@ def build_parser(prog: str, several_processes: str) -> argparse.ArgumentParser:
         epilog="config keys (set in the YAML file or with --set):\n" + "\n".join(describe_keys()),
         prog=prog,
         description="Train FarSeg or FactSeg on iSAID patches (official recipe by default)."
-                    f" Several processes: {several_processes}",
+        f" Several processes: {several_processes}",
     )
-    parser.add_argument("--config", required=True, metavar="YAML",
-                        help="recipe file, e.g. configs/farseg_isaid.yaml (keys listed below)")
-    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
-                        metavar="KEY=VALUE",
-                        help="override config keys, values parsed as YAML: --set"
-                             " train.iterations=100 train.amp=bf16 init.imagenet=none")
-    parser.add_argument("--resume", metavar="PATH|auto", default=None,
-                        help="continue from a checkpoint file, or 'auto': the newest in"
-                             " train.out_dir (a fresh start when there is none)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bar (metrics.jsonl and the logs are still written)")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config (file + overrides) as YAML and exit")
+    parser.add_argument(
+        "--config",
+        required=True,
+        metavar="YAML",
+        help="recipe file, e.g. configs/farseg_isaid.yaml (keys listed below)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys, values parsed as YAML: --set"
+        " train.iterations=100 train.amp=bf16 init.imagenet=none",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="PATH|auto",
+        default=None,
+        help="continue from a checkpoint file, or 'auto': the newest in"
+        " train.out_dir (a fresh start when there is none)",
+    )
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress bar (metrics.jsonl and the logs are still written)",
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config (file + overrides) as YAML and exit"
+    )
     return parser
 
 
@@ -379,17 +429,23 @@ class NonFiniteGuard:
     def check_first(self, first_bad: int) -> None:
         """TrainError if ``first_bad`` (iteration of the first non-finite loss, -1: none) is set."""
         if first_bad >= 0:
-            raise TrainError(f"iteration {first_bad}: the training loss is NaN/Inf; stopping before the"
-                             " model is saved (the checkpoints written so far are intact). Lower"
-                             " train.lr or check the data; --set train.skip_nonfinite=true skips such"
-                             " batches instead")
+            raise TrainError(
+                f"iteration {first_bad}: the training loss is NaN/Inf; stopping before the"
+                " model is saved (the checkpoints written so far are intact). Lower"
+                " train.lr or check the data; --set train.skip_nonfinite=true skips such"
+                " batches instead"
+            )
 
     def skipped(self, iteration: int, value: float) -> str:
         """Count a skipped batch; returns the warning line to print. TrainError past the limit."""
         self.count += 1
         if self.count > self.limit:
-            raise TrainError(f"iteration {iteration}: {self.count} batches with a NaN/Inf loss skipped, more"
-                             f" than train.max_nonfinite={self.limit}; stopping (the training has"
-                             " diverged or the data is broken)")
-        return (f"warning: iteration {iteration}: loss {value} is not finite; batch skipped, training state"
-                f" restored ({self.count} skipped so far)")
+            raise TrainError(
+                f"iteration {iteration}: {self.count} batches with a NaN/Inf loss skipped, more"
+                f" than train.max_nonfinite={self.limit}; stopping (the training has"
+                " diverged or the data is broken)"
+            )
+        return (
+            f"warning: iteration {iteration}: loss {value} is not finite; batch skipped, training state"
+            f" restored ({self.count} skipped so far)"
+        )

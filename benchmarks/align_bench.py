@@ -22,6 +22,7 @@ Measured:
 Writes ``benchmarks/results/align_bench.json`` (atomically) with the machine, the load average
 before and after (the machine is shared: wall times scale with it), and the command line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,11 @@ GOALS = {"align_farseg_seconds": 60.0, "convert_seconds": 2.0, "convert_cli_seco
 
 def machine_info() -> Dict[str, Any]:
     """CPU, memory and package versions (read without importing the frameworks)."""
-    info: Dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpu_count": os.cpu_count()}
+    info: Dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+    }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -54,7 +58,7 @@ def machine_info() -> Dict[str, Any]:
                 break
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal"):
-                info["mem_total_gib"] = round(int(line.split()[1]) / 2 ** 20, 1)
+                info["mem_total_gib"] = round(int(line.split()[1]) / 2**20, 1)
     except OSError:
         pass
     for package in ("torch", "paddlepaddle", "numpy", "reprod_log"):
@@ -93,10 +97,14 @@ def run_child(args: Sequence[str], timeout: float = 3600) -> Dict[str, Any]:
         wall = time.perf_counter() - start
         out.seek(0)
         output = out.read().decode("utf-8", "replace")
-    return {"command": " ".join(args), "returncode": proc.returncode, "wall_seconds": round(wall, 2),
-            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
-            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # Linux: KiB
-            "output_tail": output[-1500:]}
+    return {
+        "command": " ".join(args),
+        "returncode": proc.returncode,
+        "wall_seconds": round(wall, 2),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),  # Linux: KiB
+        "output_tail": output[-1500:],
+    }
 
 
 def stage_summaries(folder: Path, model: str) -> Dict[str, Any]:
@@ -114,11 +122,20 @@ def stage_summaries(folder: Path, model: str) -> Dict[str, Any]:
             rel = row["rel"] if isinstance(row["rel"], float) else float(row["rel"])
             kind = row["kind"]
             if kind not in worst or rel > worst[kind]["rel"]:
-                worst[kind] = {"rel": rel, "mean_abs": row["mean_abs"], "value": row["name"],
-                               "threshold": row["tol"]["rtol"]}
-        out[stage] = {"passed": report["passed"], "seconds": report["seconds"],
-                      "values": report["num_values"], "failed": report["num_failed"],
-                      "worst_by_kind": worst, "notes": report["notes"]}
+                worst[kind] = {
+                    "rel": rel,
+                    "mean_abs": row["mean_abs"],
+                    "value": row["name"],
+                    "threshold": row["tol"]["rtol"],
+                }
+        out[stage] = {
+            "passed": report["passed"],
+            "seconds": report["seconds"],
+            "values": report["num_values"],
+            "failed": report["num_failed"],
+            "worst_by_kind": worst,
+            "notes": report["notes"],
+        }
     return out
 
 
@@ -126,13 +143,29 @@ def bench_align(models: Sequence[str], dtype: str, size: int, work: Path) -> Dic
     results: Dict[str, Any] = {}
     for model in models:
         folder = work / f"align_{model}_{dtype}"
-        child = run_child([sys.executable, "-m", "align", "--model", model, "--dtype", dtype,
-                           "--size", str(size), "--out", str(folder)])
+        child = run_child(
+            [
+                sys.executable,
+                "-m",
+                "align",
+                "--model",
+                model,
+                "--dtype",
+                dtype,
+                "--size",
+                str(size),
+                "--out",
+                str(folder),
+            ]
+        )
         child["stages"] = stage_summaries(folder, model)
         results[model] = child
-        print(f"align {model} {dtype}: exit {child['returncode']}, {child['wall_seconds']} s wall, "
-              f"{child['cpu_seconds']} s CPU, peak RSS {child['peak_rss_mib']} MiB; stages "
-              + ", ".join(f"{s} {v['seconds']} s" for s, v in child["stages"].items()), flush=True)
+        print(
+            f"align {model} {dtype}: exit {child['returncode']}, {child['wall_seconds']} s wall, "
+            f"{child['cpu_seconds']} s CPU, peak RSS {child['peak_rss_mib']} MiB; stages "
+            + ", ".join(f"{s} {v['seconds']} s" for s, v in child["stages"].items()),
+            flush=True,
+        )
     return results
 
 
@@ -160,8 +193,11 @@ def bench_convert(work: Path, repeats: int = 3) -> Dict[str, Any]:
     for _ in range(repeats):  # the machine is shared: keep every run, report the best
         child = run_child([sys.executable, "-m", "convert", str(ckpt), "-o", str(work / "cli.pdparams")])
         walls.append(child["wall_seconds"])
-        print(f"python -m convert: exit {child['returncode']}, {child['wall_seconds']} s wall (process "
-              f"start and imports included), peak RSS {child['peak_rss_mib']} MiB", flush=True)
+        print(
+            f"python -m convert: exit {child['returncode']}, {child['wall_seconds']} s wall (process "
+            f"start and imports included), peak RSS {child['peak_rss_mib']} MiB",
+            flush=True,
+        )
     info["cli"] = {**child, "wall_seconds_runs": walls, "best_wall_seconds": min(walls)}
     timings = []
     peak = 0
@@ -172,16 +208,22 @@ def bench_convert(work: Path, repeats: int = 3) -> Dict[str, Any]:
         timings.append(time.perf_counter() - start)
         peak = max(peak, tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
-    info["api"] = {"call": "convert.convert_file(ckpt, out) (in-process, imports done)",
-                   "seconds": [round(t, 3) for t in timings], "best_seconds": round(min(timings), 3),
-                   "tracemalloc_peak_mib": round(peak / 2 ** 20, 1)}
-    print(f"convert.convert_file: best {min(timings):.3f} s of {repeats}, tracemalloc peak "
-          f"{peak / 2 ** 20:.1f} MiB", flush=True)
+    info["api"] = {
+        "call": "convert.convert_file(ckpt, out) (in-process, imports done)",
+        "seconds": [round(t, 3) for t in timings],
+        "best_seconds": round(min(timings), 3),
+        "tracemalloc_peak_mib": round(peak / 2**20, 1),
+    }
+    print(
+        f"convert.convert_file: best {min(timings):.3f} s of {repeats}, tracemalloc peak {peak / 2**20:.1f} MiB",
+        flush=True,
+    )
     return info
 
 
-def sweep(models: Sequence[str], seeds: Sequence[int], dtypes: Sequence[str], sizes: Sequence[int],
-          work: Path) -> Dict[str, Any]:
+def sweep(
+    models: Sequence[str], seeds: Sequence[int], dtypes: Sequence[str], sizes: Sequence[int], work: Path
+) -> Dict[str, Any]:
     """Worst rel per (dtype, kind) over every run, with where it occurred."""
     worst: Dict[str, Dict[str, Any]] = {}
     runs = []
@@ -190,19 +232,40 @@ def sweep(models: Sequence[str], seeds: Sequence[int], dtypes: Sequence[str], si
             for seed in seeds:
                 for model in models:
                     folder = work / f"sweep_{model}_{dtype}_{size}_{seed}"
-                    child = run_child([sys.executable, "-m", "align", "--model", model, "--dtype", dtype,
-                                       "--size", str(size), "--seed", str(seed), "--out", str(folder)])
+                    child = run_child(
+                        [
+                            sys.executable,
+                            "-m",
+                            "align",
+                            "--model",
+                            model,
+                            "--dtype",
+                            dtype,
+                            "--size",
+                            str(size),
+                            "--seed",
+                            str(seed),
+                            "--out",
+                            str(folder),
+                        ]
+                    )
                     stages = stage_summaries(folder, model)
-                    runs.append({"model": model, "dtype": dtype, "size": size, "seed": seed,
-                                 "returncode": child["returncode"], "wall_seconds": child["wall_seconds"]})
+                    runs.append(
+                        {
+                            "model": model,
+                            "dtype": dtype,
+                            "size": size,
+                            "seed": seed,
+                            "returncode": child["returncode"],
+                            "wall_seconds": child["wall_seconds"],
+                        }
+                    )
                     for stage, summary in stages.items():
                         for kind, w in summary["worst_by_kind"].items():
                             entry = worst.setdefault(dtype, {}).get(kind)
                             if entry is None or w["rel"] > entry["rel"]:
-                                worst[dtype][kind] = {**w, "model": model, "size": size, "seed": seed,
-                                                      "stage": stage}
-                    print(f"sweep {model} {dtype} size {size} seed {seed}: exit {child['returncode']}",
-                          flush=True)
+                                worst[dtype][kind] = {**w, "model": model, "size": size, "seed": seed, "stage": stage}
+                    print(f"sweep {model} {dtype} size {size} seed {seed}: exit {child['returncode']}", flush=True)
     return {"runs": runs, "worst_by_dtype_and_kind": worst}
 
 
@@ -214,30 +277,43 @@ def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", default="farseg,factseg", help="comma-separated (default both)")
-    parser.add_argument("--dtype", default="float64", choices=("float64", "float32"),
-                        help="dtype of the timed align runs (default float64, the CLI default)")
+    parser.add_argument(
+        "--dtype",
+        default="float64",
+        choices=("float64", "float32"),
+        help="dtype of the timed align runs (default float64, the CLI default)",
+    )
     parser.add_argument("--size", type=int, default=64, help="input size of the timed runs (default 64)")
     parser.add_argument("--skip-align", action="store_true", help="do not time python -m align")
     parser.add_argument("--skip-convert", action="store_true", help="do not time the converter")
-    parser.add_argument("--sweep", default="", metavar="SEEDS",
-                        help="comma-separated seeds for the threshold sweep (default: no sweep)")
+    parser.add_argument(
+        "--sweep", default="", metavar="SEEDS", help="comma-separated seeds for the threshold sweep (default: no sweep)"
+    )
     parser.add_argument("--sweep-dtypes", default="float64", help="dtypes of the sweep (default float64)")
     parser.add_argument("--sweep-sizes", default="64", help="input sizes of the sweep (default 64)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"result file (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
 
-    result: Dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-                              "machine": machine_info(), "load_average_before": load_average(),
-                              "goals": GOALS, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    result: Dict[str, Any] = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": machine_info(),
+        "load_average_before": load_average(),
+        "goals": GOALS,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     with tempfile.TemporaryDirectory(prefix="align_bench_") as tmp:
         work = Path(tmp)
         if not args.skip_align:
-            result["align"] = {"dtype": args.dtype, "size": args.size,
-                               "runs": bench_align(models, args.dtype, args.size, work)}
+            result["align"] = {
+                "dtype": args.dtype,
+                "size": args.size,
+                "runs": bench_align(models, args.dtype, args.size, work),
+            }
             farseg = result["align"]["runs"].get("farseg")
             if farseg:
                 result["align_farseg_seconds"] = farseg["wall_seconds"]
@@ -246,9 +322,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             result["convert_seconds"] = result["convert"]["api"]["best_seconds"]
             result["convert_cli_seconds"] = result["convert"]["cli"]["best_wall_seconds"]
         if args.sweep:
-            result["sweep"] = sweep(models, [int(s) for s in args.sweep.split(",")],
-                                    [d for d in args.sweep_dtypes.split(",") if d],
-                                    [int(s) for s in args.sweep_sizes.split(",")], work)
+            result["sweep"] = sweep(
+                models,
+                [int(s) for s in args.sweep.split(",")],
+                [d for d in args.sweep_dtypes.split(",") if d],
+                [int(s) for s in args.sweep_sizes.split(",")],
+                work,
+            )
     result["load_average_after"] = load_average()
     # Sections not re-run this time (e.g. a later --sweep with --skip-align --skip-convert) keep
     # their earlier results; "runs_log" records which command produced which sections.
@@ -259,10 +339,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (OSError, ValueError):
             merged = {}
     sections = [k for k in ("align", "convert", "sweep") if k in result]
-    merged.setdefault("runs_log", []).append({"command": result["command"], "started": result["started"],
-                                              "sections": sections,
-                                              "load_average": [result["load_average_before"],
-                                                               result["load_average_after"]]})
+    merged.setdefault("runs_log", []).append(
+        {
+            "command": result["command"],
+            "started": result["started"],
+            "sections": sections,
+            "load_average": [result["load_average_before"], result["load_average_after"]],
+        }
+    )
     merged.update({k: v for k, v in result.items()})
     merged["goals_met"] = {k: (merged[k] <= v) for k, v in GOALS.items() if k in merged}
     write_json_atomic(args.out, merged)

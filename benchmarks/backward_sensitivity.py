@@ -18,6 +18,7 @@ of each group of compared values (loss, lr, grad_norm, grad, param, running_mean
 These numbers are the measurements behind ``align.compare.DEFAULT_TOLERANCES`` (backward kinds)
 and ``DEFAULT_LR_SCALE``. Results: ``benchmarks/results/backward_sensitivity.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,15 +35,22 @@ for path in (ROOT, ROOT / "tests"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from trainer_bugs import TRAINER_BUGS  # noqa: E402  (tests/trainer_bugs.py)
+
 from align import AlignConfig, backward  # noqa: E402
 from align.fixtures import get_fixture  # noqa: E402
 from convert import atomic_write  # noqa: E402
-from trainer_bugs import TRAINER_BUGS  # noqa: E402  (tests/trainer_bugs.py)
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "backward_sensitivity.json"
 # Steps each bug needs to show: momentum, scheduler and accumulation bugs act from step 2.
-BUG_STEPS = {"weight_decay_x10": 1, "per_tensor_clip": 1, "scheduler_twice": 2, "poly_power_1": 2,
-             "momentum_0": 2, "gradients_not_cleared": 2}
+BUG_STEPS = {
+    "weight_decay_x10": 1,
+    "per_tensor_clip": 1,
+    "scheduler_twice": 2,
+    "poly_power_1": 2,
+    "momentum_0": 2,
+    "gradients_not_cleared": 2,
+}
 
 
 def worst_per_step(result: Any) -> Dict[str, Dict[str, float]]:
@@ -67,20 +75,28 @@ def measure(config: AlignConfig, bug: Optional[str] = None) -> Dict[str, Any]:
         result = backward.run(config, get_fixture(config))
     finally:
         trainer.build_optimizer = original
-    return {"model": config.model, "dtype": config.dtype, "lr_scale": config.effective_lr_scale,
-            "steps": config.steps, "bug": bug, "passed": result.passed,
-            "first_divergence": result.first_divergence and result.first_divergence.summary,
-            "seconds": round(time.perf_counter() - start, 1),
-            "worst_rel": worst_per_step(result)}
+    return {
+        "model": config.model,
+        "dtype": config.dtype,
+        "lr_scale": config.effective_lr_scale,
+        "steps": config.steps,
+        "bug": bug,
+        "passed": result.passed,
+        "first_divergence": result.first_divergence and result.first_divergence.summary,
+        "seconds": round(time.perf_counter() - start, 1),
+        "worst_rel": worst_per_step(result),
+    }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=5, help="steps of the clean runs (default 5)")
     parser.add_argument("--quick", action="store_true", help="FarSeg only, no lr-scale-1 or float32 runs")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help=f"results JSON (default {DEFAULT_OUT.relative_to(ROOT)})")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default {DEFAULT_OUT.relative_to(ROOT)})"
+    )
     args = parser.parse_args(argv)
     base = AlignConfig(out=None)
     runs: List[AlignConfig] = []
@@ -96,12 +112,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for bug, steps in BUG_STEPS.items():
         results.append(measure(base.with_(model="farseg", steps=steps), bug))
         print(json.dumps(results[-1]), flush=True)
-    document = {"command": "python benchmarks/backward_sensitivity.py " + " ".join(sys.argv[1:] if argv is None
-                                                                                    else argv),
-                "fixture": "64x64, batch 2, seed 2333, random weights (align.fixtures)",
-                "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
-                "runs": results}
+    document = {
+        "command": "python benchmarks/backward_sensitivity.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "fixture": "64x64, batch 2, seed 2333, random weights (align.fixtures)",
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        },
+        "runs": results,
+    }
     text = (json.dumps(document, indent=1) + "\n").encode("utf-8")
     atomic_write(args.out, lambda handle: handle.write(text))
     print(f"wrote {args.out}")

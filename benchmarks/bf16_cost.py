@@ -21,6 +21,7 @@ labels) of each. Models: random weights (torch's default initialisation, seed 0)
         train.iterations=200 train.batch_size=4 data.root=W/data data.window=128 train.out_dir=W/run \
         train.amp=none train.device=cpu train.num_workers=0 train.log_backend=none
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,7 @@ from torch_ref import build_model  # noqa: E402
 from torch_ref.inference import SlidingWindowInference, load_weights  # noqa: E402
 
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", "bf16_cost.json")
-VARIANTS = (("float32 NCHW", None, False), ("float32 channels_last", None, True),
-            ("bf16 channels_last", "bf16", True))
+VARIANTS = (("float32 NCHW", None, False), ("float32 channels_last", None, True), ("bf16 channels_last", "bf16", True))
 
 
 def cpu_flags() -> List[str]:
@@ -55,15 +55,15 @@ def cpu_flags() -> List[str]:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
                 if line.startswith("flags"):
-                    return sorted(f for f in line.split(":", 1)[1].split()
-                                  if f.startswith(("avx512", "amx", "avx_vnni", "avx2")))
+                    return sorted(
+                        f for f in line.split(":", 1)[1].split() if f.startswith(("avx512", "amx", "avx_vnni", "avx2"))
+                    )
     except OSError:
         pass
     return []
 
 
-def measure(model_name: str, weights: Optional[str], scenes: Sequence[Any], window: int,
-            stride: int) -> Dict[str, Any]:
+def measure(model_name: str, weights: Optional[str], scenes: Sequence[Any], window: int, stride: int) -> Dict[str, Any]:
     """Predict every scene in every variant; changed-pixel shares against float32 NCHW, mIoU."""
     torch.manual_seed(0)
     model = build_model(model_name)
@@ -80,14 +80,21 @@ def measure(model_name: str, weights: Optional[str], scenes: Sequence[Any], wind
         model = model.to(memory_format=torch.contiguous_format)
     reference = maps[VARIANTS[0][0]]
     total = sum(m.size for m in reference)
-    result: Dict[str, Any] = {"model": model_name, "weights": how,
-                              "weights_sha256": sha256_file(weights) if weights else None, "variants": {}}
+    result: Dict[str, Any] = {
+        "model": model_name,
+        "weights": how,
+        "weights_sha256": sha256_file(weights) if weights else None,
+        "variants": {},
+    }
     for label, _, _ in VARIANTS:
         changed = sum(int((a != b).sum()) for a, b in zip(maps[label], reference))
         confusion = sum(confusion_from_labels(m, truth) for m, (_, truth) in zip(maps[label], scenes))
         result["variants"][label] = {
-            "pixels_changed_vs_float32_nchw": changed, "share_changed": changed / total,
-            "miou_percent": round(100 * float(miou(confusion)["miou"]), 4), "seconds": seconds[label]}
+            "pixels_changed_vs_float32_nchw": changed,
+            "share_changed": changed / total,
+            "miou_percent": round(100 * float(miou(confusion)["miou"]), 4),
+            "seconds": seconds[label],
+        }
     return result
 
 
@@ -108,14 +115,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results = [measure(args.model, None, scenes, args.window, args.stride)]
     if args.trained:
         results.append(measure(args.model, args.trained, scenes, args.window, args.stride))
-    document = {"benchmark": "bf16 cost: class changes and mIoU vs float32 (torch_ref engine, CPU)",
-                "command": "python benchmarks/bf16_cost.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                "scenes": {"count": args.scenes, "size": args.size, "generator": "isaid.synth.make_scene",
-                           "seeds": seeds},
-                "protocol": {"window": args.window, "stride": args.stride},
-                "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
-                            "cpu_flags": cpu_flags(), "load_average_1min": os.getloadavg()[0]},
-                "results": results}
+    document = {
+        "benchmark": "bf16 cost: class changes and mIoU vs float32 (torch_ref engine, CPU)",
+        "command": "python benchmarks/bf16_cost.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "scenes": {"count": args.scenes, "size": args.size, "generator": "isaid.synth.make_scene", "seeds": seeds},
+        "protocol": {"window": args.window, "stride": args.stride},
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "cpu_flags": cpu_flags(),
+            "load_average_1min": os.getloadavg()[0],
+        },
+        "results": results,
+    }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     temporary = args.out + ".tmp"
     with open(temporary, "w", encoding="utf-8") as handle:
@@ -123,8 +136,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.replace(temporary, args.out)
     for result in results:
         for label, values in result["variants"].items():
-            print(f"{result['model']} {result['weights'][:40]:40s} {label:22s} changed"
-                  f" {100 * values['share_changed']:.4f}%  mIoU {values['miou_percent']:.2f}  {values['seconds']} s")
+            print(
+                f"{result['model']} {result['weights'][:40]:40s} {label:22s} changed"
+                f" {100 * values['share_changed']:.4f}%  mIoU {values['miou_percent']:.2f}  {values['seconds']} s"
+            )
     return 0
 
 

@@ -33,6 +33,7 @@ onnxruntime and Paddle's dynamic graph; on
 ``--device cuda`` the official-precision run ``torch:cuda:none:1``, the fast run
 ``torch:cuda:bf16:8`` (batched windows, channels-last, bf16 autocast) and ``paddle:gpu:none:1``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,7 @@ def parse_run(text: str) -> Dict[str, Any]:
     """``framework:device:amp:batch`` -> dict; raises argparse.ArgumentTypeError."""
     parts = text.split(":")
     if len(parts) != 4 or parts[0] not in FRAMEWORKS or parts[2] not in ("none", "fp16", "bf16"):
-        raise argparse.ArgumentTypeError(
-            f"expected FRAMEWORK:DEVICE:AMP:BATCH like torch:cuda:bf16:8, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected FRAMEWORK:DEVICE:AMP:BATCH like torch:cuda:bf16:8, got {text!r}")
     try:
         batch = int(parts[3])
     except ValueError:
@@ -78,22 +78,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python benchmarks/eval_bench.py",
         description="Time the official sliding-window evaluation of one synthetic scene in torch"
-                    " and Paddle (seconds, windows/s, megapixels/s, peak memory).")
-    parser.add_argument("--size", type=int, default=4000, metavar="PX",
-                        help="scene side in pixels (default 4000; use less on a CPU)")
-    parser.add_argument("--model", choices=("farseg", "factseg"), default="farseg",
-                        help="model (default farseg)")
+        " and Paddle (seconds, windows/s, megapixels/s, peak memory).",
+    )
+    parser.add_argument(
+        "--size", type=int, default=4000, metavar="PX", help="scene side in pixels (default 4000; use less on a CPU)"
+    )
+    parser.add_argument("--model", choices=("farseg", "factseg"), default="farseg", help="model (default farseg)")
     parser.add_argument("--window", type=int, default=896, help="window (default 896)")
     parser.add_argument("--stride", type=int, default=512, help="stride (default 512)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="picks the default --runs (default cpu)")
-    parser.add_argument("--runs", nargs="+", type=parse_run, metavar="FW:DEV:AMP:BATCH",
-                        help="runs to measure, e.g. torch:cuda:bf16:8 paddle:gpu:none:1")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads for the frameworks (default: their own default)")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="picks the default --runs (default cpu)"
+    )
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        type=parse_run,
+        metavar="FW:DEV:AMP:BATCH",
+        help="runs to measure, e.g. torch:cuda:bf16:8 paddle:gpu:none:1",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for the frameworks (default: their own default)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
-    parser.add_argument("--out", default=DEFAULT_OUT, metavar="JSON",
-                        help=f"results file (default {os.path.relpath(DEFAULT_OUT, ROOT)})")
+    parser.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        metavar="JSON",
+        help=f"results file (default {os.path.relpath(DEFAULT_OUT, ROOT)})",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one run, JSON on stdout
     return parser
 
@@ -103,8 +119,14 @@ def default_runs(device: str) -> List[Dict[str, Any]]:
         names = ["torch:cuda:none:1", "torch:cuda:bf16:8", "paddle:gpu:none:1"]
     else:
         # torch float32 first: the reference of "pixels changed"; the slowest (Paddle dygraph) last.
-        names = ["torch:cpu:none:1", "torch:cpu:bf16:1", "paddle-inference:cpu:none:1",
-                 "paddle-inference:cpu:bf16:1", "onnxruntime:cpu:none:1", "paddle:cpu:none:1"]
+        names = [
+            "torch:cpu:none:1",
+            "torch:cpu:bf16:1",
+            "paddle-inference:cpu:none:1",
+            "paddle-inference:cpu:bf16:1",
+            "onnxruntime:cpu:none:1",
+            "paddle:cpu:none:1",
+        ]
     return [parse_run(name) for name in names]
 
 
@@ -120,7 +142,7 @@ def onnxruntime_version() -> str:
 def _peak_rss_mb() -> float:
     # ru_maxrss is in kilobytes on Linux (bytes on macOS).
     scale = 1.0 if sys.platform == "darwin" else 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
 def child(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -164,8 +186,9 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
                 torch.backends.cudnn.allow_tf32 = False
                 torch.backends.cuda.matmul.allow_tf32 = False
             extra["gpu"] = torch.cuda.get_device_name()
-        engine = SlidingWindowInference(model, spec["window"], spec["stride"], device,
-                                        spec["batch_size"], amp, channels_last)
+        engine = SlidingWindowInference(
+            model, spec["window"], spec["stride"], device, spec["batch_size"], amp, channels_last
+        )
         extra["channels_last"] = engine.channels_last
 
         def to_host(classes):
@@ -183,7 +206,8 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
                 torch.cuda.reset_peak_memory_stats()
 
         def device_peak():
-            return torch.cuda.max_memory_allocated() / 2 ** 20 if on_gpu else None
+            return torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
+
         if framework == "torch":
             version = torch.__version__
     else:
@@ -203,9 +227,9 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
         on_gpu = device.startswith(("cuda", "gpu"))
         prepare_start = time.perf_counter()
         if framework == "paddle-inference":
+            from paddle_impl.backend import DeployedLayer
             from paddle_impl.export import export
             from paddle_impl.infer import create_predictor
-            from paddle_impl.backend import DeployedLayer
 
             export_dir = os.path.join(os.path.dirname(spec["weights"]), f"paddle_{os.getpid()}")
             export(spec["model"], None, export_dir, model=model, check=False)
@@ -213,11 +237,11 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
             model, amp = DeployedLayer(create_predictor(export_dir, "cpu", backend, spec["threads"])), None
             extra["backend"] = backend
         extra["prepare_seconds"] = round(time.perf_counter() - prepare_start, 2)
-        engine = SlidingWindowInference(model, spec["window"], spec["stride"], device,
-                                        spec["batch_size"], amp)
+        engine = SlidingWindowInference(model, spec["window"], spec["stride"], device, spec["batch_size"], amp)
 
         def to_host(classes):
             return classes.astype("uint8").numpy()
+
         if on_gpu:
             extra["gpu"] = paddle.device.cuda.get_device_name()
 
@@ -233,7 +257,8 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
                 paddle.device.cuda.reset_max_memory_allocated()
 
         def device_peak():
-            return paddle.device.cuda.max_memory_allocated() / 2 ** 20 if on_gpu else None
+            return paddle.device.cuda.max_memory_allocated() / 2**20 if on_gpu else None
+
         version = paddle.__version__ + (" (Paddle Inference)" if framework == "paddle-inference" else "")
 
     predicted = np.zeros((height, width), dtype=np.uint8)
@@ -241,7 +266,8 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
     def evaluate(rows: int) -> np.ndarray:
         confusion = zeros()
         for row_start, row_end, classes in engine.run(
-                rows, width, lambda y0, x0, y1, x1: np.asarray(image[y0:y1, x0:x1]), progress=False):
+            rows, width, lambda y0, x0, y1, x1: np.asarray(image[y0:y1, x0:x1]), progress=False
+        ):
             target = engine.to_device(np.asarray(label[row_start:row_end]))
             confusion += confusion_matrix(classes, target, 16)
             predicted[row_start:row_end] = to_host(classes)  # for the comparison across runs (untimed cost: small)
@@ -291,17 +317,24 @@ def cpu_flags() -> List[str]:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
                 if line.startswith("flags"):
-                    return sorted(f for f in line.split(":", 1)[1].split()
-                                  if f.startswith(("avx512", "amx", "avx_vnni", "avx2", "fma")))
+                    return sorted(
+                        f
+                        for f in line.split(":", 1)[1].split()
+                        if f.startswith(("avx512", "amx", "avx_vnni", "avx2", "fma"))
+                    )
     except OSError:
         pass
     return []
 
 
 def machine_info() -> Dict[str, Any]:
-    info: Dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags(),
-                            "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
+    info: Dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+    }
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
@@ -349,28 +382,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.save(build_torch_model(args.model).state_dict(), weights)
         info = machine_info()
         for number, run in enumerate(runs):
-            spec = dict(run, model=args.model, window=args.window, stride=args.stride,
-                        threads=args.threads, image=os.path.join(folder, "image.npy"),
-                        label=os.path.join(folder, "label.npy"), weights=weights,
-                        classes=os.path.join(folder, f"classes{number}.npy"))
+            spec = dict(
+                run,
+                model=args.model,
+                window=args.window,
+                stride=args.stride,
+                threads=args.threads,
+                image=os.path.join(folder, "image.npy"),
+                label=os.path.join(folder, "label.npy"),
+                weights=weights,
+                classes=os.path.join(folder, f"classes{number}.npy"),
+            )
             spec_path = os.path.join(folder, f"run{number}.json")
             with open(spec_path, "w", encoding="utf-8") as handle:
                 json.dump(spec, handle)
             name = f"{run['framework']}:{run['device']}:{run['amp']}:{run['batch_size']}"
             print(f"run {name} ({args.size}x{args.size}, {args.model}) ...", file=sys.stderr, flush=True)
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-                filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
             if args.threads:
                 env["OMP_NUM_THREADS"] = str(args.threads)
-            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", spec_path],
-                                  capture_output=True, text=True, env=env)
+            proc = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--child", spec_path],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not lines:
                 tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                 print(f"error: run {name} failed: {tail}", file=sys.stderr)
                 results.append({**run, "error": tail})
                 continue
-            result = json.loads(lines[-1][len("RESULT "):])
+            result = json.loads(lines[-1][len("RESULT ") :])
             classes = np.load(spec["classes"])
             if reference is None and run["framework"] == "torch" and run["amp"] == "none":
                 reference = classes
@@ -378,10 +421,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 changed = int((classes != reference).sum())
                 result["pixels_changed_vs_torch_float32"] = changed
                 result["share_changed_vs_torch_float32"] = changed / classes.size
-            print(f"  {result['seconds']:.2f} s, {result['windows_per_s']:.2f} windows/s,"
-                  f" {result['megapixels_per_s']:.3f} Mpx/s, peak RSS {result['peak_host_rss_mb']:.0f} MB"
-                  + ("" if result["peak_device_mb"] is None else
-                     f", peak device {result['peak_device_mb']:.0f} MB"), file=sys.stderr, flush=True)
+            print(
+                f"  {result['seconds']:.2f} s, {result['windows_per_s']:.2f} windows/s,"
+                f" {result['megapixels_per_s']:.3f} Mpx/s, peak RSS {result['peak_host_rss_mb']:.0f} MB"
+                + ("" if result["peak_device_mb"] is None else f", peak device {result['peak_device_mb']:.0f} MB"),
+                file=sys.stderr,
+                flush=True,
+            )
             results.append(result)
             write_document(args, argv, scene_seconds, info, results)  # partial results survive a stop
     write_document(args, argv, scene_seconds, info, results)
@@ -389,16 +435,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 1 if any("error" in r for r in results) else 0
 
 
-def write_document(args: argparse.Namespace, argv: List[str], scene_seconds: float, info: Dict[str, Any],
-                   results: List[Dict[str, Any]]) -> None:
+def write_document(
+    args: argparse.Namespace, argv: List[str], scene_seconds: float, info: Dict[str, Any], results: List[Dict[str, Any]]
+) -> None:
     """The results JSON (atomically), with every run measured so far."""
     from isaid.imageio import write_bytes_atomic
 
     document = {
         "benchmark": "whole-scene evaluation, official sliding-window protocol",
         "command": "python benchmarks/eval_bench.py " + " ".join(argv),
-        "scene": {"size": [args.size, args.size], "generator": "isaid.synth.make_scene",
-                  "seed": args.seed, "seconds_to_generate": round(scene_seconds, 2)},
+        "scene": {
+            "size": [args.size, args.size],
+            "generator": "isaid.synth.make_scene",
+            "seed": args.seed,
+            "seconds_to_generate": round(scene_seconds, 2),
+        },
         "protocol": {"window": args.window, "stride": args.stride},
         "machine": dict(info, load_average_at_end=[round(v, 2) for v in os.getloadavg()]),
         "runs": results,

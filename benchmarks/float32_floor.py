@@ -16,6 +16,7 @@ Usage (from the repository root)::
 
     python benchmarks/float32_floor.py [--model farseg factseg] [--out benchmarks/results/float32_floor.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,7 @@ def measure(model_name: str) -> Dict[str, Any]:
         loss = sum(out.values())
         loss.backward()
         losses[dtype] = loss.item()
-        grads[dtype] = {n: p.grad.detach().double().numpy() for n, p in model.named_parameters()
-                        if p.grad is not None}
+        grads[dtype] = {n: p.grad.detach().double().numpy() for n, p in model.named_parameters() if p.grad is not None}
 
     def as_arrays(value: Any) -> Dict[str, np.ndarray]:
         if isinstance(value, (tuple, list)):  # FactSeg's logits: (multi-class, binary)
@@ -80,27 +80,40 @@ def measure(model_name: str) -> Dict[str, Any]:
     floor = GRAD_FLOOR_FRACTION["float32"] * largest
     per_param = {n: relative(grads["float64"][n], grads["float32"][n], floor) for n in grads["float64"]}
     worst = sorted(per_param.items(), key=lambda kv: kv[1], reverse=True)[:5]
-    return {"eval_rel": forward, "loss_rel": abs(losses["float64"] - losses["float32"]) / abs(losses["float64"]),
-            "grad_rel_worst": [{"param": n, "rel": round(r, 4)} for n, r in worst],
-            "grad_rel_median": float(np.median(list(per_param.values()))),
-            "parameters": len(per_param)}
+    return {
+        "eval_rel": forward,
+        "loss_rel": abs(losses["float64"] - losses["float32"]) / abs(losses["float64"]),
+        "grad_rel_worst": [{"param": n, "rel": round(r, 4)} for n, r in worst],
+        "grad_rel_median": float(np.median(list(per_param.values()))),
+        "parameters": len(per_param),
+    }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/float32_floor.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", nargs="+", default=["farseg", "factseg"], choices=["farseg", "factseg"],
-                        help="models to measure (default both)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default {DEFAULT_OUT.relative_to(ROOT)})")
+    parser.add_argument(
+        "--model",
+        nargs="+",
+        default=["farseg", "factseg"],
+        choices=["farseg", "factseg"],
+        help="models to measure (default both)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default {DEFAULT_OUT.relative_to(ROOT)})"
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     results = {}
     for model_name in args.model:
         results[model_name] = measure(model_name)
         print(f"{model_name}: {json.dumps(results[model_name])}")
-    document = {"command": "python benchmarks/float32_floor.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                "what": "torch_ref float32 vs torch_ref float64 on the default align fixture (64x64, batch 2, seed 2333)",
-                "machine": {"platform": platform.platform(), "python": platform.python_version()},
-                "seconds": round(time.perf_counter() - started, 1), "models": results}
+    document = {
+        "command": "python benchmarks/float32_floor.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "what": "torch_ref float32 vs torch_ref float64 on the default align fixture (64x64, batch 2, seed 2333)",
+        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "seconds": round(time.perf_counter() - started, 1),
+        "models": results,
+    }
     from isaid.atomic import write_bytes_atomic
 
     write_bytes_atomic(args.out, (json.dumps(document, indent=1) + "\n").encode("utf-8"))

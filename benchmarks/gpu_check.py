@@ -32,6 +32,7 @@ Writes ``benchmarks/results/gpu_check.json`` (``--smoke``: ``gpu_check_smoke.jso
 GPU, driver, versions (``align.env``), every figure and verdict; prints a summary. Exit status
 0 all ran and passed, 1 a check failed or errored, 2 no GPU (without ``--smoke``) or bad options.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,15 @@ MODELS = ("farseg", "factseg")
 GOALS = {"train_images_per_s": {"farseg": 200.0, "factseg": 130.0}, "eval_4000_seconds": 2.0}
 # Relative error limits, max|a - b| / max(max|b|, 1e-6), GPU against the CPU reference.
 PARITY_LIMITS = {
-    "float64": {"probabilities": 1e-9, "loss": 1e-9, "gradients": 1e-7, "step_losses": 1e-8,
-                "step_grad_norms": 1e-7, "step_lrs": 1e-12, "parameters_after_steps": 1e-6},
+    "float64": {
+        "probabilities": 1e-9,
+        "loss": 1e-9,
+        "gradients": 1e-7,
+        "step_losses": 1e-8,
+        "step_grad_norms": 1e-7,
+        "step_lrs": 1e-12,
+        "parameters_after_steps": 1e-6,
+    },
     # float32 (TF32 off) and bf16 autocast on the GPU against the float64 CPU reference: gross
     # errors only. float32 rounding alone moved the training-mode loss by 2e-4 (FarSeg) and 5e-3
     # (FactSeg, whose top-k mining is discontinuous) in torch, 7e-4 / 4e-3 in Paddle, CPU against
@@ -73,14 +81,42 @@ PARITY_LIMITS = {
     "bf16": {"probabilities": 0.1, "loss": 0.1},
 }
 SIZES = {
-    "full": {"parity_size": 256, "parity_batch": 2, "steps": 3, "train_size": 896, "train_batch": 8,
-             "train_warmup": 10, "train_iters": 30, "compile_warmup": 5, "eval_size": 4000,
-             "window": 896, "stride": 512, "predict_size": 8000, "lite_scene": 256, "lite_window": 128,
-             "lite_stride": 96, "lite_iters": 3},
-    "smoke": {"parity_size": 32, "parity_batch": 2, "steps": 1, "train_size": 32, "train_batch": 2,
-              "train_warmup": 1, "train_iters": 1, "compile_warmup": 1, "eval_size": 96, "window": 64,
-              "stride": 32, "predict_size": 96, "lite_scene": 96, "lite_window": 64, "lite_stride": 32,
-              "lite_iters": 1},
+    "full": {
+        "parity_size": 256,
+        "parity_batch": 2,
+        "steps": 3,
+        "train_size": 896,
+        "train_batch": 8,
+        "train_warmup": 10,
+        "train_iters": 30,
+        "compile_warmup": 5,
+        "eval_size": 4000,
+        "window": 896,
+        "stride": 512,
+        "predict_size": 8000,
+        "lite_scene": 256,
+        "lite_window": 128,
+        "lite_stride": 96,
+        "lite_iters": 3,
+    },
+    "smoke": {
+        "parity_size": 32,
+        "parity_batch": 2,
+        "steps": 1,
+        "train_size": 32,
+        "train_batch": 2,
+        "train_warmup": 1,
+        "train_iters": 1,
+        "compile_warmup": 1,
+        "eval_size": 96,
+        "window": 64,
+        "stride": 32,
+        "predict_size": 96,
+        "lite_scene": 96,
+        "lite_window": 64,
+        "lite_stride": 32,
+        "lite_iters": 1,
+    },
 }
 # Seconds a section needs at least to be worth starting (full mode).
 MIN_SECONDS = {"parity": 40, "train": 40, "train_compile": 150, "eval": 40, "predict": 60, "lite": 60}
@@ -191,8 +227,9 @@ class _Torch:
         return {k: v.detach().cpu().double().numpy().copy() for k, v in net.state_dict().items()}
 
     def grads(self, net) -> Dict[str, np.ndarray]:
-        return {k: p.grad.detach().cpu().double().numpy().copy() for k, p in net.named_parameters()
-                if p.grad is not None}
+        return {
+            k: p.grad.detach().cpu().double().numpy().copy() for k, p in net.named_parameters() if p.grad is not None
+        }
 
     def zero_grads(self, net) -> None:
         for p in net.parameters():
@@ -240,8 +277,9 @@ class _Paddle:
 
     def batch(self, images: np.ndarray, labels: np.ndarray, device, dtype: str):
         cpu = self.paddle.CPUPlace()
-        x, y = self.data.to_device([self.paddle.to_tensor(images, place=cpu),
-                                    self.paddle.to_tensor(labels, place=cpu)], device)
+        x, y = self.data.to_device(
+            [self.paddle.to_tensor(images, place=cpu), self.paddle.to_tensor(labels, place=cpu)], device
+        )
         return x.astype(dtype), y
 
     def copy_state(self, snapshot: Dict[str, np.ndarray], target) -> None:
@@ -259,31 +297,51 @@ class _Paddle:
             p.clear_gradient(set_to_zero=False)
 
     def numpy(self, tensor) -> np.ndarray:
-        return tensor.astype("float32").numpy().astype(np.float64) if tensor.dtype == self.paddle.bfloat16 \
+        return (
+            tensor.astype("float32").numpy().astype(np.float64)
+            if tensor.dtype == self.paddle.bfloat16
             else tensor.numpy().astype(np.float64)
+        )
 
     def no_grad(self):
         return self.paddle.no_grad()
 
     def autocast(self, device, amp: Optional[str]):
-        return self.paddle.amp.auto_cast(enable=amp is not None, dtype="bfloat16" if amp == "bf16" else "float16",
-                                         level="O1")
+        return self.paddle.amp.auto_cast(
+            enable=amp is not None, dtype="bfloat16" if amp == "bf16" else "float16", level="O1"
+        )
 
     def train_mode(self, net, training: bool) -> None:
         net.train() if training else net.eval()
 
 
-def _parity_run(fw, model: str, device: str, dtype: str, images, labels, steps: int,
-                template: Optional[Dict[str, np.ndarray]] = None,
-                amp: Optional[str] = None) -> Dict[str, Any]:
+def _parity_run(
+    fw,
+    model: str,
+    device: str,
+    dtype: str,
+    images,
+    labels,
+    steps: int,
+    template: Optional[Dict[str, np.ndarray]] = None,
+    amp: Optional[str] = None,
+) -> Dict[str, Any]:
     """Build ``model`` for ``device`` in ``dtype`` (weights from the snapshot ``template``, else
     the seeded initialisation), run the eval forward, one training loss and its gradients,
     then ``steps`` trainer steps. ``out["initial"]`` is the snapshot it started from."""
     fw.set_dtype("float64" if dtype == "float64" else "float32")
     try:
-        config = load_config(model, ["init.imagenet=none", "train.amp=none", f"train.device={device}",
-                                     f"train.batch_size={len(images)}", "train.compile=false",
-                                     "train.channels_last=false"])
+        config = load_config(
+            model,
+            [
+                "init.imagenet=none",
+                "train.amp=none",
+                f"train.device={device}",
+                f"train.batch_size={len(images)}",
+                "train.compile=false",
+                "train.channels_last=false",
+            ],
+        )
         runtime = fw.trainer.setup_runtime(config)
         fw.seed()
         net, step = make_train_step(fw.name, config, runtime)
@@ -322,34 +380,44 @@ def parity_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     labels = rng.integers(0, 16, (batch, size, size), dtype=np.uint8)
     labels[:, : max(1, size // 8)] = 255  # ignored rows, as padding gives
-    results: Dict[str, Any] = {"framework": spec["framework"], "device": spec["device"], "size": size,
-                               "batch": batch, "steps": spec["steps"], "limits": PARITY_LIMITS, "models": {}}
+    results: Dict[str, Any] = {
+        "framework": spec["framework"],
+        "device": spec["device"],
+        "size": size,
+        "batch": batch,
+        "steps": spec["steps"],
+        "limits": PARITY_LIMITS,
+        "models": {},
+    }
     fw.tf32(False)
     for model in spec["models"]:
         started = time.perf_counter()
         reference = _parity_run(fw, model, "cpu", "float64", images, labels, spec["steps"])
         cpu_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        gpu = _parity_run(fw, model, spec["device"], "float64", images, labels, spec["steps"],
-                          reference["initial"])
+        gpu = _parity_run(fw, model, spec["device"], "float64", images, labels, spec["steps"], reference["initial"])
         device_seconds = time.perf_counter() - started
         measured: Dict[str, Any] = {}
         for key in ("probabilities", "loss", "step_losses", "step_grad_norms", "step_lrs"):
             measured[key] = {"rel": rel_error(gpu[key], reference[key])}
         for key in ("gradients", "parameters_after_steps"):
             measured[key] = worst(gpu[key], reference[key])
-        entry: Dict[str, Any] = {"float64": measured, "cpu_seconds": round(cpu_seconds, 2),
-                                 "device_seconds": round(device_seconds, 2),
-                                 "loss": float(reference["loss"]),
-                                 "step_losses": [float(v) for v in reference["step_losses"]],
-                                 "step_grad_norms": [float(v) for v in reference["step_grad_norms"]]}
+        entry: Dict[str, Any] = {
+            "float64": measured,
+            "cpu_seconds": round(cpu_seconds, 2),
+            "device_seconds": round(device_seconds, 2),
+            "loss": float(reference["loss"]),
+            "step_losses": [float(v) for v in reference["step_losses"]],
+            "step_grad_norms": [float(v) for v in reference["step_grad_norms"]],
+        }
         failures = [f"float64 {f}" for f in judge(measured, PARITY_LIMITS["float64"])]
         # float32 and bf16 on the device, from the float64 CPU model's initial weights (rounded).
         for label, amp in (("float32", None), ("bf16", "bf16")):
             low = _parity_run(fw, model, spec["device"], "float32", images, labels, 0, reference["initial"], amp)
-            measured_low = {key: {"rel": rel_error(low[key], reference_fresh)}
-                            for key, reference_fresh in (("probabilities", reference["probabilities"]),
-                                                         ("loss", reference["loss"]))}
+            measured_low = {
+                key: {"rel": rel_error(low[key], reference_fresh)}
+                for key, reference_fresh in (("probabilities", reference["probabilities"]), ("loss", reference["loss"]))
+            }
             argmax = (low["probabilities"].argmax(1) == reference["probabilities"].argmax(1)).mean()
             measured_low["argmax_agreement"] = float(argmax)
             entry[label] = measured_low
@@ -375,15 +443,26 @@ def run_module(module: str, argv: List[str], in_process: bool, timeout: float) -
             except SystemExit as exit_:  # argparse
                 status = exit_.code if isinstance(exit_.code, int) else 1
         return int(status or 0), out.getvalue(), err.getvalue()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
-               PYTHONWARNINGS="ignore")
-    result = subprocess.run([sys.executable, "-m", module, *argv], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=max(1.0, timeout), check=False)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+        PYTHONWARNINGS="ignore",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", module, *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=max(1.0, timeout),
+        check=False,
+    )
     return result.returncode, result.stdout, result.stderr
 
 
-def lite_chain(framework: str, device: str, data: str, folder: str, sizes: Dict[str, Any],
-               in_process: bool, deadline: float) -> Dict[str, Any]:
+def lite_chain(
+    framework: str, device: str, data: str, folder: str, sizes: Dict[str, Any], in_process: bool, deadline: float
+) -> Dict[str, Any]:
     """train -> predict -> evaluate (Paddle: and export -> infer) on ``device``, every step
     through its command line; predict's classes must give evaluate's confusion matrix."""
     from PIL import Image
@@ -401,45 +480,88 @@ def lite_chain(framework: str, device: str, data: str, folder: str, sizes: Dict[
     def step(module: str, argv: List[str]) -> str:
         started = time.perf_counter()
         status, out, err = run_module(module, argv, in_process, deadline - time.perf_counter())
-        steps.append({"command": f"python -m {module}", "seconds": round(time.perf_counter() - started, 2),
-                      "status": status})
+        steps.append(
+            {"command": f"python -m {module}", "seconds": round(time.perf_counter() - started, 2), "status": status}
+        )
         if status != 0:
             tail = [line for line in err.strip().splitlines() if line.strip()][-1:] or [f"exit {status}"]
             raise RuntimeError(f"python -m {module} failed: {tail[0][:300]}")
         return out
 
-    sets = {"init.imagenet": "none", "train.iterations": sizes["lite_iters"], "train.batch_size": 2,
-            "data.root": data, "data.window": window, "train.out_dir": run_dir, "train.amp": amp,
-            "train.device": "cuda" if on_gpu else "cpu", "train.num_workers": 0, "train.log_backend": "none",
-            "train.checkpoint_every": sizes["lite_iters"], "train.log_every": 1}
+    sets = {
+        "init.imagenet": "none",
+        "train.iterations": sizes["lite_iters"],
+        "train.batch_size": 2,
+        "data.root": data,
+        "data.window": window,
+        "train.out_dir": run_dir,
+        "train.amp": amp,
+        "train.device": "cuda" if on_gpu else "cpu",
+        "train.num_workers": 0,
+        "train.log_backend": "none",
+        "train.checkpoint_every": sizes["lite_iters"],
+        "train.log_every": 1,
+    }
     if framework == "torch" and on_gpu:
         sets["train.channels_last"] = "true"
-    step(f"{package}.train", ["--config", os.path.join(ROOT, "configs", "farseg_isaid.yaml"), "--no-progress",
-                              "--set", *[f"{key}={value}" for key, value in sets.items()]])
+    step(
+        f"{package}.train",
+        [
+            "--config",
+            os.path.join(ROOT, "configs", "farseg_isaid.yaml"),
+            "--no-progress",
+            "--set",
+            *[f"{key}={value}" for key, value in sets.items()],
+        ],
+    )
     weights = os.path.join(run_dir, "model_final.pth" if framework == "torch" else "model_final.pdparams")
     val_images = os.path.join(data, "val", "images")
     image = min(os.listdir(val_images))
     prediction = os.path.join(folder, f"pred_{framework}.png")
     common = ["--window", window, "--stride", stride, "--device", device, "--no-progress"]
-    step(f"{package}.predict", ["--weights", weights, "--image", os.path.join(val_images, image),
-                                "--out", prediction, *common])
+    step(
+        f"{package}.predict",
+        ["--weights", weights, "--image", os.path.join(val_images, image), "--out", prediction, *common],
+    )
     result_json = os.path.join(folder, f"eval_{framework}.json")
-    step(f"{package}.evaluate", ["--model", "farseg", "--weights", weights, "--images", val_images,
-                                 "--masks", os.path.join(data, "val", "labels"), "--json", result_json,
-                                 *common])
+    step(
+        f"{package}.evaluate",
+        [
+            "--model",
+            "farseg",
+            "--weights",
+            weights,
+            "--images",
+            val_images,
+            "--masks",
+            os.path.join(data, "val", "labels"),
+            "--json",
+            result_json,
+            *common,
+        ],
+    )
     with open(result_json, encoding="utf-8") as handle:
         evaluated = np.asarray(json.load(handle)["confusion"])
     classes = np.asarray(Image.open(prediction))
     label = read_index_mask(os.path.join(data, "val", "labels", image))
     tied = bool(np.array_equal(confusion_from_labels(classes, label), evaluated))
-    record: Dict[str, Any] = {"framework": framework, "device": device, "amp": amp, "steps": steps,
-                              "predict_equals_evaluate": tied}
+    record: Dict[str, Any] = {
+        "framework": framework,
+        "device": device,
+        "amp": amp,
+        "steps": steps,
+        "predict_equals_evaluate": tied,
+    }
     if framework == "paddle":
         export_dir = os.path.join(folder, "export")
-        step("paddle_impl.export", ["--model", "farseg", "--weights", weights, "--out", export_dir,
-                                    "--window", window, "--stride", stride])
-        out = step("paddle_impl.infer", ["--model-dir", export_dir, "--image", os.path.join(val_images, image),
-                                         "--device", device])
+        step(
+            "paddle_impl.export",
+            ["--model", "farseg", "--weights", weights, "--out", export_dir, "--window", window, "--stride", stride],
+        )
+        out = step(
+            "paddle_impl.infer",
+            ["--model-dir", export_dir, "--image", os.path.join(val_images, image), "--device", device],
+        )
         record["infer"] = out.strip().splitlines()[-1][:300] if out.strip() else ""
     record["passed"] = tied
     return record
@@ -476,14 +598,21 @@ class Check:
                 result = run()
             except Exception as error:  # noqa: BLE001 - one failure must not stop the check
                 lines = str(error).strip().splitlines() or [type(error).__name__]
-                entry.update(status="error", error=f"{type(error).__name__}: {lines[0][:400]}",
-                             traceback=traceback.format_exc()[-2000:])
+                entry.update(
+                    status="error",
+                    error=f"{type(error).__name__}: {lines[0][:400]}",
+                    traceback=traceback.format_exc()[-2000:],
+                )
             else:
                 failed = result.get("passed") is False or "error" in result
                 entry.update(status="failed" if failed else "ok", result=result)
             entry["seconds"] = round(time.perf_counter() - started, 2)
-            print(f"    {entry['status']} in {entry['seconds']}s"
-                  + (f": {entry.get('error')}" if "error" in entry else ""), file=sys.stderr, flush=True)
+            print(
+                f"    {entry['status']} in {entry['seconds']}s"
+                + (f": {entry.get('error')}" if "error" in entry else ""),
+                file=sys.stderr,
+                flush=True,
+            )
         self.sections.append(entry)
 
     def skip(self, name: str, reason: str) -> None:
@@ -491,58 +620,86 @@ class Check:
 
     # -- workers run in a subprocess (full) or in this process (smoke)
 
-    def worker(self, script: str, function: str, spec: Dict[str, Any],
-               environment: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    def worker(
+        self, script: str, function: str, spec: Dict[str, Any], environment: Optional[Dict[str, str]] = None
+    ) -> Dict[str, Any]:
         if self.args.smoke:
-            return getattr(load_script(script), function)(spec) if script != "gpu_check" else \
-                globals()[function](spec)
+            return getattr(load_script(script), function)(spec) if script != "gpu_check" else globals()[function](spec)
         path = os.path.join(self.folder, f"spec_{len(self.sections)}.json")
         with open(path, "w", encoding="utf-8") as handle:
             json.dump(spec, handle)
         command = [sys.executable, os.path.abspath(__file__), "--worker", f"{script}:{function}", path]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
-                   **(environment or {}))
-        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                                timeout=max(1.0, self.remaining()), check=False)
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+            **(environment or {}),
+        )
+        result = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=max(1.0, self.remaining()), check=False
+        )
         lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
         if result.returncode != 0 or not lines:
             tail = [line for line in result.stderr.strip().splitlines() if line.strip()][-1:]
             raise RuntimeError(tail[0][:400] if tail else f"worker exit status {result.returncode}")
-        return json.loads(lines[-1][len("RESULT "):])
+        return json.loads(lines[-1][len("RESULT ") :])
 
     # -- sections
 
     def parity(self, framework: str, device: str) -> None:
-        spec = {"framework": framework, "device": device, "models": list(self.args.models),
-                "size": self.sizes["parity_size"], "batch": self.sizes["parity_batch"], "steps": self.sizes["steps"]}
+        spec = {
+            "framework": framework,
+            "device": device,
+            "models": list(self.args.models),
+            "size": self.sizes["parity_size"],
+            "batch": self.sizes["parity_batch"],
+            "steps": self.sizes["steps"],
+        }
         # float32 means float32: no TF32 in cuBLAS / cuDNN, whatever the framework's defaults.
-        self.record(f"parity {framework} {device}",
-                    lambda: self.worker("gpu_check", "parity_worker", spec, {"NVIDIA_TF32_OVERRIDE": "0"}),
-                    MIN_SECONDS["parity"])
+        self.record(
+            f"parity {framework} {device}",
+            lambda: self.worker("gpu_check", "parity_worker", spec, {"NVIDIA_TF32_OVERRIDE": "0"}),
+            MIN_SECONDS["parity"],
+        )
 
     def train(self, framework: str, device: str, compiled: bool) -> None:
         on_gpu = device != "cpu"
         for model in self.args.models:
-            spec = {"kind": "step", "framework": framework, "model": model, "device": "cuda" if on_gpu else "cpu",
-                    "size": self.sizes["train_size"], "batch": self.sizes["train_batch"],
-                    "amp": "bf16" if on_gpu else "none", "channels_last": framework == "torch" and on_gpu,
-                    "compile": compiled, "warmup": self.sizes["compile_warmup" if compiled else "train_warmup"],
-                    "iters": self.sizes["train_iters"], "workers": None, "threads": None}
+            spec = {
+                "kind": "step",
+                "framework": framework,
+                "model": model,
+                "device": "cuda" if on_gpu else "cpu",
+                "size": self.sizes["train_size"],
+                "batch": self.sizes["train_batch"],
+                "amp": "bf16" if on_gpu else "none",
+                "channels_last": framework == "torch" and on_gpu,
+                "compile": compiled,
+                "warmup": self.sizes["compile_warmup" if compiled else "train_warmup"],
+                "iters": self.sizes["train_iters"],
+                "workers": None,
+                "threads": None,
+            }
             goal = GOALS["train_images_per_s"][model]
 
             def run(spec=spec, goal=goal) -> Dict[str, Any]:
                 result = self.worker("train_bench", "step_worker", spec)
-                result.update({k: spec[k] for k in ("framework", "model", "device", "size", "batch", "amp",
-                                                    "channels_last", "compile")})
+                result.update(
+                    {
+                        k: spec[k]
+                        for k in ("framework", "model", "device", "size", "batch", "amp", "channels_last", "compile")
+                    }
+                )
                 if not result.get("finite", True):
                     result["passed"] = False
                 if on_gpu and self.sizes["train_size"] == 896 and self.sizes["train_batch"] == 8:
                     result["goal_images_per_s"] = goal
                     result["meets_goal"] = result["images_per_s"] >= goal
                 return result
+
             label = "compiled" if compiled else "eager"
-            self.record(f"train {framework} {model} {label}", run,
-                        MIN_SECONDS["train_compile" if compiled else "train"])
+            self.record(
+                f"train {framework} {model} {label}", run, MIN_SECONDS["train_compile" if compiled else "train"]
+            )
 
     def scene_files(self) -> Tuple[str, str]:
         """The synthetic evaluation scene as .npy files (made once)."""
@@ -559,20 +716,32 @@ class Check:
         on_gpu = device != "cpu"
         runs = [("none", 1)] + ([("bf16", 8)] if on_gpu else [])
         for amp, batch in runs:
+
             def run(amp=amp, batch=batch) -> Dict[str, Any]:
                 image, label = self.scene_files()
-                spec = {"framework": framework, "device": device, "amp": amp, "batch_size": batch,
-                        "model": "farseg", "window": self.sizes["window"], "stride": self.sizes["stride"],
-                        "threads": None, "image": image, "label": label}
+                spec = {
+                    "framework": framework,
+                    "device": device,
+                    "amp": amp,
+                    "batch_size": batch,
+                    "model": "farseg",
+                    "window": self.sizes["window"],
+                    "stride": self.sizes["stride"],
+                    "threads": None,
+                    "image": image,
+                    "label": label,
+                }
                 result = self.worker("eval_bench", "child", spec)
                 if on_gpu and self.sizes["eval_size"] == 4000:
                     result["goal_seconds"] = GOALS["eval_4000_seconds"]
                     result["meets_goal"] = result["seconds"] < GOALS["eval_4000_seconds"]
                 expected = self.sizes["eval_size"] ** 2
                 if result.get("pixels_counted") != expected:
-                    result.update(passed=False, error=f"{result.get('pixels_counted')} pixels counted, expected"
-                                                      f" {expected}")
+                    result.update(
+                        passed=False, error=f"{result.get('pixels_counted')} pixels counted, expected {expected}"
+                    )
                 return result
+
             self.record(f"eval {framework} {device} amp={amp} batch={batch}", run, MIN_SECONDS["eval"])
 
     def predict(self, framework: str, device: str) -> None:
@@ -588,10 +757,17 @@ class Check:
             bench = load_script("predict_bench")
             if not os.path.exists(scene):
                 bench.write_scene(scene, size, size)
-            spec = {"run": {"framework": framework, "mode": "dygraph", "device": device}, "scene": scene,
-                    "out": os.path.join(self.folder, f"pred_{framework}.tif"), "model": "farseg",
-                    "window": self.sizes["window"], "stride": self.sizes["stride"], "export_dir": None}
+            spec = {
+                "run": {"framework": framework, "mode": "dygraph", "device": device},
+                "scene": scene,
+                "out": os.path.join(self.folder, f"pred_{framework}.tif"),
+                "model": "farseg",
+                "window": self.sizes["window"],
+                "stride": self.sizes["stride"],
+                "export_dir": None,
+            }
             return self.worker("gpu_check", "child_spec", spec)
+
         self.record(f"predict {framework} {device} {size}x{size} GeoTIFF", run, MIN_SECONDS["predict"])
 
     def lite(self, framework: str, device: str) -> None:
@@ -601,15 +777,47 @@ class Check:
             if not os.path.isdir(data):
                 source = os.path.join(self.folder, "lite_src")
                 for module, argv in (
-                        ("isaid.synth", [source, "--train", "2", "--val", "1", "--size",
-                                         str(self.sizes["lite_scene"]), "--seed", "0", "--no-zip"]),
-                        ("isaid.prepare", [source, data, "--window", str(self.sizes["lite_window"]), "--stride",
-                                           str(self.sizes["lite_stride"]), "--no-progress"])):
+                    (
+                        "isaid.synth",
+                        [
+                            source,
+                            "--train",
+                            "2",
+                            "--val",
+                            "1",
+                            "--size",
+                            str(self.sizes["lite_scene"]),
+                            "--seed",
+                            "0",
+                            "--no-zip",
+                        ],
+                    ),
+                    (
+                        "isaid.prepare",
+                        [
+                            source,
+                            data,
+                            "--window",
+                            str(self.sizes["lite_window"]),
+                            "--stride",
+                            str(self.sizes["lite_stride"]),
+                            "--no-progress",
+                        ],
+                    ),
+                ):
                     status, _, err = run_module(module, argv, True, self.remaining())
                     if status != 0:
                         raise RuntimeError(f"{module} failed: {err.strip()[-300:]}")
-            return lite_chain(framework, device, data, os.path.join(self.folder, f"lite_{framework}"),
-                              self.sizes, self.args.smoke, self.deadline)
+            return lite_chain(
+                framework,
+                device,
+                data,
+                os.path.join(self.folder, f"lite_{framework}"),
+                self.sizes,
+                self.args.smoke,
+                self.deadline,
+            )
+
         self.record(f"lite chain {framework} {device}", run, MIN_SECONDS["lite"])
 
     def run(self) -> None:
@@ -663,12 +871,14 @@ def summary_lines(sections: List[Dict[str, Any]]) -> List[str]:
             parts = []
             for model, values in result.get("models", {}).items():
                 f64 = values["float64"]
-                parts.append(f"{model}: f64 probs {f64['probabilities']['rel']:.1e}, grads"
-                             f" {f64['gradients']['rel']:.1e}, params after steps"
-                             f" {f64['parameters_after_steps']['rel']:.1e}; f32 probs"
-                             f" {values['float32']['probabilities']['rel']:.1e}; bf16 probs"
-                             f" {values['bf16']['probabilities']['rel']:.1e}"
-                             + (f" [{'; '.join(values['failures'])}]" if values["failures"] else ""))
+                parts.append(
+                    f"{model}: f64 probs {f64['probabilities']['rel']:.1e}, grads"
+                    f" {f64['gradients']['rel']:.1e}, params after steps"
+                    f" {f64['parameters_after_steps']['rel']:.1e}; f32 probs"
+                    f" {values['float32']['probabilities']['rel']:.1e}; bf16 probs"
+                    f" {values['bf16']['probabilities']['rel']:.1e}"
+                    + (f" [{'; '.join(values['failures'])}]" if values["failures"] else "")
+                )
             detail = " | ".join(parts)
         elif name.startswith("train"):
             detail = f"{result.get('images_per_s', float('nan')):.1f} images/s"
@@ -681,11 +891,14 @@ def summary_lines(sections: List[Dict[str, Any]]) -> List[str]:
             if "goal_seconds" in result:
                 detail += f" (goal < {result['goal_seconds']} s: {'met' if result['meets_goal'] else 'NOT met'})"
         elif name.startswith("predict"):
-            detail = (f"{result.get('predict_seconds')} s, {result.get('megapixels_per_second')} Mpx/s,"
-                      f" peak RSS {result.get('peak_rss_mb')} MB")
+            detail = (
+                f"{result.get('predict_seconds')} s, {result.get('megapixels_per_second')} Mpx/s,"
+                f" peak RSS {result.get('peak_rss_mb')} MB"
+            )
         elif name.startswith("lite"):
-            detail = (f"{len(result.get('steps', []))} commands, predict == evaluate:"
-                      f" {result.get('predict_equals_evaluate')}")
+            detail = (
+                f"{len(result.get('steps', []))} commands, predict == evaluate: {result.get('predict_equals_evaluate')}"
+            )
         lines.append(f"{'OK   ' if status == 'ok' else 'FAIL '} {name}: {detail}")
     return lines
 
@@ -713,27 +926,52 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python benchmarks/gpu_check.py",
         description="One-shot GPU check: GPU-vs-CPU parity (float64, float32, bf16), training throughput,"
-                    " 4000x4000 evaluation, 8000x8000 GeoTIFF prediction and the lite chain, for torch"
-                    " and (where it sees a GPU) Paddle; writes benchmarks/results/gpu_check.json.")
-    parser.add_argument("--smoke", action="store_true",
-                        help="run everything on the CPU with tiny sizes, in this process (the CI test of"
-                             " this script; writes gpu_check_smoke.json)")
-    parser.add_argument("--sections", type=lambda text: [s for s in text.split(",") if s],
-                        default=list(SECTIONS), metavar="LIST",
-                        help=f"comma-separated subset of {','.join(SECTIONS)} (default all)")
-    parser.add_argument("--frameworks", type=lambda text: [s for s in text.split(",") if s],
-                        default=list(FRAMEWORKS), metavar="LIST",
-                        help="comma-separated subset of torch,paddle (default both; Paddle's half runs only"
-                             " where paddle sees a GPU, or with --smoke)")
-    parser.add_argument("--models", type=lambda text: [s for s in text.split(",") if s],
-                        default=list(MODELS), metavar="LIST",
-                        help="comma-separated subset of farseg,factseg for parity and training (default both)")
-    parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
-                        help="stop starting sections after this many seconds (default 470 on a GPU, i.e."
-                             " under 8 minutes; 600 with --smoke); skipped sections are listed")
-    parser.add_argument("--out", default=None, metavar="FILE.json",
-                        help="results (default benchmarks/results/gpu_check.json, or gpu_check_smoke.json"
-                             " with --smoke); written atomically")
+        " 4000x4000 evaluation, 8000x8000 GeoTIFF prediction and the lite chain, for torch"
+        " and (where it sees a GPU) Paddle; writes benchmarks/results/gpu_check.json.",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="run everything on the CPU with tiny sizes, in this process (the CI test of"
+        " this script; writes gpu_check_smoke.json)",
+    )
+    parser.add_argument(
+        "--sections",
+        type=lambda text: [s for s in text.split(",") if s],
+        default=list(SECTIONS),
+        metavar="LIST",
+        help=f"comma-separated subset of {','.join(SECTIONS)} (default all)",
+    )
+    parser.add_argument(
+        "--frameworks",
+        type=lambda text: [s for s in text.split(",") if s],
+        default=list(FRAMEWORKS),
+        metavar="LIST",
+        help="comma-separated subset of torch,paddle (default both; Paddle's half runs only"
+        " where paddle sees a GPU, or with --smoke)",
+    )
+    parser.add_argument(
+        "--models",
+        type=lambda text: [s for s in text.split(",") if s],
+        default=list(MODELS),
+        metavar="LIST",
+        help="comma-separated subset of farseg,factseg for parity and training (default both)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop starting sections after this many seconds (default 470 on a GPU, i.e."
+        " under 8 minutes; 600 with --smoke); skipped sections are listed",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE.json",
+        help="results (default benchmarks/results/gpu_check.json, or gpu_check_smoke.json"
+        " with --smoke); written atomically",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("SCRIPT:FUNCTION", "SPEC.json"), help=argparse.SUPPRESS)
     return parser
 
@@ -749,13 +987,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         target = globals()[function] if script == "gpu_check" else getattr(load_script(script), function)
         print("RESULT " + json.dumps(target(spec), default=float), flush=True)
         return 0
-    for option, values, allowed in (("--sections", args.sections, SECTIONS), ("--frameworks", args.frameworks,
-                                                                               FRAMEWORKS),
-                                    ("--models", args.models, MODELS)):
+    for option, values, allowed in (
+        ("--sections", args.sections, SECTIONS),
+        ("--frameworks", args.frameworks, FRAMEWORKS),
+        ("--models", args.models, MODELS),
+    ):
         unknown = [v for v in values if v not in allowed]
         if unknown or not values:
-            print(f"{parser.prog}: error: {option}: expected a subset of {','.join(allowed)}, got"
-                  f" {','.join(values) or '(empty)'}", file=sys.stderr)
+            print(
+                f"{parser.prog}: error: {option}: expected a subset of {','.join(allowed)}, got"
+                f" {','.join(values) or '(empty)'}",
+                file=sys.stderr,
+            )
             return 2
     args.budget = args.budget if args.budget is not None else (600.0 if args.smoke else 470.0)
     out = args.out or os.path.join(RESULTS, "gpu_check_smoke.json" if args.smoke else "gpu_check.json")
@@ -766,8 +1009,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     devices = detect_devices(args.smoke, facts)
     if not any(devices.get(fw) for fw in args.frameworks):
         reasons = "; ".join(devices.get(f"{fw}_reason", "") for fw in args.frameworks)
-        print(f"{parser.prog}: error: no framework sees a GPU ({reasons}); python -m align.env says why,"
-              " --smoke runs the check on the CPU", file=sys.stderr)
+        print(
+            f"{parser.prog}: error: no framework sees a GPU ({reasons}); python -m align.env says why,"
+            " --smoke runs the check on the CPU",
+            file=sys.stderr,
+        )
         return 2
     check = Check(args, devices)
     try:

@@ -34,6 +34,7 @@ Usage (from the repository root)::
 
 docs/paddle_numerics.md summarises the result.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,6 +72,7 @@ L = np.longdouble
 # Inputs and extended-precision references (numpy longdouble; inputs are exact in both dtypes)
 # ----------------------------------------------------------------------------------------------
 
+
 def softmax_inputs(dtype: str) -> Tuple[np.ndarray, np.ndarray]:
     """[1, 16, 1, P] logits (pixel k: 0 .. -GAPS[k] linearly; true class 15) and labels [1, 1, P]."""
     gaps = np.asarray(GAPS, dtype=np.float64)
@@ -87,11 +89,11 @@ def positive_log10(dtype: str) -> Tuple[int, ...]:
     """The exponents k of POSITIVE_LOG10 whose 10^k is a positive finite number of ``dtype``."""
     info = np.finfo(dtype)
     smallest_subnormal = float(info.smallest_subnormal)
-    return tuple(k for k in POSITIVE_LOG10 if smallest_subnormal <= 10.0 ** k <= float(info.max))
+    return tuple(k for k in POSITIVE_LOG10 if smallest_subnormal <= 10.0**k <= float(info.max))
 
 
 def positive_inputs(dtype: str) -> np.ndarray:
-    return np.tile(np.asarray([10.0 ** k for k in positive_log10(dtype)], dtype=dtype), REPEATS)
+    return np.tile(np.asarray([10.0**k for k in positive_log10(dtype)], dtype=dtype), REPEATS)
 
 
 def _ref_log_softmax(x: np.ndarray) -> np.ndarray:
@@ -163,6 +165,7 @@ def positive_references(y: np.ndarray) -> Dict[str, Tuple[np.ndarray, np.ndarray
 # The ops in each framework: f(tensor) -> output; gradient of the loss-like reduction below
 # ----------------------------------------------------------------------------------------------
 
+
 def paddle_ops(labels: np.ndarray) -> Dict[str, Callable[[Any], Any]]:
     import paddle
     import paddle.nn.functional as F
@@ -175,8 +178,9 @@ def paddle_ops(labels: np.ndarray) -> Dict[str, Callable[[Any], Any]]:
         "softmax": lambda x: F.softmax(x, axis=1),
         "cross_entropy": lambda x: F.cross_entropy(x, lab, axis=1, reduction="none").squeeze(1),
         "softmax_with_cross_entropy": lambda x: F.softmax_with_cross_entropy(x, lab.unsqueeze(1), axis=1).squeeze(1),
-        "nll_loss(x - logsumexp(x))": lambda x: F.nll_loss(x - paddle.logsumexp(x, axis=1, keepdim=True), lab,
-                                                           reduction="none"),
+        "nll_loss(x - logsumexp(x))": lambda x: F.nll_loss(
+            x - paddle.logsumexp(x, axis=1, keepdim=True), lab, reduction="none"
+        ),
         "logsumexp": lambda x: paddle.logsumexp(x, axis=1, keepdim=True),
         "x - logsumexp(x)": lambda x: x - paddle.logsumexp(x, axis=1, keepdim=True),
         "paddle_impl.losses.log_softmax": lambda x: losses.log_softmax(x, axis=1),
@@ -184,12 +188,15 @@ def paddle_ops(labels: np.ndarray) -> Dict[str, Callable[[Any], Any]]:
         "log_sigmoid": F.log_sigmoid,
         "paddle_impl.losses.log_sigmoid": losses.log_sigmoid,
         "softplus": F.softplus,
-        "bce_with_logits(label=1)": lambda x: F.binary_cross_entropy_with_logits(x, paddle.ones_like(x),
-                                                                                 reduction="none"),
-        "bce_with_logits(label=0)": lambda x: F.binary_cross_entropy_with_logits(x, paddle.zeros_like(x),
-                                                                                 reduction="none"),
-        "bce(sigmoid(x), label=1)": lambda x: F.binary_cross_entropy(F.sigmoid(x), paddle.ones_like(x),
-                                                                     reduction="none"),
+        "bce_with_logits(label=1)": lambda x: F.binary_cross_entropy_with_logits(
+            x, paddle.ones_like(x), reduction="none"
+        ),
+        "bce_with_logits(label=0)": lambda x: F.binary_cross_entropy_with_logits(
+            x, paddle.zeros_like(x), reduction="none"
+        ),
+        "bce(sigmoid(x), label=1)": lambda x: F.binary_cross_entropy(
+            F.sigmoid(x), paddle.ones_like(x), reduction="none"
+        ),
         "exp": paddle.exp,
         "log": paddle.log,
         "log1p": paddle.log1p,
@@ -206,8 +213,9 @@ def torch_ops(labels: np.ndarray) -> Dict[str, Callable[[Any], Any]]:
         "softmax": lambda x: F.softmax(x, dim=1),
         "cross_entropy": lambda x: F.cross_entropy(x, lab, reduction="none"),
         "softmax_with_cross_entropy": lambda x: F.cross_entropy(x, lab, reduction="none"),
-        "nll_loss(x - logsumexp(x))": lambda x: F.nll_loss(x - torch.logsumexp(x, 1, keepdim=True), lab,
-                                                           reduction="none"),
+        "nll_loss(x - logsumexp(x))": lambda x: F.nll_loss(
+            x - torch.logsumexp(x, 1, keepdim=True), lab, reduction="none"
+        ),
         "logsumexp": lambda x: torch.logsumexp(x, 1, keepdim=True),
         "x - logsumexp(x)": lambda x: x - torch.logsumexp(x, 1, keepdim=True),
         "paddle_impl.losses.log_softmax": lambda x: F.log_softmax(x, dim=1),
@@ -215,12 +223,15 @@ def torch_ops(labels: np.ndarray) -> Dict[str, Callable[[Any], Any]]:
         "log_sigmoid": F.logsigmoid,
         "paddle_impl.losses.log_sigmoid": F.logsigmoid,
         "softplus": F.softplus,
-        "bce_with_logits(label=1)": lambda x: F.binary_cross_entropy_with_logits(x, torch.ones_like(x),
-                                                                                 reduction="none"),
-        "bce_with_logits(label=0)": lambda x: F.binary_cross_entropy_with_logits(x, torch.zeros_like(x),
-                                                                                 reduction="none"),
-        "bce(sigmoid(x), label=1)": lambda x: F.binary_cross_entropy(torch.sigmoid(x), torch.ones_like(x),
-                                                                     reduction="none"),
+        "bce_with_logits(label=1)": lambda x: F.binary_cross_entropy_with_logits(
+            x, torch.ones_like(x), reduction="none"
+        ),
+        "bce_with_logits(label=0)": lambda x: F.binary_cross_entropy_with_logits(
+            x, torch.zeros_like(x), reduction="none"
+        ),
+        "bce(sigmoid(x), label=1)": lambda x: F.binary_cross_entropy(
+            torch.sigmoid(x), torch.ones_like(x), reduction="none"
+        ),
         "exp": torch.exp,
         "log": torch.log,
         "log1p": torch.log1p,
@@ -262,8 +273,10 @@ def run_torch(name: str, fn: Callable[[Any], Any], x: np.ndarray, labels: np.nda
 # Errors and verdicts
 # ----------------------------------------------------------------------------------------------
 
-def _errors(got: np.ndarray, ref: np.ndarray, dtype: str, groups: np.ndarray,
-            per_group_scale: bool) -> List[Dict[str, float]]:
+
+def _errors(
+    got: np.ndarray, ref: np.ndarray, dtype: str, groups: np.ndarray, per_group_scale: bool
+) -> List[Dict[str, float]]:
     """Per group (pixel / input value): elementwise and scale-relative error of ``got``.
 
     The scale is the group's largest |reference| (a pixel's distribution) or, for elementwise
@@ -307,9 +320,11 @@ def measure(dtype: str) -> Dict[str, Any]:
     x_g, x_p = sigmoid_inputs(dtype), positive_inputs(dtype)
     # (key naming an input point, references, input array, the points): softmax family per
     # pixel, elementwise ops per input value (each repeated REPEATS times).
-    families = (("gap", softmax_references(x_s, labels), x_s, GAPS),
-                ("x", sigmoid_references(x_g), x_g, SIGMOID_X),
-                ("log10(y)", positive_references(x_p), x_p, positive_log10(dtype)))
+    families = (
+        ("gap", softmax_references(x_s, labels), x_s, GAPS),
+        ("x", sigmoid_references(x_g), x_g, SIGMOID_X),
+        ("log10(y)", positive_references(x_p), x_p, positive_log10(dtype)),
+    )
     p_ops, t_ops = paddle_ops(labels), torch_ops(labels)
     results: Dict[str, Any] = {}
     for key, refs, x, points in families:
@@ -324,15 +339,23 @@ def measure(dtype: str) -> Dict[str, Any]:
             per_side = {}
             for side, run, ops in (("paddle", run_paddle, p_ops), ("torch", run_torch, t_ops)):
                 value, grad = run(name, ops[name], x, labels)
-                per_side[side] = (value, grad, _errors(value, ref_value, dtype, value_groups, softmax_family),
-                                  _errors(grad, ref_grad, dtype, grad_groups, softmax_family))
+                per_side[side] = (
+                    value,
+                    grad,
+                    _errors(value, ref_value, dtype, value_groups, softmax_family),
+                    _errors(grad, ref_grad, dtype, grad_groups, softmax_family),
+                )
             entry: Dict[str, Any] = {"points": []}
             for i, point in enumerate(points):
                 row = {key: point}
                 for side in ("paddle", "torch"):
                     _, _, v_err, g_err = per_side[side]
-                    row[side] = {"value_elem": _sig(v_err[i]["elem"]), "value_scale": _sig(v_err[i]["scale"]),
-                                 "grad_elem": _sig(g_err[i]["elem"]), "grad_scale": _sig(g_err[i]["scale"])}
+                    row[side] = {
+                        "value_elem": _sig(v_err[i]["elem"]),
+                        "value_scale": _sig(v_err[i]["scale"]),
+                        "grad_elem": _sig(g_err[i]["elem"]),
+                        "grad_scale": _sig(g_err[i]["scale"]),
+                    }
                 entry["points"].append(row)
             entry["verdict"], entry["onset"] = verdict(entry["points"], eps, key)
             entry["torch_limited"] = torch_limited(entry["points"], key)
@@ -354,8 +377,10 @@ def verdict(points: List[Dict[str, Any]], eps: float, key: str) -> Tuple[str, Op
         return any(p["paddle"][k] > WRONG_SCALE >= p["torch"][k] for k in ("value_scale", "grad_scale"))
 
     def imprecise(p: Dict[str, Any]) -> bool:
-        return any(p["paddle"][k] > IMPRECISE_ULPS * eps and p["paddle"][k] > 10 * p["torch"][k]
-                   for k in ("value_elem", "grad_elem"))
+        return any(
+            p["paddle"][k] > IMPRECISE_ULPS * eps and p["paddle"][k] > 10 * p["torch"][k]
+            for k in ("value_elem", "grad_elem")
+        )
 
     for label, test in (("wrong", wrong), ("imprecise", imprecise)):
         hits = [p for p in order if test(p)]
@@ -366,8 +391,9 @@ def verdict(points: List[Dict[str, Any]], eps: float, key: str) -> Tuple[str, Op
 
 def torch_limited(points: List[Dict[str, Any]], key: str) -> List[str]:
     """Inputs where torch itself is O(1) off the exact value (a limit shared by both frameworks)."""
-    return [f"{key} {p[key]:g}" for p in points
-            if max(p["torch"]["value_scale"], p["torch"]["grad_scale"]) > WRONG_SCALE]
+    return [
+        f"{key} {p[key]:g}" for p in points if max(p["torch"]["value_scale"], p["torch"]["grad_scale"]) > WRONG_SCALE
+    ]
 
 
 def example(per_side: Dict[str, Any], ref_value: np.ndarray, x: np.ndarray, softmax_family: bool) -> Dict[str, Any]:
@@ -378,20 +404,37 @@ def example(per_side: Dict[str, Any], ref_value: np.ndarray, x: np.ndarray, soft
         # The true class's entry (or the per-pixel value) at a gap of 200.
         k = GAPS.index(200.0)
         index = (0, CLASSES - 1, 0, k) if ref_value.shape[1] == CLASSES else (0, 0, 0, k)
-        return {"input": "true class trailing by 200", "paddle": float(p_value[index]),
-                "torch": float(t_value[index]), "exact": float(ref_value[index])}
+        return {
+            "input": "true class trailing by 200",
+            "paddle": float(p_value[index]),
+            "torch": float(t_value[index]),
+            "exact": float(ref_value[index]),
+        }
     with np.errstate(invalid="ignore"):
         off = np.nan_to_num(np.abs(p_value - ref_value) / np.maximum(np.abs(ref_value), 1e-300), nan=0.0)
     worst = int(np.argmax(off))
-    return {"input": f"{float(x.reshape(-1)[worst]):g}", "paddle": float(p_value.reshape(-1)[worst]),
-            "torch": float(t_value.reshape(-1)[worst]), "exact": float(ref_value.reshape(-1)[worst])}
+    return {
+        "input": f"{float(x.reshape(-1)[worst]):g}",
+        "paddle": float(p_value.reshape(-1)[worst]),
+        "torch": float(t_value.reshape(-1)[worst]),
+        "exact": float(ref_value.reshape(-1)[worst]),
+    }
 
 
 def _compact(text: str) -> str:
     """One line per framework and input point (4 errors) instead of six."""
     numbers = r"([^,\n]+)"
-    pattern = (r'\{\n\s+"value_elem": ' + numbers + r',\n\s+"value_scale": ' + numbers + r',\n\s+"grad_elem": '
-               + numbers + r',\n\s+"grad_scale": ' + numbers + r'\n\s+\}')
+    pattern = (
+        r'\{\n\s+"value_elem": '
+        + numbers
+        + r',\n\s+"value_scale": '
+        + numbers
+        + r',\n\s+"grad_elem": '
+        + numbers
+        + r',\n\s+"grad_scale": '
+        + numbers
+        + r"\n\s+\}"
+    )
     return re.sub(pattern, r'{"value_elem": \1, "value_scale": \2, "grad_elem": \3, "grad_scale": \4}', text)
 
 
@@ -415,22 +458,27 @@ def timing(repeats: int, shape: Tuple[int, int, int, int] = (2, 16, 256, 256)) -
         b = paddle.to_tensor(bi, stop_gradient=False)
         y = paddle.to_tensor(labels)
         start = time.perf_counter()
-        value = (losses.annealing_softmax_focal_loss(x, y, 5000) if model == "farseg"
-                 else losses.joint_loss(x, b, y))
+        value = losses.annealing_softmax_focal_loss(x, y, 5000) if model == "farseg" else losses.joint_loss(x, b, y)
         value.backward()
         return time.perf_counter() - start
 
-    out: Dict[str, Any] = {"shape": list(shape), "dtype": "float32", "repeats": repeats,
-                           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    out: Dict[str, Any] = {
+        "shape": list(shape),
+        "dtype": "float32",
+        "repeats": repeats,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+    }
     try:
         for model in ("farseg", "factseg"):
             best = {"exact": math.inf, "paddle_primitives": math.inf}
             for _ in range(repeats):
                 best["exact"] = min(best["exact"], once(model, exact))
                 best["paddle_primitives"] = min(best["paddle_primitives"], once(model, primitives))
-            out[model] = {"exact_ms": round(1e3 * best["exact"], 1),
-                          "paddle_primitives_ms": round(1e3 * best["paddle_primitives"], 1),
-                          "exact_over_primitives": round(best["exact"] / best["paddle_primitives"], 3)}
+            out[model] = {
+                "exact_ms": round(1e3 * best["exact"], 1),
+                "paddle_primitives_ms": round(1e3 * best["paddle_primitives"], 1),
+                "exact_over_primitives": round(best["exact"] / best["paddle_primitives"], 3),
+            }
     finally:
         for name, fn in exact.items():
             setattr(losses, name, fn)
@@ -438,12 +486,15 @@ def timing(repeats: int, shape: Tuple[int, int, int, int] = (2, 16, 256, 256)) -
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python benchmarks/paddle_clamping.py",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help=f"results JSON (default {DEFAULT_OUT.relative_to(ROOT)})")
-    parser.add_argument("--timing", action="store_true",
-                        help="also time each Paddle loss with the exact helpers against Paddle's primitives")
+    parser = argparse.ArgumentParser(prog="python benchmarks/paddle_clamping.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default {DEFAULT_OUT.relative_to(ROOT)})"
+    )
+    parser.add_argument(
+        "--timing",
+        action="store_true",
+        help="also time each Paddle loss with the exact helpers against Paddle's primitives",
+    )
     parser.add_argument("--repeats", type=int, default=7, help="timing: runs per variant, best kept (default 7)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -463,12 +514,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             onset = f" from {entry['onset']}" if entry["onset"] else ""
             shared = f" (torch too at {', '.join(entry['torch_limited'])})" if entry["torch_limited"] else ""
             print(f"{dtype:8s} {name:32s} {entry['verdict']}{onset}{shared}  e.g. {json.dumps(entry['example'])}")
-    document = {"command": "python benchmarks/paddle_clamping.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                "what": __doc__.split("\n\n")[0],
-                "versions": {"paddle": paddle.__version__, "torch": torch.__version__, "numpy": np.__version__},
-                "machine": {"platform": platform.platform(), "python": platform.python_version(), "device": "cpu"},
-                "thresholds": {"wrong_scale": WRONG_SCALE, "imprecise_ulps": IMPRECISE_ULPS},
-                "seconds": round(time.perf_counter() - started, 1), "results": results}
+    document = {
+        "command": "python benchmarks/paddle_clamping.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "what": __doc__.split("\n\n")[0],
+        "versions": {"paddle": paddle.__version__, "torch": torch.__version__, "numpy": np.__version__},
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "device": "cpu"},
+        "thresholds": {"wrong_scale": WRONG_SCALE, "imprecise_ulps": IMPRECISE_ULPS},
+        "seconds": round(time.perf_counter() - started, 1),
+        "results": results,
+    }
     if timed is not None:
         document["timing"] = timed
     from isaid.atomic import write_bytes_atomic

@@ -27,6 +27,7 @@ what prediction adds: the band accumulator (16 x window x width float32), one in
 WIDTH: compare sizes of equal width (2000x2000 and 8000x2000) to see it not grow with height.
 The JSON (written atomically) holds the command, the machine and every measurement.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,13 +49,22 @@ import numpy as np  # noqa: E402
 
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", "predict_bench.json")
 DEFAULT_SIZES = ("2000x2000", "4000x4000", "8000x2000")
-DEFAULT_RUNS = ("torch:dygraph:cpu", "torch:bf16:cpu", "torch:onnxruntime:cpu", "paddle:dygraph:cpu",
-                "paddle:onednn:cpu", "paddle:onednn-bf16:cpu", "paddle:native:cpu")
+DEFAULT_RUNS = (
+    "torch:dygraph:cpu",
+    "torch:bf16:cpu",
+    "torch:onnxruntime:cpu",
+    "paddle:dygraph:cpu",
+    "paddle:onednn:cpu",
+    "paddle:onednn-bf16:cpu",
+    "paddle:native:cpu",
+)
 # torch: dygraph (float32), bf16 (autocast, channels-last), onnxruntime (torch_ref.export of the
 # seed-0 model); paddle: dygraph, or the seed-0 export run by Paddle Inference (onednn,
 # onednn-bf16, native).
-FRAMEWORK_MODES = {"torch": ("dygraph", "bf16", "onnxruntime"),
-                   "paddle": ("dygraph", "onednn", "onednn-bf16", "native")}
+FRAMEWORK_MODES = {
+    "torch": ("dygraph", "bf16", "onnxruntime"),
+    "paddle": ("dygraph", "onednn", "onednn-bf16", "native"),
+}
 MODES = tuple(sorted({mode for modes in FRAMEWORK_MODES.values() for mode in modes}))
 TILE = 512  # side of the synthetic tiles the big scenes are made of
 
@@ -74,8 +84,9 @@ def parse_run(text: str) -> Dict[str, Any]:
     spec, _, sizes = text.partition("@")
     parts = spec.split(":")
     if len(parts) != 3 or parts[0] not in ("torch", "paddle") or parts[1] not in MODES:
-        raise argparse.ArgumentTypeError(f"expected FRAMEWORK:MODE:DEVICE[@HxW,...] like paddle:onednn:cpu,"
-                                         f" got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected FRAMEWORK:MODE:DEVICE[@HxW,...] like paddle:onednn:cpu, got {text!r}"
+        )
     if parts[1] not in FRAMEWORK_MODES[parts[0]]:
         raise argparse.ArgumentTypeError(f"{text}: {parts[0]} modes are {', '.join(FRAMEWORK_MODES[parts[0]])}")
     only = [parse_size(size) for size in sizes.split(",")] if sizes else None
@@ -84,8 +95,8 @@ def parse_run(text: str) -> Dict[str, Any]:
 
 def write_scene(path: str, height: int, width: int, seed: int = 0) -> None:
     """A georeferenced synthetic scene made of 512x512 synthetic tiles, written by windows."""
-    from tests.raster_scenes import write_geotiff_by_windows
     from isaid.synth import make_scene
+    from tests.raster_scenes import write_geotiff_by_windows
 
     rng = np.random.default_rng(seed)
     tiles = [make_scene(rng, TILE, TILE)[0] for _ in range(4)]
@@ -96,7 +107,7 @@ def write_scene(path: str, height: int, width: int, seed: int = 0) -> None:
             ty, oy = divmod(y, TILE)
             for tx in range(0, width, TILE):
                 tile = tiles[(ty + tx // TILE) % len(tiles)]
-                rows[y - row_start, tx:tx + TILE] = tile[oy, :min(TILE, width - tx)]
+                rows[y - row_start, tx : tx + TILE] = tile[oy, : min(TILE, width - tx)]
         return rows
 
     write_geotiff_by_windows(path, height, width, fill, block_rows=TILE)
@@ -107,8 +118,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def child(run: Dict[str, str], scene: str, out: str, model: str, window: int, stride: int,
-          export_dir: Optional[str]) -> Dict[str, Any]:
+def child(
+    run: Dict[str, str], scene: str, out: str, model: str, window: int, stride: int, export_dir: Optional[str]
+) -> Dict[str, Any]:
     """One measurement, in this (fresh) process; returns the record."""
     from app.predict import class_bands, predict_to_files
     from app.raster import open_raster
@@ -130,11 +142,13 @@ def child(run: Dict[str, str], scene: str, out: str, model: str, window: int, st
 
             onnx_dir = os.path.join(os.path.dirname(out), "torch_onnx")
             export(model, None, onnx_dir, model=build_model(model), check=False)
-            engine = SlidingWindowInference(DeployedModule(OnnxModel(onnx_dir)), window, stride, "cpu",
-                                            channels_last=False)
+            engine = SlidingWindowInference(
+                DeployedModule(OnnxModel(onnx_dir)), window, stride, "cpu", channels_last=False
+            )
         else:
-            engine = SlidingWindowInference(build_model(model), window, stride, run["device"],
-                                            amp="bf16" if run["mode"] == "bf16" else None)
+            engine = SlidingWindowInference(
+                build_model(model), window, stride, run["device"], amp="bf16" if run["mode"] == "bf16" else None
+            )
         threads = torch.get_num_threads()
         version = torch.__version__
     else:
@@ -163,12 +177,22 @@ def child(run: Dict[str, str], scene: str, out: str, model: str, window: int, st
     windows = num_windows(height, width, window, stride)
     seconds = done - loaded
     return {
-        **run, "framework_version": version, "torch_threads": threads, "model": model,
-        "size": f"{height}x{width}", "height": height, "width": width, "window": window,
-        "stride": stride, "windows": windows, "model_seconds": round(loaded - start, 2),
-        "predict_seconds": round(seconds, 2), "seconds_per_window": round(seconds / windows, 3),
+        **run,
+        "framework_version": version,
+        "torch_threads": threads,
+        "model": model,
+        "size": f"{height}x{width}",
+        "height": height,
+        "width": width,
+        "window": window,
+        "stride": stride,
+        "windows": windows,
+        "model_seconds": round(loaded - start, 2),
+        "predict_seconds": round(seconds, 2),
+        "seconds_per_window": round(seconds / windows, 3),
         "megapixels_per_second": round(height * width / 1e6 / seconds, 4),
-        "peak_rss_mb_after_model": round(rss_loaded, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_rss_mb_after_model": round(rss_loaded, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "prediction_adds_mb": round(peak_rss_mb() - rss_loaded, 1),
         "band_accumulator_mb": round(16 * min(window, height) * width * 4 / 1e6, 1),
         "whole_scene_probabilities_mb": round(16 * height * width * 4 / 1e6, 1),
@@ -217,45 +241,75 @@ def interleaved_forwards(model: str, window: int, rounds: int, export_dir: str) 
         with paddle.no_grad():
             paddle_model(paddle.to_tensor(x))
 
-    configs = {"torch:dygraph": run_torch, "paddle:dygraph": run_paddle,
-               "paddle:onednn": lambda: onednn(x), "paddle:native": lambda: native(x)}
+    configs = {
+        "torch:dygraph": run_torch,
+        "paddle:dygraph": run_paddle,
+        "paddle:onednn": lambda: onednn(x),
+        "paddle:native": lambda: native(x),
+    }
     times: Dict[str, List[float]] = {name: [] for name in configs}
-    for name, function in configs.items():
+    for function in configs.values():
         function()  # warm-up: allocator, oneDNN primitive creation
     for _ in range(rounds):
         for name, function in configs.items():
             start = time.perf_counter()
             function()
             times[name].append(time.perf_counter() - start)
-    return {"window": window, "rounds": rounds, "torch_threads": torch.get_num_threads(),
-            "median_seconds": {name: round(float(np.median(t)), 3) for name, t in times.items()},
-            "all_seconds": {name: [round(v, 3) for v in t] for name, t in times.items()}}
+    return {
+        "window": window,
+        "rounds": rounds,
+        "torch_threads": torch.get_num_threads(),
+        "median_seconds": {name: round(float(np.median(t)), 3) for name, t in times.items()},
+        "all_seconds": {name: [round(v, 3) for v in t] for name, t in times.items()},
+    }
 
 
 def machine() -> Dict[str, Any]:
-    return {"platform": platform.platform(), "python": platform.python_version(),
-            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/predict_bench.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[parse_size(s) for s in DEFAULT_SIZES],
-                        metavar="HxW", help=f"scene sizes (default {' '.join(DEFAULT_SIZES)})")
-    parser.add_argument("--runs", nargs="+", type=parse_run, default=[parse_run(r) for r in DEFAULT_RUNS],
-                        metavar="FRAMEWORK:MODE:DEVICE",
-                        help=f"what to measure (default {' '.join(DEFAULT_RUNS)})")
-    parser.add_argument("--model", choices=("farseg", "factseg"), default="farseg", help="architecture (default farseg)")
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        type=parse_size,
+        default=[parse_size(s) for s in DEFAULT_SIZES],
+        metavar="HxW",
+        help=f"scene sizes (default {' '.join(DEFAULT_SIZES)})",
+    )
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        type=parse_run,
+        default=[parse_run(r) for r in DEFAULT_RUNS],
+        metavar="FRAMEWORK:MODE:DEVICE",
+        help=f"what to measure (default {' '.join(DEFAULT_RUNS)})",
+    )
+    parser.add_argument(
+        "--model", choices=("farseg", "factseg"), default="farseg", help="architecture (default farseg)"
+    )
     parser.add_argument("--window", type=int, default=896, help="window side (default 896)")
     parser.add_argument("--stride", type=int, default=512, help="stride (default 512)")
-    parser.add_argument("--threads", type=int,
-                        help="OMP/MKL threads for every run (default: the frameworks' defaults)")
-    parser.add_argument("--out", default=DEFAULT_OUT, help="results JSON (default benchmarks/results/predict_bench.json)")
-    parser.add_argument("--interleaved-rounds", type=int, default=0, metavar="N",
-                        help="also time single-window forward passes of torch, Paddle dygraph and"
-                             " the two Paddle Inference CPU backends in N alternating rounds (the"
-                             " fair speed comparison on a shared machine; default 0: skip)")
+    parser.add_argument("--threads", type=int, help="OMP/MKL threads for every run (default: the frameworks' defaults)")
+    parser.add_argument(
+        "--out", default=DEFAULT_OUT, help="results JSON (default benchmarks/results/predict_bench.json)"
+    )
+    parser.add_argument(
+        "--interleaved-rounds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time single-window forward passes of torch, Paddle dygraph and"
+        " the two Paddle Inference CPU backends in N alternating rounds (the"
+        " fair speed comparison on a shared machine; default 0: skip)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: JSON spec of one measurement
     args = parser.parse_args(argv)
     if args.child:
@@ -272,43 +326,72 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     interleaved = None
     with tempfile.TemporaryDirectory(prefix="predict_bench_") as folder:
         export_dir = None
-        if args.interleaved_rounds or any(run["framework"] == "paddle" and run["mode"] != "dygraph"
-                                          for run in args.runs):
+        if args.interleaved_rounds or any(
+            run["framework"] == "paddle" and run["mode"] != "dygraph" for run in args.runs
+        ):
             export_dir = os.path.join(folder, "export")
             export_model(args.model, export_dir)
         if args.interleaved_rounds:
             interleaved = interleaved_forwards(args.model, args.window, args.interleaved_rounds, export_dir)
-            print(f"interleaved single-window forwards ({args.window}px, median of"
-                  f" {args.interleaved_rounds}): {interleaved['median_seconds']}", file=sys.stderr, flush=True)
+            print(
+                f"interleaved single-window forwards ({args.window}px, median of"
+                f" {args.interleaved_rounds}): {interleaved['median_seconds']}",
+                file=sys.stderr,
+                flush=True,
+            )
         for height, width in args.sizes:
             scene = os.path.join(folder, f"scene_{height}x{width}.tif")
             started = time.perf_counter()
             write_scene(scene, height, width)
-            print(f"scene {height}x{width}: written by windows in {time.perf_counter() - started:.1f}s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"scene {height}x{width}: written by windows in {time.perf_counter() - started:.1f}s",
+                file=sys.stderr,
+                flush=True,
+            )
             for run in args.runs:
                 if run["only"] is not None and (height, width) not in run["only"]:
                     continue
                 run = {key: value for key, value in run.items() if key != "only"}
-                spec = {"run": run, "scene": scene, "out": os.path.join(folder, "out.tif"), "model": args.model,
-                        "window": args.window, "stride": args.stride, "export_dir": export_dir}
-                result = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
-                                        cwd=ROOT, env=env, capture_output=True, text=True)
+                spec = {
+                    "run": run,
+                    "scene": scene,
+                    "out": os.path.join(folder, "out.tif"),
+                    "model": args.model,
+                    "window": args.window,
+                    "stride": args.stride,
+                    "export_dir": export_dir,
+                }
+                result = subprocess.run(
+                    [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
+                    cwd=ROOT,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                )
                 if result.returncode != 0:
                     print(result.stderr[-3000:], file=sys.stderr)
                     return 1
                 record = json.loads(result.stdout.strip().splitlines()[-1])
                 records.append(record)
-                print(f"{record['framework']}:{record['mode']}:{record['device']} {record['size']}:"
-                      f" {record['windows']} windows, {record['predict_seconds']}s"
-                      f" ({record['seconds_per_window']} s/window, {record['megapixels_per_second']} Mpx/s),"
-                      f" peak RSS {record['peak_rss_mb']} MB ({record['prediction_adds_mb']} MB added by"
-                      f" prediction)", file=sys.stderr, flush=True)
+                print(
+                    f"{record['framework']}:{record['mode']}:{record['device']} {record['size']}:"
+                    f" {record['windows']} windows, {record['predict_seconds']}s"
+                    f" ({record['seconds_per_window']} s/window, {record['megapixels_per_second']} Mpx/s),"
+                    f" peak RSS {record['peak_rss_mb']} MB ({record['prediction_adds_mb']} MB added by"
+                    f" prediction)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             os.remove(scene)
-    document = {"command": command, "machine": machine(), "threads": args.threads,
-                "note": "CPU timings on a shared 2-core machine; the load average is recorded. GPU runs"
-                        " need --runs torch:dygraph:cuda (and paddle:dygraph:gpu) on a GPU machine.",
-                "forward_interleaved": interleaved, "runs": records}
+    document = {
+        "command": command,
+        "machine": machine(),
+        "threads": args.threads,
+        "note": "CPU timings on a shared 2-core machine; the load average is recorded. GPU runs"
+        " need --runs torch:dygraph:cuda (and paddle:dygraph:gpu) on a GPU machine.",
+        "forward_interleaved": interleaved,
+        "runs": records,
+    }
     from isaid.atomic import write_bytes_atomic
 
     write_bytes_atomic(args.out, json.dumps(document, indent=1).encode("utf-8"))

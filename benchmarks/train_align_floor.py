@@ -25,6 +25,7 @@ Usage (from the repository root; about 3 minutes per model and seed on 2 quiet C
     python benchmarks/train_align_floor.py --model farseg --config configs/farseg_isaid.yaml \\
         --data data/isaid --device cuda --iterations 2000 --perturb channels_last --no-paddle
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,34 +65,62 @@ def measured(rows: Sequence[Any]) -> Dict[str, float]:
 
 def per_iteration(reference: Any, other: Any) -> Dict[str, list]:
     """Relative difference of loss and gradient norm at every iteration (for the envelope)."""
-    return {key: [float(f"{x:.3g}") for x in relative_curve(getattr(reference, key), getattr(other, key))]
-            for key in ("loss", "grad_norm")}
+    return {
+        key: [float(f"{x:.3g}") for x in relative_curve(getattr(reference, key), getattr(other, key))]
+        for key in ("loss", "grad_norm")
+    }
 
 
 def measure(model: str, seed: int, args: argparse.Namespace, work: str) -> Dict[str, Any]:
     """Reference, perturbed and Paddle runs of one model and seed; their measured differences."""
-    config = AlignConfig(model=model, seed=seed, size=args.size, batch=args.batch, train_iterations=args.iterations,
-                         train_config=args.config, data=args.data, device=args.device, out=None).validate()
+    config = AlignConfig(
+        model=model,
+        seed=seed,
+        size=args.size,
+        batch=args.batch,
+        train_iterations=args.iterations,
+        train_config=args.config,
+        data=args.data,
+        device=args.device,
+        out=None,
+    ).validate()
     setup = build_setup(config, work)
     tols = {**{k: Tolerance(0.0) for k in ("counter", "exact")}, **WIDE}
     reference = run_trainer(setup, "torch", os.path.join(work, "torch"), label="torch", threads=1)
-    out: Dict[str, Any] = {"setup": setup.describe(), "reference": {
-        "seconds": round(reference.seconds, 1), "final_loss": float(reference.loss[-1]),
-        "miou": reference.miou, "curves": reference.curves()}, "torch_vs_torch": {}}
+    out: Dict[str, Any] = {
+        "setup": setup.describe(),
+        "reference": {
+            "seconds": round(reference.seconds, 1),
+            "final_loss": float(reference.loss[-1]),
+            "miou": reference.miou,
+            "curves": reference.curves(),
+        },
+        "torch_vs_torch": {},
+    }
     for name in args.perturb:
         extra, threads = PERTURBATIONS[name]
-        other = run_trainer(setup, "torch", os.path.join(work, f"torch_{name}"), extra=extra,
-                            label=f"torch {name}", threads=threads)
+        other = run_trainer(
+            setup, "torch", os.path.join(work, f"torch_{name}"), extra=extra, label=f"torch {name}", threads=threads
+        )
         rows, _ = compare_runs(reference, other, setup.initial_state, tols, model)
-        out["torch_vs_torch"][name] = {**measured(rows), "seconds": round(other.seconds, 1), "miou": other.miou,
-                                       "per_iteration": per_iteration(reference, other),
-                                       "curves": other.curves()}
+        out["torch_vs_torch"][name] = {
+            **measured(rows),
+            "seconds": round(other.seconds, 1),
+            "miou": other.miou,
+            "per_iteration": per_iteration(reference, other),
+            "curves": other.curves(),
+        }
         print(f"{model} seed {seed} torch vs torch ({name}): {_brief(out['torch_vs_torch'][name])}", flush=True)
     if args.paddle:
         other = run_trainer(setup, "paddle", os.path.join(work, "paddle"), label="paddle", threads=1)
         rows, _ = compare_runs(reference, other, setup.initial_state, tols, model)
-        out["torch_vs_paddle"] = {**measured(rows), "seconds": round(other.seconds, 1), "miou": other.miou,
-                                  "per_iteration": per_iteration(reference, other), "curves": other.curves()}
+        out["torch_vs_paddle"] = {
+            **measured(rows),
+            "seconds": round(other.seconds, 1),
+            "miou": other.miou,
+            "per_iteration": per_iteration(reference, other),
+            "curves": other.curves(),
+        }
         print(f"{model} seed {seed} torch vs paddle: {_brief(out['torch_vs_paddle'])}", flush=True)
     return out
 
@@ -104,41 +133,86 @@ def summarise(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     """Per kind: the floor (worst torch vs torch), the worst torch vs Paddle, the threshold and margin."""
     summary: Dict[str, Any] = {}
     for kind in TRAIN_KINDS:
-        floor = max((p.get(kind, 0.0) for per_seed in results.values() for m in per_seed.values()
-                     for p in m["torch_vs_torch"].values()), default=0.0)
-        port = max((m["torch_vs_paddle"].get(kind, 0.0) for per_seed in results.values() for m in per_seed.values()
-                    if "torch_vs_paddle" in m), default=None)
+        floor = max(
+            (
+                p.get(kind, 0.0)
+                for per_seed in results.values()
+                for m in per_seed.values()
+                for p in m["torch_vs_torch"].values()
+            ),
+            default=0.0,
+        )
+        port = max(
+            (
+                m["torch_vs_paddle"].get(kind, 0.0)
+                for per_seed in results.values()
+                for m in per_seed.values()
+                if "torch_vs_paddle" in m
+            ),
+            default=None,
+        )
         threshold = TRAIN_TOLERANCES[kind].rtol
-        summary[kind] = {"floor_torch_vs_torch": floor, "torch_vs_paddle": port, "threshold": threshold,
-                         "threshold_over_floor": threshold / floor if floor > 0 else None,
-                         "floor_in_compare_py": TRAIN_FLOOR[kind], "margin": TRAIN_MARGIN}
+        summary[kind] = {
+            "floor_torch_vs_torch": floor,
+            "torch_vs_paddle": port,
+            "threshold": threshold,
+            "threshold_over_floor": threshold / floor if floor > 0 else None,
+            "floor_in_compare_py": TRAIN_FLOOR[kind],
+            "margin": TRAIN_MARGIN,
+        }
     return summary
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python benchmarks/train_align_floor.py",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", nargs="+", default=["farseg", "factseg"], choices=["farseg", "factseg"],
-                        help="models to measure (default both)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[2333, 1],
-                        help="seeds of the initial weights, sampling and synthetic data (default 2333 1)")
-    parser.add_argument("--iterations", type=int, default=DEFAULT_TRAIN_ITERATIONS,
-                        help=f"iterations per run (default {DEFAULT_TRAIN_ITERATIONS}, the stage's default)")
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/train_align_floor.py", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--model",
+        nargs="+",
+        default=["farseg", "factseg"],
+        choices=["farseg", "factseg"],
+        help="models to measure (default both)",
+    )
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[2333, 1],
+        help="seeds of the initial weights, sampling and synthetic data (default 2333 1)",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=DEFAULT_TRAIN_ITERATIONS,
+        help=f"iterations per run (default {DEFAULT_TRAIN_ITERATIONS}, the stage's default)",
+    )
     parser.add_argument("--size", type=int, default=64, help="patch side on synthetic data (default 64, the stage's)")
     parser.add_argument("--batch", type=int, default=2, help="batch on synthetic data (default 2, the stage's)")
-    parser.add_argument("--perturb", nargs="+", choices=sorted(PERTURBATIONS), default=sorted(PERTURBATIONS),
-                        help="harmless perturbations of the torch run (default: all)")
+    parser.add_argument(
+        "--perturb",
+        nargs="+",
+        choices=sorted(PERTURBATIONS),
+        default=sorted(PERTURBATIONS),
+        help="harmless perturbations of the torch run (default: all)",
+    )
     parser.add_argument("--config", help="recipe YAML (default configs/<model>_isaid.yaml)")
     parser.add_argument("--data", help="an isaid.prepare output instead of synthetic data")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "gpu", "auto"],
-                        help="device of every run (default cpu)")
-    parser.add_argument("--no-paddle", dest="paddle", action="store_false",
-                        help="skip the torch-vs-Paddle run (only the floor)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help=f"results JSON (default {DEFAULT_OUT.relative_to(ROOT)})")
-    parser.add_argument("--resummarise", action="store_true",
-                        help="run nothing: recompute the summary of --out against the thresholds now in "
-                             "align/compare.py (after TRAIN_FLOOR was set from it)")
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda", "gpu", "auto"], help="device of every run (default cpu)"
+    )
+    parser.add_argument(
+        "--no-paddle", dest="paddle", action="store_false", help="skip the torch-vs-Paddle run (only the floor)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default {DEFAULT_OUT.relative_to(ROOT)})"
+    )
+    parser.add_argument(
+        "--resummarise",
+        action="store_true",
+        help="run nothing: recompute the summary of --out against the thresholds now in "
+        "align/compare.py (after TRAIN_FLOOR was set from it)",
+    )
     args = parser.parse_args(argv)
     if args.resummarise:
         document = json.loads(args.out.read_text())
@@ -157,12 +231,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _print_summary(summary)
     import torch
 
-    document = {"command": "python benchmarks/train_align_floor.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                "what": "align.train's comparison of torch_ref.train against itself under harmless perturbations "
-                        "(the floor under the train_* thresholds), and against paddle_impl.train",
-                "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpus": os.cpu_count(), "torch": torch.__version__},
-                "seconds": round(time.perf_counter() - started, 1), "summary": summary, "runs": results}
+    document = {
+        "command": "python benchmarks/train_align_floor.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "what": "align.train's comparison of torch_ref.train against itself under harmless perturbations "
+        "(the floor under the train_* thresholds), and against paddle_impl.train",
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+        },
+        "seconds": round(time.perf_counter() - started, 1),
+        "summary": summary,
+        "runs": results,
+    }
     _write(args.out, document)
     return 0
 
@@ -170,8 +252,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _print_summary(summary: Dict[str, Any]) -> None:
     for kind, values in summary.items():
         port = values["torch_vs_paddle"]
-        print(f"{kind:<18} floor {values['floor_torch_vs_torch']:.3e}  torch-vs-paddle "
-              f"{'-' if port is None else format(port, '.3e')}  threshold {values['threshold']:.1e}")
+        print(
+            f"{kind:<18} floor {values['floor_torch_vs_torch']:.3e}  torch-vs-paddle "
+            f"{'-' if port is None else format(port, '.3e')}  threshold {values['threshold']:.1e}"
+        )
 
 
 def _write(path: Path, document: Dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ GPU. Peak memory: ``torch.cuda.max_memory_allocated`` /
 Results are merged into ``benchmarks/results/train_bench.json`` (``--out``): an entry with the
 same configuration is replaced, others are kept, so CPU and GPU runs accumulate.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,19 @@ if ROOT not in sys.path:
 
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", "train_bench.json")
 # Fields that identify a configuration (an entry with the same values is replaced).
-KEY_FIELDS = ("kind", "framework", "model", "device", "size", "batch", "amp", "channels_last",
-              "compile", "workers", "threads")
+KEY_FIELDS = (
+    "kind",
+    "framework",
+    "model",
+    "device",
+    "size",
+    "batch",
+    "amp",
+    "channels_last",
+    "compile",
+    "workers",
+    "threads",
+)
 
 
 # ------------------------------------------------------------------------------ workers
@@ -50,11 +62,16 @@ KEY_FIELDS = ("kind", "framework", "model", "device", "size", "batch", "amp", "c
 def _config(spec: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     from app.config import load_config
 
-    sets = [f"model.name={spec['model']}", "init.imagenet=none", f"train.amp={spec['amp']}",
-            f"train.channels_last={str(spec['channels_last']).lower()}",
-            f"train.compile={str(spec['compile']).lower()}",
-            f"train.device={spec['device']}", f"train.batch_size={spec['batch']}",
-            f"data.window={spec['size']}"]
+    sets = [
+        f"model.name={spec['model']}",
+        "init.imagenet=none",
+        f"train.amp={spec['amp']}",
+        f"train.channels_last={str(spec['channels_last']).lower()}",
+        f"train.compile={str(spec['compile']).lower()}",
+        f"train.device={spec['device']}",
+        f"train.batch_size={spec['batch']}",
+        f"data.window={spec['size']}",
+    ]
     return load_config(os.path.join(ROOT, "configs", f"{spec['model']}_isaid.yaml"), sets)
 
 
@@ -90,7 +107,7 @@ def step_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
             return to_device(batch, runtime.device, config["train"]["channels_last"])
 
         def peak_gpu() -> float:
-            return torch.cuda.max_memory_allocated() / 2 ** 20
+            return torch.cuda.max_memory_allocated() / 2**20
 
         versions = {"torch": torch.__version__}
         cpu_threads = torch.get_num_threads()
@@ -102,8 +119,7 @@ def step_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
 
         runtime = trainer.setup_runtime(config)
         paddle.seed(0)
-        batch = [paddle.to_tensor(images, place=paddle.CPUPlace()),
-                 paddle.to_tensor(labels, place=paddle.CPUPlace())]
+        batch = [paddle.to_tensor(images, place=paddle.CPUPlace()), paddle.to_tensor(labels, place=paddle.CPUPlace())]
 
         def synchronize() -> None:
             if runtime.on_gpu:
@@ -113,7 +129,7 @@ def step_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
             return to_device(batch, runtime.device)
 
         def peak_gpu() -> float:
-            return paddle.device.cuda.max_memory_allocated() / 2 ** 20
+            return paddle.device.cuda.max_memory_allocated() / 2**20
 
         versions = {"paddle": paddle.__version__}
         cpu_threads = paddle.get_flags(["FLAGS_paddle_num_threads"])["FLAGS_paddle_num_threads"]
@@ -143,8 +159,10 @@ def step_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     if runtime.on_gpu:
         result.update(peak_memory_mb=peak_gpu(), peak_memory_kind="device max_memory_allocated")
     else:
-        result.update(peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      peak_memory_kind="process peak RSS")
+        result.update(
+            peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            peak_memory_kind="process peak RSS",
+        )
     return result
 
 
@@ -156,8 +174,7 @@ def loader_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     patches = load_patch_index(spec["data"], "train", spec["size"])
     plan = SamplePlan(len(patches), spec["batch"], seed=2333)
     iterations = spec["warmup"] + spec["iters"]
-    loader = build_loader(patches, plan, spec["size"], 0, iterations, spec["workers"],
-                          pin_memory=False)
+    loader = build_loader(patches, plan, spec["size"], 0, iterations, spec["workers"], pin_memory=False)
     iterator = iter(loader)
     for _ in range(spec["warmup"]):
         next(iterator)
@@ -165,8 +182,11 @@ def loader_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     for _ in range(spec["iters"]):
         next(iterator)
     seconds = time.perf_counter() - start
-    return {"images_per_s": spec["batch"] * spec["iters"] / seconds,
-            "ms_per_iter": 1000.0 * seconds / spec["iters"], "patches": len(patches)}
+    return {
+        "images_per_s": spec["batch"] * spec["iters"] / seconds,
+        "ms_per_iter": 1000.0 * seconds / spec["iters"],
+        "patches": len(patches),
+    }
 
 
 # ------------------------------------------------------------------------------ driver
@@ -186,8 +206,12 @@ def machine_info() -> Dict[str, Any]:
     except OSError:
         info["cpu"] = platform.processor()
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         if out.returncode == 0 and out.stdout.strip():
             info["gpus"] = [line.strip() for line in out.stdout.strip().splitlines()]
     except (OSError, subprocess.SubprocessError):
@@ -202,8 +226,7 @@ def run_in_subprocess(spec: Dict[str, Any], timeout: int) -> Dict[str, Any]:
         # Both frameworks' CPU kernels use OpenMP; torch also gets set_num_threads below.
         env["OMP_NUM_THREADS"] = str(spec["threads"])
     try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                             env=env)
+        out = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout}s"}
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
@@ -236,43 +259,65 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python benchmarks/train_bench.py",
         description="Time training steps (images/s, ms per iteration, peak memory) of the"
-                    " torch and Paddle trainers; results merged into benchmarks/results/"
-                    "train_bench.json.")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="cpu (default) or cuda; cuda changes the defaults of --size,"
-                             " --batch, --framework and --amp to the full-size GPU setting")
-    parser.add_argument("--framework", nargs="+", choices=("torch", "paddle"), default=None,
-                        help="frameworks to time (default: both on cpu, torch on cuda)")
-    parser.add_argument("--model", nargs="+", choices=("farseg", "factseg"), default=["farseg"],
-                        help="models to time (default farseg)")
-    parser.add_argument("--size", type=int, default=None,
-                        help="square input side, a multiple of 32 (default 128 cpu, 896 cuda)")
-    parser.add_argument("--batch", type=int, default=None,
-                        help="batch size (default 2 cpu, 8 cuda)")
-    parser.add_argument("--amp", nargs="+", choices=("none", "fp16", "bf16"), default=None,
-                        help="precisions (default none on cpu; bf16 and none on cuda)")
-    parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
-                        help="torch memory format: auto = channels_last with amp on cuda,"
-                             " contiguous otherwise")
-    parser.add_argument("--compile", action="store_true",
-                        help="also time torch.compile'd variants (torch only)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed steps first (default 2 cpu, 10 cuda)")
-    parser.add_argument("--iters", type=int, default=None,
-                        help="timed steps (default 3 cpu, 30 cuda)")
-    parser.add_argument("--data", metavar="ROOT", default=None,
-                        help="also time the DataLoader alone over ROOT (isaid.prepare output"
-                             " cut with window --size)")
-    parser.add_argument("--workers", type=int, default=8,
-                        help="DataLoader workers for --data (default 8)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads per process (OMP_NUM_THREADS, torch.set_num_threads);"
-                             " default: each framework's own (torch: all cores; Paddle:"
-                             " FLAGS_paddle_num_threads, 1)")
-    parser.add_argument("--timeout", type=int, default=1800,
-                        help="seconds allowed per configuration (default 1800)")
-    parser.add_argument("--out", default=DEFAULT_OUT, help="results JSON (merged; default"
-                        " benchmarks/results/train_bench.json)")
+        " torch and Paddle trainers; results merged into benchmarks/results/"
+        "train_bench.json.",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cpu (default) or cuda; cuda changes the defaults of --size,"
+        " --batch, --framework and --amp to the full-size GPU setting",
+    )
+    parser.add_argument(
+        "--framework",
+        nargs="+",
+        choices=("torch", "paddle"),
+        default=None,
+        help="frameworks to time (default: both on cpu, torch on cuda)",
+    )
+    parser.add_argument(
+        "--model", nargs="+", choices=("farseg", "factseg"), default=["farseg"], help="models to time (default farseg)"
+    )
+    parser.add_argument(
+        "--size", type=int, default=None, help="square input side, a multiple of 32 (default 128 cpu, 896 cuda)"
+    )
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default 2 cpu, 8 cuda)")
+    parser.add_argument(
+        "--amp",
+        nargs="+",
+        choices=("none", "fp16", "bf16"),
+        default=None,
+        help="precisions (default none on cpu; bf16 and none on cuda)",
+    )
+    parser.add_argument(
+        "--channels-last",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="torch memory format: auto = channels_last with amp on cuda, contiguous otherwise",
+    )
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd variants (torch only)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2 cpu, 10 cuda)")
+    parser.add_argument("--iters", type=int, default=None, help="timed steps (default 3 cpu, 30 cuda)")
+    parser.add_argument(
+        "--data",
+        metavar="ROOT",
+        default=None,
+        help="also time the DataLoader alone over ROOT (isaid.prepare output cut with window --size)",
+    )
+    parser.add_argument("--workers", type=int, default=8, help="DataLoader workers for --data (default 8)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per process (OMP_NUM_THREADS, torch.set_num_threads);"
+        " default: each framework's own (torch: all cores; Paddle:"
+        " FLAGS_paddle_num_threads, 1)",
+    )
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed per configuration (default 1800)")
+    parser.add_argument(
+        "--out", default=DEFAULT_OUT, help="results JSON (merged; default benchmarks/results/train_bench.json)"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -301,37 +346,69 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if framework == "paddle" and amp != "none" and not gpu:
                     continue  # Paddle has no CPU mixed precision (auto_cast is a no-op there)
                 channels_last = framework == "torch" and (
-                    args.channels_last == "on" or (args.channels_last == "auto" and gpu and amp != "none"))
-                for compiled in ([False, True] if args.compile and framework == "torch" else [False]):
-                    specs.append(dict(kind="step", framework=framework, model=model,
-                                      device=args.device, size=size, batch=batch, amp=amp,
-                                      channels_last=channels_last, compile=compiled,
-                                      warmup=warmup, iters=iters, workers=None,
-                                      threads=args.threads))
+                    args.channels_last == "on" or (args.channels_last == "auto" and gpu and amp != "none")
+                )
+                for compiled in [False, True] if args.compile and framework == "torch" else [False]:
+                    specs.append(
+                        dict(
+                            kind="step",
+                            framework=framework,
+                            model=model,
+                            device=args.device,
+                            size=size,
+                            batch=batch,
+                            amp=amp,
+                            channels_last=channels_last,
+                            compile=compiled,
+                            warmup=warmup,
+                            iters=iters,
+                            workers=None,
+                            threads=args.threads,
+                        )
+                    )
     if args.data:
-        specs.append(dict(kind="loader", framework="torch", model=None, device="cpu", size=size,
-                          batch=batch, amp=None, channels_last=None, compile=None,
-                          warmup=2, iters=max(iters, 10), workers=args.workers, data=args.data,
-                          threads=None))
+        specs.append(
+            dict(
+                kind="loader",
+                framework="torch",
+                model=None,
+                device="cpu",
+                size=size,
+                batch=batch,
+                amp=None,
+                channels_last=None,
+                compile=None,
+                warmup=2,
+                iters=max(iters, 10),
+                workers=args.workers,
+                data=args.data,
+                threads=None,
+            )
+        )
     command = "python benchmarks/train_bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    header = {"command": command.strip(),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine_info()}
+    header = {
+        "command": command.strip(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+    }
     entries = []
     for spec in specs:
         label = " ".join(f"{k}={spec[k]}" for k in KEY_FIELDS if spec.get(k) is not None)
         print(f"running {label} ...", flush=True)
         result = run_in_subprocess(spec, args.timeout)
         entry = {k: v for k, v in spec.items() if k != "data"}
-        entry.update(result, command=header["command"], date=header["date"],
-                     load_average_1min=header["machine"]["load_average_1_5_15min"][0])
+        entry.update(
+            result,
+            command=header["command"],
+            date=header["date"],
+            load_average_1min=header["machine"]["load_average_1_5_15min"][0],
+        )
         entries.append(entry)
         if "error" in result:
             print(f"  failed: {result['error']}", flush=True)
         else:
             memory = f", peak {result['peak_memory_mb']:.0f} MiB" if "peak_memory_mb" in result else ""
-            print(f"  {result['images_per_s']:.2f} images/s, {result['ms_per_iter']:.1f} ms/iter"
-                  f"{memory}", flush=True)
+            print(f"  {result['images_per_s']:.2f} images/s, {result['ms_per_iter']:.1f} ms/iter{memory}", flush=True)
     merge_results(args.out, entries, header)
     print(f"wrote {os.path.relpath(args.out)}")
     return 1 if any("error" in e for e in entries) else 0

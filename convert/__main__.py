@@ -1,4 +1,5 @@
 """``python -m convert``: the command line of the checkpoint converter (argument handling only)."""
+
 from __future__ import annotations
 
 import argparse
@@ -45,33 +46,59 @@ followed by the key report for a layout mismatch).
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``python -m convert``."""
     parser = argparse.ArgumentParser(
-        prog="python -m convert", description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", metavar="IN",
-                        help="checkpoint to convert: .pth/.pt/.bin (PyTorch) or .pdparams (Paddle); "
-                             "the format is recognised from the content")
-    parser.add_argument("-o", "--output", metavar="OUT", default=None,
-                        help="output file (default: next to IN with the extension swapped, "
-                             "farseg50.pth -> farseg50.pdparams and back; ImageNet input -> "
-                             "IN-stem_<target>_encoder.<ext>; same-format -> IN-stem.converted.<ext>). "
-                             "Never the input itself; an existing OUT is replaced atomically")
-    parser.add_argument("--model", choices=("auto", "farseg", "factseg", "resnet50"), default="auto",
-                        help="what IN holds (default auto: detected from the keys; resnet50 = "
-                             "an ImageNet ResNet-50: torchvision's .pth, X2Paddle's conversion or "
-                             "paddle.vision's names in a .pdparams)")
-    parser.add_argument("--to", choices=("paddle", "torch"), default=None,
-                        help="output format (default: the other framework: a PyTorch file becomes "
-                             ".pdparams, a .pdparams becomes .pth; a Paddle port's file gives the "
-                             "official layout in either). torch -> torch strips the "
-                             "wrapper/prefix after validation; for ImageNet input it gives "
-                             "official-layout encoder keys with num_batches_tracked = 0")
-    parser.add_argument("--target", choices=("farseg", "factseg"), default=None,
-                        help="for ImageNet resnet50 input only: whose encoder keys to produce "
-                             "(farseg -> en.resnet.*, factseg -> resencoder.resnet.*; default farseg); "
-                             "fc.weight/fc.bias are dropped")
-    parser.add_argument("--allow-nonfinite", action="store_true",
-                        help="convert tensors holding NaN or Inf anyway, with a warning on stderr naming "
-                             "them (default: refused with exit 2, naming the first such key)")
+        prog="python -m convert",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "input",
+        metavar="IN",
+        help="checkpoint to convert: .pth/.pt/.bin (PyTorch) or .pdparams (Paddle); "
+        "the format is recognised from the content",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        default=None,
+        help="output file (default: next to IN with the extension swapped, "
+        "farseg50.pth -> farseg50.pdparams and back; ImageNet input -> "
+        "IN-stem_<target>_encoder.<ext>; same-format -> IN-stem.converted.<ext>). "
+        "Never the input itself; an existing OUT is replaced atomically",
+    )
+    parser.add_argument(
+        "--model",
+        choices=("auto", "farseg", "factseg", "resnet50"),
+        default="auto",
+        help="what IN holds (default auto: detected from the keys; resnet50 = "
+        "an ImageNet ResNet-50: torchvision's .pth, X2Paddle's conversion or "
+        "paddle.vision's names in a .pdparams)",
+    )
+    parser.add_argument(
+        "--to",
+        choices=("paddle", "torch"),
+        default=None,
+        help="output format (default: the other framework: a PyTorch file becomes "
+        ".pdparams, a .pdparams becomes .pth; a Paddle port's file gives the "
+        "official layout in either). torch -> torch strips the "
+        "wrapper/prefix after validation; for ImageNet input it gives "
+        "official-layout encoder keys with num_batches_tracked = 0",
+    )
+    parser.add_argument(
+        "--target",
+        choices=("farseg", "factseg"),
+        default=None,
+        help="for ImageNet resnet50 input only: whose encoder keys to produce "
+        "(farseg -> en.resnet.*, factseg -> resencoder.resnet.*; default farseg); "
+        "fc.weight/fc.bias are dropped",
+    )
+    parser.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="convert tensors holding NaN or Inf anyway, with a warning on stderr naming "
+        "them (default: refused with exit 2, naming the first such key)",
+    )
     return parser
 
 
@@ -81,8 +108,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     from . import CheckpointError, run_conversion  # after parsing: --help stays fast
 
     try:
-        result = run_conversion(args.input, args.output, model=args.model, to=args.to, target=args.target,
-                                allow_nonfinite=args.allow_nonfinite)
+        result = run_conversion(
+            args.input,
+            args.output,
+            model=args.model,
+            to=args.to,
+            target=args.target,
+            allow_nonfinite=args.allow_nonfinite,
+        )
     except CheckpointError as exc:
         if exc.path is None:
             exc = exc.with_path(args.input)

@@ -1,4 +1,5 @@
 """File-to-file conversion: read safely, detect, validate, map, write atomically."""
+
 from __future__ import annotations
 
 import os
@@ -14,10 +15,21 @@ from weights import ENCODER_PREFIX, MODEL_NAMES, check_model_name
 
 from .errors import CheckpointError
 from .foreign import RecognisedCheckpoint
-from .rules import (DETECTABLE, FRAMEWORKS, IMAGENET_HEAD, check_layout, counter_keys, detect_model,
-                    expected_layout, imagenet_resnet50_to, model_rules, paddle_to_torch, torch_to_paddle,
-                    validate)
 from .reader import read_checkpoint
+from .rules import (
+    DETECTABLE,
+    FRAMEWORKS,
+    IMAGENET_HEAD,
+    check_layout,
+    counter_keys,
+    detect_model,
+    expected_layout,
+    imagenet_resnet50_to,
+    model_rules,
+    paddle_to_torch,
+    torch_to_paddle,
+    validate,
+)
 from .safe_load import torch_import_seconds
 from .writers import save_paddle, save_torch
 
@@ -49,8 +61,10 @@ class ConversionResult:
         if not self.nonfinite:
             return None
         shown = ", ".join(repr(k) for k in self.nonfinite[:3]) + (", ..." if len(self.nonfinite) > 3 else "")
-        return (f"warning: {self.in_path}: {len(self.nonfinite)} tensors hold NaN/Inf values ({shown}); "
-                f"converted anyway (--allow-nonfinite): predictions from these weights are not meaningful")
+        return (
+            f"warning: {self.in_path}: {len(self.nonfinite)} tensors hold NaN/Inf values ({shown}); "
+            f"converted anyway (--allow-nonfinite): predictions from these weights are not meaningful"
+        )
 
     def summary(self) -> str:
         label = "resnet50 ImageNet" if self.model == "resnet50" else self.model
@@ -58,8 +72,10 @@ class ConversionResult:
         timing = f"in {self.seconds:.1f}s"
         if self.import_seconds >= 0.05:
             timing += f" (of which {self.import_seconds:.1f}s importing torch)"
-        return (f"converted {self.in_path} ({label}, {self.input_description}, {self.n_in} tensors) "
-                f"-> {self.out_path} ({self.n_out} tensors{out_notes}) {timing}")
+        return (
+            f"converted {self.in_path} ({label}, {self.input_description}, {self.n_in} tensors) "
+            f"-> {self.out_path} ({self.n_out} tensors{out_notes}) {timing}"
+        )
 
 
 def default_output_path(in_path: PathLike, to: str, model: str, target: str = "farseg") -> Path:
@@ -91,9 +107,14 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def run_conversion(in_path: PathLike, out_path: Optional[PathLike] = None, model: str = "auto",
-                   to: Optional[str] = None, target: Optional[str] = None,
-                   allow_nonfinite: bool = False) -> ConversionResult:
+def run_conversion(
+    in_path: PathLike,
+    out_path: Optional[PathLike] = None,
+    model: str = "auto",
+    to: Optional[str] = None,
+    target: Optional[str] = None,
+    allow_nonfinite: bool = False,
+) -> ConversionResult:
     """Convert one checkpoint file; see ``convert_file``. Returns what was done.
 
     NaN/Inf values are refused (CheckpointError naming the key) unless ``allow_nonfinite``;
@@ -118,8 +139,10 @@ def run_conversion(in_path: PathLike, out_path: Optional[PathLike] = None, model
     try:
         name = detect_model(state) if model == "auto" else model
         if name == "resnet50" and source != "torch":
-            raise CheckpointError("ImageNet resnet50 weights are read from torchvision's .pth or a known Paddle "
-                                  "ResNet-50 layout (X2Paddle's, paddle.vision's names)")
+            raise CheckpointError(
+                "ImageNet resnet50 weights are read from torchvision's .pth or a known Paddle "
+                "ResNet-50 layout (X2Paddle's, paddle.vision's names)"
+            )
         notes: List[str] = []
         if name != "resnet50" and target is not None:
             notes.append(f"target {target} ignored (only used for ImageNet resnet50 input)")
@@ -131,9 +154,13 @@ def run_conversion(in_path: PathLike, out_path: Optional[PathLike] = None, model
             if dropped:
                 notes.append(f"{' and '.join(dropped)} dropped")
             if to == "torch":
-                created = sum(1 for r in model_rules(target) if r.paddle_key is None
-                              and r.torch_key.startswith(ENCODER_PREFIX[target])
-                              and r.torch_key[len(ENCODER_PREFIX[target]):] not in state)
+                created = sum(
+                    1
+                    for r in model_rules(target)
+                    if r.paddle_key is None
+                    and r.torch_key.startswith(ENCODER_PREFIX[target])
+                    and r.torch_key[len(ENCODER_PREFIX[target]) :] not in state
+                )
                 if created:
                     notes.append(f"{created} num_batches_tracked created as 0")
         elif source == "torch" and to == "paddle":
@@ -170,16 +197,29 @@ def run_conversion(in_path: PathLike, out_path: Optional[PathLike] = None, model
         (save_paddle if to == "paddle" else save_torch)(out_state, out)
     except OSError as exc:
         raise CheckpointError(f"cannot write: {exc.strerror or exc}", path=out) from None
-    return ConversionResult(in_path=in_path, out_path=out, model=name, source=source, to=to,
-                            input_description=loaded.describe() + "".join(f", {n}" for n in loaded.notes),
-                            n_in=recognised.n_file if recognised else len(state), n_out=len(out_state), notes=notes,
-                            seconds=time.perf_counter() - start,
-                            import_seconds=torch_import_seconds() - imports_before,
-                            nonfinite=list(loaded.nonfinite))
+    return ConversionResult(
+        in_path=in_path,
+        out_path=out,
+        model=name,
+        source=source,
+        to=to,
+        input_description=loaded.describe() + "".join(f", {n}" for n in loaded.notes),
+        n_in=recognised.n_file if recognised else len(state),
+        n_out=len(out_state),
+        notes=notes,
+        seconds=time.perf_counter() - start,
+        import_seconds=torch_import_seconds() - imports_before,
+        nonfinite=list(loaded.nonfinite),
+    )
 
 
-def convert_file(in_path: PathLike, out_path: Optional[PathLike] = None, model: str = "auto",
-                 to: Optional[str] = None, target: Optional[str] = None) -> Path:
+def convert_file(
+    in_path: PathLike,
+    out_path: Optional[PathLike] = None,
+    model: str = "auto",
+    to: Optional[str] = None,
+    target: Optional[str] = None,
+) -> Path:
     """Convert the checkpoint ``in_path`` and return the path written.
 
     model: "auto" (detect from the keys), "farseg", "factseg" or "resnet50" (torchvision
@@ -193,8 +233,7 @@ def convert_file(in_path: PathLike, out_path: Optional[PathLike] = None, model: 
     return run_conversion(in_path, out_path, model, to, target).out_path
 
 
-def imagenet_encoder_state(path: PathLike, model_name: str,
-                           framework: str) -> "OrderedDict[str, np.ndarray]":
+def imagenet_encoder_state(path: PathLike, model_name: str, framework: str) -> "OrderedDict[str, np.ndarray]":
     """Encoder weights of ``model_name`` in ``framework``'s key names, from the file ``path``.
 
     Accepted (read without executing code): the output of ``python -m convert
@@ -207,39 +246,47 @@ def imagenet_encoder_state(path: PathLike, model_name: str,
         raise error.with_path(path) from None  # the layout checks do not know the file
 
 
-def _imagenet_encoder_state(path: PathLike, model_name: str,
-                            framework: str) -> "OrderedDict[str, np.ndarray]":
+def _imagenet_encoder_state(path: PathLike, model_name: str, framework: str) -> "OrderedDict[str, np.ndarray]":
     loaded = read_checkpoint(path)
     state, prefix = loaded.state, ENCODER_PREFIX[model_name]
     if all(key.startswith(prefix) for key in state) and loaded.framework == framework:
         # Already this model's encoder in this framework: check keys, shapes and dtypes as is.
         rules = [r for r in model_rules(model_name) if r.torch_key.startswith(prefix)]
-        layout = OrderedDict((r.torch_key, r.shape) for r in rules) if framework == "torch" else \
-            OrderedDict((r.paddle_key, r.paddle_shape) for r in rules if r.paddle_key)
-        check_layout(state, layout, what=f"the {model_name} encoder layout ({framework} names)",
-                     counters=counter_keys(model_name, framework))
+        layout = (
+            OrderedDict((r.torch_key, r.shape) for r in rules)
+            if framework == "torch"
+            else OrderedDict((r.paddle_key, r.paddle_shape) for r in rules if r.paddle_key)
+        )
+        check_layout(
+            state,
+            layout,
+            what=f"the {model_name} encoder layout ({framework} names)",
+            counters=counter_keys(model_name, framework),
+        )
         return state
-    source = next((name for name, p in ENCODER_PREFIX.items()
-                   if all(key.startswith(p) for key in state)), None)
+    source = next((name for name, p in ENCODER_PREFIX.items() if all(key.startswith(p) for key in state)), None)
     if source is None:  # torchvision's own file: imagenet_resnet50_to checks its layout
         return imagenet_resnet50_to(state, model_name, framework)
     # An encoder file in the other naming or for the other model: back to torchvision's
     # names through the model rules, then forward again, so every key is checked once.
     source_prefix = ENCODER_PREFIX[source]
-    rules = {(rule.paddle_key if loaded.framework == "paddle" else rule.torch_key): rule
-             for rule in model_rules(source) if rule.torch_key.startswith(source_prefix)}
+    rules = {
+        (rule.paddle_key if loaded.framework == "paddle" else rule.torch_key): rule
+        for rule in model_rules(source)
+        if rule.torch_key.startswith(source_prefix)
+    }
     torchvision: "OrderedDict[str, np.ndarray]" = OrderedDict()
     for key, array in state.items():
         rule = rules.get(key)
         if rule is None:
             raise CheckpointError(f"key {key!r} is not a ResNet-50 encoder key", path=path)
         transposed = rule.transpose and loaded.framework == "paddle"
-        torchvision[rule.torch_key[len(source_prefix):]] = array.T if transposed else array
+        torchvision[rule.torch_key[len(source_prefix) :]] = array.T if transposed else array
     return imagenet_resnet50_to(torchvision, model_name, framework)
 
 
 def detect_architecture(path: PathLike) -> str:
-    """"farseg" or "factseg" from the keys of the checkpoint ``path`` (read without executing
+    """ "farseg" or "factseg" from the keys of the checkpoint ``path`` (read without executing
     code); CheckpointError for any other state dict."""
     name = detect_model(read_checkpoint(path).state.keys())
     if name not in MODEL_NAMES:

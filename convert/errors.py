@@ -1,9 +1,9 @@
 """The one exception type the converter raises for bad input."""
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional, Sequence, Union
-
 
 MAX_MESSAGE = 1000  # characters of the headline
 MAX_DETAIL = 300  # characters of each report line
@@ -21,8 +21,7 @@ class CheckpointError(ValueError):
     detail lines, which is what the CLI prints after ``error: ``.
     """
 
-    def __init__(self, message: str, details: Sequence[str] = (),
-                 path: Optional[Union[str, Path]] = None) -> None:
+    def __init__(self, message: str, details: Sequence[str] = (), path: Optional[Union[str, Path]] = None) -> None:
         # Keep the headline on one line whatever the underlying library wrote, and short
         # whatever a hostile file named its keys.
         self.message = _bounded(" ".join(str(message).split()), MAX_MESSAGE)

@@ -6,6 +6,7 @@ with ``fstat`` on that same descriptor that it is a regular, non-empty file, and
 copy-on-write, so every later read sees the same bytes (no second ``open`` that a swapped file
 could redirect) and no read can go past the file's end.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,8 +19,13 @@ from .errors import CheckpointError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-_KIND = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-         (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_KIND = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def map_regular_file(path: PathLike) -> mmap.mmap:
@@ -68,7 +74,7 @@ class MappedFile(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         n = max(0, min(len(view), len(self._mapped) - self._pos))
-        view[:n] = self._mapped[self._pos: self._pos + n]
+        view[:n] = self._mapped[self._pos : self._pos + n]
         self._pos += n
         return n
 

@@ -37,6 +37,7 @@ FactSeg_paddle port's module tree already have the official Paddle names: no tab
 ``recognise`` is called by ``reader.read_checkpoint`` on every Paddle file, so every entry
 point (convert, evaluate, predict, export, align, train init) reads these files as they are.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -76,15 +77,23 @@ X2PADDLE_BOTTLENECKS: Dict[int, Tuple[str, ...]] = {
 # Inside a generated bottleneck the layers are numbered from 0 and the shortcut is a
 # ``Layer1_0_downsample`` instance (the same class name in every stage).
 X2PADDLE_BLOCK_LAYERS: Dict[str, str] = {
-    "conv1": "conv0", "bn1": "bn0", "conv2": "conv1", "bn2": "bn1", "conv3": "conv2", "bn3": "bn2",
-    "downsample.0": "layer1_0_downsample0.conv0", "downsample.1": "layer1_0_downsample0.bn0",
+    "conv1": "conv0",
+    "bn1": "bn0",
+    "conv2": "conv1",
+    "bn2": "bn1",
+    "conv3": "conv2",
+    "bn3": "bn2",
+    "downsample.0": "layer1_0_downsample0.conv0",
+    "downsample.1": "layer1_0_downsample0.bn0",
 }
 X2PADDLE_STEM: Dict[str, str] = {"conv1": "conv0", "bn1": "bn0"}
 
 # Paddle names of a torch BatchNorm attribute in a port's file: Paddle's first, torch's accepted.
 BN_PORT_NAMES: Dict[str, Tuple[str, ...]] = {
-    "weight": ("weight",), "bias": ("bias",),
-    "running_mean": ("_mean", "running_mean"), "running_var": ("_variance", "running_var"),
+    "weight": ("weight",),
+    "bias": ("bias",),
+    "running_mean": ("_mean", "running_mean"),
+    "running_var": ("_variance", "running_var"),
 }
 STRAY = "num_batches_tracked"  # torch's BN step counter: accepted in a .pdparams, dropped
 
@@ -135,7 +144,9 @@ def _classifier(prefix: str) -> Tuple[Tuple[str, Tuple[Shape, ...]], ...]:
 # The tables, most specific first (detection breaks ties in this order).
 LAYOUTS: Tuple[PortLayout, ...] = (
     PortLayout(
-        "paddleseg-farseg", "PaddleSeg FarSeg (ucsk/FarSeg)", "farseg",
+        "paddleseg-farseg",
+        "PaddleSeg FarSeg (ucsk/FarSeg)",
+        "farseg",
         modules=(
             ("", None),  # FarSeg.buffer_step: the port counts steps outside the model
             ("en.resnet.{trunk}", "backbone.resnet.{trunk}"),
@@ -150,9 +161,13 @@ LAYOUTS: Tuple[PortLayout, ...] = (
             ("decoder.blocks.{i}.{j}.1", "decoder.blocks.{i}.{j}.1"),
             ("cls_pred_conv", "cls_head.0._conv"),
         ),
-        trunk="x2paddle", unused=_classifier("backbone.resnet.linear0")),
+        trunk="x2paddle",
+        unused=_classifier("backbone.resnet.linear0"),
+    ),
     PortLayout(
-        "paddlers-farseg", "PaddleRS FarSeg (paddlers.rs_models.seg.farseg)", "farseg",
+        "paddlers-farseg",
+        "PaddleRS FarSeg (paddlers.rs_models.seg.farseg)",
+        "farseg",
         modules=(
             ("", None),
             ("en.resnet.{trunk}", "encoder.resnet.{trunk}"),
@@ -162,32 +177,48 @@ LAYOUTS: Tuple[PortLayout, ...] = (
             ("decoder.{path}", "decoder.{path}"),
             ("cls_pred_conv", "cls_head.0"),
         ),
-        unused=_classifier("encoder.resnet.fc")),
+        unused=_classifier("encoder.resnet.fc"),
+    ),
     PortLayout(
         "paddlers-named-factseg",
-        "PaddleRS-named FactSeg (FactSeg_paddle model_rs_verify, factseg50_paddle_RS)", "factseg",
+        "PaddleRS-named FactSeg (FactSeg_paddle model_rs_verify, factseg50_paddle_RS)",
+        "factseg",
         modules=(
             ("fgfpn.fpn_inner{L}", "fgfpn.inner_blocks.{L}"),
             ("fgfpn.fpn_layer{L}", "fgfpn.layer_blocks.{L}"),
             ("bifpn.fpn_inner{L}", "bifpn.inner_blocks.{L}"),
             ("bifpn.fpn_layer{L}", "bifpn.layer_blocks.{L}"),
             ("{path}", "{path}"),
-        )),
+        ),
+    ),
     PortLayout(
         "official-pdparams-farseg",
         "official FarSeg layout in a .pdparams with torch BatchNorm names or num_batches_tracked",
-        "farseg", modules=(("{path}", "{path}"),)),
+        "farseg",
+        modules=(("{path}", "{path}"),),
+    ),
     PortLayout(
         "official-pdparams-factseg",
         "official FactSeg layout in a .pdparams with torch BatchNorm names or num_batches_tracked "
-        "(FactSeg_paddle factseg50_paddle)", "factseg", modules=(("{path}", "{path}"),)),
+        "(FactSeg_paddle factseg50_paddle)",
+        "factseg",
+        modules=(("{path}", "{path}"),),
+    ),
     PortLayout(
-        "x2paddle-resnet50", "X2Paddle's ResNet-50 (ucsk/FarSeg resnet50_pth)", "resnet50",
-        modules=(("{trunk}", "{trunk}"),), trunk="x2paddle", unused=_classifier("linear0")),
+        "x2paddle-resnet50",
+        "X2Paddle's ResNet-50 (ucsk/FarSeg resnet50_pth)",
+        "resnet50",
+        modules=(("{trunk}", "{trunk}"),),
+        trunk="x2paddle",
+        unused=_classifier("linear0"),
+    ),
     PortLayout(
         "paddle-named-resnet50",
-        "ResNet-50 with torchvision names and Paddle BatchNorm names (paddle.vision resnet50)", "resnet50",
-        modules=(("{trunk}", "{trunk}"),), unused=_classifier("fc")),
+        "ResNet-50 with torchvision names and Paddle BatchNorm names (paddle.vision resnet50)",
+        "resnet50",
+        modules=(("{trunk}", "{trunk}"),),
+        unused=_classifier("fc"),
+    ),
 )
 LAYOUTS_BY_NAME = {layout.name: layout for layout in LAYOUTS}
 
@@ -195,8 +226,13 @@ LAYOUTS_BY_NAME = {layout.name: layout for layout in LAYOUTS}
 # Module patterns -> key plans
 # ----------------------------------------------------------------------------------------------
 
-_PLACEHOLDERS = {"{i}": r"(?P<i>\d+)", "{j}": r"(?P<j>\d+)", "{L}": r"(?P<L>[1-4])",
-                 "{trunk}": r"(?P<trunk>.+)", "{path}": r"(?P<path>.*)"}
+_PLACEHOLDERS = {
+    "{i}": r"(?P<i>\d+)",
+    "{j}": r"(?P<j>\d+)",
+    "{L}": r"(?P<L>[1-4])",
+    "{trunk}": r"(?P<trunk>.+)",
+    "{path}": r"(?P<path>.*)",
+}
 
 
 def _pattern(official: str) -> "re.Pattern[str]":
@@ -278,6 +314,7 @@ def known_names(name: str) -> frozenset:
 # ----------------------------------------------------------------------------------------------
 # Detection and translation
 # ----------------------------------------------------------------------------------------------
+
 
 @functools.lru_cache(maxsize=None)
 def _official_paddle_keys() -> Tuple[frozenset, ...]:
@@ -362,16 +399,20 @@ def translate(state: Mapping[str, np.ndarray], layout: PortLayout) -> Translatio
             continue
         array = state[present[0]]
         if tuple(array.shape) != entry.shape:
-            wrong.append(f"{present[0]}  expected {_fmt_shape(entry.shape)}, found {_fmt_shape(array.shape)} "
-                         f"(official {entry.official})")
+            wrong.append(
+                f"{present[0]}  expected {_fmt_shape(entry.shape)}, found {_fmt_shape(array.shape)} "
+                f"(official {entry.official})"
+            )
         elif entry.out is not None:
             out[entry.out] = array
     for key, shapes in layout.unused:
         if key in state:
             consumed.add(key)
             if tuple(state[key].shape) not in shapes:
-                wrong.append(f"{key}  expected {' or '.join(_fmt_shape(s) for s in shapes)}, "
-                             f"found {_fmt_shape(state[key].shape)}")
+                wrong.append(
+                    f"{key}  expected {' or '.join(_fmt_shape(s) for s in shapes)}, "
+                    f"found {_fmt_shape(state[key].shape)}"
+                )
             result.dropped_unused.append(key)
     unexpected = [f"{k}  {_fmt_shape(getattr(v, 'shape', ()))}" for k, v in state.items() if k not in consumed]
     if layout.trunk == "x2paddle" and not (missing or unexpected or wrong or twice):
@@ -380,13 +421,26 @@ def translate(state: Mapping[str, np.ndarray], layout: PortLayout) -> Translatio
             raise CheckpointError(
                 f"looks like the {layout.label} layout, but its X2Paddle bottlenecks are stored in another "
                 f"order than that file's: a different X2Paddle conversion, whose block numbering this "
-                f"table does not know", order)
+                f"table does not know",
+                order,
+            )
     if missing or unexpected or wrong or twice:
-        counts = ", ".join(f"{n} {label}" for n, label in (
-            (len(missing), "missing"), (len(unexpected), "unexpected"), (len(wrong), "wrong shape"),
-            (len(twice), "stored under two names")) if n)
-        details = (_listing("missing keys", missing) + _listing("unexpected keys", unexpected)
-                   + _listing("wrong shape", wrong) + _listing("stored under both BatchNorm namings", twice))
+        counts = ", ".join(
+            f"{n} {label}"
+            for n, label in (
+                (len(missing), "missing"),
+                (len(unexpected), "unexpected"),
+                (len(wrong), "wrong shape"),
+                (len(twice), "stored under two names"),
+            )
+            if n
+        )
+        details = (
+            _listing("missing keys", missing)
+            + _listing("unexpected keys", unexpected)
+            + _listing("wrong shape", wrong)
+            + _listing("stored under both BatchNorm namings", twice)
+        )
         raise CheckpointError(f"looks like the {layout.label} layout but does not match it: {counts}", details)
     return result
 
@@ -455,8 +509,9 @@ def recognise(loaded: LoadedCheckpoint) -> LoadedCheckpoint:
     # Every field of the reader's result carried over by name, then the renamed state.
     base = {f.name: getattr(loaded, f.name) for f in dataclasses.fields(LoadedCheckpoint)}
     base.update(state=result.state, framework="torch" if layout.model == "resnet50" else "paddle")
-    return RecognisedCheckpoint(**base, layout=layout, file_framework=loaded.framework,
-                                n_file=len(loaded.state), renamed=result.notes())
+    return RecognisedCheckpoint(
+        **base, layout=layout, file_framework=loaded.framework, n_file=len(loaded.state), renamed=result.notes()
+    )
 
 
 def layout_table() -> List[Tuple[str, str, str]]:
@@ -464,6 +519,18 @@ def layout_table() -> List[Tuple[str, str, str]]:
     return [(layout.name, layout.label, layout.model) for layout in LAYOUTS]
 
 
-__all__ = ["FPN_LEVEL_INDEX", "LAYOUTS", "PortLayout", "RecognisedCheckpoint", "Translation",
-           "X2PADDLE_BOTTLENECKS", "detect_layout", "key_plan", "layout_table", "recognise", "translate",
-           "x2paddle_order_problems", "x2paddle_trunk"]
+__all__ = [
+    "FPN_LEVEL_INDEX",
+    "LAYOUTS",
+    "PortLayout",
+    "RecognisedCheckpoint",
+    "Translation",
+    "X2PADDLE_BOTTLENECKS",
+    "detect_layout",
+    "key_plan",
+    "layout_table",
+    "recognise",
+    "translate",
+    "x2paddle_order_problems",
+    "x2paddle_trunk",
+]

@@ -1,5 +1,6 @@
 """The one checkpoint reader every entry point uses: the file read safely (``safe_load``), then a
 published Paddle port's layout renamed to the official one (``foreign``)."""
+
 from __future__ import annotations
 
 from collections import OrderedDict

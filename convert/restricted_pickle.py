@@ -23,6 +23,7 @@ visited nodes (``MAX_NODES``, counting a shared object each time it is reached, 
 neither cycles nor exponential sharing survive), and turns each inert description into its
 final value through the profile (numpy arrays from validated byte ranges, in the callers).
 """
+
 from __future__ import annotations
 
 import collections
@@ -167,7 +168,7 @@ class _Reader:
     def take(self, n: int) -> memoryview:
         if n < 0 or self.pos + n > self.end:
             raise Truncated("the pickle ends in the middle of an opcode (truncated file)")
-        out = self.buf[self.pos: self.pos + n]
+        out = self.buf[self.pos : self.pos + n]
         self.pos += n
         return out
 
@@ -465,5 +466,19 @@ def product(values: Tuple[int, ...]) -> int:
     return out
 
 
-__all__ = ["Inert", "MAX_DEPTH", "MAX_NODES", "MAX_OPCODES", "PickleRefused", "Profile", "RawBytes", "Refused",
-           "Truncated", "check_ints", "finalize", "load", "product", "short"]
+__all__ = [
+    "Inert",
+    "MAX_DEPTH",
+    "MAX_NODES",
+    "MAX_OPCODES",
+    "PickleRefused",
+    "Profile",
+    "RawBytes",
+    "Refused",
+    "Truncated",
+    "check_ints",
+    "finalize",
+    "load",
+    "product",
+    "short",
+]

@@ -19,6 +19,7 @@ torch module directly.
 The layouts themselves (key -> shape, order) come from ``weights/*_official_keys.json``; the
 module types only tell what each key is, and must cover exactly those keys.
 """
+
 from __future__ import annotations
 
 import functools
@@ -85,15 +86,14 @@ def _rule(key: str, shape: Tuple[int, ...], module_type: str, kind: str) -> KeyR
         target = BN_TORCH_TO_PADDLE[name]
         return KeyRule(key, None if target is None else head + target, shape, module_type, kind=kind)
     if kind == "linear":
-        return KeyRule(key, key, shape, module_type, transpose=(name == "weight" and len(shape) == 2),
-                       kind=kind)
+        return KeyRule(key, key, shape, module_type, transpose=(name == "weight" and len(shape) == 2), kind=kind)
     if kind != "other":
         raise RuntimeError(f"unknown module kind {kind!r} for {key!r}")
     return KeyRule(key, key, shape, module_type)
 
 
 def module_kind(module: Any) -> str:
-    """"batchnorm", "linear" or "other" for a ``torch.nn.Module`` (by type, subclasses included)."""
+    """ "batchnorm", "linear" or "other" for a ``torch.nn.Module`` (by type, subclasses included)."""
     nn = import_torch().nn
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return "batchnorm"
@@ -137,8 +137,10 @@ def model_rules(model: str) -> Tuple[KeyRule, ...]:
     layout = load_layout(model)
     types, kinds = load_module_types(model)
     if list(types) != list(layout):
-        raise RuntimeError(f"{MODULE_TYPES_FILE.name} does not list the {model} layout's keys in "
-                           f"order: regenerate it with python -m torch_ref.module_types")
+        raise RuntimeError(
+            f"{MODULE_TYPES_FILE.name} does not list the {model} layout's keys in "
+            f"order: regenerate it with python -m torch_ref.module_types"
+        )
     return tuple(_rule(key, shape, types[key], kinds[types[key]]) for key, shape in layout.items())
 
 
@@ -155,7 +157,7 @@ def paddle_layout(model: str) -> "OrderedDict[str, Tuple[int, ...]]":
 def encoder_rules(target: str) -> List[Tuple[str, KeyRule]]:
     """(torchvision key, rule) for every encoder key of ``target`` (prefix removed)."""
     prefix = ENCODER_PREFIX[target]
-    return [(r.torch_key[len(prefix):], r) for r in model_rules(target) if r.torch_key.startswith(prefix)]
+    return [(r.torch_key[len(prefix) :], r) for r in model_rules(target) if r.torch_key.startswith(prefix)]
 
 
 def imagenet_layout(target: str = "farseg") -> Tuple["OrderedDict[str, Tuple[int, ...]]", Dict[str, Tuple[int, ...]]]:
@@ -172,7 +174,9 @@ def imagenet_layout(target: str = "farseg") -> Tuple["OrderedDict[str, Tuple[int
     return required, optional
 
 
-def expected_layout(model: str, framework: str = "torch") -> Tuple["OrderedDict[str, Tuple[int, ...]]", Dict[str, Tuple[int, ...]]]:
+def expected_layout(
+    model: str, framework: str = "torch"
+) -> Tuple["OrderedDict[str, Tuple[int, ...]]", Dict[str, Tuple[int, ...]]]:
     """(required, optional) key -> shape that a ``framework`` state dict of ``model`` must have."""
     if model == "resnet50":
         if framework != "torch":
@@ -199,30 +203,36 @@ def counter_keys(model: str, framework: str = "torch") -> Set[str]:
 # Detection
 # ----------------------------------------------------------------------------------------------
 
+
 def _detection_keys() -> Dict[str, set]:
     # Pure JSON (no torch): the torch layouts, and torchvision's names for resnet50. Paddle
     # files share all non-BatchNorm-buffer keys with these, which is plenty to score on.
     keys = {name: set(load_layout(name)) for name in MODEL_NAMES}
     prefix = ENCODER_PREFIX["farseg"]
-    keys["resnet50"] = {k[len(prefix):] for k in load_layout("farseg") if k.startswith(prefix)} | set(IMAGENET_HEAD)
+    keys["resnet50"] = {k[len(prefix) :] for k in load_layout("farseg") if k.startswith(prefix)} | set(IMAGENET_HEAD)
     return keys
 
 
 _EXAMPLES = {
-    "farseg": ("en.resnet.conv1.weight", "fpn.fpn_inner1.weight", "sr.scene_encoder.0.0.weight", "cls_pred_conv.weight"),
+    "farseg": (
+        "en.resnet.conv1.weight",
+        "fpn.fpn_inner1.weight",
+        "sr.scene_encoder.0.0.weight",
+        "cls_pred_conv.weight",
+    ),
     "factseg": ("resencoder.resnet.conv1.weight", "fgfpn.fpn_inner1.weight", "fg_cls.weight", "bi_cls.weight"),
     "resnet50": ("conv1.weight", "layer1.0.conv1.weight", "layer4.2.bn3.weight", "fc.weight"),
 }
 
 
 def detect_model(keys: Iterable[str]) -> str:
-    """"farseg", "factseg" or "resnet50" (torchvision ImageNet) from state-dict keys.
+    """ "farseg", "factseg" or "resnet50" (torchvision ImageNet) from state-dict keys.
 
     Keys may use torch or Paddle BatchNorm names, with or without a ``module.`` prefix.
     The best-overlapping layout wins if it covers at least half of the given keys or half of
     its own keys; otherwise the state dict is foreign and CheckpointError says what was expected.
     """
-    key_list = [k[len("module."):] if k.startswith("module.") else k for k in keys]
+    key_list = [k[len("module.") :] if k.startswith("module.") else k for k in keys]
     given = set(key_list)
     scores = []
     for name, known in _detection_keys().items():
@@ -235,12 +245,15 @@ def detect_model(keys: Iterable[str]) -> str:
     found = ", ".join(repr(k) for k in key_list[:4]) + (", ..." if len(key_list) > 4 else "")
     raise CheckpointError(
         f"foreign state dict: it matches none of farseg, factseg or torchvision resnet50 "
-        f"(expected keys like {expected}); found {len(key_list)} key{'s' if len(key_list) != 1 else ''}: {found or 'none'}")
+        f"(expected keys like {expected}); found {len(key_list)} key{'s' if len(key_list) != 1 else ''}: "
+        f"{found or 'none'}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Validation
 # ----------------------------------------------------------------------------------------------
+
 
 def _fmt_shape(shape: Sequence[int]) -> str:
     return "[" + ", ".join(str(int(s)) for s in shape) + "]"
@@ -267,9 +280,14 @@ def dtype_problem(key: str, value: Any, counter: bool) -> Optional[str]:
     return None if dtype == np.float32 else f"{key}  expected float32, found {dtype}"
 
 
-def check_layout(state: Mapping[str, Any], required: Mapping[str, Sequence[int]],
-                 optional: Mapping[str, Sequence[int]] = None, what: str = "the layout",
-                 other_names: Iterable[str] = (), counters: Optional[Iterable[str]] = None) -> None:
+def check_layout(
+    state: Mapping[str, Any],
+    required: Mapping[str, Sequence[int]],
+    optional: Mapping[str, Sequence[int]] = None,
+    what: str = "the layout",
+    other_names: Iterable[str] = (),
+    counters: Optional[Iterable[str]] = None,
+) -> None:
     """Every required key present with its shape (and dtype), no key outside required/optional.
 
     Raises CheckpointError whose details list missing / unexpected / wrong-shape / wrong-dtype
@@ -296,21 +314,35 @@ def check_layout(state: Mapping[str, Any], required: Mapping[str, Sequence[int]]
             wrong_dtype.append(problem)
     if not (missing or unexpected or wrong or wrong_dtype):
         return
-    counts = ", ".join(f"{n} {label}" for n, label in (
-        (len(missing), "missing"), (len(unexpected), "unexpected"), (len(wrong), "wrong shape"),
-        (len(wrong_dtype), "wrong dtype")) if n)
-    details = _listing("missing keys", missing) + _listing("unexpected keys", unexpected) \
-        + _listing("wrong shape", wrong) + _listing("wrong dtype", wrong_dtype)
+    counts = ", ".join(
+        f"{n} {label}"
+        for n, label in (
+            (len(missing), "missing"),
+            (len(unexpected), "unexpected"),
+            (len(wrong), "wrong shape"),
+            (len(wrong_dtype), "wrong dtype"),
+        )
+        if n
+    )
+    details = (
+        _listing("missing keys", missing)
+        + _listing("unexpected keys", unexpected)
+        + _listing("wrong shape", wrong)
+        + _listing("wrong dtype", wrong_dtype)
+    )
     if len(wrong_dtype) == 1 and not (missing or unexpected or wrong):
         counts += f": {wrong_dtype[0].replace('  ', ' ')}"  # the key in the headline itself
     other = set(other_names)
     renamed = sum(1 for k in state if k in other and k not in required)
     if other and renamed and renamed * 2 >= len(unexpected):
-        details.append(f"  hint: {renamed} unexpected keys are this model's keys in the OTHER framework's "
-                       f"naming (BatchNorm running_mean/running_var vs _mean/_variance): the file holds "
-                       f"the other framework's state dict")
-    raise CheckpointError(f"does not match {what}: {counts} ({len(required)} keys expected, "
-                          f"{len(state)} found)", details)
+        details.append(
+            f"  hint: {renamed} unexpected keys are this model's keys in the OTHER framework's "
+            f"naming (BatchNorm running_mean/running_var vs _mean/_variance): the file holds "
+            f"the other framework's state dict"
+        )
+    raise CheckpointError(
+        f"does not match {what}: {counts} ({len(required)} keys expected, {len(state)} found)", details
+    )
 
 
 ModelSpec = Union[str, Sequence[KeyRule]]
@@ -320,8 +352,7 @@ def _rules_of(model: ModelSpec) -> Tuple[KeyRule, ...]:
     return model_rules(model) if isinstance(model, str) else tuple(model)
 
 
-def validate(state: Mapping[str, Any], model: ModelSpec, framework: str = "torch",
-             check_dtypes: bool = True) -> None:
+def validate(state: Mapping[str, Any], model: ModelSpec, framework: str = "torch", check_dtypes: bool = True) -> None:
     """Check ``state`` against the layout of ``model`` in ``framework`` naming.
 
     ``model``: "farseg", "factseg", "resnet50" (torchvision ImageNet file, framework torch),
@@ -342,15 +373,23 @@ def validate(state: Mapping[str, Any], model: ModelSpec, framework: str = "torch
     other: Iterable[str] = ()
     if model in MODEL_NAMES:
         other = expected_layout(model, "paddle" if framework == "torch" else "torch")[0]
-    label = "torchvision's ImageNet resnet50 layout" if model == "resnet50" else \
-        f"the {model} layout ({framework} names)"
-    check_layout(state, required, optional, what=label, other_names=other,
-                 counters=counter_keys(model, framework) if check_dtypes else None)
+    label = (
+        "torchvision's ImageNet resnet50 layout" if model == "resnet50" else f"the {model} layout ({framework} names)"
+    )
+    check_layout(
+        state,
+        required,
+        optional,
+        what=label,
+        other_names=other,
+        counters=counter_keys(model, framework) if check_dtypes else None,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Tensor rules
 # ----------------------------------------------------------------------------------------------
+
 
 def as_numpy(value: Any) -> np.ndarray:
     """A numpy view of a numpy array, torch tensor or Paddle tensor (no copy where possible)."""
@@ -379,8 +418,9 @@ def _leftover_check(remaining: Mapping[str, Any]) -> None:
         raise RuntimeError(f"keys left unmapped: {list(remaining)[:10]}")
 
 
-def torch_to_paddle(state: Mapping[str, Any], model: ModelSpec,
-                    check_dtypes: bool = True) -> "OrderedDict[str, np.ndarray]":
+def torch_to_paddle(
+    state: Mapping[str, Any], model: ModelSpec, check_dtypes: bool = True
+) -> "OrderedDict[str, np.ndarray]":
     """Official/torch_ref state dict of ``model`` -> Paddle state dict (numpy arrays).
 
     ``model``: "farseg"/"factseg", or rules from ``rules_from_module`` for any torch module.
@@ -403,8 +443,9 @@ def torch_to_paddle(state: Mapping[str, Any], model: ModelSpec,
     return out
 
 
-def paddle_to_torch(state: Mapping[str, Any], model: ModelSpec, num_batches_tracked: int = 0,
-                    check_dtypes: bool = True) -> "OrderedDict[str, np.ndarray]":
+def paddle_to_torch(
+    state: Mapping[str, Any], model: ModelSpec, num_batches_tracked: int = 0, check_dtypes: bool = True
+) -> "OrderedDict[str, np.ndarray]":
     """Paddle state dict of ``model`` -> torch_ref/official state dict (numpy arrays).
 
     The exact inverse of ``torch_to_paddle``, in the official key order. Paddle keeps no
@@ -426,8 +467,9 @@ def paddle_to_torch(state: Mapping[str, Any], model: ModelSpec, num_batches_trac
     return out
 
 
-def imagenet_resnet50_to(state: Mapping[str, Any], model: str = "farseg",
-                         to: str = "paddle") -> "OrderedDict[str, np.ndarray]":
+def imagenet_resnet50_to(
+    state: Mapping[str, Any], model: str = "farseg", to: str = "paddle"
+) -> "OrderedDict[str, np.ndarray]":
     """torchvision ImageNet ResNet-50 state dict -> the encoder part of ``model``.
 
     Keys gain the model's encoder prefix (``en.resnet.`` for farseg, ``resencoder.resnet.``
@@ -441,8 +483,9 @@ def imagenet_resnet50_to(state: Mapping[str, Any], model: str = "farseg",
         raise ValueError(f"unknown framework {to!r}: expected torch or paddle")
     state = _numpy_state(state)
     required, optional = imagenet_layout(model)
-    check_layout(state, required, optional, what="torchvision's ImageNet resnet50 layout",
-                 counters=counter_keys("resnet50"))
+    check_layout(
+        state, required, optional, what="torchvision's ImageNet resnet50 layout", counters=counter_keys("resnet50")
+    )
     remaining = OrderedDict(state)
     out: "OrderedDict[str, np.ndarray]" = OrderedDict()
     for src, rule in encoder_rules(model):
@@ -471,4 +514,3 @@ def as_torch(state: Mapping[str, Any]) -> "OrderedDict[str, Any]":
         for key, value in state.items():
             out[key] = value if isinstance(value, torch.Tensor) else torch.from_numpy(as_numpy(value))
     return out
-

@@ -23,6 +23,7 @@ with the training wrapper (``{"model": ..., "opt": ..., "global_step": ...}``) a
 ``module.`` prefix removed, Paddle's split big arrays reassembled from checked slices, and
 non-finite values refused unless asked for (``allow_nonfinite``).
 """
+
 from __future__ import annotations
 
 import os
@@ -100,8 +101,11 @@ class _DtypeSpec(rp.Inert):
         # (version, byte order, subarray, names, fields, elsize, alignment, flags[, metadata])
         if self.order is not None or type(state) is not tuple or len(state) not in (8, 9):
             raise rp.PickleRefused(f"dtype {self.code} given the state {rp.short(state)}")
-        if state[1] not in ("<", ">", "|", "=") or any(v is not None for v in state[2:5]) or \
-                (len(state) == 9 and state[8] not in (None, {})):
+        if (
+            state[1] not in ("<", ">", "|", "=")
+            or any(v is not None for v in state[2:5])
+            or (len(state) == 9 and state[8] not in (None, {}))
+        ):
             raise rp.PickleRefused(f"dtype {self.code} with a structure (fields, subarray or metadata): refused")
         self.order = state[1]
 
@@ -120,8 +124,10 @@ class _DtypeFactory(rp.Inert):
     def call(self, args: tuple) -> Any:
         code = args[0] if args else None
         if type(code) is not str or code not in NUMERIC_CODES or len(args) > 3:
-            raise rp.PickleRefused(f"numpy dtype {rp.short(code)} refused: a checkpoint array holds "
-                                   f"numbers (one of {', '.join(sorted(NUMERIC_CODES))}), never Python objects")
+            raise rp.PickleRefused(
+                f"numpy dtype {rp.short(code)} refused: a checkpoint array holds "
+                f"numbers (one of {', '.join(sorted(NUMERIC_CODES))}), never Python objects"
+            )
         return _DtypeSpec(code)
 
 
@@ -160,8 +166,9 @@ class ArraySpec(rp.Inert):
             raise rp.PickleRefused(f"numpy array data is {rp.short(raw)}, not bytes")
         need = rp.product(shape) * dtype.itemsize
         if len(raw) != need:
-            raise rp.PickleRefused(f"numpy array of shape {shape} and dtype {dtype} needs {need} bytes, "
-                                   f"the file gives {len(raw)}")
+            raise rp.PickleRefused(
+                f"numpy array of shape {shape} and dtype {dtype} needs {need} bytes, the file gives {len(raw)}"
+            )
         self.shape, self.dtype, self.fortran, self.raw = shape, dtype, fortran, raw
 
     def build(self, state: Any) -> None:
@@ -220,8 +227,12 @@ class _Latin1Encode(rp.Inert):
         # How protocol 2 (paddle.save(..., protocol=2)) spells bytes. Only latin-1 text -> bytes:
         # other codecs (zlib, bz2, ...) would let a file trigger decompression work.
         encoding = args[1] if len(args) == 2 else None
-        if len(args) != 2 or type(args[0]) is not str or type(encoding) is not str or \
-                encoding.lower().replace("-", "").replace("_", "") not in ("latin1", "iso88591"):
+        if (
+            len(args) != 2
+            or type(args[0]) is not str
+            or type(encoding) is not str
+            or encoding.lower().replace("-", "").replace("_", "") not in ("latin1", "iso88591")
+        ):
             raise rp.Refused("_codecs", f"encode with codec {rp.short(encoding)}")
         try:
             return rp.RawBytes(memoryview(args[0].encode("latin1")))
@@ -240,7 +251,6 @@ class _EmptyBytes(rp.Inert):
         if args:
             raise rp.Refused("builtins", "bytes with arguments")
         return rp.RawBytes(memoryview(b""))
-
 
 
 # Exactly what ``paddle.save`` writes in Paddle 3.3.1 (checked with pickletools.dis):
@@ -279,8 +289,10 @@ class NumpyProfile(rp.Profile):
 
 
 def _refused_pickle_message(exc: rp.Refused) -> str:
-    return (f"refused to unpickle {exc.qualname}: a .pdparams file may only hold numpy arrays in "
-            f"dicts, and loading this one could run code (nothing was executed)")
+    return (
+        f"refused to unpickle {exc.qualname}: a .pdparams file may only hold numpy arrays in "
+        f"dicts, and loading this one could run code (nothing was executed)"
+    )
 
 
 def read_numpy_pickle(path: PathLike, mapped: Any = None) -> Any:
@@ -305,6 +317,7 @@ def read_numpy_pickle(path: PathLike, mapped: Any = None) -> Any:
 # Format sniffing
 # ----------------------------------------------------------------------------------------------
 
+
 def _sniff(path: PathLike, mapped: Any) -> str:
     head = mapped[:512]
     if head.startswith(ZIP_MAGIC):
@@ -312,13 +325,15 @@ def _sniff(path: PathLike, mapped: Any) -> str:
             with zipfile.ZipFile(MappedFile(mapped)) as zf:
                 names = zf.namelist()
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-            raise CheckpointError(f"truncated or corrupt zip archive ({' '.join(str(exc).split())[:200]})",
-                                  path=path) from None
+            raise CheckpointError(
+                f"truncated or corrupt zip archive ({' '.join(str(exc).split())[:200]})", path=path
+            ) from None
         if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
             shown = ", ".join(rp.short(n, 40) for n in names[:3]) + (", ..." if len(names) > 3 else "")
             raise CheckpointError(
                 f"a zip archive but not a PyTorch checkpoint (no data.pkl inside; holds {shown or 'nothing'})",
-                path=path)
+                path=path,
+            )
         return "torch-zip"
     if head.startswith(TORCH_LEGACY_MAGIC):
         return "torch-legacy"
@@ -334,7 +349,9 @@ def _sniff(path: PathLike, mapped: Any) -> str:
             raise CheckpointError(f"a text file, not a checkpoint (starts with {first!r})", path=path)
     raise CheckpointError(
         f"unrecognised file format (first bytes {head[:8].hex(' ')}); expected a PyTorch "
-        f".pth/.pt/.bin or a Paddle .pdparams file", path=path)
+        f".pth/.pt/.bin or a Paddle .pdparams file",
+        path=path,
+    )
 
 
 def sniff_format(path: PathLike) -> str:
@@ -361,6 +378,7 @@ def read_object(path: PathLike) -> Tuple[str, Any]:
 # Loading
 # ----------------------------------------------------------------------------------------------
 
+
 @dataclass
 class LoadedCheckpoint:
     """A checkpoint read from disk, reduced to its state dict (numpy arrays, file order)."""
@@ -384,11 +402,11 @@ class LoadedCheckpoint:
 def _tensor_to_numpy(key: str, value: Any, path: Path) -> np.ndarray:
     """One state-dict value: an array, or a clear error naming ``key``."""
     if isinstance(value, UnsupportedTensor):
-        raise CheckpointError(f"tensor {key!r} has dtype {value.dtype}, which numpy (and .pdparams) "
-                              f"cannot hold", path=path)
+        raise CheckpointError(
+            f"tensor {key!r} has dtype {value.dtype}, which numpy (and .pdparams) cannot hold", path=path
+        )
     if not isinstance(value, np.ndarray):
-        raise CheckpointError(f"not a state dict: entry {key!r} is {rp.short(value)}, not a tensor",
-                              path=path)
+        raise CheckpointError(f"not a state dict: entry {key!r} is {rp.short(value)}, not a tensor", path=path)
     return value
 
 
@@ -398,8 +416,7 @@ def _is_tensor_like(value: Any) -> bool:
 
 def _is_paddle_tuple(value: Any) -> bool:
     # Paddle 2.1 stored each tensor as (variable name, ndarray).
-    return (type(value) is tuple and len(value) == 2 and type(value[0]) is str
-            and isinstance(value[1], np.ndarray))
+    return type(value) is tuple and len(value) == 2 and type(value[0]) is str and isinstance(value[1], np.ndarray)
 
 
 def _unwrap(obj: Any, path: Path) -> Tuple[Mapping[Any, Any], str]:
@@ -412,8 +429,11 @@ def _unwrap(obj: Any, path: Path) -> Tuple[Mapping[Any, Any], str]:
         return obj, "bare state dict"
     for key, label in (("model", "official wrapper"), ("state_dict", "'state_dict' wrapper")):
         inner = obj.get(key)
-        if isinstance(inner, dict) and inner and all(
-                _is_tensor_like(v) or _is_paddle_tuple(v) or k in bookkeeping for k, v in inner.items()):
+        if (
+            isinstance(inner, dict)
+            and inner
+            and all(_is_tensor_like(v) or _is_paddle_tuple(v) or k in bookkeeping for k, v in inner.items())
+        ):
             return inner, label
     if not obj:
         raise CheckpointError("not a state dict: the file holds an empty dict", path=path)
@@ -421,13 +441,16 @@ def _unwrap(obj: Any, path: Path) -> Tuple[Mapping[Any, Any], str]:
     keys = ", ".join(rp.short(k, 40) for k in list(obj)[:5]) + (", ..." if len(obj) > 5 else "")
     raise CheckpointError(
         f"not a state dict: entry {rp.short(bad[0])} is {rp.short(bad[1])}, and there is no "
-        f"'model' or 'state_dict' entry holding only tensors (top-level keys: {keys})", path=path)
+        f"'model' or 'state_dict' entry holding only tensors (top-level keys: {keys})",
+        path=path,
+    )
 
 
 def _reassemble(state: "OrderedDict[str, Any]", table: Any, path: Path) -> int:
     """Join the arrays ``paddle.save(protocol=2/3)`` split into slices, as ``paddle.load`` does,
     from checked pieces only: each slice an array of one dtype, used once, and their total
     equal to the declared shape's size BEFORE anything is joined. Returns the count joined."""
+
     def bad(why: str) -> CheckpointError:
         return CheckpointError(f"corrupt {PADDLE_BIG_PARAM_INFO} table ({why})", path=path)
 
@@ -476,19 +499,19 @@ def _paddle_state(raw: Mapping[str, Any], path: Path, notes: List[str]) -> "Orde
     return out
 
 
-def _strip_prefix(state: "OrderedDict[str, np.ndarray]", prefix: str = "module.") -> Tuple[
-        "OrderedDict[str, np.ndarray]", Optional[str]]:
+def _strip_prefix(
+    state: "OrderedDict[str, np.ndarray]", prefix: str = "module."
+) -> Tuple["OrderedDict[str, np.ndarray]", Optional[str]]:
     # Strip only when EVERY key has it (DDP adds it to all); a partial prefix is left for the
     # validation report to show.
     if state and all(k.startswith(prefix) for k in state):
-        return OrderedDict((k[len(prefix):], v) for k, v in state.items()), prefix
+        return OrderedDict((k[len(prefix) :], v) for k, v in state.items()), prefix
     return state, None
 
 
 def nonfinite_keys(state: Mapping[str, np.ndarray]) -> List[str]:
     """Keys of the floating-point (or complex) arrays holding NaN or +-Inf, in order."""
-    return [key for key, arr in state.items()
-            if arr.dtype.kind in "fc" and arr.size and not np.isfinite(arr).all()]
+    return [key for key, arr in state.items() if arr.dtype.kind in "fc" and arr.size and not np.isfinite(arr).all()]
 
 
 def nonfinite_message(state: Mapping[str, np.ndarray], keys: List[str]) -> str:
@@ -524,10 +547,12 @@ def read_state(path: PathLike, allow_nonfinite: bool = False) -> LoadedCheckpoin
             raise CheckpointError(f"array {key!r} has dtype {arr.dtype}, not a number type", path=p)
     bad_keys = nonfinite_keys(state)
     if bad_keys and not allow_nonfinite:
-        raise CheckpointError(f"{nonfinite_message(state, bad_keys)}: refusing a checkpoint with "
-                              f"non-finite weights (python -m convert --allow-nonfinite converts it anyway)",
-                              path=p)
+        raise CheckpointError(
+            f"{nonfinite_message(state, bad_keys)}: refusing a checkpoint with "
+            f"non-finite weights (python -m convert --allow-nonfinite converts it anyway)",
+            path=p,
+        )
     state, prefix = _strip_prefix(state)
     if prefix:
-        bad_keys = [k[len(prefix):] for k in bad_keys]
+        bad_keys = [k[len(prefix) :] for k in bad_keys]
     return LoadedCheckpoint(p, state, framework, container, prefix, notes, bad_keys)

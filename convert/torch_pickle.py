@@ -33,6 +33,7 @@ encrypted records, dict keys other than strings and integers, nesting deeper tha
 for (bfloat16, float8) are read as ``UnsupportedTensor`` placeholders so that the caller can
 name the key in its error; they are never converted silently.
 """
+
 from __future__ import annotations
 
 import os
@@ -86,25 +87,50 @@ class _Storage(NamedTuple):
 
 
 # torch's legacy typed-storage classes (still what torch.save writes for the classic dtypes).
-_STORAGE_TYPES = {name: _StorageType(f"torch.{name}", f"torch.{dtype}", code, size)
-                  for name, dtype, code, size in [
-    ("DoubleStorage", "float64", "f8", 8), ("FloatStorage", "float32", "f4", 4),
-    ("HalfStorage", "float16", "f2", 2), ("LongStorage", "int64", "i8", 8),
-    ("IntStorage", "int32", "i4", 4), ("ShortStorage", "int16", "i2", 2),
-    ("CharStorage", "int8", "i1", 1), ("ByteStorage", "uint8", "u1", 1), ("BoolStorage", "bool", "?", 1),
-    ("ComplexFloatStorage", "complex64", "c8", 8), ("ComplexDoubleStorage", "complex128", "c16", 16),
-    ("BFloat16Storage", "bfloat16", None, 2),
-]}
+_STORAGE_TYPES = {
+    name: _StorageType(f"torch.{name}", f"torch.{dtype}", code, size)
+    for name, dtype, code, size in [
+        ("DoubleStorage", "float64", "f8", 8),
+        ("FloatStorage", "float32", "f4", 4),
+        ("HalfStorage", "float16", "f2", 2),
+        ("LongStorage", "int64", "i8", 8),
+        ("IntStorage", "int32", "i4", 4),
+        ("ShortStorage", "int16", "i2", 2),
+        ("CharStorage", "int8", "i1", 1),
+        ("ByteStorage", "uint8", "u1", 1),
+        ("BoolStorage", "bool", "?", 1),
+        ("ComplexFloatStorage", "complex64", "c8", 8),
+        ("ComplexDoubleStorage", "complex128", "c16", 16),
+        ("BFloat16Storage", "bfloat16", None, 2),
+    ]
+}
 _UNTYPED = _StorageType("torch.UntypedStorage", "torch.uint8", "u1", 1)
 # torch dtypes by their pickled name, for _rebuild_tensor_v3 (newer dtypes over an untyped storage).
-_DTYPES = {name: _StorageType(f"torch.{name}", f"torch.{name}", code, size) for name, code, size in [
-    ("float64", "f8", 8), ("float32", "f4", 4), ("float16", "f2", 2), ("int64", "i8", 8),
-    ("int32", "i4", 4), ("int16", "i2", 2), ("int8", "i1", 1), ("uint8", "u1", 1),
-    ("uint16", "u2", 2), ("uint32", "u4", 4), ("uint64", "u8", 8), ("bool", "?", 1),
-    ("complex64", "c8", 8), ("complex128", "c16", 16), ("bfloat16", None, 2),
-    ("float8_e4m3fn", None, 1), ("float8_e5m2", None, 1), ("float8_e4m3fnuz", None, 1),
-    ("float8_e5m2fnuz", None, 1), ("float8_e8m0fnu", None, 1),
-]}
+_DTYPES = {
+    name: _StorageType(f"torch.{name}", f"torch.{name}", code, size)
+    for name, code, size in [
+        ("float64", "f8", 8),
+        ("float32", "f4", 4),
+        ("float16", "f2", 2),
+        ("int64", "i8", 8),
+        ("int32", "i4", 4),
+        ("int16", "i2", 2),
+        ("int8", "i1", 1),
+        ("uint8", "u1", 1),
+        ("uint16", "u2", 2),
+        ("uint32", "u4", 4),
+        ("uint64", "u8", 8),
+        ("bool", "?", 1),
+        ("complex64", "c8", 8),
+        ("complex128", "c16", 16),
+        ("bfloat16", None, 2),
+        ("float8_e4m3fn", None, 1),
+        ("float8_e5m2", None, 1),
+        ("float8_e4m3fnuz", None, 1),
+        ("float8_e5m2fnuz", None, 1),
+        ("float8_e8m0fnu", None, 1),
+    ]
+}
 
 
 def c_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
@@ -116,30 +142,35 @@ def c_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
     return tuple(reversed(out))
 
 
-def layout_problem(shape: Tuple[int, ...], strides: Tuple[int, ...], offset: int,
-                   numel_storage: int) -> Optional[str]:
+def layout_problem(shape: Tuple[int, ...], strides: Tuple[int, ...], offset: int, numel_storage: int) -> Optional[str]:
     """Why ``shape``/``strides`` at ``offset`` is not a safe view of ``numel_storage`` elements
     (None when it is): every element inside the storage, and no two elements at one place
     (no stride 0 on a dimension longer than one, no overlapping strides), so that a view
     never reads outside its bytes and never holds more elements than the storage."""
     if rp.product(shape) == 0:
-        return None if offset <= numel_storage else \
-            f"storage offset {offset} beyond a storage of {numel_storage} elements"
+        return (
+            None if offset <= numel_storage else f"storage offset {offset} beyond a storage of {numel_storage} elements"
+        )
     extent = 1  # elements spanned by the dimensions checked so far (ascending stride)
     for stride, n in sorted((s, n) for n, s in zip(shape, strides) if n > 1):
         if stride < extent:
-            return (f"tensor of size {shape} with stride {strides} puts several elements at one "
-                    f"place (stride 0 or overlapping strides): refused")
+            return (
+                f"tensor of size {shape} with stride {strides} puts several elements at one "
+                f"place (stride 0 or overlapping strides): refused"
+            )
         extent += (n - 1) * stride
     last = offset + sum((n - 1) * s for n, s in zip(shape, strides))
     if last >= numel_storage:
-        return (f"tensor of size {shape}, stride {strides} at offset {offset} reaches element {last} "
-                f"of a storage of {numel_storage}")
+        return (
+            f"tensor of size {shape}, stride {strides} at offset {offset} reaches element {last} "
+            f"of a storage of {numel_storage}"
+        )
     return None
 
 
-def _make_tensor(storage: _Storage, offset: int, size: Tuple[int, ...], stride: Tuple[int, ...],
-                 kind: Optional[_StorageType] = None) -> Union[np.ndarray, UnsupportedTensor]:
+def _make_tensor(
+    storage: _Storage, offset: int, size: Tuple[int, ...], stride: Tuple[int, ...], kind: Optional[_StorageType] = None
+) -> Union[np.ndarray, UnsupportedTensor]:
     """The array ``storage[offset:]`` seen with ``size``/``stride`` (in elements).
 
     ``kind``: the element type when the storage is untyped (``_rebuild_tensor_v3``). The
@@ -162,10 +193,11 @@ def _make_tensor(storage: _Storage, offset: int, size: Tuple[int, ...], stride: 
     else:
         typed = storage.raw[: numel_storage * kind.itemsize].view(dtype)
         if stride == c_strides(size) or numel == 1:
-            arr = typed[offset: offset + numel].reshape(size)  # the usual case: a plain view
+            arr = typed[offset : offset + numel].reshape(size)  # the usual case: a plain view
         else:
-            arr = np.lib.stride_tricks.as_strided(typed[offset:], size, [s * dtype.itemsize for s in stride],
-                                                  writeable=False)
+            arr = np.lib.stride_tricks.as_strided(
+                typed[offset:], size, [s * dtype.itemsize for s in stride], writeable=False
+            )
     if not dtype.isnative:
         arr = arr.astype(np.dtype(kind.code))  # the one case that must copy
     return arr
@@ -174,6 +206,7 @@ def _make_tensor(storage: _Storage, offset: int, size: Tuple[int, ...], stride: 
 # ----------------------------------------------------------------------------------------------
 # Inert stand-ins for what a torch pickle names
 # ----------------------------------------------------------------------------------------------
+
 
 class _Kind(rp.Inert):
     """torch.FloatStorage & co., or a torch dtype: only ever an argument."""
@@ -209,8 +242,7 @@ class TensorSpec(rp.Inert):
 
     __slots__ = ("storage", "offset", "size", "stride", "kind")
 
-    def __init__(self, storage: Any, offset: Any, size: Any, stride: Any,
-                 kind: Optional[_StorageType] = None) -> None:
+    def __init__(self, storage: Any, offset: Any, size: Any, stride: Any, kind: Optional[_StorageType] = None) -> None:
         if not isinstance(storage, StorageRef):
             raise rp.PickleRefused(f"tensor built from {rp.short(storage)}, not a storage")
         if type(offset) is not int or offset < 0:
@@ -270,7 +302,6 @@ class _RebuildParameter(rp.Inert):
         if len(args) not in (3, 4) or not isinstance(args[0], TensorSpec):
             raise rp.PickleRefused(f"parameter built from {rp.short(args[0] if args else None)}, not a tensor")
         return args[0]
-
 
 
 _STORAGE_KINDS = frozenset(_STORAGE_TYPES.values()) | {_UNTYPED}
@@ -333,9 +364,8 @@ class TorchProfile(rp.Profile):
             if raw is None:
                 raw = self._records[ref.key] = self.source(ref.key, ref.kind, ref.numel)
             if ref.view:
-                raw = raw[ref.view[0] * ref.kind.itemsize: (ref.view[0] + ref.view[1]) * ref.kind.itemsize]
-            return _make_tensor(_Storage(ref.kind, raw, self.order), value.offset, value.size,
-                                value.stride, value.kind)
+                raw = raw[ref.view[0] * ref.kind.itemsize : (ref.view[0] + ref.view[1]) * ref.kind.itemsize]
+            return _make_tensor(_Storage(ref.kind, raw, self.order), value.offset, value.size, value.stride, value.kind)
         raise rp.PickleRefused(f"{value.describe()} outside a tensor")
 
 
@@ -347,14 +377,20 @@ class _PlainProfile(rp.Profile):
 
 def _refusal_message(exc: rp.Refused) -> str:
     if exc.module.startswith("__torch__"):
-        return (f"a TorchScript archive (torch.jit.save), not a state dict: it names {exc.qualname}; "
-                f"save model.state_dict() with torch.save instead (nothing was executed)")
+        return (
+            f"a TorchScript archive (torch.jit.save), not a state dict: it names {exc.qualname}; "
+            f"save model.state_dict() with torch.save instead (nothing was executed)"
+        )
     if exc.module == "torch" or exc.module.startswith("torch."):
-        return (f"refused to unpickle {exc.qualname}: this reader takes dicts of dense tensors only "
-                f"(no quantized, sparse, nested or subclass tensors, no other torch objects); "
-                f"nothing was executed")
-    return (f"refused to unpickle {exc.qualname}: a checkpoint may only hold tensors, dicts and "
-            f"numbers, and loading this one could run code (nothing was executed)")
+        return (
+            f"refused to unpickle {exc.qualname}: this reader takes dicts of dense tensors only "
+            f"(no quantized, sparse, nested or subclass tensors, no other torch objects); "
+            f"nothing was executed"
+        )
+    return (
+        f"refused to unpickle {exc.qualname}: a checkpoint may only hold tensors, dicts and "
+        f"numbers, and loading this one could run code (nothing was executed)"
+    )
 
 
 def _run(buf: Any, profile: rp.Profile, what: str, start: int = 0) -> Tuple[Any, int]:
@@ -384,6 +420,7 @@ def _finalize(obj: Any, profile: TorchProfile, what: str) -> Any:
 # The two container formats
 # ----------------------------------------------------------------------------------------------
 
+
 class _Inflated:
     """How many bytes compressed records have been inflated to so far (bounded)."""
 
@@ -398,7 +435,7 @@ def _zip_bytes(zf: zipfile.ZipFile, mapped: Any, info: zipfile.ZipInfo, budget: 
     if info.flag_bits & 0x1:
         raise CheckpointError(f"record {name!r} is encrypted")
     if info.compress_type == zipfile.ZIP_STORED:
-        head = mapped[info.header_offset: info.header_offset + _LOCAL_HEADER.size]
+        head = mapped[info.header_offset : info.header_offset + _LOCAL_HEADER.size]
         if len(head) != _LOCAL_HEADER.size or not head.startswith(b"PK\x03\x04"):
             raise CheckpointError(f"corrupt zip archive (bad local header of {name!r})")
         _, name_len, extra_len = _LOCAL_HEADER.unpack(head)
@@ -409,16 +446,19 @@ def _zip_bytes(zf: zipfile.ZipFile, mapped: Any, info: zipfile.ZipInfo, budget: 
     # torch never compresses, but another zip tool may have re-packed the file.
     budget.total += info.file_size
     if budget.total > MAX_INFLATED:
-        raise CheckpointError(f"compressed records would inflate to more than {MAX_INFLATED >> 20} MiB "
-                              f"(torch never compresses; re-save the checkpoint with torch.save)")
+        raise CheckpointError(
+            f"compressed records would inflate to more than {MAX_INFLATED >> 20} MiB "
+            f"(torch never compresses; re-save the checkpoint with torch.save)"
+        )
     try:
         with zf.open(info) as handle:
             data = handle.read(info.file_size + 1)  # zipfile inflates in bounded steps
     except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError, zlib.error) as exc:
         raise CheckpointError(f"cannot read record {name!r} ({' '.join(str(exc).split())[:200]})") from None
     if len(data) != info.file_size:
-        raise CheckpointError(f"corrupt zip archive (record {name!r} inflates to {len(data)} bytes, "
-                              f"declared {info.file_size})")
+        raise CheckpointError(
+            f"corrupt zip archive (record {name!r} inflates to {len(data)} bytes, declared {info.file_size})"
+        )
     return np.frombuffer(bytearray(data), dtype=np.uint8)  # writable, like the map
 
 
@@ -430,8 +470,10 @@ def _load_zip(mapped: Any) -> Any:
             raise CheckpointError("a zip archive but not a PyTorch checkpoint (no data.pkl inside)")
         prefix = pkl[: -len("data.pkl")]
         if any(n.startswith(prefix + "code/") for n in names) or prefix + "constants.pkl" in names:
-            raise CheckpointError("a TorchScript archive (torch.jit.save), not a state dict: save "
-                                  "model.state_dict() with torch.save instead")
+            raise CheckpointError(
+                "a TorchScript archive (torch.jit.save), not a state dict: save "
+                "model.state_dict() with torch.save instead"
+            )
         budget = _Inflated()
         order = "<"
         if prefix + "byteorder" in names:
@@ -442,8 +484,10 @@ def _load_zip(mapped: Any) -> Any:
             order = "<" if mark == b"little" else ">"
         info = zf.getinfo(pkl)
         if info.file_size > MAX_PICKLE_BYTES:
-            raise CheckpointError(f"data.pkl declares {info.file_size} bytes; a checkpoint's pickle is "
-                                  f"at most {MAX_PICKLE_BYTES >> 20} MiB")
+            raise CheckpointError(
+                f"data.pkl declares {info.file_size} bytes; a checkpoint's pickle is "
+                f"at most {MAX_PICKLE_BYTES >> 20} MiB"
+            )
         profile = TorchProfile(order)
         obj, _ = _run(_zip_bytes(zf, mapped, info, budget), profile, "data.pkl")
 
@@ -452,11 +496,14 @@ def _load_zip(mapped: Any) -> Any:
             try:
                 record = zf.getinfo(name)
             except KeyError:
-                raise CheckpointError(f"storage record {name!r} is missing from the archive (truncated or "
-                                      f"corrupt checkpoint)") from None
+                raise CheckpointError(
+                    f"storage record {name!r} is missing from the archive (truncated or corrupt checkpoint)"
+                ) from None
             if record.file_size != numel * kind.itemsize:  # before reading or inflating anything
-                raise CheckpointError(f"storage record data/{key} holds {record.file_size} bytes, the "
-                                      f"pickle says {numel} x {kind.itemsize}")
+                raise CheckpointError(
+                    f"storage record data/{key} holds {record.file_size} bytes, the "
+                    f"pickle says {numel} x {kind.itemsize}"
+                )
             return _zip_bytes(zf, mapped, record, budget)
 
         profile.source = source
@@ -482,13 +529,14 @@ def _load_legacy(mapped: Any) -> Any:
         if key not in profile.seen:
             raise CheckpointError(f"corrupt legacy checkpoint (storage {rp.short(key)} is listed but never used)")
         kind, numel = profile.seen[key]
-        head = mapped[pos: pos + 8]
+        head = mapped[pos : pos + 8]
         if len(head) < 8:
             raise CheckpointError(f"truncated checkpoint: storage {key!r} is missing from the end of the file")
         count = int.from_bytes(head, "little", signed=True)
         if count != numel:
-            raise CheckpointError(f"corrupt legacy checkpoint (storage {key!r} has {count} elements, "
-                                  f"the pickle says {numel})")
+            raise CheckpointError(
+                f"corrupt legacy checkpoint (storage {key!r} has {count} elements, the pickle says {numel})"
+            )
         nbytes = count * kind.itemsize
         if pos + 8 + nbytes > len(mapped):
             raise CheckpointError(f"truncated checkpoint: storage {key!r} runs past the end of the file")
@@ -528,5 +576,12 @@ def load_torch_file(path: PathLike, fmt: str, mapped: Any = None) -> Any:
         raise CheckpointError(f"cannot read: {' '.join(str(exc).split())[:200]}", path=p) from None
 
 
-__all__ = ["ALLOWED", "LEGACY_MAGIC_NUMBER", "TorchProfile", "UnsupportedTensor", "c_strides", "layout_problem",
-           "load_torch_file"]
+__all__ = [
+    "ALLOWED",
+    "LEGACY_MAGIC_NUMBER",
+    "TorchProfile",
+    "UnsupportedTensor",
+    "c_strides",
+    "layout_problem",
+    "load_torch_file",
+]

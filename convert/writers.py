@@ -4,6 +4,7 @@ A file appears under its final name only once it is complete and on disk: it is 
 a temporary file in the same folder, fsync'ed, then ``os.replace``'d; on any failure the
 temporary file is removed and an existing file of that name is left untouched.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,9 +58,15 @@ def save_paddle(state: Mapping[str, Any], path: PathLike) -> Path:
 
 # numpy (kind, itemsize) -> torch's typed-storage class, what torch.save names for these dtypes.
 TORCH_STORAGE_CLASS: Dict[Tuple[str, int], str] = {
-    ("f", 4): "FloatStorage", ("f", 8): "DoubleStorage", ("f", 2): "HalfStorage",
-    ("i", 8): "LongStorage", ("i", 4): "IntStorage", ("i", 2): "ShortStorage",
-    ("i", 1): "CharStorage", ("u", 1): "ByteStorage", ("b", 1): "BoolStorage",
+    ("f", 4): "FloatStorage",
+    ("f", 8): "DoubleStorage",
+    ("f", 2): "HalfStorage",
+    ("i", 8): "LongStorage",
+    ("i", 4): "IntStorage",
+    ("i", 2): "ShortStorage",
+    ("i", 1): "CharStorage",
+    ("u", 1): "ByteStorage",
+    ("b", 1): "BoolStorage",
 }
 TORCH_ARCHIVE_NAME = "archive"  # the zip's top folder; torch.load accepts any name
 TORCH_RECORD_ALIGNMENT = 64  # torch aligns every record's data to 64 bytes (torch.load(mmap=True) maps them)
@@ -79,13 +86,15 @@ class _PickleWriter:
     def glob(self, module: str, name: str) -> None:
         index = self._memo.get((module, name))
         if index is not None:
-            self.out.append(pickle.BINGET + bytes([index]) if index < 256
-                            else pickle.LONG_BINGET + struct.pack("<I", index))
+            self.out.append(
+                pickle.BINGET + bytes([index]) if index < 256 else pickle.LONG_BINGET + struct.pack("<I", index)
+            )
             return
         index = self._memo[(module, name)] = len(self._memo)
         self.out.append(pickle.GLOBAL + f"{module}\n{name}\n".encode("ascii"))
-        self.out.append(pickle.BINPUT + bytes([index]) if index < 256
-                        else pickle.LONG_BINPUT + struct.pack("<I", index))
+        self.out.append(
+            pickle.BINPUT + bytes([index]) if index < 256 else pickle.LONG_BINPUT + struct.pack("<I", index)
+        )
 
     def text(self, value: str) -> None:
         data = value.encode("utf-8", "surrogatepass")
@@ -96,7 +105,7 @@ class _PickleWriter:
             self.out.append(pickle.BININT1 + bytes([value]))
         elif 0 <= value < 65536:
             self.out.append(pickle.BININT2 + struct.pack("<H", value))
-        elif -2**31 <= value < 2**31:
+        elif -(2**31) <= value < 2**31:
             self.out.append(pickle.BININT + struct.pack("<i", value))
         else:
             data = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
@@ -115,8 +124,9 @@ class _PickleWriter:
         self.glob("collections", "OrderedDict")
         self.out.append(pickle.EMPTY_TUPLE + pickle.REDUCE)
 
-    def tensor(self, storage_class: str, key: str, numel: int, size: Tuple[int, ...],
-               stride: Tuple[int, ...], offset: int = 0) -> None:
+    def tensor(
+        self, storage_class: str, key: str, numel: int, size: Tuple[int, ...], stride: Tuple[int, ...], offset: int = 0
+    ) -> None:
         """``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())``
         with the storage as the persistent id ``('storage', torch.<class>, key, 'cpu', numel)``."""
         self.glob("torch._utils", "_rebuild_tensor_v2")
@@ -147,8 +157,7 @@ def _torch_storage(key: str, value: Any) -> Tuple[str, np.ndarray]:
     storage_class = TORCH_STORAGE_CLASS.get((arr.dtype.kind, arr.dtype.itemsize))
     if storage_class is None or arr.dtype.fields is not None:
         supported = "float32, float64, float16, int64, int32, int16, int8, uint8, bool"
-        raise TypeError(f"cannot write {key!r} to a .pth: dtype {arr.dtype} is not supported "
-                        f"(supported: {supported})")
+        raise TypeError(f"cannot write {key!r} to a .pth: dtype {arr.dtype} is not supported (supported: {supported})")
     # C order, little-endian (copies only when the input is neither)
     arr = contiguous(arr).astype(arr.dtype.newbyteorder(_STORAGE_BYTE_ORDER), copy=False)
     return storage_class, arr
@@ -186,6 +195,7 @@ def write_torch_zip(f: BinaryIO, state: Mapping[str, Any]) -> None:
     pickler.out.append(pickle.SETITEMS)
 
     with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+
         def record(name: str, data: Any, nbytes: int) -> None:
             info = _padded_info(name, nbytes, f.tell())  # aligned within the file, as mmap sees it
             with zf.open(info, "w") as out:

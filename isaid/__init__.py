@@ -5,6 +5,7 @@ official sliding windows, IoU maths, image IO. Command-line tools: ``python -m i
 Importing this package imports numpy and PIL only; ``isaid.prepare`` (tqdm, zipfile) and
 ``isaid.synth`` are imported on demand. No deep-learning framework is imported anywhere here.
 """
+
 from .imageio import (
     ImageReadError,
     read_index_mask,

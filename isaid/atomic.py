@@ -20,6 +20,7 @@ run removes only the files of dead writers.
 
 ``isaid`` is a leaf package, so ``convert`` and ``app`` both import the writer from here.
 """
+
 from __future__ import annotations
 
 import contextlib

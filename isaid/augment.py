@@ -22,6 +22,7 @@ Patches come from ``python -m isaid.prepare`` (``OUT/{split}/patches/{images,lab
 window from the full image and pads only after flipping and rotating, the padding that
 prepare added is cut off again here (the valid size is in ``index.json``) before augmenting.
 """
+
 from __future__ import annotations
 
 import json
@@ -77,18 +78,22 @@ def load_patch_index(root: str, split: str = "train", window: Optional[int] = No
         with open(index_path, encoding="utf-8") as handle:
             index = json.load(handle)
     except FileNotFoundError:
-        raise DataError(f"{index_path}: not found; prepare the data first with"
-                        f" `python -m isaid.prepare SRC {root}`") from None
+        raise DataError(
+            f"{index_path}: not found; prepare the data first with `python -m isaid.prepare SRC {root}`"
+        ) from None
     except (OSError, ValueError) as error:
         raise DataError(f"{index_path}: cannot read ({' '.join(str(error).split())})") from None
     if not isinstance(index, dict) or not isinstance(index.get("scenes"), list):
         raise DataError(f"{index_path}: not an isaid.prepare index (no 'scenes' list)")
     if not index.get("patches_written", False):
-        raise DataError(f"{index_path}: prepared with --no-patches; run isaid.prepare again"
-                        " without it to write the training patches")
+        raise DataError(
+            f"{index_path}: prepared with --no-patches; run isaid.prepare again"
+            " without it to write the training patches"
+        )
     if window is not None and index.get("window") != window:
-        raise DataError(f"{index_path}: patches were cut with window {index.get('window')},"
-                        f" but data.window is {window}")
+        raise DataError(
+            f"{index_path}: patches were cut with window {index.get('window')}, but data.window is {window}"
+        )
     patches: List[PatchRef] = []
     for entry in index["scenes"]:
         try:
@@ -96,16 +101,17 @@ def load_patch_index(root: str, split: str = "train", window: Optional[int] = No
             windows = entry["patches"]
             for y0, x0, y1, x1 in windows:
                 file_name = f"{name}_{y0}_{x0}.png"
-                patches.append(PatchRef(
-                    scene=name,
-                    image_path=os.path.join(split_dir, "patches", "images", file_name),
-                    label_path=os.path.join(split_dir, "patches", "labels", file_name),
-                    height=int(y1) - int(y0),
-                    width=int(x1) - int(x0),
-                ))
+                patches.append(
+                    PatchRef(
+                        scene=name,
+                        image_path=os.path.join(split_dir, "patches", "images", file_name),
+                        label_path=os.path.join(split_dir, "patches", "labels", file_name),
+                        height=int(y1) - int(y0),
+                        width=int(x1) - int(x0),
+                    )
+                )
         except (KeyError, TypeError, ValueError):
-            raise DataError(f"{index_path}: malformed scene entry"
-                            f" {str(entry)[:80]!r}") from None
+            raise DataError(f"{index_path}: malformed scene entry {str(entry)[:80]!r}") from None
     if not patches:
         raise DataError(f"{index_path}: lists no patches")
     return patches
@@ -117,8 +123,7 @@ def epoch_order(seed: int, epoch: int, num_samples: int) -> np.ndarray:
     return rng.permutation(num_samples)
 
 
-def draw_augment(seed: int, position: int, hflip: float = 0.5, vflip: float = 0.5,
-                 rot90: bool = True) -> AugmentParams:
+def draw_augment(seed: int, position: int, hflip: float = 0.5, vflip: float = 0.5, rot90: bool = True) -> AugmentParams:
     """The augmentation of the sample at global ``position``: three draws, always made in the
     same order (so that a probability of 0 changes no other draw)."""
     rng = np.random.default_rng([seed, _STREAM_AUGMENT, position])
@@ -127,8 +132,7 @@ def draw_augment(seed: int, position: int, hflip: float = 0.5, vflip: float = 0.
     return AugmentParams(hflip=bool(u_h < hflip), vflip=bool(u_v < vflip), k=k if rot90 else 0)
 
 
-def augment(image: np.ndarray, label: np.ndarray, params: AugmentParams,
-            pad_to: int) -> Tuple[np.ndarray, np.ndarray]:
+def augment(image: np.ndarray, label: np.ndarray, params: AugmentParams, pad_to: int) -> Tuple[np.ndarray, np.ndarray]:
     """Flip, rotate, then pad bottom/right to ``pad_to`` (image 0, label 255). Contiguous."""
     if params.hflip:
         image, label = image[:, ::-1], label[:, ::-1]
@@ -151,9 +155,11 @@ def read_patch(ref: PatchRef, window: int) -> Tuple[np.ndarray, np.ndarray]:
         raise DataError(str(error)) from None
     for path, array in ((ref.image_path, image), (ref.label_path, label)):
         if array.shape[:2] != (window, window):
-            raise DataError(f"{path}: patch is {array.shape[1]}x{array.shape[0]} (WxH), expected"
-                            f" {window}x{window} as written by isaid.prepare")
-    return image[:ref.height, :ref.width], label[:ref.height, :ref.width]
+            raise DataError(
+                f"{path}: patch is {array.shape[1]}x{array.shape[0]} (WxH), expected"
+                f" {window}x{window} as written by isaid.prepare"
+            )
+    return image[: ref.height, : ref.width], label[: ref.height, : ref.width]
 
 
 class SamplePlan:
@@ -163,15 +169,23 @@ class SamplePlan:
     ``batch_size // world_size`` consecutive positions of it (``rank`` picks the slice).
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, world_size: int = 1,
-                 rank: int = 0, hflip: float = 0.5, vflip: float = 0.5, rot90: bool = True) -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int,
+        world_size: int = 1,
+        rank: int = 0,
+        hflip: float = 0.5,
+        vflip: float = 0.5,
+        rot90: bool = True,
+    ) -> None:
         if num_samples <= 0:
             raise ValueError("no samples to draw from")
         if world_size <= 0 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         if batch_size % world_size:
-            raise ValueError(f"train.batch_size {batch_size} is not divisible by the"
-                             f" {world_size} processes")
+            raise ValueError(f"train.batch_size {batch_size} is not divisible by the {world_size} processes")
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.local_batch = batch_size // world_size
@@ -201,8 +215,9 @@ class SamplePlan:
         return draw_augment(self.seed, position, self.hflip, self.vflip, self.rot90)
 
 
-def load_sample(patches: Sequence[PatchRef], plan: SamplePlan, position: int,
-                window: int) -> Tuple[np.ndarray, np.ndarray]:
+def load_sample(
+    patches: Sequence[PatchRef], plan: SamplePlan, position: int, window: int
+) -> Tuple[np.ndarray, np.ndarray]:
     """The training sample at ``position``: (uint8 [window,window,3], uint8 [window,window]).
 
     Normalisation is left to the device (:func:`normalize_batch` is its numpy reference):
@@ -221,8 +236,9 @@ def load_sample(patches: Sequence[PatchRef], plan: SamplePlan, position: int,
 SAMPLE_ERROR_BYTES = 512
 
 
-def load_sample_checked(patches: Sequence[PatchRef], plan: SamplePlan, position: int,
-                        window: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_sample_checked(
+    patches: Sequence[PatchRef], plan: SamplePlan, position: int, window: int
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`load_sample` plus an error record: uint8 [SAMPLE_ERROR_BYTES], all zero when the
     sample is fine, else the error's message (image and label are then zeros)."""
     record = np.zeros(SAMPLE_ERROR_BYTES, dtype=np.uint8)
@@ -233,7 +249,7 @@ def load_sample_checked(patches: Sequence[PatchRef], plan: SamplePlan, position:
         if not isinstance(error, DataError):
             message = f"sample {position}: {type(error).__name__}: {message}"
         data = message.encode("utf-8")[:SAMPLE_ERROR_BYTES]
-        record[:len(data)] = np.frombuffer(data, dtype=np.uint8)
+        record[: len(data)] = np.frombuffer(data, dtype=np.uint8)
         image = np.zeros((window, window, 3), dtype=np.uint8)
         label = np.full((window, window), IGNORE_INDEX, dtype=np.uint8)
     return image, label, record

@@ -4,6 +4,7 @@ Every reader raises :class:`ImageReadError` with a one-line message that starts 
 file name, for corrupt, truncated or non-image files and for unexpected band layouts, so
 callers can report ``error: <file>: <problem>`` without a traceback.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -155,8 +156,7 @@ def _check_index_values(index: np.ndarray, name: str) -> None:
     bad = values[(values >= NUM_CLASSES) & (values != IGNORE_INDEX)]
     if bad.size:
         raise ImageReadError(
-            f"{name}: index mask has values {bad.tolist()[:5]} outside 0..{NUM_CLASSES - 1} and"
-            f" {IGNORE_INDEX}"
+            f"{name}: index mask has values {bad.tolist()[:5]} outside 0..{NUM_CLASSES - 1} and {IGNORE_INDEX}"
         )
 
 
@@ -169,13 +169,13 @@ def read_index_mask(source: Source, name: Optional[str] = None) -> np.ndarray:
     name = _display_name(source, name)
     image = _open_loaded(source, name)
     if image.mode not in _INDEX_MODES:
-        raise ImageReadError(
-            f"{name}: not an index mask (PIL mode {image.mode}; expected L or P)"
-        )
+        raise ImageReadError(f"{name}: not an index mask (PIL mode {image.mode}; expected L or P)")
     index = np.asarray(image, dtype=np.uint8)
     if image.mode == "P" and not palette_is_ours(image, np.unique(index)):
-        raise ImageReadError(f"{name}: palette PNG whose colours are not the project's label palette: a"
-                             " colour mask, not class indices (decode it with isaid.prepare)")
+        raise ImageReadError(
+            f"{name}: palette PNG whose colours are not the project's label palette: a"
+            " colour mask, not class indices (decode it with isaid.prepare)"
+        )
     _check_index_values(index, name)
     return index
 
@@ -189,7 +189,7 @@ def palette_is_ours(image: Image.Image, values: Optional[np.ndarray] = None) -> 
     ours = index_png_palette()
     used = range(256) if values is None else [int(v) for v in values]
     for value in used:
-        if palette[3 * value:3 * value + 3] != ours[3 * value:3 * value + 3]:
+        if palette[3 * value : 3 * value + 3] != ours[3 * value : 3 * value + 3]:
             return False  # another colour, or no palette entry at all for a used value
     return True
 
@@ -226,12 +226,12 @@ def read_mask_details(source: Source, name: Optional[str] = None) -> MaskDetails
         as_class = 0
         if decoded.n_unknown:
             from .palette import PALETTE  # local: only needed on this rare path
+
             off_palette = ~(rgb[..., None, :3] == PALETTE).all(-1).any(-1)
             as_class = int(np.count_nonzero(off_palette & (decoded.index != 0)))
         return MaskDetails(decoded.index, decoded.n_unknown, decoded.unknown_colours, True, as_class)
     raise ImageReadError(
-        f"{name}: unsupported mask layout (PIL mode {image.mode}); expected an RGB colour mask"
-        " or an L/P index mask"
+        f"{name}: unsupported mask layout (PIL mode {image.mode}); expected an RGB colour mask or an L/P index mask"
     )
 
 
@@ -254,9 +254,7 @@ def read_colour_mask_rgb(source: Source, name: Optional[str] = None) -> np.ndarr
     name = _display_name(source, name)
     image = _open_loaded(source, name)
     if image.mode not in _COLOUR_MASK_MODES:
-        raise ImageReadError(
-            f"{name}: not a colour mask (PIL mode {image.mode}; expected RGB)"
-        )
+        raise ImageReadError(f"{name}: not a colour mask (PIL mode {image.mode}; expected RGB)")
     if image.mode != "RGB":
         image = image.convert("RGB")
     return np.asarray(image, dtype=np.uint8)
@@ -302,8 +300,9 @@ def verify_png(path: str, shape: Tuple[int, ...]) -> None:
         raise OutputError(f"the PNG written does not read back ({_one_line(error)})") from None
     want_bands = shape[2] if len(shape) == 3 else 1
     if size != tuple(shape[:2]) or bands != want_bands:
-        raise OutputError(f"the PNG written reads back as {size[1]}x{size[0]}x{bands}, not"
-                          f" {shape[1]}x{shape[0]}x{want_bands}")
+        raise OutputError(
+            f"the PNG written reads back as {size[1]}x{size[0]}x{bands}, not {shape[1]}x{shape[0]}x{want_bands}"
+        )
 
 
 def png_bytes(array: np.ndarray, *, index_palette: bool = False, compress_level: int = 6) -> bytes:

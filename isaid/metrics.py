@@ -19,6 +19,7 @@ Counts are int64 here. (The official accumulator is a float32 scipy sparse matri
 cannot count past 2**24 = 16,777,216 exactly, so its large cells can differ from exact
 counts; the project counts exactly.)
 """
+
 from __future__ import annotations
 
 import math
@@ -52,8 +53,8 @@ def confusion_from_labels(
     true = true.reshape(-1)
     cm = np.zeros(num_classes * num_classes, dtype=np.int64)
     for start in range(0, true.size, _PIXELS_PER_BLOCK):
-        t = true[start:start + _PIXELS_PER_BLOCK].astype(np.int64)
-        p = pred[start:start + _PIXELS_PER_BLOCK].astype(np.int64)
+        t = true[start : start + _PIXELS_PER_BLOCK].astype(np.int64)
+        p = pred[start : start + _PIXELS_PER_BLOCK].astype(np.int64)
         if ignore_index is not None:
             keep = t != ignore_index
             if not keep.all():
@@ -133,10 +134,6 @@ def format_iou_table(cm: np.ndarray, class_names: Sequence[str] = CLASS_NAMES) -
     lines.append(f"{'':>3}  {'mIoU (all classes)':<{name_width}}  {_percent(summary['miou'])}")
     lines.append(f"{'':>3}  {'mIoU (foreground)':<{name_width}}  {_percent(summary['miou_fg'])}")
     if summary["absent"]:
-        lines.append(
-            f"{'':>3}  {'mIoU (present classes)':<{name_width}}  {_percent(summary['miou_present'])}"
-        )
-    lines.append(
-        f"{'':>3}  {'pixel accuracy':<{name_width}}  {_percent(summary['pixel_accuracy'])}"
-    )
+        lines.append(f"{'':>3}  {'mIoU (present classes)':<{name_width}}  {_percent(summary['miou_present'])}")
+    lines.append(f"{'':>3}  {'pixel accuracy':<{name_width}}  {_percent(summary['pixel_accuracy'])}")
     return "\n".join(lines)

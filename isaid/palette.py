@@ -6,6 +6,7 @@ whose colour is ``PALETTE[c]``. Do not reorder.
 
 Pure numpy: no deep-learning framework is imported here.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, NamedTuple, Tuple
@@ -105,7 +106,6 @@ def _pack_rgb(rgb: np.ndarray) -> np.ndarray:
     return r
 
 
-
 class DecodedMask(NamedTuple):
     """Result of :func:`decode_color_mask_details`."""
 
@@ -140,7 +140,7 @@ def decode_color_mask_details(rgb: np.ndarray) -> DecodedMask:
     n_unknown = 0
     unknown: Dict[Tuple[int, int, int], int] = {}
     for y0 in range(0, height, _DECODE_ROWS_PER_BLOCK):
-        block_rgb = rgb[y0:y0 + _DECODE_ROWS_PER_BLOCK]
+        block_rgb = rgb[y0 : y0 + _DECODE_ROWS_PER_BLOCK]
         green_blue = block_rgb[..., 1].astype(np.uint16)
         green_blue <<= 8
         green_blue |= block_rgb[..., 2]
@@ -155,7 +155,7 @@ def decode_color_mask_details(rgb: np.ndarray) -> DecodedMask:
             for colour, count in zip(colours.tolist(), counts.tolist()):
                 key = ((colour >> 16) & 255, (colour >> 8) & 255, colour & 255)
                 unknown[key] = unknown.get(key, 0) + int(count)
-        index[y0:y0 + _DECODE_ROWS_PER_BLOCK] = block
+        index[y0 : y0 + _DECODE_ROWS_PER_BLOCK] = block
     return DecodedMask(index, n_unknown, unknown)
 
 
@@ -186,7 +186,7 @@ def decode_color_mask_official(rgb: np.ndarray) -> np.ndarray:
     height = rgb.shape[0]
     index = np.empty(rgb.shape[:2], dtype=np.uint8)
     for y0 in range(0, height, _DECODE_ROWS_PER_BLOCK):
-        index[y0:y0 + _DECODE_ROWS_PER_BLOCK] = _official_index(rgb[y0:y0 + _DECODE_ROWS_PER_BLOCK])
+        index[y0 : y0 + _DECODE_ROWS_PER_BLOCK] = _official_index(rgb[y0 : y0 + _DECODE_ROWS_PER_BLOCK])
     return index
 
 
@@ -242,7 +242,4 @@ def index_png_palette() -> List[int]:
 
 def legend_items() -> List[Tuple[int, str, Tuple[int, int, int]]]:
     """``(index, name, (r, g, b))`` for every class, in index order, for colour legends."""
-    return [
-        (index, name, tuple(int(v) for v in PALETTE[index]))
-        for index, name in enumerate(CLASS_NAMES)
-    ]
+    return [(index, name, tuple(int(v) for v in PALETTE[index])) for index, name in enumerate(CLASS_NAMES)]

@@ -32,6 +32,7 @@ Problems are reported one line each on stderr, ``error: <file>: <problem>`` (the
 skipped, the run goes on) or ``warning: <file>: <problem>``; the run ends with a one-line
 summary on stdout and exit status 2 if any scene failed or the input is unusable.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -187,9 +188,7 @@ def discover_split(split_dir: str) -> Tuple[List[SceneSource], List[str]]:
         if "_instance_" in name:
             continue
         if name in images:
-            messages.append(
-                f"warning: {ref.display}: duplicate of {images[name].display}; using the first"
-            )
+            messages.append(f"warning: {ref.display}: duplicate of {images[name].display}; using the first")
             continue
         images[name] = ref
     masks: Dict[str, FileRef] = {}
@@ -199,9 +198,7 @@ def discover_split(split_dir: str) -> Tuple[List[SceneSource], List[str]]:
             continue
         name = base[: -len(MASK_SUFFIX)]
         if name in masks:
-            messages.append(
-                f"warning: {ref.display}: duplicate of {masks[name].display}; using the first"
-            )
+            messages.append(f"warning: {ref.display}: duplicate of {masks[name].display}; using the first")
             continue
         masks[name] = ref
     for name in sorted(set(masks) - set(images)):
@@ -282,9 +279,7 @@ def _format_colour_counts(colours: Dict[Tuple[int, int, int], int], limit: int =
     return text + (", ..." if len(colours) > limit else "")
 
 
-def process_scene(
-    scene: SceneSource, out_split: str, settings: Settings, compress_level: int
-) -> SceneResult:
+def process_scene(scene: SceneSource, out_split: str, settings: Settings, compress_level: int) -> SceneResult:
     """Read, check and write one scene; every problem becomes a one-line message."""
     result = SceneResult(scene.name, None)
     if scene.mask is None:
@@ -295,9 +290,11 @@ def process_scene(
             height, width = read_size(stream, scene.image.display)
             # Checked from the header before anything is decoded: a scene too large for this
             # machine is one clear line, not an empty MemoryError minutes later.
-            check_memory(PREPARE_BYTES_PER_PIXEL * height * width,
-                         f"{scene.image.display}: preparing this {width}x{height} scene (decoded whole)",
-                         "prepare it on a machine with more memory, or with fewer --workers")
+            check_memory(
+                PREPARE_BYTES_PER_PIXEL * height * width,
+                f"{scene.image.display}: preparing this {width}x{height} scene (decoded whole)",
+                "prepare it on a machine with more memory, or with fewer --workers",
+            )
             stream.seek(0)
             image, mode, file_format = read_rgb_with_mode(stream, scene.image.display)
             stream.seek(0)
@@ -322,7 +319,9 @@ def process_scene(
     if mask.n_unknown:
         as_class = (
             f"; {mask.unknown_as_class} of them have the weighted sum R+2G+3B of a palette colour and"
-            f" get its class, as in the official decoder" if mask.unknown_as_class else ""
+            f" get its class, as in the official decoder"
+            if mask.unknown_as_class
+            else ""
         )
         result.warnings.append(
             f"warning: {scene.mask.display}: {mask.n_unknown} pixels with colours outside the"
@@ -342,20 +341,23 @@ def process_scene(
     else:
         write_png_atomic(image_path, image, compress_level=compress_level)
     label = mask.index
-    write_png_atomic(os.path.join(out_split, label_rel), label, index_palette=True,
-                     compress_level=compress_level)
+    write_png_atomic(os.path.join(out_split, label_rel), label, index_palette=True, compress_level=compress_level)
 
     windows = sliding_windows(height, width, settings.window, settings.stride)
     if settings.patches:
         for y0, x0, y1, x1 in windows:
             name = patch_name(scene.name, y0, x0)
             image_patch = pad_bottom_right(image[y0:y1, x0:x1], settings.window, settings.window, 0)
-            label_patch = pad_bottom_right(label[y0:y1, x0:x1], settings.window, settings.window,
-                                           IGNORE_INDEX)
-            write_png_atomic(os.path.join(out_split, "patches", "images", name), image_patch,
-                             compress_level=compress_level)
-            write_png_atomic(os.path.join(out_split, "patches", "labels", name), label_patch,
-                             index_palette=True, compress_level=compress_level)
+            label_patch = pad_bottom_right(label[y0:y1, x0:x1], settings.window, settings.window, IGNORE_INDEX)
+            write_png_atomic(
+                os.path.join(out_split, "patches", "images", name), image_patch, compress_level=compress_level
+            )
+            write_png_atomic(
+                os.path.join(out_split, "patches", "labels", name),
+                label_patch,
+                index_palette=True,
+                compress_level=compress_level,
+            )
             result.patches_written += 1
 
     # Counted on the array that was just written losslessly, i.e. on the written label.
@@ -374,9 +376,7 @@ def process_scene(
         "class_pixels": [int(c) for c in counts[:NUM_CLASSES]],
         "ignore_pixels": int(counts[IGNORE_INDEX]),
         "unknown_pixels": int(mask.n_unknown),
-        "unknown_colours": {
-            f"{r},{g},{b}": int(n) for (r, g, b), n in unknown_listed[:_UNKNOWN_COLOURS_LISTED]
-        },
+        "unknown_colours": {f"{r},{g},{b}": int(n) for (r, g, b), n in unknown_listed[:_UNKNOWN_COLOURS_LISTED]},
         "unknown_pixels_decoded_as_class": int(mask.unknown_as_class),
     }
     marker = _marker_path(out_split, scene.name)
@@ -385,20 +385,24 @@ def process_scene(
     return result
 
 
-def _process_scene_safely(
-    scene: SceneSource, out_split: str, settings: Settings, compress_level: int
-) -> SceneResult:
+def _process_scene_safely(scene: SceneSource, out_split: str, settings: Settings, compress_level: int) -> SceneResult:
     """:func:`process_scene`, turning unexpected failures (disk full, memory) into one line."""
     try:
         return process_scene(scene, out_split, settings, compress_level)
     except MemoryError:
-        return SceneResult(scene.name, None, errors=[
-            f"error: {scene.image.display}: out of memory while preparing this scene (about"
-            f" {PREPARE_BYTES_PER_PIXEL} bytes a pixel are needed); use fewer --workers or more memory"])
+        return SceneResult(
+            scene.name,
+            None,
+            errors=[
+                f"error: {scene.image.display}: out of memory while preparing this scene (about"
+                f" {PREPARE_BYTES_PER_PIXEL} bytes a pixel are needed); use fewer --workers or more memory"
+            ],
+        )
     except Exception as error:  # noqa: BLE001 - reported by file name, the run goes on
         text = " ".join(str(error).split())
         return SceneResult(
-            scene.name, None,
+            scene.name,
+            None,
             errors=[f"error: {scene.image.display}: {type(error).__name__}: {text}"],
         )
 
@@ -406,8 +410,9 @@ def _process_scene_safely(
 # ---------------------------------------------------------------------------- index
 
 
-def write_index(out_split: str, split: str, scenes: Sequence[SceneSource], settings: Settings,
-                failed: Sequence[str]) -> Dict[str, object]:
+def write_index(
+    out_split: str, split: str, scenes: Sequence[SceneSource], settings: Settings, failed: Sequence[str]
+) -> Dict[str, object]:
     """Assemble ``index.json`` of a split from the completion markers of ``scenes``."""
     entries = []
     for scene in scenes:
@@ -424,7 +429,7 @@ def write_index(out_split: str, split: str, scenes: Sequence[SceneSource], setti
         "stride": settings.stride,
         "patches_written": settings.patches,
         "patch_files": "patches/{images,labels}/{name}_{y0}_{x0}.png for each window"
-                       " [y0, x0, y1, x1] (ends exclusive) in 'patches'",
+        " [y0, x0, y1, x1] (ends exclusive) in 'patches'",
         "label_values": "class index 0..15; 255 = ignore (only in padding of patches)",
         "num_classes": NUM_CLASSES,
         "class_names": list(CLASS_NAMES),
@@ -438,8 +443,7 @@ def write_index(out_split: str, split: str, scenes: Sequence[SceneSource], setti
             "unknown_pixels": int(sum(int(e["unknown_pixels"]) for e in entries)),
         },
     }
-    write_bytes_atomic(os.path.join(out_split, "index.json"),
-                       (json.dumps(index, indent=1) + "\n").encode("utf-8"))
+    write_bytes_atomic(os.path.join(out_split, "index.json"), (json.dumps(index, indent=1) + "\n").encode("utf-8"))
     return index
 
 
@@ -453,30 +457,51 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=OUTPUT_LAYOUT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("src", metavar="SRC",
-                        help="iSAID download folder: SRC/{split}/images/*.zip and"
-                             " SRC/{split}/Semantic_masks/*.zip, or the same folders with the"
-                             " PNG files extracted (directly or one folder deeper)")
+    parser.add_argument(
+        "src",
+        metavar="SRC",
+        help="iSAID download folder: SRC/{split}/images/*.zip and"
+        " SRC/{split}/Semantic_masks/*.zip, or the same folders with the"
+        " PNG files extracted (directly or one folder deeper)",
+    )
     parser.add_argument("out", metavar="OUT", help="output folder (created if missing)")
-    parser.add_argument("--window", type=int, default=896,
-                        help="window (patch) side in pixels (default 896, the official value)")
-    parser.add_argument("--stride", type=int, default=512,
-                        help="distance between window starts (default 512, the official value)")
-    parser.add_argument("--splits", nargs="+", default=["train", "val"], metavar="SPLIT",
-                        help="splits to prepare, folder names under SRC (default: train val)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="parallel processes; each holds one scene in memory, up to ~2 GB"
-                             " for the largest 13000x13000 scenes (default 1)")
-    parser.add_argument("--no-patches", dest="patches", action="store_false",
-                        help="write only full-size images and labels; windows are still listed"
-                             " in index.json")
-    parser.add_argument("--compress-level", type=int, default=1, choices=range(10),
-                        metavar="{0..9}",
-                        help="PNG zlib level for the files written (lossless at every level;"
-                             " 1 is faster than PIL's default 6, files somewhat"
-                             " larger; default 1)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bar")
+    parser.add_argument(
+        "--window", type=int, default=896, help="window (patch) side in pixels (default 896, the official value)"
+    )
+    parser.add_argument(
+        "--stride", type=int, default=512, help="distance between window starts (default 512, the official value)"
+    )
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        default=["train", "val"],
+        metavar="SPLIT",
+        help="splits to prepare, folder names under SRC (default: train val)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="parallel processes; each holds one scene in memory, up to ~2 GB"
+        " for the largest 13000x13000 scenes (default 1)",
+    )
+    parser.add_argument(
+        "--no-patches",
+        dest="patches",
+        action="store_false",
+        help="write only full-size images and labels; windows are still listed in index.json",
+    )
+    parser.add_argument(
+        "--compress-level",
+        type=int,
+        default=1,
+        choices=range(10),
+        metavar="{0..9}",
+        help="PNG zlib level for the files written (lossless at every level;"
+        " 1 is faster than PIL's default 6, files somewhat"
+        " larger; default 1)",
+    )
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return parser
 
 
@@ -489,8 +514,7 @@ def _emit(message: str, progress_bar: object = None) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _run_split(split: str, args: argparse.Namespace, settings: Settings,
-               totals: Dict[str, int]) -> None:
+def _run_split(split: str, args: argparse.Namespace, settings: Settings, totals: Dict[str, int]) -> None:
     from tqdm import tqdm
 
     split_dir = os.path.join(args.src, split)
@@ -513,8 +537,7 @@ def _run_split(split: str, args: argparse.Namespace, settings: Settings,
     todo = [s for s in scenes if not scene_is_complete(out_split, s.name, settings)]
     totals["skipped"] += len(scenes) - len(todo)
     failed: List[str] = []
-    bar = tqdm(total=len(todo), desc=split, unit="scene", file=sys.stderr,
-               disable=not args.progress or not todo)
+    bar = tqdm(total=len(todo), desc=split, unit="scene", file=sys.stderr, disable=not args.progress or not todo)
     shown_bar = bar if not bar.disable else None
 
     def handle(result: SceneResult) -> None:
@@ -537,8 +560,7 @@ def _run_split(split: str, args: argparse.Namespace, settings: Settings,
             context = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool:
                 futures = [
-                    pool.submit(_process_scene_safely, scene, out_split, settings,
-                                args.compress_level)
+                    pool.submit(_process_scene_safely, scene, out_split, settings, args.compress_level)
                     for scene in todo
                 ]
                 for future in concurrent.futures.as_completed(futures):
@@ -552,21 +574,22 @@ def _run_split(split: str, args: argparse.Namespace, settings: Settings,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    for option, value in (("--window", args.window), ("--stride", args.stride),
-                          ("--workers", args.workers)):
+    for option, value in (("--window", args.window), ("--stride", args.stride), ("--workers", args.workers)):
         if value <= 0:
             print(f"error: {option}: must be a positive integer, got {value}", file=sys.stderr)
             return 2
     if args.stride > args.window:
-        print(f"error: --stride: {args.stride} is larger than --window {args.window}, which"
-              " would leave pixels in no patch", file=sys.stderr)
+        print(
+            f"error: --stride: {args.stride} is larger than --window {args.window}, which"
+            " would leave pixels in no patch",
+            file=sys.stderr,
+        )
         return 2
     if not os.path.isdir(args.src):
         print(f"error: {args.src}: SRC folder not found", file=sys.stderr)
         return 2
     settings = Settings(args.window, args.stride, args.patches)
-    totals = dict(written=0, skipped=0, failed=0, bad_input=0, patches=0, patches_written=0,
-                  unknown_pixels=0)
+    totals = dict(written=0, skipped=0, failed=0, bad_input=0, patches=0, patches_written=0, unknown_pixels=0)
     for split in args.splits:
         try:
             _run_split(split, args, settings, totals)

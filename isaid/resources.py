@@ -6,11 +6,12 @@ they need from the file's header and call :func:`check_memory` before allocating
 too-large scene is a one-line error naming the size and the limit instead of an empty
 ``MemoryError`` (or the kernel's OOM killer) after minutes of work.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
-GIB = 2 ** 30
+GIB = 2**30
 
 
 class MemoryBudgetError(Exception):
@@ -78,7 +79,7 @@ def available_memory() -> Tuple[Optional[int], str]:
 
 def format_bytes(count: float) -> str:
     """``1.5 GB`` (GiB, one decimal) or ``340 MB`` (MiB)."""
-    return f"{count / GIB:.1f} GB" if count >= GIB else f"{count / 2 ** 20:.0f} MB"
+    return f"{count / GIB:.1f} GB" if count >= GIB else f"{count / 2**20:.0f} MB"
 
 
 def check_memory(need: int, what: str, hint: str = "") -> None:
@@ -89,5 +90,7 @@ def check_memory(need: int, what: str, hint: str = "") -> None:
     """
     available, source = available_memory()
     if available is not None and need > available:
-        raise MemoryBudgetError(f"{what} needs about {format_bytes(need)} of memory, more than the"
-                                f" {format_bytes(available)} of {source}" + (f"; {hint}" if hint else ""))
+        raise MemoryBudgetError(
+            f"{what} needs about {format_bytes(need)} of memory, more than the"
+            f" {format_bytes(available)} of {source}" + (f"; {hint}" if hint else "")
+        )

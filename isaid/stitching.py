@@ -23,6 +23,7 @@ The number of windows covering a pixel is separable: ``rows(y) * cols(x)`` with
 :func:`coverage_counts` along each axis, so the engines need no count accumulator; the
 values are small integers, exact in float32, equal to the official per-pixel count.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -23,6 +23,7 @@ Layout written (as downloaded from the iSAID site)::
 With ``--no-zip`` the same files lie in ``OUT/{split}/images/`` and
 ``OUT/{split}/Semantic_masks/`` directly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,19 +76,19 @@ def _ellipse(rng: np.random.Generator, ry_range: Tuple[int, int], rx_range: Tupl
     rx = int(rng.integers(rx_range[0], rx_range[1] + 1))
     if rng.random() < 0.5:
         ry, rx = rx, ry
-    y, x = np.ogrid[-ry:ry + 1, -rx:rx + 1]
+    y, x = np.ogrid[-ry : ry + 1, -rx : rx + 1]
     return (y / max(ry, 1)) ** 2 + (x / max(rx, 1)) ** 2 <= 1.0
 
 
 def _disc(rng: np.random.Generator, radius: Tuple[int, int]) -> Mask:
     r = int(rng.integers(radius[0], radius[1] + 1))
-    y, x = np.ogrid[-r:r + 1, -r:r + 1]
+    y, x = np.ogrid[-r : r + 1, -r : r + 1]
     return y * y + x * x <= r * r
 
 
 def _diamond(rng: np.random.Generator, radius: Tuple[int, int]) -> Mask:
     r = int(rng.integers(radius[0], radius[1] + 1))
-    y, x = np.ogrid[-r:r + 1, -r:r + 1]
+    y, x = np.ogrid[-r : r + 1, -r : r + 1]
     return np.abs(y) + np.abs(x) <= r
 
 
@@ -97,9 +98,9 @@ def _cross(rng: np.random.Generator, span: Tuple[int, int]) -> Mask:
     thick = max(2, n // 5)
     mask = np.zeros((n, n), dtype=bool)
     c = n // 2
-    mask[:, c - thick // 2:c - thick // 2 + thick] = True
+    mask[:, c - thick // 2 : c - thick // 2 + thick] = True
     wing_row = n // 3
-    mask[wing_row:wing_row + thick, :] = True
+    mask[wing_row : wing_row + thick, :] = True
     return mask if rng.random() < 0.5 else mask.T
 
 
@@ -145,7 +146,7 @@ def _texture(kind: _ObjectKind, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         on = ((ys // p) + (xs // p)) % 2
     else:  # diagonal
         on = ((ys + xs) // p) % 2
-    return (on.astype(np.int16) * 36 - 18)
+    return on.astype(np.int16) * 36 - 18
 
 
 def _fit(mask: Mask, limit: int) -> Mask:
@@ -179,9 +180,7 @@ def _paint(
     index[top:y1, left:x1][shape] = class_index
 
 
-def _place(
-    rng: np.random.Generator, rgb: np.ndarray, index: np.ndarray, class_index: int
-) -> None:
+def _place(rng: np.random.Generator, rgb: np.ndarray, index: np.ndarray, class_index: int) -> None:
     height, width = index.shape
     limit = max(4, int(0.6 * min(height, width)))
     shape = _fit(_KINDS[class_index].shape(rng), limit)
@@ -221,8 +220,8 @@ def make_scene(rng: np.random.Generator, height: int, width: int) -> Tuple[np.nd
     rgb = _background(rng, height, width)
     index = np.zeros((height, width), dtype=np.uint8)
     area = height * width
-    n_large = max(1, round(area / 150 ** 2))
-    n_small = max(1, round(area / 40 ** 2))
+    n_large = max(1, round(area / 150**2))
+    n_small = max(1, round(area / 40**2))
     for class_index in rng.choice(_LARGE_CLASSES, size=n_large):
         _place(rng, rgb, index, int(class_index))
     for class_index in rng.choice(_SMALL_CLASSES, size=n_small):
@@ -291,10 +290,7 @@ def write_split(
     try:
         if zipped:
             parts = max(1, min(image_parts, len(names)))
-            image_zips = [
-                zipfile.ZipFile(os.path.join(image_dir, f"part{p + 1}.zip"), "w")
-                for p in range(parts)
-            ]
+            image_zips = [zipfile.ZipFile(os.path.join(image_dir, f"part{p + 1}.zip"), "w") for p in range(parts)]
             mask_zip = zipfile.ZipFile(os.path.join(mask_dir, "images.zip"), "w")
         for number, name in enumerate(names):
             rng = np.random.default_rng([seed, split_id, number])
@@ -326,19 +322,28 @@ def build_parser() -> argparse.ArgumentParser:
         " in the iSAID download layout, for tests and demos without the real data.",
     )
     parser.add_argument("out", metavar="OUT", help="output folder (created; files are overwritten)")
-    parser.add_argument("--train", type=int, default=8, metavar="N",
-                        help="number of training scenes (default 8)")
-    parser.add_argument("--val", type=int, default=4, metavar="M",
-                        help="number of validation scenes (default 4)")
-    parser.add_argument("--size", type=int, default=512, metavar="S",
-                        help="scene side in pixels: the first scene of each split is SxS, the"
-                             " others 0.6..1.25 S per side (default 512)")
-    parser.add_argument("--seed", type=int, default=0, metavar="K",
-                        help="random seed; the same seed gives the same files (default 0)")
-    parser.add_argument("--zip", dest="zipped", action=argparse.BooleanOptionalAction, default=True,
-                        help="zip like the official download: images/part1.zip (and part2.zip"
-                             " for train), Semantic_masks/images.zip (default); --no-zip writes"
-                             " the PNG files into the folders instead")
+    parser.add_argument("--train", type=int, default=8, metavar="N", help="number of training scenes (default 8)")
+    parser.add_argument("--val", type=int, default=4, metavar="M", help="number of validation scenes (default 4)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=512,
+        metavar="S",
+        help="scene side in pixels: the first scene of each split is SxS, the"
+        " others 0.6..1.25 S per side (default 512)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="K", help="random seed; the same seed gives the same files (default 0)"
+    )
+    parser.add_argument(
+        "--zip",
+        dest="zipped",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="zip like the official download: images/part1.zip (and part2.zip"
+        " for train), Semantic_masks/images.zip (default); --no-zip writes"
+        " the PNG files into the folders instead",
+    )
     return parser
 
 
@@ -353,9 +358,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     train_names = [f"P{i:04d}" for i in range(args.train)]
     val_names = [f"P{i:04d}" for i in range(args.train, args.train + args.val)]
-    for split_id, (split, names, parts) in enumerate(
-        (("train", train_names, 2), ("val", val_names, 1))
-    ):
+    for split_id, (split, names, parts) in enumerate((("train", train_names, 2), ("val", val_names, 1))):
         if not names:
             continue
         write_split(args.out, split, names, args.seed, args.size, args.zipped, parts, split_id)

@@ -16,6 +16,7 @@ for training patches and ``isaid_eval.py`` for evaluation). Facts read from that
 The official function returns ``(x1, y1, x2, y2)``; here windows are ``(y0, x0, y1, x1)``
 with exclusive ends, i.e. ``image[y0:y1, x0:x1]``.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """PaddlePaddle ports of FarSeg and FactSeg, mirroring ``torch_ref`` name for name."""
+
 from __future__ import annotations
 
 import warnings

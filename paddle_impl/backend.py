@@ -5,6 +5,7 @@ over this object; everything framework-specific they need (devices, building the
 the confusion matrix on the device, tensors back to the host, and an exported program run
 by Paddle Inference for ``predict --model-dir``) is here and nowhere else.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -57,15 +58,26 @@ class PaddleBackend:
     def resolve_device(self, device: str) -> str:
         return resolve_device(device)
 
-    def build_engine(self, model_name: str, weights: str, window: int, stride: int, device: str,
-                     batch_size: int = 1, amp: Optional[str] = None, dtype: str = "float32",
-                     exact_float32: bool = True) -> Tuple[SlidingWindowInference, str]:
+    def build_engine(
+        self,
+        model_name: str,
+        weights: str,
+        window: int,
+        stride: int,
+        device: str,
+        batch_size: int = 1,
+        amp: Optional[str] = None,
+        dtype: str = "float32",
+        exact_float32: bool = True,
+    ) -> Tuple[SlidingWindowInference, str]:
         if amp is not None and resolve_device(device) == "cpu":
             # Measured: paddle.amp.auto_cast(dtype="bfloat16") on the CPU returns float32
             # probabilities identical to float32 (Paddle 3.3.1 has no CPU autocast lists).
-            raise ValueError(f"--amp {amp}: Paddle 3.3.1's dynamic graph has no CPU mixed precision (it would"
-                             " run float32); for oneDNN bf16 export the model (python -m paddle_impl.export)"
-                             " and pass --model-dir DIR --amp bf16")
+            raise ValueError(
+                f"--amp {amp}: Paddle 3.3.1's dynamic graph has no CPU mixed precision (it would"
+                " run float32); for oneDNN bf16 export the model (python -m paddle_impl.export)"
+                " and pass --model-dir DIR --amp bf16"
+            )
         model = build_model(model_name)
         how = load_weights(model, model_name, weights)
         if dtype == "float64":
@@ -74,14 +86,23 @@ class PaddleBackend:
         # Paddle's defaults either way.)
         return SlidingWindowInference(model, window, stride, device, batch_size, amp), how
 
-    def build_deployed_engine(self, model_dir: str, window: Optional[int], stride: Optional[int],
-                              device: str, batch_size: int, backend: str,
-                              amp: str) -> Tuple[SlidingWindowInference, str]:
+    def build_deployed_engine(
+        self,
+        model_dir: str,
+        window: Optional[int],
+        stride: Optional[int],
+        device: str,
+        batch_size: int,
+        backend: str,
+        amp: str,
+    ) -> Tuple[SlidingWindowInference, str]:
         if amp == "bf16" and backend in ("auto", "onednn", "onednn-bf16") and resolve_device(device) == "cpu":
             backend = "onednn-bf16"  # Paddle Inference's oneDNN bf16 passes
         elif amp != "none":
-            raise ValueError(f"--amp {amp} with --model-dir: only bf16 on the CPU (oneDNN backends) is supported;"
-                             " otherwise an export runs in float32")
+            raise ValueError(
+                f"--amp {amp} with --model-dir: only bf16 on the CPU (oneDNN backends) is supported;"
+                " otherwise an export runs in float32"
+            )
         deployed = create_predictor(model_dir, device, backend)
         window = window or deployed.config["sliding_window"]["window"]
         stride = stride or deployed.config["sliding_window"]["stride"]

@@ -5,6 +5,7 @@ augmentation is decided by :class:`isaid.augment.SamplePlan`, so the loader hold
 resumed run would need, and the torch loader (``torch_ref/data.py``) yields the same
 batches. Workers return uint8 images; :func:`to_device` normalises on the device.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Iterator, List, Sequence, Tuple
@@ -51,8 +52,9 @@ class IterationBatchSampler(Sampler):
         return max(0, self.end - self.start)
 
 
-def build_loader(patches: Sequence[PatchRef], plan: SamplePlan, window: int, start: int,
-                 end: int, num_workers: int) -> DataLoader:
+def build_loader(
+    patches: Sequence[PatchRef], plan: SamplePlan, window: int, start: int, end: int, num_workers: int
+) -> DataLoader:
     """A DataLoader over iterations ``start .. end-1`` of ``plan``."""
     return DataLoader(
         PatchDataset(patches, plan, window),

@@ -4,6 +4,7 @@ One block per input stride (4/8/16/32) with 1/1/2/3 stages; a stage is 3x3 conv 
 ReLU + bilinear x2 (align_corners=True; none in the stride-4 block). Output = mean of the blocks.
 Keys: ``blocks.{i}.{j}.{0=conv,1=bn}``.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,17 +26,26 @@ def decoder_stage(in_channels: int, out_channels: int, upsample: bool) -> nn.Seq
 
 
 class AsymmetricDecoder(nn.Layer):
-    def __init__(self, in_channels: int = 256, out_channels: int = 128,
-                 in_strides: Sequence[int] = (4, 8, 16, 32), out_stride: int = 4) -> None:
+    def __init__(
+        self,
+        in_channels: int = 256,
+        out_channels: int = 128,
+        in_strides: Sequence[int] = (4, 8, 16, 32),
+        out_stride: int = 4,
+    ) -> None:
         super().__init__()
         self.blocks = nn.LayerList()
         for stride in in_strides:
             num_upsample = int(math.log2(stride)) - int(math.log2(out_stride))
             num_stages = max(num_upsample, 1)
-            self.blocks.append(nn.Sequential(*[
-                decoder_stage(in_channels if j == 0 else out_channels, out_channels, num_upsample > 0)
-                for j in range(num_stages)
-            ]))
+            self.blocks.append(
+                nn.Sequential(
+                    *[
+                        decoder_stage(in_channels if j == 0 else out_channels, out_channels, num_upsample > 0)
+                        for j in range(num_stages)
+                    ]
+                )
+            )
 
     def forward(self, features: Sequence[paddle.Tensor]) -> paddle.Tensor:
         outputs = [block(feature) for block, feature in zip(self.blocks, features)]

@@ -28,6 +28,7 @@ program on a random input with the exact backend, which must equal the dynamic g
 picks by default (oneDNN), within ``--rounding-tolerance`` (1e-4, see :func:`check_export`). Nothing is left in
 ``--out`` when the export or the check fails (the folder is written next to it and renamed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,10 +45,19 @@ import paddle
 import paddle.nn as nn
 from paddle.static import InputSpec
 
-from convert import CheckpointError
 from app.cli import OneLineArgumentParser
-from app.exported import (ONNX_FORMAT, OnnxModel, check_replaceable, compare_probabilities, deploy_config,
-                          read_deploy_config, replace_folder, staging_folder, write_deploy_config)
+from app.exported import (
+    ONNX_FORMAT,
+    OnnxModel,
+    check_replaceable,
+    compare_probabilities,
+    deploy_config,
+    read_deploy_config,
+    replace_folder,
+    staging_folder,
+    write_deploy_config,
+)
+from convert import CheckpointError
 from isaid.imageio import current_umask
 from weights import MODEL_NAMES, check_model_name
 
@@ -95,8 +105,7 @@ def _check_concrete_size(x: paddle.Tensor) -> None:
     height, width = x.shape[-2:]
     if isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0:
         if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
-            raise ValueError(f"input height and width must be multiples of {SIZE_MULTIPLE},"
-                             f" got {height}x{width}")
+            raise ValueError(f"input height and width must be multiples of {SIZE_MULTIPLE}, got {height}x{width}")
 
 
 @contextlib.contextmanager
@@ -131,14 +140,20 @@ def save_inference_model(model: nn.Layer, folder: str, size: Optional[Tuple[int,
         paddle.jit.save(static, os.path.join(folder, "model"))
     produced = sorted(os.listdir(folder))
     if PROGRAM_FILE not in produced or PARAMS_FILE not in produced:
-        raise ExportError(f"paddle.jit.save wrote {produced}, expected {PROGRAM_FILE} and {PARAMS_FILE}"
-                          " (Paddle >= 3.0 with PIR is required)")
+        raise ExportError(
+            f"paddle.jit.save wrote {produced}, expected {PROGRAM_FILE} and {PARAMS_FILE}"
+            " (Paddle >= 3.0 with PIR is required)"
+        )
 
 
-def check_export(model: nn.Layer, model_dir: str, size: Optional[Tuple[int, int]],
-                 tolerance: float = DEFAULT_TOLERANCE,
-                 rounding_tolerance: float = DEFAULT_ROUNDING_TOLERANCE,
-                 seed: int = 0) -> List[Tuple[str, float, float]]:
+def check_export(
+    model: nn.Layer,
+    model_dir: str,
+    size: Optional[Tuple[int, int]],
+    tolerance: float = DEFAULT_TOLERANCE,
+    rounding_tolerance: float = DEFAULT_ROUNDING_TOLERANCE,
+    seed: int = 0,
+) -> List[Tuple[str, float, float]]:
     """Compare the saved program (Paddle Inference) with the dynamic graph on a random input.
 
     Two runs, one CPU thread each: the exact backend ("native": Paddle's plain CPU kernels in
@@ -162,9 +177,11 @@ def check_export(model: nn.Layer, model_dir: str, size: Optional[Tuple[int, int]
         difference = float(np.abs(got - expected).max())
         results.append((predictor.backend, difference, limit))
         if not difference <= limit:  # also catches NaN
-            raise ExportError(f"{model_dir}: exported program ({predictor.backend} backend) differs from"
-                              f" the dynamic graph by {difference:.3g} > {limit:g} on a"
-                              f" {height}x{width} input")
+            raise ExportError(
+                f"{model_dir}: exported program ({predictor.backend} backend) differs from"
+                f" the dynamic graph by {difference:.3g} > {limit:g} on a"
+                f" {height}x{width} input"
+            )
     return results
 
 
@@ -198,27 +215,40 @@ def convert_to_onnx(program_dir: str, onnx_path: str, opset: int = ONNX_OPSET) -
     try:
         import paddle2onnx
     except ImportError:
-        raise ExportError("--format onnx needs paddle2onnx: pip install -e \".[onnx]\"") from None
+        raise ExportError('--format onnx needs paddle2onnx: pip install -e ".[onnx]"') from None
     patched = os.path.join(program_dir, "paddle2onnx_input.json")
     scale_attributes_as_float32(os.path.join(program_dir, PROGRAM_FILE), patched)
     try:
         # No extra optimiser: onnxruntime folds constants itself when it loads the model.
-        paddle2onnx.export(patched, os.path.join(program_dir, PARAMS_FILE), save_file=onnx_path,
-                           opset_version=opset, enable_onnx_checker=True, optimize_tool="None",
-                           verbose=False)
+        paddle2onnx.export(
+            patched,
+            os.path.join(program_dir, PARAMS_FILE),
+            save_file=onnx_path,
+            opset_version=opset,
+            enable_onnx_checker=True,
+            optimize_tool="None",
+            verbose=False,
+        )
     except Exception as error:  # noqa: BLE001 (paddle2onnx raises bare Exceptions)
-        raise ExportError(f"paddle2onnx {paddle2onnx.__version__} failed:"
-                          f" {' '.join(str(error).split())[:300]}") from None
+        raise ExportError(
+            f"paddle2onnx {paddle2onnx.__version__} failed: {' '.join(str(error).split())[:300]}"
+        ) from None
     finally:
         os.remove(patched)
     if not os.path.isfile(onnx_path):
-        raise ExportError(f"paddle2onnx {paddle2onnx.__version__} wrote no {os.path.basename(onnx_path)}"
-                          " (its log above says why)")
+        raise ExportError(
+            f"paddle2onnx {paddle2onnx.__version__} wrote no {os.path.basename(onnx_path)} (its log above says why)"
+        )
 
 
-def check_onnx_export(model: nn.Layer, model_dir: str, size: Optional[Tuple[int, int]],
-                      tolerance: float = DEFAULT_ROUNDING_TOLERANCE, min_agreement: float = 0.999,
-                      seed: int = 0) -> List[Tuple[str, float, float]]:
+def check_onnx_export(
+    model: nn.Layer,
+    model_dir: str,
+    size: Optional[Tuple[int, int]],
+    tolerance: float = DEFAULT_ROUNDING_TOLERANCE,
+    min_agreement: float = 0.999,
+    seed: int = 0,
+) -> List[Tuple[str, float, float]]:
     """onnxruntime on the exported ``model.onnx`` vs the dynamic graph on a random input.
 
     onnxruntime folds BatchNorm into the convolutions, like the oneDNN backend, so the same
@@ -234,17 +264,27 @@ def check_onnx_export(model: nn.Layer, model_dir: str, size: Optional[Tuple[int,
     got = OnnxModel(model_dir, threads=1)(x)
     difference, agreement = compare_probabilities(expected, got)
     if not (difference <= tolerance and agreement >= min_agreement):
-        raise ExportError(f"{model_dir}: ONNX model (onnxruntime) differs from the dynamic graph by"
-                          f" {difference:.3g} (tolerance {tolerance:g}), argmax agreement"
-                          f" {agreement:.4%} on a {height}x{width} input")
+        raise ExportError(
+            f"{model_dir}: ONNX model (onnxruntime) differs from the dynamic graph by"
+            f" {difference:.3g} (tolerance {tolerance:g}), argmax agreement"
+            f" {agreement:.4%} on a {height}x{width} input"
+        )
     return [("onnxruntime", difference, tolerance)]
 
 
-def export(model_name: str, weights: Optional[str], out_dir: str,
-           size: Optional[Tuple[int, int]] = None, check: bool = True,
-           tolerance: float = DEFAULT_TOLERANCE, model: Optional[nn.Layer] = None,
-           window: int = 896, stride: int = 512,
-           rounding_tolerance: float = DEFAULT_ROUNDING_TOLERANCE, fmt: str = "paddle") -> Dict[str, object]:
+def export(
+    model_name: str,
+    weights: Optional[str],
+    out_dir: str,
+    size: Optional[Tuple[int, int]] = None,
+    check: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
+    model: Optional[nn.Layer] = None,
+    window: int = 896,
+    stride: int = 512,
+    rounding_tolerance: float = DEFAULT_ROUNDING_TOLERANCE,
+    fmt: str = "paddle",
+) -> Dict[str, object]:
     """Build ``model_name``, load ``weights``, save the inference program + ``model.yml``.
 
     ``fmt``: "paddle" (``model.json`` + ``model.pdiparams``, Paddle Inference) or "onnx"
@@ -277,30 +317,55 @@ def export(model_name: str, weights: Optional[str], out_dir: str,
             for name in os.listdir(staging):  # keep model.onnx only
                 if name != ONNX_FILE:
                     os.remove(os.path.join(staging, name))
-            config = deploy_config(model_name, size, weights, how, window, stride, ONNX_FORMAT,
-                                   f"paddle {paddle.__version__} + paddle2onnx {paddle2onnx.__version__},"
-                                   f" opset {ONNX_OPSET}")
+            config = deploy_config(
+                model_name,
+                size,
+                weights,
+                how,
+                window,
+                stride,
+                ONNX_FORMAT,
+                f"paddle {paddle.__version__} + paddle2onnx {paddle2onnx.__version__}, opset {ONNX_OPSET}",
+            )
         else:
-            config = deploy_config(model_name, size, weights, how, window, stride, FORMAT,
-                                   f"paddle {paddle.__version__} paddle.jit.save",
-                                   {"paddle_version": paddle.__version__})
+            config = deploy_config(
+                model_name,
+                size,
+                weights,
+                how,
+                window,
+                stride,
+                FORMAT,
+                f"paddle {paddle.__version__} paddle.jit.save",
+                {"paddle_version": paddle.__version__},
+            )
         write_deploy_config(staging, config, PROG)
         read_deploy_config(staging)  # the program must be what model.yml says
         saved = time.perf_counter()
         checks: List[Tuple[str, float, float]] = []
         if check:
-            checks = (check_onnx_export(model, staging, size, rounding_tolerance) if fmt == "onnx"
-                      else check_export(model, staging, size, tolerance, rounding_tolerance))
+            checks = (
+                check_onnx_export(model, staging, size, rounding_tolerance)
+                if fmt == "onnx"
+                else check_export(model, staging, size, tolerance, rounding_tolerance)
+            )
         os.chmod(staging, 0o777 & ~current_umask())
         replace_folder(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     files = (ONNX_FILE,) if fmt == "onnx" else (PROGRAM_FILE, PARAMS_FILE)
-    return {"out_dir": out_dir, "model": model_name, "weights": how, "size": size, "format": fmt,
-            "checks": checks, "export_seconds": saved - start,
-            "check_seconds": time.perf_counter() - saved,
-            "bytes": {name: os.path.getsize(os.path.join(out_dir, name)) for name in files + (CONFIG_FILE,)}}
+    return {
+        "out_dir": out_dir,
+        "model": model_name,
+        "weights": how,
+        "size": size,
+        "format": fmt,
+        "checks": checks,
+        "export_seconds": saved - start,
+        "check_seconds": time.perf_counter() - saved,
+        "bytes": {name: os.path.getsize(os.path.join(out_dir, name)) for name in files + (CONFIG_FILE,)},
+    }
 
 
 def _size_multiple_of_32(text: str) -> int:
@@ -317,60 +382,112 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(
         prog=PROG,
         description="Export FarSeg / FactSeg for Paddle Inference: paddle.jit.save of the eval"
-                    " forward (normalised float32 [B,3,H,W] RGB, H and W multiples of 32 ->"
-                    " class probabilities [B,16,H,W]) as DIR/model.json + DIR/model.pdiparams"
-                    " (Paddle 3 PIR format), plus DIR/model.yml (classes, normalisation, input"
-                    " layout, window/stride). Run it with python -m paddle_impl.infer or"
-                    " python -m paddle_impl.predict --model-dir DIR. Exit status 0 done, 2 bad"
-                    " input or failed check (nothing written then).")
+        " forward (normalised float32 [B,3,H,W] RGB, H and W multiples of 32 ->"
+        " class probabilities [B,16,H,W]) as DIR/model.json + DIR/model.pdiparams"
+        " (Paddle 3 PIR format), plus DIR/model.yml (classes, normalisation, input"
+        " layout, window/stride). Run it with python -m paddle_impl.infer or"
+        " python -m paddle_impl.predict --model-dir DIR. Exit status 0 done, 2 bad"
+        " input or failed check (nothing written then).",
+    )
     parser.add_argument("--model", required=True, choices=MODEL_NAMES, help="model architecture")
-    parser.add_argument("--weights", required=True, metavar="FILE",
-                        help="checkpoint: a Paddle .pdparams, or an official / torch_ref .pth"
-                             " (official wrapper and 'module.' prefix accepted) converted on the"
-                             " fly with convert.torch_to_paddle (needs torch). Read without"
-                             " executing code; the layout must match --model exactly")
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="output folder (created; an earlier export there is replaced"
-                             " atomically, any other non-empty folder is refused)")
-    parser.add_argument("--format", choices=FORMATS, default="paddle",
-                        help="paddle (default): DIR/model.json + model.pdiparams for Paddle Inference;"
-                             " onnx: DIR/model.onnx, the same program converted by paddle2onnx (opset"
-                             f" {ONNX_OPSET}; the onnx extra), for onnxruntime (checked with it)")
-    parser.add_argument("--size", nargs=2, type=_size_multiple_of_32, metavar=("H", "W"),
-                        help="fix the input height and width (multiples of 32; e.g. 896 896 for"
-                             " the official windows). Default: dynamic H and W. The batch is"
-                             " always dynamic")
-    parser.add_argument("--window", type=int, default=896, metavar="PX",
-                        help="sliding-window side recorded in model.yml for predict (default 896)")
-    parser.add_argument("--stride", type=int, default=512, metavar="PX",
-                        help="sliding-window stride recorded in model.yml (default 512)")
-    parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
-                        help="after saving, run the program with Paddle Inference (the exact"
-                             " 'native' backend and the default 'auto' one) on a random input and"
-                             " compare with the dynamic graph (default on; a few seconds)")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="ABS",
-                        help=f"largest allowed max |difference| of the probabilities between the"
-                             f" exact 'native' backend and the dynamic graph (default"
-                             f" {DEFAULT_TOLERANCE:g}; they agree bit for bit on one thread)")
-    parser.add_argument("--rounding-tolerance", type=float, default=DEFAULT_ROUNDING_TOLERANCE,
-                        metavar="ABS",
-                        help=f"the same for the default 'onednn' backend, whose BatchNorm folding"
-                             f" changes float32 rounding (default {DEFAULT_ROUNDING_TOLERANCE:g};"
-                             f" measured 3e-6 to 4.1e-5 on random weights)")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        metavar="FILE",
+        help="checkpoint: a Paddle .pdparams, or an official / torch_ref .pth"
+        " (official wrapper and 'module.' prefix accepted) converted on the"
+        " fly with convert.torch_to_paddle (needs torch). Read without"
+        " executing code; the layout must match --model exactly",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder (created; an earlier export there is replaced"
+        " atomically, any other non-empty folder is refused)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="paddle",
+        help="paddle (default): DIR/model.json + model.pdiparams for Paddle Inference;"
+        " onnx: DIR/model.onnx, the same program converted by paddle2onnx (opset"
+        f" {ONNX_OPSET}; the onnx extra), for onnxruntime (checked with it)",
+    )
+    parser.add_argument(
+        "--size",
+        nargs=2,
+        type=_size_multiple_of_32,
+        metavar=("H", "W"),
+        help="fix the input height and width (multiples of 32; e.g. 896 896 for"
+        " the official windows). Default: dynamic H and W. The batch is"
+        " always dynamic",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=896,
+        metavar="PX",
+        help="sliding-window side recorded in model.yml for predict (default 896)",
+    )
+    parser.add_argument(
+        "--stride",
+        type=int,
+        default=512,
+        metavar="PX",
+        help="sliding-window stride recorded in model.yml (default 512)",
+    )
+    parser.add_argument(
+        "--check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after saving, run the program with Paddle Inference (the exact"
+        " 'native' backend and the default 'auto' one) on a random input and"
+        " compare with the dynamic graph (default on; a few seconds)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        metavar="ABS",
+        help=f"largest allowed max |difference| of the probabilities between the"
+        f" exact 'native' backend and the dynamic graph (default"
+        f" {DEFAULT_TOLERANCE:g}; they agree bit for bit on one thread)",
+    )
+    parser.add_argument(
+        "--rounding-tolerance",
+        type=float,
+        default=DEFAULT_ROUNDING_TOLERANCE,
+        metavar="ABS",
+        help=f"the same for the default 'onednn' backend, whose BatchNorm folding"
+        f" changes float32 rounding (default {DEFAULT_ROUNDING_TOLERANCE:g};"
+        f" measured 3e-6 to 4.1e-5 on random weights)",
+    )
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.stride > args.window or args.window <= 0 or args.stride <= 0:
-        print(f"{PROG}: error: --stride {args.stride} / --window {args.window}: need 0 < stride <="
-              " window", file=sys.stderr)
+        print(
+            f"{PROG}: error: --stride {args.stride} / --window {args.window}: need 0 < stride <= window",
+            file=sys.stderr,
+        )
         return 2
     paddle.set_device("cpu")  # export and check on the CPU; the program runs on any device
     try:
-        summary = export(args.model, args.weights, args.out, tuple(args.size) if args.size else None,
-                         args.check, args.tolerance, window=args.window, stride=args.stride,
-                         rounding_tolerance=args.rounding_tolerance, fmt=args.format)
+        summary = export(
+            args.model,
+            args.weights,
+            args.out,
+            tuple(args.size) if args.size else None,
+            args.check,
+            args.tolerance,
+            window=args.window,
+            stride=args.stride,
+            rounding_tolerance=args.rounding_tolerance,
+            fmt=args.format,
+        )
     except CheckpointError as error:
         print(f"{PROG}: error: {error.headline()}", file=sys.stderr)
         return 2
@@ -380,12 +497,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     size = "x".join(map(str, summary["size"])) if summary["size"] else "dynamic HxW"
     files = [name for name in summary["bytes"]]
     megabytes = summary["bytes"][files[-2]] / 1e6
-    print(f"exported {args.model} ({summary['weights']}) -> {args.out}/{{{','.join(files)}}}"
-          f" (input [B,3,{size}], {megabytes:.1f} MB of weights) in {summary['export_seconds']:.1f}s")
+    print(
+        f"exported {args.model} ({summary['weights']}) -> {args.out}/{{{','.join(files)}}}"
+        f" (input [B,3,{size}], {megabytes:.1f} MB of weights) in {summary['export_seconds']:.1f}s"
+    )
     for backend, difference, limit in summary["checks"]:
         runtime = "onnxruntime" if backend == "onnxruntime" else f"Paddle Inference ({backend} backend)"
-        print(f"check: {runtime}, 1 thread, vs dynamic graph: max |diff| of the probabilities"
-              f" {difference:.3g} (tolerance {limit:g})")
+        print(
+            f"check: {runtime}, 1 thread, vs dynamic graph: max |diff| of the probabilities"
+            f" {difference:.3g} (tolerance {limit:g})"
+        )
     return 0
 
 

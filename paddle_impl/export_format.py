@@ -6,14 +6,31 @@ export imports infer (to check what it wrote) and infer never imports export. ``
 itself, its check against the program, and ONNX exports are framework-free
 (:mod:`app.exported`, shared with ``torch_ref.export``).
 """
+
 from __future__ import annotations
 
-from app.exported import (CONFIG_FILE, FORMAT_FILES, INPUT_NAME, PADDLE_FORMAT, ExportError, fixed_size,
-                          read_deploy_config)
+from app.exported import (
+    CONFIG_FILE,
+    FORMAT_FILES,
+    INPUT_NAME,
+    PADDLE_FORMAT,
+    ExportError,
+    fixed_size,
+    read_deploy_config,
+)
 
 EXPORT_PROG = "python -m paddle_impl.export"
 FORMAT = PADDLE_FORMAT  # model.json + model.pdiparams, Paddle >= 3.0
 PROGRAM_FILE, PARAMS_FILE = FORMAT_FILES[FORMAT]
 
-__all__ = ["CONFIG_FILE", "EXPORT_PROG", "FORMAT", "INPUT_NAME", "PARAMS_FILE", "PROGRAM_FILE", "ExportError",
-           "fixed_size", "read_deploy_config"]
+__all__ = [
+    "CONFIG_FILE",
+    "EXPORT_PROG",
+    "FORMAT",
+    "INPUT_NAME",
+    "PARAMS_FILE",
+    "PROGRAM_FILE",
+    "ExportError",
+    "fixed_size",
+    "read_deploy_config",
+]

@@ -7,6 +7,7 @@ Training-mode forward with labels returns ``{"joint_loss": ...}``; eval returns 
 probabilities, normalised per pixel for any batch size (the official fusion is right only for
 a batch of one: docs/official_models.md, "FactSeg").
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple, Union
@@ -56,8 +57,9 @@ class FactSeg(nn.Layer):
         bi = self.bi_cls(self.bi_decoder(self.bifpn(features)))
         return self.fg_upsample(fg), self.bi_upsample(bi)
 
-    def forward(self, x: paddle.Tensor,
-                y: Optional[Dict[str, paddle.Tensor]] = None) -> Union[Dict[str, paddle.Tensor], paddle.Tensor]:
+    def forward(
+        self, x: paddle.Tensor, y: Optional[Dict[str, paddle.Tensor]] = None
+    ) -> Union[Dict[str, paddle.Tensor], paddle.Tensor]:
         """Training mode with labels ``y = {"cls": [B,H,W] int64}`` (255 = ignore): ``{"joint_loss": loss}``;
         otherwise the fused class probabilities [B,C,H,W] at input resolution."""
         fg_logits, bi_logits = self.logits(x)

@@ -38,6 +38,7 @@ CPU backends (``--backend``), and why ``auto`` does not use Paddle's default:
 Before anything runs, ``model.yml`` is checked against the program (the convolution weight
 shapes must be those of the model it names; :func:`app.exported.read_deploy_config`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,7 @@ class InferenceError(Exception):
     """No backend could run the export, or the input does not fit it; one line."""
 
 
-def make_config(model_dir: str, backend: str, threads: Optional[int] = None,
-                gpu_id: int = 0) -> "paddle_infer.Config":
+def make_config(model_dir: str, backend: str, threads: Optional[int] = None, gpu_id: int = 0) -> "paddle_infer.Config":
     """A ``paddle.inference.Config`` for ``model_dir`` and one concrete backend (not "auto")."""
     config = paddle_infer.Config(os.path.join(model_dir, PROGRAM_FILE), os.path.join(model_dir, PARAMS_FILE))
     config.disable_glog_info()
@@ -114,8 +114,14 @@ class DeployedModel(ExportedModel):
 
     error = InferenceError
 
-    def __init__(self, model_dir: str, device: str = "cpu", backend: str = "auto",
-                 threads: Optional[int] = None, config: Optional[dict] = None) -> None:
+    def __init__(
+        self,
+        model_dir: str,
+        device: str = "cpu",
+        backend: str = "auto",
+        threads: Optional[int] = None,
+        config: Optional[dict] = None,
+    ) -> None:
         self.model_dir = model_dir
         self.config = read_deploy_config(model_dir) if config is None else config
         self.fixed_size = fixed_size(self.config)
@@ -146,8 +152,10 @@ class DeployedModel(ExportedModel):
         position = self.candidates.index(self.backend)
         if self._proven or position + 1 >= len(self.candidates):
             tried = "; ".join(f"{b}: {r}" for b, r in self.fallbacks)
-            raise InferenceError(f"{self.model_dir}: Paddle Inference ({self.backend} backend) failed:"
-                                 f" {_first_line(error)}" + (f" (also tried {tried})" if tried else "")) from None
+            raise InferenceError(
+                f"{self.model_dir}: Paddle Inference ({self.backend} backend) failed:"
+                f" {_first_line(error)}" + (f" (also tried {tried})" if tried else "")
+            ) from None
         self.fallbacks.append((self.backend, _first_line(error)))
         self.backend = self.candidates[position + 1]
         self._predictor = None
@@ -157,7 +165,8 @@ class DeployedModel(ExportedModel):
         while self._predictor is None:
             try:
                 self._predictor = paddle_infer.create_predictor(
-                    make_config(self.model_dir, self.backend, self.threads, self.gpu_id))
+                    make_config(self.model_dir, self.backend, self.threads, self.gpu_id)
+                )
             except Exception as error:  # noqa: BLE001 (Paddle raises many types)
                 self._next_backend(error)
 
@@ -183,8 +192,9 @@ class DeployedModel(ExportedModel):
                 self._next_backend(error)
 
 
-def create_predictor(model_dir: str, device: str = "cpu", backend: str = "auto",
-                     threads: Optional[int] = None, verify: bool = True) -> ExportedModel:
+def create_predictor(
+    model_dir: str, device: str = "cpu", backend: str = "auto", threads: Optional[int] = None, verify: bool = True
+) -> ExportedModel:
     """Open the export in ``model_dir``: a :class:`DeployedModel` (Paddle Inference) for a
     Paddle program, an :class:`app.exported.OnnxModel` for an ONNX export. ExportError if the
     folder is not an export or its ``model.yml`` does not describe its program (``verify``).
@@ -192,12 +202,15 @@ def create_predictor(model_dir: str, device: str = "cpu", backend: str = "auto",
     config = read_deploy_config(model_dir, verify=verify)
     if config["format"] == ONNX_FORMAT:
         if backend not in ("auto", "onnxruntime") or device.lower() != "cpu":
-            raise InferenceError(f"{model_dir} is an ONNX export: it runs with --backend onnxruntime (or auto)"
-                                 " on the CPU")
+            raise InferenceError(
+                f"{model_dir} is an ONNX export: it runs with --backend onnxruntime (or auto) on the CPU"
+            )
         return OnnxModel(model_dir, threads, config, error=InferenceError)
     if backend == "onnxruntime":
-        raise InferenceError(f"{model_dir} is a Paddle Inference export; --backend onnxruntime needs an export"
-                             " written with --format onnx")
+        raise InferenceError(
+            f"{model_dir} is a Paddle Inference export; --backend onnxruntime needs an export"
+            " written with --format onnx"
+        )
     return DeployedModel(model_dir, device, backend, threads, config)
 
 
@@ -205,31 +218,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(
         prog=PROG,
         description="Run an export of python -m paddle_impl.export with Paddle Inference on one"
-                    " image, in one forward pass (whole image, zero-padded to a multiple of 32"
-                    " after normalisation). For large scenes and GeoTIFFs use python -m"
-                    " paddle_impl.predict --model-dir DIR. Exit status 0 done, 2 bad input.")
-    parser.add_argument("--model-dir", required=True, metavar="DIR",
-                        help=f"folder written by python -m paddle_impl.export ({PROGRAM_FILE},"
-                             f" {PARAMS_FILE}, {CONFIG_FILE})")
-    parser.add_argument("--image", required=True, metavar="FILE",
-                        help="RGB image: PNG / JPEG / BMP, or a 3-band uint8 (Geo)TIFF")
-    parser.add_argument("--out", metavar="OUT.png",
-                        help="write the class map as a palette PNG (pixel value = class index"
-                             " 0..15, shown in the iSAID colours); atomically")
-    parser.add_argument("--color", metavar="COLOUR.png",
-                        help="write a colour rendering with a class legend")
-    parser.add_argument("--device", default="cpu", metavar="cpu|gpu[:N]",
-                        help="where Paddle Inference runs (default cpu)")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto",
-                        help="CPU backend: auto (default: onednn, falling back to native; onnxruntime"
-                             " for an ONNX export), onednn (oneDNN convolutions, interpolation on CPU"
-                             " kernels), onednn-bf16 (the same with oneDNN bfloat16; not exact), native"
-                             " (oneDNN off; bit-exact with the dynamic graph on one thread),"
-                             " paddle-default (Paddle's own config: fails on Paddle 3.3.1 for"
-                             " these models, see the module doc); gpu with --device gpu; onnxruntime"
-                             " for an export written with --format onnx")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="CPU threads (default: all cores this process may use)")
+        " image, in one forward pass (whole image, zero-padded to a multiple of 32"
+        " after normalisation). For large scenes and GeoTIFFs use python -m"
+        " paddle_impl.predict --model-dir DIR. Exit status 0 done, 2 bad input.",
+    )
+    parser.add_argument(
+        "--model-dir",
+        required=True,
+        metavar="DIR",
+        help=f"folder written by python -m paddle_impl.export ({PROGRAM_FILE}, {PARAMS_FILE}, {CONFIG_FILE})",
+    )
+    parser.add_argument(
+        "--image", required=True, metavar="FILE", help="RGB image: PNG / JPEG / BMP, or a 3-band uint8 (Geo)TIFF"
+    )
+    parser.add_argument(
+        "--out",
+        metavar="OUT.png",
+        help="write the class map as a palette PNG (pixel value = class index"
+        " 0..15, shown in the iSAID colours); atomically",
+    )
+    parser.add_argument("--color", metavar="COLOUR.png", help="write a colour rendering with a class legend")
+    parser.add_argument(
+        "--device", default="cpu", metavar="cpu|gpu[:N]", help="where Paddle Inference runs (default cpu)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="CPU backend: auto (default: onednn, falling back to native; onnxruntime"
+        " for an ONNX export), onednn (oneDNN convolutions, interpolation on CPU"
+        " kernels), onednn-bf16 (the same with oneDNN bfloat16; not exact), native"
+        " (oneDNN off; bit-exact with the dynamic graph on one thread),"
+        " paddle-default (Paddle's own config: fails on Paddle 3.3.1 for"
+        " these models, see the module doc); gpu with --device gpu; onnxruntime"
+        " for an export written with --format onnx",
+    )
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="CPU threads (default: all cores this process may use)"
+    )
     return parser
 
 
@@ -265,11 +291,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     counts = np.bincount(classes.reshape(-1), minlength=NUM_CLASSES)
-    present = ", ".join(f"{CLASS_NAMES[c]} {100.0 * counts[c] / classes.size:.1f}%"
-                        for c in np.argsort(-counts) if counts[c])
-    print(f"{args.image} ({image.shape[1]}x{image.shape[0]}) -> {args.out or '(not written)'}:"
-          f" {model.config['model']} on {model.device} ({model.backend} backend) in {seconds:.2f}s;"
-          f" classes: {present}")
+    present = ", ".join(
+        f"{CLASS_NAMES[c]} {100.0 * counts[c] / classes.size:.1f}%" for c in np.argsort(-counts) if counts[c]
+    )
+    print(
+        f"{args.image} ({image.shape[1]}x{image.shape[0]}) -> {args.out or '(not written)'}:"
+        f" {model.config['model']} on {model.device} ({model.backend} backend) in {seconds:.2f}s;"
+        f" classes: {present}"
+    )
     return 0
 
 

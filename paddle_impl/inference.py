@@ -15,6 +15,7 @@ whole-image sums, so the averaged probabilities are bit-identical to them.
 The weights of a checkpoint are loaded with :func:`load_weights` (safe loading, either
 framework's file).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Iterator, Optional, Tuple, Union
@@ -39,7 +40,7 @@ AMP_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 
 
 def resolve_device(device: str) -> str:
-    """"cpu", "gpu", "gpu:N"; torch's spelling "cuda" / "cuda:N" means the same GPU."""
+    """ "cpu", "gpu", "gpu:N"; torch's spelling "cuda" / "cuda:N" means the same GPU."""
     name = device.strip().lower()
     if name == "cuda" or name.startswith("cuda:"):
         name = "gpu" + name[4:]
@@ -75,8 +76,7 @@ def load_weights(model: nn.Layer, name: str, path: str) -> str:
             state = torch_to_paddle(loaded.state, name)
             how = "torch checkpoint converted on the fly"
     except CheckpointError as error:
-        raise CheckpointError(error.message + _other_model_hint(loaded.state, name), error.details,
-                              path) from None
+        raise CheckpointError(error.message + _other_model_hint(loaded.state, name), error.details, path) from None
     missing, unexpected = model.set_state_dict(state)
     if missing or unexpected:  # validate() makes this unreachable; never load half a model
         raise CheckpointError(f"missing keys {missing[:3]}, unexpected keys {unexpected[:3]}", path=path)
@@ -104,8 +104,15 @@ class SlidingWindowInference:
     the engine calls ``paddle.set_device(device)``.
     """
 
-    def __init__(self, model: nn.Layer, window: int = 896, stride: int = 512, device: str = "cpu",
-                 batch_size: int = 1, amp: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        model: nn.Layer,
+        window: int = 896,
+        stride: int = 512,
+        device: str = "cpu",
+        batch_size: int = 1,
+        amp: Optional[str] = None,
+    ) -> None:
         for label, value in (("window", window), ("stride", stride), ("batch_size", batch_size)):
             if int(value) != value or value <= 0:
                 raise ValueError(f"{label} must be a positive integer, got {value!r}")
@@ -154,8 +161,9 @@ class SlidingWindowInference:
             probabilities = self.model(x)
         return probabilities.astype(self.accumulate_dtype)
 
-    def run_probabilities(self, height: int, width: int, read_window: ReadWindow,
-                          progress: Progress = True) -> Iterator[Tuple[int, int, paddle.Tensor]]:
+    def run_probabilities(
+        self, height: int, width: int, read_window: ReadWindow, progress: Progress = True
+    ) -> Iterator[Tuple[int, int, paddle.Tensor]]:
         """Yield ``(row_start, row_end, probabilities [C, rows, width])`` on the device, in
         row order, each row exactly once: the averaged class probabilities of those rows.
 
@@ -164,44 +172,47 @@ class SlidingWindowInference:
         """
         bands = plan_bands(height, width, self.window, self.stride)
         rows = accumulator_rows(bands)
-        row_counts = paddle.to_tensor(coverage_counts(height, self.window, self.stride),
-                                      place=self.place).astype(self.accumulate_dtype)
-        column_counts = paddle.to_tensor(coverage_counts(width, self.window, self.stride),
-                                         place=self.place).astype(self.accumulate_dtype)
-        bar = progress if isinstance(progress, tqdm) else tqdm(
-            total=sum(len(band.windows) for band in bands), unit="win", leave=False,
-            disable=not progress)
+        row_counts = paddle.to_tensor(coverage_counts(height, self.window, self.stride), place=self.place).astype(
+            self.accumulate_dtype
+        )
+        column_counts = paddle.to_tensor(coverage_counts(width, self.window, self.stride), place=self.place).astype(
+            self.accumulate_dtype
+        )
+        bar = (
+            progress
+            if isinstance(progress, tqdm)
+            else tqdm(total=sum(len(band.windows) for band in bands), unit="win", leave=False, disable=not progress)
+        )
         accumulator: Optional[paddle.Tensor] = None  # allocated once the class count is known
         try:
             for band in bands:
                 for first in range(0, len(band.windows), self.batch_size):
-                    chunk = band.windows[first:first + self.batch_size]
+                    chunk = band.windows[first : first + self.batch_size]
                     batch = np.stack([_checked_window(read_window, win) for win in chunk])
                     probabilities = self.forward(self.prepare(batch))
                     if accumulator is None:
-                        accumulator = paddle.zeros([probabilities.shape[1], rows, width],
-                                                   dtype=self.accumulate_dtype)
+                        accumulator = paddle.zeros([probabilities.shape[1], rows, width], dtype=self.accumulate_dtype)
                     for i, (y0, x0, y1, x1) in enumerate(chunk):
                         top = y0 - band.top
-                        accumulator[:, top:top + y1 - y0, x0:x1] += probabilities[i, :, :y1 - y0, :x1 - x0]
+                        accumulator[:, top : top + y1 - y0, x0:x1] += probabilities[i, :, : y1 - y0, : x1 - x0]
                     bar.update(len(chunk))
                 emitted = band.emit_rows
-                counts = row_counts[band.top:band.emit_until].unsqueeze(1) * column_counts.unsqueeze(0)
+                counts = row_counts[band.top : band.emit_until].unsqueeze(1) * column_counts.unsqueeze(0)
                 yield band.top, band.emit_until, accumulator[:, :emitted] / counts
                 # Rows still covered by the next band move to the top; the rest starts at 0.
                 if band.carry:
-                    accumulator[:, :band.carry] = accumulator[:, emitted:emitted + band.carry].clone()
-                accumulator[:, band.carry:] = 0
+                    accumulator[:, : band.carry] = accumulator[:, emitted : emitted + band.carry].clone()
+                accumulator[:, band.carry :] = 0
         finally:
             if bar is not progress:
                 bar.close()
 
-    def run(self, height: int, width: int, read_window: ReadWindow,
-            progress: Progress = True) -> Iterator[Tuple[int, int, paddle.Tensor]]:
+    def run(
+        self, height: int, width: int, read_window: ReadWindow, progress: Progress = True
+    ) -> Iterator[Tuple[int, int, paddle.Tensor]]:
         """Yield ``(row_start, row_end, class_index [rows, width] int64)`` on the device, in
         row order, each row exactly once (argmax of :meth:`run_probabilities`)."""
-        for row_start, row_end, probabilities in self.run_probabilities(
-                height, width, read_window, progress):
+        for row_start, row_end, probabilities in self.run_probabilities(height, width, read_window, progress):
             yield row_start, row_end, probabilities.argmax(axis=0)
 
     def predict_array(self, image: np.ndarray, progress: Progress = False) -> np.ndarray:
@@ -210,7 +221,8 @@ class SlidingWindowInference:
         height, width = image.shape[:2]
         out = np.empty((height, width), dtype=np.uint8)
         for row_start, row_end, classes in self.run(
-                height, width, lambda y0, x0, y1, x1: image[y0:y1, x0:x1], progress):
+            height, width, lambda y0, x0, y1, x1: image[y0:y1, x0:x1], progress
+        ):
             out[row_start:row_end] = classes.astype("uint8").numpy()
         return out
 
@@ -226,6 +238,8 @@ def _checked_window(read_window: ReadWindow, window: Tuple[int, int, int, int]) 
     y0, x0, y1, x1 = window
     pixels = np.asarray(read_window(y0, x0, y1, x1))
     if pixels.shape != (y1 - y0, x1 - x0, 3) or pixels.dtype != np.uint8:
-        raise ValueError(f"read_window{window} returned {pixels.dtype} {list(pixels.shape)};"
-                         f" expected uint8 [{y1 - y0}, {x1 - x0}, 3]")
+        raise ValueError(
+            f"read_window{window} returned {pixels.dtype} {list(pixels.shape)};"
+            f" expected uint8 [{y1 - y0}, {x1 - x0}, 3]"
+        )
     return pixels

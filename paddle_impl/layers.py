@@ -4,6 +4,7 @@ Mirror of ``torch_ref/layers.py``. Paddle's own defaults differ from torch's (no
 zero bias), so every initialiser the official code relies on is spelled out here
 (docs/official_models.md, "Initialisation and framework facts").
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,15 @@ BN_EPS = 1e-5
 BN_MOMENTUM = 0.9  # Paddle convention: weight of the OLD running value (= torch momentum 0.1)
 
 
-def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-           padding: int = 0, bias: bool = True, init: str = "default") -> nn.Conv2D:
+def conv2d(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int = 1,
+    padding: int = 0,
+    bias: bool = True,
+    init: str = "default",
+) -> nn.Conv2D:
     """A Conv2D initialised as the official (torch) code initialises it.
 
     init: "default" (torch's kaiming-uniform a=sqrt(5) = U(+-1/sqrt(fan_in)), bias likewise),
@@ -39,9 +47,15 @@ def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 
         weight_init, bias_init = Normal(0.0, math.sqrt(2.0 / fan_out)), Constant(0.0)
     else:
         raise ValueError(f"unknown init {init!r}")
-    return nn.Conv2D(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                     weight_attr=ParamAttr(initializer=weight_init),
-                     bias_attr=ParamAttr(initializer=bias_init) if bias else False)
+    return nn.Conv2D(
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=stride,
+        padding=padding,
+        weight_attr=ParamAttr(initializer=weight_init),
+        bias_attr=ParamAttr(initializer=bias_init) if bias else False,
+    )
 
 
 def batch_norm2d(num_features: int) -> nn.BatchNorm2D:

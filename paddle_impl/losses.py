@@ -10,6 +10,7 @@ at -64 and ``F.log_sigmoid`` drops log1p's precision (docs/paddle_numerics.md): 
 uses them. ``log_softmax`` (x - logsumexp(x), exact) and ``log_sigmoid`` (log1p-based) below
 stand where torch_ref calls ``F.log_softmax`` / ``F.logsigmoid``.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,9 +43,14 @@ def log_sigmoid(x: paddle.Tensor) -> paddle.Tensor:
     return paddle.where(positive, -paddle.log1p(paddle.exp(-x_pos)), x_neg - paddle.log1p(paddle.exp(x_neg)))
 
 
-def annealing_softmax_focal_loss(logits: paddle.Tensor, target: paddle.Tensor, step: float,
-                                 t_max: int = ANNEALING_T_MAX, gamma: float = FOCAL_GAMMA,
-                                 ignore_index: int = IGNORE_INDEX) -> paddle.Tensor:
+def annealing_softmax_focal_loss(
+    logits: paddle.Tensor,
+    target: paddle.Tensor,
+    step: float,
+    t_max: int = ANNEALING_T_MAX,
+    gamma: float = FOCAL_GAMMA,
+    ignore_index: int = IGNORE_INDEX,
+) -> paddle.Tensor:
     """FarSeg's loss on full-resolution logits [B,C,H,W] and labels [B,H,W] (255 = ignore)."""
     valid = target != ignore_index
     safe_target = paddle.where(valid, target, paddle.zeros_like(target)).unsqueeze(1)
@@ -57,8 +63,7 @@ def annealing_softmax_focal_loss(logits: paddle.Tensor, target: paddle.Tensor, s
         total = losses.sum()
         focal_total = (losses * modulating).sum()
         # Official: sum(l) / sum(l*m), which is 0/0 when every pixel is ignored; guard that.
-        normalizer = paddle.where(focal_total > 0, total / focal_total.clip(min=1e-30),
-                                  paddle.zeros_like(total))
+        normalizer = paddle.where(focal_total > 0, total / focal_total.clip(min=1e-30), paddle.zeros_like(total))
         scales = modulating * normalizer
         if step > t_max:
             weights = scales
@@ -97,8 +102,13 @@ def small_object_mining(losses: paddle.Tensor, ratio: float = SOM_RATIO) -> padd
     return paddle.masked_select(top, nonzero).sum() / count
 
 
-def joint_loss(fg_logits: paddle.Tensor, bi_logits: paddle.Tensor, target: paddle.Tensor,
-               ratio: float = SOM_RATIO, ignore_index: int = IGNORE_INDEX) -> paddle.Tensor:
+def joint_loss(
+    fg_logits: paddle.Tensor,
+    bi_logits: paddle.Tensor,
+    target: paddle.Tensor,
+    ratio: float = SOM_RATIO,
+    ignore_index: int = IGNORE_INDEX,
+) -> paddle.Tensor:
     """FactSeg's loss: -log P_y of the fused distribution (0 where ignored), then SOM."""
     valid = target != ignore_index
     safe_target = paddle.where(valid, target, paddle.zeros_like(target)).unsqueeze(1)

@@ -1,4 +1,5 @@
 """Confusion matrix on the device (the IoU maths on the matrix is framework-free: isaid.metrics)."""
+
 from __future__ import annotations
 
 import paddle
@@ -6,8 +7,9 @@ import paddle
 IGNORE_INDEX = 255
 
 
-def confusion_matrix(pred: paddle.Tensor, target: paddle.Tensor, num_classes: int = 16,
-                     ignore_index: int = IGNORE_INDEX) -> paddle.Tensor:
+def confusion_matrix(
+    pred: paddle.Tensor, target: paddle.Tensor, num_classes: int = 16, ignore_index: int = IGNORE_INDEX
+) -> paddle.Tensor:
     """int64 [C, C] counts, rows = ground truth, columns = prediction; ``ignore_index`` skipped.
 
     Counted where the tensors live (one bincount), so no pixel has to travel to the CPU.
@@ -15,7 +17,8 @@ def confusion_matrix(pred: paddle.Tensor, target: paddle.Tensor, num_classes: in
     if pred.shape != target.shape:
         raise ValueError(f"prediction {list(pred.shape)} and label {list(target.shape)} differ in shape")
     valid = target != ignore_index
-    index = paddle.masked_select(target, valid).astype("int64") * num_classes \
-        + paddle.masked_select(pred, valid).astype("int64")
+    index = paddle.masked_select(target, valid).astype("int64") * num_classes + paddle.masked_select(
+        pred, valid
+    ).astype("int64")
     counts = paddle.bincount(index, minlength=num_classes * num_classes)
     return counts.reshape([num_classes, num_classes])

@@ -17,6 +17,7 @@ memory depends on the scene's width, not its height (:mod:`app.raster` says what
 and what is not). Bad input gives one line on stderr, exit status 2 and no output file.
 ``python -m paddle_impl.predict --help`` lists every option.
 """
+
 from __future__ import annotations
 
 import sys

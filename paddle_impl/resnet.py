@@ -4,6 +4,7 @@ v1.5: the stride of a down-sampling bottleneck sits on its 3x3 conv (torchvision
 ImageNet weights the official models start from). Output stride 32, no dilation, no ``fc``,
 nothing frozen: every BatchNorm trains.
 """
+
 from __future__ import annotations
 
 from typing import List

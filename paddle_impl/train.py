@@ -18,6 +18,7 @@ scheduler, AMP scaler, RNG states as numpy in a pickle; written atomically), ``m
 ``model_final.pdparams``: a bare state dict (``python -m convert`` ports it to torch).
 Mirror: ``torch_ref/train.py`` reads the same, line for line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,15 +45,24 @@ import paddle.distributed as dist
 import paddle.nn as nn
 from paddle import DataParallel
 
+from app.config import Config, ConfigError, dump_config, load_config, resolve_out_dir
+from app.training import (
+    MetricsFile,
+    NonFiniteGuard,
+    TrainError,
+    check_training_checkpoint,
+    checkpoint_dir,
+    list_checkpoints,
+    one_line,
+    remove_checkpoint_file,
+    starting_point,
+    write_checkpoint_file,
+)
+from app.training import build_parser as build_train_parser
 from convert import CheckpointError, atomic_write, imagenet_encoder_state, save_paddle, validate
 from convert.safe_load import read_object
 from isaid.atomic import describe_os_error, remove_stale_temporaries
 from isaid.augment import DataError, SamplePlan, load_patch_index
-from app.config import Config, ConfigError, dump_config, load_config, resolve_out_dir
-from app.training import (MetricsFile, NonFiniteGuard, TrainError, check_training_checkpoint,
-                          checkpoint_dir, list_checkpoints, one_line, remove_checkpoint_file,
-                          starting_point, write_checkpoint_file)
-from app.training import build_parser as build_train_parser
 from paddle_impl import build_model
 from paddle_impl.data import build_loader, to_device
 from weights import ENCODER_PREFIX
@@ -89,13 +99,16 @@ def setup_runtime(config: Config) -> Runtime:
     want = config["train"]["device"]
     has_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
     if want in ("cuda", "gpu") and not has_gpu:
-        raise TrainError(f"train.device={want}: Paddle {paddle.__version__} sees no CUDA GPU;"
-                         " use train.device=cpu or auto")
+        raise TrainError(
+            f"train.device={want}: Paddle {paddle.__version__} sees no CUDA GPU; use train.device=cpu or auto"
+        )
     on_gpu = has_gpu if want == "auto" else want in ("cuda", "gpu")
     if not on_gpu and config["train"]["amp"] != "none":
         # Measured with Paddle 3.3.1: on CPU auto_cast only warns and computes in float32.
-        raise TrainError(f"train.amp={config['train']['amp']}: Paddle has no mixed precision on"
-                         " CPU (paddle.amp.auto_cast is a no-op there); use train.amp=none")
+        raise TrainError(
+            f"train.amp={config['train']['amp']}: Paddle has no mixed precision on"
+            " CPU (paddle.amp.auto_cast is a no-op there); use train.amp=none"
+        )
     world_size = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
     local_rank = int(os.environ.get("PADDLE_LOCAL_RANK", "0"))
     if on_gpu:
@@ -153,12 +166,16 @@ def load_imagenet(net: nn.Layer, path: str, model_name: str) -> int:
     own = net.state_dict()
     prefix = ENCODER_PREFIX[model_name]
     problems = [f"unexpected {k}" for k in state if k not in own]
-    problems += [f"{k} is {tuple(state[k].shape)} but the model has {tuple(own[k].shape)}"
-                 for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems += [
+        f"{k} is {tuple(state[k].shape)} but the model has {tuple(own[k].shape)}"
+        for k in state
+        if k in own and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     problems += [f"missing {k}" for k in own if k.startswith(prefix) and k not in state]
     if problems:
-        raise CheckpointError(f"does not fit the {model_name} encoder ({len(problems)} problems:"
-                              f" {'; '.join(problems[:3])})", path=path)
+        raise CheckpointError(
+            f"does not fit the {model_name} encoder ({len(problems)} problems: {'; '.join(problems[:3])})", path=path
+        )
     # The whole state with the encoder replaced, so that the load itself is strict.
     full = OrderedDict(own)
     full.update((k, paddle.to_tensor(np.array(v))) for k, v in state.items())
@@ -186,27 +203,37 @@ def build_optimizer(model: nn.Layer, recipe: Mapping[str, Any]) -> Tuple[paddle.
     ``lr * (1 - k / iterations) ** poly_power`` stepped once per iteration.
     """
     scheduler = paddle.optimizer.lr.PolynomialDecay(
-        learning_rate=recipe["lr"], decay_steps=recipe["iterations"], end_lr=0.0,
-        power=recipe["poly_power"])
+        learning_rate=recipe["lr"], decay_steps=recipe["iterations"], end_lr=0.0, power=recipe["poly_power"]
+    )
     # BatchNorm's running statistics are parameters with stop_gradient=True in Paddle.
     params = [p for p in model.parameters() if not p.stop_gradient]
     clip = nn.ClipGradByGlobalNorm(recipe["clip_norm"]) if recipe["clip_norm"] > 0 else None
-    optimizer = paddle.optimizer.Momentum(learning_rate=scheduler, momentum=recipe["momentum"],
-                                          parameters=params, weight_decay=recipe["weight_decay"],
-                                          grad_clip=clip)
+    optimizer = paddle.optimizer.Momentum(
+        learning_rate=scheduler,
+        momentum=recipe["momentum"],
+        parameters=params,
+        weight_decay=recipe["weight_decay"],
+        grad_clip=clip,
+    )
     return optimizer, scheduler
 
 
 def build_scaler(recipe: Mapping[str, Any], device: str) -> paddle.amp.GradScaler:
     """The loss scaler of ``recipe``: dynamic scaling for fp16 (apex O1's defaults), else off."""
     del device  # Paddle's scaler follows the current device; kept to mirror torch_ref
-    return paddle.amp.GradScaler(enable=recipe["amp"] == "fp16", init_loss_scaling=2.0 ** 16,
-                                 incr_ratio=2.0, decr_ratio=0.5, incr_every_n_steps=2000,
-                                 decr_every_n_nan_or_inf=1)
+    return paddle.amp.GradScaler(
+        enable=recipe["amp"] == "fp16",
+        init_loss_scaling=2.0**16,
+        incr_ratio=2.0,
+        decr_ratio=0.5,
+        incr_every_n_steps=2000,
+        decr_every_n_nan_or_inf=1,
+    )
 
 
-def build_training(config: Config, runtime: Runtime, imagenet: Optional[str],
-                   initial_state: Optional[Mapping[str, Any]] = None):
+def build_training(
+    config: Config, runtime: Runtime, imagenet: Optional[str], initial_state: Optional[Mapping[str, Any]] = None
+):
     """(net, train_model, optimizer, scheduler, scaler) for ``config`` on ``runtime``.
 
     ``net`` is the bare model (its state dict is what is saved); ``train_model`` is what the
@@ -225,8 +252,7 @@ def build_training(config: Config, runtime: Runtime, imagenet: Optional[str],
         # (docs/official_models.md, "Initialisation and framework facts").
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     if train["channels_last"] or train["compile"]:
-        warnings.warn("train.channels_last and train.compile apply to torch only; ignored",
-                      stacklevel=2)
+        warnings.warn("train.channels_last and train.compile apply to torch only; ignored", stacklevel=2)
     train_model: nn.Layer = net
     if runtime.world_size > 1:
         # Buffers are not broadcast each step, as with apex's DDP in the official run.
@@ -254,8 +280,9 @@ class TrainStep:
     between (``align.backward``).
     """
 
-    def __init__(self, train_model: nn.Layer, net: nn.Layer, optimizer, scheduler, scaler,
-                 recipe: Mapping[str, Any], device: str) -> None:
+    def __init__(
+        self, train_model: nn.Layer, net: nn.Layer, optimizer, scheduler, scaler, recipe: Mapping[str, Any], device: str
+    ) -> None:
         self.train_model, self.net = train_model, net
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.amp, self.clip_norm, self.device = recipe["amp"], float(recipe["clip_norm"]), device
@@ -305,8 +332,9 @@ def to_numpy(value: Any) -> Any:
     return value
 
 
-def save_checkpoint(out_dir: str, iteration: int, config: Config, runtime: Runtime, net, optimizer,
-                    scheduler, scaler, keep: int) -> str:
+def save_checkpoint(
+    out_dir: str, iteration: int, config: Config, runtime: Runtime, net, optimizer, scheduler, scaler, keep: int
+) -> str:
     """Write ``ckpt_<iteration>`` and its checksum atomically, then drop all but the newest ``keep``."""
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -329,8 +357,7 @@ def save_checkpoint(out_dir: str, iteration: int, config: Config, runtime: Runti
     return path
 
 
-def load_checkpoint(path: str, config: Config, runtime: Runtime, net, optimizer, scheduler,
-                    scaler) -> int:
+def load_checkpoint(path: str, config: Config, runtime: Runtime, net, optimizer, scheduler, scaler) -> int:
     """Restore everything :func:`save_checkpoint` wrote; returns the iteration reached.
 
     Read by convert's reader (no code executed, bounded time and memory; the file's checksum
@@ -372,8 +399,11 @@ class MetricsLog:
             try:
                 from visualdl import LogWriter
             except ImportError as error:
-                warnings.warn(f"VisualDL logging off ({error}); pip install visualdl"
-                              " to enable it. metrics.jsonl is written regardless", stacklevel=2)
+                warnings.warn(
+                    f"VisualDL logging off ({error}); pip install visualdl"
+                    " to enable it. metrics.jsonl is written regardless",
+                    stacklevel=2,
+                )
             else:
                 self.writer = LogWriter(logdir=os.path.join(out_dir, "visualdl"))
 
@@ -402,16 +432,20 @@ def first_bad_over_processes(first_bad: paddle.Tensor, runtime: Runtime) -> int:
     """The earliest non-finite iteration recorded by any process (-1: none)."""
     if runtime.world_size > 1:
         # -1 means none: take the max of the negated values that are set
-        marked = paddle.where(first_bad < 0, paddle.full_like(first_bad, -2**62), -first_bad)
+        marked = paddle.where(first_bad < 0, paddle.full_like(first_bad, -(2**62)), -first_bad)
         dist.all_reduce(marked, op=dist.ReduceOp.MAX)
-        return -1 if int(marked.item()) == -2**62 else -int(marked.item())
+        return -1 if int(marked.item()) == -(2**62) else -int(marked.item())
     return int(first_bad.item())
 
 
 def training_snapshot(net, optimizer, scheduler, scaler) -> Tuple[Any, ...]:
     """Copies of everything one step changes (for train.skip_nonfinite), as numpy arrays."""
-    return (to_numpy(net.state_dict()), to_numpy(optimizer.state_dict()),
-            copy.deepcopy(scheduler.state_dict()), to_numpy(scaler.state_dict()))
+    return (
+        to_numpy(net.state_dict()),
+        to_numpy(optimizer.state_dict()),
+        copy.deepcopy(scheduler.state_dict()),
+        to_numpy(scaler.state_dict()),
+    )
 
 
 def restore_snapshot(snapshot: Tuple[Any, ...], net, optimizer, scheduler, scaler) -> None:
@@ -436,8 +470,13 @@ def mean_over_processes(value: paddle.Tensor, runtime: Runtime) -> float:
 # ------------------------------------------------------------------------------ the run
 
 
-def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[str] = None,
-          progress: bool = True, initial_state: Optional[Mapping[str, Any]] = None) -> str:
+def train(
+    config: Config,
+    resume_path: Optional[str] = None,
+    imagenet: Optional[str] = None,
+    progress: bool = True,
+    initial_state: Optional[Mapping[str, Any]] = None,
+) -> str:
     """Run the training of ``config``, from scratch (encoder from ``imagenet`` unless None)
     or from the checkpoint ``resume_path``; returns the output folder. ``initial_state`` (all
     weights and buffers, numpy, this framework's names) replaces the initialisation of a
@@ -451,8 +490,8 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
     out_dir = resolve_out_dir(config, FRAMEWORK)
     seed_everything(train_cfg["seed"])
     net, train_model, optimizer, scheduler, scaler = build_training(
-        config, runtime, None if resume_path else imagenet,
-        None if resume_path else initial_state)
+        config, runtime, None if resume_path else imagenet, None if resume_path else initial_state
+    )
     step = TrainStep(train_model, net, optimizer, scheduler, scaler, train_cfg, runtime.device)
 
     start = 0
@@ -462,22 +501,45 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
     if runtime.is_main:
         os.makedirs(out_dir, exist_ok=True)
         remove_stale_temporaries(out_dir)  # config.yaml / metrics / final weights of a killed run
-        atomic_write(os.path.join(out_dir, "config.yaml"),
-                     lambda handle: handle.write(dump_config(config).encode("utf-8")))
-        origin = (f"resumed from {resume_path} at iteration {start}" if resume_path else
-                  ("from a given initial state" if initial_state is not None else
-                   f"from scratch, encoder {imagenet or 'random (init.imagenet=none)'}"))
-        print(f"{FRAMEWORK}: {name}, {len(patches)} patches, global batch"
-              f" {train_cfg['batch_size']} on {runtime.world_size} process(es) ({runtime.device}),"
-              f" {iterations} iterations, {origin}; output {out_dir}", flush=True)
+        atomic_write(
+            os.path.join(out_dir, "config.yaml"), lambda handle: handle.write(dump_config(config).encode("utf-8"))
+        )
+        origin = (
+            f"resumed from {resume_path} at iteration {start}"
+            if resume_path
+            else (
+                "from a given initial state"
+                if initial_state is not None
+                else f"from scratch, encoder {imagenet or 'random (init.imagenet=none)'}"
+            )
+        )
+        print(
+            f"{FRAMEWORK}: {name}, {len(patches)} patches, global batch"
+            f" {train_cfg['batch_size']} on {runtime.world_size} process(es) ({runtime.device}),"
+            f" {iterations} iterations, {origin}; output {out_dir}",
+            flush=True,
+        )
     metrics = MetricsLog(out_dir, train_cfg["log_backend"], start, runtime.is_main)
 
-    plan = SamplePlan(len(patches), train_cfg["batch_size"], train_cfg["seed"],
-                      runtime.world_size, runtime.rank, config["augment"]["hflip"],
-                      config["augment"]["vflip"], config["augment"]["rot90"])
+    plan = SamplePlan(
+        len(patches),
+        train_cfg["batch_size"],
+        train_cfg["seed"],
+        runtime.world_size,
+        runtime.rank,
+        config["augment"]["hflip"],
+        config["augment"]["vflip"],
+        config["augment"]["rot90"],
+    )
     loader = build_loader(patches, plan, window, start, iterations, train_cfg["num_workers"])
-    bar = tqdm(total=iterations, initial=start, desc=f"{name} {FRAMEWORK}", unit="it",
-               disable=not (progress and runtime.is_main), dynamic_ncols=True)
+    bar = tqdm(
+        total=iterations,
+        initial=start,
+        desc=f"{name} {FRAMEWORK}",
+        unit="it",
+        disable=not (progress and runtime.is_main),
+        dynamic_ncols=True,
+    )
     window_loss = paddle.zeros([], dtype="float32")
     window_grad_norm = paddle.zeros_like(window_loss)
     window_start, window_time, started = start, time.perf_counter(), time.perf_counter()
@@ -496,8 +558,9 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
             restore_snapshot(snapshot, net, optimizer, scheduler, scaler)
             bar.write(guard.skipped(done, float(loss)), file=sys.stderr)
         else:
-            first_bad = paddle.where((first_bad < 0) & ~paddle.isfinite(loss),
-                                     paddle.full_like(first_bad, done), first_bad)
+            first_bad = paddle.where(
+                (first_bad < 0) & ~paddle.isfinite(loss), paddle.full_like(first_bad, done), first_bad
+            )
             window_loss = window_loss + loss
             window_grad_norm = window_grad_norm + result.grad_norm
             window_count += 1
@@ -511,16 +574,25 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
             grad_norm = float(window_grad_norm.item()) / max(window_count, 1)
             now = time.perf_counter()
             speed = (done - window_start) * train_cfg["batch_size"] / (now - window_time)
-            metrics.log(done, {"loss": loss, "lr": lr, "grad_norm": grad_norm, "images_per_s": speed,
-                               "seconds": now - started, **({"skipped_nonfinite": guard.count}
-                                                            if guard.skip else {})})
+            metrics.log(
+                done,
+                {
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "images_per_s": speed,
+                    "seconds": now - started,
+                    **({"skipped_nonfinite": guard.count} if guard.skip else {}),
+                },
+            )
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
             window_loss = paddle.zeros_like(window_loss)
             window_grad_norm = paddle.zeros_like(window_grad_norm)
             window_start, window_time, window_count = done, now, 0
         if saving:
-            save_checkpoint(out_dir, done, config, runtime, net, optimizer, scheduler, scaler,
-                            train_cfg["keep_checkpoints"])
+            save_checkpoint(
+                out_dir, done, config, runtime, net, optimizer, scheduler, scaler, train_cfg["keep_checkpoints"]
+            )
     bar.close()
     metrics.close()
     if runtime.is_main:
@@ -537,9 +609,9 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``python -m paddle_impl.train``."""
-    return build_train_parser("python -m paddle_impl.train",
-                              "python -m paddle.distributed.launch --nproc_per_node N"
-                              " paddle_impl/train.py ...")
+    return build_train_parser(
+        "python -m paddle_impl.train", "python -m paddle.distributed.launch --nproc_per_node N paddle_impl/train.py ..."
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

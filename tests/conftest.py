@@ -1,4 +1,5 @@
 """Shared pytest set-up: the repository root on sys.path, quiet framework warnings."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Helpers shared by several test files (not a test module itself)."""
+
 from __future__ import annotations
 
 import torch

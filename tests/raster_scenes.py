@@ -4,6 +4,7 @@ Not part of the application: the predict command only needs :mod:`app.raster`. T
 build scenes bigger than memory would like (written block by block) and read back the
 georeferencing a prediction must keep.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -15,8 +16,9 @@ from app.raster import GEOTIFF_BLOCK
 from isaid.imageio import atomic_output
 
 
-def write_geotiff_by_windows(path: str, height: int, width: int, fill, crs="EPSG:32633",
-                             transform=None, block_rows: int = 512) -> None:
+def write_geotiff_by_windows(
+    path: str, height: int, width: int, fill, crs="EPSG:32633", transform=None, block_rows: int = 512
+) -> None:
     """Write a 3-band uint8 GeoTIFF of ``height`` x ``width`` without holding it in memory.
 
     ``fill(row_start, row_end) -> uint8 [rows, width, 3]`` produces the pixels of each block
@@ -29,10 +31,21 @@ def write_geotiff_by_windows(path: str, height: int, width: int, fill, crs="EPSG
 
     if transform is None:
         transform = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4649776.0)
-    profile = dict(driver="GTiff", height=height, width=width, count=3, dtype="uint8", crs=crs,
-                   transform=transform, tiled=True, blockxsize=GEOTIFF_BLOCK,
-                   blockysize=GEOTIFF_BLOCK, compress="deflate", BIGTIFF="IF_SAFER",
-                   photometric="rgb")
+    profile = dict(
+        driver="GTiff",
+        height=height,
+        width=width,
+        count=3,
+        dtype="uint8",
+        crs=crs,
+        transform=transform,
+        tiled=True,
+        blockxsize=GEOTIFF_BLOCK,
+        blockysize=GEOTIFF_BLOCK,
+        compress="deflate",
+        BIGTIFF="IF_SAFER",
+        photometric="rgb",
+    )
     with atomic_output(path) as temporary:
         with rasterio.open(temporary, "w", **profile) as dataset:
             for row_start in range(0, height, block_rows):
@@ -49,7 +62,13 @@ def read_georeference(path: str) -> Dict[str, object]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with rasterio.open(path) as dataset:
-            return {"height": dataset.height, "width": dataset.width, "count": dataset.count,
-                    "dtype": dataset.dtypes[0], "crs": dataset.crs, "transform": dataset.transform,
-                    "compress": dataset.compression.value if dataset.compression else None,
-                    "tiled": dataset.profile.get("tiled", False)}
+            return {
+                "height": dataset.height,
+                "width": dataset.width,
+                "count": dataset.count,
+                "dtype": dataset.dtypes[0],
+                "crs": dataset.crs,
+                "transform": dataset.transform,
+                "compress": dataset.compression.value if dataset.compression else None,
+                "tiled": dataset.profile.get("tiled", False),
+            }

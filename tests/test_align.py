@@ -5,6 +5,7 @@ Small fixtures (batch 2, 32x32 for the per-dtype stage runs) keep this file at a
 two CPU cores; ``benchmarks/align_bench.py`` and the README measure the default 64x64 set-up.
 The planted porting bugs are in ``tests/test_planted_bugs.py``.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,15 @@ import numpy as np
 import pytest
 
 from align import AlignConfig, AlignInputError, Tolerance
-from align.compare import (DEFAULT_TOLERANCES, StageResult, compare_arrays, format_report, grad_floor,
-                           tolerances, write_reprod_log)
+from align.compare import (
+    DEFAULT_TOLERANCES,
+    StageResult,
+    compare_arrays,
+    format_report,
+    grad_floor,
+    tolerances,
+    write_reprod_log,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # 64 px: at 32 px layer4 is 1x1, and training-mode BN over 2 values per channel is ill-conditioned.
@@ -26,13 +34,13 @@ SMALL = dict(batch=2, size=64, out=None)
 
 
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 # ----------------------------------------------------------------------------------------------
 # The comparison rules (framework-free)
 # ----------------------------------------------------------------------------------------------
+
 
 def test_relative_error_is_scale_aware_and_catches_a_small_perturbation():
     rng = np.random.default_rng(0)
@@ -86,13 +94,17 @@ def test_gradient_floor_ignores_rounding_on_mathematically_zero_gradients():
     # Without the floor the same rounding noise would be a relative error of order 1.
     assert not compare_arrays("bias", zero_t, zero_p, DEFAULT_TOLERANCES["float64"]["grad"], "grad").passed
     # A real error on such a tensor still fails.
-    assert not compare_arrays("bias", zero_t, zero_p + 1e-3, DEFAULT_TOLERANCES["float64"]["grad"], "grad",
-                              floor=floor).passed
+    assert not compare_arrays(
+        "bias", zero_t, zero_p + 1e-3, DEFAULT_TOLERANCES["float64"]["grad"], "grad", floor=floor
+    ).passed
 
 
 def test_tolerance_overrides():
     table = tolerances("float32", rtol=0.5)
-    assert table["forward"].rtol == 0.5 and table["forward"].mean_atol == DEFAULT_TOLERANCES["float32"]["forward"].mean_atol
+    assert (
+        table["forward"].rtol == 0.5
+        and table["forward"].mean_atol == DEFAULT_TOLERANCES["float32"]["forward"].mean_atol
+    )
     assert table["exact"].rtol == 0.0  # exact kinds stay exact
     table = tolerances("float64", per_kind={"param": Tolerance(1e-3)})
     assert table["param"].rtol == 1e-3
@@ -116,8 +128,17 @@ def test_align_builds_no_optimiser_of_its_own():
     or clipping piece is named anywhere in align's code (docstrings aside)."""
     import ast
 
-    pieces = {"SGD", "Momentum", "PolynomialLR", "PolynomialDecay", "clip_grad_norm_", "clip_grads_with_norm_",
-              "ClipGradByGlobalNorm", "ClipGradByNorm", "GradScaler"}
+    pieces = {
+        "SGD",
+        "Momentum",
+        "PolynomialLR",
+        "PolynomialDecay",
+        "clip_grad_norm_",
+        "clip_grads_with_norm_",
+        "ClipGradByGlobalNorm",
+        "ClipGradByNorm",
+        "GradScaler",
+    }
     used = set()
     for path in (ROOT / "align").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -134,8 +155,9 @@ def test_backward_recipe_is_the_config_files_train_section():
         train = load_config(str(ROOT / "configs" / f"{model}_isaid.yaml"))["train"]
         recipe = AlignConfig(model=model).recipe()
         assert recipe["lr"] == pytest.approx(train["lr"] * 0.01) and recipe["amp"] == "none"
-        assert {k: recipe[k] for k in ("momentum", "weight_decay", "poly_power", "clip_norm", "iterations")} == \
-            {k: train[k] for k in ("momentum", "weight_decay", "poly_power", "clip_norm", "iterations")}
+        assert {k: recipe[k] for k in ("momentum", "weight_decay", "poly_power", "clip_norm", "iterations")} == {
+            k: train[k] for k in ("momentum", "weight_decay", "poly_power", "clip_norm", "iterations")
+        }
     recipe = AlignConfig(dtype="float32", iterations=100, clip_norm=1.0).recipe()
     assert (recipe["lr"], recipe["iterations"], recipe["clip_norm"]) == (train["lr"], 100, 1.0)
 
@@ -148,14 +170,18 @@ def test_empty_result_does_not_pass():
 # Bad input: one line, exit 2, nothing written
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args, needle", [
-    (("align.forward", "--model", "farseg", "--size", "70"), "--size 70 is not a positive multiple of 32"),
-    (("align", "--model", "farseg", "--torch-ckpt", "missing.pth"), "missing.pth: no such file"),
-    (("align.loss", "--model", "farsseg"), "invalid choice: 'farsseg'"),
-    (("align", "--stages", "forward,nope"), "unknown stage nope"),
-    (("align.backward", "--model", "farseg", "--steps", "0"), "--steps must be at least 1"),
-    (("align", "--torch-ckpt", "x.pth"), "--torch-ckpt needs a single --model"),
-])
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (("align.forward", "--model", "farseg", "--size", "70"), "--size 70 is not a positive multiple of 32"),
+        (("align", "--model", "farseg", "--torch-ckpt", "missing.pth"), "missing.pth: no such file"),
+        (("align.loss", "--model", "farsseg"), "invalid choice: 'farsseg'"),
+        (("align", "--stages", "forward,nope"), "unknown stage nope"),
+        (("align.backward", "--model", "farseg", "--steps", "0"), "--steps must be at least 1"),
+        (("align", "--torch-ckpt", "x.pth"), "--torch-ckpt needs a single --model"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
     proc = run_cli(*args, "--out", str(tmp_path / "out"), timeout=120)
     assert proc.returncode == 2, proc.stderr
@@ -184,8 +210,9 @@ def test_against_x2paddle_without_the_extra_says_how_to_install(monkeypatch, cap
     from align.cli import main_for
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *args: None if name == "x2paddle" else real(name, *args))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "x2paddle" else real(name, *args)
+    )
     code = main_for("forward", ["--model", "farseg", "--against", "x2paddle", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and 'pip install -e ".[x2paddle]"' in err[0]
@@ -195,9 +222,24 @@ def test_against_x2paddle_without_the_extra_says_how_to_install(monkeypatch, cap
 def test_help_documents_every_option():
     proc = run_cli("align.backward", "--help", timeout=60)
     assert proc.returncode == 0
-    for option in ("--model", "--dtype", "--batch", "--size", "--seed", "--torch-ckpt", "--input", "--out",
-                   "--rtol", "--atol", "--tol", "--steps", "--clip", "--loss-scale", "--full-logs",
-                   "--no-localise"):
+    for option in (
+        "--model",
+        "--dtype",
+        "--batch",
+        "--size",
+        "--seed",
+        "--torch-ckpt",
+        "--input",
+        "--out",
+        "--rtol",
+        "--atol",
+        "--tol",
+        "--steps",
+        "--clip",
+        "--loss-scale",
+        "--full-logs",
+        "--no-localise",
+    ):
         assert option in proc.stdout
     assert "--against" in run_cli("align.forward", "--help", timeout=60).stdout
 
@@ -205,6 +247,7 @@ def test_help_documents_every_option():
 # ----------------------------------------------------------------------------------------------
 # Every stage passes on the real ports, both models, both dtypes
 # ----------------------------------------------------------------------------------------------
+
 
 def test_full_cli_run_exit_0_and_files(tmp_path):
     """``python -m align`` end to end (FarSeg, float64, small): exit 0, four reports, reprod_log files."""
@@ -283,8 +326,7 @@ def test_checkpoint_input_and_wrong_model_checkpoint(tmp_path):
     torch.manual_seed(1)
     model = torch_ref.build_model("farseg")
     path = tmp_path / "farseg50.pth"
-    torch.save({"model": {"module." + k: v for k, v in model.state_dict().items()}, "opt": {}, "global_step": 0},
-               path)
+    torch.save({"model": {"module." + k: v for k, v in model.state_dict().items()}, "opt": {}, "global_step": 0}, path)
     del model
     clear_cache()
     result = forward.run(AlignConfig(model="farseg", torch_ckpt=str(path), **SMALL))

@@ -7,6 +7,7 @@ planted bug is an lr x2 in ONE trainer's own ``build_optimizer`` (monkeypatched 
 align): the stage must fail and name iteration 1's learning rate. The default-size numbers and
 the band behind the thresholds are measured by ``benchmarks/train_align_floor.py``.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,16 @@ def test_train_stage_passes_on_the_real_trainers_and_writes_its_files(clean):
     assert result.passed, format_report(result)
     assert result.first_divergence is None
     names = {r.name for r in result.rows}
-    assert {"batches/identical", "lr/iter/1", "loss/iter/3", "grad_norm/iter/3", "loss/run_mean", "params/final",
-            "buffer_step/final", "miou/final"} <= names
+    assert {
+        "batches/identical",
+        "lr/iter/1",
+        "loss/iter/3",
+        "grad_norm/iter/3",
+        "loss/run_mean",
+        "params/final",
+        "buffer_step/final",
+        "miou/final",
+    } <= names
     assert result.row("batches/identical").rel == 0.0
     assert result.row("lr/iter/2").rel <= TRAIN_TOLERANCES["train_lr"].rtol
     folder = out / "farseg" / "train"
@@ -85,9 +94,13 @@ def test_lr_doubled_in_one_trainer_is_caught_at_iteration_1(monkeypatch, tmp_pat
         return real(model, {**recipe, "lr": 2 * recipe["lr"]})
 
     monkeypatch.setattr(paddle_train, "build_optimizer", doubled)
-    config = AlignConfig(out=str(tmp_path), train_config=str(ROOT / "configs" / "farseg_isaid.yaml"), data=data,
-                         sets=("data.window=64", "train.batch_size=2", "init.imagenet=none", "train.num_workers=0"),
-                         **TINY)
+    config = AlignConfig(
+        out=str(tmp_path),
+        train_config=str(ROOT / "configs" / "farseg_isaid.yaml"),
+        data=data,
+        sets=("data.window=64", "train.batch_size=2", "init.imagenet=none", "train.num_workers=0"),
+        **TINY,
+    )
     result = run(config.validate())
     assert result.settings["data"] == data and result.settings["window"] == 64
     assert not result.passed
@@ -111,15 +124,23 @@ def test_thresholds_sit_above_the_measured_floor():
             assert values["torch_vs_paddle"] <= TRAIN_TOLERANCES[kind].rtol, kind
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--iterations", "0"], "--iterations must be at least 1"),
-    (["--data", "no/such/dir"], "no/such/dir: no such folder"),
-    (["--config", "no/such.yaml"], "no/such.yaml: no such file"),
-    (["--set", "train.lrr=1"], "unknown key 'train.lrr'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--iterations", "0"], "--iterations must be at least 1"),
+        (["--data", "no/such/dir"], "no/such/dir: no such folder"),
+        (["--config", "no/such.yaml"], "no/such.yaml: no such file"),
+        (["--set", "train.lrr=1"], "unknown key 'train.lrr'"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "align.train", "--model", "farseg", "--out", str(tmp_path / "o"),
-                           *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "align.train", "--model", "farseg", "--out", str(tmp_path / "o"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [line for line in proc.stderr.strip().splitlines() if "Warning" not in line and line.strip()]
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert len([line for line in lines if "error:" in line]) == 1

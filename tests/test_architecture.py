@@ -12,6 +12,7 @@ Three rules, each with a planted violation that the check must catch:
 
 Every ``import`` statement counts, wherever it is (module level, function body, under ``if``).
 """
+
 from __future__ import annotations
 
 import ast
@@ -81,7 +82,7 @@ def _imported_names(tree: ast.AST, module: str, is_package: bool) -> Iterator[Tu
                 yield alias.name, node.lineno
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package[:len(package) - (node.level - 1)]
+                base = package[: len(package) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
@@ -144,8 +145,10 @@ def arrow_violations(code: Code) -> List[str]:
         if target == source:
             continue
         if target in NOT_IMPORTABLE or (target in ALLOWED and target not in ALLOWED[source]):
-            found.append(f"{path}:{line} imports {name} ({source} may import:"
-                         f" {', '.join(sorted(ALLOWED[source])) or 'no project package'})")
+            found.append(
+                f"{path}:{line} imports {name} ({source} may import:"
+                f" {', '.join(sorted(ALLOWED[source])) or 'no project package'})"
+            )
     return sorted(set(found))
 
 
@@ -230,20 +233,23 @@ def test_no_file_cycles(code: Code) -> None:
 
 
 # Planted violations: each check must see a bad import added to a real file.
-@pytest.mark.parametrize("path,line,check,needle", [
-    ("convert/rules.py", "import torch_ref", arrow_violations, "convert/rules.py"),
-    ("isaid/palette.py", "from weights import MODEL_NAMES", arrow_violations, "isaid/palette.py"),
-    ("weights/__init__.py", "from isaid import palette", arrow_violations, "weights/__init__.py"),
-    ("app/cli.py", "from torch_ref import build_model", arrow_violations, "app/cli.py"),
-    ("torch_ref/evaluate.py", "import paddle_impl", arrow_violations, "torch_ref/evaluate.py"),
-    ("paddle_impl/infer.py", "from align import compare", arrow_violations, "paddle_impl/infer.py"),
-    ("app/raster.py", "from tests import model_helpers", arrow_violations, "app/raster.py"),
-    ("app/evaluation.py", "import torch", framework_violations, "app/evaluation.py"),
-    ("isaid/windows.py", "import paddle.nn", framework_violations, "isaid/windows.py"),
-    ("convert/rules.py", "import torch", framework_violations, "convert/rules.py"),
-    ("paddle_impl/inference.py", "import torch", framework_violations, "paddle_impl/inference.py"),
-    ("torch_ref/layers.py", "import paddle", framework_violations, "torch_ref/layers.py"),
-])
+@pytest.mark.parametrize(
+    "path,line,check,needle",
+    [
+        ("convert/rules.py", "import torch_ref", arrow_violations, "convert/rules.py"),
+        ("isaid/palette.py", "from weights import MODEL_NAMES", arrow_violations, "isaid/palette.py"),
+        ("weights/__init__.py", "from isaid import palette", arrow_violations, "weights/__init__.py"),
+        ("app/cli.py", "from torch_ref import build_model", arrow_violations, "app/cli.py"),
+        ("torch_ref/evaluate.py", "import paddle_impl", arrow_violations, "torch_ref/evaluate.py"),
+        ("paddle_impl/infer.py", "from align import compare", arrow_violations, "paddle_impl/infer.py"),
+        ("app/raster.py", "from tests import model_helpers", arrow_violations, "app/raster.py"),
+        ("app/evaluation.py", "import torch", framework_violations, "app/evaluation.py"),
+        ("isaid/windows.py", "import paddle.nn", framework_violations, "isaid/windows.py"),
+        ("convert/rules.py", "import torch", framework_violations, "convert/rules.py"),
+        ("paddle_impl/inference.py", "import torch", framework_violations, "paddle_impl/inference.py"),
+        ("torch_ref/layers.py", "import paddle", framework_violations, "torch_ref/layers.py"),
+    ],
+)
 def test_planted_bad_import_is_caught(code: Code, path, line, check, needle) -> None:
     # Inside a function, as lazy imports are written: those count too.
     planted = code.sources[path] + f"\n\ndef _planted():\n    {line}\n"
@@ -251,12 +257,15 @@ def test_planted_bad_import_is_caught(code: Code, path, line, check, needle) -> 
     assert any(v.startswith(needle + ":") for v in found), found
 
 
-@pytest.mark.parametrize("path,line,cycle", [
-    ("paddle_impl/infer.py", "from .export import export", {"paddle_impl.export", "paddle_impl.infer"}),
-    ("isaid/palette.py", "from .metrics import miou", {"isaid.metrics", "isaid.palette"}),
-    ("app/cli.py", "from app.predict import run_predictor", {"app.cli", "app.predict"}),
-    ("weights/__init__.py", "from weights import __init__", None),  # a module importing itself: no cycle
-])
+@pytest.mark.parametrize(
+    "path,line,cycle",
+    [
+        ("paddle_impl/infer.py", "from .export import export", {"paddle_impl.export", "paddle_impl.infer"}),
+        ("isaid/palette.py", "from .metrics import miou", {"isaid.metrics", "isaid.palette"}),
+        ("app/cli.py", "from app.predict import run_predictor", {"app.cli", "app.predict"}),
+        ("weights/__init__.py", "from weights import __init__", None),  # a module importing itself: no cycle
+    ],
+)
 def test_planted_file_cycle_is_caught(code: Code, path, line, cycle) -> None:
     planted = code.sources[path] + f"\n\ndef _planted():\n    {line}\n"
     found = cycles(Code(overrides={path: planted}))
@@ -273,8 +282,9 @@ def test_cycle_finder_on_a_small_graph() -> None:
 
 
 def test_relative_imports_resolve() -> None:
-    names = dict(imported_names("from . import build_model\nfrom ..isaid import palette\n",
-                                "torch_ref.evaluate", False))
+    names = dict(
+        imported_names("from . import build_model\nfrom ..isaid import palette\n", "torch_ref.evaluate", False)
+    )
     # `from . import x` names x (a submodule, or a name that resolves to the package itself).
     assert {"torch_ref.build_model", "isaid.palette", "isaid"} <= set(names)
     names = dict(imported_names("from .farseg import FarSeg\n", "torch_ref", True))
@@ -296,7 +306,6 @@ def test_docs_state_the_same_arrows() -> None:
     assert _doc_table(text) == ALLOWED
 
 
-
 def test_docs_comparison_sees_a_changed_row() -> None:
     text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     changed = text.replace("| `convert/` | `weights`, `isaid` |", "| `convert/` | `weights`, `torch_ref` |")
@@ -314,7 +323,7 @@ def missing_modules(code: Code) -> List[str]:
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
-                base = package[:len(package) - (node.level - 1)] if node.level else []
+                base = package[: len(package) - (node.level - 1)] if node.level else []
                 names = [".".join(base + [node.module])]
             else:
                 continue
@@ -329,6 +338,10 @@ def test_every_project_import_names_an_existing_module(code: Code) -> None:
 
 
 def test_planted_stale_import_after_a_move_is_caught(code: Code) -> None:
-    planted = Code(overrides={"align/train.py": code.sources["align/train.py"]
-                              + "\n\ndef _f():\n    from isaid.config import load_config\n"})
+    planted = Code(
+        overrides={
+            "align/train.py": code.sources["align/train.py"]
+            + "\n\ndef _f():\n    from isaid.config import load_config\n"
+        }
+    )
     assert any("imports isaid.config" in problem for problem in missing_modules(planted))

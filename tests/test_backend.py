@@ -3,6 +3,7 @@
 The protocol is structural (nothing is checked at import or call time), so this test is what
 catches a backend that lacks a member or names a parameter differently from the protocol.
 """
+
 from __future__ import annotations
 
 import inspect

@@ -6,6 +6,7 @@ made once per module; the error-path checkpoints use views of one shared storage
 torch.save stores once (as big as the largest tensor, ~9 MB). Stride-0 (broadcast) tensors,
 which would be smaller still, are refused by the reader.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -24,9 +25,23 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import convert  # noqa: E402
-from convert import (CheckpointError, default_output_path, detect_model, imagenet_resnet50_to, load_state_dict_file,  # noqa: E402
-                     model_rules, paddle_layout, paddle_to_torch, read_checkpoint, rules_from_module,
-                     run_conversion, save_paddle, save_torch, torch_to_paddle, validate)
+from convert import (  # noqa: E402
+    CheckpointError,
+    default_output_path,
+    detect_model,
+    imagenet_resnet50_to,
+    load_state_dict_file,
+    model_rules,
+    paddle_layout,
+    paddle_to_torch,
+    read_checkpoint,
+    rules_from_module,
+    run_conversion,
+    save_paddle,
+    save_torch,
+    torch_to_paddle,
+    validate,
+)
 from convert import rules as rules_mod  # noqa: E402
 from convert.writers import atomic_write  # noqa: E402
 from weights import ENCODER_PREFIX, MODEL_NAMES, load_layout  # noqa: E402
@@ -42,15 +57,18 @@ def _importable(name: str) -> bool:
         return False
 
 
-needs_paddle_impl = pytest.mark.skipif(not _importable("paddle_impl"),
-                                       reason="paddle_impl is not importable yet (being written by the lead)")
-needs_torch_ref = pytest.mark.skipif(not _importable("torch_ref"),
-                                     reason="torch_ref is not importable yet (being written by the lead)")
+needs_paddle_impl = pytest.mark.skipif(
+    not _importable("paddle_impl"), reason="paddle_impl is not importable yet (being written by the lead)"
+)
+needs_torch_ref = pytest.mark.skipif(
+    not _importable("torch_ref"), reason="torch_ref is not importable yet (being written by the lead)"
+)
 
 
 # ----------------------------------------------------------------------------------------------
 # Builders
 # ----------------------------------------------------------------------------------------------
+
 
 def nbt_keys(model: str) -> set:
     """BatchNorm step counters of ``model`` (by module type, via the converter's rules)."""
@@ -79,9 +97,16 @@ def shared_state(model: str) -> "OrderedDict[str, torch.Tensor]":
     layout = load_layout(model)
     base = torch.ones(max(int(np.prod(s)) for s in layout.values()))
     return OrderedDict(
-        (k, torch.zeros((), dtype=torch.int64) if k in counters else base[: int(np.prod(s))].view(*s) if s
-         else torch.zeros(()))
-        for k, s in layout.items())
+        (
+            k,
+            torch.zeros((), dtype=torch.int64)
+            if k in counters
+            else base[: int(np.prod(s))].view(*s)
+            if s
+            else torch.zeros(()),
+        )
+        for k, s in layout.items()
+    )
 
 
 def official_wrapper(state) -> dict:
@@ -98,7 +123,7 @@ def torchvision_state(seed: int = 1) -> "OrderedDict[str, np.ndarray]":
     out: "OrderedDict[str, np.ndarray]" = OrderedDict()
     for rule in model_rules("farseg"):
         if rule.torch_key.startswith(prefix) and rule.paddle_key is not None:
-            out[rule.torch_key[len(prefix):]] = rng.standard_normal(rule.shape, dtype=np.float32)
+            out[rule.torch_key[len(prefix) :]] = rng.standard_normal(rule.shape, dtype=np.float32)
     out["fc.weight"] = rng.standard_normal((1000, 2048), dtype=np.float32)
     out["fc.bias"] = rng.standard_normal((1000,), dtype=np.float32)
     return out
@@ -106,8 +131,14 @@ def torchvision_state(seed: int = 1) -> "OrderedDict[str, np.ndarray]":
 
 def run_cli(*args, cwd=None):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "convert", *map(str, args)], cwd=cwd or REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "convert", *map(str, args)],
+        cwd=cwd or REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def stderr_lines(proc) -> list:
@@ -142,6 +173,7 @@ def converted(official_files):
 # ----------------------------------------------------------------------------------------------
 # Detection and reading
 # ----------------------------------------------------------------------------------------------
+
 
 @needs_torch_ref
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -185,6 +217,7 @@ def test_bare_state_dict_either_prefix(tmp_path, prefix):
 # Round trip and loading into the real models
 # ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_round_trip_torch_paddle_torch_identical(official_files, converted, name):
     state, _ = official_files[name]
@@ -195,8 +228,7 @@ def test_round_trip_torch_paddle_torch_identical(official_files, converted, name
     assert all(torch.equal(mapped[k], v) and mapped[k].dtype == v.dtype for k, v in restored.items())
     mine = read_checkpoint(back).state
     assert list(mine) == list(restored)
-    assert all(np.array_equal(mine[k], v.numpy()) and mine[k].dtype == v.numpy().dtype
-               for k, v in restored.items())
+    assert all(np.array_equal(mine[k], v.numpy()) and mine[k].dtype == v.numpy().dtype for k, v in restored.items())
     counters = nbt_keys(name)
     for key, value in state.items():
         if key in counters:
@@ -214,6 +246,7 @@ def test_round_trip_torch_paddle_torch_identical(official_files, converted, name
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_pdparams_loads_into_paddle_impl(converted, name):
     import paddle
+
     import paddle_impl
 
     pd, _ = converted[name]
@@ -254,7 +287,10 @@ def test_cli_summary_and_default_output(official_files, tmp_path):
     line = lines[0]
     assert line.startswith(f"converted {path} (farseg, official wrapper, module. prefix, 451 tensors)")
     counters = len(nbt_keys("farseg"))
-    assert f"-> {tmp_path / 'farseg50.pdparams'} ({451 - counters} tensors, {counters} num_batches_tracked dropped)" in line
+    assert (
+        f"-> {tmp_path / 'farseg50.pdparams'} ({451 - counters} tensors, {counters} num_batches_tracked dropped)"
+        in line
+    )
     assert "importing torch" not in line  # the torch -> Paddle direction never imports it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["farseg50.pdparams", "farseg50.pth"]
 
@@ -263,13 +299,15 @@ def test_cli_summary_and_default_output(official_files, tmp_path):
 # ImageNet ResNet-50
 # ----------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def imagenet_file(tmp_path_factory):
     state = torchvision_state()
     path = tmp_path_factory.mktemp("imagenet") / "resnet50-19c8e357.pth"
     # The 2017 torchvision file uses torch's legacy (non-zip) format: write that one too.
-    torch.save(OrderedDict((k, torch.from_numpy(v)) for k, v in state.items()), path,
-               _use_new_zipfile_serialization=False)
+    torch.save(
+        OrderedDict((k, torch.from_numpy(v)) for k, v in state.items()), path, _use_new_zipfile_serialization=False
+    )
     return state, path
 
 
@@ -286,7 +324,7 @@ def test_imagenet_resnet50_onto_encoder(imagenet_file, target):
     assert list(out) == enc_paddle
     for rule in model_rules(target):
         if rule.torch_key.startswith(prefix) and rule.paddle_key:
-            assert np.array_equal(out[rule.paddle_key], state[rule.torch_key[len(prefix):]])
+            assert np.array_equal(out[rule.paddle_key], state[rule.torch_key[len(prefix) :]])
     # Torch naming: official encoder keys, counters created as 0.
     torch_out = imagenet_resnet50_to(state, target, to="torch")
     assert list(torch_out) == [k for k in load_layout(target) if k.startswith(prefix)]
@@ -298,8 +336,9 @@ def test_imagenet_resnet50_onto_encoder(imagenet_file, target):
         res = net.load_state_dict(convert.as_torch(torch_out), strict=False)
         assert not res.unexpected_keys
         # (torch's BatchNorm does not report a missing num_batches_tracked: backward compatibility)
-        assert set(res.missing_keys) == {k for k in load_layout(target)
-                                         if not k.startswith(prefix) and k not in nbt_keys(target)}
+        assert set(res.missing_keys) == {
+            k for k in load_layout(target) if not k.startswith(prefix) and k not in nbt_keys(target)
+        }
     if _importable("paddle_impl"):
         import paddle_impl
 
@@ -312,6 +351,7 @@ def test_imagenet_resnet50_onto_encoder(imagenet_file, target):
 # ----------------------------------------------------------------------------------------------
 # Rules: by module type; Linear; dtypes; file formats
 # ----------------------------------------------------------------------------------------------
+
 
 class _Misnamed(torch.nn.Module):
     """Names chosen to mislead a name-based converter: a BatchNorm called ``fc``, a Linear
@@ -369,8 +409,12 @@ def test_static_rules_equal_torch_ref_for_imagenet_resnet50(target):
     for rule in trunk:
         mine = static[rule.torch_key]
         assert (mine.paddle_key, mine.transpose, mine.shape, mine.module_type, mine.kind) == (
-            None if rule.paddle_key is None else prefix + rule.paddle_key, rule.transpose, rule.shape,
-            rule.module_type, rule.kind)
+            None if rule.paddle_key is None else prefix + rule.paddle_key,
+            rule.transpose,
+            rule.shape,
+            rule.module_type,
+            rule.kind,
+        )
     required, optional = rules_mod.imagenet_layout(target)
     assert list(required) == [r.torch_key for r in trunk if r.paddle_key is not None]
     assert set(optional) == {r.torch_key for r in trunk if r.paddle_key is None} | {"fc.weight", "fc.bias"}
@@ -411,9 +455,11 @@ def test_dtypes_and_0d_kept(tmp_path):
 def test_save_paddle_is_byte_identical_to_paddle_save(tmp_path):
     paddle = pytest.importorskip("paddle")
     # A plain dict, as paddle.save itself builds from a Layer's state dict.
-    state = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3),
-             "buffer_step": np.array(3.0, dtype=np.float32),
-             "c": np.arange(4, dtype=np.int64)}
+    state = {
+        "a.weight": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "buffer_step": np.array(3.0, dtype=np.float32),
+        "c": np.arange(4, dtype=np.int64),
+    }
     paddle.save(state, str(tmp_path / "ref.pdparams"))
     save_paddle(state, tmp_path / "mine.pdparams")
     assert (tmp_path / "ref.pdparams").read_bytes() == (tmp_path / "mine.pdparams").read_bytes()
@@ -434,12 +480,17 @@ def test_safe_loader_reads_paddle_save_of_layer_state_dict(tmp_path, protocol):
 def test_safe_loader_reassembles_split_arrays_and_refuses_other_codecs(tmp_path):
     # paddle.save(protocol=2/3) splits arrays over 1 GiB into slices plus an info table.
     whole = np.arange(12, dtype=np.float32).reshape(3, 4)
-    split = {"w@@.0": whole.ravel()[:8], "w@@.1": whole.ravel()[8:], "b": np.ones(2, np.float32),
-             "UnpackBigParamInfor@@": {"w": {"OriginShape": (3, 4), "slices": ["w@@.0", "w@@.1"]}}}
+    split = {
+        "w@@.0": whole.ravel()[:8],
+        "w@@.1": whole.ravel()[8:],
+        "b": np.ones(2, np.float32),
+        "UnpackBigParamInfor@@": {"w": {"OriginShape": (3, 4), "slices": ["w@@.0", "w@@.1"]}},
+    }
     path = tmp_path / "split.pdparams"
     path.write_bytes(pickle.dumps(split, protocol=2))
     state = load_state_dict_file(path)
     assert set(state) == {"w", "b"} and np.array_equal(state["w"], whole)
+
     # _codecs.encode is allowed only for protocol-2 bytes (latin-1), not as a general codec call.
     class _Zlib:
         def __reduce__(self):
@@ -467,19 +518,21 @@ def reader_cases() -> "OrderedDict[str, torch.Tensor]":
     floats = torch.randn(4, 6, generator=g)
     floats[0, :3] = torch.tensor([float("nan"), float("inf"), -0.0])  # bit patterns matter
     shared = torch.arange(30, dtype=torch.float32)  # one storage, two tensors at offsets
-    return OrderedDict([
-        ("f32", floats),
-        ("f64", torch.randn(3, 2, 2, dtype=torch.float64, generator=g)),
-        ("f16", torch.randn(5, generator=g).half()),
-        ("i64", torch.arange(-3, 9, dtype=torch.int64).reshape(3, 4)),
-        ("bool", torch.tensor([[True, False, True], [False, False, True]])),
-        ("transposed", torch.randn(5, 3, generator=g).t()),  # non-contiguous view, stride (1, 3)
-        ("shared_a", shared[4:10]),
-        ("shared_b", shared[12:24].view(3, 4)),
-        ("scalar", torch.tensor(2.5)),
-        ("empty", torch.zeros(0, 3)),
-        ("param", torch.nn.Parameter(torch.randn(2, 3, generator=g))),
-    ])
+    return OrderedDict(
+        [
+            ("f32", floats),
+            ("f64", torch.randn(3, 2, 2, dtype=torch.float64, generator=g)),
+            ("f16", torch.randn(5, generator=g).half()),
+            ("i64", torch.arange(-3, 9, dtype=torch.int64).reshape(3, 4)),
+            ("bool", torch.tensor([[True, False, True], [False, False, True]])),
+            ("transposed", torch.randn(5, 3, generator=g).t()),  # non-contiguous view, stride (1, 3)
+            ("shared_a", shared[4:10]),
+            ("shared_b", shared[12:24].view(3, 4)),
+            ("scalar", torch.tensor(2.5)),
+            ("empty", torch.zeros(0, 3)),
+            ("param", torch.nn.Parameter(torch.randn(2, 3, generator=g))),
+        ]
+    )
 
 
 def assert_same_as_torch(mine, ref, where="top"):
@@ -510,10 +563,15 @@ def reader_files(tmp_path_factory):
         bare, wrapped = folder / f"bare_{fmt}.pth", folder / f"wrapped_{fmt}.pth"
         torch.save(reader_cases(), bare, _use_new_zipfile_serialization=zipped)
         cases = reader_cases()
-        opt = {"state": {0: {"momentum_buffer": torch.full((2, 3), 0.5)}},
-               "param_groups": [{"lr": 0.007, "momentum": 0.9, "nesterov": False, "params": [0]}]}
-        torch.save({"model": OrderedDict(("module." + k, v) for k, v in cases.items()), "opt": opt,
-                    "global_step": 60000}, wrapped, _use_new_zipfile_serialization=zipped)
+        opt = {
+            "state": {0: {"momentum_buffer": torch.full((2, 3), 0.5)}},
+            "param_groups": [{"lr": 0.007, "momentum": 0.9, "nesterov": False, "params": [0]}],
+        }
+        torch.save(
+            {"model": OrderedDict(("module." + k, v) for k, v in cases.items()), "opt": opt, "global_step": 60000},
+            wrapped,
+            _use_new_zipfile_serialization=zipped,
+        )
         # A module's own state_dict() pickles its _metadata attribute (BUILD) as well.
         module = folder / f"module_{fmt}.pth"
         torch.manual_seed(0)
@@ -552,13 +610,12 @@ def test_torch_free_reader_official_full_size(official_files):
     state, path = official_files["farseg"]
     loaded = read_checkpoint(path).state
     ref = torch.load(path, map_location="cpu", weights_only=True)["model"]
-    assert_same_as_torch(loaded, OrderedDict((k[len("module."):], v) for k, v in ref.items()))
+    assert_same_as_torch(loaded, OrderedDict((k[len("module.") :], v) for k, v in ref.items()))
     weight = loaded["en.resnet.conv1.weight"]
     assert not weight.flags.owndata
     # Writing into it (as torch.from_numpy + an in-place op would) leaves the file as it was.
     torch.from_numpy(weight).mul_(0)
-    assert np.array_equal(read_checkpoint(path).state["en.resnet.conv1.weight"],
-                          state["en.resnet.conv1.weight"])
+    assert np.array_equal(read_checkpoint(path).state["en.resnet.conv1.weight"], state["en.resnet.conv1.weight"])
 
 
 @pytest.mark.parametrize("bug", ["offset ignored", "strides ignored"])
@@ -581,8 +638,9 @@ def test_planted_bug_reader_ignoring_offsets_or_strides_is_caught(tmp_path, monk
         path = tmp_path / f"{fmt}.pth"
         torch.save(views, path, _use_new_zipfile_serialization=zipped)
         with pytest.raises(AssertionError):  # wrong values, silently: what the comparison is for
-            assert_same_as_torch(torch_pickle.load_torch_file(path, f"torch-{fmt}"),
-                                 torch.load(path, weights_only=True))
+            assert_same_as_torch(
+                torch_pickle.load_torch_file(path, f"torch-{fmt}"), torch.load(path, weights_only=True)
+            )
 
 
 class _Storage:
@@ -604,6 +662,7 @@ class _Tensor:
 
 def _craft_zip(path, obj, records, byteorder=b"little"):
     """A zip-format checkpoint written by hand: any pickle, any storage records."""
+
     class Pickler(pickle.Pickler):
         def persistent_id(self, o):
             if isinstance(o, _Storage):
@@ -670,15 +729,18 @@ def test_crafted_legacy_file_old_rebuild_and_storage_views_match_torch(tmp_path)
     assert mine["v"].tolist() == [5.0, 7.0, 9.0]
 
 
-@pytest.mark.parametrize("case, message", [
-    ("past the end", "reaches element 15 of a storage of 12"),
-    ("negative stride", "negative tensor stride"),
-    ("missing record", "storage record 'archive/data/1' is missing"),
-    ("short record", "holds 8 bytes"),
-    ("foreign global", "refused to unpickle builtins.eval: a checkpoint may only hold tensors"),
-    ("torch object", "refused to unpickle torch.device"),
-    ("bad byteorder", "unknown byte order"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("past the end", "reaches element 15 of a storage of 12"),
+        ("negative stride", "negative tensor stride"),
+        ("missing record", "storage record 'archive/data/1' is missing"),
+        ("short record", "holds 8 bytes"),
+        ("foreign global", "refused to unpickle builtins.eval: a checkpoint may only hold tensors"),
+        ("torch object", "refused to unpickle torch.device"),
+        ("bad byteorder", "unknown byte order"),
+    ],
+)
 def test_crafted_zip_refused_with_one_line(tmp_path, case, message):
     from convert.torch_pickle import load_torch_file
 
@@ -752,15 +814,18 @@ def test_cli_reads_validates_and_converts_without_torch_or_paddle(tmp_path, imag
     written): no torch, no Paddle imported."""
     pth = tmp_path / "farseg.pth"
     torch.save(official_wrapper(shared_state("farseg")), pth)
-    runs = [[str(pth), "-o", str(tmp_path / "farseg.pdparams")],
-            [str(imagenet_file[1]), "--target", "factseg", "-o", str(tmp_path / "enc.pdparams")],
-            [str(tmp_path / "farseg.pdparams"), "--to", "paddle", "-o", str(tmp_path / "again.pdparams")],
-            [str(tmp_path / "farseg.pdparams"), "-o", str(tmp_path / "back.pth")],  # Paddle -> torch
-            [str(tmp_path / "missing.pth")]]
+    runs = [
+        [str(pth), "-o", str(tmp_path / "farseg.pdparams")],
+        [str(imagenet_file[1]), "--target", "factseg", "-o", str(tmp_path / "enc.pdparams")],
+        [str(tmp_path / "farseg.pdparams"), "--to", "paddle", "-o", str(tmp_path / "again.pdparams")],
+        [str(tmp_path / "farseg.pdparams"), "-o", str(tmp_path / "back.pth")],  # Paddle -> torch
+        [str(tmp_path / "missing.pth")],
+    ]
     script = (
         "import atexit, runpy, sys\n"
         "def report():\n"
-        "    heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'paddle', 'torch_ref', 'paddle_impl'))\n"
+        "    heavy = sorted(m for m in sys.modules\n"
+        "                   if m.split('.')[0] in ('torch', 'paddle', 'torch_ref', 'paddle_impl'))\n"
         "    print('IMPORTED', heavy, file=sys.stderr)\n"
         "atexit.register(report)\n"
         f"for argv in {runs!r}:\n"
@@ -768,14 +833,16 @@ def test_cli_reads_validates_and_converts_without_torch_or_paddle(tmp_path, imag
         "    try:\n"
         "        runpy.run_module('convert', run_name='__main__', alter_sys=True)\n"
         "    except SystemExit as exc:\n"
-        "        print('EXIT', exc.code)\n")
+        "        print('EXIT', exc.code)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("EXIT 0") == 4 and "EXIT 2" in proc.stdout, proc.stdout + proc.stderr
     assert "importing torch" not in proc.stdout
     assert "IMPORTED []" in proc.stderr, proc.stderr
-    assert np.array_equal(load_state_dict_file(tmp_path / "farseg.pdparams")["en.resnet.bn1._mean"],
-                          np.ones(64, np.float32))
+    assert np.array_equal(
+        load_state_dict_file(tmp_path / "farseg.pdparams")["en.resnet.bn1._mean"], np.ones(64, np.float32)
+    )
     back = torch.load(tmp_path / "back.pth", weights_only=True)  # written without torch
     assert list(back) == list(load_layout("farseg"))
     assert torch.equal(back["en.resnet.bn1.running_mean"], torch.ones(64))
@@ -785,6 +852,7 @@ def test_cli_reads_validates_and_converts_without_torch_or_paddle(tmp_path, imag
 # ----------------------------------------------------------------------------------------------
 # Bad inputs through the CLI: exit 2, one line naming the file, nothing written or executed
 # ----------------------------------------------------------------------------------------------
+
 
 class _Evil:
     def __init__(self, marker):
@@ -882,10 +950,15 @@ def test_cli_layout_mismatch_report(tmp_path):
     proc = run_cli(path)
     assert proc.returncode == 2
     first = proc.stderr.splitlines()[0]
-    assert first.startswith(f"error: {path}: does not match the farseg layout (torch names): "
-                            f"1 missing, 1 wrong shape"), proc.stderr
-    for text in ["missing keys (1):", "sr.scene_encoder.2.0.weight  expected [256, 2048, 1, 1]",
-                 "wrong shape (1):", "cls_pred_conv.weight  expected [16, 128, 1, 1], found [15, 128, 1, 1]"]:
+    assert first.startswith(
+        f"error: {path}: does not match the farseg layout (torch names): 1 missing, 1 wrong shape"
+    ), proc.stderr
+    for text in [
+        "missing keys (1):",
+        "sr.scene_encoder.2.0.weight  expected [256, 2048, 1, 1]",
+        "wrong shape (1):",
+        "cls_pred_conv.weight  expected [16, 128, 1, 1], found [15, 128, 1, 1]",
+    ]:
         assert text in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pth"]
 
@@ -922,6 +995,7 @@ def test_help_documents_options_and_skips_torch():
 # ----------------------------------------------------------------------------------------------
 # Writing safety
 # ----------------------------------------------------------------------------------------------
+
 
 def test_refuses_to_overwrite_input(tmp_path):
     path = tmp_path / "factseg.pth"
@@ -1021,20 +1095,33 @@ def test_save_torch_without_torch_matches_torch_load_bit_for_bit(tmp_path):
         assert zf.testzip() is None  # CRCs right
     for info in infos:
         assert info.compress_type == zipfile.ZIP_STORED
-        name_len, extra_len = int.from_bytes(raw[info.header_offset + 26: info.header_offset + 28], "little"), \
-            int.from_bytes(raw[info.header_offset + 28: info.header_offset + 30], "little")
+        name_len, extra_len = (
+            int.from_bytes(raw[info.header_offset + 26 : info.header_offset + 28], "little"),
+            int.from_bytes(raw[info.header_offset + 28 : info.header_offset + 30], "little"),
+        )
         assert (info.header_offset + 30 + name_len + extra_len) % 64 == 0, info.filename
     # Torch tensors in, as before: written through the same path.
-    again = save_torch(OrderedDict((k, torch.from_numpy(np.array(v, order="C")))
-                                   for k, v in state.items() if v.dtype.isnative), tmp_path / "t.pth")
-    assert_bitwise_equal(torch.load(again, weights_only=True),
-                         OrderedDict((k, v) for k, v in state.items() if v.dtype.isnative))
+    again = save_torch(
+        OrderedDict((k, torch.from_numpy(np.array(v, order="C"))) for k, v in state.items() if v.dtype.isnative),
+        tmp_path / "t.pth",
+    )
+    assert_bitwise_equal(
+        torch.load(again, weights_only=True), OrderedDict((k, v) for k, v in state.items() if v.dtype.isnative)
+    )
     assert writers.TORCH_STORAGE_CLASS  # (names every dtype above)
 
 
-@pytest.mark.parametrize("value", [np.zeros(2, np.complex64), np.zeros(2, np.uint16), np.zeros(2, "U3"),
-                                   np.zeros(2, object), torch.zeros(2, dtype=torch.bfloat16)],
-                         ids=["complex64", "uint16", "str", "object", "torch-bfloat16"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.zeros(2, np.complex64),
+        np.zeros(2, np.uint16),
+        np.zeros(2, "U3"),
+        np.zeros(2, object),
+        torch.zeros(2, dtype=torch.bfloat16),
+    ],
+    ids=["complex64", "uint16", "str", "object", "torch-bfloat16"],
+)
 def test_save_torch_refuses_other_dtypes_naming_the_key(tmp_path, value):
     path = tmp_path / "x.pth"
     with pytest.raises(TypeError, match="cannot write 'bad.weight' to a .pth"):
@@ -1050,8 +1137,9 @@ def test_planted_bug_writer_byte_order_or_strides_is_caught(tmp_path, monkeypatc
     if bug == "big-endian bytes":  # the data says big, the byteorder record still says little
         monkeypatch.setattr(writers, "_STORAGE_BYTE_ORDER", ">")
     else:
-        monkeypatch.setattr(writers, "c_strides", lambda shape: tuple(
-            int(np.prod(shape[:i])) for i in range(len(shape))))  # Fortran strides for C data
+        monkeypatch.setattr(
+            writers, "c_strides", lambda shape: tuple(int(np.prod(shape[:i])) for i in range(len(shape)))
+        )  # Fortran strides for C data
     state = OrderedDict((k, v) for k, v in writer_cases().items() if k in ("m_float32", "m_int64", "transposed"))
     path = save_torch(state, tmp_path / "buggy.pth")
     for loaded in (torch.load(path, weights_only=True), load_torch_file(path, "torch-zip")):
@@ -1062,6 +1150,7 @@ def test_planted_bug_writer_byte_order_or_strides_is_caught(tmp_path, monkeypatc
 # ----------------------------------------------------------------------------------------------
 # Planted bug: a converter that forgets the BatchNorm rename must be caught
 # ----------------------------------------------------------------------------------------------
+
 
 def test_planted_bug_bn_rename_skipped_is_caught(official_files, monkeypatch):
     state, _ = official_files["factseg"]

@@ -16,6 +16,7 @@ What is proven here:
   equality is not expected in float32: where two classes' averaged probabilities are within
   rounding (about 1e-6) of each other, the two frameworks' argmax can pick different ones.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,9 @@ import paddle.nn.functional as paddle_F
 import pytest
 import rasterio
 import torch
+from model_helpers import randomise_batchnorm  # tests/model_helpers.py
 from PIL import Image
+from raster_scenes import read_georeference, write_geotiff_by_windows  # tests/raster_scenes.py
 from rasterio.transform import Affine
 
 import paddle_impl
@@ -36,20 +39,18 @@ import paddle_impl.infer as infer
 import paddle_impl.predict as paddle_predict
 import torch_ref
 import torch_ref.predict as torch_predict
-from convert import save_torch
 from app import raster
 from app.predict import predict_to_files
 from app.preview import ColourPreview
+from convert import save_torch
 from isaid.imageio import write_png_atomic
 from isaid.palette import NUM_CLASSES, index_png_palette, normalize
 from isaid.stitching import plan_bands
 from isaid.synth import make_scene
-from model_helpers import randomise_batchnorm  # tests/model_helpers.py
 from paddle_impl.export import check_export, export, save_inference_model
 from paddle_impl.export_format import ExportError, fixed_size, read_deploy_config
 from paddle_impl.inference import SlidingWindowInference as PaddleEngine
 from paddle_impl.inference import load_weights as paddle_load_weights
-from raster_scenes import read_georeference, write_geotiff_by_windows  # tests/raster_scenes.py
 
 WINDOW, STRIDE = 64, 32
 CRS = "EPSG:32633"
@@ -149,8 +150,7 @@ def test_export_writes_pir_files_and_model_yml(export_fixed: Path, export_dynami
         assert config["normalize"]["mean"] == [123.675, 116.28, 103.53]
         assert config["input"]["size_multiple"] == 32 and config["input"]["layout"] == "NCHW"
         assert config["input"]["shape"][0] == -1  # dynamic batch
-        assert config["sliding_window"] == {"window": 896, "stride": 512,
-                                            "merge": config["sliding_window"]["merge"]}
+        assert config["sliding_window"] == {"window": 896, "stride": 512, "merge": config["sliding_window"]["merge"]}
     # No staging folders are left next to the exports.
     assert not [p for p in os.listdir(export_dynamic.parent) if p.startswith(".")]
 
@@ -286,7 +286,10 @@ def test_interpolation_ops_are_what_paddle_default_onednn_refuses(one_op_program
         if not runs:
             assert "ArrayAttribute<pir::DoubleAttribute>" in message
         expected = _probabilities(model, x)
-        assert _max_diff(infer.create_predictor(str(folder), backend="onednn", threads=1, verify=False)(x), expected) <= 1e-5
+        assert (
+            _max_diff(infer.create_predictor(str(folder), backend="onednn", threads=1, verify=False)(x), expected)
+            <= 1e-5
+        )
     assert refused["none"] is False
     assert refused["nearest"] == refused["bilinear_size"]
 
@@ -311,16 +314,31 @@ def test_auto_backend_falls_back_from_a_failing_configuration(one_op_programs, m
         infer.create_predictor(str(folder), threads=1, verify=False)(x)
 
 
-def test_infer_cli_writes_the_class_map(export_dynamic: Path, paddle_farseg, tmp_path: Path,
-                                        capsys) -> None:
+def test_infer_cli_writes_the_class_map(export_dynamic: Path, paddle_farseg, tmp_path: Path, capsys) -> None:
     image, _ = make_scene(np.random.default_rng(0), 70, 90)
     write_png_atomic(tmp_path / "scene.png", image)
     out, colour = tmp_path / "classes.png", tmp_path / "colour.png"
     # The native backend, so that the CLI's output can be compared bit for bit with the
     # dynamic graph (70x90 is padded to 96x96 after normalisation, cropped back).
-    assert infer.main(["--model-dir", str(export_dynamic), "--image", str(tmp_path / "scene.png"),
-                       "--out", str(out), "--color", str(colour), "--threads", "1",
-                       "--backend", "native"]) == 0
+    assert (
+        infer.main(
+            [
+                "--model-dir",
+                str(export_dynamic),
+                "--image",
+                str(tmp_path / "scene.png"),
+                "--out",
+                str(out),
+                "--color",
+                str(colour),
+                "--threads",
+                "1",
+                "--backend",
+                "native",
+            ]
+        )
+        == 0
+    )
     assert "native backend" in capsys.readouterr().out
     written = Image.open(out)
     assert written.mode == "P" and written.getpalette()[:48] == index_png_palette()[:48]
@@ -342,7 +360,7 @@ def test_png_writer_streams_rows_and_commits_atomically(tmp_path: Path) -> None:
     out = tmp_path / "classes.png"
     writer = raster.create_class_map_writer(str(out), 301, 173)
     for start in range(0, 301, 64):
-        writer.write_rows(start, classes[start:start + 64])
+        writer.write_rows(start, classes[start : start + 64])
         assert not out.exists()  # nothing under the final name before commit
     writer.commit()
     image = Image.open(out)
@@ -361,10 +379,9 @@ def test_png_writer_streams_rows_and_commits_atomically(tmp_path: Path) -> None:
 def test_geotiff_writer_keeps_crs_and_transform(tmp_path: Path) -> None:
     classes = np.random.default_rng(1).integers(0, NUM_CLASSES, (200, 300), dtype=np.uint8)
     out = tmp_path / "classes.tif"
-    with raster.create_class_map_writer(str(out), 200, 300, rasterio.crs.CRS.from_string(CRS),
-                                        TRANSFORM) as writer:
+    with raster.create_class_map_writer(str(out), 200, 300, rasterio.crs.CRS.from_string(CRS), TRANSFORM) as writer:
         for start in range(0, 200, 70):
-            writer.write_rows(start, classes[start:start + 70])
+            writer.write_rows(start, classes[start : start + 70])
         writer.commit()
     with rasterio.open(out) as dataset:
         assert dataset.crs.to_epsg() == 32633 and dataset.transform == TRANSFORM
@@ -384,7 +401,7 @@ def test_colour_preview_subsamples_and_counts_at_full_resolution(tmp_path: Path)
     classes = np.random.default_rng(2).integers(0, 4, (1000, 700), dtype=np.uint8)
     preview = ColourPreview(1000, 700, max_side=300)
     for start in range(0, 1000, 96):  # bands not aligned with the step
-        preview.add_rows(start, classes[start:start + 96])
+        preview.add_rows(start, classes[start : start + 96])
     assert preview.step == 4
     np.testing.assert_array_equal(preview.index, classes[::4, ::4])
     np.testing.assert_allclose(preview.fractions()[:4], np.bincount(classes.ravel()) / classes.size)
@@ -394,16 +411,19 @@ def test_colour_preview_subsamples_and_counts_at_full_resolution(tmp_path: Path)
     assert Image.open(tmp_path / "colour.png").mode == "RGB"
 
 
-def _scene_geotiff(path: Path, height: int, width: int, seed: int = 0, count: int = 3,
-                   dtype: str = "uint8") -> np.ndarray:
+def _scene_geotiff(
+    path: Path, height: int, width: int, seed: int = 0, count: int = 3, dtype: str = "uint8"
+) -> np.ndarray:
     image, _ = make_scene(np.random.default_rng(seed), height, width)
     if count == 3 and dtype == "uint8":
-        write_geotiff_by_windows(str(path), height, width, lambda a, b: image[a:b],
-                                        crs=CRS, transform=TRANSFORM, block_rows=40)
+        write_geotiff_by_windows(
+            str(path), height, width, lambda a, b: image[a:b], crs=CRS, transform=TRANSFORM, block_rows=40
+        )
         return image
     bands = np.concatenate([image.transpose(2, 0, 1)] * 2)[:count].astype(dtype)
-    with rasterio.open(path, "w", driver="GTiff", height=height, width=width, count=count,
-                       dtype=dtype, crs=CRS, transform=TRANSFORM) as dataset:
+    with rasterio.open(
+        path, "w", driver="GTiff", height=height, width=width, count=count, dtype=dtype, crs=CRS, transform=TRANSFORM
+    ) as dataset:
         dataset.write(bands)
     return image
 
@@ -416,7 +436,7 @@ def _toy_bands(window: int, stride: int):
             rows = np.zeros((band.bottom - band.top, width), dtype=np.uint8)
             for y0, x0, y1, x1 in band.windows:
                 rows[:, x0:x1] = read_window(y0, x0, y1, x1)[..., 0] // 16
-            yield band.top, band.emit_until, rows[:band.emit_rows]
+            yield band.top, band.emit_until, rows[: band.emit_rows]
 
     return bands
 
@@ -455,16 +475,29 @@ def scene(tmp_path_factory) -> Path:
 
 
 def _predict(module, args: List[str]) -> int:
-    return module.main(args + ["--window", str(WINDOW), "--stride", str(STRIDE), "--no-progress",
-                               "--device", "cpu"])
+    return module.main(args + ["--window", str(WINDOW), "--stride", str(STRIDE), "--no-progress", "--device", "cpu"])
 
 
 @pytest.fixture(scope="module")
 def paddle_prediction(scene: Path, weights, tmp_path_factory) -> Path:
     out_dir = tmp_path_factory.mktemp("paddle_prediction")
     out = out_dir / "classes.tif"
-    assert _predict(paddle_predict, ["--weights", str(weights["farseg"]), "--image", str(scene),
-                                     "--out", str(out), "--color", str(out_dir / "colour.png")]) == 0
+    assert (
+        _predict(
+            paddle_predict,
+            [
+                "--weights",
+                str(weights["farseg"]),
+                "--image",
+                str(scene),
+                "--out",
+                str(out),
+                "--color",
+                str(out_dir / "colour.png"),
+            ],
+        )
+        == 0
+    )
     return out
 
 
@@ -494,11 +527,9 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float((a == b).mean())
 
 
-def test_torch_and_paddle_predict_agree(paddle_prediction: Path, scene: Path, weights,
-                                        tmp_path: Path) -> None:
+def test_torch_and_paddle_predict_agree(paddle_prediction: Path, scene: Path, weights, tmp_path: Path) -> None:
     out = tmp_path / "torch.tif"
-    assert _predict(torch_predict, ["--weights", str(weights["farseg"]), "--image", str(scene),
-                                    "--out", str(out)]) == 0
+    assert _predict(torch_predict, ["--weights", str(weights["farseg"]), "--image", str(scene), "--out", str(out)]) == 0
     torch_classes, paddle_classes = _read_classes(out), _read_classes(paddle_prediction)
     assert read_georeference(str(out))["transform"] == TRANSFORM
     assert _agreement(torch_classes, paddle_classes) >= MIN_AGREEMENT
@@ -514,11 +545,11 @@ def _read_tiff_rgb(path: Path) -> np.ndarray:
         return reader.read_window(0, 0, reader.height, reader.width).copy()
 
 
-def test_predict_from_export_matches_dynamic_graph(export_dynamic: Path, paddle_prediction: Path,
-                                                   scene: Path, tmp_path: Path) -> None:
+def test_predict_from_export_matches_dynamic_graph(
+    export_dynamic: Path, paddle_prediction: Path, scene: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "classes.png"  # PNG output: streamed too, no georeferencing
-    assert _predict(paddle_predict, ["--model-dir", str(export_dynamic), "--image", str(scene),
-                                     "--out", str(out)]) == 0
+    assert _predict(paddle_predict, ["--model-dir", str(export_dynamic), "--image", str(scene), "--out", str(out)]) == 0
     assert Image.open(out).mode == "P"
     assert _agreement(_read_classes(out), _read_classes(paddle_prediction)) >= MIN_AGREEMENT
 
@@ -543,20 +574,29 @@ def _bad_input_case(tmp_path: Path, kind: str) -> Tuple[Path, str]:
     if kind == "truncated":  # header fine, pixel data cut: fails in the middle of the scene
         _scene_geotiff(path, 256, 96)
         data = path.read_bytes()
-        path.write_bytes(data[:len(data) // 2])
+        path.write_bytes(data[: len(data) // 2])
         return path, "cannot read rows"
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["four_bands", "one_band", "sixteen_bit", "corrupt", "corrupt_tiff",
-                                  "truncated"])
+@pytest.mark.parametrize("kind", ["four_bands", "one_band", "sixteen_bit", "corrupt", "corrupt_tiff", "truncated"])
 def test_bad_input_gives_one_line_and_no_output(kind: str, weights, tmp_path: Path, capsys) -> None:
     path, expected = _bad_input_case(tmp_path, kind)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    code = _predict(paddle_predict, ["--weights", str(weights["farseg"]), "--image", str(path),
-                                     "--out", str(out_dir / "classes.tif"),
-                                     "--color", str(out_dir / "colour.png")])
+    code = _predict(
+        paddle_predict,
+        [
+            "--weights",
+            str(weights["farseg"]),
+            "--image",
+            str(path),
+            "--out",
+            str(out_dir / "classes.tif"),
+            "--color",
+            str(out_dir / "colour.png"),
+        ],
+    )
     err = capsys.readouterr().err.strip().splitlines()
     errors = [line for line in err if "error:" in line]
     assert code == 2
@@ -566,34 +606,108 @@ def test_bad_input_gives_one_line_and_no_output(kind: str, weights, tmp_path: Pa
 
 def test_torch_predict_bad_input_and_bad_options(weights, tmp_path: Path, capsys) -> None:
     path, _ = _bad_input_case(tmp_path, "four_bands")
-    assert _predict(torch_predict, ["--weights", str(weights["farseg"]), "--image", str(path),
-                                    "--out", str(tmp_path / "o.tif")]) == 2
+    assert (
+        _predict(
+            torch_predict, ["--weights", str(weights["farseg"]), "--image", str(path), "--out", str(tmp_path / "o.tif")]
+        )
+        == 2
+    )
     assert "4 bands; expected 3" in capsys.readouterr().err
-    assert _predict(torch_predict, ["--weights", str(weights["farseg"]), "--image", str(path),
-                                    "--out", str(tmp_path / "o.jpg")]) == 2
+    assert (
+        _predict(
+            torch_predict, ["--weights", str(weights["farseg"]), "--image", str(path), "--out", str(tmp_path / "o.jpg")]
+        )
+        == 2
+    )
     assert "unsupported extension '.jpg'" in capsys.readouterr().err
     scene_path = tmp_path / "ok.tif"
     _scene_geotiff(scene_path, 64, 64)
-    assert _predict(torch_predict, ["--weights", str(tmp_path / "missing.pth"), "--image", str(scene_path),
-                                    "--out", str(tmp_path / "o.tif")]) == 2
+    assert (
+        _predict(
+            torch_predict,
+            ["--weights", str(tmp_path / "missing.pth"), "--image", str(scene_path), "--out", str(tmp_path / "o.tif")],
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "missing.pth" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o.tif").exists() and not (tmp_path / "o.jpg").exists()
 
 
-@pytest.mark.parametrize("module,options", [
-    ("paddle_impl.export", ["--model", "--weights", "--out", "--format", "--size", "--window", "--stride",
-                            "--check", "--tolerance", "--rounding-tolerance"]),
-    ("torch_ref.export", ["--model", "--weights", "--out", "--format", "--size", "--opset", "--window", "--stride",
-                          "--check", "--tolerance"]),
-    ("paddle_impl.infer", ["--model-dir", "--image", "--out", "--color", "--device", "--backend", "--threads"]),
-    ("paddle_impl.predict", ["--weights", "--model-dir", "--model", "--image", "--out", "--window", "--stride",
-                             "--batch-size", "--device", "--amp", "--backend", "--color", "--color-max-side",
-                             "--progress"]),
-    ("torch_ref.predict", ["--weights", "--model-dir", "--model", "--image", "--out", "--window", "--stride",
-                           "--batch-size", "--device", "--amp", "--backend", "--color", "--color-max-side",
-                           "--progress"]),
-])
+@pytest.mark.parametrize(
+    "module,options",
+    [
+        (
+            "paddle_impl.export",
+            [
+                "--model",
+                "--weights",
+                "--out",
+                "--format",
+                "--size",
+                "--window",
+                "--stride",
+                "--check",
+                "--tolerance",
+                "--rounding-tolerance",
+            ],
+        ),
+        (
+            "torch_ref.export",
+            [
+                "--model",
+                "--weights",
+                "--out",
+                "--format",
+                "--size",
+                "--opset",
+                "--window",
+                "--stride",
+                "--check",
+                "--tolerance",
+            ],
+        ),
+        ("paddle_impl.infer", ["--model-dir", "--image", "--out", "--color", "--device", "--backend", "--threads"]),
+        (
+            "paddle_impl.predict",
+            [
+                "--weights",
+                "--model-dir",
+                "--model",
+                "--image",
+                "--out",
+                "--window",
+                "--stride",
+                "--batch-size",
+                "--device",
+                "--amp",
+                "--backend",
+                "--color",
+                "--color-max-side",
+                "--progress",
+            ],
+        ),
+        (
+            "torch_ref.predict",
+            [
+                "--weights",
+                "--model-dir",
+                "--model",
+                "--image",
+                "--out",
+                "--window",
+                "--stride",
+                "--batch-size",
+                "--device",
+                "--amp",
+                "--backend",
+                "--color",
+                "--color-max-side",
+                "--progress",
+            ],
+        ),
+    ],
+)
 def test_every_option_is_documented(module: str, options: List[str], capsys) -> None:
     import importlib
 

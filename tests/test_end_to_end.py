@@ -11,6 +11,7 @@
 Budget: about 1.5 minutes on 2 free CPU cores (30 training iterations take ~15 s of CPU;
 most of the rest is starting Python with torch/Paddle six times).
 """
+
 from __future__ import annotations
 
 import json
@@ -52,16 +53,18 @@ def run(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProces
     # process ran these small CPU jobs several times slower (measured: 5 Paddle training
     # iterations 171 s with 1 thread vs 234 s with the default, under load).
     env.setdefault("OMP_NUM_THREADS", "1")
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     return proc
 
 
 def subprocess_python(code: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def check(proc: subprocess.CompletedProcess, expected: int = 0) -> subprocess.CompletedProcess:
@@ -70,47 +73,80 @@ def check(proc: subprocess.CompletedProcess, expected: int = 0) -> subprocess.Co
 
 
 def evaluate(module: str, weights: Path, data: Path, out: Path, cwd: Path) -> Dict:
-    check(run(module, "--model", "farseg", "--weights", str(weights),
-              "--images", str(data / "val" / "images"), "--masks", str(data / "val" / "labels"),
-              "--window", "64", "--stride", "48", "--device", "cpu", "--no-progress",
-              "--json", str(out), cwd=cwd))
+    check(
+        run(
+            module,
+            "--model",
+            "farseg",
+            "--weights",
+            str(weights),
+            "--images",
+            str(data / "val" / "images"),
+            "--masks",
+            str(data / "val" / "labels"),
+            "--window",
+            "64",
+            "--stride",
+            "48",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--json",
+            str(out),
+            cwd=cwd,
+        )
+    )
     return json.loads(out.read_text())
 
 
 def test_synth_prepare_train_evaluate(tmp_path):
     src, data, run_dir = tmp_path / "src", tmp_path / "data", tmp_path / "run"
-    check(run("isaid.synth", str(src), "--train", "6", "--val", "2", "--size", "160", "--seed", "0",
-              cwd=tmp_path))
-    check(run("isaid.prepare", str(src), str(data), "--window", "64", "--stride", "48",
-              "--no-progress", cwd=tmp_path))
-    check(run("paddle_impl.train", "--config", str(REPO_ROOT / "configs" / "farseg_isaid.yaml"),
-              "--set", "init.imagenet=none", f"train.iterations={ITERATIONS}",
-              f"train.batch_size={BATCH_SIZE}",
-              f"data.root={data}", "data.window=64", f"train.out_dir={run_dir}", "train.amp=none",
-              "train.device=cpu", "train.num_workers=0", "train.log_every=10",
-              "--no-progress", cwd=tmp_path))
+    check(run("isaid.synth", str(src), "--train", "6", "--val", "2", "--size", "160", "--seed", "0", cwd=tmp_path))
+    check(run("isaid.prepare", str(src), str(data), "--window", "64", "--stride", "48", "--no-progress", cwd=tmp_path))
+    check(
+        run(
+            "paddle_impl.train",
+            "--config",
+            str(REPO_ROOT / "configs" / "farseg_isaid.yaml"),
+            "--set",
+            "init.imagenet=none",
+            f"train.iterations={ITERATIONS}",
+            f"train.batch_size={BATCH_SIZE}",
+            f"data.root={data}",
+            "data.window=64",
+            f"train.out_dir={run_dir}",
+            "train.amp=none",
+            "train.device=cpu",
+            "train.num_workers=0",
+            "train.log_every=10",
+            "--no-progress",
+            cwd=tmp_path,
+        )
+    )
     trained_weights = run_dir / "model_final.pdparams"
     assert trained_weights.is_file()
 
     # Untrained baseline: the official initialisation with the training seed, saved the way
     # a user would (a bare state dict through convert's atomic writer).
     untrained_weights = tmp_path / "untrained.pdparams"
-    snippet = ("import paddle, sys; from paddle_impl import build_model; from convert import save_paddle;"
-               " paddle.seed(2333); save_paddle(build_model('farseg').state_dict(), sys.argv[1])")
+    snippet = (
+        "import paddle, sys; from paddle_impl import build_model; from convert import save_paddle;"
+        " paddle.seed(2333); save_paddle(build_model('farseg').state_dict(), sys.argv[1])"
+    )
     check(subprocess_python(snippet, str(untrained_weights), cwd=tmp_path))
 
-    trained = evaluate("paddle_impl.evaluate", trained_weights, data, tmp_path / "trained.json",
-                       tmp_path)
-    untrained = evaluate("paddle_impl.evaluate", untrained_weights, data,
-                         tmp_path / "untrained.json", tmp_path)
+    trained = evaluate("paddle_impl.evaluate", trained_weights, data, tmp_path / "trained.json", tmp_path)
+    untrained = evaluate("paddle_impl.evaluate", untrained_weights, data, tmp_path / "untrained.json", tmp_path)
     scenes = json.loads((data / "val" / "index.json").read_text())["scenes"]
     for result in (trained, untrained):
         confusion = np.array(result["confusion"])
         assert confusion.shape == (16, 16) and result["data"]["images"] == len(scenes) == 2
         assert confusion.sum() == sum(scene["height"] * scene["width"] for scene in scenes)
         assert result["windows"] == sum(len(scene["patches"]) for scene in scenes)
-    print(f"mIoU trained {trained['miou']:.2f} vs untrained {untrained['miou']:.2f}; pixel accuracy"
-          f" {trained['pixel_accuracy']:.2f} vs {untrained['pixel_accuracy']:.2f}")
+    print(
+        f"mIoU trained {trained['miou']:.2f} vs untrained {untrained['miou']:.2f}; pixel accuracy"
+        f" {trained['pixel_accuracy']:.2f} vs {untrained['pixel_accuracy']:.2f}"
+    )
     # The plain 16-class mean can be undefined (a class absent from truth and prediction);
     # synth puts every class in every scene, so it is defined here.
     assert trained["miou"] is not None and untrained["miou"] is not None

@@ -4,6 +4,7 @@ The diagnosis is a pure function of the facts, so each usual mistake is planted 
 otherwise healthy fake GPU machine and must give exactly its error (exit status 2), while the
 healthy machine and the four intended installs give none.
 """
+
 from __future__ import annotations
 
 import copy
@@ -44,22 +45,37 @@ def errors(facts, expect="auto"):
     return [f for f in env.diagnose(facts, expect) if f.level == "error"]
 
 
-@pytest.mark.parametrize("facts, expect", [
-    (HEALTHY_GPU, "auto"), (HEALTHY_GPU, "gpu"), (CPU_ONLY, "auto"), (CPU_ONLY, "cpu"),
-    # torch on the GPU with a CPU Paddle, as intended
-    (machine(HEALTHY_GPU, paddle={"cuda_build": None, "gpu_count": 0},
-             distributions={"paddlepaddle": "3.3.1", "paddlepaddle-gpu": None}), "torch-gpu"),
-    # Paddle on the GPU with a CPU torch, as intended
-    (machine(HEALTHY_GPU, torch={"cuda_build": None, "cuda_available": False}), "paddle-gpu"),
-])
+@pytest.mark.parametrize(
+    "facts, expect",
+    [
+        (HEALTHY_GPU, "auto"),
+        (HEALTHY_GPU, "gpu"),
+        (CPU_ONLY, "auto"),
+        (CPU_ONLY, "cpu"),
+        # torch on the GPU with a CPU Paddle, as intended
+        (
+            machine(
+                HEALTHY_GPU,
+                paddle={"cuda_build": None, "gpu_count": 0},
+                distributions={"paddlepaddle": "3.3.1", "paddlepaddle-gpu": None},
+            ),
+            "torch-gpu",
+        ),
+        # Paddle on the GPU with a CPU torch, as intended
+        (machine(HEALTHY_GPU, torch={"cuda_build": None, "cuda_available": False}), "paddle-gpu"),
+    ],
+)
 def test_intended_installs_pass(facts, expect):
     found = env.diagnose(facts, expect)
     assert env.exit_status(found) == 0, [f.line() for f in found]
 
 
 def test_cpu_paddle_beside_cuda_torch():
-    facts = machine(HEALTHY_GPU, paddle={"cuda_build": None, "gpu_count": 0},
-                    distributions={"paddlepaddle": "3.3.1", "paddlepaddle-gpu": None})
+    facts = machine(
+        HEALTHY_GPU,
+        paddle={"cuda_build": None, "gpu_count": 0},
+        distributions={"paddlepaddle": "3.3.1", "paddlepaddle-gpu": None},
+    )
     (error,) = errors(facts)
     assert "CPU-only Paddle" in error.message
     # The fix names Paddle's own index for a CUDA the driver runs (12.8 -> cu126), never PyPI.
@@ -76,9 +92,12 @@ def test_cpu_torch_beside_cuda_paddle():
 
 def test_torch_build_newer_than_driver():
     # A CUDA 13.0 torch on a driver that stops at CUDA 12.4: torch sees no GPU.
-    facts = machine(HEALTHY_GPU, driver={"cuda": "12.4"},
-                    torch={"version": "2.13.0+cu130", "cuda_build": "13.0", "cuda_available": False},
-                    paddle={"cuda_build": "11.8"})
+    facts = machine(
+        HEALTHY_GPU,
+        driver={"cuda": "12.4"},
+        torch={"version": "2.13.0+cu130", "cuda_build": "13.0", "cuda_available": False},
+        paddle={"cuda_build": "11.8"},
+    )
     (error,) = errors(facts)
     assert error.message.startswith("torch is built for CUDA 13.0") and "supports CUDA 12.4" in error.message
     # No torch variant <= 12.4: the oldest 12.x runs by CUDA's minor-version compatibility.
@@ -93,16 +112,24 @@ def test_newer_minor_version_is_a_note_when_it_runs():
 
 
 def test_paddle_build_newer_than_driver():
-    facts = machine(HEALTHY_GPU, driver={"cuda": "11.8"}, torch={"cuda_build": "11.8"},
-                    paddle={"cuda_build": "12.9", "gpu_count": 0})
+    facts = machine(
+        HEALTHY_GPU,
+        driver={"cuda": "11.8"},
+        torch={"cuda_build": "11.8"},
+        paddle={"cuda_build": "12.9", "gpu_count": 0},
+    )
     (error,) = errors(facts)
     assert error.message.startswith("paddle is built for CUDA 12.9")
     assert error.fix.endswith("-i https://www.paddlepaddle.org.cn/packages/stable/cu118/")
 
 
 def test_driver_too_old_for_every_wheel():
-    facts = machine(HEALTHY_GPU, driver={"cuda": "10.2"}, torch={"cuda_build": "12.6", "cuda_available": False},
-                    paddle={"cuda_build": "11.8", "gpu_count": 0})
+    facts = machine(
+        HEALTHY_GPU,
+        driver={"cuda": "10.2"},
+        torch={"cuda_build": "12.6", "cuda_available": False},
+        paddle={"cuda_build": "11.8", "gpu_count": 0},
+    )
     found = errors(facts)
     assert {f.message.split()[0] for f in found} == {"torch", "paddle"}
     assert all(f.fix.startswith("update the NVIDIA driver") for f in found)
@@ -130,10 +157,21 @@ def test_expect_gpu_without_a_gpu():
     assert "--expect torch-gpu: torch does not see a GPU (no NVIDIA GPU or driver is visible)" in error.message
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("12.4", (12, 4)), ("13.0", (13, 0)), (12040, (12, 4)), ("11080", (11, 8)), ("12", (12, 0)),
-    (None, None), ("False", None), (False, None), ("", None), ("n/a", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("12.4", (12, 4)),
+        ("13.0", (13, 0)),
+        (12040, (12, 4)),
+        ("11080", (11, 8)),
+        ("12", (12, 0)),
+        (None, None),
+        ("False", None),
+        (False, None),
+        ("", None),
+        ("n/a", None),
+    ],
+)
 def test_parse_cuda_version(text, expected):
     assert env.parse_cuda_version(text) == expected
 
@@ -154,8 +192,14 @@ def test_best_index_and_cpu_notes():
 def test_report_on_this_machine():
     """The real command here (CPU torch and CPU Paddle): exit 0, every section present, and
     ``--device auto`` resolved to cpu by the commands' own functions."""
-    result = subprocess.run([sys.executable, "-m", "align.env", "--json"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "align.env", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     document = json.loads(result.stdout)
     facts = document["facts"]

@@ -14,6 +14,7 @@ Two kinds of model are used:
   buffer mix-up in the conversion would show), converted torch -> Paddle with ``convert``,
   for the torch/Paddle evaluator parity and the command-line behaviour.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,6 +28,7 @@ import paddle.nn.functional as paddle_F
 import pytest
 import torch
 import torch.nn.functional as torch_F
+from model_helpers import randomise_batchnorm  # tests/model_helpers.py
 from PIL import Image
 
 import paddle_impl
@@ -36,14 +38,13 @@ import torch_ref
 import torch_ref.evaluate as torch_evaluate
 import torch_ref.inference as torch_inference
 import weights
+from app.evaluation import check_expectation, find_scenes
 from convert import convert_file, save_torch
 from isaid import stitching
-from app.evaluation import check_expectation, find_scenes
 from isaid.imageio import write_png_atomic
 from isaid.palette import NUM_CLASSES, colorize, normalize
 from isaid.synth import make_scene
 from isaid.windows import pad_to_multiple, sliding_windows
-from model_helpers import randomise_batchnorm  # tests/model_helpers.py
 
 C = NUM_CLASSES
 
@@ -61,10 +62,20 @@ def one_torch_thread():
 # ------------------------------------------------------------------------ band planning
 
 
-@pytest.mark.parametrize("height,width,window,stride", [
-    (40, 50, 64, 32), (64, 64, 64, 48), (65, 65, 64, 48), (97, 131, 64, 32), (97, 131, 64, 48),
-    (1000, 13, 64, 64), (13000, 7, 896, 512), (4000, 4000, 896, 512), (897, 897, 896, 512),
-])
+@pytest.mark.parametrize(
+    "height,width,window,stride",
+    [
+        (40, 50, 64, 32),
+        (64, 64, 64, 48),
+        (65, 65, 64, 48),
+        (97, 131, 64, 32),
+        (97, 131, 64, 48),
+        (1000, 13, 64, 64),
+        (13000, 7, 896, 512),
+        (4000, 4000, 896, 512),
+        (897, 897, 896, 512),
+    ],
+)
 def test_plan_bands_partition_rows_and_cover_every_pixel(height, width, window, stride):
     bands = stitching.plan_bands(height, width, window, stride)
     assert [w for band in bands for w in band.windows] == sliding_windows(height, width, window, stride)
@@ -78,7 +89,7 @@ def test_plan_bands_partition_rows_and_cover_every_pixel(height, width, window, 
         assert all(w[0] == band.top and w[2] == band.bottom for w in band.windows)
         assert band.emit_rows + band.carry == band.bottom - band.top == rows
         # Rows emitted after band k are touched by no later window (they are final) ...
-        assert all(w[0] >= band.emit_until for later in bands[k + 1:] for w in later.windows)
+        assert all(w[0] >= band.emit_until for later in bands[k + 1 :] for w in later.windows)
         # ... and the carried rows are exactly where the next band starts.
         if k + 1 < len(bands):
             assert bands[k + 1].top == band.emit_until
@@ -88,8 +99,9 @@ def test_plan_bands_partition_rows_and_cover_every_pixel(height, width, window, 
         for y0, x0, y1, x1 in sliding_windows(height, width, window, stride):
             count[y0:y1, x0:x1] += 1
         assert count.min() >= 1
-        separable = np.outer(stitching.coverage_counts(height, window, stride),
-                             stitching.coverage_counts(width, window, stride))
+        separable = np.outer(
+            stitching.coverage_counts(height, window, stride), stitching.coverage_counts(width, window, stride)
+        )
         np.testing.assert_array_equal(separable, count)
 
 
@@ -105,9 +117,11 @@ def test_plan_bands_rejects_bad_arguments():
 
 def _stand_in_parameters(seed: int = 0) -> Dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {"mix": rng.normal(0, 2, (C, 3)).astype(np.float32),
-            "glob": rng.normal(0, 4, (C, 3)).astype(np.float32),
-            "ramp": rng.normal(0, 3, (C,)).astype(np.float32)}
+    return {
+        "mix": rng.normal(0, 2, (C, 3)).astype(np.float32),
+        "glob": rng.normal(0, 4, (C, 3)).astype(np.float32),
+        "ramp": rng.normal(0, 3, (C,)).astype(np.float32),
+    }
 
 
 class TorchStandIn(torch.nn.Module):
@@ -122,9 +136,11 @@ class TorchStandIn(torch.nn.Module):
         local = torch_F.avg_pool2d(x, 5, stride=1, padding=2)
         whole = x.mean(dim=(2, 3), keepdim=True)
         ramp = torch.arange(x.shape[2], dtype=x.dtype).reshape(1, 1, -1, 1) / x.shape[2]
-        logits = ((local.unsqueeze(1) * self.mix.reshape(1, C, 3, 1, 1)).sum(2)
-                  + (whole.unsqueeze(1) * self.glob.reshape(1, C, 3, 1, 1)).sum(2)
-                  + self.ramp.reshape(1, C, 1, 1) * ramp)
+        logits = (
+            (local.unsqueeze(1) * self.mix.reshape(1, C, 3, 1, 1)).sum(2)
+            + (whole.unsqueeze(1) * self.glob.reshape(1, C, 3, 1, 1)).sum(2)
+            + self.ramp.reshape(1, C, 1, 1) * ramp
+        )
         return logits.softmax(dim=1)
 
 
@@ -132,9 +148,13 @@ class PaddleStandIn(paddle.nn.Layer):
     def __init__(self) -> None:
         super().__init__()
         for name, value in _stand_in_parameters().items():
-            setattr(self, name, paddle.create_parameter(
-                list(value.shape), "float32",
-                default_initializer=paddle.nn.initializer.Assign(value)))
+            setattr(
+                self,
+                name,
+                paddle.create_parameter(
+                    list(value.shape), "float32", default_initializer=paddle.nn.initializer.Assign(value)
+                ),
+            )
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         if x.shape[2] % 32 or x.shape[3] % 32:
@@ -142,9 +162,11 @@ class PaddleStandIn(paddle.nn.Layer):
         local = paddle_F.avg_pool2d(x, 5, stride=1, padding=2, exclusive=False)
         whole = x.mean(axis=(2, 3), keepdim=True)
         ramp = paddle.arange(x.shape[2], dtype=x.dtype).reshape([1, 1, -1, 1]) / x.shape[2]
-        logits = ((local.unsqueeze(1) * self.mix.reshape([1, C, 3, 1, 1])).sum(2)
-                  + (whole.unsqueeze(1) * self.glob.reshape([1, C, 3, 1, 1])).sum(2)
-                  + self.ramp.reshape([1, C, 1, 1]) * ramp)
+        logits = (
+            (local.unsqueeze(1) * self.mix.reshape([1, C, 3, 1, 1])).sum(2)
+            + (whole.unsqueeze(1) * self.glob.reshape([1, C, 3, 1, 1])).sum(2)
+            + self.ramp.reshape([1, C, 1, 1]) * ramp
+        )
         return paddle_F.softmax(logits, axis=1)
 
 
@@ -176,10 +198,10 @@ FRAMEWORKS = {
     # NCHW, as the naive reference runs the stand-in: these tests prove the merge bit for bit, and a
     # convolution's rounding depends on the memory layout (the channels-last default on the CPU is
     # tested on its own, below).
-    "torch": Framework("torch", TorchNCHWEngine, TorchStandIn,
-                       _torch_forward, lambda t: t.cpu().numpy()),
-    "paddle": Framework("paddle", paddle_inference.SlidingWindowInference, PaddleStandIn,
-                        _paddle_forward, lambda t: t.numpy()),
+    "torch": Framework("torch", TorchNCHWEngine, TorchStandIn, _torch_forward, lambda t: t.cpu().numpy()),
+    "paddle": Framework(
+        "paddle", paddle_inference.SlidingWindowInference, PaddleStandIn, _paddle_forward, lambda t: t.numpy()
+    ),
 }
 
 
@@ -205,7 +227,7 @@ def naive_probabilities(fw: Framework, model, image: np.ndarray, window: int, st
         x = normalize(image[y0:y1, x0:x1])
         pad_h, pad_w = pad_to_multiple(y1 - y0, x1 - x0)
         x = np.pad(x, ((0, 0), (0, pad_h), (0, pad_w)))
-        total[:, y0:y1, x0:x1] += fw.forward_numpy(model, x[None])[0, :, :y1 - y0, :x1 - x0]
+        total[:, y0:y1, x0:x1] += fw.forward_numpy(model, x[None])[0, :, : y1 - y0, : x1 - x0]
         count[y0:y1, x0:x1] += 1
     return total / count
 
@@ -215,7 +237,8 @@ def streamed(fw: Framework, engine, image: np.ndarray) -> np.ndarray:
     height, width = image.shape[:2]
     parts, next_row = [], 0
     for row_start, row_end, probabilities in engine.run_probabilities(
-            height, width, lambda y0, x0, y1, x1: image[y0:y1, x0:x1], progress=False):
+        height, width, lambda y0, x0, y1, x1: image[y0:y1, x0:x1], progress=False
+    ):
         assert row_start == next_row and row_end > row_start, "rows out of order or repeated"
         part = fw.to_numpy(probabilities)
         assert part.shape == (C, row_end - row_start, width)
@@ -261,6 +284,7 @@ def _planted(bug: str) -> Callable:
         if bug == "emit_early":  # emit every row of a band before the next band adds to it
             return [dataclasses.replace(b, emit_until=b.bottom) for b in bands]
         raise AssertionError(bug)
+
     return plan
 
 
@@ -287,11 +311,13 @@ def test_device_normalisation_equals_host_normalize(fw):
 
 def _pad_before_normalising(fw: Framework):
     """A planted bug: pad the raw uint8 window with 0 (black), THEN normalise."""
+
     class PadFirst(fw.engine_class):
         def prepare(self, windows: np.ndarray):
             pad_h, pad_w = pad_to_multiple(*windows.shape[1:3])
             padded = np.pad(windows, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
             return super().prepare(padded)
+
     return PadFirst
 
 
@@ -387,18 +413,40 @@ def farseg_files(tmp_path_factory) -> Dict[str, Path]:
             index = index.copy()
             index[0, 0] = 0
             write_png_atomic(labels / f"P000{number}.png", index, index_palette=True)
-    return {"root": root, "pth": pth, "pdparams": pdparams, "images": images,
-            "labels": labels, "colours": colours}
+    return {"root": root, "pth": pth, "pdparams": pdparams, "images": images, "labels": labels, "colours": colours}
 
 
-def _cli(module, files: Dict[str, Path], *extra: str, weights: str = "pth", masks: str = "labels",
-         json_name: str = "out.json") -> Tuple[int, Dict]:
+def _cli(
+    module,
+    files: Dict[str, Path],
+    *extra: str,
+    weights: str = "pth",
+    masks: str = "labels",
+    json_name: str = "out.json",
+) -> Tuple[int, Dict]:
     out = files["root"] / json_name
     if out.exists():
         out.unlink()
-    argv = ["--model", "farseg", "--weights", str(files[weights]), "--images", str(files["images"]),
-            "--masks", str(files[masks]), "--window", "64", "--stride", "48", "--device", "cpu",
-            "--no-progress", "--json", str(out), *extra]
+    argv = [
+        "--model",
+        "farseg",
+        "--weights",
+        str(files[weights]),
+        "--images",
+        str(files["images"]),
+        "--masks",
+        str(files[masks]),
+        "--window",
+        "64",
+        "--stride",
+        "48",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--json",
+        str(out),
+        *extra,
+    ]
     code = module.main(argv)
     return code, (json.loads(out.read_text()) if out.exists() else {})
 
@@ -408,16 +456,16 @@ def test_torch_and_paddle_evaluators_agree(farseg_files, capsys):
     # differ by at most ~2e-12 in float64 (~2e-6 in float32) while the smallest top-2 gap
     # on these scenes is ~7e-7, so float64 leaves no near-tie to flip.
     code_t, torch64 = _cli(torch_evaluate, farseg_files, "--dtype", "float64", json_name="t64.json")
-    code_p, paddle64 = _cli(paddle_evaluate, farseg_files, "--dtype", "float64",
-                            weights="pdparams", json_name="p64.json")
+    code_p, paddle64 = _cli(
+        paddle_evaluate, farseg_files, "--dtype", "float64", weights="pdparams", json_name="p64.json"
+    )
     assert code_t == code_p == 0
     confusion = np.array(torch64["confusion"])
     np.testing.assert_array_equal(np.array(paddle64["confusion"]), confusion)
     assert confusion.sum() == 72 * 90 + 100 * 64 and torch64["windows"] == paddle64["windows"] == 6
     assert np.count_nonzero(confusion.sum(axis=0)) >= 3, "random model predicts too few classes"
     # The Paddle evaluator converts a torch checkpoint on the fly: the same matrix.
-    code_f, paddle_from_pth = _cli(paddle_evaluate, farseg_files, "--dtype", "float64",
-                                   json_name="pf.json")
+    code_f, paddle_from_pth = _cli(paddle_evaluate, farseg_files, "--dtype", "float64", json_name="pf.json")
     assert code_f == 0 and paddle_from_pth["confusion"] == torch64["confusion"]
     assert "converted on the fly" in paddle_from_pth["weights"]["loaded_as"]
     report = capsys.readouterr().out
@@ -450,9 +498,11 @@ def test_float32_predictions_agree_and_planted_weight_bug_is_caught(farseg_files
 def test_colour_masks_and_index_masks_give_the_same_confusion(farseg_files, monkeypatch):
     engine = torch_inference.SlidingWindowInference(TorchStandIn(), 64, 48)
     by_index, totals_index = torch_evaluate.evaluate_scenes(
-        engine, find_scenes(str(farseg_files["images"]), str(farseg_files["labels"])), progress=False)
+        engine, find_scenes(str(farseg_files["images"]), str(farseg_files["labels"])), progress=False
+    )
     by_colour, totals_colour = torch_evaluate.evaluate_scenes(
-        engine, find_scenes(str(farseg_files["images"]), str(farseg_files["colours"])), progress=False)
+        engine, find_scenes(str(farseg_files["images"]), str(farseg_files["colours"])), progress=False
+    )
     np.testing.assert_array_equal(by_colour, by_index)
     assert (totals_colour.colour_masks, totals_colour.index_masks) == (2, 0)
     assert (totals_index.colour_masks, totals_index.index_masks) == (0, 2)
@@ -460,6 +510,7 @@ def test_colour_masks_and_index_masks_give_the_same_confusion(farseg_files, monk
     assert by_index.sum() == 72 * 90 + 100 * 64
     # Device-side counting equals a host count of the predicted maps.
     from isaid.metrics import confusion_from_labels
+
     host = np.zeros((C, C), dtype=np.int64)
     for scene in find_scenes(str(farseg_files["images"]), str(farseg_files["labels"])):
         image = np.asarray(Image.open(scene.image).convert("RGB"))
@@ -469,6 +520,7 @@ def test_colour_masks_and_index_masks_give_the_same_confusion(farseg_files, monk
     # Planted bug: decode colour masks in mmsegmentation's index order, which swaps classes 2
     # (roundabout) and 12 (storage tank) relative to the FarSeg weights. The check sees it.
     import app.evaluation
+
     real_reader = app.evaluation.read_mask_details
 
     def swapped_reader(path, name=None):
@@ -481,7 +533,8 @@ def test_colour_masks_and_index_masks_give_the_same_confusion(farseg_files, monk
 
     monkeypatch.setattr(app.evaluation, "read_mask_details", swapped_reader)
     bugged, _ = torch_evaluate.evaluate_scenes(
-        engine, find_scenes(str(farseg_files["images"]), str(farseg_files["colours"])), progress=False)
+        engine, find_scenes(str(farseg_files["images"]), str(farseg_files["colours"])), progress=False
+    )
     assert not np.array_equal(bugged, by_index)
 
 
@@ -494,8 +547,7 @@ def test_expect_official_exit_codes(farseg_files, monkeypatch, capsys):
     assert code == 1 and failed["expect"]["passed"] is False and measured < 100.0
     assert "FAIL" in capsys.readouterr().out
     monkeypatch.setitem(weights.OFFICIAL_MIOU, "farseg", measured + 0.2)
-    code, passed = _cli(torch_evaluate, farseg_files, "--expect", "official", "--tolerance", "0.3",
-                        json_name="e2.json")
+    code, passed = _cli(torch_evaluate, farseg_files, "--expect", "official", "--tolerance", "0.3", json_name="e2.json")
     assert code == 0 and passed["expect"]["passed"] is True and passed["miou"] == measured
     out = capsys.readouterr().out
     assert "PASS" in out and f"seed reproduction {weights.SEED_REPRODUCTION_MIOU['farseg']:.2f}" in out
@@ -551,7 +603,8 @@ def test_bad_inputs_one_line_exit_2_no_json(farseg_files, tmp_path, capsys):
     _one_error_line(capsys, "bad.pth", "not a checkpoint")
     # Unknown model name: argparse, one line, exit 2.
     with pytest.raises(SystemExit) as exit_info:
-        paddle_evaluate.main(["--model", "unet", "--weights", "w", "--images", str(images),
-                              "--masks", str(labels), "--json", str(out)])
+        paddle_evaluate.main(
+            ["--model", "unet", "--weights", "w", "--images", str(images), "--masks", str(labels), "--json", str(out)]
+        )
     assert exit_info.value.code == 2 and not out.exists()
     _one_error_line(capsys, "unet", "--model")

@@ -17,6 +17,7 @@ RLIMIT_AS, each in a subprocess. What is checked, one class at a time:
 - limits: too-large scenes are refused from their header with the size and the limit;
 - config: out-of-range values are one-line errors naming the key.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,8 +46,14 @@ WINDOW = 64
 
 
 def run_python(code: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def error_lines(stderr: str) -> List[str]:
@@ -95,17 +102,19 @@ def test_convert_and_isaid_share_the_one_writer() -> None:
     # Only the writer renames files into place; whole folders are staged and renamed by the
     # export and by X2Paddle's conversion.
     folder_renames = {"isaid/atomic.py", "paddle_impl/export.py", "align/x2paddle/conversion.py"}
-    renaming = sorted(str(path.relative_to(ROOT)) for folder in ("weights", "isaid", "app", "convert", "torch_ref",
-                                                                  "paddle_impl", "align", "benchmarks")
-                      for path in (ROOT / folder).rglob("*.py")
-                      if "os.replace(" in path.read_text(encoding="utf-8") or "os.rename(" in
-                      path.read_text(encoding="utf-8"))
+    renaming = sorted(
+        str(path.relative_to(ROOT))
+        for folder in ("weights", "isaid", "app", "convert", "torch_ref", "paddle_impl", "align", "benchmarks")
+        for path in (ROOT / folder).rglob("*.py")
+        if "os.replace(" in path.read_text(encoding="utf-8") or "os.rename(" in path.read_text(encoding="utf-8")
+    )
     assert set(renaming) <= folder_renames, renaming
 
 
 def test_stale_temporaries_of_dead_writers_only(tmp_path: Path) -> None:
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead_pid = int(dead.stdout)
     stale = tmp_path / f".P0001.png.{dead_pid}-0123456789ab.tmp"
     live = tmp_path / f".P0002.png.{os.getppid()}-0123456789ab.tmp"  # a live process (pytest's parent)
@@ -144,8 +153,9 @@ _FULL_DISK_WRITER = """
 
 @pytest.mark.parametrize("suffix", [".tif", ".png"])
 @pytest.mark.parametrize("limit", [3000, 60000])
-def test_class_map_on_a_full_disk_is_one_line_and_keeps_the_earlier_file(tmp_path: Path, suffix: str,
-                                                                        limit: int) -> None:
+def test_class_map_on_a_full_disk_is_one_line_and_keeps_the_earlier_file(
+    tmp_path: Path, suffix: str, limit: int
+) -> None:
     out = tmp_path / f"classes{suffix}"
     out.write_bytes(b"earlier output")
     result = run_python(_FULL_DISK_WRITER, str(out), str(limit), "real")
@@ -198,8 +208,15 @@ def _scene(path: Path, height: int = 96, width: int = 128, nodata=None, mask_box
     from rasterio.transform import Affine
 
     image = np.random.default_rng(1).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    profile = dict(driver="GTiff", height=height, width=width, count=3, dtype="uint8", crs="EPSG:32633",
-                   transform=Affine(0.5, 0, 500000, 0, -0.5, 4600000))
+    profile = dict(
+        driver="GTiff",
+        height=height,
+        width=width,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=Affine(0.5, 0, 500000, 0, -0.5, 4600000),
+    )
     if nodata is not None:
         profile["nodata"] = nodata
     with rasterio.open(path, "w", **profile) as dataset:
@@ -213,9 +230,25 @@ def _scene(path: Path, height: int = 96, width: int = 128, nodata=None, mask_box
 
 
 def _predict_command(weights: Path, image: Path, out: Path, *extra: str) -> List[str]:
-    return [sys.executable, "-m", "torch_ref.predict", "--weights", str(weights), "--image", str(image),
-            "--out", str(out), "--window", str(WINDOW), "--stride", "32", "--device", "cpu",
-            "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "torch_ref.predict",
+        "--weights",
+        str(weights),
+        "--image",
+        str(image),
+        "--out",
+        str(out),
+        "--window",
+        str(WINDOW),
+        "--stride",
+        "32",
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_torch_predict_onto_a_full_disk_keeps_the_earlier_output(tmp_path: Path, torch_weights: Path) -> None:
@@ -226,9 +259,11 @@ def test_torch_predict_onto_a_full_disk_keeps_the_earlier_output(tmp_path: Path,
     out_dir.mkdir()
     out = out_dir / "x.tif"
     out.write_bytes(b"earlier prediction")
-    code = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN);"
-            " resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500)); sys.argv = sys.argv[1:];"
-            " runpy.run_module('torch_ref.predict', run_name='__main__')")
+    code = (
+        "import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN);"
+        " resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500)); sys.argv = sys.argv[1:];"
+        " runpy.run_module('torch_ref.predict', run_name='__main__')"
+    )
     command = [sys.executable, "-c", code] + _predict_command(torch_weights, scene, out)[2:]
     result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
@@ -241,14 +276,23 @@ def test_torch_predict_onto_a_full_disk_keeps_the_earlier_output(tmp_path: Path,
 def test_predict_removes_the_temporary_files_of_a_killed_run(tmp_path: Path, torch_weights: Path) -> None:
     scene = tmp_path / "scene.tif"
     _scene(scene, 64, 64)
-    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True).stdout)
+    dead = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     killed = tmp_path / f".x.tif.{dead}-0123456789ab.tmp"  # what a SIGKILLed predict leaves
     other = tmp_path / f".y.tif.{dead}-0123456789ab.tmp"  # another output's: not this run's business
     killed.write_bytes(b"partial")
     other.write_bytes(b"partial")
-    result = subprocess.run(_predict_command(torch_weights, scene, tmp_path / "x.tif"), cwd=ROOT, env=ENV,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        _predict_command(torch_weights, scene, tmp_path / "x.tif"),
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert not killed.exists() and other.exists() and (tmp_path / "x.tif").exists()
 
@@ -261,8 +305,14 @@ def test_predict_into_a_read_only_folder_is_one_line(tmp_path: Path, torch_weigh
     folder.mkdir()
     folder.chmod(0o555)
     try:
-        result = subprocess.run(_predict_command(torch_weights, scene, folder / "x.tif"), cwd=ROOT, env=ENV,
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            _predict_command(torch_weights, scene, folder / "x.tif"),
+            cwd=ROOT,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         folder.chmod(0o755)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -287,8 +337,7 @@ def test_unwritable_out_is_refused_before_the_model_is_built(tmp_path: Path, tar
         raise AssertionError("the model must not be built")
 
     with mock.patch.object(app.predict, "build_engine", no_model):
-        code = torch_predict.main(["--weights", "w.pth", "--image", str(scene), "--out", str(out),
-                                   "--device", "cpu"])
+        code = torch_predict.main(["--weights", "w.pth", "--image", str(scene), "--out", str(out), "--device", "cpu"])
     assert code == 2
 
 
@@ -301,7 +350,7 @@ def test_a_fifo_as_input_is_refused_not_waited_on(tmp_path: Path, reader: str) -
         from app import raster
         from isaid import imageio
         try:
-            {'raster.open_raster' if reader == 'open_raster' else 'imageio.' + reader}(sys.argv[1])
+            {"raster.open_raster" if reader == "open_raster" else "imageio." + reader}(sys.argv[1])
         except (raster.RasterError, imageio.ImageReadError) as error:
             print(f"error: {{error}}", file=sys.stderr)
             sys.exit(2)
@@ -323,8 +372,7 @@ def test_geotiff_nodata_is_written_as_nodata_and_left_out_of_the_shares(tmp_path
     import rasterio
 
     scene = tmp_path / "scene.tif"
-    image = _scene(scene, nodata=0 if kind == "value" else None,
-                   mask_box=(0, 0, 48, 128) if kind == "mask" else None)
+    image = _scene(scene, nodata=0 if kind == "value" else None, mask_box=(0, 0, 48, 128) if kind == "mask" else None)
     if kind == "value":  # the top half is nodata: 0 in all three bands
         import rasterio as rio
 
@@ -393,8 +441,7 @@ def test_prepare_refuses_a_scene_too_large_for_memory(tmp_path: Path) -> None:
         from isaid.prepare import main
         sys.exit(main(sys.argv[1:]))
     """
-    result = run_python(code, str(tmp_path / "src"), str(tmp_path / "out"), "--splits", "train",
-                        "--no-progress")
+    result = run_python(code, str(tmp_path / "src"), str(tmp_path / "out"), "--splits", "train", "--no-progress")
     assert result.returncode == 2, result.stderr
     errors = error_lines(result.stderr)
     assert len(errors) == 1 and "19000x19000" in errors[0] and "address-space limit" in errors[0], errors
@@ -406,8 +453,19 @@ def test_predict_refuses_a_scene_too_wide_for_memory_up_front(tmp_path: Path) ->
     import rasterio
 
     path = tmp_path / "huge.tif"
-    with rasterio.open(path, "w", driver="GTiff", height=200000, width=200000, count=3, dtype="uint8",
-                       tiled=True, compress="deflate", SPARSE_OK="TRUE", BIGTIFF="YES") as dataset:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=200000,
+        width=200000,
+        count=3,
+        dtype="uint8",
+        tiled=True,
+        compress="deflate",
+        SPARSE_OK="TRUE",
+        BIGTIFF="YES",
+    ) as dataset:
         dataset.write(np.zeros((3, 256, 256), dtype=np.uint8), window=rasterio.windows.Window(0, 0, 256, 256))
     assert path.stat().st_size < 10 * 2**20
     code = """
@@ -449,16 +507,19 @@ def test_whole_image_input_is_checked_before_decoding(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ config ranges
 
 
-@pytest.mark.parametrize("override,expected", [
-    ("train.momentum=50", "train.momentum: must be < 1"),
-    ("train.momentum=1.0", "train.momentum: must be < 1"),
-    ("train.momentum=-0.1", "train.momentum: must be >= 0"),
-    ("model.num_classes=2", "model.num_classes: must be 16"),
-    ("data.window=100", "data.window: must be a multiple of 32"),
-    ("train.weight_decay=1.5", "train.weight_decay: must be < 1"),
-    ("augment.hflip=2", "augment.hflip: must be <= 1"),
-    ("train.max_nonfinite=0", "train.max_nonfinite: must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("train.momentum=50", "train.momentum: must be < 1"),
+        ("train.momentum=1.0", "train.momentum: must be < 1"),
+        ("train.momentum=-0.1", "train.momentum: must be >= 0"),
+        ("model.num_classes=2", "model.num_classes: must be 16"),
+        ("data.window=100", "data.window: must be a multiple of 32"),
+        ("train.weight_decay=1.5", "train.weight_decay: must be < 1"),
+        ("augment.hflip=2", "augment.hflip: must be <= 1"),
+        ("train.max_nonfinite=0", "train.max_nonfinite: must be >= 1"),
+    ],
+)
 def test_config_values_out_of_range_are_one_line_errors(override: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(CONFIG, [override])
@@ -479,10 +540,35 @@ def prepared(tmp_path_factory) -> Path:
     overwritten to hold class 100."""
     root = tmp_path_factory.mktemp("fault_data")
     for command in (
-        [sys.executable, "-m", "isaid.synth", str(root / "src"), "--train", "1", "--val", "1", "--size", "128",
-         "--seed", "0", "--no-zip"],
-        [sys.executable, "-m", "isaid.prepare", str(root / "src"), str(root / "out"), "--window", str(WINDOW),
-         "--stride", "64", "--splits", "train", "--no-progress"],
+        [
+            sys.executable,
+            "-m",
+            "isaid.synth",
+            str(root / "src"),
+            "--train",
+            "1",
+            "--val",
+            "1",
+            "--size",
+            "128",
+            "--seed",
+            "0",
+            "--no-zip",
+        ],
+        [
+            sys.executable,
+            "-m",
+            "isaid.prepare",
+            str(root / "src"),
+            str(root / "out"),
+            "--window",
+            str(WINDOW),
+            "--stride",
+            "64",
+            "--splits",
+            "train",
+            "--no-progress",
+        ],
     ):
         subprocess.run(command, check=True, cwd=ROOT, env=ENV, capture_output=True, timeout=300)
     return root / "out"
@@ -502,22 +588,42 @@ def bad_label_data(prepared: Path, tmp_path_factory) -> Path:
 
 
 def _train_sets(data: Path, out: Path, iterations: int = 3, **extra) -> List[str]:
-    values = {"data.root": str(data), "data.window": WINDOW, "init.imagenet": "none",
-              "train.iterations": iterations, "train.batch_size": 2, "train.amp": "none",
-              "train.device": "cpu", "train.num_workers": 0, "train.log_every": 1,
-              "train.checkpoint_every": 1, "train.log_backend": "none", "train.out_dir": str(out)}
+    values = {
+        "data.root": str(data),
+        "data.window": WINDOW,
+        "init.imagenet": "none",
+        "train.iterations": iterations,
+        "train.batch_size": 2,
+        "train.amp": "none",
+        "train.device": "cpu",
+        "train.num_workers": 0,
+        "train.log_every": 1,
+        "train.checkpoint_every": 1,
+        "train.log_backend": "none",
+        "train.out_dir": str(out),
+    }
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]
 
 
 @pytest.mark.parametrize("framework", ["torch_ref", "paddle_impl"])
 @pytest.mark.parametrize("workers", [0, 2])
-def test_bad_label_is_the_same_one_line_error_with_0_and_n_workers(framework: str, workers: int,
-                                                                   bad_label_data: Path, tmp_path: Path) -> None:
+def test_bad_label_is_the_same_one_line_error_with_0_and_n_workers(
+    framework: str, workers: int, bad_label_data: Path, tmp_path: Path
+) -> None:
     # Batch 4 = all four patches in the first iteration: the bad one is always drawn.
-    command = [sys.executable, "-m", f"{framework}.train", "--config", CONFIG, "--no-progress", "--set",
-               *_train_sets(bad_label_data, tmp_path / "run", iterations=2, **{"train.num_workers": workers,
-                                                                                 "train.batch_size": 4})]
+    command = [
+        sys.executable,
+        "-m",
+        f"{framework}.train",
+        "--config",
+        CONFIG,
+        "--no-progress",
+        "--set",
+        *_train_sets(
+            bad_label_data, tmp_path / "run", iterations=2, **{"train.num_workers": workers, "train.batch_size": 4}
+        ),
+    ]
     result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
     assert result.returncode == 2, result.stderr[-3000:]
     errors = error_lines(result.stderr)
@@ -555,8 +661,9 @@ def _final_weights(out: Path) -> dict:
 
 
 @pytest.mark.parametrize("framework", ["torch_ref", "paddle_impl"])
-def test_nonfinite_loss_stops_or_is_skipped(framework: str, prepared: Path, tmp_path: Path, capsys,
-                                            monkeypatch, request) -> None:
+def test_nonfinite_loss_stops_or_is_skipped(
+    framework: str, prepared: Path, tmp_path: Path, capsys, monkeypatch, request
+) -> None:
     import importlib
 
     module = importlib.import_module(f"{framework}.train")
@@ -567,8 +674,7 @@ def test_nonfinite_loss_stops_or_is_skipped(framework: str, prepared: Path, tmp_
         torch.set_num_threads(1)
         request.addfinalizer(lambda: torch.set_num_threads(threads))
     monkeypatch.setattr(module.TrainStep, "__call__", _plant_nan_step(module, {2}))
-    code = module.main(["--config", CONFIG, "--no-progress", "--set",
-                        *_train_sets(prepared, tmp_path / "stop")])
+    code = module.main(["--config", CONFIG, "--no-progress", "--set", *_train_sets(prepared, tmp_path / "stop")])
     err = capsys.readouterr().err
     assert code == 2
     errors = error_lines(err)
@@ -578,8 +684,15 @@ def test_nonfinite_loss_stops_or_is_skipped(framework: str, prepared: Path, tmp_
     assert not list((tmp_path / "stop").glob("model_final.*"))
 
     monkeypatch.setattr(module.TrainStep, "__call__", _plant_nan_step(module, {2}))
-    code = module.main(["--config", CONFIG, "--no-progress", "--set",
-                        *_train_sets(prepared, tmp_path / "skip", **{"train.skip_nonfinite": "true"})])
+    code = module.main(
+        [
+            "--config",
+            CONFIG,
+            "--no-progress",
+            "--set",
+            *_train_sets(prepared, tmp_path / "skip", **{"train.skip_nonfinite": "true"}),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0, err
     assert "iteration 2: loss nan is not finite; batch skipped" in err
@@ -592,14 +705,22 @@ def test_nonfinite_loss_stops_or_is_skipped(framework: str, prepared: Path, tmp_
 
 # ------------------------------------------------------------------------------ other writers on a full disk
 
-_UNDER_FSIZE = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN);"
-                " limit = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit));"
-                " module = sys.argv[2]; sys.argv = sys.argv[2:]; runpy.run_module(module, run_name='__main__')")
+_UNDER_FSIZE = (
+    "import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN);"
+    " limit = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit));"
+    " module = sys.argv[2]; sys.argv = sys.argv[2:]; runpy.run_module(module, run_name='__main__')"
+)
 
 
 def _run_under_fsize(limit: int, module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", _UNDER_FSIZE, str(limit), module, *args], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", _UNDER_FSIZE, str(limit), module, *args],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_prepare_keeps_a_live_writers_temporary_files(prepared: Path, tmp_path: Path) -> None:
@@ -608,28 +729,99 @@ def test_prepare_keeps_a_live_writers_temporary_files(prepared: Path, tmp_path: 
 
     out = tmp_path / "out"
     shutil.copytree(prepared, out)
-    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True).stdout)
+    dead = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     images = out / "train" / "patches" / "images"
     live = images / f".P0000_0_0.png.{os.getpid()}-0123456789ab.tmp"  # this test: alive
     stale = images / f".P0000_0_64.png.{dead}-0123456789ab.tmp"
     live.write_bytes(b"being written")
     stale.write_bytes(b"left by a kill")
     src = tmp_path / "src"
-    subprocess.run([sys.executable, "-m", "isaid.synth", str(src), "--train", "1", "--val", "0", "--size", "128",
-                    "--seed", "0", "--no-zip"], check=True, cwd=ROOT, env=ENV, capture_output=True, timeout=300)
-    subprocess.run([sys.executable, "-m", "isaid.prepare", str(src), str(out), "--window", str(WINDOW), "--stride",
-                    "64", "--splits", "train", "--no-progress"], check=True, cwd=ROOT, env=ENV,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "isaid.synth",
+            str(src),
+            "--train",
+            "1",
+            "--val",
+            "0",
+            "--size",
+            "128",
+            "--seed",
+            "0",
+            "--no-zip",
+        ],
+        check=True,
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        timeout=300,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "isaid.prepare",
+            str(src),
+            str(out),
+            "--window",
+            str(WINDOW),
+            "--stride",
+            "64",
+            "--splits",
+            "train",
+            "--no-progress",
+        ],
+        check=True,
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        timeout=300,
+    )
     assert live.exists() and not stale.exists()
 
 
 def test_prepare_on_a_full_disk_is_one_line_per_problem(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "isaid.synth", str(tmp_path / "src"), "--train", "1", "--val", "0",
-                    "--size", "128", "--seed", "0", "--no-zip"], check=True, cwd=ROOT, env=ENV,
-                   capture_output=True, timeout=300)
-    result = _run_under_fsize(2000, "isaid.prepare", str(tmp_path / "src"), str(tmp_path / "out"), "--window",
-                              "64", "--stride", "64", "--splits", "train", "--no-progress")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "isaid.synth",
+            str(tmp_path / "src"),
+            "--train",
+            "1",
+            "--val",
+            "0",
+            "--size",
+            "128",
+            "--seed",
+            "0",
+            "--no-zip",
+        ],
+        check=True,
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        timeout=300,
+    )
+    result = _run_under_fsize(
+        2000,
+        "isaid.prepare",
+        str(tmp_path / "src"),
+        str(tmp_path / "out"),
+        "--window",
+        "64",
+        "--stride",
+        "64",
+        "--splits",
+        "train",
+        "--no-progress",
+    )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     errors = error_lines(result.stderr)
@@ -641,8 +833,15 @@ def test_prepare_on_a_full_disk_is_one_line_per_problem(tmp_path: Path) -> None:
 @pytest.mark.parametrize("framework", ["torch_ref", "paddle_impl"])
 def test_train_on_a_full_disk_is_one_line(framework: str, prepared: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = _run_under_fsize(200_000, f"{framework}.train", "--config", CONFIG, "--no-progress", "--set",
-                              *_train_sets(prepared, out, iterations=1))
+    result = _run_under_fsize(
+        200_000,
+        f"{framework}.train",
+        "--config",
+        CONFIG,
+        "--no-progress",
+        "--set",
+        *_train_sets(prepared, out, iterations=1),
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     errors = error_lines(result.stderr)
     assert len(errors) == 1 and ".tmp" not in errors[0], result.stderr
@@ -656,10 +855,30 @@ def test_evaluate_json_into_an_unwritable_place_is_refused_up_front(tmp_path: Pa
     blocker.write_bytes(b"")
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
-    result = subprocess.run([sys.executable, "-m", "torch_ref.evaluate", "--model", "farseg", "--weights", "w.pth",
-                             "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"), "--json",
-                             str(blocker / "r.json"), "--device", "cpu"], cwd=ROOT, env=ENV,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch_ref.evaluate",
+            "--model",
+            "farseg",
+            "--weights",
+            "w.pth",
+            "--images",
+            str(tmp_path / "images"),
+            "--masks",
+            str(tmp_path / "masks"),
+            "--json",
+            str(blocker / "r.json"),
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     errors = error_lines(result.stderr)
     assert len(errors) == 1 and "--json" in errors[0] and "cannot write there" in errors[0], result.stderr

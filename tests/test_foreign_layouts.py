@@ -9,6 +9,7 @@ bit, and torch_ref / paddle_impl must compute the same eval outputs from the con
 as from the official weights. Planted wrong rules (two X2Paddle bottlenecks swapped, the FPN
 levels off by one) must be caught.
 """
+
 from __future__ import annotations
 
 import re
@@ -51,7 +52,7 @@ def x2paddle_name(key: str) -> str:
     parts = key.split(".")
     if parts[0] in ("conv1", "bn1"):  # stem: conv0 / bn0
         return f"{parts[0][:-1]}0.{parts[1]}"
-    stage, block = int(parts[0][len("layer"):]), int(parts[1])
+    stage, block = int(parts[0][len("layer") :]), int(parts[1])
     if parts[2] == "downsample":
         inner, attr = ("conv0", "bn0")[int(parts[3])], parts[4]
         inner = f"layer1_0_downsample0.{inner}"
@@ -73,7 +74,7 @@ def paddleseg_farseg_key(key: str) -> Optional[str]:
         return None
     key = paddle_bn(key)
     if key.startswith("en.resnet."):
-        return "backbone.resnet." + x2paddle_name(key[len("en.resnet."):])
+        return "backbone.resnet." + x2paddle_name(key[len("en.resnet.") :])
     fpn = _fpn(key, "neck.", "._conv")
     if fpn:
         return fpn
@@ -99,14 +100,14 @@ def paddlers_farseg_key(key: str) -> Optional[str]:
         return None
     key = paddle_bn(key)
     if key.startswith("en.resnet."):
-        return "encoder.resnet." + key[len("en.resnet."):]
+        return "encoder.resnet." + key[len("en.resnet.") :]
     fpn = _fpn(key, "")
     if fpn:
         return fpn
     if key.startswith("sr."):
-        return "fsr." + key[len("sr."):]
+        return "fsr." + key[len("sr.") :]
     if key.startswith("cls_pred_conv."):
-        return "cls_head.0." + key[len("cls_pred_conv."):]
+        return "cls_head.0." + key[len("cls_pred_conv.") :]
     assert key.startswith("decoder."), key
     return key
 
@@ -124,30 +125,69 @@ def official_torch_names_key(key: str) -> Optional[str]:
 
 def classifier(prefix: str, shape=(2048, 1000), seed: int = 5) -> Dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {f"{prefix}.weight": rng.standard_normal(shape, dtype=np.float32),
-            f"{prefix}.bias": rng.standard_normal(1000, dtype=np.float32)}
+    return {
+        f"{prefix}.weight": rng.standard_normal(shape, dtype=np.float32),
+        f"{prefix}.bias": rng.standard_normal(1000, dtype=np.float32),
+    }
 
 
 # id -> (model, official key -> port key, extra tensors, label in the summary, dropped, filled)
 MODEL_LAYOUTS = {
-    "paddleseg-farseg": ("farseg", paddleseg_farseg_key, lambda: classifier("backbone.resnet.linear0"),
-                         "PaddleSeg FarSeg (ucsk/FarSeg)", "backbone.resnet.linear0.weight", "buffer_step"),
-    "paddlers-farseg": ("farseg", paddlers_farseg_key, lambda: classifier("encoder.resnet.fc"),
-                        "PaddleRS FarSeg", "encoder.resnet.fc.weight", "buffer_step"),
-    "paddlers-named-factseg": ("factseg", paddlers_named_factseg_key, dict,
-                               "PaddleRS-named FactSeg", "stray num_batches_tracked", None),
-    "official-torch-names-factseg": ("factseg", official_torch_names_key, dict,
-                                     "official FactSeg layout in a .pdparams", "stray num_batches_tracked", None),
-    "official-torch-names-farseg": ("farseg", official_torch_names_key, dict,
-                                    "official FarSeg layout in a .pdparams", "stray num_batches_tracked", None),
+    "paddleseg-farseg": (
+        "farseg",
+        paddleseg_farseg_key,
+        lambda: classifier("backbone.resnet.linear0"),
+        "PaddleSeg FarSeg (ucsk/FarSeg)",
+        "backbone.resnet.linear0.weight",
+        "buffer_step",
+    ),
+    "paddlers-farseg": (
+        "farseg",
+        paddlers_farseg_key,
+        lambda: classifier("encoder.resnet.fc"),
+        "PaddleRS FarSeg",
+        "encoder.resnet.fc.weight",
+        "buffer_step",
+    ),
+    "paddlers-named-factseg": (
+        "factseg",
+        paddlers_named_factseg_key,
+        dict,
+        "PaddleRS-named FactSeg",
+        "stray num_batches_tracked",
+        None,
+    ),
+    "official-torch-names-factseg": (
+        "factseg",
+        official_torch_names_key,
+        dict,
+        "official FactSeg layout in a .pdparams",
+        "stray num_batches_tracked",
+        None,
+    ),
+    "official-torch-names-farseg": (
+        "farseg",
+        official_torch_names_key,
+        dict,
+        "official FarSeg layout in a .pdparams",
+        "stray num_batches_tracked",
+        None,
+    ),
     # Paddle names, torch's counters kept (a rename that forgot to drop them).
-    "official-paddle-names-counters-factseg": ("factseg", paddle_bn, dict, "official FactSeg layout in a .pdparams",
-                                               "67 stray num_batches_tracked", None),
+    "official-paddle-names-counters-factseg": (
+        "factseg",
+        paddle_bn,
+        dict,
+        "official FactSeg layout in a .pdparams",
+        "67 stray num_batches_tracked",
+        None,
+    ),
 }
 
 
-def port_state(official: "OrderedDict[str, np.ndarray]", rename: Callable[[str], Optional[str]],
-               extra: Dict[str, np.ndarray]) -> "OrderedDict[str, np.ndarray]":
+def port_state(
+    official: "OrderedDict[str, np.ndarray]", rename: Callable[[str], Optional[str]], extra: Dict[str, np.ndarray]
+) -> "OrderedDict[str, np.ndarray]":
     out: "OrderedDict[str, np.ndarray]" = OrderedDict()
     for key, value in official.items():
         name = rename(key)
@@ -160,18 +200,30 @@ def port_state(official: "OrderedDict[str, np.ndarray]", rename: Callable[[str],
 
 def encoder(official: "OrderedDict[str, np.ndarray]", model: str = "farseg") -> "OrderedDict[str, np.ndarray]":
     prefix = ENCODER_PREFIX[model]
-    return OrderedDict((k[len(prefix):], v) for k, v in official.items() if k.startswith(prefix))
+    return OrderedDict((k[len(prefix) :], v) for k, v in official.items() if k.startswith(prefix))
 
 
 # id -> (torchvision key -> port key, extra tensors, label, dropped)
 IMAGENET_LAYOUTS = {
-    "x2paddle": (lambda k: None if k.endswith("num_batches_tracked") else x2paddle_name(paddle_bn(k)),
-                 lambda: classifier("linear0"), "X2Paddle's ResNet-50", "linear0.weight"),
-    "paddle.vision": (lambda k: None if k.endswith("num_batches_tracked") else paddle_bn(k),
-                      lambda: classifier("fc"), "paddle.vision resnet50", "fc.weight"),
+    "x2paddle": (
+        lambda k: None if k.endswith("num_batches_tracked") else x2paddle_name(paddle_bn(k)),
+        lambda: classifier("linear0"),
+        "X2Paddle's ResNet-50",
+        "linear0.weight",
+    ),
+    "paddle.vision": (
+        lambda k: None if k.endswith("num_batches_tracked") else paddle_bn(k),
+        lambda: classifier("fc"),
+        "paddle.vision resnet50",
+        "fc.weight",
+    ),
     # A naive rename of torchvision's file: Paddle BN names, torch's fc and counters kept.
-    "torchvision-paddle-bn": (paddle_bn, lambda: classifier("fc", (1000, 2048)),
-                              "torchvision names and Paddle BatchNorm names", "fc.weight"),
+    "torchvision-paddle-bn": (
+        paddle_bn,
+        lambda: classifier("fc", (1000, 2048)),
+        "torchvision names and Paddle BatchNorm names",
+        "fc.weight",
+    ),
 }
 
 # ----------------------------------------------------------------------------------------------
@@ -227,6 +279,7 @@ def reference():
         if name not in cache:
             cache[name] = Reference(name)
         return cache[name]
+
     return get
 
 
@@ -265,6 +318,7 @@ def differing_keys(got, want) -> list:
 # ----------------------------------------------------------------------------------------------
 # Every model layout: both outputs, strict loads, identical eval outputs
 # ----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("layout", list(MODEL_LAYOUTS))
 def test_port_layout_converts_to_both_official_layouts_with_eval_outputs_unchanged(tmp_path, reference, layout):
@@ -314,8 +368,10 @@ def test_entry_points_read_port_files_as_they_are(tmp_path, reference, layout):
 # ImageNet ResNet-50 files for training
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("layout,target", [("x2paddle", "farseg"), ("paddle.vision", "factseg"),
-                                           ("torchvision-paddle-bn", "farseg")])
+
+@pytest.mark.parametrize(
+    "layout,target", [("x2paddle", "farseg"), ("paddle.vision", "factseg"), ("torchvision-paddle-bn", "farseg")]
+)
 def test_imagenet_layouts_give_the_encoder(tmp_path, reference, layout, target):
     ref = reference("farseg")
     rename, extra, label, dropped = IMAGENET_LAYOUTS[layout]
@@ -348,23 +404,26 @@ def test_trainers_init_from_the_x2paddle_imagenet_file(tmp_path, reference, fram
     ref = reference("factseg")
     rename, extra, *_ = IMAGENET_LAYOUTS["x2paddle"]
     # Values the model does not hold yet (the reference model carries the official ones).
-    torchvision = OrderedDict((k, v if k.endswith("num_batches_tracked") else v * np.float32(0.5) + 1)
-                              for k, v in encoder(ref.official, "factseg").items())
+    torchvision = OrderedDict(
+        (k, v if k.endswith("num_batches_tracked") else v * np.float32(0.5) + 1)
+        for k, v in encoder(ref.official, "factseg").items()
+    )
     path = tmp_path / "resnet50_pth.pdparams"
     save_paddle(port_state(torchvision, rename, extra()), path)
     train = importlib.import_module(f"{'torch_ref' if framework == 'torch' else 'paddle_impl'}.train")
     net = ref.torch_model if framework == "torch" else ref.paddle_model
     assert train.load_imagenet(net, str(path), "factseg") > 0
-    own = {k: np.asarray(v.detach().numpy() if framework == "torch" else v.numpy())
-           for k, v in net.state_dict().items()}
+    own = {
+        k: np.asarray(v.detach().numpy() if framework == "torch" else v.numpy()) for k, v in net.state_dict().items()
+    }
     want = convert.imagenet_resnet50_to(torchvision, "factseg", framework)
-    assert [k for k, v in want.items() if not k.endswith("num_batches_tracked")
-            and not np.array_equal(own[k], v)] == []
+    assert [k for k, v in want.items() if not k.endswith("num_batches_tracked") and not np.array_equal(own[k], v)] == []
 
 
 # ----------------------------------------------------------------------------------------------
 # Planted wrong rules
 # ----------------------------------------------------------------------------------------------
+
 
 def test_planted_bug_two_x2paddle_bottlenecks_swapped_is_caught(tmp_path, reference, monkeypatch, fresh_tables):
     ref = reference("farseg")
@@ -376,8 +435,10 @@ def test_planted_bug_two_x2paddle_bottlenecks_swapped_is_caught(tmp_path, refere
     # First line: the file stores the blocks in trunk order, which the wrong table contradicts.
     with pytest.raises(CheckpointError) as info:
         run_conversion(path, tmp_path / "out.pth", to="torch")
-    assert "layer10: file order bottleneck90, bottleneck50, bottleneck140; " \
-           "table order bottleneck90, bottleneck140, bottleneck50" in str(info.value)
+    assert (
+        "layer10: file order bottleneck90, bottleneck50, bottleneck140; "
+        "table order bottleneck90, bottleneck140, bottleneck50" in str(info.value)
+    )
     assert not (tmp_path / "out.pth").exists()
 
     # Second line: without the order check the shapes still agree (blocks 1 and 2 of a stage
@@ -411,7 +472,7 @@ def test_x2paddle_file_from_another_conversion_is_refused(tmp_path, reference):
     reordered = OrderedDict((k, v) for k, v in state.items() if k not in moved)
     after = max(i for i, k in enumerate(reordered) if "bottleneck140" in k)
     items = list(reordered.items())
-    reordered = OrderedDict(items[:after + 1] + [(k, state[k]) for k in moved] + items[after + 1:])
+    reordered = OrderedDict(items[: after + 1] + [(k, state[k]) for k in moved] + items[after + 1 :])
     path = tmp_path / "other_x2paddle.pdparams"
     save_paddle(reordered, path)
     with pytest.raises(CheckpointError) as info:
@@ -419,8 +480,9 @@ def test_x2paddle_file_from_another_conversion_is_refused(tmp_path, reference):
     assert "another order" in str(info.value) and str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("wrong_levels", [{1: 1, 2: 2, 3: 3, 4: 4}, {1: 1, 2: 2, 3: 3, 4: 0}],
-                         ids=["index-not-shifted", "rotated"])
+@pytest.mark.parametrize(
+    "wrong_levels", [{1: 1, 2: 2, 3: 3, 4: 4}, {1: 1, 2: 2, 3: 3, 4: 0}], ids=["index-not-shifted", "rotated"]
+)
 def test_planted_bug_fpn_level_off_by_one_is_caught(tmp_path, reference, monkeypatch, fresh_tables, wrong_levels):
     ref = reference("factseg")
     path = write_port_file(tmp_path, ref, "paddlers-named-factseg")
@@ -439,6 +501,7 @@ def test_planted_bug_fpn_level_off_by_one_is_caught(tmp_path, reference, monkeyp
 # ----------------------------------------------------------------------------------------------
 # Detection and validation
 # ----------------------------------------------------------------------------------------------
+
 
 def test_official_paddle_files_and_encoder_files_are_left_alone(reference):
     ref = reference("farseg")
@@ -473,16 +536,23 @@ def test_damaged_port_file_one_line_error_exit_2_nothing_written(tmp_path, refer
     path = tmp_path / "damaged.pdparams"
     save_paddle(state, path)
     out = tmp_path / "out.pth"
-    proc = subprocess.run([sys.executable, "-m", "convert", str(path), "-o", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "convert", str(path), "-o", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and not out.exists()
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "looks like the PaddleRS FarSeg" in errors[0] and str(path) in errors[0]
-    detail = {"missing": "fpn.layer_blocks.2.weight  expected [256, 256, 3, 3] (official fpn.fpn_layer3.weight)",
-              "unexpected": "fsr.extra.weight  [3]",
-              "wrong-shape": "cls_head.0.weight  expected [16, 128, 1, 1], found [15, 128, 1, 1]",
-              "both-bn-names": "decoder.blocks.0.0.1._mean and decoder.blocks.0.0.1.running_mean",
-              "bad-counter": "decoder.blocks.0.0.1.num_batches_tracked  expected a single counter"}[damage]
+    detail = {
+        "missing": "fpn.layer_blocks.2.weight  expected [256, 256, 3, 3] (official fpn.fpn_layer3.weight)",
+        "unexpected": "fsr.extra.weight  [3]",
+        "wrong-shape": "cls_head.0.weight  expected [16, 128, 1, 1], found [15, 128, 1, 1]",
+        "both-bn-names": "decoder.blocks.0.0.1._mean and decoder.blocks.0.0.1.running_mean",
+        "bad-counter": "decoder.blocks.0.0.1.num_batches_tracked  expected a single counter",
+    }[damage]
     assert detail in proc.stderr
     with pytest.raises(CheckpointError):
         read_checkpoint(path)
@@ -491,8 +561,13 @@ def test_damaged_port_file_one_line_error_exit_2_nothing_written(tmp_path, refer
 def test_cli_summary_names_the_layout(tmp_path, reference):
     ref = reference("farseg")
     path = write_port_file(tmp_path, ref, "paddleseg-farseg")
-    proc = subprocess.run([sys.executable, "-m", "convert", str(path), "--to", "paddle"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "convert", str(path), "--to", "paddle"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     line = proc.stdout.strip()
     assert "PaddleSeg FarSeg (ucsk/FarSeg) layout" in line and "linear0.weight and" in line

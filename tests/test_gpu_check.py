@@ -1,6 +1,7 @@
 """``benchmarks/gpu_check.py``: the whole check on the CPU (``--smoke``), its refusals, and
 planted bugs that its GPU-vs-CPU parity must catch (the "device" is the CPU here, so a bug is
 planted in the second of the two runs it compares)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,8 +23,9 @@ TINY = {"device": "cpu", "models": ["farseg"], "size": 32, "batch": 2, "steps": 
 
 
 def run_script(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 @pytest.mark.slow
@@ -34,10 +36,20 @@ def test_smoke_runs_every_section(tmp_path):
     document = json.loads(out.read_text())
     assert document["mode"] == "smoke" and document["devices"] == {"torch": "cpu", "paddle": "cpu"}
     status = {section["name"]: section["status"] for section in document["sections"]}
-    expected = ["parity torch cpu", "parity paddle cpu", "train torch farseg eager", "train torch factseg eager",
-                "train paddle farseg eager", "train paddle factseg eager", "eval torch cpu amp=none batch=1",
-                "eval paddle cpu amp=none batch=1", "predict torch cpu 96x96 GeoTIFF",
-                "predict paddle cpu 96x96 GeoTIFF", "lite chain torch cpu", "lite chain paddle cpu"]
+    expected = [
+        "parity torch cpu",
+        "parity paddle cpu",
+        "train torch farseg eager",
+        "train torch factseg eager",
+        "train paddle farseg eager",
+        "train paddle factseg eager",
+        "eval torch cpu amp=none batch=1",
+        "eval paddle cpu amp=none batch=1",
+        "predict torch cpu 96x96 GeoTIFF",
+        "predict paddle cpu 96x96 GeoTIFF",
+        "lite chain torch cpu",
+        "lite chain paddle cpu",
+    ]
     assert [name for name in status if name in expected] == expected
     assert all(status[name] == "ok" for name in expected), status
     assert status["train torch compiled"] == "skipped"
@@ -80,7 +92,9 @@ def test_relative_error_helpers():
     with pytest.raises(ValueError):
         gpu_check.worst({"a": reference["a"]}, reference)
     assert gpu_check.judge({"loss": {"rel": 2e-9}, "x": {"rel": float("nan")}}, {"loss": 1e-9, "x": 1.0}) == [
-        "loss rel 2e-09 > 1e-09", "x rel nan > 1"]
+        "loss rel 2e-09 > 1e-09",
+        "x rel nan > 1",
+    ]
 
 
 @pytest.mark.parametrize("framework", ["torch", "paddle"])
@@ -102,7 +116,8 @@ def test_parity_catches_weights_not_copied_exactly(framework, monkeypatch):
     failures = result["models"]["farseg"]["failures"]
     assert not result["passed"]
     assert {"float64 probabilities", "float64 loss", "float64 gradients"} <= {
-        " ".join(f.split()[:2]) for f in failures}, failures
+        " ".join(f.split()[:2]) for f in failures
+    }, failures
 
 
 def test_parity_catches_a_trainer_step_bug(monkeypatch):
@@ -125,12 +140,21 @@ def test_parity_catches_a_trainer_step_bug(monkeypatch):
     assert failures == ["float64 parameters_after_steps"], failures
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "usage: benchmarks/gpu_bundle.sh download|install|check"),
-    (["install", "--dir", "/nonexistent/wheels"], "/nonexistent/wheels: no such folder"),
-    (["download", "--bogus"], "unknown option --bogus"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "usage: benchmarks/gpu_bundle.sh download|install|check"),
+        (["install", "--dir", "/nonexistent/wheels"], "/nonexistent/wheels: no such folder"),
+        (["download", "--bogus"], "unknown option --bogus"),
+    ],
+)
 def test_bundle_script_refuses_bad_use(args, message):
-    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_bundle.sh"), *args], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_bundle.sh"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 2 and message in result.stderr, result.stderr

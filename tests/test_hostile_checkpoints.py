@@ -7,6 +7,7 @@ nesting, a FIFO as input, wrong dtypes, NaN/Inf, truncation. Each is fed to ``py
 (and a selection to ``torch_ref.predict --weights``) in a subprocess under a 3 GB address-space
 limit and a 30 s timeout; the run must end with exit 2 and one ``error: <file>: ...`` line.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,15 @@ def _cap_memory() -> None:
 
 def run_capped(*args: str) -> subprocess.CompletedProcess:
     """``python *args`` under the memory cap and the timeout (a hang fails the test)."""
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=ENV, capture_output=True, text=True,
-                          timeout=TIMEOUT, preexec_fn=_cap_memory)
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        preexec_fn=_cap_memory,
+    )
 
 
 def assert_one_line_refusal(proc: subprocess.CompletedProcess, path: Path, expected: str) -> None:
@@ -56,6 +64,7 @@ def assert_one_line_refusal(proc: subprocess.CompletedProcess, path: Path, expec
 # ----------------------------------------------------------------------------------------------
 # Hand-written pickles
 # ----------------------------------------------------------------------------------------------
+
 
 class Ops:
     """Pickle opcodes written by hand (for structures ``pickle.dumps`` cannot or will not make)."""
@@ -127,17 +136,18 @@ def _reconstruct():
 def object_dtype_slice_pdparams() -> bytes:
     """An object-dtype array over 16 bytes of the file (two fake pointers), listed as the slice
     of a split parameter: reassembly would dereference the pointers (issue 10's segfault)."""
-    fake = _Reduce(_reconstruct(), (np.ndarray, (0,), b"b"),
-                   (1, (2,), np.dtype(object), False, b"\x41" * 16))
-    return pickle.dumps({"w@@.0": fake, "UnpackBigParamInfor@@": {"w": {"OriginShape": (2,), "slices": ["w@@.0"]}}},
-                        protocol=2)
+    fake = _Reduce(_reconstruct(), (np.ndarray, (0,), b"b"), (1, (2,), np.dtype(object), False, b"\x41" * 16))
+    return pickle.dumps(
+        {"w@@.0": fake, "UnpackBigParamInfor@@": {"w": {"OriginShape": (2,), "slices": ["w@@.0"]}}}, protocol=2
+    )
 
 
 def ndarray_stride0_pdparams() -> bytes:
     """numpy.ndarray called with a 4-byte buffer and stride 0 for 2^31 elements (8 GiB if copied)."""
     fake = _Reduce(np.ndarray, ((2**31,), np.dtype("f4"), b"abcd", 0, (0,)))
-    return pickle.dumps({"w@@.0": fake, "UnpackBigParamInfor@@": {"w": {"OriginShape": (2**31,), "slices": ["w@@.0"]}}},
-                        protocol=2)
+    return pickle.dumps(
+        {"w@@.0": fake, "UnpackBigParamInfor@@": {"w": {"OriginShape": (2**31,), "slices": ["w@@.0"]}}}, protocol=2
+    )
 
 
 def huge_shape_pdparams() -> bytes:
@@ -148,9 +158,13 @@ def huge_shape_pdparams() -> bytes:
 
 def split_total_mismatch_pdparams() -> bytes:
     """A split parameter whose slices hold 6 elements for a declared shape of 2^34."""
-    return pickle.dumps({"w@@.0": np.zeros(6, np.float32),
-                         "UnpackBigParamInfor@@": {"w": {"OriginShape": (2**17, 2**17), "slices": ["w@@.0"]}}},
-                        protocol=4)
+    return pickle.dumps(
+        {
+            "w@@.0": np.zeros(6, np.float32),
+            "UnpackBigParamInfor@@": {"w": {"OriginShape": (2**17, 2**17), "slices": ["w@@.0"]}},
+        },
+        protocol=4,
+    )
 
 
 def dtype_nested_list_pdparams() -> bytes:
@@ -164,8 +178,10 @@ def dtype_nested_list_pdparams() -> bytes:
 # Hand-written torch zips
 # ----------------------------------------------------------------------------------------------
 
-def torch_zip(data_pkl: bytes, records: Dict[str, bytes], deflate: Tuple[str, ...] = (),
-              declared: Dict[str, int] = None) -> bytes:
+
+def torch_zip(
+    data_pkl: bytes, records: Dict[str, bytes], deflate: Tuple[str, ...] = (), declared: Dict[str, int] = None
+) -> bytes:
     """A torch-format zip: ``archive/data.pkl`` and ``archive/data/<key>`` records; ``deflate``:
     keys stored compressed; ``declared``: key -> uncompressed size written into the headers
     instead of the real one (a lie about the record's size)."""
@@ -186,19 +202,28 @@ def torch_zip(data_pkl: bytes, records: Dict[str, bytes], deflate: Tuple[str, ..
             at = raw.find(sig + b"", 0)
             while at != -1:
                 name_at = at + (30 if sig == b"PK\x03\x04" else 46)
-                if raw[name_at: name_at + len(name)] == name:
-                    raw[at + field: at + field + 4] = struct.pack("<I", size)
+                if raw[name_at : name_at + len(name)] == name:
+                    raw[at + field : at + field + 4] = struct.pack("<I", size)
                 at = raw.find(sig, at + 4)
     return bytes(raw)
 
 
-def tensor_pickle(numel: int, size: Tuple[int, ...], stride: Tuple[int, ...], key: str = "0",
-                  name: str = "w", storage: str = "FloatStorage") -> bytes:
+def tensor_pickle(
+    numel: int,
+    size: Tuple[int, ...],
+    stride: Tuple[int, ...],
+    key: str = "0",
+    name: str = "w",
+    storage: str = "FloatStorage",
+) -> bytes:
     """data.pkl of {name: _rebuild_tensor_v2(storage key, 0, size, stride, False, OrderedDict())}."""
     ops = Ops().raw(pickle.EMPTY_DICT).text(name).glob("torch._utils", "_rebuild_tensor_v2")
     ops.raw(pickle.MARK + pickle.MARK).text("storage").glob("torch", storage).text(key).text("cpu")
-    ops.raw(pickle.BININT + struct.pack("<i", numel) if numel < 2**31 else
-            pickle.LONG1 + bytes([8]) + numel.to_bytes(8, "little"))
+    ops.raw(
+        pickle.BININT + struct.pack("<i", numel)
+        if numel < 2**31
+        else pickle.LONG1 + bytes([8]) + numel.to_bytes(8, "little")
+    )
     ops.raw(pickle.TUPLE + pickle.BINPERSID + pickle.BININT1 + b"\x00")
     for values in (size, stride):
         ops.raw(pickle.MARK)
@@ -219,8 +244,10 @@ def persistent_id_pickle(pid_ops: bytes) -> bytes:
 # The cases
 # ----------------------------------------------------------------------------------------------
 
-def _layout_state(model: str, dtype: str = "float32", nan: bool = False,
-                  small: bool = False) -> "OrderedDict[str, np.ndarray]":
+
+def _layout_state(
+    model: str, dtype: str = "float32", nan: bool = False, small: bool = False
+) -> "OrderedDict[str, np.ndarray]":
     """An official-layout state dict of 0.5 (counters int64 0); ``small``: only the keys of at
     most 4096 elements (BatchNorm vectors, biases), enough to be recognised as ``model``."""
     counters = {r.torch_key for r in model_rules(model) if r.paddle_key is None}
@@ -247,74 +274,139 @@ def _write(path: Path, data: bytes) -> Path:
 
 # name -> (builder(folder) -> path, expected text in the error line)
 CASES: Dict[str, Tuple[Callable[[Path], Path], str]] = {
-    "object_dtype_slice": (lambda d: _write(d / "obj.pdparams", object_dtype_slice_pdparams()),
-                           "numpy dtype 'O8' refused"),
-    "ndarray_stride0": (lambda d: _write(d / "stride0.pdparams", ndarray_stride0_pdparams()),
-                        "numpy.ndarray cannot be called"),
-    "huge_shape_pdparams": (lambda d: _write(d / "huge.pdparams", huge_shape_pdparams()),
-                            "needs 4398046511104 bytes, the file gives 4"),
-    "split_total_mismatch": (lambda d: _write(d / "split.pdparams", split_total_mismatch_pdparams()),
-                             "hold 6 elements, its shape (131072, 131072) needs 17179869184"),
-    "hash_bomb_pdparams": (lambda d: _write(d / "hash.pdparams", nested_tuple_key_pickle()),
-                           "a dict key is a tuple of 2 items"),
-    "hash_bomb_torch_zip": (lambda d: _write(d / "hash.pth", torch_zip(nested_tuple_key_pickle(), {})),
-                            "a dict key is a tuple of 2 items"),
-    "shared_list_bomb": (lambda d: _write(d / "dag.pdparams", shared_list_pickle(40)),
-                         "more than 1000000 objects"),
-    "deep_nesting": (lambda d: _write(d / "deep.pdparams", deep_list_pickle(100000)),
-                     "nested more than 48 deep"),
-    "dtype_nested_list": (lambda d: _write(d / "dtype.pdparams", dtype_nested_list_pdparams()),
-                          "numpy dtype a list of 1 items refused"),
-    "stride0_torch_zip": (lambda d: _write(d / "stride0.pth", torch_zip(tensor_pickle(1, (2**31,), (0,)),
-                                                                      {"0": b"\0" * 4})),
-                          "puts several elements at one place"),
+    "object_dtype_slice": (
+        lambda d: _write(d / "obj.pdparams", object_dtype_slice_pdparams()),
+        "numpy dtype 'O8' refused",
+    ),
+    "ndarray_stride0": (
+        lambda d: _write(d / "stride0.pdparams", ndarray_stride0_pdparams()),
+        "numpy.ndarray cannot be called",
+    ),
+    "huge_shape_pdparams": (
+        lambda d: _write(d / "huge.pdparams", huge_shape_pdparams()),
+        "needs 4398046511104 bytes, the file gives 4",
+    ),
+    "split_total_mismatch": (
+        lambda d: _write(d / "split.pdparams", split_total_mismatch_pdparams()),
+        "hold 6 elements, its shape (131072, 131072) needs 17179869184",
+    ),
+    "hash_bomb_pdparams": (
+        lambda d: _write(d / "hash.pdparams", nested_tuple_key_pickle()),
+        "a dict key is a tuple of 2 items",
+    ),
+    "hash_bomb_torch_zip": (
+        lambda d: _write(d / "hash.pth", torch_zip(nested_tuple_key_pickle(), {})),
+        "a dict key is a tuple of 2 items",
+    ),
+    "shared_list_bomb": (lambda d: _write(d / "dag.pdparams", shared_list_pickle(40)), "more than 1000000 objects"),
+    "deep_nesting": (lambda d: _write(d / "deep.pdparams", deep_list_pickle(100000)), "nested more than 48 deep"),
+    "dtype_nested_list": (
+        lambda d: _write(d / "dtype.pdparams", dtype_nested_list_pdparams()),
+        "numpy dtype a list of 1 items refused",
+    ),
+    "stride0_torch_zip": (
+        lambda d: _write(d / "stride0.pth", torch_zip(tensor_pickle(1, (2**31,), (0,)), {"0": b"\0" * 4})),
+        "puts several elements at one place",
+    ),
     "overlapping_strides_torch_zip": (
         lambda d: _write(d / "overlap.pth", torch_zip(tensor_pickle(8, (4, 4), (1, 1)), {"0": b"\0" * 32})),
-        "puts several elements at one place"),
-    "huge_storage_torch_zip": (lambda d: _write(d / "huge.pth", torch_zip(tensor_pickle(2**40, (2**40,), (1,)),
-                                                                        {"0": b"\0" * 4})),
-                               "holds 4 bytes, the pickle says 1099511627776 x 4"),
+        "puts several elements at one place",
+    ),
+    "huge_storage_torch_zip": (
+        lambda d: _write(d / "huge.pth", torch_zip(tensor_pickle(2**40, (2**40,), (1,)), {"0": b"\0" * 4})),
+        "holds 4 bytes, the pickle says 1099511627776 x 4",
+    ),
     "deflate_bomb_size_lie": (
-        lambda d: _write(d / "bomb.pth", torch_zip(tensor_pickle(4, (4,), (1,)), {"0": bytes(64 * 2**20)},
-                                                   deflate=("0",))),
-        "holds 67108864 bytes, the pickle says 4 x 4"),
+        lambda d: _write(
+            d / "bomb.pth", torch_zip(tensor_pickle(4, (4,), (1,)), {"0": bytes(64 * 2**20)}, deflate=("0",))
+        ),
+        "holds 67108864 bytes, the pickle says 4 x 4",
+    ),
     "deflate_bomb_declared_huge": (
-        lambda d: _write(d / "bomb2.pth", torch_zip(tensor_pickle(2**30 - 1, (2**30 - 1,), (1,)),
-                                                    {"0": bytes(2**20)}, deflate=("0",),
-                                                    declared={"0": 4 * (2**30 - 1)})),
-        "inflate to more than 1024 MiB"),
+        lambda d: _write(
+            d / "bomb2.pth",
+            torch_zip(
+                tensor_pickle(2**30 - 1, (2**30 - 1,), (1,)),
+                {"0": bytes(2**20)},
+                deflate=("0",),
+                declared={"0": 4 * (2**30 - 1)},
+            ),
+        ),
+        "inflate to more than 1024 MiB",
+    ),
     "deflate_stream_longer_than_declared": (
-        lambda d: _write(d / "bomb3.pth", torch_zip(tensor_pickle(4, (4,), (1,)), {"0": bytes(64 * 2**20)},
-                                                    deflate=("0",), declared={"0": 16})),
-        "cannot read record"),
+        lambda d: _write(
+            d / "bomb3.pth",
+            torch_zip(tensor_pickle(4, (4,), (1,)), {"0": bytes(64 * 2**20)}, deflate=("0",), declared={"0": 16}),
+        ),
+        "cannot read record",
+    ),
     "persistent_id_deep": (
-        lambda d: _write(d / "pid.pth", torch_zip(persistent_id_pickle(
-            pickle.EMPTY_LIST * 100000 + pickle.APPEND * 99999), {})),
-        "unsupported persistent id a list of 1 items"),
+        lambda d: _write(
+            d / "pid.pth", torch_zip(persistent_id_pickle(pickle.EMPTY_LIST * 100000 + pickle.APPEND * 99999), {})
+        ),
+        "unsupported persistent id a list of 1 items",
+    ),
     "persistent_id_wide_kind": (
-        lambda d: _write(d / "pid2.pth", torch_zip(persistent_id_pickle(
-            pickle.MARK + Ops().text("storage").out[1] + pickle.EMPTY_LIST + pickle.MARK
-            + pickle.BININT1 + b"\x07" + pickle.DUP * 200000 + pickle.APPENDS
-            + Ops().text("0").out[1] + Ops().text("cpu").out[1] + pickle.BININT1 + b"\x01" + pickle.TUPLE), {})),
-        "persistent id names a list of 200001 items as storage type"),
-    "million_opcodes": (lambda d: _write(d / "ops.pdparams", Ops().raw(
-        pickle.NONE + (pickle.DUP + pickle.POP) * 3_000_000).bytes()), "more than 2000000 pickle opcodes"),
-    "huge_key_name": (lambda d: _write(d / "key.pdparams", pickle.dumps(
-        {"k" * 5_000_000: np.zeros(2, np.float16)}, protocol=4)), "(cut)"),
+        lambda d: _write(
+            d / "pid2.pth",
+            torch_zip(
+                persistent_id_pickle(
+                    pickle.MARK
+                    + Ops().text("storage").out[1]
+                    + pickle.EMPTY_LIST
+                    + pickle.MARK
+                    + pickle.BININT1
+                    + b"\x07"
+                    + pickle.DUP * 200000
+                    + pickle.APPENDS
+                    + Ops().text("0").out[1]
+                    + Ops().text("cpu").out[1]
+                    + pickle.BININT1
+                    + b"\x01"
+                    + pickle.TUPLE
+                ),
+                {},
+            ),
+        ),
+        "persistent id names a list of 200001 items as storage type",
+    ),
+    "million_opcodes": (
+        lambda d: _write(d / "ops.pdparams", Ops().raw(pickle.NONE + (pickle.DUP + pickle.POP) * 3_000_000).bytes()),
+        "more than 2000000 pickle opcodes",
+    ),
+    "huge_key_name": (
+        lambda d: _write(d / "key.pdparams", pickle.dumps({"k" * 5_000_000: np.zeros(2, np.float16)}, protocol=4)),
+        "(cut)",
+    ),
     "fifo": (lambda d: (os.mkfifo(d / "pipe.pth"), d / "pipe.pth")[1], "is a FIFO (named pipe)"),
     "directory": (lambda d: (d / "folder.pth").mkdir() or d / "folder.pth", "is a directory"),
-    "float16_weights": (lambda d: save_torch(_layout_state("farseg", "float16", small=True), d / "half.pth"),
-                        "wrong dtype"),
-    "int32_weights": (lambda d: save_paddle(_paddle_names(_layout_state("farseg", "int32", small=True)),
-                                            d / "int.pdparams"), "wrong dtype"),
-    "complex_weights": (lambda d: save_paddle(_paddle_names(_layout_state("farseg", "complex64", small=True)),
-                                              d / "complex.pdparams"), "wrong dtype"),
-    "nan_inf_weights": (lambda d: save_torch(_layout_state("farseg", nan=True, small=True), d / "nan.pth"),
-                        "tensor 'fpn.fpn_inner1.bias' holds 1 NaN/Inf values of 256 (and 1 more tensors)"),
-    "truncated_pdparams": (lambda d: _write(d / "cut.pdparams", pickle.dumps(
-        {"a": np.zeros(10000, np.float32)}, protocol=4)[:5000]), "truncated"),
-    "truncated_torch_zip": (lambda d: _write(d / "cut.pth", save_torch(
-        {"a": np.zeros(10000, np.float32)}, d / "whole.pth").read_bytes()[:20000]), "truncated or corrupt zip"),
+    "float16_weights": (
+        lambda d: save_torch(_layout_state("farseg", "float16", small=True), d / "half.pth"),
+        "wrong dtype",
+    ),
+    "int32_weights": (
+        lambda d: save_paddle(_paddle_names(_layout_state("farseg", "int32", small=True)), d / "int.pdparams"),
+        "wrong dtype",
+    ),
+    "complex_weights": (
+        lambda d: save_paddle(_paddle_names(_layout_state("farseg", "complex64", small=True)), d / "complex.pdparams"),
+        "wrong dtype",
+    ),
+    "nan_inf_weights": (
+        lambda d: save_torch(_layout_state("farseg", nan=True, small=True), d / "nan.pth"),
+        "tensor 'fpn.fpn_inner1.bias' holds 1 NaN/Inf values of 256 (and 1 more tensors)",
+    ),
+    "truncated_pdparams": (
+        lambda d: _write(d / "cut.pdparams", pickle.dumps({"a": np.zeros(10000, np.float32)}, protocol=4)[:5000]),
+        "truncated",
+    ),
+    "truncated_torch_zip": (
+        lambda d: _write(
+            d / "cut.pth", save_torch({"a": np.zeros(10000, np.float32)}, d / "whole.pth").read_bytes()[:20000]
+        ),
+        "truncated or corrupt zip",
+    ),
 }
 
 
@@ -335,8 +427,19 @@ def test_convert_refuses_hostile_file_in_one_line(tmp_path: Path, case: str) -> 
 def test_predict_refuses_hostile_weights_in_one_line(tmp_path: Path, case: str, tiny_png: Path) -> None:
     build, expected = CASES[case]
     path = build(tmp_path)
-    proc = run_capped("-m", "torch_ref.predict", "--weights", str(path), "--model", "farseg", "--image",
-                      str(tiny_png), "--out", str(tmp_path / "pred.png"), "--no-progress")
+    proc = run_capped(
+        "-m",
+        "torch_ref.predict",
+        "--weights",
+        str(path),
+        "--model",
+        "farseg",
+        "--image",
+        str(tiny_png),
+        "--out",
+        str(tmp_path / "pred.png"),
+        "--no-progress",
+    )
     assert_one_line_refusal(proc, path, expected)
     assert not (tmp_path / "pred.png").exists()
 
@@ -346,8 +449,9 @@ def test_paddle_export_refuses_hostile_weights_in_one_line(tmp_path: Path, case:
     """The Paddle side's entry (export shares load_weights with evaluate and predict)."""
     build, expected = CASES[case]
     path = build(tmp_path)
-    proc = run_capped("-m", "paddle_impl.export", "--model", "farseg", "--weights", str(path),
-                      "--out", str(tmp_path / "deploy"))
+    proc = run_capped(
+        "-m", "paddle_impl.export", "--model", "farseg", "--weights", str(path), "--out", str(tmp_path / "deploy")
+    )
     assert_one_line_refusal(proc, path, expected)
     assert not (tmp_path / "deploy").exists()
 
@@ -377,9 +481,14 @@ def test_allow_nonfinite_converts_with_a_warning(tmp_path: Path) -> None:
 def test_legitimate_files_still_read(tmp_path: Path) -> None:
     """The checks refuse the hostile files above and nothing a framework writes: protocol-2
     pickles, Fortran-ordered and big-endian arrays, empty arrays, compressed torch records."""
-    state = OrderedDict([("a", np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4))),
-                         ("b", np.arange(6, dtype=">f8").reshape(2, 3)), ("c", np.zeros((0, 5), np.float32)),
-                         ("d", np.array(7, np.int64))])
+    state = OrderedDict(
+        [
+            ("a", np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4))),
+            ("b", np.arange(6, dtype=">f8").reshape(2, 3)),
+            ("c", np.zeros((0, 5), np.float32)),
+            ("d", np.array(7, np.int64)),
+        ]
+    )
     for protocol in (2, 4, 5):
         path = _write(tmp_path / f"p{protocol}.pdparams", pickle.dumps(state, protocol=protocol))
         got = read_checkpoint(path).state
@@ -408,13 +517,16 @@ def test_planted_bug_dict_keys_unchecked_would_hash_for_ever(tmp_path: Path) -> 
     """Planted bug: with tuple keys allowed, the 60-level key is not refused: the read hangs
     (stopped here by a 5 s timeout), as it did with pickle.Unpickler."""
     path = CASES["hash_bomb_pdparams"][0](tmp_path)
-    script = ("import convert.restricted_pickle as rp\n"
-              "rp._key = lambda value: value\n"
-              "from convert import read_checkpoint\n"
-              f"read_checkpoint({str(path)!r})\n")
+    script = (
+        "import convert.restricted_pickle as rp\n"
+        "rp._key = lambda value: value\n"
+        "from convert import read_checkpoint\n"
+        f"read_checkpoint({str(path)!r})\n"
+    )
     with pytest.raises(subprocess.TimeoutExpired):
-        subprocess.run([sys.executable, "-c", script], cwd=REPO, env=ENV, capture_output=True, timeout=5,
-                       preexec_fn=_cap_memory)
+        subprocess.run(
+            [sys.executable, "-c", script], cwd=REPO, env=ENV, capture_output=True, timeout=5, preexec_fn=_cap_memory
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -484,8 +596,11 @@ def test_stale_temporary_files_of_killed_writes_are_removed(tmp_path: Path) -> N
 
     paths = _fake_run(tmp_path, (1,))
     folder = Path(checkpoint_dir(str(tmp_path)))
-    stale = [".ckpt_0000002.pt.k3j_4h5x.tmp", ".ckpt_0000002.pt.sha256.a1b2c3d4.tmp",
-             ".ckpt_0000003.pt.0123456789ab.tmp"]  # isaid.imageio's and convert.atomic_write's names
+    stale = [
+        ".ckpt_0000002.pt.k3j_4h5x.tmp",
+        ".ckpt_0000002.pt.sha256.a1b2c3d4.tmp",
+        ".ckpt_0000003.pt.0123456789ab.tmp",
+    ]  # isaid.imageio's and convert.atomic_write's names
     kept = [".notes.txt.tmp", "ckpt_0000001.pt.orig", ".ckpt_0000002.pdckpt.abcd.tmp"]
     for name in stale + kept:
         (folder / name).write_bytes(b"x" * 100)
@@ -499,15 +614,26 @@ def test_training_checkpoint_contents_checked_before_use(tmp_path: Path) -> None
     from app.training import TrainError, check_training_checkpoint
 
     config = default_config()
-    good = {"format": "f", "iteration": 1, "config": config, "model": {"w": np.ones(3, np.float32)},
-            "optimizer": {"state": {0: {"momentum_buffer": np.zeros(3, np.float32)}}}, "scheduler": {},
-            "scaler": {}, "rng": {}}
+    good = {
+        "format": "f",
+        "iteration": 1,
+        "config": config,
+        "model": {"w": np.ones(3, np.float32)},
+        "optimizer": {"state": {0: {"momentum_buffer": np.zeros(3, np.float32)}}},
+        "scheduler": {},
+        "scaler": {},
+        "rng": {},
+    }
     check_training_checkpoint("c", good, "f", "prog", config)
-    cases = [({"format": "g"}, "not a training checkpoint of prog"),
-             ({"model": None}, "entry 'model' missing"),
-             ({"model": {"w": np.array([1, np.nan], np.float32)}}, "model['w'] holds NaN/Inf"),
-             ({"optimizer": {"state": {0: {"momentum_buffer": np.array([np.inf], np.float32)}}}},
-              "optimizer['state'][0]['momentum_buffer'] holds NaN/Inf")]
+    cases = [
+        ({"format": "g"}, "not a training checkpoint of prog"),
+        ({"model": None}, "entry 'model' missing"),
+        ({"model": {"w": np.array([1, np.nan], np.float32)}}, "model['w'] holds NaN/Inf"),
+        (
+            {"optimizer": {"state": {0: {"momentum_buffer": np.array([np.inf], np.float32)}}}},
+            "optimizer['state'][0]['momentum_buffer'] holds NaN/Inf",
+        ),
+    ]
     for change, message in cases:
         with pytest.raises(TrainError, match=__import__("re").escape(message)):
             check_training_checkpoint("c", {**good, **change}, "f", "prog", config)
@@ -519,22 +645,66 @@ def test_trainer_resume_falls_back_and_cleans_up_end_to_end(tmp_path: Path, caps
     file; --resume auto says so, resumes from the previous one and finishes; an explicit
     --resume of the damaged file is one error line, exit 2."""
     data = tmp_path / "data"
-    for command in (["-m", "isaid.synth", str(data / "src"), "--train", "1", "--val", "1", "--size", "96",
-                     "--seed", "0", "--no-zip"],
-                    ["-m", "isaid.prepare", str(data / "src"), str(data / "out"), "--window", "64", "--stride",
-                     "32", "--splits", "train", "--no-progress"]):
+    for command in (
+        [
+            "-m",
+            "isaid.synth",
+            str(data / "src"),
+            "--train",
+            "1",
+            "--val",
+            "1",
+            "--size",
+            "96",
+            "--seed",
+            "0",
+            "--no-zip",
+        ],
+        [
+            "-m",
+            "isaid.prepare",
+            str(data / "src"),
+            str(data / "out"),
+            "--window",
+            "64",
+            "--stride",
+            "32",
+            "--splits",
+            "train",
+            "--no-progress",
+        ],
+    ):
         subprocess.run([sys.executable, *command], cwd=REPO, env=ENV, check=True, capture_output=True, timeout=300)
     out = tmp_path / "run"
-    sets = [f"data.root={data / 'out'}", "data.window=64", "init.imagenet=none", "train.iterations=2",
-            "train.batch_size=2", "train.amp=none", "train.device=cpu", "train.num_workers=0",
-            "train.log_every=1", "train.checkpoint_every=1", "train.keep_checkpoints=0",
-            "train.log_backend=none", f"train.out_dir={out}"]
-    command = ["-m", "torch_ref.train", "--config", str(REPO / "configs" / "farseg_isaid.yaml"), "--no-progress",
-               "--set", *sets]
+    sets = [
+        f"data.root={data / 'out'}",
+        "data.window=64",
+        "init.imagenet=none",
+        "train.iterations=2",
+        "train.batch_size=2",
+        "train.amp=none",
+        "train.device=cpu",
+        "train.num_workers=0",
+        "train.log_every=1",
+        "train.checkpoint_every=1",
+        "train.keep_checkpoints=0",
+        "train.log_backend=none",
+        f"train.out_dir={out}",
+    ]
+    command = [
+        "-m",
+        "torch_ref.train",
+        "--config",
+        str(REPO / "configs" / "farseg_isaid.yaml"),
+        "--no-progress",
+        "--set",
+        *sets,
+    ]
 
     def train(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, *command, *extra], cwd=REPO, env=ENV, capture_output=True,
-                              text=True, timeout=600)
+        return subprocess.run(
+            [sys.executable, *command, *extra], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600
+        )
 
     first = train()
     assert first.returncode == 0, first.stderr[-2000:]
@@ -554,7 +724,11 @@ def test_trainer_resume_falls_back_and_cleans_up_end_to_end(tmp_path: Path, caps
     assert "resumed from" in resumed.stdout and "ckpt_0000001.pt at iteration 1" in resumed.stdout
     assert not (checkpoints / ".ckpt_0000003.pt.zz9_k2ab.tmp").exists()
     assert [p.name for p in sorted(checkpoints.iterdir())] == [
-        "ckpt_0000001.pt", "ckpt_0000001.pt.sha256", "ckpt_0000002.pt", "ckpt_0000002.pt.sha256"]
+        "ckpt_0000001.pt",
+        "ckpt_0000001.pt.sha256",
+        "ckpt_0000002.pt",
+        "ckpt_0000002.pt.sha256",
+    ]
 
     from torch_ref.train import main  # in-process: the error comes before any training
 

@@ -1,4 +1,5 @@
 """Tests of the framework-free isaid package: palette, windows, metrics, IO, prepare, synth."""
+
 from __future__ import annotations
 
 import io
@@ -24,8 +25,7 @@ def run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run ``python -m <module> args`` with the repository importable."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
 # ------------------------------------------------------------------------------ palette
@@ -116,23 +116,40 @@ def test_normalize():
 def test_windows_reference_sizes():
     assert windows.sliding_windows(800, 800) == [(0, 0, 800, 800)]
     assert windows.sliding_windows(896, 896) == [(0, 0, 896, 896)]
-    assert windows.sliding_windows(897, 897) == [
-        (0, 0, 896, 896), (0, 1, 896, 897), (1, 0, 897, 896), (1, 1, 897, 897)]
+    assert windows.sliding_windows(897, 897) == [(0, 0, 896, 896), (0, 1, 896, 897), (1, 0, 897, 896), (1, 1, 897, 897)]
     # 1000 rows: starts 0 and 1000-896=104; 1500 columns: ceil(604/512)+1 = 3 starts
     # 0, 512 and 604 (shifted back from 1024 to touch the border). Row-major order.
     assert windows.sliding_windows(1000, 1500) == [
-        (0, 0, 896, 896), (0, 512, 896, 1408), (0, 604, 896, 1500),
-        (104, 0, 1000, 896), (104, 512, 1000, 1408), (104, 604, 1000, 1500)]
+        (0, 0, 896, 896),
+        (0, 512, 896, 1408),
+        (0, 604, 896, 1500),
+        (104, 0, 1000, 896),
+        (104, 512, 1000, 1408),
+        (104, 604, 1000, 1500),
+    ]
     # Smaller than the window in one dimension only: one shorter row of windows.
     assert windows.sliding_windows(500, 2000) == [
-        (0, 0, 500, 896), (0, 512, 500, 1408), (0, 1024, 500, 1920), (0, 1104, 500, 2000)]
+        (0, 0, 500, 896),
+        (0, 512, 500, 1408),
+        (0, 1024, 500, 1920),
+        (0, 1104, 500, 2000),
+    ]
     # Exactly window + k*stride: no shifted window needed.
     assert windows.window_starts(896 + 2 * 512, 896, 512) == [0, 512, 1024]
 
 
-@pytest.mark.parametrize("height,width,window,stride", [
-    (1, 1, 896, 512), (895, 897, 896, 512), (1000, 1500, 896, 512), (4000, 2731, 896, 512),
-    (257, 300, 128, 96), (128, 129, 128, 128), (13000, 1, 896, 512)])
+@pytest.mark.parametrize(
+    "height,width,window,stride",
+    [
+        (1, 1, 896, 512),
+        (895, 897, 896, 512),
+        (1000, 1500, 896, 512),
+        (4000, 2731, 896, 512),
+        (257, 300, 128, 96),
+        (128, 129, 128, 128),
+        (13000, 1, 896, 512),
+    ],
+)
 def test_windows_cover_every_pixel_and_stay_inside(height, width, window, stride):
     wins = windows.sliding_windows(height, width, window, stride)
     assert len(wins) == windows.num_windows(height, width, window, stride)
@@ -177,10 +194,7 @@ def test_pad_to_multiple_and_pad_bottom_right():
 #   mean over present classes: (0.847458 + 0.454545 + 0)/3 = 0.434001
 #   foreground mean over present classes: (10/22 + 0)/2 = 0.227273
 #   pixel accuracy: 60/75 = 0.8
-HAND_CM = np.array([[50, 2, 3, 0],
-                    [4, 10, 1, 0],
-                    [0, 5, 0, 0],
-                    [0, 0, 0, 0]], dtype=np.int64)
+HAND_CM = np.array([[50, 2, 3, 0], [4, 10, 1, 0], [0, 5, 0, 0], [0, 0, 0, 0]], dtype=np.int64)
 
 
 def test_iou_and_miou_hand_computed():
@@ -293,8 +307,7 @@ def test_prepare_synthetic_zips_and_resume(tmp_path):
     assert (src / "train/images/part2.zip").is_file()
     assert (src / "val/Semantic_masks/images.zip").is_file()
 
-    args = ("isaid.prepare", str(src), str(out), "--window", "128", "--stride", "96",
-            "--no-progress")
+    args = ("isaid.prepare", str(src), str(out), "--window", "128", "--stride", "96", "--no-progress")
     first = run_module(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "scenes written 5, skipped 0, failed 0" in first.stdout
@@ -311,8 +324,9 @@ def test_prepare_synthetic_zips_and_resume(tmp_path):
             assert label.shape == image.shape[:2] and label.max() < NUM_CLASSES
             assert scene["class_pixels"] == _bincount(out / split / scene["label"])
             assert scene["unknown_pixels"] == 0
-            assert scene["patches"] == [list(w) for w in windows.sliding_windows(
-                scene["height"], scene["width"], 128, 96)]
+            assert scene["patches"] == [
+                list(w) for w in windows.sliding_windows(scene["height"], scene["width"], 128, 96)
+            ]
             for y0, x0, y1, x1 in scene["patches"]:
                 name = f"{scene['name']}_{y0}_{x0}.png"
                 patch_image = np.asarray(Image.open(out / split / "patches/images" / name))
@@ -343,8 +357,7 @@ def test_prepare_synthetic_zips_and_resume(tmp_path):
 
 def test_prepare_reports_bad_inputs_by_file(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
-    assert synth.main([str(src), "--train", "5", "--val", "0", "--size", "140", "--seed", "4",
-                       "--no-zip"]) == 0
+    assert synth.main([str(src), "--train", "5", "--val", "0", "--size", "140", "--seed", "4", "--no-zip"]) == 0
     images, masks = src / "train/images", src / "train/Semantic_masks"
     # P0001: truncated image file.
     (images / "P0001.png").write_bytes((images / "P0001.png").read_bytes()[:300])
@@ -367,8 +380,19 @@ def test_prepare_reports_bad_inputs_by_file(tmp_path):
     Image.fromarray(small_rgb).save(images / "images/P0099.png")
     Image.fromarray(palette.colorize(small_index)).save(masks / "images/P0099_instance_color_RGB.png")
 
-    result = run_module("isaid.prepare", str(src), str(out), "--window", "128", "--stride", "96",
-                        "--splits", "train", "--no-progress", cwd=tmp_path)
+    result = run_module(
+        "isaid.prepare",
+        str(src),
+        str(out),
+        "--window",
+        "128",
+        "--stride",
+        "96",
+        "--splits",
+        "train",
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     errors = [line for line in lines if line.startswith("error: ")]
@@ -404,16 +428,29 @@ def test_cli_help_and_no_framework_import(tmp_path):
         result = run_module(module, "--help", cwd=tmp_path)
         assert result.returncode == 0 and "usage: python -m " + module in result.stdout
     prepare_help = run_module("isaid.prepare", "--help", cwd=tmp_path).stdout
-    for option in ("--window", "--stride", "--splits", "--workers", "--no-patches",
-                   "--compress-level", "--no-progress"):
+    for option in (
+        "--window",
+        "--stride",
+        "--splits",
+        "--workers",
+        "--no-patches",
+        "--compress-level",
+        "--no-progress",
+    ):
         assert option in prepare_help
-    check = ("import sys, isaid, isaid.prepare, isaid.synth; "
-             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'paddle')]; "
-             "assert not bad, bad")
+    check = (
+        "import sys, isaid, isaid.prepare, isaid.synth; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'paddle')]; "
+        "assert not bad, bad"
+    )
     result = subprocess.run(
-        [sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=60)
+        [sys.executable, "-c", check],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
-    missing = run_module("isaid.prepare", str(tmp_path / "nowhere"), str(tmp_path / "o"),
-                         cwd=tmp_path)
+    missing = run_module("isaid.prepare", str(tmp_path / "nowhere"), str(tmp_path / "o"), cwd=tmp_path)
     assert missing.returncode == 2 and missing.stderr.startswith("error: ")

@@ -6,6 +6,7 @@ of -64 and its ``F.log_sigmoid`` drops log1p's precision (docs/paddle_numerics.m
 paddle_impl.losses uses its own ``log_softmax`` / ``log_sigmoid``. The planted tests put
 Paddle's primitives back and see the comparison fail.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -65,8 +66,10 @@ def factseg_values(fg, bi, labels):
 
 def farseg_rows(fg, labels, step):
     (t_loss, t_grad), (p_loss, p_grad) = farseg_losses(fg, labels, step)
-    return [compare_arrays("loss", t_loss, p_loss, TOL["loss"], "loss"),
-            compare_arrays("grad_logits", t_grad, p_grad, TOL["loss"], "loss")]
+    return [
+        compare_arrays("loss", t_loss, p_loss, TOL["loss"], "loss"),
+        compare_arrays("grad_logits", t_grad, p_grad, TOL["loss"], "loss"),
+    ]
 
 
 def factseg_rows(fg, bi, labels):
@@ -85,6 +88,7 @@ def describe(rows):
 # The fixture reaches the regime
 # ----------------------------------------------------------------------------------------------
 
+
 def test_fixture_is_saturated(inputs):
     fg, bi, labels = inputs
     top2 = np.sort(fg, axis=1)[:, -2:]
@@ -95,12 +99,13 @@ def test_fixture_is_saturated(inputs):
     assert (gaps > 100).mean() > 0.8  # gaps in the hundreds
     assert (trailing > 64).mean() > 0.1  # mislabelled pixels beyond Paddle's clamp
     assert np.abs(bi).max() >= 40 and (np.abs(bi) >= 20).mean() > 0.8 and (bi == 0).sum() > 0
-    assert ((labels == 255).mean() > 0.05)
+    assert (labels == 255).mean() > 0.05
 
 
 # ----------------------------------------------------------------------------------------------
 # Paddle equals torch, and torch equals the official formula, in this regime
 # ----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("step", STEPS)
 def test_farseg_loss_and_gradient_equal_torch(inputs, step):
@@ -185,6 +190,7 @@ def test_exact_helpers_equal_torch_elementwise(inputs, name):
 # Planted: Paddle's clamped / imprecise primitive back in paddle_impl.losses
 # ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", list(PADDLE_PRIMITIVES))
 def test_planted_paddle_primitive_fails_the_elementwise_check(inputs, name, monkeypatch):
     monkeypatch.setattr(paddle_losses, name, PADDLE_PRIMITIVES[name])
@@ -219,6 +225,7 @@ def test_planted_clamped_log_softmax_fails_factseg(inputs, monkeypatch):
 # The align loss stage: its saturated rows pass clean and catch the planted clamp
 # ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("model", ["farseg", "factseg"])
 def test_align_loss_stage_catches_the_clamped_log_softmax(model, monkeypatch):
     from align import AlignConfig, loss
@@ -242,6 +249,7 @@ def test_align_loss_stage_catches_the_clamped_log_softmax(model, monkeypatch):
 # docs/paddle_numerics.md still describes the installed Paddle
 # ----------------------------------------------------------------------------------------------
 
+
 def _clamping_script():
     import importlib.util
     from pathlib import Path
@@ -260,8 +268,16 @@ def test_paddle_numerics_note_matches_the_installed_paddle(dtype):
     verdicts = {name: (entry["verdict"], entry["onset"]) for name, entry in results.items()}
     for name in ("log_softmax", "softmax", "cross_entropy", "softmax_with_cross_entropy"):
         assert verdicts[name] == ("wrong", "gap 70"), (name, verdicts[name])
-    for name in ("paddle_impl.losses.log_softmax", "paddle_impl.losses.log_sigmoid", "x - logsumexp(x)",
-                 "logsumexp", "sigmoid", "exp", "log", "log1p"):
+    for name in (
+        "paddle_impl.losses.log_softmax",
+        "paddle_impl.losses.log_sigmoid",
+        "x - logsumexp(x)",
+        "logsumexp",
+        "sigmoid",
+        "exp",
+        "log",
+        "log1p",
+    ):
         assert verdicts[name][0] == "exact", (name, verdicts[name])
     assert verdicts["log_sigmoid"][0] == "imprecise" and verdicts["softplus"][0] == "imprecise"
     assert verdicts["bce_with_logits(label=1)"] == ("wrong", "x 0")

@@ -1,4 +1,5 @@
 """One model-name check (``weights.check_model_name``): every entry point uses it, none copies it."""
+
 from __future__ import annotations
 
 import re

@@ -1,6 +1,7 @@
 """torch_ref and paddle_impl: official layouts, input checks, and the losses against
 literal transcriptions of the official formulas (written here in probability space, as the
 official code computes them)."""
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,10 @@ def test_paddle_state_dict_differs_only_by_batchnorm_buffers(built):
 def test_official_checkpoint_loads_strict(built):
     name, torch_model, _ = built
     generator = torch.Generator().manual_seed(0)
-    state = {k: torch.randn(shape, generator=generator) if shape else torch.zeros(())
-             for k, shape in load_layout(name).items()}
+    state = {
+        k: torch.randn(shape, generator=generator) if shape else torch.zeros(())
+        for k, shape in load_layout(name).items()
+    }
     for k in state:
         if k.endswith("num_batches_tracked"):
             state[k] = torch.zeros((), dtype=torch.int64)
@@ -88,6 +91,7 @@ def test_farseg_buffer_step_counts_training_forwards():
 
 
 # --- literal transcriptions of the official formulas (probability space, as published) ---
+
 
 def official_annealing_loss(logits, target, t, t_max=10000, gamma=2.0):
     losses = F.cross_entropy(logits, target, ignore_index=255, reduction="none")
@@ -171,9 +175,9 @@ def test_factseg_fusion_batch_of_two_equals_the_official_output_image_by_image()
     ours_t = torch_losses.joint_log_probs(torch.tensor(fg), torch.tensor(bi)).exp()
     ours_p = paddle_losses.joint_log_probs(paddle.to_tensor(fg), paddle.to_tensor(bi)).exp().numpy()
     for i in range(2):
-        official = official_fused_probs_one_image(torch.tensor(fg[i:i + 1]), torch.tensor(bi[i:i + 1]))
-        assert torch.allclose(ours_t[i:i + 1], official, rtol=0, atol=1e-14)
-        assert np.abs(ours_p[i:i + 1] - official.numpy()).max() <= 1e-14
+        official = official_fused_probs_one_image(torch.tensor(fg[i : i + 1]), torch.tensor(bi[i : i + 1]))
+        assert torch.allclose(ours_t[i : i + 1], official, rtol=0, atol=1e-14)
+        assert np.abs(ours_p[i : i + 1] - official.numpy()).max() <= 1e-14
     with pytest.raises(RuntimeError):  # the official fusion itself cannot do a batch of two
         official_fused_probs_one_image(torch.tensor(fg), torch.tensor(bi))
 
@@ -190,8 +194,8 @@ def test_official_factseg_fusion_at_batch_16_runs_and_is_silently_wrong():
     assert (official - ours).abs().max() > 0.1
     # Image by image, the ports still equal the official fusion.
     for i in (0, 15):
-        single = official_fused_probs_one_image(torch.tensor(fg[i:i + 1]), torch.tensor(bi[i:i + 1]))
-        assert torch.allclose(ours[i:i + 1], single, rtol=0, atol=1e-14)
+        single = official_fused_probs_one_image(torch.tensor(fg[i : i + 1]), torch.tensor(bi[i : i + 1]))
+        assert torch.allclose(ours[i : i + 1], single, rtol=0, atol=1e-14)
 
 
 def test_factseg_joint_loss_and_gradients_equal_the_official_formula():
@@ -223,9 +227,9 @@ def test_factseg_som_counts_ignored_pixels_in_k():
 
 def test_factseg_confident_model_stays_finite_where_the_official_code_gives_nan():
     fg, bi, target = random_case(seed=2, scale=1.0)
-    fg[:, 0] += 200.0   # the multi-class branch is sure of background: softmax rounds to one-hot
-    bi[:] = 60.0         # the binary branch is sure of foreground: sigmoid rounds to exactly 1
-    target[:] = 0        # official: every joint term is 0, so P = 0 / 0
+    fg[:, 0] += 200.0  # the multi-class branch is sure of background: softmax rounds to one-hot
+    bi[:] = 60.0  # the binary branch is sure of foreground: sigmoid rounds to exactly 1
+    target[:] = 0  # official: every joint term is 0, so P = 0 / 0
     fg32, bi32 = fg.astype("float32"), bi.astype("float32")
     official = official_fused_probs_one_image(torch.tensor(fg32[:1]), torch.tensor(bi32[:1]))
     assert torch.isnan(official).any()
@@ -241,12 +245,14 @@ def test_factseg_confident_model_stays_finite_where_the_official_code_gives_nan(
 
 def test_paddle_float64_bilinear_is_exact_and_float32_uses_paddles_kernel():
     from paddle_impl.layers import UpsamplingBilinear2D
+
     x = np.random.RandomState(0).randn(1, 4, 7, 9)
     for scale in (2, 4):
         ref = torch.nn.UpsamplingBilinear2d(scale_factor=scale)(torch.from_numpy(x)).numpy()
         ours64 = UpsamplingBilinear2D(scale)(paddle.to_tensor(x)).numpy()
-        kernel = paddle.nn.functional.interpolate(paddle.to_tensor(x.astype("float32")), scale_factor=scale,
-                                                  mode="bilinear", align_corners=True).numpy()
+        kernel = paddle.nn.functional.interpolate(
+            paddle.to_tensor(x.astype("float32")), scale_factor=scale, mode="bilinear", align_corners=True
+        ).numpy()
         ours32 = UpsamplingBilinear2D(scale)(paddle.to_tensor(x.astype("float32"))).numpy()
         assert np.abs(ours64 - ref).max() <= 1e-14
         assert np.array_equal(ours32, kernel)

@@ -14,6 +14,7 @@ What is proven here:
   other model is refused in one line (ONNX and Paddle exports), and the architecture is read
   from the convolution shapes (FarSeg and FactSeg are told apart, a truncated list is neither).
 """
+
 from __future__ import annotations
 
 import os
@@ -28,14 +29,14 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
+from model_helpers import randomise_batchnorm  # noqa: E402  (tests/model_helpers.py)
+
 import paddle_impl  # noqa: E402
 import paddle_impl.infer as infer  # noqa: E402
 import torch_ref  # noqa: E402
 import torch_ref.export as torch_export  # noqa: E402
-from app.exported import (ExportError, OnnxModel, compare_probabilities, identify,  # noqa: E402
-                          layout_conv_shapes, read_deploy_config)
+from app.exported import ExportError, OnnxModel, compare_probabilities, identify, layout_conv_shapes, read_deploy_config  # noqa: E402
 from convert import save_torch  # noqa: E402
-from model_helpers import randomise_batchnorm  # noqa: E402  (tests/model_helpers.py)
 from paddle_impl.inference import load_weights as paddle_load_weights  # noqa: E402
 
 TOLERANCE = torch_export.DEFAULT_TOLERANCE
@@ -165,13 +166,32 @@ def scenes(tmp_path_factory):
 
 
 def _evaluate(module, scenes: Path, source: list, json_path: Path, *extra: str) -> int:
-    return module.main(["--model", "farseg", *source, "--images", str(scenes / "images"), "--masks",
-                        str(scenes / "labels"), "--window", "64", "--stride", "48", "--device", "cpu",
-                        "--no-progress", "--json", str(json_path), *extra])
+    return module.main(
+        [
+            "--model",
+            "farseg",
+            *source,
+            "--images",
+            str(scenes / "images"),
+            "--masks",
+            str(scenes / "labels"),
+            "--window",
+            "64",
+            "--stride",
+            "48",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--json",
+            str(json_path),
+            *extra,
+        ]
+    )
 
 
-def test_evaluate_and_predict_run_an_onnx_export_in_both_frameworks(torch_onnx: Path, torch_farseg, scenes: Path,
-                                                                    tmp_path: Path, capsys) -> None:
+def test_evaluate_and_predict_run_an_onnx_export_in_both_frameworks(
+    torch_onnx: Path, torch_farseg, scenes: Path, tmp_path: Path, capsys
+) -> None:
     import json
 
     import paddle_impl.evaluate as paddle_evaluate
@@ -191,19 +211,49 @@ def test_evaluate_and_predict_run_an_onnx_export_in_both_frameworks(torch_onnx: 
         assert np.abs(confusion - reference).sum() <= 0.002 * reference.sum() * 2
         assert "onnxruntime" in result["weights"]["loaded_as"]
     # An export of the other model than --model: one line, exit 2.
-    assert torch_evaluate.main(["--model", "factseg", "--model-dir", str(torch_onnx), "--images",
-                                str(scenes / "images"), "--masks", str(scenes / "labels"), "--no-progress"]) == 2
+    assert (
+        torch_evaluate.main(
+            [
+                "--model",
+                "factseg",
+                "--model-dir",
+                str(torch_onnx),
+                "--images",
+                str(scenes / "images"),
+                "--masks",
+                str(scenes / "labels"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds farseg, not --model factseg" in err[0]
     out = tmp_path / "classes.png"
-    assert torch_predict.main(["--model-dir", str(torch_onnx), "--image", str(scenes / "images" / "P0000.png"),
-                               "--out", str(out), "--window", "64", "--stride", "48", "--device", "cpu",
-                               "--no-progress"]) == 0
+    assert (
+        torch_predict.main(
+            [
+                "--model-dir",
+                str(torch_onnx),
+                "--image",
+                str(scenes / "images" / "P0000.png"),
+                "--out",
+                str(out),
+                "--window",
+                "64",
+                "--stride",
+                "48",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert out.exists()
 
 
-def test_paddle_dynamic_graph_refuses_cpu_amp_in_one_line(torch_farseg, scenes: Path, tmp_path: Path,
-                                                          capsys) -> None:
+def test_paddle_dynamic_graph_refuses_cpu_amp_in_one_line(torch_farseg, scenes: Path, tmp_path: Path, capsys) -> None:
     """Paddle 3.3.1's auto_cast on the CPU silently stays float32: asking for it is an error."""
     import paddle_impl.evaluate as paddle_evaluate
 

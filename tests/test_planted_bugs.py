@@ -13,25 +13,24 @@ the step-1 gradients, parameters and BatchNorm statistics); momentum and schedul
 only show from step 2, run two. Not planted: fp16 clipping before unscaling, which needs an fp16
 pair, and Paddle 3.3.1 has no CPU mixed precision (tests/test_train.py::test_paddle_amp_on_cpu).
 """
+
 from __future__ import annotations
 
 import math
 
 import pytest
-
-from align import AlignConfig
-from align import backward, forward, loss, metric
-from align.compare import format_report
-from align.cli import main_for
-from align.fixtures import get_fixture
 from trainer_bugs import plant  # tests/trainer_bugs.py
+
+from align import AlignConfig, backward, forward, loss, metric
+from align.cli import main_for
+from align.compare import format_report
+from align.fixtures import get_fixture
 
 FARSEG = AlignConfig(model="farseg", dtype="float64", batch=2, size=64, out=None)
 FACTSEG = AlignConfig(model="factseg", dtype="float64", batch=2, size=64, out=None)
 # Bugs that the looser float32 thresholds (set from the measured float32 rounding floor) must
 # catch as well.
-BOTH_DTYPES = pytest.mark.parametrize("config", [FARSEG, FARSEG.with_(dtype="float32")],
-                                      ids=["float64", "float32"])
+BOTH_DTYPES = pytest.mark.parametrize("config", [FARSEG, FARSEG.with_(dtype="float32")], ids=["float64", "float32"])
 
 
 def _wrong_upsample(layer):
@@ -40,6 +39,7 @@ def _wrong_upsample(layer):
 
     def forward_(x):
         return F.interpolate(x, scale_factor=layer.scale_factor, mode="bilinear", align_corners=False)
+
     return forward_
 
 
@@ -51,6 +51,7 @@ def _assert_fails(result, *, message=""):
 # ----------------------------------------------------------------------------------------------
 # FarSeg
 # ----------------------------------------------------------------------------------------------
+
 
 @BOTH_DTYPES
 def test_farseg_decoder_upsample_align_corners_false(monkeypatch, config):
@@ -127,14 +128,16 @@ def test_farseg_loss_without_plus_batch_size(monkeypatch, config):
 def test_farseg_annealing_identity_catches_unnormalised_weights(monkeypatch):
     import paddle
     import paddle.nn.functional as F
+
     import paddle_impl.losses
 
     def unnormalised(logits, target, step, *args, **kwargs):
         # BUG: w = a + (1-a) * (1-p)^2, without the renormalisation z = sum(l) / sum(l*m)
         valid = target != 255
         safe = paddle.where(valid, target, paddle.zeros_like(target)).unsqueeze(1)
-        losses = -paddle.take_along_axis(F.log_softmax(logits, axis=1), safe, axis=1).squeeze(1) \
-            * valid.astype(logits.dtype)
+        losses = -paddle.take_along_axis(F.log_softmax(logits, axis=1), safe, axis=1).squeeze(1) * valid.astype(
+            logits.dtype
+        )
         with paddle.no_grad():
             p = paddle.take_along_axis(F.softmax(logits, axis=1), safe, axis=1).squeeze(1)
             a = 0.0 if step > 10000 else (math.cos(math.pi * step / 10000) + 1) / 2
@@ -185,7 +188,7 @@ def test_farseg_converter_swapping_one_batchnorm_mean_and_variance(monkeypatch):
     key = "en.resnet.layer2.1.bn2"
     mean, var = fx.paddle_state[f"{key}._mean"], fx.paddle_state[f"{key}._variance"]
     monkeypatch.setitem(fx.paddle_state, f"{key}._mean", var)
-    monkeypatch.setitem(fx.paddle_state, f"{key}._variance", mean ** 2 + 0.5)  # kept positive
+    monkeypatch.setitem(fx.paddle_state, f"{key}._variance", mean**2 + 0.5)  # kept positive
     fx.mark_dirty()
     try:
         result = forward.run(FARSEG, fx)
@@ -229,6 +232,7 @@ def test_farseg_confusion_matrix_transposed(monkeypatch):
 # FactSeg
 # ----------------------------------------------------------------------------------------------
 
+
 def test_factseg_som_ratio_0_2(monkeypatch):
     import paddle_impl.losses
 
@@ -242,6 +246,7 @@ def test_factseg_som_ratio_0_2(monkeypatch):
 
 def test_factseg_k_from_valid_pixels_only(monkeypatch):
     import paddle
+
     import paddle_impl.losses as L
 
     def k_from_valid(fg_logits, bi_logits, target, ratio=0.1, ignore_index=255):
@@ -272,6 +277,7 @@ def test_factseg_binary_head_upsample_align_corners_false(monkeypatch):
 def test_factseg_softmax_and_sigmoid_swapped_in_the_fusion(monkeypatch):
     import paddle
     import paddle.nn.functional as F
+
     import paddle_impl.factseg
     import paddle_impl.losses
 
@@ -297,6 +303,7 @@ def test_factseg_softmax_and_sigmoid_swapped_in_the_fusion(monkeypatch):
 # ----------------------------------------------------------------------------------------------
 # The trainer (issue 9): bugs planted in paddle_impl.train.build_optimizer, caught by align.backward
 # ----------------------------------------------------------------------------------------------
+
 
 def _optimiser_step_differs(result, step):
     assert all(r.passed for r in result.rows if r.name.startswith(f"step{step}/grad"))  # gradients agree

@@ -5,6 +5,7 @@ The training runs use a synthetic iSAID split cut into 64x64 patches (``isaid.sy
 ``isaid.prepare``, once per session), FarSeg, global batch 2 and a few iterations: enough to
 exercise every path of ``torch_ref.train`` / ``paddle_impl.train`` on two CPU cores.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,10 +22,17 @@ from typing import Dict, List, Optional
 import numpy as np
 import pytest
 
-from isaid.augment import (AugmentParams, SamplePlan, augment, draw_augment, load_patch_index,
-                           load_sample, normalize_batch)
 from app.config import ConfigError, default_config, load_config, parse_override
 from app.training import write_checksum
+from isaid.augment import (
+    AugmentParams,
+    SamplePlan,
+    augment,
+    draw_augment,
+    load_patch_index,
+    load_sample,
+    normalize_batch,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "farseg_isaid.yaml")
@@ -56,10 +64,35 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny prepared iSAID: 2 synthetic train scenes cut into 64x64 patches at stride 48."""
     root = tmp_path_factory.mktemp("train_data")
     for command in (
-        [sys.executable, "-m", "isaid.synth", str(root / "src"), "--train", "2", "--val", "1",
-         "--size", "128", "--seed", "0", "--no-zip"],
-        [sys.executable, "-m", "isaid.prepare", str(root / "src"), str(root / "out"), "--window",
-         str(WINDOW), "--stride", "48", "--splits", "train", "--no-progress"],
+        [
+            sys.executable,
+            "-m",
+            "isaid.synth",
+            str(root / "src"),
+            "--train",
+            "2",
+            "--val",
+            "1",
+            "--size",
+            "128",
+            "--seed",
+            "0",
+            "--no-zip",
+        ],
+        [
+            sys.executable,
+            "-m",
+            "isaid.prepare",
+            str(root / "src"),
+            str(root / "out"),
+            "--window",
+            str(WINDOW),
+            "--stride",
+            "48",
+            "--splits",
+            "train",
+            "--no-progress",
+        ],
     ):
         subprocess.run(command, check=True, cwd=ROOT, env=ENV, capture_output=True, timeout=300)
     return root / "out"
@@ -68,10 +101,17 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def overrides(data_root: Path, out_dir: Path, iterations: int = 2, **extra: object) -> List[str]:
     """--set arguments of a tiny CPU run (random init, batch 2, 64x64, every step logged)."""
     values: Dict[str, object] = {
-        "data.root": str(data_root), "data.window": WINDOW, "init.imagenet": "none",
-        "train.iterations": iterations, "train.batch_size": 2, "train.amp": "none",
-        "train.device": "cpu", "train.num_workers": 0, "train.log_every": 1,
-        "train.checkpoint_every": iterations, "train.log_backend": "none",
+        "data.root": str(data_root),
+        "data.window": WINDOW,
+        "init.imagenet": "none",
+        "train.iterations": iterations,
+        "train.batch_size": 2,
+        "train.amp": "none",
+        "train.device": "cpu",
+        "train.num_workers": 0,
+        "train.log_every": 1,
+        "train.checkpoint_every": iterations,
+        "train.log_backend": "none",
         "train.out_dir": str(out_dir),
     }
     values.update(extra)
@@ -79,14 +119,14 @@ def overrides(data_root: Path, out_dir: Path, iterations: int = 2, **extra: obje
 
 
 def train_command(framework: str, sets: List[str], resume: Optional[str] = None) -> List[str]:
-    command = [sys.executable, "-m", MODULES[framework], "--config", CONFIG, "--no-progress",
-               "--set", *sets]
+    command = [sys.executable, "-m", MODULES[framework], "--config", CONFIG, "--no-progress", "--set", *sets]
     return command + (["--resume", resume] if resume else [])
 
 
 def run_train(framework: str, sets: List[str], resume: Optional[str] = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(train_command(framework, sets, resume), cwd=ROOT, env=ENV,
-                            capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(
+        train_command(framework, sets, resume), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -113,8 +153,9 @@ def differing_keys(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> List[s
 def kill_after_first_checkpoint(framework: str, sets: List[str], out_dir: Path) -> None:
     """Start a run, SIGKILL it as soon as its iteration-1 checkpoint exists."""
     checkpoint = out_dir / "checkpoints" / f"ckpt_0000001{CHECKPOINT_SUFFIX[framework]}"
-    process = subprocess.Popen(train_command(framework, sets), cwd=ROOT, env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        train_command(framework, sets), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + TIMEOUT
     try:
         while not checkpoint.exists():
@@ -150,8 +191,12 @@ def resume_runs(prepared: Path, tmp_path_factory: pytest.TempPathFactory):
             name = f"ckpt_0000001{CHECKPOINT_SUFFIX[framework]}"
             shutil.copyfile(killed / "checkpoints" / name, root / f"{framework}_{name}")
             resumed = run_train(framework, sets, resume="auto")
-            cache[framework] = {"straight": straight, "killed": killed, "stdout": resumed.stdout,
-                                "checkpoint": root / f"{framework}_{name}"}
+            cache[framework] = {
+                "straight": straight,
+                "killed": killed,
+                "stdout": resumed.stdout,
+                "checkpoint": root / f"{framework}_{name}",
+            }
         return cache[framework]
 
     return get
@@ -183,8 +228,7 @@ def test_resume_after_sigkill_is_bit_identical(framework: str, resume_runs) -> N
     assert differing_keys(final_straight, final_killed) == []
 
 
-def test_resume_comparison_catches_a_lost_optimizer_state(resume_runs, prepared: Path,
-                                                          tmp_path: Path) -> None:
+def test_resume_comparison_catches_a_lost_optimizer_state(resume_runs, prepared: Path, tmp_path: Path) -> None:
     """Planted bug: a resume that loses the momentum buffers (rewritten checkpoint) no longer
     reproduces the uninterrupted weights, so the bit-identity check above is not vacuous."""
     import torch
@@ -198,17 +242,16 @@ def test_resume_comparison_catches_a_lost_optimizer_state(resume_runs, prepared:
         buffers["momentum_buffer"].zero_()
     torch.save(state, checkpoint)
     write_checksum(str(checkpoint))  # edited on purpose: sign it, as a user would after editing
-    run_train("torch", overrides(prepared, broken, **{"train.checkpoint_every": 1}),
-              resume=str(checkpoint))
+    run_train("torch", overrides(prepared, broken, **{"train.checkpoint_every": 1}), resume=str(checkpoint))
     # Step 2's loss does not see the momentum yet; the weights after step 2 do.
     assert read_metrics(broken)[-1]["loss"] == read_metrics(runs["straight"])[-1]["loss"]
-    changed = differing_keys(load_weights(runs["straight"] / "model_final.pth"),
-                             load_weights(broken / "model_final.pth"))
+    changed = differing_keys(
+        load_weights(runs["straight"] / "model_final.pth"), load_weights(broken / "model_final.pth")
+    )
     assert any(key.endswith(".weight") for key in changed)
 
 
-def test_resume_refuses_a_changed_recipe(prepared: Path, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture) -> None:
+def test_resume_refuses_a_changed_recipe(prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A checkpoint of another recipe (here: another lr) is refused, naming the change."""
     import torch
 
@@ -219,8 +262,7 @@ def test_resume_refuses_a_changed_recipe(prepared: Path, tmp_path: Path,
     other = load_config(CONFIG, overrides(prepared, out, **{"train.lr": 0.01}))
     torch.save({"format": CHECKPOINT_FORMAT, "iteration": 1, "config": other}, checkpoint)
     write_checksum(str(checkpoint))
-    code = main(["--config", CONFIG, "--no-progress", "--resume", str(checkpoint), "--set",
-                 *overrides(prepared, out)])
+    code = main(["--config", CONFIG, "--no-progress", "--resume", str(checkpoint), "--set", *overrides(prepared, out)])
     assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "train.lr: 0.01 -> 0.007" in err
@@ -232,11 +274,22 @@ def test_resume_refuses_a_changed_recipe(prepared: Path, tmp_path: Path,
 def test_torch_two_process_cpu_data_parallel(prepared: Path, tmp_path: Path) -> None:
     """torchrun with 2 processes on CPU (gloo, plain BatchNorm: SyncBN is GPU-only)."""
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--standalone", "-m", MODULES["torch"], "--config", CONFIG,
-               "--no-progress", "--set", *overrides(prepared, out)]
-    result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True,
-                            timeout=TIMEOUT)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        "-m",
+        MODULES["torch"],
+        "--config",
+        CONFIG,
+        "--no-progress",
+        "--set",
+        *overrides(prepared, out),
+    ]
+    result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "global batch 2 on 2 process(es) (cpu)" in result.stdout
     rows = read_metrics(out)
@@ -248,11 +301,22 @@ def test_torch_two_process_cpu_data_parallel(prepared: Path, tmp_path: Path) -> 
 def test_paddle_two_process_cpu_data_parallel(prepared: Path, tmp_path: Path) -> None:
     """paddle.distributed.launch with 2 processes on CPU (gloo, plain BatchNorm)."""
     out, logs = tmp_path / "ddp", tmp_path / "launch_logs"
-    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
-               "--log_dir", str(logs), "paddle_impl/train.py", "--config", CONFIG,
-               "--no-progress", "--set", *overrides(prepared, out)]
-    result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True,
-                            timeout=TIMEOUT)
+    command = [
+        sys.executable,
+        "-m",
+        "paddle.distributed.launch",
+        "--nproc_per_node",
+        "2",
+        "--log_dir",
+        str(logs),
+        "paddle_impl/train.py",
+        "--config",
+        CONFIG,
+        "--no-progress",
+        "--set",
+        *overrides(prepared, out),
+    ]
+    result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
     worker0 = (logs / "workerlog.0").read_text(errors="replace") if (logs / "workerlog.0").exists() else ""
     assert result.returncode == 0, (result.stdout + result.stderr + worker0)[-3000:]
     assert "global batch 2 on 2 process(es) (cpu)" in worker0
@@ -266,9 +330,18 @@ def test_paddle_two_process_cpu_data_parallel(prepared: Path, tmp_path: Path) ->
 
 
 def test_config_overrides_are_yaml_typed() -> None:
-    config = load_config(CONFIG, ["train.iterations=100", "train.lr=1e-3", "train.amp=bf16",
-                                  "init.imagenet=none", "train.channels_last=true",
-                                  "data.root=/data/isaid", "augment.hflip=0"])
+    config = load_config(
+        CONFIG,
+        [
+            "train.iterations=100",
+            "train.lr=1e-3",
+            "train.amp=bf16",
+            "init.imagenet=none",
+            "train.channels_last=true",
+            "data.root=/data/isaid",
+            "augment.hflip=0",
+        ],
+    )
     assert config["train"]["iterations"] == 100 and isinstance(config["train"]["iterations"], int)
     assert config["train"]["lr"] == 1e-3 and isinstance(config["train"]["lr"], float)
     assert config["train"]["amp"] == "bf16"
@@ -284,22 +357,32 @@ def test_configs_hold_the_official_recipe() -> None:
         config = load_config(str(ROOT / "configs" / f"{name}_isaid.yaml"))
         assert config["model"]["name"] == name
         train = config["train"]
-        assert (train["iterations"], train["batch_size"], train["lr"], train["momentum"],
-                train["weight_decay"], train["poly_power"], train["clip_norm"], train["seed"]) == (
-                    60000, 8, 0.007, 0.9, 1e-4, 0.9, 35.0, 2333)
+        assert (
+            train["iterations"],
+            train["batch_size"],
+            train["lr"],
+            train["momentum"],
+            train["weight_decay"],
+            train["poly_power"],
+            train["clip_norm"],
+            train["seed"],
+        ) == (60000, 8, 0.007, 0.9, 1e-4, 0.9, 35.0, 2333)
         assert config["data"]["window"] == 896
         assert config["augment"] == {"hflip": 0.5, "vflip": 0.5, "rot90": True}
         assert config["init"]["imagenet"] is not None  # ImageNet init unless told otherwise
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("train.lrr=0.1", "unknown key 'train.lrr'; did you mean 'train.lr'?"),
-    ("trian.lr=0.1", "unknown key 'trian.lr'"),
-    ("train.iterations=ten", "train.iterations: expected an integer"),
-    ("train.amp=fp8", "train.amp: 'fp8' is not one of none, fp16, bf16"),
-    ("train.batch_size=0", "train.batch_size: must be >= 1"),
-    ("train.lr", "expected KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("train.lrr=0.1", "unknown key 'train.lrr'; did you mean 'train.lr'?"),
+        ("trian.lr=0.1", "unknown key 'trian.lr'"),
+        ("train.iterations=ten", "train.iterations: expected an integer"),
+        ("train.amp=fp8", "train.amp: 'fp8' is not one of none, fp16, bf16"),
+        ("train.batch_size=0", "train.batch_size: must be >= 1"),
+        ("train.lr", "expected KEY=VALUE"),
+    ],
+)
 def test_bad_overrides_give_one_line_errors(text: str, expected: str) -> None:
     with pytest.raises(ConfigError) as error:
         load_config(CONFIG, [text])
@@ -340,8 +423,9 @@ def test_print_config_shows_the_overridden_recipe(capsys: pytest.CaptureFixture)
 
 
 @pytest.mark.parametrize("framework", ["torch", "paddle"])
-def test_missing_imagenet_file_is_a_one_line_error(framework: str, prepared: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture) -> None:
+def test_missing_imagenet_file_is_a_one_line_error(
+    framework: str, prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     import importlib
 
     main = importlib.import_module(MODULES[framework]).main
@@ -371,19 +455,16 @@ def fake_imagenet(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
     state = OrderedDict()
     for key, value in build_model("farseg").state_dict().items():
         if key.startswith(prefix) and not key.endswith("num_batches_tracked"):
-            state[key[len(prefix):]] = torch.rand(value.shape, generator=generator) + 0.5
+            state[key[len(prefix) :]] = torch.rand(value.shape, generator=generator) + 0.5
     state["fc.weight"] = torch.zeros(1000, 2048)
     state["fc.bias"] = torch.zeros(1000)
     raw = folder / "resnet50-19c8e357.pth"
     torch.save(state, raw)
     return {
         "raw": raw,
-        "paddle": convert_file(raw, folder / "farseg_encoder.pdparams", model="resnet50",
-                               target="farseg"),
-        "torch": convert_file(raw, folder / "farseg_encoder.pth", model="resnet50", to="torch",
-                              target="farseg"),
-        "factseg": convert_file(raw, folder / "factseg_encoder.pdparams", model="resnet50",
-                                target="factseg"),
+        "paddle": convert_file(raw, folder / "farseg_encoder.pdparams", model="resnet50", target="farseg"),
+        "torch": convert_file(raw, folder / "farseg_encoder.pth", model="resnet50", to="torch", target="farseg"),
+        "factseg": convert_file(raw, folder / "factseg_encoder.pdparams", model="resnet50", target="factseg"),
     }
 
 
@@ -406,8 +487,10 @@ def test_imagenet_init_from_every_accepted_file(framework: str, fake_imagenet: D
     for form in ("raw", "paddle", "torch", "factseg"):
         net = build("farseg")
         assert module.load_imagenet(net, str(fake_imagenet[form]), "farseg") > 0
-        own = {k: np.asarray(v.numpy() if framework == "paddle" else v.detach().numpy())
-               for k, v in net.state_dict().items()}
+        own = {
+            k: np.asarray(v.numpy() if framework == "paddle" else v.detach().numpy())
+            for k, v in net.state_dict().items()
+        }
         for key, value in raw.items():
             if key.startswith("fc."):
                 continue
@@ -534,7 +617,7 @@ def test_torch_amp_step_on_cpu(amp: str) -> None:
     else:
         # Dynamic loss scaling: either the step was taken at the initial scale 2^16, or the
         # scaled gradients overflowed float16, the step was skipped and the scale halved.
-        assert (moved, scaler.get_scale()) in ((True, 2.0 ** 16), (False, 2.0 ** 15))
+        assert (moved, scaler.get_scale()) in ((True, 2.0**16), (False, 2.0**15))
 
 
 def test_paddle_amp_on_cpu(capsys: pytest.CaptureFixture, prepared: Path, tmp_path: Path) -> None:
@@ -555,5 +638,7 @@ def test_paddle_amp_on_cpu(capsys: pytest.CaptureFixture, prepared: Path, tmp_pa
     assert main(["--config", CONFIG, "--no-progress", "--set", *sets]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Paddle has no mixed precision on CPU" in err
-    pytest.skip("Paddle 3.3.1 CPU: paddle.amp.auto_cast is a no-op (conv output float32, measured"
-                " above); the trainer refuses train.amp on CPU")
+    pytest.skip(
+        "Paddle 3.3.1 CPU: paddle.amp.auto_cast is a no-op (conv output float32, measured"
+        " above); the trainer refuses train.amp on CPU"
+    )

@@ -4,10 +4,11 @@ The comparisons are checked both ways: on a correct port every row passes, and w
 planted in paddle_impl the rows that involve paddle_impl fail while torch_ref vs X2Paddle still
 passes, so the verdict names paddle_impl. FarSeg and FactSeg at 64x64, batch 1, float32.
 """
+
 from __future__ import annotations
 
-import dataclasses
 import copy
+import dataclasses
 import json
 import socket
 import subprocess
@@ -23,8 +24,7 @@ from align import x2paddle as xc
 from align.compare import Tolerance, compare_arrays
 from align.x2paddle import check, cli, conversion, guard, plans, report
 
-pytestmark = pytest.mark.skipif(not xc.x2paddle_available(),
-                                reason=f"x2paddle not importable. {xc.INSTALL_MESSAGE}")
+pytestmark = pytest.mark.skipif(not xc.x2paddle_available(), reason=f"x2paddle not importable. {xc.INSTALL_MESSAGE}")
 
 
 def rows_by(result, output):
@@ -54,14 +54,14 @@ def farseg_result(farseg, tmp_path_factory):
     torch_model, paddle_model, x = farseg
     path_before = list(sys.path)
     out_dir = tmp_path_factory.mktemp("x2p_farseg")
-    result = check.compare_with_x2paddle("farseg", torch_model, paddle_model, x, out_dir, reuse=True,
-                                      progress=False)
+    result = check.compare_with_x2paddle("farseg", torch_model, paddle_model, x, out_dir, reuse=True, progress=False)
     return result, path_before
 
 
 # ----------------------------------------------------------------------------------------------
 # No network, ever
 # ----------------------------------------------------------------------------------------------
+
 
 def test_network_guard_refuses_x2paddle_usage_report_at_once():
     """X2Paddle's usage report (what disable_feedback switches off) is refused inside the guard
@@ -115,6 +115,7 @@ def test_x2paddle_exit_during_trace_becomes_an_error_not_an_exit(tmp_path):
 # Comparison helpers
 # ----------------------------------------------------------------------------------------------
 
+
 def test_compare_arrays_thresholds_shapes_and_nan():
     """The three-way rows use align's own comparison (align.compare.compare_arrays)."""
     a = np.linspace(-2.0, 2.0, 64, dtype=np.float32).reshape(4, 16)
@@ -142,6 +143,7 @@ def test_verdicts_name_the_odd_one_out():
 # ----------------------------------------------------------------------------------------------
 # FarSeg
 # ----------------------------------------------------------------------------------------------
+
 
 def test_farseg_three_way_comparison_passes(farseg_result, farseg):
     result, path_before = farseg_result
@@ -197,8 +199,9 @@ def test_planted_paddle_bug_is_blamed_on_paddle_impl(farseg, farseg_result, monk
     assert planted == 6  # 0 + 1 + 2 + 3 stages with an upsample
 
     out_dir = Path(farseg_result[0]["generated_dir"])
-    result = check.compare_with_x2paddle("farseg", torch_model, paddle_model, x, out_dir, check_training=False,
-                                      reuse=True, progress=False)
+    result = check.compare_with_x2paddle(
+        "farseg", torch_model, paddle_model, x, out_dir, check_training=False, reuse=True, progress=False
+    )
     assert [(c["target"], c["reused"]) for c in result["conversions"]] == [("eval tail", True), ("eval", True)]
     assert not result["passed"]
     for output in ("logits", "probs"):
@@ -225,13 +228,21 @@ def test_sub_part_fallback_when_the_logits_path_does_not_convert(farseg, tmp_pat
 
     monkeypatch.setattr(conversion, "convert_with_x2paddle", failing_whole_model)
     torch_model, paddle_model, x = farseg
-    result = check.compare_with_x2paddle("farseg", torch_model, paddle_model, x, tmp_path, check_training=False,
-                                      progress=False)
+    result = check.compare_with_x2paddle(
+        "farseg", torch_model, paddle_model, x, tmp_path, check_training=False, progress=False
+    )
     parts = [u["part"] for u in result["untraceable"]]
     assert parts[:2] == ["eval forward (logits and probabilities, one trace)", "logits path (model.logits)"]
     x2p_outputs = {r["output"] for r in result["rows"] if r["pair"] == "torch_ref vs x2paddle"}
-    assert x2p_outputs == {"relation[0]", "relation[1]", "relation[2]", "relation[3]", "decoder",
-                           "classifier", "upsample x4"}
+    assert x2p_outputs == {
+        "relation[0]",
+        "relation[1]",
+        "relation[2]",
+        "relation[3]",
+        "decoder",
+        "classifier",
+        "upsample x4",
+    }
     assert result["passed"], report.format_report(result)
     assert rows_by(result, "probs").keys() == {"torch_ref vs paddle_impl"}  # nothing composes them
     assert "eval forward: probabilities" in parts  # the softmax alone converts, the logits do not
@@ -240,6 +251,7 @@ def test_sub_part_fallback_when_the_logits_path_does_not_convert(farseg, tmp_pat
 # ----------------------------------------------------------------------------------------------
 # FactSeg
 # ----------------------------------------------------------------------------------------------
+
 
 def test_factseg_logits_three_way_and_the_untraceable_parts_reported(tmp_path):
     torch_model, paddle_model, x = build_fixture("factseg")
@@ -276,9 +288,16 @@ def test_float64_models_are_checked_in_float32_and_left_untouched(farseg, farseg
     torch64 = copy.deepcopy(torch_model).double().train()
     paddle64 = copy.deepcopy(paddle_model)
     paddle64.to(dtype="float64")
-    result = check.compare_with_x2paddle("farseg", torch64, paddle64, x.astype(np.float64),
-                                      Path(farseg_result[0]["generated_dir"]), check_training=False,
-                                      reuse=True, progress=False)
+    result = check.compare_with_x2paddle(
+        "farseg",
+        torch64,
+        paddle64,
+        x.astype(np.float64),
+        Path(farseg_result[0]["generated_dir"]),
+        check_training=False,
+        reuse=True,
+        progress=False,
+    )
     assert result["passed"], report.format_report(result)
     assert result["dtype"] == "float32" and result["conversions"][-1]["reused"]
     assert torch64.training and torch64.en.resnet.conv1.weight.dtype == torch.float64
@@ -288,9 +307,24 @@ def test_float64_models_are_checked_in_float32_and_left_untouched(farseg, farseg
 def test_cli_writes_report_and_json_and_rejects_bad_input(farseg_result, tmp_path, capsys, monkeypatch):
     out_dir = farseg_result[0]["generated_dir"]
     report_file = tmp_path / "report.json"
-    code = subprocess.run([sys.executable, "-m", "align.x2paddle", "--model", "farseg", "--out", out_dir,
-                           "--reuse", "--no-training", "--json", str(report_file)],
-                          capture_output=True, text=True, timeout=600)
+    code = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "align.x2paddle",
+            "--model",
+            "farseg",
+            "--out",
+            out_dir,
+            "--reuse",
+            "--no-training",
+            "--json",
+            str(report_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert code.returncode == 0, code.stdout + code.stderr
     assert "PASSED" in code.stdout and "verdict logits: all agree" in code.stdout
     saved = json.loads(report_file.read_text())

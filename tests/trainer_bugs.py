@@ -4,6 +4,7 @@ the recipe says. Used by tests/test_planted_bugs.py and benchmarks/backward_sens
 
 Each entry maps a name to a function ``plant(build) -> build'`` of the original builder.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Mapping, Tuple
@@ -15,7 +16,9 @@ def _recipe_change(**changes: Callable[[Any], Any]) -> Callable[[Build], Build]:
     def plant(build: Build) -> Build:
         def planted(model: Any, recipe: Mapping[str, Any]) -> Tuple[Any, Any]:
             return build(model, {**recipe, **{k: f(recipe[k]) for k, f in changes.items()}})
+
         return planted
+
     return plant
 
 
@@ -48,6 +51,7 @@ def _per_tensor_clip(build: Build) -> Build:
         clip = paddle.nn.ClipGradByNorm if "float32" in dtype else per_tensor_clip_class()
         optimizer._grad_clip = clip(recipe["clip_norm"])  # BUG: per tensor, not the global norm
         return optimizer, scheduler
+
     return planted
 
 
@@ -59,8 +63,10 @@ def _scheduler_twice(build: Build) -> Build:
         def twice(*args: Any, **kwargs: Any) -> None:  # BUG: stepped twice per iteration
             step(*args, **kwargs)
             step(*args, **kwargs)
+
         scheduler.step = twice
         return optimizer, scheduler
+
     return planted
 
 
@@ -69,6 +75,7 @@ def _gradients_kept(build: Build) -> Build:
         optimizer, scheduler = build(model, recipe)
         optimizer.clear_grad = lambda *args, **kwargs: None  # BUG: gradients accumulate
         return optimizer, scheduler
+
     return planted
 
 

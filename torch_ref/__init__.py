@@ -1,4 +1,5 @@
 """PyTorch re-implementations of FarSeg and FactSeg that load the official checkpoints unchanged."""
+
 from __future__ import annotations
 
 import torch.nn as nn

@@ -5,6 +5,7 @@ over this object; everything framework-specific they need (devices, building the
 the confusion matrix on the device, tensors back to the host, and an ONNX export run by
 onnxruntime for ``--model-dir``) is here and nowhere else.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -37,9 +38,18 @@ class TorchBackend:
     def resolve_device(self, device: str) -> torch.device:
         return resolve_device(device)
 
-    def build_engine(self, model_name: str, weights: str, window: int, stride: int, device: str,
-                     batch_size: int = 1, amp: Optional[str] = None, dtype: str = "float32",
-                     exact_float32: bool = True) -> Tuple[SlidingWindowInference, str]:
+    def build_engine(
+        self,
+        model_name: str,
+        weights: str,
+        window: int,
+        stride: int,
+        device: str,
+        batch_size: int = 1,
+        amp: Optional[str] = None,
+        dtype: str = "float32",
+        exact_float32: bool = True,
+    ) -> Tuple[SlidingWindowInference, str]:
         model = build_model(model_name)
         how = load_weights(model, model_name, weights)
         if dtype == "float64":
@@ -51,13 +61,22 @@ class TorchBackend:
             torch.backends.cuda.matmul.allow_tf32 = False
         return SlidingWindowInference(model, window, stride, device, batch_size, amp), how
 
-    def build_deployed_engine(self, model_dir: str, window: Optional[int], stride: Optional[int],
-                              device: str, batch_size: int, backend: str,
-                              amp: str) -> Tuple[SlidingWindowInference, str]:
+    def build_deployed_engine(
+        self,
+        model_dir: str,
+        window: Optional[int],
+        stride: Optional[int],
+        device: str,
+        batch_size: int,
+        backend: str,
+        amp: str,
+    ) -> Tuple[SlidingWindowInference, str]:
         config = read_deploy_config(model_dir)
         if config["format"] != ONNX_FORMAT:
-            raise ValueError(f"{model_dir} is a Paddle Inference export: run it with python -m paddle_impl.predict"
-                             " (or export ONNX: python -m torch_ref.export --format onnx)")
+            raise ValueError(
+                f"{model_dir} is a Paddle Inference export: run it with python -m paddle_impl.predict"
+                " (or export ONNX: python -m torch_ref.export --format onnx)"
+            )
         if amp != "none":
             raise ValueError("--amp: an ONNX export runs in float32 under onnxruntime")
         if resolve_device(device).type != "cpu":
@@ -66,8 +85,9 @@ class TorchBackend:
         stride = stride or config["sliding_window"]["stride"]
         deployed = OnnxModel(model_dir, config=config)
         # The export is NCHW float32; the engine's channels-last input would only add a copy.
-        engine = SlidingWindowInference(DeployedModule(deployed), window, stride, "cpu", batch_size,
-                                        channels_last=False)
+        engine = SlidingWindowInference(
+            DeployedModule(deployed), window, stride, "cpu", batch_size, channels_last=False
+        )
         return engine, f"{config['model']} ONNX export {model_dir}, onnxruntime"
 
     def new_confusion(self, engine: SlidingWindowInference, num_classes: int) -> torch.Tensor:

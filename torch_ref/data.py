@@ -5,6 +5,7 @@ augmentation is decided by :class:`isaid.augment.SamplePlan`, so the loader hold
 resumed run would need, and the Paddle loader (``paddle_impl/data.py``) yields the same
 batches. Workers return uint8 images; :func:`to_device` normalises on the device.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Iterator, List, Sequence, Tuple
@@ -51,8 +52,9 @@ class IterationBatchSampler(Sampler):
         return max(0, self.end - self.start)
 
 
-def build_loader(patches: Sequence[PatchRef], plan: SamplePlan, window: int, start: int,
-                 end: int, num_workers: int, pin_memory: bool) -> DataLoader:
+def build_loader(
+    patches: Sequence[PatchRef], plan: SamplePlan, window: int, start: int, end: int, num_workers: int, pin_memory: bool
+) -> DataLoader:
     """A DataLoader over iterations ``start .. end-1`` of ``plan``."""
     return DataLoader(
         PatchDataset(patches, plan, window),
@@ -78,8 +80,9 @@ def normaliser(device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     return _NORMALISERS[key]
 
 
-def to_device(batch: Sequence[torch.Tensor], device: torch.device,
-              channels_last: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+def to_device(
+    batch: Sequence[torch.Tensor], device: torch.device, channels_last: bool = False
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """uint8 images [B,H,W,3] and labels [B,H,W] -> normalised float32 [B,3,H,W], int64 labels.
 
     A batch from :func:`build_loader` also holds the samples' error records: the first error
@@ -96,7 +99,6 @@ def to_device(batch: Sequence[torch.Tensor], device: torch.device,
     labels = labels.to(device, non_blocking=True)
     mean, std = normaliser(images.device)
     images = images.permute(0, 3, 1, 2).float()
-    images = images.contiguous(memory_format=torch.channels_last if channels_last
-                               else torch.contiguous_format)
+    images = images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     images = (images - mean) / std
     return images, labels.long()

@@ -13,6 +13,7 @@ check are written once for both frameworks (:mod:`app.evaluation`); ``python -m
 torch_ref.evaluate --help`` lists every option. Exit status 0 done, 1 ``--expect`` failed,
 2 bad input (one line per problem on stderr; no JSON written).
 """
+
 from __future__ import annotations
 
 import sys
@@ -30,9 +31,13 @@ from .inference import SlidingWindowInference
 PROG = "python -m torch_ref.evaluate"
 
 
-def evaluate_scenes(engine: SlidingWindowInference, scenes: Sequence[Scene],
-                    num_classes: int = NUM_CLASSES, progress: bool = True,
-                    prefetch: bool = True) -> Tuple[np.ndarray, SceneTotals]:
+def evaluate_scenes(
+    engine: SlidingWindowInference,
+    scenes: Sequence[Scene],
+    num_classes: int = NUM_CLASSES,
+    progress: bool = True,
+    prefetch: bool = True,
+) -> Tuple[np.ndarray, SceneTotals]:
     """Run ``engine`` over ``scenes``; return (confusion int64 [C,C] rows = truth, totals)."""
     return evaluation.evaluate_scenes(BACKEND, engine, scenes, num_classes, progress, prefetch)
 

@@ -20,6 +20,7 @@ the probabilities; onnxruntime folds BatchNorm into the convolutions, which chan
 rounding: measured 3.3e-5 to 3.6e-5 on random weights) with the argmax agreeing on at least
 99.9% of the pixels; otherwise nothing is written. ``--out`` appears only when complete.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,9 +36,21 @@ import torch
 import torch.nn as nn
 
 from app.cli import OneLineArgumentParser
-from app.exported import (CONFIG_FILE, FORMAT_FILES, INPUT_NAME, ONNX_FORMAT, ExportError, OnnxModel,
-                          check_replaceable, compare_probabilities, deploy_config, read_deploy_config,
-                          replace_folder, staging_folder, write_deploy_config)
+from app.exported import (
+    CONFIG_FILE,
+    FORMAT_FILES,
+    INPUT_NAME,
+    ONNX_FORMAT,
+    ExportError,
+    OnnxModel,
+    check_replaceable,
+    compare_probabilities,
+    deploy_config,
+    read_deploy_config,
+    replace_folder,
+    staging_folder,
+    write_deploy_config,
+)
 from convert import CheckpointError
 from isaid.imageio import current_umask
 from weights import MODEL_NAMES
@@ -56,8 +69,9 @@ CHECK_SIZE = (64, 96)  # input of the post-export check for a dynamic-size expor
 TRACE_SIZE = (64, 96)  # the example input the exporter traces with
 
 
-def export_onnx(model: nn.Module, path: str, size: Optional[Tuple[int, int]] = None,
-                opset: int = DEFAULT_OPSET) -> None:
+def export_onnx(
+    model: nn.Module, path: str, size: Optional[Tuple[int, int]] = None, opset: int = DEFAULT_OPSET
+) -> None:
     """Write the eval forward of ``model`` (normalised batch -> probabilities) to ``path``."""
     model.eval()
     height, width = size if size is not None else TRACE_SIZE
@@ -67,13 +81,26 @@ def export_onnx(model: nn.Module, path: str, size: Optional[Tuple[int, int]] = N
         # The TorchScript exporter's deprecation notice and the tracer's warning about the models'
         # input-size check (a Python bool on the traced size, true for every multiple of 32).
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), path, dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes}, do_constant_folding=True)
+        torch.onnx.export(
+            model,
+            (example,),
+            path,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+            do_constant_folding=True,
+        )
 
 
-def check_onnx(model: nn.Module, model_dir: str, size: Optional[Tuple[int, int]],
-               tolerance: float = DEFAULT_TOLERANCE, seed: int = 0) -> List[Tuple[str, float, float]]:
+def check_onnx(
+    model: nn.Module,
+    model_dir: str,
+    size: Optional[Tuple[int, int]],
+    tolerance: float = DEFAULT_TOLERANCE,
+    seed: int = 0,
+) -> List[Tuple[str, float, float]]:
     """onnxruntime on ``model_dir`` vs the eval forward on a random input (batch 2, one thread).
 
     Returns ``[("onnxruntime", max |difference|, tolerance)]``; raises ExportError when the
@@ -87,15 +114,26 @@ def check_onnx(model: nn.Module, model_dir: str, size: Optional[Tuple[int, int]]
     got = OnnxModel(model_dir, threads=1)(x)
     difference, agreement = compare_probabilities(expected, got)
     if not (difference <= tolerance and agreement >= MIN_AGREEMENT):
-        raise ExportError(f"{model_dir}: ONNX model (onnxruntime) differs from the eval forward by"
-                          f" {difference:.3g} (tolerance {tolerance:g}), argmax agreement {agreement:.4%}"
-                          f" on a 2x3x{height}x{width} input")
+        raise ExportError(
+            f"{model_dir}: ONNX model (onnxruntime) differs from the eval forward by"
+            f" {difference:.3g} (tolerance {tolerance:g}), argmax agreement {agreement:.4%}"
+            f" on a 2x3x{height}x{width} input"
+        )
     return [("onnxruntime", difference, tolerance)]
 
 
-def export(model_name: str, weights: Optional[str], out_dir: str, size: Optional[Tuple[int, int]] = None,
-           check: bool = True, tolerance: float = DEFAULT_TOLERANCE, model: Optional[nn.Module] = None,
-           window: int = 896, stride: int = 512, opset: int = DEFAULT_OPSET) -> Dict[str, Any]:
+def export(
+    model_name: str,
+    weights: Optional[str],
+    out_dir: str,
+    size: Optional[Tuple[int, int]] = None,
+    check: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
+    model: Optional[nn.Module] = None,
+    window: int = 896,
+    stride: int = 512,
+    opset: int = DEFAULT_OPSET,
+) -> Dict[str, Any]:
     """Build ``model_name``, load ``weights`` (or take ``model``), write ``model.onnx`` + ``model.yml``.
 
     Returns a summary dict; raises CheckpointError (bad weights) or ExportError, and
@@ -119,8 +157,9 @@ def export(model_name: str, weights: Optional[str], out_dir: str, size: Optional
     try:
         export_onnx(model, os.path.join(staging, ONNX_FILE), size, opset)
         producer = f"torch {torch.__version__} torch.onnx.export (TorchScript exporter), opset {opset}"
-        write_deploy_config(staging, deploy_config(model_name, size, weights, how, window, stride, ONNX_FORMAT,
-                                                   producer), PROG)
+        write_deploy_config(
+            staging, deploy_config(model_name, size, weights, how, window, stride, ONNX_FORMAT, producer), PROG
+        )
         read_deploy_config(staging)  # the program must be what model.yml says
         saved = time.perf_counter()
         checks = check_onnx(model, staging, size, tolerance) if check else []
@@ -129,9 +168,16 @@ def export(model_name: str, weights: Optional[str], out_dir: str, size: Optional
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {"out_dir": out_dir, "model": model_name, "weights": how, "size": size, "checks": checks,
-            "export_seconds": saved - start, "check_seconds": time.perf_counter() - saved,
-            "bytes": {name: os.path.getsize(os.path.join(out_dir, name)) for name in (ONNX_FILE, CONFIG_FILE)}}
+    return {
+        "out_dir": out_dir,
+        "model": model_name,
+        "weights": how,
+        "size": size,
+        "checks": checks,
+        "export_seconds": saved - start,
+        "check_seconds": time.perf_counter() - saved,
+        "bytes": {name: os.path.getsize(os.path.join(out_dir, name)) for name in (ONNX_FILE, CONFIG_FILE)},
+    }
 
 
 def _size_multiple_of_32(text: str) -> int:
@@ -148,51 +194,99 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(
         prog=PROG,
         description="Export FarSeg / FactSeg to ONNX (torch's TorchScript exporter): the eval forward"
-                    " (normalised float32 [B,3,H,W] RGB, H and W multiples of 32 -> class"
-                    " probabilities [B,16,H,W]) as DIR/model.onnx plus DIR/model.yml, checked with"
-                    " onnxruntime against the eval forward. Run it with python -m torch_ref.predict"
-                    " --model-dir DIR. Exit status 0 done, 2 bad input or failed check (nothing"
-                    " written then).")
+        " (normalised float32 [B,3,H,W] RGB, H and W multiples of 32 -> class"
+        " probabilities [B,16,H,W]) as DIR/model.onnx plus DIR/model.yml, checked with"
+        " onnxruntime against the eval forward. Run it with python -m torch_ref.predict"
+        " --model-dir DIR. Exit status 0 done, 2 bad input or failed check (nothing"
+        " written then).",
+    )
     parser.add_argument("--model", required=True, choices=MODEL_NAMES, help="model architecture")
-    parser.add_argument("--weights", required=True, metavar="FILE",
-                        help="checkpoint: an official / torch_ref .pth (official wrapper and 'module.'"
-                             " prefix accepted) or a Paddle .pdparams (converted on the fly); read"
-                             " without executing code; the layout must match --model exactly")
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="output folder (created; an earlier export there is replaced"
-                             " atomically, any other non-empty folder is refused)")
-    parser.add_argument("--format", choices=("onnx",), default="onnx",
-                        help="onnx (the only format of this exporter; Paddle Inference programs come"
-                             " from python -m paddle_impl.export)")
-    parser.add_argument("--size", nargs=2, type=_size_multiple_of_32, metavar=("H", "W"),
-                        help="fix the input height and width (multiples of 32). Default: dynamic H"
-                             " and W. The batch is always dynamic")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
-                        help=f"ONNX opset (default {DEFAULT_OPSET})")
-    parser.add_argument("--window", type=int, default=896, metavar="PX",
-                        help="sliding-window side recorded in model.yml for predict (default 896)")
-    parser.add_argument("--stride", type=int, default=512, metavar="PX",
-                        help="sliding-window stride recorded in model.yml (default 512)")
-    parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
-                        help="after writing, run the file with onnxruntime on a random input and"
-                             " compare with the eval forward (default on)")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="ABS",
-                        help=f"largest allowed max |difference| of the probabilities (default"
-                             f" {DEFAULT_TOLERANCE:g}; measured 3.3e-5 to 3.6e-5 on random weights,"
-                             f" from onnxruntime's BatchNorm folding); the argmax must also agree on"
-                             f" {MIN_AGREEMENT * 100:g}%% of the pixels")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        metavar="FILE",
+        help="checkpoint: an official / torch_ref .pth (official wrapper and 'module.'"
+        " prefix accepted) or a Paddle .pdparams (converted on the fly); read"
+        " without executing code; the layout must match --model exactly",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder (created; an earlier export there is replaced"
+        " atomically, any other non-empty folder is refused)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("onnx",),
+        default="onnx",
+        help="onnx (the only format of this exporter; Paddle Inference programs come"
+        " from python -m paddle_impl.export)",
+    )
+    parser.add_argument(
+        "--size",
+        nargs=2,
+        type=_size_multiple_of_32,
+        metavar=("H", "W"),
+        help="fix the input height and width (multiples of 32). Default: dynamic H and W. The batch is always dynamic",
+    )
+    parser.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, metavar="N", help=f"ONNX opset (default {DEFAULT_OPSET})"
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=896,
+        metavar="PX",
+        help="sliding-window side recorded in model.yml for predict (default 896)",
+    )
+    parser.add_argument(
+        "--stride",
+        type=int,
+        default=512,
+        metavar="PX",
+        help="sliding-window stride recorded in model.yml (default 512)",
+    )
+    parser.add_argument(
+        "--check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after writing, run the file with onnxruntime on a random input and"
+        " compare with the eval forward (default on)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        metavar="ABS",
+        help=f"largest allowed max |difference| of the probabilities (default"
+        f" {DEFAULT_TOLERANCE:g}; measured 3.3e-5 to 3.6e-5 on random weights,"
+        f" from onnxruntime's BatchNorm folding); the argmax must also agree on"
+        f" {MIN_AGREEMENT * 100:g}%% of the pixels",
+    )
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.stride > args.window or args.window <= 0 or args.stride <= 0:
-        print(f"{PROG}: error: --stride {args.stride} / --window {args.window}: need 0 < stride <= window",
-              file=sys.stderr)
+        print(
+            f"{PROG}: error: --stride {args.stride} / --window {args.window}: need 0 < stride <= window",
+            file=sys.stderr,
+        )
         return 2
     try:
-        summary = export(args.model, args.weights, args.out, tuple(args.size) if args.size else None,
-                         args.check, args.tolerance, window=args.window, stride=args.stride, opset=args.opset)
+        summary = export(
+            args.model,
+            args.weights,
+            args.out,
+            tuple(args.size) if args.size else None,
+            args.check,
+            args.tolerance,
+            window=args.window,
+            stride=args.stride,
+            opset=args.opset,
+        )
     except CheckpointError as error:
         print(f"{PROG}: error: {error.headline()}", file=sys.stderr)
         return 2
@@ -203,12 +297,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{PROG}: error: {args.out}: {error.strerror or error}", file=sys.stderr)
         return 2
     size = "x".join(map(str, summary["size"])) if summary["size"] else "dynamic HxW"
-    print(f"exported {args.model} ({summary['weights']}) -> {args.out}/{{{ONNX_FILE},{CONFIG_FILE}}}"
-          f" (input [B,3,{size}], {summary['bytes'][ONNX_FILE] / 1e6:.1f} MB) in"
-          f" {summary['export_seconds']:.1f}s")
+    print(
+        f"exported {args.model} ({summary['weights']}) -> {args.out}/{{{ONNX_FILE},{CONFIG_FILE}}}"
+        f" (input [B,3,{size}], {summary['bytes'][ONNX_FILE] / 1e6:.1f} MB) in"
+        f" {summary['export_seconds']:.1f}s"
+    )
     for backend, difference, limit in summary["checks"]:
-        print(f"check: {backend}, 1 thread, vs eval forward: max |diff| of the probabilities"
-              f" {difference:.3g} (tolerance {limit:g})")
+        print(
+            f"check: {backend}, 1 thread, vs eval forward: max |diff| of the probabilities"
+            f" {difference:.3g} (tolerance {limit:g})"
+        )
     return 0
 
 

@@ -5,6 +5,7 @@ ResNet-50 -> FPN -> foreground-scene relation -> light decoder -> 1x1 classifier
 Training-mode forward with labels returns ``{"cls_loss": ...}`` (annealing softmax focal loss,
 step counter in the ``buffer_step`` buffer); eval returns softmax probabilities.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Union
@@ -25,18 +26,18 @@ class SceneRelation(nn.Module):
 
     def __init__(self, scene_channels: int = 2048, channels: int = 256, num_levels: int = 4) -> None:
         super().__init__()
-        self.scene_encoder = nn.ModuleList([
-            nn.Sequential(conv2d(scene_channels, channels, 1), nn.ReLU(), conv2d(channels, channels, 1))
-            for _ in range(num_levels)
-        ])
-        self.content_encoders = nn.ModuleList([
-            nn.Sequential(conv2d(channels, channels, 1), batch_norm2d(channels), nn.ReLU())
-            for _ in range(num_levels)
-        ])
-        self.feature_reencoders = nn.ModuleList([
-            nn.Sequential(conv2d(channels, channels, 1), batch_norm2d(channels), nn.ReLU())
-            for _ in range(num_levels)
-        ])
+        self.scene_encoder = nn.ModuleList(
+            [
+                nn.Sequential(conv2d(scene_channels, channels, 1), nn.ReLU(), conv2d(channels, channels, 1))
+                for _ in range(num_levels)
+            ]
+        )
+        self.content_encoders = nn.ModuleList(
+            [nn.Sequential(conv2d(channels, channels, 1), batch_norm2d(channels), nn.ReLU()) for _ in range(num_levels)]
+        )
+        self.feature_reencoders = nn.ModuleList(
+            [nn.Sequential(conv2d(channels, channels, 1), batch_norm2d(channels), nn.ReLU()) for _ in range(num_levels)]
+        )
         self.normalizer = nn.Sigmoid()
 
     def forward(self, scene: torch.Tensor, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
@@ -83,8 +84,9 @@ class FarSeg(nn.Module):
         refined = self.sr(scene, pyramid)
         return self.upsample4x_op(self.cls_pred_conv(self.decoder(refined)))
 
-    def forward(self, x: torch.Tensor,
-                y: Optional[Dict[str, torch.Tensor]] = None) -> Union[Dict[str, torch.Tensor], torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, y: Optional[Dict[str, torch.Tensor]] = None
+    ) -> Union[Dict[str, torch.Tensor], torch.Tensor]:
         """Training mode with labels ``y = {"cls": [B,H,W] int64}`` (255 = ignore): ``{"cls_loss": loss}``,
         ``buffer_step`` counted up first; otherwise class probabilities [B,C,H,W] at input resolution."""
         logits = self.logits(x)

@@ -4,6 +4,7 @@ As in the official SimpleCV FPN: 1x1 lateral convs ``fpn_inner{1..4}`` and 3x3 o
 ``fpn_layer{1..4}`` (bias, no norm, no activation), nearest x2 top-down path, init
 kaiming-uniform a=1 with zero bias.
 """
+
 from __future__ import annotations
 
 from typing import List, Sequence
@@ -22,8 +23,9 @@ class FPN(nn.Module):
         for level, in_channels in enumerate(in_channels_list, start=1):
             # Registration order inner_i, layer_i is the official state-dict order.
             setattr(self, f"fpn_inner{level}", conv2d(in_channels, out_channels, 1, init="kaiming_uniform_a1"))
-            setattr(self, f"fpn_layer{level}",
-                    conv2d(out_channels, out_channels, 3, padding=1, init="kaiming_uniform_a1"))
+            setattr(
+                self, f"fpn_layer{level}", conv2d(out_channels, out_channels, 3, padding=1, init="kaiming_uniform_a1")
+            )
 
     def forward(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         top = self.num_levels

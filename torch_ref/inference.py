@@ -15,6 +15,7 @@ whole-image sums, so the averaged probabilities are bit-identical to them.
 The weights of a checkpoint are loaded with :func:`load_weights` (safe loading, either
 framework's file).
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,7 +42,7 @@ AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_device(device: str) -> torch.device:
-    """"cpu", "cuda", "cuda:N"; Paddle's spelling "gpu" / "gpu:N" means the same GPU."""
+    """ "cpu", "cuda", "cuda:N"; Paddle's spelling "gpu" / "gpu:N" means the same GPU."""
     name = device.strip().lower()
     if name == "gpu" or name.startswith("gpu:"):
         name = "cuda" + name[3:]
@@ -79,8 +80,7 @@ def load_weights(model: nn.Module, name: str, path: str) -> str:
             state = paddle_to_torch(loaded.state, name)
             how = "Paddle checkpoint converted on the fly"
     except CheckpointError as error:
-        raise CheckpointError(error.message + _other_model_hint(loaded.state, name), error.details,
-                              path) from None
+        raise CheckpointError(error.message + _other_model_hint(loaded.state, name), error.details, path) from None
     model.load_state_dict(as_torch(state), strict=True)
     return f"{how}, {loaded.describe()}"
 
@@ -110,8 +110,9 @@ def fold_batch_norms(model: nn.Module) -> Tuple[nn.Module, int]:
         if isinstance(module, nn.Sequential):
             names = list(children)
             pairs += [(a, b) for a, b in zip(names, names[1:])]
-        pairs += [(name, "bn" + name[4:]) for name in children
-                  if name.startswith("conv") and "bn" + name[4:] in children]
+        pairs += [
+            (name, "bn" + name[4:]) for name in children if name.startswith("conv") and "bn" + name[4:] in children
+        ]
         for conv_name, bn_name in pairs:
             conv, bn = children[conv_name], children[bn_name]
             if isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d:
@@ -139,9 +140,16 @@ class SlidingWindowInference:
     0.48 s NHWC. That NCHW bf16 path is why ``--amp bf16`` used to be no faster than float32.
     """
 
-    def __init__(self, model: nn.Module, window: int = 896, stride: int = 512, device: str = "cpu",
-                 batch_size: int = 1, amp: Optional[str] = None,
-                 channels_last: Optional[bool] = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        window: int = 896,
+        stride: int = 512,
+        device: str = "cpu",
+        batch_size: int = 1,
+        amp: Optional[str] = None,
+        channels_last: Optional[bool] = None,
+    ) -> None:
         for label, value in (("window", window), ("stride", stride), ("batch_size", batch_size)):
             if int(value) != value or value <= 0:
                 raise ValueError(f"{label} must be a positive integer, got {value!r}")
@@ -198,13 +206,13 @@ class SlidingWindowInference:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities [B,C,h',w'] of a prepared batch, in the accumulator dtype."""
         amp_dtype = AMP_DTYPES.get(self.amp, torch.float16)
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=amp_dtype,
-                                             enabled=self.amp is not None):
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.amp is not None):
             probabilities = self.model(x)
         return probabilities.to(self.accumulate_dtype)
 
-    def run_probabilities(self, height: int, width: int, read_window: ReadWindow,
-                          progress: Progress = True) -> Iterator[Tuple[int, int, torch.Tensor]]:
+    def run_probabilities(
+        self, height: int, width: int, read_window: ReadWindow, progress: Progress = True
+    ) -> Iterator[Tuple[int, int, torch.Tensor]]:
         """Yield ``(row_start, row_end, probabilities [C, rows, width])`` on the device, in
         row order, each row exactly once: the averaged class probabilities of those rows.
 
@@ -214,43 +222,48 @@ class SlidingWindowInference:
         bands = plan_bands(height, width, self.window, self.stride)
         rows = accumulator_rows(bands)
         row_counts = torch.from_numpy(coverage_counts(height, self.window, self.stride)).to(
-            self.device, self.accumulate_dtype)
+            self.device, self.accumulate_dtype
+        )
         column_counts = torch.from_numpy(coverage_counts(width, self.window, self.stride)).to(
-            self.device, self.accumulate_dtype)
-        bar = progress if isinstance(progress, tqdm) else tqdm(
-            total=sum(len(band.windows) for band in bands), unit="win", leave=False,
-            disable=not progress)
+            self.device, self.accumulate_dtype
+        )
+        bar = (
+            progress
+            if isinstance(progress, tqdm)
+            else tqdm(total=sum(len(band.windows) for band in bands), unit="win", leave=False, disable=not progress)
+        )
         accumulator: Optional[torch.Tensor] = None  # allocated once the class count is known
         try:
             for band in bands:
                 for first in range(0, len(band.windows), self.batch_size):
-                    chunk = band.windows[first:first + self.batch_size]
+                    chunk = band.windows[first : first + self.batch_size]
                     batch = np.stack([_checked_window(read_window, win) for win in chunk])
                     probabilities = self.forward(self.prepare(batch))
                     if accumulator is None:
-                        accumulator = torch.zeros([probabilities.shape[1], rows, width],
-                                                  dtype=self.accumulate_dtype, device=self.device)
+                        accumulator = torch.zeros(
+                            [probabilities.shape[1], rows, width], dtype=self.accumulate_dtype, device=self.device
+                        )
                     for i, (y0, x0, y1, x1) in enumerate(chunk):
                         top = y0 - band.top
-                        accumulator[:, top:top + y1 - y0, x0:x1] += probabilities[i, :, :y1 - y0, :x1 - x0]
+                        accumulator[:, top : top + y1 - y0, x0:x1] += probabilities[i, :, : y1 - y0, : x1 - x0]
                     bar.update(len(chunk))
                 emitted = band.emit_rows
-                counts = row_counts[band.top:band.emit_until].unsqueeze(1) * column_counts.unsqueeze(0)
+                counts = row_counts[band.top : band.emit_until].unsqueeze(1) * column_counts.unsqueeze(0)
                 yield band.top, band.emit_until, accumulator[:, :emitted] / counts
                 # Rows still covered by the next band move to the top; the rest starts at 0.
                 if band.carry:
-                    accumulator[:, :band.carry] = accumulator[:, emitted:emitted + band.carry].clone()
-                accumulator[:, band.carry:] = 0
+                    accumulator[:, : band.carry] = accumulator[:, emitted : emitted + band.carry].clone()
+                accumulator[:, band.carry :] = 0
         finally:
             if bar is not progress:
                 bar.close()
 
-    def run(self, height: int, width: int, read_window: ReadWindow,
-            progress: Progress = True) -> Iterator[Tuple[int, int, torch.Tensor]]:
+    def run(
+        self, height: int, width: int, read_window: ReadWindow, progress: Progress = True
+    ) -> Iterator[Tuple[int, int, torch.Tensor]]:
         """Yield ``(row_start, row_end, class_index [rows, width] int64)`` on the device, in
         row order, each row exactly once (argmax of :meth:`run_probabilities`)."""
-        for row_start, row_end, probabilities in self.run_probabilities(
-                height, width, read_window, progress):
+        for row_start, row_end, probabilities in self.run_probabilities(height, width, read_window, progress):
             yield row_start, row_end, probabilities.argmax(dim=0)
 
     def predict_array(self, image: np.ndarray, progress: Progress = False) -> np.ndarray:
@@ -259,7 +272,8 @@ class SlidingWindowInference:
         height, width = image.shape[:2]
         out = np.empty((height, width), dtype=np.uint8)
         for row_start, row_end, classes in self.run(
-                height, width, lambda y0, x0, y1, x1: image[y0:y1, x0:x1], progress):
+            height, width, lambda y0, x0, y1, x1: image[y0:y1, x0:x1], progress
+        ):
             out[row_start:row_end] = classes.to(torch.uint8).cpu().numpy()
         return out
 
@@ -275,8 +289,10 @@ def _checked_window(read_window: ReadWindow, window: Tuple[int, int, int, int]) 
     y0, x0, y1, x1 = window
     pixels = np.asarray(read_window(y0, x0, y1, x1))
     if pixels.shape != (y1 - y0, x1 - x0, 3) or pixels.dtype != np.uint8:
-        raise ValueError(f"read_window{window} returned {pixels.dtype} {list(pixels.shape)};"
-                         f" expected uint8 [{y1 - y0}, {x1 - x0}, 3]")
+        raise ValueError(
+            f"read_window{window} returned {pixels.dtype} {list(pixels.shape)};"
+            f" expected uint8 [{y1 - y0}, {x1 - x0}, 3]"
+        )
     return pixels
 
 

@@ -4,6 +4,7 @@ The official models use torch's defaults except where noted (docs/official_model
 "Initialisation and framework facts"); the Paddle mirror (``paddle_impl/layers.py``) spells
 the same initialisers out explicitly.
 """
+
 from __future__ import annotations
 
 import torch.nn as nn
@@ -12,8 +13,15 @@ BN_EPS = 1e-5
 BN_MOMENTUM = 0.1  # torch convention: weight of the NEW batch statistic
 
 
-def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-           padding: int = 0, bias: bool = True, init: str = "default") -> nn.Conv2d:
+def conv2d(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int = 1,
+    padding: int = 0,
+    bias: bool = True,
+    init: str = "default",
+) -> nn.Conv2d:
     """A Conv2d initialised as the official code initialises it.
 
     init: "default" (torch's kaiming-uniform a=sqrt(5), bias U(+-1/sqrt(fan_in))),
@@ -39,4 +47,3 @@ def batch_norm2d(num_features: int) -> nn.BatchNorm2d:
 def upsample_bilinear(scale_factor: int) -> nn.Module:
     """Bilinear upsampling with align_corners=True, as every upsample in both models."""
     return nn.UpsamplingBilinear2d(scale_factor=scale_factor)
-

@@ -5,6 +5,7 @@ and "FactSeg").
 - FactSeg: joint-probability loss with small-object mining (Ma et al., TGRS 2021), with the
   fusion computed in log space so that it stays finite where the official one underflows.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,9 +19,14 @@ FOCAL_GAMMA = 2.0
 SOM_RATIO = 0.1
 
 
-def annealing_softmax_focal_loss(logits: torch.Tensor, target: torch.Tensor, step: float,
-                                 t_max: int = ANNEALING_T_MAX, gamma: float = FOCAL_GAMMA,
-                                 ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def annealing_softmax_focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    step: float,
+    t_max: int = ANNEALING_T_MAX,
+    gamma: float = FOCAL_GAMMA,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
     """FarSeg's loss on full-resolution logits [B,C,H,W] and labels [B,H,W] (255 = ignore)."""
     valid = target != ignore_index
     safe_target = torch.where(valid, target, torch.zeros_like(target)).unsqueeze(1)
@@ -33,8 +39,7 @@ def annealing_softmax_focal_loss(logits: torch.Tensor, target: torch.Tensor, ste
         total = losses.sum()
         focal_total = (losses * modulating).sum()
         # Official: sum(l) / sum(l*m), which is 0/0 when every pixel is ignored; guard that.
-        normalizer = torch.where(focal_total > 0, total / focal_total.clamp_min(1e-30),
-                                 torch.zeros_like(total))
+        normalizer = torch.where(focal_total > 0, total / focal_total.clamp_min(1e-30), torch.zeros_like(total))
         scales = modulating * normalizer
         if step > t_max:
             weights = scales
@@ -71,8 +76,13 @@ def small_object_mining(losses: torch.Tensor, ratio: float = SOM_RATIO) -> torch
     return top[nonzero].sum() / (nonzero.sum() + 1e-6)
 
 
-def joint_loss(fg_logits: torch.Tensor, bi_logits: torch.Tensor, target: torch.Tensor,
-               ratio: float = SOM_RATIO, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def joint_loss(
+    fg_logits: torch.Tensor,
+    bi_logits: torch.Tensor,
+    target: torch.Tensor,
+    ratio: float = SOM_RATIO,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
     """FactSeg's loss: -log P_y of the fused distribution (0 where ignored), then SOM."""
     valid = target != ignore_index
     safe_target = torch.where(valid, target, torch.zeros_like(target)).unsqueeze(1)

@@ -1,4 +1,5 @@
 """Confusion matrix on the device (the IoU maths on the matrix is framework-free: isaid.metrics)."""
+
 from __future__ import annotations
 
 import torch
@@ -6,8 +7,9 @@ import torch
 IGNORE_INDEX = 255
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 16,
-                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int = 16, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """int64 [C, C] counts, rows = ground truth, columns = prediction; ``ignore_index`` skipped.
 
     Counted where the tensors live (one bincount), so no pixel has to travel to the CPU.

@@ -11,6 +11,7 @@ here, where the modules are, so that the arrow goes torch_ref -> convert only: r
 after changing a module of ``torch_ref`` (``tests/test_convert.py`` fails until then).
 Paddle-only helpers have no counterpart: the table is a fact of the torch module tree.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,10 @@ def torch_ref_rules(model: str) -> Tuple[KeyRule, ...]:
     if [r.torch_key for r in rules] != list(layout):
         missing = [k for k in layout if k not in {r.torch_key for r in rules}]
         extra = [r.torch_key for r in rules if r.torch_key not in layout]
-        raise RuntimeError(f"torch_ref.build_model({model!r}) does not give the official layout "
-                           f"(missing {missing[:5]}, extra {extra[:5]}, or a different order)")
+        raise RuntimeError(
+            f"torch_ref.build_model({model!r}) does not give the official layout "
+            f"(missing {missing[:5]}, extra {extra[:5]}, or a different order)"
+        )
     return rules
 
 
@@ -84,10 +87,13 @@ def module_types_table() -> Dict[str, Any]:
             if kinds.setdefault(rule.module_type, rule.kind) != rule.kind:
                 raise RuntimeError(f"two module types named {rule.module_type} of different kinds")
         models[model] = OrderedDict((r.torch_key, r.module_type) for r in rules)
-    return {"about": "module type owning each key of the official layouts (state-dict order), and "
-                     "each type's kind for the converter; derived from torch_ref by "
-                     "python -m torch_ref.module_types, checked by tests/test_convert.py",
-            "kinds": dict(sorted(kinds.items())), "models": models}
+    return {
+        "about": "module type owning each key of the official layouts (state-dict order), and "
+        "each type's kind for the converter; derived from torch_ref by "
+        "python -m torch_ref.module_types, checked by tests/test_convert.py",
+        "kinds": dict(sorted(kinds.items())),
+        "models": models,
+    }
 
 
 def module_types_text() -> str:
@@ -103,13 +109,20 @@ def write_module_types_table(path: Optional[Union[str, Path]] = None) -> Path:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Regenerate weights/module_types.json (the module type owning each"
-                               " key of both official layouts) from torch_ref's module tree."
-                               " Exit status 0 done / up to date, 1 --check found it stale.")
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 if the file differs from what would be written")
-    parser.add_argument("--out", metavar="PATH", default=str(MODULE_TYPES_FILE),
-                        help="file to write or check (default: weights/module_types.json)")
+        prog=PROG,
+        description="Regenerate weights/module_types.json (the module type owning each"
+        " key of both official layouts) from torch_ref's module tree."
+        " Exit status 0 done / up to date, 1 --check found it stale.",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if the file differs from what would be written"
+    )
+    parser.add_argument(
+        "--out",
+        metavar="PATH",
+        default=str(MODULE_TYPES_FILE),
+        help="file to write or check (default: weights/module_types.json)",
+    )
     args = parser.parse_args(argv)
     if args.check:
         try:

@@ -12,6 +12,7 @@ memory depends on the scene's width, not its height (:mod:`app.raster` says what
 and what is not). Bad input gives one line on stderr, exit status 2 and no output file.
 ``python -m torch_ref.predict --help`` lists every option.
 """
+
 from __future__ import annotations
 
 import sys

@@ -18,6 +18,7 @@ lr, grad_norm, images_per_s), ``config.yaml``, TensorBoard events, and at the en
 a bare state dict in the official key layout (``python -m convert`` ports it to Paddle).
 Mirror: ``paddle_impl/train.py`` reads the same, line for line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,15 +45,24 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
+from app.config import Config, ConfigError, dump_config, load_config, resolve_out_dir
+from app.training import (
+    MetricsFile,
+    NonFiniteGuard,
+    TrainError,
+    check_training_checkpoint,
+    checkpoint_dir,
+    list_checkpoints,
+    one_line,
+    remove_checkpoint_file,
+    starting_point,
+    write_checkpoint_file,
+)
+from app.training import build_parser as build_train_parser
 from convert import CheckpointError, atomic_write, imagenet_encoder_state, save_torch, validate
 from convert.safe_load import read_object
 from isaid.atomic import describe_os_error, remove_stale_temporaries
 from isaid.augment import DataError, SamplePlan, load_patch_index
-from app.config import Config, ConfigError, dump_config, load_config, resolve_out_dir
-from app.training import (MetricsFile, NonFiniteGuard, TrainError, check_training_checkpoint,
-                          checkpoint_dir, list_checkpoints, one_line, remove_checkpoint_file,
-                          starting_point, write_checkpoint_file)
-from app.training import build_parser as build_train_parser
 from torch_ref import build_model
 from torch_ref.data import build_loader, to_device
 from weights import ENCODER_PREFIX
@@ -89,8 +99,9 @@ def setup_runtime(config: Config) -> Runtime:
     want = config["train"]["device"]
     has_gpu = torch.cuda.is_available()
     if want in ("cuda", "gpu") and not has_gpu:
-        raise TrainError(f"train.device={want}: torch {torch.__version__} sees no CUDA GPU;"
-                         " use train.device=cpu or auto")
+        raise TrainError(
+            f"train.device={want}: torch {torch.__version__} sees no CUDA GPU; use train.device=cpu or auto"
+        )
     on_gpu = has_gpu if want == "auto" else want in ("cuda", "gpu")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -120,8 +131,7 @@ def rng_state() -> Dict[str, Any]:
     return {
         "python": random.getstate(),
         "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-        "framework": [torch.get_rng_state()]
-        + (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []),
+        "framework": [torch.get_rng_state()] + (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []),
     }
 
 
@@ -144,12 +154,16 @@ def load_imagenet(net: nn.Module, path: str, model_name: str) -> int:
     own = net.state_dict()
     prefix = ENCODER_PREFIX[model_name]
     problems = [f"unexpected {k}" for k in state if k not in own]
-    problems += [f"{k} is {tuple(state[k].shape)} but the model has {tuple(own[k].shape)}"
-                 for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems += [
+        f"{k} is {tuple(state[k].shape)} but the model has {tuple(own[k].shape)}"
+        for k in state
+        if k in own and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     problems += [f"missing {k}" for k in own if k.startswith(prefix) and k not in state]
     if problems:
-        raise CheckpointError(f"does not fit the {model_name} encoder ({len(problems)} problems:"
-                              f" {'; '.join(problems[:3])})", path=path)
+        raise CheckpointError(
+            f"does not fit the {model_name} encoder ({len(problems)} problems: {'; '.join(problems[:3])})", path=path
+        )
     # The whole state with the encoder replaced, so that the load itself is strict.
     full = OrderedDict(own)
     full.update((k, torch.from_numpy(np.array(v))) for k, v in state.items())
@@ -176,22 +190,34 @@ def build_optimizer(model: nn.Module, recipe: Mapping[str, Any]) -> Tuple[torch.
     global norm (``clip_norm``) is done by :class:`TrainStep` (torch has no optimizer option).
     """
     params = list(model.parameters())
-    optimizer = torch.optim.SGD(params, lr=recipe["lr"], momentum=recipe["momentum"],
-                                weight_decay=recipe["weight_decay"],
-                                fused=True if params and params[0].is_cuda else None)
+    optimizer = torch.optim.SGD(
+        params,
+        lr=recipe["lr"],
+        momentum=recipe["momentum"],
+        weight_decay=recipe["weight_decay"],
+        fused=True if params and params[0].is_cuda else None,
+    )
     scheduler = torch.optim.lr_scheduler.PolynomialLR(
-        optimizer, total_iters=recipe["iterations"], power=recipe["poly_power"])
+        optimizer, total_iters=recipe["iterations"], power=recipe["poly_power"]
+    )
     return optimizer, scheduler
 
 
 def build_scaler(recipe: Mapping[str, Any], device: torch.device) -> torch.amp.GradScaler:
     """The loss scaler of ``recipe``: dynamic scaling for fp16 (apex O1's defaults), else off."""
-    return torch.amp.GradScaler(device.type, enabled=recipe["amp"] == "fp16", init_scale=2.0 ** 16,
-                                growth_factor=2.0, backoff_factor=0.5, growth_interval=2000)
+    return torch.amp.GradScaler(
+        device.type,
+        enabled=recipe["amp"] == "fp16",
+        init_scale=2.0**16,
+        growth_factor=2.0,
+        backoff_factor=0.5,
+        growth_interval=2000,
+    )
 
 
-def build_training(config: Config, runtime: Runtime, imagenet: Optional[str],
-                   initial_state: Optional[Mapping[str, Any]] = None):
+def build_training(
+    config: Config, runtime: Runtime, imagenet: Optional[str], initial_state: Optional[Mapping[str, Any]] = None
+):
     """(net, train_model, optimizer, scheduler, scaler) for ``config`` on ``runtime``.
 
     ``net`` is the bare model (its state dict is what is saved); ``train_model`` is what the
@@ -215,8 +241,8 @@ def build_training(config: Config, runtime: Runtime, imagenet: Optional[str],
     if runtime.world_size > 1:
         # No buffer broadcast, as apex's DDP in the official run and Paddle's DataParallel.
         train_model = DistributedDataParallel(
-            net, device_ids=[runtime.device.index] if runtime.on_gpu else None,
-            broadcast_buffers=False)
+            net, device_ids=[runtime.device.index] if runtime.on_gpu else None, broadcast_buffers=False
+        )
     if train["compile"]:
         train_model = torch.compile(train_model)
     optimizer, scheduler = build_optimizer(net, train)
@@ -242,8 +268,16 @@ class TrainStep:
     between (``align.backward``).
     """
 
-    def __init__(self, train_model: nn.Module, net: nn.Module, optimizer, scheduler, scaler,
-                 recipe: Mapping[str, Any], device: torch.device) -> None:
+    def __init__(
+        self,
+        train_model: nn.Module,
+        net: nn.Module,
+        optimizer,
+        scheduler,
+        scaler,
+        recipe: Mapping[str, Any],
+        device: torch.device,
+    ) -> None:
         self.train_model, self.net = train_model, net
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.amp, self.clip_norm, self.device = recipe["amp"], float(recipe["clip_norm"]), device
@@ -292,8 +326,9 @@ def torch_save_to(handle, state: Any, path: str) -> None:
         raise OSError(errno.EIO, f"write failed ({text}; is the disk full?)", path) from None
 
 
-def save_checkpoint(out_dir: str, iteration: int, config: Config, runtime: Runtime, net, optimizer,
-                    scheduler, scaler, keep: int) -> str:
+def save_checkpoint(
+    out_dir: str, iteration: int, config: Config, runtime: Runtime, net, optimizer, scheduler, scaler, keep: int
+) -> str:
     """Write ``ckpt_<iteration>`` and its checksum atomically, then drop all but the newest ``keep``."""
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -326,8 +361,7 @@ def to_torch(value: Any) -> Any:
     return value
 
 
-def load_checkpoint(path: str, config: Config, runtime: Runtime, net, optimizer, scheduler,
-                    scaler) -> int:
+def load_checkpoint(path: str, config: Config, runtime: Runtime, net, optimizer, scheduler, scaler) -> int:
     """Restore everything :func:`save_checkpoint` wrote; returns the iteration reached.
 
     Read by convert's reader (no code executed, bounded time and memory; the file's checksum
@@ -371,8 +405,11 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as error:
-                warnings.warn(f"TensorBoard logging off ({error}); pip install tensorboard"
-                              " to enable it. metrics.jsonl is written regardless", stacklevel=2)
+                warnings.warn(
+                    f"TensorBoard logging off ({error}); pip install tensorboard"
+                    " to enable it. metrics.jsonl is written regardless",
+                    stacklevel=2,
+                )
             else:
                 self.writer = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=start + 1)
 
@@ -401,16 +438,20 @@ def first_bad_over_processes(first_bad: torch.Tensor, runtime: Runtime) -> int:
     """The earliest non-finite iteration recorded by any process (-1: none)."""
     if runtime.world_size > 1:
         # -1 means none: take the max of the negated values that are set
-        marked = torch.where(first_bad < 0, torch.full_like(first_bad, -2**62), -first_bad)
+        marked = torch.where(first_bad < 0, torch.full_like(first_bad, -(2**62)), -first_bad)
         dist.all_reduce(marked, op=dist.ReduceOp.MAX)
-        return -1 if int(marked.item()) == -2**62 else -int(marked.item())
+        return -1 if int(marked.item()) == -(2**62) else -int(marked.item())
     return int(first_bad.item())
 
 
 def training_snapshot(net, optimizer, scheduler, scaler) -> Tuple[Any, ...]:
     """Copies of everything one step changes (for train.skip_nonfinite)."""
-    return (copy.deepcopy(net.state_dict()), copy.deepcopy(optimizer.state_dict()),
-            copy.deepcopy(scheduler.state_dict()), copy.deepcopy(scaler.state_dict()))
+    return (
+        copy.deepcopy(net.state_dict()),
+        copy.deepcopy(optimizer.state_dict()),
+        copy.deepcopy(scheduler.state_dict()),
+        copy.deepcopy(scaler.state_dict()),
+    )
 
 
 def restore_snapshot(snapshot: Tuple[Any, ...], net, optimizer, scheduler, scaler) -> None:
@@ -435,8 +476,13 @@ def mean_over_processes(value: torch.Tensor, runtime: Runtime) -> float:
 # ------------------------------------------------------------------------------ the run
 
 
-def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[str] = None,
-          progress: bool = True, initial_state: Optional[Mapping[str, Any]] = None) -> str:
+def train(
+    config: Config,
+    resume_path: Optional[str] = None,
+    imagenet: Optional[str] = None,
+    progress: bool = True,
+    initial_state: Optional[Mapping[str, Any]] = None,
+) -> str:
     """Run the training of ``config``, from scratch (encoder from ``imagenet`` unless None)
     or from the checkpoint ``resume_path``; returns the output folder. ``initial_state`` (all
     weights and buffers, numpy, this framework's names) replaces the initialisation of a
@@ -450,8 +496,8 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
     out_dir = resolve_out_dir(config, FRAMEWORK)
     seed_everything(train_cfg["seed"])
     net, train_model, optimizer, scheduler, scaler = build_training(
-        config, runtime, None if resume_path else imagenet,
-        None if resume_path else initial_state)
+        config, runtime, None if resume_path else imagenet, None if resume_path else initial_state
+    )
     step = TrainStep(train_model, net, optimizer, scheduler, scaler, train_cfg, runtime.device)
 
     start = 0
@@ -461,23 +507,45 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
     if runtime.is_main:
         os.makedirs(out_dir, exist_ok=True)
         remove_stale_temporaries(out_dir)  # config.yaml / metrics / final weights of a killed run
-        atomic_write(os.path.join(out_dir, "config.yaml"),
-                     lambda handle: handle.write(dump_config(config).encode("utf-8")))
-        origin = (f"resumed from {resume_path} at iteration {start}" if resume_path else
-                  ("from a given initial state" if initial_state is not None else
-                   f"from scratch, encoder {imagenet or 'random (init.imagenet=none)'}"))
-        print(f"{FRAMEWORK}: {name}, {len(patches)} patches, global batch"
-              f" {train_cfg['batch_size']} on {runtime.world_size} process(es) ({runtime.device}),"
-              f" {iterations} iterations, {origin}; output {out_dir}", flush=True)
+        atomic_write(
+            os.path.join(out_dir, "config.yaml"), lambda handle: handle.write(dump_config(config).encode("utf-8"))
+        )
+        origin = (
+            f"resumed from {resume_path} at iteration {start}"
+            if resume_path
+            else (
+                "from a given initial state"
+                if initial_state is not None
+                else f"from scratch, encoder {imagenet or 'random (init.imagenet=none)'}"
+            )
+        )
+        print(
+            f"{FRAMEWORK}: {name}, {len(patches)} patches, global batch"
+            f" {train_cfg['batch_size']} on {runtime.world_size} process(es) ({runtime.device}),"
+            f" {iterations} iterations, {origin}; output {out_dir}",
+            flush=True,
+        )
     metrics = MetricsLog(out_dir, train_cfg["log_backend"], start, runtime.is_main)
 
-    plan = SamplePlan(len(patches), train_cfg["batch_size"], train_cfg["seed"],
-                      runtime.world_size, runtime.rank, config["augment"]["hflip"],
-                      config["augment"]["vflip"], config["augment"]["rot90"])
-    loader = build_loader(patches, plan, window, start, iterations, train_cfg["num_workers"],
-                          pin_memory=runtime.on_gpu)
-    bar = tqdm(total=iterations, initial=start, desc=f"{name} {FRAMEWORK}", unit="it",
-               disable=not (progress and runtime.is_main), dynamic_ncols=True)
+    plan = SamplePlan(
+        len(patches),
+        train_cfg["batch_size"],
+        train_cfg["seed"],
+        runtime.world_size,
+        runtime.rank,
+        config["augment"]["hflip"],
+        config["augment"]["vflip"],
+        config["augment"]["rot90"],
+    )
+    loader = build_loader(patches, plan, window, start, iterations, train_cfg["num_workers"], pin_memory=runtime.on_gpu)
+    bar = tqdm(
+        total=iterations,
+        initial=start,
+        desc=f"{name} {FRAMEWORK}",
+        unit="it",
+        disable=not (progress and runtime.is_main),
+        dynamic_ncols=True,
+    )
     window_loss = torch.zeros([], dtype=torch.float32, device=runtime.device)
     window_grad_norm = torch.zeros_like(window_loss)
     window_start, window_time, started = start, time.perf_counter(), time.perf_counter()
@@ -510,16 +578,25 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
             grad_norm = float(window_grad_norm.item()) / max(window_count, 1)
             now = time.perf_counter()
             speed = (done - window_start) * train_cfg["batch_size"] / (now - window_time)
-            metrics.log(done, {"loss": loss, "lr": lr, "grad_norm": grad_norm, "images_per_s": speed,
-                               "seconds": now - started, **({"skipped_nonfinite": guard.count}
-                                                            if guard.skip else {})})
+            metrics.log(
+                done,
+                {
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "images_per_s": speed,
+                    "seconds": now - started,
+                    **({"skipped_nonfinite": guard.count} if guard.skip else {}),
+                },
+            )
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
             window_loss = torch.zeros_like(window_loss)
             window_grad_norm = torch.zeros_like(window_grad_norm)
             window_start, window_time, window_count = done, now, 0
         if saving:
-            save_checkpoint(out_dir, done, config, runtime, net, optimizer, scheduler, scaler,
-                            train_cfg["keep_checkpoints"])
+            save_checkpoint(
+                out_dir, done, config, runtime, net, optimizer, scheduler, scaler, train_cfg["keep_checkpoints"]
+            )
     bar.close()
     metrics.close()
     if runtime.is_main:
@@ -536,8 +613,7 @@ def train(config: Config, resume_path: Optional[str] = None, imagenet: Optional[
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``python -m torch_ref.train``."""
-    return build_train_parser("python -m torch_ref.train",
-                              "torchrun --nproc_per_node N -m torch_ref.train ...")
+    return build_train_parser("python -m torch_ref.train", "torchrun --nproc_per_node N -m torch_ref.train ...")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -4,6 +4,7 @@ The layouts are the key -> shape maps (state-dict order, buffers included) of th
 official FarSeg and FactSeg ResNet-50 checkpoints. They are the contract for
 ``torch_ref`` (same keys, order and shapes) and for ``convert`` (validation).
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,8 +34,9 @@ OFFICIAL_MIOU = {"farseg": 63.71, "factseg": 64.80}
 SEED_REPRODUCTION_MIOU = {"farseg": 63.09, "factseg": 64.64}
 
 
-def check_model_name(name: str, choices: Sequence[str] = MODEL_NAMES, error: Type[Exception] = ValueError,
-                     what: str = "model") -> str:
+def check_model_name(
+    name: str, choices: Sequence[str] = MODEL_NAMES, error: Type[Exception] = ValueError, what: str = "model"
+) -> str:
     """Return ``name`` if it is one of ``choices``, else raise ``error`` naming them (one line).
 
     The one model-name check of the project: callers pass their own exception type (e.g.

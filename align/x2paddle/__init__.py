@@ -13,18 +13,20 @@ to convert per model), ``check`` (the three-way comparison), ``report``, ``cli``
 Everything runs in float32, as X2Paddle does; what it cannot convert is reported in
 ``untraceable`` with the error seen. This file imports nothing heavy.
 """
+
 from __future__ import annotations
 
 import importlib.util
 
 X2PADDLE_VERSION = "1.6.0"
 ATOL_MEAN, RTOL_MAX = 1e-5, 1e-4  # default pass thresholds: mean |d|, max |d| / max |reference|
-INSTALL_MESSAGE = ('X2Paddle is an optional extra: install it with  pip install -e ".[x2paddle]"  '
-                   f"(x2paddle=={X2PADDLE_VERSION} plus six and requests, which X2Paddle imports)")
+INSTALL_MESSAGE = (
+    'X2Paddle is an optional extra: install it with  pip install -e ".[x2paddle]"  '
+    f"(x2paddle=={X2PADDLE_VERSION} plus six and requests, which X2Paddle imports)"
+)
 
 
 def x2paddle_available() -> bool:
     """True when x2paddle and the packages it imports unconditionally (six, requests) are
     installed. Looks them up without importing them (importing x2paddle imports Paddle)."""
     return all(importlib.util.find_spec(name) is not None for name in ("x2paddle", "six", "requests"))
-

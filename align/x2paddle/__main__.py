@@ -1,4 +1,5 @@
 """``python -m align.x2paddle`` (see ``--help``)."""
+
 from __future__ import annotations
 
 from .cli import main

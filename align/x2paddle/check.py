@@ -1,5 +1,6 @@
 """The three-way comparison: torch_ref, paddle_impl and X2Paddle's program generated from
 torch_ref, in float32, with align's own comparison rule (``align.compare.compare_arrays``)."""
+
 from __future__ import annotations
 
 import copy
@@ -15,10 +16,17 @@ import numpy as np
 from ..compare import Tolerance, compare_arrays
 from ..config import LOGIT_NAMES
 from ..sides import SIDES, TORCH
-from . import ATOL_MEAN, RTOL_MAX
-from . import conversion
-from .conversion import (CODE_FILE, Conversion, _require_x2paddle, _short_path, flatten,
-                         installed_x2paddle_version, load_generated_program, run_generated_program)
+from . import ATOL_MEAN, RTOL_MAX, conversion
+from .conversion import (
+    CODE_FILE,
+    Conversion,
+    _require_x2paddle,
+    _short_path,
+    flatten,
+    installed_x2paddle_version,
+    load_generated_program,
+    run_generated_program,
+)
 from .plans import PLANS, _arg_spec, _getpath, _husk, _torch_modules, _unflatten, forward_on_logits
 from .report import verdicts
 
@@ -27,16 +35,24 @@ if TYPE_CHECKING:
     import torch
 
 
-def compare_pair(pair: str, output: str, a: np.ndarray, b: np.ndarray, atol_mean: float, rtol_max: float,
-                 scale_atol: bool = False) -> Dict[str, Any]:
+def compare_pair(
+    pair: str, output: str, a: np.ndarray, b: np.ndarray, atol_mean: float, rtol_max: float, scale_atol: bool = False
+) -> Dict[str, Any]:
     """One row of the report: ``align.compare.compare_arrays`` of ``a`` (the pair's reference) and
     ``b``; ``scale_atol`` multiplies ``atol_mean`` by max(1, max |a|) for intermediate features."""
     a = np.asarray(a, dtype=np.float64)
     scale = float(np.abs(a).max(initial=0.0)) if a.size else 0.0
     tol = Tolerance(rtol_max, atol_mean * max(1.0, scale) if scale_atol else atol_mean)
     row = compare_arrays(f"{pair}/{output}", a, b, tol, "x2paddle")
-    out = {"pair": pair, "output": output, "shape": row.shape, "max_abs": row.max_abs, "mean_abs": row.mean_abs,
-           "max_rel": row.rel, "passed": row.passed}
+    out = {
+        "pair": pair,
+        "output": output,
+        "shape": row.shape,
+        "max_abs": row.max_abs,
+        "mean_abs": row.mean_abs,
+        "max_rel": row.rel,
+        "passed": row.passed,
+    }
     if row.note:
         out["note"] = row.note
     return out
@@ -45,8 +61,18 @@ def compare_pair(pair: str, output: str, a: np.ndarray, b: np.ndarray, atol_mean
 class _Run:
     """State of one compare_with_x2paddle call."""
 
-    def __init__(self, model_name: str, torch_model: Any, paddle_model: Any, x: np.ndarray,
-                 out_dir: Path, atol_mean: float, rtol_max: float, seed: int, reuse: bool) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        torch_model: Any,
+        paddle_model: Any,
+        x: np.ndarray,
+        out_dir: Path,
+        atol_mean: float,
+        rtol_max: float,
+        seed: int,
+        reuse: bool,
+    ) -> None:
         import paddle
         import torch
 
@@ -58,8 +84,11 @@ class _Run:
         # that already is one is used as is (in eval mode, its mode restored by restore());
         # otherwise a float32 copy is made and the caller's model is left untouched.
         self.modes = (torch_model, torch_model.training, paddle_model, paddle_model.training)
-        if all(t.dtype == torch.float32 and t.device.type == "cpu"
-               for t in itertools.chain(torch_model.parameters(), torch_model.buffers()) if t.is_floating_point()):
+        if all(
+            t.dtype == torch.float32 and t.device.type == "cpu"
+            for t in itertools.chain(torch_model.parameters(), torch_model.buffers())
+            if t.is_floating_point()
+        ):
             self.torch_model = torch_model.eval()
         else:
             self.torch_model = copy.deepcopy(torch_model).float().cpu().eval()
@@ -94,8 +123,7 @@ class _Run:
     def untrace(self, part: str, why: str) -> None:
         self.untraceable.append({"part": part, "why": why})
 
-    def attempt(self, module: Any, examples: Sequence[Any], target: str, part: str,
-                context: str = "") -> Optional[Any]:
+    def attempt(self, module: Any, examples: Sequence[Any], target: str, part: str, context: str = "") -> Optional[Any]:
         """Convert and load; on any X2Paddle-side failure record ``part`` as untraceable and
         return None. Returns the loaded generated layer otherwise."""
         directory = self.out_dir / re.sub(r"[^A-Za-z0-9_.-]+", "_", target)
@@ -110,32 +138,44 @@ class _Run:
             where = ""
             if isinstance(exc, SyntaxError):
                 where = f" ({_short_path(exc.filename or '')}:{exc.lineno}: {(exc.text or '').strip()})"
-            self.untrace(part, f"X2Paddle wrote a program that does not load: "
-                               f"{type(exc).__name__}: {' '.join(str(exc).split())}{where}"
-                               + (f"; {context}" if context else ""))
+            self.untrace(
+                part,
+                f"X2Paddle wrote a program that does not load: "
+                f"{type(exc).__name__}: {' '.join(str(exc).split())}{where}" + (f"; {context}" if context else ""),
+            )
             return None
 
-    def execute(self, layer: Any, inputs: Sequence[np.ndarray], part: str,
-                expect: int) -> Optional[List[np.ndarray]]:
+    def execute(self, layer: Any, inputs: Sequence[np.ndarray], part: str, expect: int) -> Optional[List[np.ndarray]]:
         try:
             outputs = run_generated_program(layer, inputs)
         except Exception as exc:
-            self.untrace(part, f"the generated program fails when run: {type(exc).__name__}: "
-                               f"{' '.join(str(exc).split())[:300]}")
+            self.untrace(
+                part, f"the generated program fails when run: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            )
             return None
         if len(outputs) != expect:
             self.untrace(part, f"the generated program returns {len(outputs)} outputs, expected {expect}")
             return None
         return outputs
 
-    def add_rows(self, output: str, torch_out: np.ndarray, paddle_out: np.ndarray,
-                 x2p_out: Optional[np.ndarray], note: Optional[str] = None, scale_atol: bool = False) -> None:
+    def add_rows(
+        self,
+        output: str,
+        torch_out: np.ndarray,
+        paddle_out: np.ndarray,
+        x2p_out: Optional[np.ndarray],
+        note: Optional[str] = None,
+        scale_atol: bool = False,
+    ) -> None:
         """The rows of ``output``: each side against X2Paddle's (when it has one), then torch_ref
         against paddle_impl; ``note`` goes on the X2Paddle rows."""
         pairs = [("torch_ref vs paddle_impl", torch_out, paddle_out)]
         if x2p_out is not None:
-            pairs = [("torch_ref vs x2paddle", torch_out, x2p_out), ("paddle_impl vs x2paddle", paddle_out, x2p_out),
-                     *pairs]
+            pairs = [
+                ("torch_ref vs x2paddle", torch_out, x2p_out),
+                ("paddle_impl vs x2paddle", paddle_out, x2p_out),
+                *pairs,
+            ]
         for pair, a, b in pairs:
             self.rows.append(compare_pair(pair, output, a, b, self.atol_mean, self.rtol_max, scale_atol))
             if note and "x2paddle" in pair:
@@ -150,15 +190,20 @@ class _Run:
         too, the logits path's sub-parts."""
         n = len(self.torch_logits)
         tail_part = f"eval forward: the {self.plan.tail_description}"
-        tail = self.attempt(self.mods["AfterLogits"](_husk(self.torch_model, training=False)),
-                            [TORCH.tensor(a) for a in self.torch_logits], "eval tail", tail_part,
-                            "so the whole eval forward, whose trace contains this code, is not attempted; "
-                            "the probabilities are compared between torch_ref and paddle_impl only")
+        tail = self.attempt(
+            self.mods["AfterLogits"](_husk(self.torch_model, training=False)),
+            [TORCH.tensor(a) for a in self.torch_logits],
+            "eval tail",
+            tail_part,
+            "so the whole eval forward, whose trace contains this code, is not attempted; "
+            "the probabilities are compared between torch_ref and paddle_impl only",
+        )
         tail_ok = tail is not None and self.execute(tail, self.torch_logits, tail_part, 1) is not None
         if tail_ok:
             part = "eval forward (logits and probabilities, one trace)"
-            layer = self.attempt(self.mods["Eval"](self.torch_model), [self.xt], "eval", part,
-                                 "converting the logits path alone")
+            layer = self.attempt(
+                self.mods["Eval"](self.torch_model), [self.xt], "eval", part, "converting the logits path alone"
+            )
             out = None if layer is None else self.execute(layer, [self.x], part, n + 1)
             if out is not None:
                 for name, t, p, g in zip(LOGIT_NAMES[self.name], self.torch_logits, self.paddle_logits, out):
@@ -167,8 +212,13 @@ class _Run:
                 return
 
         part = "logits path (model.logits)"
-        layer = self.attempt(self.mods["Logits"](self.torch_model), [self.xt], "logits", part,
-                             "falling back to its sub-parts, each fed torch_ref's inputs")
+        layer = self.attempt(
+            self.mods["Logits"](self.torch_model),
+            [self.xt],
+            "logits",
+            part,
+            "falling back to its sub-parts, each fed torch_ref's inputs",
+        )
         logits = None if layer is None else self.execute(layer, [self.x], part, n)
         for i, (name, t, p) in enumerate(zip(LOGIT_NAMES[self.name], self.torch_logits, self.paddle_logits)):
             self.add_rows(name, t, p, None if logits is None else logits[i])
@@ -176,12 +226,20 @@ class _Run:
             self.parts()
         probs = None
         if tail_ok and logits is None:
-            self.untrace("eval forward: probabilities", "the code after the logits converts, but the "
-                         "logits path does not, so no X2Paddle program computes the probabilities")
+            self.untrace(
+                "eval forward: probabilities",
+                "the code after the logits converts, but the "
+                "logits path does not, so no X2Paddle program computes the probabilities",
+            )
         elif tail_ok:
             probs = self.execute(tail, logits, tail_part, 1)
-        self.add_rows("probs", self.torch_probs, self.paddle_probs, None if probs is None else probs[0],
-                      note=None if probs is None else "X2Paddle logits program, then its after-logits program")
+        self.add_rows(
+            "probs",
+            self.torch_probs,
+            self.paddle_probs,
+            None if probs is None else probs[0],
+            note=None if probs is None else "X2Paddle logits program, then its after-logits program",
+        )
 
     def parts(self) -> None:
         """Convert each sub-part of the logits path on the inputs torch_ref gave it."""
@@ -191,8 +249,10 @@ class _Run:
         captured: Dict[str, Tuple[Tuple[Any, ...], Any]] = {}
         handles = []
         for _, path in self.plan.parts:
+
             def hook(module: Any, args: Tuple[Any, ...], output: Any, path: str = path) -> None:
                 captured.setdefault(path, (args, output))
+
             handles.append(_getpath(self.torch_model, path).register_forward_hook(hook))
         try:
             with torch.no_grad():
@@ -240,8 +300,11 @@ class _Run:
                 expected = fresh(*logits_t, torch.from_numpy(label)).numpy()
             row = compare_pair("torch_ref vs x2paddle", part, expected, x2p[0], self.atol_mean, self.rtol_max)
             if not row["passed"]:
-                self.untrace(part, f"converted, but the program's loss {float(x2p[0]):.6g} differs from "
-                                   f"torch_ref's {float(expected):.6g}")
+                self.untrace(
+                    part,
+                    f"converted, but the program's loss {float(x2p[0]):.6g} differs from "
+                    f"torch_ref's {float(expected):.6g}",
+                )
 
         # 2. One conv+BN+ReLU(+upsample) stage in training mode: batch statistics.
         stage = _getpath(self.torch_model, self.plan.bn_stage)
@@ -258,11 +321,17 @@ class _Run:
         row = compare_pair("torch_ref vs x2paddle", part, expected, x2p[0], self.atol_mean, self.rtol_max)
         if not row["passed"]:
             code = (self.out_dir / "training_batchnorm" / CODE_FILE).read_text(encoding="utf-8")
-            cause = ("; the generated code builds paddle.nn.BatchNorm(is_test=True, ...): it normalises "
-                     "with the running statistics, not the batch's, and never updates them"
-                     if "is_test=True" in code else "")
-            self.untrace(part, f"converted, but the program disagrees with torch's training-mode output "
-                               f"(max_abs {row['max_abs']:.3g}, mean_abs {row['mean_abs']:.3g}){cause}")
+            cause = (
+                "; the generated code builds paddle.nn.BatchNorm(is_test=True, ...): it normalises "
+                "with the running statistics, not the batch's, and never updates them"
+                if "is_test=True" in code
+                else ""
+            )
+            self.untrace(
+                part,
+                f"converted, but the program disagrees with torch's training-mode output "
+                f"(max_abs {row['max_abs']:.3g}, mean_abs {row['mean_abs']:.3g}){cause}",
+            )
 
     def loss_pieces(self, rng: np.random.Generator) -> None:
         """After a failed loss conversion: try the loss's separable pieces on their own, on
@@ -294,33 +363,60 @@ class _Run:
                 entry = sites.setdefault(w["site"], {**w, "targets": []})
                 entry["targets"].append(conv.target)
         for site, w in sites.items():
-            self.untrace(f"{site} `{w['source']}` (Python value frozen at trace time)",
-                         f"torch's tracer: \"{w['message']}\" (traced in: {', '.join(w['targets'])}); "
-                         f"the traced program holds the value seen while tracing as a constant, "
-                         f"so Python control flow or counters depending on it are not reproduced")
+            self.untrace(
+                f"{site} `{w['source']}` (Python value frozen at trace time)",
+                f'torch\'s tracer: "{w["message"]}" (traced in: {", ".join(w["targets"])}); '
+                f"the traced program holds the value seen while tracing as a constant, "
+                f"so Python control flow or counters depending on it are not reproduced",
+            )
 
     def result(self, seconds: float, cpu_seconds: float) -> Dict[str, Any]:
         has_x2p = any("x2paddle" in r["pair"] for r in self.rows)
         # A check that compared nothing with X2Paddle is not a pass.
-        return {"model": self.name, "rows": self.rows,
-                "passed": bool(self.rows) and has_x2p and all(r["passed"] for r in self.rows),
-                "untraceable": self.untraceable, "generated_dir": str(self.out_dir), "verdicts": verdicts(self.rows),
-                "conversions": [{"target": c.target, "ok": c.ok, "seconds": round(c.seconds, 2),
-                                 "cpu_seconds": round(c.cpu_seconds, 2), "reused": c.reused,
-                                 "directory": None if c.directory is None else str(c.directory),
-                                 "log": None if c.log_path is None else str(c.log_path),
-                                 "trace_warnings": c.trace_warnings} for c in self.conversions],
-                "network_attempts": [a for c in self.conversions for a in c.network_attempts],
-                "x2paddle_version": installed_x2paddle_version(), "dtype": "float32",
-                "input_shape": list(self.x.shape),
-                "thresholds": {"atol_mean": self.atol_mean, "rtol_max": self.rtol_max},
-                "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2)}
+        return {
+            "model": self.name,
+            "rows": self.rows,
+            "passed": bool(self.rows) and has_x2p and all(r["passed"] for r in self.rows),
+            "untraceable": self.untraceable,
+            "generated_dir": str(self.out_dir),
+            "verdicts": verdicts(self.rows),
+            "conversions": [
+                {
+                    "target": c.target,
+                    "ok": c.ok,
+                    "seconds": round(c.seconds, 2),
+                    "cpu_seconds": round(c.cpu_seconds, 2),
+                    "reused": c.reused,
+                    "directory": None if c.directory is None else str(c.directory),
+                    "log": None if c.log_path is None else str(c.log_path),
+                    "trace_warnings": c.trace_warnings,
+                }
+                for c in self.conversions
+            ],
+            "network_attempts": [a for c in self.conversions for a in c.network_attempts],
+            "x2paddle_version": installed_x2paddle_version(),
+            "dtype": "float32",
+            "input_shape": list(self.x.shape),
+            "thresholds": {"atol_mean": self.atol_mean, "rtol_max": self.rtol_max},
+            "seconds": round(seconds, 2),
+            "cpu_seconds": round(cpu_seconds, 2),
+        }
 
 
-def compare_with_x2paddle(model_name: str, torch_model: "torch.nn.Module", paddle_model: "paddle.nn.Layer",
-                          x: np.ndarray, out_dir: Path, atol_mean: float = ATOL_MEAN, rtol_max: float = RTOL_MAX,
-                          *, check_training: bool = True, seed: int = 0, reuse: bool = False,
-                          progress: bool = True) -> Dict[str, Any]:
+def compare_with_x2paddle(
+    model_name: str,
+    torch_model: "torch.nn.Module",
+    paddle_model: "paddle.nn.Layer",
+    x: np.ndarray,
+    out_dir: Path,
+    atol_mean: float = ATOL_MEAN,
+    rtol_max: float = RTOL_MAX,
+    *,
+    check_training: bool = True,
+    seed: int = 0,
+    reuse: bool = False,
+    progress: bool = True,
+) -> Dict[str, Any]:
     """Compare torch_ref, paddle_impl and X2Paddle's program generated from torch_ref, in float32
     and eval mode (float32 CPU models are used as they are and handed back in their mode; others
     are copied). ``x``: [B,3,H,W], H and W multiples of 32. Generated programs go to ``out_dir``,
@@ -351,8 +447,7 @@ def compare_with_x2paddle(model_name: str, torch_model: "torch.nn.Module", paddl
     if check_training:
         steps.append(("training probes", run.training))
     try:
-        with tqdm(steps, desc=f"x2paddle {model_name}", unit="step", disable=not progress,
-                  file=sys.stderr) as bar:
+        with tqdm(steps, desc=f"x2paddle {model_name}", unit="step", disable=not progress, file=sys.stderr) as bar:
             for label, step in bar:
                 bar.set_postfix_str(label)
                 step()

@@ -1,5 +1,6 @@
 """One ``pytorch2paddle`` conversion (trace mode, feedback off, network refused), and loading
 and running the program it generates."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -46,6 +47,7 @@ def installed_x2paddle_version() -> Optional[str]:
     """The installed x2paddle version, or None."""
     try:
         from importlib.metadata import PackageNotFoundError, version
+
         return version("x2paddle")
     except PackageNotFoundError:
         return None
@@ -99,7 +101,7 @@ def _short_path(filename: str) -> str:
         parts = path.parts
         for anchor in ("torch", "x2paddle", "paddle"):
             if anchor in parts:
-                return "/".join(parts[len(parts) - 1 - parts[::-1].index(anchor):])
+                return "/".join(parts[len(parts) - 1 - parts[::-1].index(anchor) :])
         return path.name
 
 
@@ -110,9 +112,15 @@ def _trace_warnings(caught: Sequence[warnings.WarningMessage]) -> List[Dict[str,
         if w.category.__name__ != "TracerWarning":
             continue
         site = f"{_short_path(w.filename)}:{w.lineno}"
-        entry = sites.setdefault(site, {"site": site, "message": str(w.message).split(". ")[0].rstrip("."),
-                                        "source": linecache.getline(w.filename, w.lineno).strip(),
-                                        "count": 0})
+        entry = sites.setdefault(
+            site,
+            {
+                "site": site,
+                "message": str(w.message).split(". ")[0].rstrip("."),
+                "source": linecache.getline(w.filename, w.lineno).strip(),
+                "count": 0,
+            },
+        )
         entry["count"] += 1
     return list(sites.values())
 
@@ -121,8 +129,10 @@ def _describe_failure(exc: BaseException, log_text: str) -> str:
     """One line: which op X2Paddle lacks, or where inside X2Paddle the mapping broke."""
     unsupported = re.findall(r"^=+ (\S+::\S+) =+$", log_text, flags=re.MULTILINE)
     if unsupported:
-        return (f"X2Paddle {installed_x2paddle_version()} has no mapping for "
-                f"{', '.join(sorted(set(unsupported)))} (Exception: {exc})")
+        return (
+            f"X2Paddle {installed_x2paddle_version()} has no mapping for "
+            f"{', '.join(sorted(set(unsupported)))} (Exception: {exc})"
+        )
     if isinstance(exc, SystemExit):
         lines = [ln.strip() for ln in log_text.splitlines() if ln.strip()]
         tail = lines[-1] if lines else "no message"
@@ -148,8 +158,16 @@ def conversion_fingerprint(module: "torch.nn.Module", examples: Sequence["torch.
     import torch
 
     h = hashlib.sha256()
-    h.update(json.dumps({"target": target, "class": f"{type(module).__module__}.{type(module).__qualname__}",
-                         "torch": torch.__version__, "x2paddle": installed_x2paddle_version()}).encode())
+    h.update(
+        json.dumps(
+            {
+                "target": target,
+                "class": f"{type(module).__module__}.{type(module).__qualname__}",
+                "torch": torch.__version__,
+                "x2paddle": installed_x2paddle_version(),
+            }
+        ).encode()
+    )
     for key, value in module.state_dict().items():
         h.update(f"{key}:{value.dtype}:{list(value.shape)}".encode())
         h.update(np.ascontiguousarray(value.detach().cpu().numpy()).reshape(-1).view(np.uint8))
@@ -161,8 +179,13 @@ def conversion_fingerprint(module: "torch.nn.Module", examples: Sequence["torch.
     return h.hexdigest()
 
 
-def convert_with_x2paddle(module: "torch.nn.Module", examples: Sequence["torch.Tensor"],
-                          target_dir: Path, target: Optional[str] = None, reuse: bool = False) -> Conversion:
+def convert_with_x2paddle(
+    module: "torch.nn.Module",
+    examples: Sequence["torch.Tensor"],
+    target_dir: Path,
+    target: Optional[str] = None,
+    reuse: bool = False,
+) -> Conversion:
     """Run ``pytorch2paddle`` (trace mode, feedback off, network refused) on ``module``; an
     X2Paddle failure is returned in the ``Conversion``, never raised. ``target_dir`` appears only
     complete (code, params, log, fingerprint; renamed from a temporary sibling); on failure it is
@@ -179,11 +202,14 @@ def convert_with_x2paddle(module: "torch.nn.Module", examples: Sequence["torch.T
     target = target or target_dir.name
     fingerprint = conversion_fingerprint(module, examples, target)
     stamp = target_dir / FINGERPRINT_FILE
-    if (reuse and stamp.is_file() and stamp.read_text(encoding="utf-8").strip() == fingerprint
-            and all((target_dir / f).is_file() for f in (CODE_FILE, PARAMS_FILE, WARNINGS_FILE))):
+    if (
+        reuse
+        and stamp.is_file()
+        and stamp.read_text(encoding="utf-8").strip() == fingerprint
+        and all((target_dir / f).is_file() for f in (CODE_FILE, PARAMS_FILE, WARNINGS_FILE))
+    ):
         warned = json.loads((target_dir / WARNINGS_FILE).read_text(encoding="utf-8"))
-        return Conversion(target, target_dir, 0.0, trace_warnings=warned, log_path=target_dir / LOG_FILE,
-                          reused=True)
+        return Conversion(target, target_dir, 0.0, trace_warnings=warned, log_path=target_dir / LOG_FILE, reused=True)
     pytorch2paddle, paddle_graph = _import_pytorch2paddle()
     target_dir.parent.mkdir(parents=True, exist_ok=True)
     failed_log = target_dir.parent / f"{target_dir.name}.failed.log"
@@ -193,22 +219,31 @@ def convert_with_x2paddle(module: "torch.nn.Module", examples: Sequence["torch.T
     error: Optional[str] = None
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
-        with network_guard() as attempts, _captured_output(log), \
-                warnings.catch_warnings(record=True) as caught, \
-                mock.patch.object(paddle_graph, "dygraph2static", _skip_static_export), \
-                mock.patch.object(torch.jit, "trace", _trace_without_check(torch.jit.trace)):
+        with (
+            network_guard() as attempts,
+            _captured_output(log),
+            warnings.catch_warnings(record=True) as caught,
+            mock.patch.object(paddle_graph, "dygraph2static", _skip_static_export),
+            mock.patch.object(torch.jit, "trace", _trace_without_check(torch.jit.trace)),
+        ):
             warnings.simplefilter("always")
             try:
-                pytorch2paddle(module, save_dir=str(tmp), jit_type="trace",
-                               input_examples=list(examples), enable_code_optim=False,
-                               disable_feedback=True)
+                pytorch2paddle(
+                    module,
+                    save_dir=str(tmp),
+                    jit_type="trace",
+                    input_examples=list(examples),
+                    enable_code_optim=False,
+                    disable_feedback=True,
+                )
             except (Exception, SystemExit) as exc:  # SystemExit: X2Paddle's tracer calls exit(0)
                 error = _describe_failure(exc, log.getvalue())
         seconds = time.perf_counter() - start
         if error is None and not ((tmp / CODE_FILE).is_file() and (tmp / PARAMS_FILE).is_file()):
             error = f"X2Paddle returned without writing {CODE_FILE} and {PARAMS_FILE}"
-        result = Conversion(target, None, seconds, error, time.process_time() - cpu_start,
-                            _trace_warnings(caught), list(attempts))
+        result = Conversion(
+            target, None, seconds, error, time.process_time() - cpu_start, _trace_warnings(caught), list(attempts)
+        )
         if error is None:
             (tmp / LOG_FILE).write_text(log.getvalue(), encoding="utf-8")
             (tmp / WARNINGS_FILE).write_text(json.dumps(result.trace_warnings, indent=1), encoding="utf-8")
@@ -235,6 +270,7 @@ def load_generated_program(directory: Path) -> "paddle.nn.Layer":
     """The Paddle layer X2Paddle generated in ``directory``, with its parameters, in eval mode,
     imported under a fresh module name never registered in ``sys.modules`` (nothing leaks)."""
     import paddle
+
     from convert import load_state_dict_file
 
     directory = Path(directory)
@@ -245,8 +281,11 @@ def load_generated_program(directory: Path) -> "paddle.nn.Layer":
     module = importlib.util.module_from_spec(spec)
     # Executing this file is fine: X2Paddle wrote it a moment ago from our own torch_ref trace.
     spec.loader.exec_module(module)
-    classes = [obj for obj in vars(module).values()
-               if isinstance(obj, type) and issubclass(obj, paddle.nn.Layer) and obj.__module__ == name]
+    classes = [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, paddle.nn.Layer) and obj.__module__ == name
+    ]
     if len(classes) != 1:
         raise RuntimeError(f"{directory / CODE_FILE}: expected one generated Layer, found {len(classes)}")
     # LazyGuard: skip the random initialisation of ~25M parameters that set_state_dict
@@ -261,8 +300,7 @@ def load_generated_program(directory: Path) -> "paddle.nn.Layer":
     state = load_state_dict_file(directory / PARAMS_FILE)
     missing, unexpected = layer.set_state_dict(state)
     if missing or unexpected:
-        raise RuntimeError(f"{directory / PARAMS_FILE}: missing {list(missing)[:5]}, "
-                           f"unexpected {list(unexpected)[:5]}")
+        raise RuntimeError(f"{directory / PARAMS_FILE}: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
     layer.eval()
     return layer
 

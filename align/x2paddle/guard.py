@@ -1,4 +1,5 @@
 """Keeping X2Paddle's side effects out: no network, no stray output, no exit(0), no static export."""
+
 from __future__ import annotations
 
 import contextlib
@@ -15,8 +16,7 @@ def network_guard() -> Iterator[List[str]]:
     of refused attempts. A refusal raises ``OSError(ENETUNREACH)`` at once, so code that swallows
     errors (X2Paddle's usage report) returns at once instead of waiting for a timeout."""
     attempts: List[str] = []
-    saved = (socket.socket.connect, socket.socket.connect_ex, socket.create_connection,
-             socket.getaddrinfo)
+    saved = (socket.socket.connect, socket.socket.connect_ex, socket.create_connection, socket.getaddrinfo)
 
     def refuse(what: str) -> None:
         attempts.append(what)
@@ -27,6 +27,7 @@ def network_guard() -> Iterator[List[str]]:
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 refuse(f"{name}{address!r}")
             return original(sock, address)
+
         return call
 
     def create_connection(address: Any, *args: Any, **kwargs: Any) -> Any:
@@ -42,8 +43,12 @@ def network_guard() -> Iterator[List[str]]:
     try:
         yield attempts
     finally:
-        (socket.socket.connect, socket.socket.connect_ex, socket.create_connection,  # type: ignore[method-assign]
-         socket.getaddrinfo) = saved
+        (
+            socket.socket.connect,
+            socket.socket.connect_ex,
+            socket.create_connection,  # type: ignore[method-assign]
+            socket.getaddrinfo,
+        ) = saved
 
 
 @contextlib.contextmanager
@@ -68,9 +73,11 @@ def _captured_output(log: io.StringIO) -> Iterator[None]:
 def _trace_without_check(trace: Callable[..., Any]) -> Callable[..., Any]:
     """``torch.jit.trace`` with ``check_trace=False``: the check re-runs and re-traces the model
     (two thirds of a FarSeg conversion) and adds nothing to running every generated program."""
+
     def trace_once(*args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("check_trace", False)
         return trace(*args, **kwargs)
+
     return trace_once
 
 

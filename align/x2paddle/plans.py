@@ -1,5 +1,6 @@
 """What to convert, per model: the whole eval forward, its logits path and sub-parts, and the
 torch wrappers that make each of them one traceable module."""
+
 from __future__ import annotations
 
 import copy
@@ -10,6 +11,7 @@ from .conversion import flatten
 
 if TYPE_CHECKING:
     import torch
+
 
 @dataclass(frozen=True)
 class ModelPlan:
@@ -25,17 +27,31 @@ class ModelPlan:
 
 PLANS: Dict[str, ModelPlan] = {
     "farseg": ModelPlan(
-        parts=(("encoder", "en"), ("fpn", "fpn"), ("scene pooling", "gap"), ("relation", "sr"),
-               ("decoder", "decoder"), ("classifier", "cls_pred_conv"), ("upsample x4", "upsample4x_op")),
+        parts=(
+            ("encoder", "en"),
+            ("fpn", "fpn"),
+            ("scene pooling", "gap"),
+            ("relation", "sr"),
+            ("decoder", "decoder"),
+            ("classifier", "cls_pred_conv"),
+            ("upsample x4", "upsample4x_op"),
+        ),
         loss_key="cls_loss",
         tail_description="softmax after the logits",
         bn_stage="decoder.blocks.1.0",
     ),
     "factseg": ModelPlan(
-        parts=(("encoder", "resencoder"), ("fg fpn", "fgfpn"), ("bi fpn", "bifpn"),
-               ("fg decoder", "fg_decoder"), ("bi decoder", "bi_decoder"), ("fg classifier", "fg_cls"),
-               ("bi classifier", "bi_cls"), ("fg upsample x4", "fg_upsample"),
-               ("bi upsample x4", "bi_upsample")),
+        parts=(
+            ("encoder", "resencoder"),
+            ("fg fpn", "fgfpn"),
+            ("bi fpn", "bifpn"),
+            ("fg decoder", "fg_decoder"),
+            ("bi decoder", "bi_decoder"),
+            ("fg classifier", "fg_cls"),
+            ("bi classifier", "bi_cls"),
+            ("fg upsample x4", "fg_upsample"),
+            ("bi upsample x4", "bi_upsample"),
+        ),
         loss_key="joint_loss",
         tail_description="log-space fusion after the logits (losses.joint_log_probs(...).exp())",
         bn_stage="fg_decoder.blocks.1.0",
@@ -56,7 +72,7 @@ def _unflatten(flat: Sequence[Any], spec: Sequence[Optional[int]]) -> List[Any]:
             args.append(flat[i])
             i += 1
         else:
-            args.append(list(flat[i:i + n]))
+            args.append(list(flat[i : i + n]))
             i += n
     return args
 

@@ -1,4 +1,5 @@
 """The verdict of a three-way comparison and its text report."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, Sequence
@@ -15,8 +16,11 @@ def verdicts(rows: Sequence[Dict[str, Any]]) -> Dict[str, str]:
     for output, ok in by_output.items():
         tx, px, tp = (ok.get(p) for p in PAIRS)
         if tx is None or px is None:
-            out[output] = ("no X2Paddle program: torch_ref and paddle_impl agree" if tp
-                           else "no X2Paddle program: torch_ref and paddle_impl differ")
+            out[output] = (
+                "no X2Paddle program: torch_ref and paddle_impl agree"
+                if tp
+                else "no X2Paddle program: torch_ref and paddle_impl differ"
+            )
         elif tx and px and tp:
             out[output] = "all agree"
         elif tx and not px and not tp:
@@ -26,9 +30,11 @@ def verdicts(rows: Sequence[Dict[str, Any]]) -> Dict[str, str]:
         elif px and not tx and not tp:
             # paddle_impl equals the program generated from torch_ref's own graph, so the port is
             # structurally right; what both Paddle programs share is Paddle's kernels.
-            out[output] = ("both Paddle programs agree and differ from torch_ref: a kernel/rounding "
-                           "difference between the frameworks (or a threshold too tight for float32), "
-                           "not a porting bug")
+            out[output] = (
+                "both Paddle programs agree and differ from torch_ref: a kernel/rounding "
+                "difference between the frameworks (or a threshold too tight for float32), "
+                "not a porting bug"
+            )
         else:
             out[output] = "inconclusive (more than one side differs, or the tolerance is borderline)"
     return out
@@ -36,27 +42,36 @@ def verdicts(rows: Sequence[Dict[str, Any]]) -> Dict[str, str]:
 
 def format_report(result: Dict[str, Any]) -> str:
     """The rows as a fixed-width table, then verdicts, untraceable parts and timings."""
-    lines = [f"{'pair':<26} {'output':<34} {'shape':<18} {'max_abs':>10} {'mean_abs':>10} "
-             f"{'max_rel':>10}  ok"]
+    lines = [f"{'pair':<26} {'output':<34} {'shape':<18} {'max_abs':>10} {'mean_abs':>10} {'max_rel':>10}  ok"]
     for r in result["rows"]:
         shape = "x".join(map(str, r["shape"])) if isinstance(r["shape"], list) else str(r["shape"])
-        lines.append(f"{r['pair']:<26} {r['output']:<34} {shape:<18} {r['max_abs']:>10.3g} "
-                     f"{r['mean_abs']:>10.3g} {r['max_rel']:>10.3g}  {'yes' if r['passed'] else 'NO'}")
+        lines.append(
+            f"{r['pair']:<26} {r['output']:<34} {shape:<18} {r['max_abs']:>10.3g} "
+            f"{r['mean_abs']:>10.3g} {r['max_rel']:>10.3g}  {'yes' if r['passed'] else 'NO'}"
+        )
     lines.append("")
     for output, verdict in result["verdicts"].items():
         lines.append(f"verdict {output}: {verdict}")
     for item in result["untraceable"]:
         lines.append(f"untraceable: {item['part']}: {item['why']}")
     for c in result["conversions"]:
-        state = ("reused (same fingerprint)" if c["reused"] else
-                 f"{'ok' if c['ok'] else 'FAILED'} in {c['seconds']:.1f} s (CPU {c['cpu_seconds']:.1f} s)")
-        lines.append(f"conversion {c['target']}: {state}"
-                     + (f" -> {c['directory']}" if c["directory"] else f" (log {c['log']})"))
-    lines.append(f"network attempts during conversion: {len(result['network_attempts'])}"
-                 + (f" {result['network_attempts']}" if result["network_attempts"] else ""))
-    lines.append(f"x2paddle {result['x2paddle_version']}, {result['dtype']}, input "
-                 f"{'x'.join(map(str, result['input_shape']))}, thresholds mean_abs <= "
-                 f"{result['thresholds']['atol_mean']:g}, max_rel <= {result['thresholds']['rtol_max']:g}; "
-                 f"total {result['seconds']:.1f} s (CPU {result['cpu_seconds']:.1f} s)")
+        state = (
+            "reused (same fingerprint)"
+            if c["reused"]
+            else f"{'ok' if c['ok'] else 'FAILED'} in {c['seconds']:.1f} s (CPU {c['cpu_seconds']:.1f} s)"
+        )
+        lines.append(
+            f"conversion {c['target']}: {state}" + (f" -> {c['directory']}" if c["directory"] else f" (log {c['log']})")
+        )
+    lines.append(
+        f"network attempts during conversion: {len(result['network_attempts'])}"
+        + (f" {result['network_attempts']}" if result["network_attempts"] else "")
+    )
+    lines.append(
+        f"x2paddle {result['x2paddle_version']}, {result['dtype']}, input "
+        f"{'x'.join(map(str, result['input_shape']))}, thresholds mean_abs <= "
+        f"{result['thresholds']['atol_mean']:g}, max_rel <= {result['thresholds']['rtol_max']:g}; "
+        f"total {result['seconds']:.1f} s (CPU {result['cpu_seconds']:.1f} s)"
+    )
     lines.append(f"{'PASSED' if result['passed'] else 'FAILED'}")
     return "\n".join(lines)
