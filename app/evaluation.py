@@ -658,7 +658,7 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
     loaded = time.perf_counter()
     try:
         confusion, totals = evaluate_scenes(backend, engine, scenes, progress=args.progress)
-    except ImageReadError as error:
+    except (ImageReadError, *backend.run_errors) as error:
         print_errors([str(error)])
         return 2
     except InputError as error:

@@ -73,6 +73,9 @@ def deploy_config(
     if fmt not in FORMAT_FILES:
         raise ValueError(f"unknown export format {fmt!r}")
     height, width = size if size is not None else (-1, -1)
+    if size is not None and height == width:
+        # A fixed-size export runs windows of exactly its size: record that, not the default 896.
+        window, stride = height, min(stride, height)
     files = FORMAT_FILES[fmt]
     config: Dict[str, Any] = {
         "model": model_name,
@@ -181,6 +184,20 @@ def fixed_size(config: Dict[str, Any]) -> Optional[Tuple[int, int]]:
     """(H, W) of a fixed-size export, None for a dynamic one."""
     height, width = config["input"]["shape"][2:]
     return None if height == -1 or width == -1 else (int(height), int(width))
+
+
+def engine_window(config: Dict[str, Any], window: Optional[int], stride: Optional[int]) -> Tuple[int, int]:
+    """(window, stride) to run an export with: the asked ones, else the export's own. A
+    fixed-size export takes windows of exactly its size only: any other is an ExportError."""
+    window = window or int(config["sliding_window"]["window"])
+    stride = stride or int(config["sliding_window"]["stride"])
+    size = fixed_size(config)
+    if size is not None and size != (window, window):
+        raise ExportError(
+            f"the export was made for {size[0]}x{size[1]} inputs (--size) and cannot run {window}x{window} "
+            f"windows: use --window {size[0]} (square exports only), or export without --size"
+        )
+    return window, stride
 
 
 ShapeList = List[Tuple[int, ...]]

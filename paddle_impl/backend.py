@@ -14,7 +14,7 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from app.exported import ExportedModel
+from app.exported import ExportedModel, engine_window
 
 from . import build_model
 from .export_format import ExportError
@@ -104,8 +104,7 @@ class PaddleBackend:
                 " otherwise an export runs in float32"
             )
         deployed = create_predictor(model_dir, device, backend)
-        window = window or deployed.config["sliding_window"]["window"]
-        stride = stride or deployed.config["sliding_window"]["stride"]
+        window, stride = engine_window(deployed.config, window, stride)
         engine = SlidingWindowInference(DeployedLayer(deployed), window, stride, device, batch_size)
         runtime = "onnxruntime" if deployed.backend == "onnxruntime" else f"Paddle Inference {deployed.backend} backend"
         return engine, f"{deployed.config['model']} export {model_dir}, {runtime}"

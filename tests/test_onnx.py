@@ -262,3 +262,28 @@ def test_paddle_dynamic_graph_refuses_cpu_amp_in_one_line(torch_farseg, scenes: 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no CPU mixed precision" in err[0] and "--model-dir" in err[0]
     assert not (tmp_path / "x.json").exists()
+
+
+def test_fixed_size_export_records_its_window_and_refuses_others_in_one_line(
+    torch_farseg, scenes: Path, tmp_path: Path, capsys
+) -> None:
+    """--size 64 64 records window 64 in model.yml (so predict runs it as it is); a larger
+    --window is one line and exit 2 in predict and evaluate, never a traceback."""
+    import torch_ref.evaluate as torch_evaluate
+    import torch_ref.predict as torch_predict
+
+    _, weights = torch_farseg
+    fixed = tmp_path / "fixed"
+    args = ["--model", "farseg", "--weights", str(weights), "--out", str(fixed), "--size", "64", "64"]
+    assert torch_export.main(args) == 0
+    assert read_deploy_config(str(fixed))["sliding_window"]["window"] == 64
+    image = str(scenes / "images" / "P0000.png")
+    predict = ["--model-dir", str(fixed), "--image", image, "--device", "cpu", "--no-progress"]
+    assert torch_predict.main([*predict, "--out", str(tmp_path / "a.png")]) == 0
+    capsys.readouterr()
+    assert torch_predict.main([*predict, "--out", str(tmp_path / "b.png"), "--window", "128"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "made for 64x64 inputs" in err[0]
+    assert _evaluate(torch_evaluate, scenes, ["--model-dir", str(fixed)], tmp_path / "e.json", "--window", "128") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "made for 64x64 inputs" in err[0]

@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from app.exported import ONNX_FORMAT, ExportError, OnnxModel, read_deploy_config
+from app.exported import ONNX_FORMAT, ExportError, OnnxModel, engine_window, read_deploy_config
 
 from . import build_model
 from .inference import DeployedModule, SlidingWindowInference, gpu_available, load_weights, resolve_device
@@ -30,7 +30,7 @@ class TorchBackend:
     supports_model_dir = True
     deploy_backends: Tuple[str, ...] = ("auto", "onnxruntime")
     engine_errors: Tuple[type, ...] = (ValueError, ExportError)
-    run_errors: Tuple[type, ...] = ()
+    run_errors: Tuple[type, ...] = (ExportError,)
 
     def gpu_available(self) -> bool:
         return gpu_available()
@@ -81,8 +81,7 @@ class TorchBackend:
             raise ValueError("--amp: an ONNX export runs in float32 under onnxruntime")
         if resolve_device(device).type != "cpu":
             raise ValueError("--model-dir with an ONNX export runs on the CPU (onnxruntime's CPU provider)")
-        window = window or config["sliding_window"]["window"]
-        stride = stride or config["sliding_window"]["stride"]
+        window, stride = engine_window(config, window, stride)
         deployed = OnnxModel(model_dir, config=config)
         # The export is NCHW float32; the engine's channels-last input would only add a copy.
         engine = SlidingWindowInference(

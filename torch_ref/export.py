@@ -53,7 +53,7 @@ from app.exported import (
 )
 from convert import CheckpointError
 from isaid.imageio import current_umask
-from weights import MODEL_NAMES
+from weights import MODEL_NAMES, check_model_name
 
 from . import build_model
 from .inference import load_weights
@@ -139,8 +139,7 @@ def export(
     Returns a summary dict; raises CheckpointError (bad weights) or ExportError, and
     ``out_dir`` is untouched then.
     """
-    if model_name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {model_name!r}: expected one of {', '.join(MODEL_NAMES)}")
+    check_model_name(model_name)
     if size is not None and (size[0] % SIZE_MULTIPLE or size[1] % SIZE_MULTIPLE or min(size) <= 0):
         raise ExportError(f"--size {size[0]} {size[1]}: both must be positive multiples of {SIZE_MULTIPLE}")
     out_dir = os.path.normpath(out_dir)
