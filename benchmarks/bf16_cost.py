@@ -39,7 +39,9 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from align.env import read_cpu  # noqa: E402
 from app.exported import sha256_file  # noqa: E402
+from isaid.atomic import write_bytes_atomic  # noqa: E402
 from isaid.metrics import confusion_from_labels, miou  # noqa: E402
 from isaid.synth import make_scene  # noqa: E402
 from torch_ref import build_model  # noqa: E402
@@ -47,20 +49,6 @@ from torch_ref.inference import SlidingWindowInference, load_weights  # noqa: E4
 
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", "bf16_cost.json")
 VARIANTS = (("float32 NCHW", None, False), ("float32 channels_last", None, True), ("bf16 channels_last", "bf16", True))
-
-
-def cpu_flags() -> List[str]:
-    """The CPU features that decide bf16 speed (from /proc/cpuinfo; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return sorted(
-                        f for f in line.split(":", 1)[1].split() if f.startswith(("avx512", "amx", "avx_vnni", "avx2"))
-                    )
-    except OSError:
-        pass
-    return []
 
 
 def measure(model_name: str, weights: Optional[str], scenes: Sequence[Any], window: int, stride: int) -> Dict[str, Any]:
@@ -124,16 +112,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "platform": platform.platform(),
             "torch": torch.__version__,
             "threads": args.threads,
-            "cpu_flags": cpu_flags(),
+            "cpu": read_cpu(),  # model, bf16/AVX-512/AMX features (align.env)
             "load_average_1min": os.getloadavg()[0],
         },
         "results": results,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    temporary = args.out + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=2)
-    os.replace(temporary, args.out)
+    write_bytes_atomic(args.out, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
     for result in results:
         for label, values in result["variants"].items():
             print(

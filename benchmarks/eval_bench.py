@@ -53,6 +53,8 @@ if ROOT not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from align.env import read_cpu  # noqa: E402
+
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", "eval_bench.json")
 
 
@@ -311,28 +313,12 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
 # ---------------------------------------------------------------------------- parent
 
 
-def cpu_flags() -> List[str]:
-    """The CPU features that decide bf16 / oneDNN speed (from /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return sorted(
-                        f
-                        for f in line.split(":", 1)[1].split()
-                        if f.startswith(("avx512", "amx", "avx_vnni", "avx2", "fma"))
-                    )
-    except OSError:
-        pass
-    return []
-
-
 def machine_info() -> Dict[str, Any]:
     info: Dict[str, Any] = {
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
-        "cpu_flags": cpu_flags(),
+        "cpu": read_cpu(),  # model, bf16/AVX-512/AMX features (align.env)
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
     }
     try:

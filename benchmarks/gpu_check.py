@@ -712,6 +712,19 @@ class Check:
             np.save(os.path.join(self.folder, "eval_label.npy"), label)
         return image_path, os.path.join(self.folder, "eval_label.npy")
 
+    def eval_weights(self) -> str:
+        """FarSeg weights for the evaluation workers (torch's default initialisation, seed 0;
+        Paddle reads the same file converted), written once."""
+        path = os.path.join(self.folder, "eval_farseg.pth")
+        if not os.path.exists(path):
+            import torch
+
+            from torch_ref import build_model
+
+            torch.manual_seed(0)
+            torch.save(build_model("farseg").state_dict(), path)
+        return path
+
     def evaluate(self, framework: str, device: str) -> None:
         on_gpu = device != "cpu"
         runs = [("none", 1)] + ([("bf16", 8)] if on_gpu else [])
@@ -730,6 +743,8 @@ class Check:
                     "threads": None,
                     "image": image,
                     "label": label,
+                    "weights": self.eval_weights(),
+                    "classes": os.path.join(self.folder, f"eval_classes_{framework}_{amp}.npy"),
                 }
                 result = self.worker("eval_bench", "child", spec)
                 if on_gpu and self.sizes["eval_size"] == 4000:
