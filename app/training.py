@@ -17,6 +17,7 @@ from typing import Any, BinaryIO, Callable, Dict, List, Optional, Pattern, Tuple
 
 import numpy as np
 
+from isaid import atomic
 from isaid.imageio import atomic_output, write_bytes_atomic
 
 from .config import Config, changed_keys, describe_keys, resolve_imagenet_path, resolve_out_dir
@@ -175,29 +176,14 @@ def checkpoint_problem(path: str) -> Optional[str]:
 
 def remove_stale_temporaries(out_dir: str, pattern: Pattern[str]) -> List[str]:
     """Delete the hidden temporary files that killed checkpoint writes left in ``out_dir``'s
-    checkpoint folder (``.<checkpoint name>[.sha256].<random>.tmp``); returns their paths.
-    Call once at the start of a run, before anything of this run writes there."""
-    folder = checkpoint_dir(out_dir)
-    removed: List[str] = []
-    if not os.path.isdir(folder):
-        return removed
-    for name in os.listdir(folder):
-        if not (name.startswith(".") and name.endswith(".tmp")):
-            continue
-        parts = name[1 : -len(".tmp")].split(".")
-        # ".ckpt_0000010.pt.k3j4h5.tmp" or ".ckpt_0000010.pt.sha256.k3j4h5.tmp"
-        candidates = {".".join(parts[:i]) for i in range(1, len(parts))}
-        if any(
-            pattern.match(c) or (c.endswith(CHECKSUM_SUFFIX) and pattern.match(c[: -len(CHECKSUM_SUFFIX)]))
-            for c in candidates
-        ):
-            path = os.path.join(folder, name)
-            try:
-                os.remove(path)
-                removed.append(path)
-            except OSError:
-                pass
-    return removed
+    checkpoint folder (a checkpoint's or its checksum file's); returns their paths. A writer
+    that is still running keeps its files (``isaid.atomic.remove_stale_temporaries``)."""
+
+    def is_checkpoint(target: str) -> bool:
+        base = target[: -len(CHECKSUM_SUFFIX)] if target.endswith(CHECKSUM_SUFFIX) else target
+        return bool(pattern.match(base))
+
+    return atomic.remove_stale_temporaries(checkpoint_dir(out_dir), is_checkpoint)
 
 
 def find_resume(resume: Optional[str], out_dir: str, pattern: Pattern[str]) -> Optional[str]:

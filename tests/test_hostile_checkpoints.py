@@ -591,17 +591,30 @@ def test_planted_bug_resume_without_checksum_check_takes_the_corrupt_checkpoint(
     assert training.find_resume("auto", str(tmp_path), CKPT_PATTERN) == str(paths[3])
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has exited (what a killed writer leaves in its temp names)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
 def test_stale_temporary_files_of_killed_writes_are_removed(tmp_path: Path) -> None:
     from app.training import checkpoint_dir, remove_stale_temporaries
 
     paths = _fake_run(tmp_path, (1,))
     folder = Path(checkpoint_dir(str(tmp_path)))
-    stale = [
-        ".ckpt_0000002.pt.k3j_4h5x.tmp",
-        ".ckpt_0000002.pt.sha256.a1b2c3d4.tmp",
-        ".ckpt_0000003.pt.0123456789ab.tmp",
-    ]  # isaid.imageio's and convert.atomic_write's names
-    kept = [".notes.txt.tmp", "ckpt_0000001.pt.orig", ".ckpt_0000002.pdckpt.abcd.tmp"]
+    dead = _dead_pid()
+    stale = [  # the names isaid.atomic gives its temporary files, of a writer that is gone
+        f".ckpt_0000002.pt.{dead}-0123456789ab.tmp",
+        f".ckpt_0000002.pt.sha256.{dead}-a1b2c3d4e5f6.tmp",
+        f".ckpt_0000003.pt.{dead}-00000000abcd.tmp",
+    ]
+    kept = [
+        ".notes.txt.tmp",
+        "ckpt_0000001.pt.orig",
+        f".ckpt_0000002.pdckpt.{dead}-0123456789ab.tmp",  # not a checkpoint name of this run
+        f".ckpt_0000004.pt.{os.getpid()}-0123456789ab.tmp",  # a writer still running
+    ]
     for name in stale + kept:
         (folder / name).write_bytes(b"x" * 100)
     removed = remove_stale_temporaries(str(tmp_path), CKPT_PATTERN)
@@ -712,7 +725,8 @@ def test_trainer_resume_falls_back_and_cleans_up_end_to_end(tmp_path: Path, caps
     newest = checkpoints / "ckpt_0000002.pt"
     assert (checkpoints / "ckpt_0000002.pt.sha256").is_file()
     _overwrite(newest)
-    (checkpoints / ".ckpt_0000003.pt.zz9_k2ab.tmp").write_bytes(b"\0" * 4096)  # a killed write's leftover
+    leftover = checkpoints / f".ckpt_0000003.pt.{_dead_pid()}-00000000abcd.tmp"  # a killed write's
+    leftover.write_bytes(b"\0" * 4096)
     damaged = tmp_path / "damaged.pt"
     damaged.write_bytes(newest.read_bytes())
     (tmp_path / "damaged.pt.sha256").write_bytes((checkpoints / "ckpt_0000002.pt.sha256").read_bytes())
@@ -722,7 +736,7 @@ def test_trainer_resume_falls_back_and_cleans_up_end_to_end(tmp_path: Path, caps
     assert f"skipping {newest}: corrupt" in resumed.stderr
     assert "removed 1 temporary files of interrupted checkpoint writes" in resumed.stderr
     assert "resumed from" in resumed.stdout and "ckpt_0000001.pt at iteration 1" in resumed.stdout
-    assert not (checkpoints / ".ckpt_0000003.pt.zz9_k2ab.tmp").exists()
+    assert not leftover.exists()
     assert [p.name for p in sorted(checkpoints.iterdir())] == [
         "ckpt_0000001.pt",
         "ckpt_0000001.pt.sha256",
