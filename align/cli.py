@@ -49,15 +49,18 @@ def _tolerance_override(text: str) -> Tuple[str, Tolerance]:
     return kind, tol
 
 
-def build_parser(stage: Optional[str]) -> argparse.ArgumentParser:
-    """The parser of ``python -m align`` (stage None) or ``python -m align.<stage>``."""
+def build_parser(stage: Optional[str], module_doc: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser of ``python -m align`` (stage None) or ``python -m align.<stage>``;
+    ``module_doc``: the stage module's docstring where the caller has the module already."""
     prog = "python -m align" + (f".{stage}" if stage else "")
     # A stage's description is the first paragraph of its module's docstring (stage modules
     # import torch and Paddle only when they run: --help stays instant).
     what = (
         f"Run the alignment stages ({', '.join(STAGES)}) of torch_ref against paddle_impl."
         if stage is None
-        else (importlib.import_module(f"align.{stage}").__doc__ or "").split("\n\n")[0]
+        else (
+            (module_doc if module_doc is not None else importlib.import_module(f"align.{stage}").__doc__) or ""
+        ).split("\n\n")[0]
     )
     p = OneLineParser(prog=prog, description=what, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -315,7 +318,8 @@ def main_for(
     """Entry point of ``python -m align`` (stage None) and ``python -m align.<stage>`` (which
     passes its own ``run`` as ``runner``: the module running as ``__main__`` is not imported
     a second time)."""
-    parser = build_parser(stage)
+    # A stage run as ``python -m align.<stage>`` is ``__main__``: its docstring comes from there.
+    parser = build_parser(stage, sys.modules[runner.__module__].__doc__ if runner is not None else None)
     args = parser.parse_args(argv)
     if stage is None:
         stages = [s.strip() for s in args.stages.split(",") if s.strip()]
