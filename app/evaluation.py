@@ -629,7 +629,8 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
         return 2
     try:
         if getattr(args, "model_dir", None) is not None:
-            exported_model = read_deploy_config(args.model_dir)["model"]
+            # model.yml's name only: the backend checks the program against model.yml when it loads it.
+            exported_model = read_deploy_config(args.model_dir, verify=False)["model"]
             if exported_model != args.model:
                 raise InputError([f"--model-dir {args.model_dir} holds {exported_model}, not --model {args.model}"])
             engine, how = backend.build_deployed_engine(
