@@ -108,7 +108,7 @@ def test_tolerance_overrides():
     assert table["exact"].rtol == 0.0  # exact kinds stay exact
     table = tolerances("float64", per_kind={"param": Tolerance(1e-3)})
     assert table["param"].rtol == 1e-3
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown tolerance kind 'nope'"):
         tolerances("float64", per_kind={"nope": Tolerance(1.0)})
 
 

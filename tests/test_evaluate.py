@@ -106,9 +106,9 @@ def test_plan_bands_partition_rows_and_cover_every_pixel(height, width, window, 
 
 
 def test_plan_bands_rejects_bad_arguments():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="stride 65 larger than window 64"):
         stitching.plan_bands(100, 100, 64, 65)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="height must be a positive integer"):
         stitching.plan_bands(0, 100, 64, 32)
 
 

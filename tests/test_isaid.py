@@ -164,9 +164,9 @@ def test_windows_cover_every_pixel_and_stay_inside(height, width, window, stride
 
 
 def test_windows_reject_bad_arguments():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="stride 80 larger than window 64"):
         windows.sliding_windows(100, 100, 64, 80)  # stride > window leaves gaps
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="height must be a positive integer"):
         windows.sliding_windows(0, 100)
 
 
@@ -227,9 +227,9 @@ def test_confusion_from_labels_rows_truth_and_ignore():
     expected[1, 0] = 1
     np.testing.assert_array_equal(cm, expected)
     assert cm.dtype == np.int64 and cm.sum() == 6  # the two 255 pixels are left out
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="prediction value 3 outside 0..2"):
         metrics.confusion_from_labels(np.array([3]), np.array([0]), num_classes=3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="ground truth value 7 outside 0..2"):
         metrics.confusion_from_labels(np.array([0]), np.array([7]), num_classes=3)
 
 
