@@ -506,12 +506,19 @@ def compare_runs(
     weights, the counter and the mIoU; the first failing row is the first divergence.
     """
     rows: List[Row] = []
-    finite = [np.isfinite(r.loss).all() and np.isfinite(r.grad_norm).all() for r in (reference, other)]
+    # fp16: a step the loss scaler skips (overflowed gradients) logs an infinite gradient norm. Such
+    # steps are left out of the gradient-norm rows when both sides skipped them; a skip on one side
+    # only, or any non-finite loss, fails the "finite" row.
+    stepped = np.isfinite(reference.grad_norm) & np.isfinite(other.grad_norm)
+    same_skips = bool(np.array_equal(np.isfinite(reference.grad_norm), np.isfinite(other.grad_norm)))
+    finite = [np.isfinite(r.loss).all() and same_skips for r in (reference, other)]
     n = len(reference.loss)
     for i in range(min(n, TRAIN_EARLY)):
         kinds = ("train_first_loss", "train_first_grad") if i == 0 else ("train_early", "train_early")
         rows.append(compare_arrays(f"lr/iter/{i + 1}", reference.lr[i], other.lr[i], tols["train_lr"], "train_lr"))
         for key, kind in zip(("loss", "grad_norm"), kinds):
+            if key == "grad_norm" and not stepped[i]:
+                continue
             rows.append(
                 compare_arrays(
                     f"{key}/iter/{i + 1}", getattr(reference, key)[i], getattr(other, key)[i], tols[kind], kind
@@ -524,11 +531,14 @@ def compare_runs(
         for i in range(lo, hi):
             rows.append(compare_arrays(f"lr/iter/{i + 1}", reference.lr[i], other.lr[i], tols["train_lr"], "train_lr"))
         for key in ("loss", "grad_norm"):
+            keep = stepped[lo:hi] if key == "grad_norm" else np.ones(hi - lo, dtype=bool)
+            if not keep.any():
+                continue
             rows.append(
                 compare_arrays(
                     f"{key}/mean/{lo + 1}-{hi}",
-                    float(np.mean(getattr(reference, key)[lo:hi])),
-                    float(np.mean(getattr(other, key)[lo:hi])),
+                    float(np.mean(getattr(reference, key)[lo:hi][keep])),
+                    float(np.mean(getattr(other, key)[lo:hi][keep])),
                     tols["train_curve"],
                     "train_curve",
                     note=f"mean over iterations {lo + 1}..{hi}",
@@ -547,7 +557,7 @@ def compare_runs(
                 math.nan,
                 tols["exact"],
                 False,
-                f"non-finite loss or gradient norm in: {', '.join(bad)}",
+                f"non-finite loss, or loss-scaler skips at different iterations, in: {', '.join(bad)}",
             )
         )
     rows.append(

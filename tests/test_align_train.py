@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from align import AlignConfig
@@ -145,3 +146,37 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert len([line for line in lines if "error:" in line]) == 1
     assert not (tmp_path / "o" / "farseg" / "train" / "diff.json").exists()
+
+
+def _run(label: str, grad_norm: list):  # -> align.train.TrainRun
+    from collections import OrderedDict
+
+    from align.train import TrainRun
+
+    n = len(grad_norm)
+    state = OrderedDict(
+        [("buffer_step", np.array(float(n), np.float32)), ("w.weight", np.arange(4, dtype=np.float32) + 1.0)]
+    )
+    confusion = np.eye(16, dtype=np.int64) * 10
+    return TrainRun(
+        label, np.linspace(2.0, 1.0, n), np.full(n, 0.007), np.array(grad_norm, float), state, confusion, 1.0, 1.0, ""
+    )
+
+
+def test_loss_scaler_skips_count_only_when_both_trainers_skip_the_same_steps() -> None:
+    """fp16: a step the GradScaler skips logs an infinite gradient norm. Skipped by both sides:
+    left out of the gradient-norm rows; skipped by one side only: the "finite" row fails."""
+    from collections import OrderedDict
+
+    from align.compare import tolerances
+    from align.train import compare_runs
+
+    tols = tolerances("float32")
+    start = OrderedDict([("buffer_step", np.array(0.0, np.float32)), ("w.weight", np.zeros(4, np.float32))])
+    norms = [5.0, float("inf"), 4.0] + [3.0] * 12
+    rows, divergence = compare_runs(_run("torch", norms), _run("paddle", norms), start, tols, "farseg")
+    assert divergence is None and all(row.passed for row in rows)
+    assert not any(row.name == "grad_norm/iter/2" for row in rows)
+    shifted = [5.0, 4.0, float("inf")] + [3.0] * 12
+    rows, divergence = compare_runs(_run("torch", norms), _run("paddle", shifted), start, tols, "farseg")
+    assert any(row.name == "finite/loss_and_grad_norm" and not row.passed for row in rows)
