@@ -153,13 +153,8 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
         for t in (0, AFTER_RAMP):
             found[t] = tuple(side_loss(side, model, [fg_logits], labels, t) for side in SIDES)
         for i, side_name in enumerate(("torch", "paddle")):
-            result.rows += _identity_rows(
-                side_name,
-                {t: v[i][0] for t, v in found.items()},
-                {t: v[i][1][0] for t, v in found.items()},
-                steps,
-                tols["identity"],
-            )
+            values, grads = {t: v[i][0] for t, v in found.items()}, {t: v[i][1][0] for t, v in found.items()}
+            result.rows += _identity_rows(side_name, values, grads, steps, tols["identity"])
         # All pixels ignored: the official 0/0 must be guarded on both sides (0, finite gradient).
         ignored = np.full_like(labels, 255)
         (t_zero, (t_zero_grad,)), (p_zero, (p_zero_grad,)) = (
