@@ -28,9 +28,9 @@ Clipping must bind, or a per-tensor clip could pass unnoticed: at step 1 the glo
 
 from __future__ import annotations
 
-import math
 import time
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple
 
@@ -43,6 +43,7 @@ from .compare import (
     StageResult,
     around,
     compare_arrays,
+    failed_row,
     finish_stage,
     format_rows,
     grad_floor,
@@ -53,6 +54,8 @@ from .localise import CONTEXT, backward_parameter_order
 from .sides import PADDLE, SIDES, TORCH, hooks
 
 STAGE = "backward"
+# The thresholds the report's header lists.
+SHOWN_KINDS = ("forward_train", "lr", "grad", "param", "running_stat", "drift", "param_drift", "stat_drift", "counter")
 TORCH_BN_MOMENTUM = 0.1  # torch convention (weight of the new batch statistic)
 
 
@@ -104,31 +107,18 @@ class ScaledLoss:
 def _state_rows(step: int, kinds: Tuple[str, str], run: "_Run") -> List[Row]:
     """Rows for every parameter and BatchNorm statistic after the update of ``step``."""
     param_kind, stat_kind = kinds
-    tols = run.tols
+    p_tol, s_tol = run.tols[param_kind], run.tols[stat_kind]
     rows = [
-        compare_arrays(
-            f"step{step}/param/{n}",
-            run.t_params[n].detach().numpy(),
-            run.p_params[n].numpy(),
-            tols[param_kind],
-            param_kind,
-        )
-        for n in run.t_params
+        compare_arrays(f"step{step}/param/{n}", t.detach().numpy(), run.p_params[n].numpy(), p_tol, param_kind)
+        for n, t in run.t_params.items()
     ]
     for bn in run.bn_names:
         (t_mean, t_var), (p_mean, p_var) = (side.bn_stats(run.fx.models[side.name], bn) for side in SIDES)
-        raw = compare_arrays("raw", t_var, p_var, tols[stat_kind], stat_kind)
-        rows.append(compare_arrays(f"step{step}/running_mean/{bn}", t_mean, p_mean, tols[stat_kind], stat_kind))
-        rows.append(
-            compare_arrays(
-                f"step{step}/running_var/{bn}",
-                run.recorder.paddle_equivalent_var(bn, t_var, step),
-                p_var,
-                tols[stat_kind],
-                stat_kind,
-                note=f"torch converted to the biased-variance rule; uncorrected rel {raw.rel:.1e}",
-            )
-        )
+        raw = compare_arrays("raw", t_var, p_var, s_tol, stat_kind)
+        rows.append(compare_arrays(f"step{step}/running_mean/{bn}", t_mean, p_mean, s_tol, stat_kind))
+        note = f"torch converted to the biased-variance rule; uncorrected rel {raw.rel:.1e}"
+        t_var = run.recorder.paddle_equivalent_var(bn, t_var, step)
+        rows.append(compare_arrays(f"step{step}/running_var/{bn}", t_var, p_var, s_tol, stat_kind, note=note))
     return rows
 
 
@@ -160,18 +150,8 @@ def _guarded(run_: _Run, result: StageResult, step: int, side: str, half: str, t
             if "float64" in message and "not registered" in message
             else ""
         )
-        row = Row(
-            f"step{step}/{side}/{half}",
-            "exact",
-            [],
-            math.inf,
-            math.inf,
-            math.inf,
-            math.nan,
-            run_.tols["exact"],
-            False,
-            f"{side} TrainStep.{half} raised {type(exc).__name__}: {message}{hint}",
-        )
+        note = f"{side} TrainStep.{half} raised {type(exc).__name__}: {message}{hint}"
+        row = failed_row(f"step{step}/{side}/{half}", "exact", run_.tols["exact"], note)
         result.rows.append(row)
         run_.checkpoints.append((f"step {step}: {side} TrainStep.{half} raised {type(exc).__name__}{hint}", row))
         return None
@@ -221,20 +201,7 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
         },
         "recipe_source": f"configs/{config.model}_isaid.yaml (train), lr x{config.effective_lr_scale:g}",
         "loss_scale": scale,
-        "tolerances": {
-            k: tols[k].describe()
-            for k in (
-                "forward_train",
-                "lr",
-                "grad",
-                "param",
-                "running_stat",
-                "drift",
-                "param_drift",
-                "stat_drift",
-                "counter",
-            )
-        },
+        "tolerances": {k: tols[k].describe() for k in SHOWN_KINDS},
         **versions(),
     }
     # The reprod_log files: loss, lr and global gradient norm (before clipping) per step.
@@ -245,10 +212,8 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
             range(1, config.steps + 1), desc=f"backward {config.model}", unit="step", disable=not progress, leave=False
         ):
             sharp = step == 1
-            if sharp:
-                with backward_parameter_order(tm) as run_.order:
-                    t_res = _guarded(run_, result, step, TORCH.name, "compute_gradients", t_step, tx, ty)
-            else:
+            # Step 1 records the order in which backward reaches the parameters.
+            with backward_parameter_order(tm) if sharp else nullcontext(run_.order) as run_.order:
                 t_res = _guarded(run_, result, step, TORCH.name, "compute_gradients", t_step, tx, ty)
             p_res = _guarded(run_, result, step, PADDLE.name, "compute_gradients", p_step, px, py)
             if t_res is None or p_res is None:
@@ -316,14 +281,9 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
     tm.eval()
     pm.eval()
     if config.model == "farseg":
-        row = compare_arrays(
-            "final/buffer_step",
-            TORCH.numpy(tm.buffer_step),
-            PADDLE.numpy(pm.buffer_step),
-            tols["counter"],
-            "counter",
-            note=f"{config.steps} training forwards from 0",
-        )
+        t_buf, p_buf = TORCH.numpy(tm.buffer_step), PADDLE.numpy(pm.buffer_step)
+        note = f"{config.steps} training forwards from 0"
+        row = compare_arrays("final/buffer_step", t_buf, p_buf, tols["counter"], "counter", note=note)
         result.rows.append(row)
         run_.checkpoints.append((f"step {config.steps}: buffer_step", row))
     _first_divergence(result, run_)
@@ -349,16 +309,9 @@ def _first_divergence(result: StageResult, run_: _Run) -> None:
         table = run_.grad_tables[step]
         index = next(i for i, r in enumerate(table) if not r.passed)
         shown = around(table, index, CONTEXT)
-        result.localisation = Localisation(
-            row.name.split("/", 2)[-1],
-            index,
-            [
-                f"step-{step} parameter gradients around the first divergence (backward-execution order):",
-                *format_rows(shown),
-            ],
-            [r.to_json() for r in shown],
-            step=step,
-        )
+        title = f"step-{step} parameter gradients around the first divergence (backward-execution order):"
+        lines, rows = [title, *format_rows(shown)], [r.to_json() for r in shown]
+        result.localisation = Localisation(row.name.split("/", 2)[-1], index, lines, rows, step=step)
         result.first_divergence.where = result.localisation.first
 
 

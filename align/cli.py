@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 import time
+from dataclasses import fields
 from typing import Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from weights import MODEL_NAMES
@@ -215,38 +216,9 @@ def build_parser(stage: Optional[str], module_doc: Optional[str] = None) -> argp
 
 def config_from_args(args: argparse.Namespace, model: str) -> AlignConfig:
     """The AlignConfig of one model from parsed options (validated when made)."""
-    values = dict(
-        model=model,
-        dtype=args.dtype,
-        batch=args.batch,
-        size=args.size,
-        seed=args.seed,
-        torch_ckpt=args.torch_ckpt,
-        input=args.input,
-        out=args.out,
-        rtol=args.rtol,
-        atol=args.atol,
-        tol=dict(args.tol),
-        localise=args.localise,
-    )
-    for name in (
-        "steps",
-        "lr_scale",
-        "iterations",
-        "clip_norm",
-        "loss_scale",
-        "full_logs",
-        "against",
-        "train_iterations",
-        "train_config",
-        "data",
-        "device",
-        "val_scenes",
-    ):
-        if hasattr(args, name):
-            values[name] = getattr(args, name)
-    if hasattr(args, "sets"):
-        values["sets"] = tuple(args.sets)
+    # Every option named like an AlignConfig field sets it (stage parsers lack some options).
+    values = {f.name: getattr(args, f.name) for f in fields(AlignConfig) if hasattr(args, f.name)}
+    values.update(model=model, tol=dict(args.tol), sets=tuple(getattr(args, "sets", ())))
     return AlignConfig(**values)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -173,18 +173,7 @@ for _table in DEFAULT_TOLERANCES.values():
 DEFAULT_LR_SCALE = {"float64": 0.01, "float32": 1.0}
 
 # Kinds whose tolerance --rtol/--atol may override (exact comparisons stay exact).
-OVERRIDABLE = (
-    "forward",
-    "forward_train",
-    "loss",
-    "identity",
-    "grad",
-    "param",
-    "running_stat",
-    "drift",
-    "param_drift",
-    "stat_drift",
-)
+OVERRIDABLE = tuple(k for k in DEFAULT_TOLERANCES["float64"] if k not in ("lr", "counter", "exact", *TRAIN_FLOOR))
 
 # Fraction of the model's largest gradient below which a gradient counts as zero (see module doc).
 GRAD_FLOOR_FRACTION = {"float64": 1e-6, "float32": 1e-3}
@@ -261,18 +250,8 @@ def compare_arrays(
     a = np.asarray(reference)
     b = np.asarray(other)
     if a.shape != b.shape:
-        return Row(
-            name,
-            kind,
-            list(a.shape),
-            math.inf,
-            math.inf,
-            math.inf,
-            math.nan,
-            tol,
-            False,
-            _join(note, f"shape mismatch: torch {list(a.shape)} vs paddle {list(b.shape)}"),
-        )
+        mismatch = f"shape mismatch: torch {list(a.shape)} vs paddle {list(b.shape)}"
+        return failed_row(name, kind, tol, _join(note, mismatch), a.shape)
     a = a.astype(np.float64, copy=False)
     b = b.astype(np.float64, copy=False)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -304,6 +283,11 @@ def compare_arrays(
     elif n_nonfinite:
         note = _join(note, f"{n_nonfinite} NaN/inf on both sides (equal)")
     return Row(name, kind, list(a.shape), max_abs, mean_abs, rel, scale, tol, passed, note)
+
+
+def failed_row(name: str, kind: str, tol: Tolerance, note: str, shape: Sequence[int] = ()) -> Row:
+    """A value that could not be compared at all: infinite error, failed, ``note`` says why."""
+    return Row(name, kind, list(shape), math.inf, math.inf, math.inf, math.nan, tol, False, note)
 
 
 def _join(a: str, b: str) -> str:
@@ -442,20 +426,9 @@ def format_report(result: StageResult, max_rows: int = 40) -> str:
             if len(members) == 1:
                 summary.append(worst)
                 continue
-            summary.append(
-                Row(
-                    f"{name}/* (worst: {worst.name.split('/', 2)[-1]})",
-                    worst.kind,
-                    worst.shape,
-                    worst.max_abs,
-                    worst.mean_abs,
-                    worst.rel,
-                    worst.scale,
-                    worst.tol,
-                    failed == 0,
-                    _join(worst.note, f"{len(members)} values, {failed} failed"),
-                )
-            )
+            label = f"{name}/* (worst: {worst.name.split('/', 2)[-1]})"
+            note = _join(worst.note, f"{len(members)} values, {failed} failed")
+            summary.append(replace(worst, name=label, passed=failed == 0, note=note))
         lines.append(
             f"{len(rows)} values in {len(groups)} groups; worst of each group shown (every value is in diff.json)"
         )

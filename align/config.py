@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -147,13 +147,6 @@ class AlignConfig:
     def out_dir(self, stage: str) -> Optional[Path]:
         """Where ``stage`` writes its logs and reports (None: nowhere)."""
         return None if self.out is None else Path(self.out) / self.model / stage
-
-    def describe(self) -> Dict[str, Any]:
-        """The settings that shape the numbers, for reports."""
-        skip = ("tol", "out", "localise", "full_logs", "against")
-        out = {k: v for k, v in asdict(self).items() if k not in skip}
-        out["loss_steps"] = list(self.loss_steps)
-        return out
 
     def with_(self, **changes: Any) -> "AlignConfig":
         """A validated copy with ``changes`` applied."""

@@ -115,12 +115,8 @@ class Fixture:
         return side.tensor(self.x), side.tensor(self.y)
 
     def describe(self) -> Dict[str, Any]:
-        n_ignored = int((self.y == IGNORE_INDEX).sum())
-        return {
-            "weights": self.weights,
-            "input": f"{list(self.x.shape)} {self.x.dtype}",
-            "ignored_pixels": f"{n_ignored}/{self.y.size}",
-        }
+        ignored = f"{int((self.y == IGNORE_INDEX).sum())}/{self.y.size}"
+        return {"weights": self.weights, "input": f"{list(self.x.shape)} {self.x.dtype}", "ignored_pixels": ignored}
 
 
 def build_fixture(config: AlignConfig) -> Fixture:
@@ -157,14 +153,8 @@ def build_fixture(config: AlignConfig) -> Fixture:
     paddle.seed(config.seed)
     paddle_model = PADDLE.build_model(config.model, config.dtype)
     PADDLE.load_state(paddle_model, paddle_state)
-    fixture = Fixture(
-        config,
-        {TORCH.name: torch_model, PADDLE.name: paddle_model},
-        {TORCH.name: torch_state, PADDLE.name: paddle_state},
-        x,
-        y,
-        weights,
-    )
+    models = {TORCH.name: torch_model, PADDLE.name: paddle_model}
+    fixture = Fixture(config, models, {TORCH.name: torch_state, PADDLE.name: paddle_state}, x, y, weights)
     fixture.reset()  # (not dirty: only sets eval mode)
     return fixture
 

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .compare import Divergence, Localisation, Row, StageResult, Tolerance, compare_arrays, finish_stage
+from .compare import Divergence, Localisation, Row, StageResult, Tolerance, compare_arrays, failed_row, finish_stage
 from .config import LOGIT_NAMES, AlignConfig
 from .fixtures import Fixture, get_fixture, versions
 from .localise import capture, first_divergent_layer
@@ -141,20 +141,7 @@ def run_x2paddle(fx: Fixture, out_root: Optional[str], progress: bool = True) ->
         for r in report.get("rows", [])
     ]
     if not rows and not report.get("passed", False):
-        rows = [
-            Row(
-                "x2paddle/no_comparison",
-                "x2paddle",
-                [],
-                math.inf,
-                math.inf,
-                math.inf,
-                math.nan,
-                X2PADDLE_TOLERANCE,
-                False,
-                "nothing converted",
-            )
-        ]
+        rows = [failed_row("x2paddle/no_comparison", "x2paddle", X2PADDLE_TOLERANCE, "nothing converted")]
     return lines, rows
 
 

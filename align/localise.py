@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from .compare import Localisation, Row, Tolerance, around, compare_arrays, format_rows
+from .compare import Localisation, Row, Tolerance, around, compare_arrays, failed_row, format_rows
 from .sides import TORCH, Side, hooks
 
 CONTEXT = 4  # rows shown before and after the first divergence
@@ -75,31 +75,10 @@ def capture(side: Side, model: Any, run: Callable[[], Any]) -> List[Record]:
 def _record_rows(t: Record, p: Optional[Record], tol: Tolerance) -> Row:
     """One row per module call: the worst of its outputs."""
     if p is None:
-        return Row(
-            t.label,
-            "forward",
-            list(t.outputs[0].shape) if t.outputs else [],
-            np.inf,
-            np.inf,
-            np.inf,
-            np.nan,
-            tol,
-            False,
-            "not called in paddle_impl",
-        )
+        shape = t.outputs[0].shape if t.outputs else ()
+        return failed_row(t.label, "forward", tol, "not called in paddle_impl", shape)
     if len(t.outputs) != len(p.outputs):
-        return Row(
-            t.label,
-            "forward",
-            [],
-            np.inf,
-            np.inf,
-            np.inf,
-            np.nan,
-            tol,
-            False,
-            f"{len(t.outputs)} outputs in torch, {len(p.outputs)} in paddle",
-        )
+        return failed_row(t.label, "forward", tol, f"{len(t.outputs)} outputs in torch, {len(p.outputs)} in paddle")
     rows = [
         compare_arrays(t.label if len(t.outputs) == 1 else f"{t.label}[{i}]", a, b, tol, "forward")
         for i, (a, b) in enumerate(zip(t.outputs, p.outputs))

@@ -101,26 +101,10 @@ def _identity_rows(
     g0, g_inf = grads[0], grads[AFTER_RAMP]
     for t in steps:
         a = annealing_weight(t)
-        rows.append(
-            compare_arrays(
-                f"identity/{side}/value_step{t}_eq_step0",
-                values[0],
-                values[t],
-                tol,
-                "identity",
-                note="the loss value does not depend on t",
-            )
-        )
-        rows.append(
-            compare_arrays(
-                f"identity/{side}/grad_step{t}",
-                a * g0 + (1.0 - a) * g_inf,
-                grads[t],
-                tol,
-                "identity",
-                note=f"a(t)={a:.6f}: a*grad(0) + (1-a)*grad(t>1e4)",
-            )
-        )
+        name, note = f"identity/{side}/value_step{t}_eq_step0", "the loss value does not depend on t"
+        rows.append(compare_arrays(name, values[0], values[t], tol, "identity", note=note))
+        expected, note = a * g0 + (1.0 - a) * g_inf, f"a(t)={a:.6f}: a*grad(0) + (1-a)*grad(t>1e4)"
+        rows.append(compare_arrays(f"identity/{side}/grad_step{t}", expected, grads[t], tol, "identity", note=note))
     return rows
 
 
@@ -130,7 +114,6 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
     start = time.perf_counter()
     fx = fixture if fixture is not None else get_fixture(config)
     tols = config.tolerances()
-    tol, tol_id, tol_fwd = tols["loss"], tols["identity"], tols["forward_train"]
     model = config.model
     labels = fx.y
     batch, _, height, width = fx.x.shape
@@ -145,11 +128,9 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
         **versions(),
     }
 
-    def add(
-        name: str, t_value: np.ndarray, p_value: np.ndarray, kind_tol: Tolerance, kind: str, note: str = ""
-    ) -> None:
+    def add(name: str, t_value: np.ndarray, p_value: np.ndarray, kind: str = "loss", note: str = "") -> None:
         t_log[name], p_log[name] = np.asarray(t_value), np.asarray(p_value)
-        result.rows.append(compare_arrays(name, t_value, p_value, kind_tol, kind, note=note))
+        result.rows.append(compare_arrays(name, t_value, p_value, tols[kind], kind, note=note))
 
     steps = tuple(config.loss_steps) if model == "farseg" else (None,)  # FactSeg's loss has no step
 
@@ -161,9 +142,9 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
                 side_loss(side, model, logits, labels, t) for side in SIDES
             )
             head = prefix if t is None else f"{prefix}step{t}/"
-            add(head + ("loss" if model == "farseg" else "joint_loss"), t_value, p_value, tol, "loss")
+            add(head + ("loss" if model == "farseg" else "joint_loss"), t_value, p_value)
             for name, t_grad, p_grad in zip(GRAD_NAMES[model], t_grads, p_grads):
-                add(head + name, t_grad, p_grad, tol, "loss")
+                add(head + name, t_grad, p_grad)
         return found
 
     fg_logits = make_logits(config, (batch, 16, height, width), 1)
@@ -172,20 +153,15 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
         for t in (0, AFTER_RAMP):
             found[t] = tuple(side_loss(side, model, [fg_logits], labels, t) for side in SIDES)
         for i, side_name in enumerate(("torch", "paddle")):
-            result.rows += _identity_rows(
-                side_name,
-                {t: v[i][0] for t, v in found.items()},
-                {t: v[i][1][0] for t, v in found.items()},
-                steps,
-                tol_id,
-            )
+            values, grads = {t: v[i][0] for t, v in found.items()}, {t: v[i][1][0] for t, v in found.items()}
+            result.rows += _identity_rows(side_name, values, grads, steps, tols["identity"])
         # All pixels ignored: the official 0/0 must be guarded on both sides (0, finite gradient).
         ignored = np.full_like(labels, 255)
         (t_zero, (t_zero_grad,)), (p_zero, (p_zero_grad,)) = (
             side_loss(side, model, [fg_logits], ignored, steps[0]) for side in SIDES
         )
-        add("all_ignored/loss", t_zero, p_zero, tol, "loss", note="must be 0 on both sides")
-        add("all_ignored/grad_logits", t_zero_grad, p_zero_grad, tol, "loss")
+        add("all_ignored/loss", t_zero, p_zero, note="must be 0 on both sides")
+        add("all_ignored/grad_logits", t_zero_grad, p_zero_grad)
         if not (float(t_zero) == 0.0 and np.isfinite(t_zero_grad).all()):
             result.notes.append("torch_ref gives a non-zero or non-finite loss on an all-ignored batch")
         model_step: Optional[int] = steps[len(steps) // 2]
@@ -198,38 +174,18 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
     add_losses("saturated/", [sat_fg] if model == "farseg" else [sat_fg, sat_bi], sat_labels)
     if model == "factseg":
         t_log_p, p_log_p = (side_fused_log_probs(side, sat_fg, sat_bi) for side in SIDES)
-        add(
-            "saturated/fused_log_probs",
-            t_log_p,
-            p_log_p,
-            tols["forward"],
-            "forward",
-            note="the eval output's logarithm: -64 against -200 shows here",
-        )
-        add(
-            "saturated/fused_probs",
-            np.exp(t_log_p),
-            np.exp(p_log_p),
-            tols["forward"],
-            "forward",
-            note="the eval output",
-        )
+        note = "the eval output's logarithm: -64 against -200 shows here"
+        add("saturated/fused_log_probs", t_log_p, p_log_p, "forward", note=note)
+        add("saturated/fused_probs", np.exp(t_log_p), np.exp(p_log_p), "forward", note="the eval output")
 
     t_model, p_model = _through_models(fx, model_step)
     for name in t_model:
-        is_counter = name.endswith("buffer_step")
-        add(
-            name,
-            t_model[name],
-            p_model[name],
-            tols["counter"] if is_counter else tol_fwd,
-            "counter" if is_counter else "forward_train",
-            note=(
-                f"buffer_step {model_step - 1} before the training forward"
-                if is_counter
-                else "through the training-mode forward" + (f" at step {model_step}" if model_step else "")
-            ),
-        )
+        if name.endswith("buffer_step"):
+            note = f"buffer_step {model_step - 1} before the training forward"
+            add(name, t_model[name], p_model[name], "counter", note=note)
+        else:
+            note = "through the training-mode forward" + (f" at step {model_step}" if model_step else "")
+            add(name, t_model[name], p_model[name], "forward_train", note=note)
 
     failed = result.failed_rows()
     if failed:

@@ -83,16 +83,8 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
             t_log[name], p_log[name] = t_sum[key], p_sum[key]
             result.rows.append(compare_arrays(name, t_sum[key], p_sum[key], tol, "exact"))
         numpy_cm = confusion_from_labels(pred, labels, NUM_CLASSES)
-        result.rows.append(
-            compare_arrays(
-                f"{source}/confusion_vs_numpy",
-                numpy_cm,
-                t_cm,
-                tol,
-                "exact",
-                note="torch_ref's count against isaid.metrics (framework-free)",
-            )
-        )
+        note = "torch_ref's count against isaid.metrics (framework-free)"
+        result.rows.append(compare_arrays(f"{source}/confusion_vs_numpy", numpy_cm, t_cm, tol, "exact", note=note))
         valid = int((labels != 255).sum())
         if int(t_cm.sum()) != valid:
             result.notes.append(f"{source}: torch counted {int(t_cm.sum())} pixels, {valid} are labelled")

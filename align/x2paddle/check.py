@@ -44,15 +44,8 @@ def compare_pair(
     scale = float(np.abs(a).max(initial=0.0)) if a.size else 0.0
     tol = Tolerance(rtol_max, atol_mean * max(1.0, scale) if scale_atol else atol_mean)
     row = compare_arrays(f"{pair}/{output}", a, b, tol, "x2paddle")
-    out = {
-        "pair": pair,
-        "output": output,
-        "shape": row.shape,
-        "max_abs": row.max_abs,
-        "mean_abs": row.mean_abs,
-        "max_rel": row.rel,
-        "passed": row.passed,
-    }
+    out = {"pair": pair, "output": output, "shape": row.shape, "max_abs": row.max_abs, "mean_abs": row.mean_abs}
+    out.update(max_rel=row.rel, passed=row.passed)
     if row.note:
         out["note"] = row.note
     return out
@@ -129,8 +122,9 @@ class _Run:
         directory = self.out_dir / re.sub(r"[^A-Za-z0-9_.-]+", "_", target)
         conv = conversion.convert_with_x2paddle(module, examples, directory, target, reuse=self.reuse)
         self.conversions.append(conv)
+        suffix = f"; {context}" if context else ""
         if not conv.ok:
-            self.untrace(part, (conv.error or "") + (f"; {context}" if context else ""))
+            self.untrace(part, (conv.error or "") + suffix)
             return None
         try:
             return load_generated_program(conv.directory)
@@ -138,20 +132,16 @@ class _Run:
             where = ""
             if isinstance(exc, SyntaxError):
                 where = f" ({_short_path(exc.filename or '')}:{exc.lineno}: {(exc.text or '').strip()})"
-            self.untrace(
-                part,
-                f"X2Paddle wrote a program that does not load: "
-                f"{type(exc).__name__}: {' '.join(str(exc).split())}{where}" + (f"; {context}" if context else ""),
-            )
+            error = f"{type(exc).__name__}: {' '.join(str(exc).split())}{where}"
+            self.untrace(part, f"X2Paddle wrote a program that does not load: {error}{suffix}")
             return None
 
     def execute(self, layer: Any, inputs: Sequence[np.ndarray], part: str, expect: int) -> Optional[List[np.ndarray]]:
         try:
             outputs = run_generated_program(layer, inputs)
         except Exception as exc:
-            self.untrace(
-                part, f"the generated program fails when run: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-            )
+            error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            self.untrace(part, f"the generated program fails when run: {error}")
             return None
         if len(outputs) != expect:
             self.untrace(part, f"the generated program returns {len(outputs)} outputs, expected {expect}")

@@ -112,15 +112,9 @@ def _trace_warnings(caught: Sequence[warnings.WarningMessage]) -> List[Dict[str,
         if w.category.__name__ != "TracerWarning":
             continue
         site = f"{_short_path(w.filename)}:{w.lineno}"
-        entry = sites.setdefault(
-            site,
-            {
-                "site": site,
-                "message": str(w.message).split(". ")[0].rstrip("."),
-                "source": linecache.getline(w.filename, w.lineno).strip(),
-                "count": 0,
-            },
-        )
+        message = str(w.message).split(". ")[0].rstrip(".")
+        source = linecache.getline(w.filename, w.lineno).strip()
+        entry = sites.setdefault(site, {"site": site, "message": message, "source": source, "count": 0})
         entry["count"] += 1
     return list(sites.values())
 
@@ -157,17 +151,9 @@ def conversion_fingerprint(module: "torch.nn.Module", examples: Sequence["torch.
 
     import torch
 
-    h = hashlib.sha256()
-    h.update(
-        json.dumps(
-            {
-                "target": target,
-                "class": f"{type(module).__module__}.{type(module).__qualname__}",
-                "torch": torch.__version__,
-                "x2paddle": installed_x2paddle_version(),
-            }
-        ).encode()
-    )
+    meta = {"target": target, "class": f"{type(module).__module__}.{type(module).__qualname__}"}
+    meta.update(torch=torch.__version__, x2paddle=installed_x2paddle_version())
+    h = hashlib.sha256(json.dumps(meta).encode())
     for key, value in module.state_dict().items():
         h.update(f"{key}:{value.dtype}:{list(value.shape)}".encode())
         h.update(np.ascontiguousarray(value.detach().cpu().numpy()).reshape(-1).view(np.uint8))
@@ -301,7 +287,6 @@ def load_generated_program(directory: Path) -> "paddle.nn.Layer":
     missing, unexpected = layer.set_state_dict(state)
     if missing or unexpected:
         raise RuntimeError(f"{directory / PARAMS_FILE}: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
-    layer.eval()
     return layer
 
 

@@ -16,11 +16,7 @@ def verdicts(rows: Sequence[Dict[str, Any]]) -> Dict[str, str]:
     for output, ok in by_output.items():
         tx, px, tp = (ok.get(p) for p in PAIRS)
         if tx is None or px is None:
-            out[output] = (
-                "no X2Paddle program: torch_ref and paddle_impl agree"
-                if tp
-                else "no X2Paddle program: torch_ref and paddle_impl differ"
-            )
+            out[output] = "no X2Paddle program: torch_ref and paddle_impl " + ("agree" if tp else "differ")
         elif tx and px and tp:
             out[output] = "all agree"
         elif tx and not px and not tp:
