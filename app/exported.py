@@ -18,6 +18,7 @@ imported when an ONNX export is opened.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -408,6 +409,33 @@ def compare_probabilities(expected: np.ndarray, got: np.ndarray) -> Tuple[float,
     worst = float("inf") if not np.isfinite(difference).all() else float(difference.max())
     agree = float((got.argmax(axis=1) == expected.argmax(axis=1)).mean())
     return worst, agree
+
+
+def check_onnx_against(
+    model_dir: str, x: np.ndarray, expected: np.ndarray, reference: str, tolerance: float, min_agreement: float
+) -> List[Tuple[str, float, float]]:
+    """onnxruntime on ``model_dir``'s ``model.onnx`` (one thread) for ``x`` against ``expected``,
+    the framework's own output (``reference`` names it in the error). Returns
+    ``[("onnxruntime", max |difference|, tolerance)]``; raises ExportError when the difference
+    exceeds ``tolerance`` or the argmax agrees on fewer than ``min_agreement`` of the pixels."""
+    difference, agreement = compare_probabilities(expected, OnnxModel(model_dir, threads=1)(x))
+    if not (difference <= tolerance and agreement >= min_agreement):
+        raise ExportError(
+            f"{model_dir}: ONNX model (onnxruntime) differs from {reference} by {difference:.3g}"
+            f" (tolerance {tolerance:g}), argmax agreement {agreement:.4%} on a {'x'.join(map(str, x.shape))} input"
+        )
+    return [("onnxruntime", difference, tolerance)]
+
+
+def size_multiple_of_32(text: str) -> int:
+    """argparse type of ``--size H W``: a positive multiple of :data:`SIZE_MULTIPLE`."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0 or value % SIZE_MULTIPLE:
+        raise argparse.ArgumentTypeError(f"expected a positive multiple of {SIZE_MULTIPLE}, got {value}")
+    return value
 
 
 def check_replaceable(out_dir: str) -> None:

@@ -48,12 +48,12 @@ from paddle.static import InputSpec
 from app.cli import OneLineArgumentParser
 from app.exported import (
     ONNX_FORMAT,
-    OnnxModel,
+    check_onnx_against,
     check_replaceable,
-    compare_probabilities,
     deploy_config,
     read_deploy_config,
     replace_folder,
+    size_multiple_of_32,
     staging_folder,
     write_deploy_config,
 )
@@ -261,15 +261,7 @@ def check_onnx_export(
     model.eval()
     with paddle.no_grad():
         expected = model(paddle.to_tensor(x)).numpy()
-    got = OnnxModel(model_dir, threads=1)(x)
-    difference, agreement = compare_probabilities(expected, got)
-    if not (difference <= tolerance and agreement >= min_agreement):
-        raise ExportError(
-            f"{model_dir}: ONNX model (onnxruntime) differs from the dynamic graph by"
-            f" {difference:.3g} (tolerance {tolerance:g}), argmax agreement"
-            f" {agreement:.4%} on a {height}x{width} input"
-        )
-    return [("onnxruntime", difference, tolerance)]
+    return check_onnx_against(model_dir, x, expected, "the dynamic graph", tolerance, min_agreement)
 
 
 def export(
@@ -368,16 +360,6 @@ def export(
     }
 
 
-def _size_multiple_of_32(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0 or value % SIZE_MULTIPLE:
-        raise argparse.ArgumentTypeError(f"expected a positive multiple of {SIZE_MULTIPLE}, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(
         prog=PROG,
@@ -417,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--size",
         nargs=2,
-        type=_size_multiple_of_32,
+        type=size_multiple_of_32,
         metavar=("H", "W"),
         help="fix the input height and width (multiples of 32; e.g. 896 896 for"
         " the official windows). Default: dynamic H and W. The batch is"

@@ -42,12 +42,12 @@ from app.exported import (
     INPUT_NAME,
     ONNX_FORMAT,
     ExportError,
-    OnnxModel,
+    check_onnx_against,
     check_replaceable,
-    compare_probabilities,
     deploy_config,
     read_deploy_config,
     replace_folder,
+    size_multiple_of_32,
     staging_folder,
     write_deploy_config,
 )
@@ -111,15 +111,7 @@ def check_onnx(
     model.eval()
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
-    got = OnnxModel(model_dir, threads=1)(x)
-    difference, agreement = compare_probabilities(expected, got)
-    if not (difference <= tolerance and agreement >= MIN_AGREEMENT):
-        raise ExportError(
-            f"{model_dir}: ONNX model (onnxruntime) differs from the eval forward by"
-            f" {difference:.3g} (tolerance {tolerance:g}), argmax agreement {agreement:.4%}"
-            f" on a 2x3x{height}x{width} input"
-        )
-    return [("onnxruntime", difference, tolerance)]
+    return check_onnx_against(model_dir, x, expected, "the eval forward", tolerance, MIN_AGREEMENT)
 
 
 def export(
@@ -179,16 +171,6 @@ def export(
     }
 
 
-def _size_multiple_of_32(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0 or value % SIZE_MULTIPLE:
-        raise argparse.ArgumentTypeError(f"expected a positive multiple of {SIZE_MULTIPLE}, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(
         prog=PROG,
@@ -225,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--size",
         nargs=2,
-        type=_size_multiple_of_32,
+        type=size_multiple_of_32,
         metavar=("H", "W"),
         help="fix the input height and width (multiples of 32). Default: dynamic H and W. The batch is always dynamic",
     )
