@@ -52,7 +52,7 @@ import numpy as np
 from weights import MODEL_NAMES
 
 from .errors import CheckpointError
-from .rules import _fmt_shape, _listing, encoder_rules, model_rules, paddle_layout
+from .rules import _fmt_shape, _problems, encoder_rules, model_rules, paddle_layout
 from .safe_load import LoadedCheckpoint
 
 Shape = Tuple[int, ...]
@@ -425,21 +425,13 @@ def translate(state: Mapping[str, np.ndarray], layout: PortLayout) -> Translatio
                 order,
             )
     if missing or unexpected or wrong or twice:
-        counts = ", ".join(
-            f"{n} {label}"
-            for n, label in (
-                (len(missing), "missing"),
-                (len(unexpected), "unexpected"),
-                (len(wrong), "wrong shape"),
-                (len(twice), "stored under two names"),
-            )
-            if n
-        )
-        details = (
-            _listing("missing keys", missing)
-            + _listing("unexpected keys", unexpected)
-            + _listing("wrong shape", wrong)
-            + _listing("stored under both BatchNorm namings", twice)
+        counts, details = _problems(
+            [
+                ("missing", "missing keys", missing),
+                ("unexpected", "unexpected keys", unexpected),
+                ("wrong shape", "wrong shape", wrong),
+                ("stored under two names", "stored under both BatchNorm namings", twice),
+            ]
         )
         raise CheckpointError(f"looks like the {layout.label} layout but does not match it: {counts}", details)
     return result

@@ -269,6 +269,14 @@ def _listing(title: str, rows: List[str]) -> List[str]:
     return out
 
 
+def _problems(groups: Sequence[Tuple[str, str, List[str]]]) -> Tuple[str, List[str]]:
+    """(``"2 missing, 1 wrong shape"``, the listing lines) of the non-empty ``groups``, each
+    (count label, listing title, rows), for a layout mismatch's one-line headline and details."""
+    counts = ", ".join(f"{len(rows)} {label}" for label, _, rows in groups if rows)
+    details = [line for _, title, rows in groups for line in _listing(title, rows)]
+    return counts, details
+
+
 def dtype_problem(key: str, value: Any, counter: bool) -> Optional[str]:
     """Why ``value``'s dtype does not fit ``key`` (None when it does): weights and statistics
     are float32, BatchNorm step counters (``counter``) integers. float16, float64, int32 or
@@ -314,21 +322,13 @@ def check_layout(
             wrong_dtype.append(problem)
     if not (missing or unexpected or wrong or wrong_dtype):
         return
-    counts = ", ".join(
-        f"{n} {label}"
-        for n, label in (
-            (len(missing), "missing"),
-            (len(unexpected), "unexpected"),
-            (len(wrong), "wrong shape"),
-            (len(wrong_dtype), "wrong dtype"),
-        )
-        if n
-    )
-    details = (
-        _listing("missing keys", missing)
-        + _listing("unexpected keys", unexpected)
-        + _listing("wrong shape", wrong)
-        + _listing("wrong dtype", wrong_dtype)
+    counts, details = _problems(
+        [
+            ("missing", "missing keys", missing),
+            ("unexpected", "unexpected keys", unexpected),
+            ("wrong shape", "wrong shape", wrong),
+            ("wrong dtype", "wrong dtype", wrong_dtype),
+        ]
     )
     if len(wrong_dtype) == 1 and not (missing or unexpected or wrong):
         counts += f": {wrong_dtype[0].replace('  ', ' ')}"  # the key in the headline itself
