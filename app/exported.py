@@ -22,14 +22,19 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import yaml
 
+from isaid.atomic import (
+    InputOverwriteError,
+    refuse_folder_holding_inputs,
+    remove_stale_staging,
+    replace_folder_with,
+    staging_folder_beside,
+)
 from isaid.palette import CLASS_NAMES, MEAN, NUM_CLASSES, PALETTE, STD, normalize
 from isaid.windows import pad_to_multiple
 from weights import MODEL_NAMES, load_layout
@@ -438,33 +443,62 @@ def size_multiple_of_32(text: str) -> int:
     return value
 
 
-def check_replaceable(out_dir: str) -> None:
-    """Refuse an ``out_dir`` that holds anything but an earlier export (checked before any work)."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ExportError(f"{out_dir}: exists and is not a folder")
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, CONFIG_FILE)):
-        raise ExportError(f"{out_dir}: exists and is not an earlier export (no {CONFIG_FILE}); refusing to replace it")
+def check_replaceable(out_dir: str, inputs: Sequence[Tuple[str, Optional[str]]] = ()) -> None:
+    """Refuse an ``out_dir`` that is anything but empty, missing, or entirely an earlier export
+    of this project (checked before any work and again just before the replacement).
+
+    An earlier export is verified, not guessed from one file: its ``model.yml`` is read and
+    parsed (:func:`read_deploy_config` without the program check) and the folder holds exactly
+    the files of its format plus ``model.yml``, all regular files. Anything else there (a file
+    or folder of the user's, a symbolic link) is named in the one-line ExportError, and so is
+    an input (``inputs``: ``(option, path)`` pairs, e.g. the weights) inside ``out_dir``.
+    """
+    try:
+        refuse_folder_holding_inputs(out_dir, "--out", inputs)
+    except InputOverwriteError as error:
+        raise ExportError(str(error)) from None
+    if os.path.islink(out_dir):
+        raise ExportError(f"{out_dir}: is a symbolic link; give the folder it points to, or another --out")
+    if not os.path.exists(out_dir):
+        return
+    if not os.path.isdir(out_dir):
+        raise ExportError(f"{out_dir}: exists and is not a folder; refusing to replace it")
+    entries = sorted(os.listdir(out_dir))
+    if not entries:
+        return
+    expected = {CONFIG_FILE}
+    if CONFIG_FILE in entries:
+        try:
+            expected |= set(FORMAT_FILES[read_deploy_config(out_dir, verify=False)["format"]])
+        except ExportError as error:
+            raise ExportError(
+                f"{out_dir}: exists and is not an earlier export ({error}); refusing to replace it"
+            ) from None
+    foreign = [
+        name + ("/" if os.path.isdir(os.path.join(out_dir, name)) else "")
+        for name in entries
+        if name not in expected
+        or os.path.islink(os.path.join(out_dir, name))
+        or not os.path.isfile(os.path.join(out_dir, name))
+    ]
+    if CONFIG_FILE not in entries or foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        what = f"no {CONFIG_FILE}" if CONFIG_FILE not in entries else "not only an earlier export"
+        raise ExportError(
+            f"{out_dir}: exists and is {what} (foreign: {shown}); refusing to replace it:"
+            " move those away or choose another --out"
+        )
 
 
 def staging_folder(out_dir: str) -> str:
-    """A new hidden folder next to ``out_dir`` to write an export into before it is checked."""
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix="." + os.path.basename(os.path.abspath(out_dir)) + ".", dir=parent)
+    """A new hidden folder next to ``out_dir`` to write an export into before it is checked;
+    the staging folders that killed exports of ``out_dir`` left are removed first."""
+    remove_stale_staging(out_dir)
+    return staging_folder_beside(out_dir)
 
 
 def replace_folder(staging: str, out_dir: str) -> None:
-    """Move the finished ``staging`` folder to ``out_dir``, replacing an earlier export there."""
+    """Move the finished ``staging`` folder to ``out_dir``, replacing an earlier export there
+    (:func:`check_replaceable` again: the folder may have changed during the export)."""
     check_replaceable(out_dir)
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        previous = tempfile.mkdtemp(
-            prefix="." + os.path.basename(out_dir) + ".old.", dir=os.path.dirname(os.path.abspath(out_dir))
-        )
-        os.rmdir(previous)
-        os.replace(out_dir, previous)
-        os.replace(staging, out_dir)
-        shutil.rmtree(previous, ignore_errors=True)
-    else:
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)
-        os.replace(staging, out_dir)
+    replace_folder_with(staging, out_dir)

@@ -28,7 +28,7 @@ import errno
 import os
 import re
 import secrets
-from typing import BinaryIO, Callable, Iterator, List, Optional, Union
+from typing import BinaryIO, Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 Verify = Callable[[str], None]
@@ -104,18 +104,23 @@ def _fsync_folder(folder: str) -> None:
         _fsync_path(folder)
 
 
-def publish(temporary: str, path: PathLike, verify: Optional[Verify] = None) -> None:
+def publish(temporary: str, path: PathLike, verify: Optional[Verify] = None, replace: bool = True) -> None:
     """Flush ``temporary`` to disk, check it with ``verify(temporary)``, rename it to ``path``.
 
-    ``verify`` raises when the file is not what was meant to be written. On any failure the
-    temporary file is removed, ``path`` is untouched and the error propagates.
+    ``verify`` raises when the file is not what was meant to be written. ``replace=False``
+    never replaces an existing ``path`` (FileExistsError instead; the check and the rename
+    are one step, a hard link, where the file system has them). On any failure the temporary
+    file is removed, ``path`` is untouched and the error propagates.
     """
     try:
         _fsync_path(temporary)
         if verify is not None:
             verify(temporary)
         os.chmod(temporary, 0o666 & ~_UMASK)
-        os.replace(temporary, path)
+        if replace:
+            os.replace(temporary, path)
+        else:
+            _publish_new(temporary, os.fspath(path))
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(temporary)
@@ -123,10 +128,25 @@ def publish(temporary: str, path: PathLike, verify: Optional[Verify] = None) -> 
     _fsync_folder(os.path.dirname(os.path.abspath(os.fspath(path))))
 
 
+def _publish_new(temporary: str, path: str) -> None:
+    """Rename ``temporary`` to ``path`` only if ``path`` does not exist (FileExistsError)."""
+    try:
+        os.link(temporary, path)  # fails with EEXIST, atomically, when path exists
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "exists already; not replaced", path) from None
+    except OSError:  # no hard links on this file system: check, then rename
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "exists already; not replaced", path) from None
+        os.replace(temporary, path)
+        return
+    os.remove(temporary)
+
+
 @contextlib.contextmanager
-def atomic_output(path: PathLike, verify: Optional[Verify] = None) -> Iterator[str]:
+def atomic_output(path: PathLike, verify: Optional[Verify] = None, replace: bool = True) -> Iterator[str]:
     """Yield a temporary path beside ``path``; when the block ends normally the file written
-    there is flushed, verified (``verify(temporary)``, optional) and renamed to ``path``.
+    there is flushed, verified (``verify(temporary)``, optional) and renamed to ``path``
+    (``replace=False``: only if ``path`` does not exist, see :func:`publish`).
 
     On an exception the temporary file is removed and ``path`` is left as it was.
     """
@@ -137,13 +157,15 @@ def atomic_output(path: PathLike, verify: Optional[Verify] = None) -> Iterator[s
         with contextlib.suppress(OSError):
             os.remove(temporary)
         raise
-    publish(temporary, path, verify)
+    publish(temporary, path, verify, replace)
 
 
-def atomic_write(path: PathLike, write: Callable[[BinaryIO], None], verify: Optional[Verify] = None) -> str:
+def atomic_write(
+    path: PathLike, write: Callable[[BinaryIO], None], verify: Optional[Verify] = None, replace: bool = True
+) -> str:
     """Call ``write(handle)`` on a temporary file beside ``path``, then publish it (see
     :func:`atomic_output`); returns ``path``."""
-    with atomic_output(path, verify) as temporary:
+    with atomic_output(path, verify, replace) as temporary:
         with open(temporary, "wb") as handle:
             write(handle)
     return path
@@ -213,3 +235,172 @@ def check_writable(path: PathLike) -> None:
     folder, no permission), before any work whose result would be lost."""
     temporary = temporary_path_beside(path)  # creates a missing folder, as the writers do
     os.remove(temporary)
+
+
+# ------------------------------------------------------------------ outputs never replace inputs
+
+
+class InputOverwriteError(ValueError):
+    """An output of a command names one of its inputs (or a folder holding one); one line.
+
+    Raised before any work, so nothing is written; the commands report it as
+    ``error: <output>: ...`` with exit status 2.
+    """
+
+
+def same_file(first: PathLike, second: PathLike) -> bool:
+    """Whether two paths name one file: :func:`os.path.samefile` (symbolic and hard links
+    included) when both exist, else whether their resolved paths are equal (an output that
+    does not exist yet, reached through a dangling symlink or ``..``)."""
+    first, second = os.fspath(first), os.fspath(second)
+    with contextlib.suppress(OSError, ValueError):
+        if os.path.samefile(first, second):
+            return True
+    return os.path.realpath(first) == os.path.realpath(second)
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` lies under ``folder`` (resolved; ``folder`` itself excluded)."""
+    real_path, real_folder = os.path.realpath(path), os.path.realpath(folder)
+    return real_path != real_folder and real_path.startswith(real_folder.rstrip(os.sep) + os.sep)
+
+
+Labelled = Iterable[Tuple[str, Optional[PathLike]]]
+
+
+def _how(output: str, given: str) -> str:
+    """`` (through a symbolic link)`` / `` (a hard link of it)`` / ``""``: why two names are one file."""
+    if os.path.realpath(output) != os.path.realpath(given):
+        return " (a hard link of it)"
+    if os.path.abspath(output) != os.path.abspath(given):
+        return " (through a symbolic link)"
+    return ""
+
+
+def refuse_overwriting_inputs(outputs: Labelled, inputs: Labelled) -> None:
+    """The one guard every command that writes calls before any work: raise
+    :class:`InputOverwriteError` when an output file is the same file as an input (or as
+    another output).
+
+    ``outputs`` and ``inputs`` are ``(label, path)`` pairs, e.g. ``("--out", "x.tif")``;
+    a ``None`` path (an option not given) is skipped. The message is one line:
+    ``<output>: --out is the same file as --image <input>...; refusing to overwrite an input``.
+    """
+    given_inputs = [(label, os.fspath(path)) for label, path in inputs if path is not None]
+    given_outputs = [(label, os.fspath(path)) for label, path in outputs if path is not None]
+    for index, (label, output) in enumerate(given_outputs):
+        for input_label, given in given_inputs:
+            if same_file(output, given):
+                raise InputOverwriteError(
+                    f"{output}: {label} is the same file as {input_label} {given}{_how(output, given)};"
+                    f" refusing to overwrite an input: choose another {label}"
+                )
+        for other_label, other in given_outputs[index + 1 :]:
+            if same_file(output, other):
+                raise InputOverwriteError(f"{output}: {label} and {other_label} name the same file; choose two files")
+
+
+def refuse_folder_holding_inputs(folder: PathLike, label: str, inputs: Labelled) -> None:
+    """The guard for an output FOLDER whose content is replaced or deleted (an export's
+    ``--out DIR``, a split folder of ``isaid.prepare``): :class:`InputOverwriteError` when the
+    folder is an input itself or holds one (resolved paths: symlinks included)."""
+    folder = os.fspath(folder)
+    for input_label, path in inputs:
+        if path is None:
+            continue
+        given = os.fspath(path)
+        if same_file(folder, given) or _inside(given, folder):
+            raise InputOverwriteError(
+                f"{folder}: {label} holds {input_label} {given}, which writing there would"
+                f" replace or delete; choose another {label}"
+            )
+
+
+# ------------------------------------------------------------------ folders written whole (exports)
+
+# ".<target>.<pid>-<12 hex>.tmp": a folder being written; ".old": the earlier folder set aside
+# while the new one is renamed into place.
+_STAGING = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)-(?P<token>[0-9a-f]{12})\.(?P<kind>tmp|old)$")
+
+
+def _folder_beside(path: PathLike, kind: str) -> str:
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    return os.path.join(folder, f".{name}.{os.getpid()}-{secrets.token_hex(6)}.{kind}")
+
+
+def staging_folder_beside(path: PathLike) -> str:
+    """Create a new, empty, hidden folder beside ``path`` to write a whole folder into
+    (``.<name>.<pid>-<random>.tmp``: the process id lets :func:`remove_stale_staging` tell a
+    killed writer's folder from a live one's). The parent folder is created if needed."""
+    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
+    while True:
+        staging = _folder_beside(path, "tmp")
+        try:
+            os.mkdir(staging, 0o700)
+        except FileExistsError:  # 48 random bits: practically never
+            continue
+        return staging
+
+
+def _remove_tree(path: str) -> None:
+    import shutil  # only needed here
+
+    if os.path.islink(path) or not os.path.isdir(path):
+        os.remove(path)
+    else:
+        shutil.rmtree(path)
+
+
+def remove_stale_staging(path: PathLike) -> List[str]:
+    """Remove the staging folders that killed writers of the folder ``path`` left beside it;
+    returns what was removed.
+
+    Only folders named by :func:`staging_folder_beside` (or set aside by
+    :func:`replace_folder_with`) for this very ``path`` whose process no longer exists are
+    touched; a live writer's are kept. An earlier folder that a writer killed in the middle of
+    :func:`replace_folder_with` left aside while ``path`` is missing is renamed back to
+    ``path`` instead of deleted.
+    """
+    path = os.path.abspath(os.fspath(path))
+    parent, name = os.path.split(path)
+    removed: List[str] = []
+    try:
+        entries = sorted(os.scandir(parent), key=lambda entry: entry.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        match = _STAGING.match(entry.name)
+        if match is None or match.group("target") != name or _process_alive(int(match.group("pid"))):
+            continue
+        with contextlib.suppress(OSError):
+            if match.group("kind") == "old" and not os.path.lexists(path) and entry.is_dir(follow_symlinks=False):
+                os.replace(entry.path, path)  # the earlier folder comes back
+                continue
+            _remove_tree(entry.path)
+            removed.append(entry.path)
+    return removed
+
+
+def replace_folder_with(staging: str, path: PathLike) -> None:
+    """Move the finished folder ``staging`` to ``path``, replacing the folder there, if any.
+
+    Two renames (a folder cannot be replaced in one): the earlier folder is first set aside
+    as ``.<name>.<pid>-<random>.old``, then deleted; a process killed in between leaves it
+    there, and :func:`remove_stale_staging` of a later run puts it back. The caller decides
+    whether the earlier folder may be replaced.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path) and not os.path.islink(path):
+        aside = _folder_beside(path, "old")
+        os.replace(path, aside)
+        try:
+            os.replace(staging, path)
+        except BaseException:
+            os.replace(aside, path)
+            raise
+        _fsync_folder(os.path.dirname(os.path.abspath(path)))
+        with contextlib.suppress(OSError):
+            _remove_tree(aside)
+    else:
+        os.replace(staging, path)
+        _fsync_folder(os.path.dirname(os.path.abspath(path)))

@@ -135,7 +135,7 @@ def export(
     if size is not None and (size[0] % SIZE_MULTIPLE or size[1] % SIZE_MULTIPLE or min(size) <= 0):
         raise ExportError(f"--size {size[0]} {size[1]}: both must be positive multiples of {SIZE_MULTIPLE}")
     out_dir = os.path.normpath(out_dir)
-    check_replaceable(out_dir)
+    check_replaceable(out_dir, [("--weights", weights)])
     start = time.perf_counter()
     how = "given model"
     if model is None:
@@ -194,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         required=True,
         metavar="DIR",
-        help="output folder (created; an earlier export there is replaced"
-        " atomically, any other non-empty folder is refused)",
+        help="output folder (created). An existing one is replaced only if it is"
+        " empty or exactly an earlier export (model.yml and its program files, nothing"
+        " else); anything else is refused, naming what is foreign in it",
     )
     parser.add_argument(
         "--format",
