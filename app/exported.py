@@ -43,6 +43,8 @@ CONFIG_FILE = "model.yml"
 PADDLE_FORMAT = "paddle-inference-pir"  # model.json + model.pdiparams, Paddle >= 3.0
 ONNX_FORMAT = "onnx"
 FORMAT_FILES = {PADDLE_FORMAT: ("model.json", "model.pdiparams"), ONNX_FORMAT: ("model.onnx",)}
+# Every file an export folder may hold (what commands reading one must never write over).
+MODEL_DIR_FILES = (CONFIG_FILE,) + tuple(name for files in FORMAT_FILES.values() for name in files)
 INPUT_NAME = "x"
 SIZE_MULTIPLE = 32
 # Bounds on what is parsed before anything is believed: a PIR program of these models is
@@ -483,9 +485,9 @@ def check_replaceable(out_dir: str, inputs: Sequence[Tuple[str, Optional[str]]] 
     ]
     if CONFIG_FILE not in entries or foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        what = f"no {CONFIG_FILE}" if CONFIG_FILE not in entries else "not only an earlier export"
+        what = (f"no {CONFIG_FILE}; " if CONFIG_FILE not in entries else "") + f"foreign: {shown}"
         raise ExportError(
-            f"{out_dir}: exists and is {what} (foreign: {shown}); refusing to replace it:"
+            f"{out_dir}: exists and is not an earlier export ({what}); refusing to replace it:"
             " move those away or choose another --out"
         )
 

@@ -19,12 +19,19 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from convert import CheckpointError, detect_architecture
-from isaid.atomic import check_writable, describe_os_error, remove_stale_temporaries
+from isaid.atomic import (
+    InputOverwriteError,
+    check_writable,
+    describe_os_error,
+    refuse_overwriting_inputs,
+    remove_stale_temporaries,
+)
 from isaid.palette import CLASS_NAMES
 from isaid.resources import MemoryBudgetError, check_memory
 
 from .backend import Backend, Engine, ReadWindow
 from .cli import OneLineArgumentParser, auto_device, positive_int
+from .exported import MODEL_DIR_FILES
 from .preview import DEFAULT_PREVIEW_SIDE, ColourPreview
 from .raster import (
     NODATA_CLASS,
@@ -184,11 +191,20 @@ def check_predict_args(args: argparse.Namespace) -> List[str]:
         )
     if args.color is not None and not args.color.lower().endswith(".png"):
         problems.append(f"--color {args.color}: must end in .png")
-    if args.color is not None and os.path.abspath(args.color) == os.path.abspath(args.out):
-        problems.append("--color and --out name the same file")
-    if os.path.abspath(args.out) == os.path.abspath(args.image):
-        problems.append("--out would overwrite --image")
+    try:
+        refuse_overwriting_inputs([("--out", args.out), ("--color", args.color)], predict_inputs(args))
+    except InputOverwriteError as error:
+        problems.append(str(error))
     return problems
+
+
+def predict_inputs(args: argparse.Namespace) -> List[Tuple[str, Optional[str]]]:
+    """The files a predict run reads, as ``(option, path)``: no output may be one of them."""
+    inputs: List[Tuple[str, Optional[str]]] = [("--image", args.image), ("--weights", args.weights)]
+    model_dir = getattr(args, "model_dir", None)
+    if model_dir is not None:
+        inputs += [("--model-dir", os.path.join(model_dir, name)) for name in MODEL_DIR_FILES]
+    return inputs
 
 
 @dataclass

@@ -244,8 +244,12 @@ class InputOverwriteError(ValueError):
     """An output of a command names one of its inputs (or a folder holding one); one line.
 
     Raised before any work, so nothing is written; the commands report it as
-    ``error: <output>: ...`` with exit status 2.
+    ``error: <output>: ...`` with exit status 2. ``path`` is the output, ``problem`` the rest.
     """
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = path, problem
 
 
 def same_file(first: PathLike, second: PathLike) -> bool:
@@ -292,12 +296,13 @@ def refuse_overwriting_inputs(outputs: Labelled, inputs: Labelled) -> None:
         for input_label, given in given_inputs:
             if same_file(output, given):
                 raise InputOverwriteError(
-                    f"{output}: {label} is the same file as {input_label} {given}{_how(output, given)};"
-                    f" refusing to overwrite an input: choose another {label}"
+                    output,
+                    f"{label} is the same file as {input_label} {given}{_how(output, given)};"
+                    f" refusing to overwrite the input: choose another {label}",
                 )
         for other_label, other in given_outputs[index + 1 :]:
             if same_file(output, other):
-                raise InputOverwriteError(f"{output}: {label} and {other_label} name the same file; choose two files")
+                raise InputOverwriteError(output, f"{label} and {other_label} name the same file; choose two files")
 
 
 def refuse_folder_holding_inputs(folder: PathLike, label: str, inputs: Labelled) -> None:
@@ -311,8 +316,9 @@ def refuse_folder_holding_inputs(folder: PathLike, label: str, inputs: Labelled)
         given = os.fspath(path)
         if same_file(folder, given) or _inside(given, folder):
             raise InputOverwriteError(
-                f"{folder}: {label} holds {input_label} {given}, which writing there would"
-                f" replace or delete; choose another {label}"
+                folder,
+                f"{label} holds {input_label} {given}, which writing there would replace or"
+                f" delete; refusing to overwrite the input: choose another {label}",
             )
 
 

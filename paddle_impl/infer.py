@@ -51,11 +51,11 @@ import numpy as np
 import paddle.inference as paddle_infer
 
 from app.cli import OneLineArgumentParser
-from app.exported import ONNX_FORMAT, ExportedModel, OnnxModel, check_input
+from app.exported import MODEL_DIR_FILES, ONNX_FORMAT, ExportedModel, OnnxModel, check_input
 from app.exported import default_threads as default_threads
 from app.preview import ColourPreview
 from app.raster import RasterError, open_raster
-from isaid.atomic import describe_os_error
+from isaid.atomic import InputOverwriteError, describe_os_error, refuse_overwriting_inputs
 from isaid.imageio import write_png_atomic
 from isaid.palette import CLASS_NAMES, NUM_CLASSES
 
@@ -265,6 +265,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if path is not None and not path.lower().endswith(".png"):
             print(f"{PROG}: error: {option} {path}: must end in .png", file=sys.stderr)
             return 2
+    try:  # no output may be an input (symbolic and hard links included)
+        refuse_overwriting_inputs(
+            [("--out", args.out), ("--color", args.color)],
+            [("--image", args.image)] + [("--model-dir", os.path.join(args.model_dir, n)) for n in MODEL_DIR_FILES],
+        )
+    except InputOverwriteError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
     try:
         model = create_predictor(args.model_dir, args.device, args.backend, args.threads)
         with open_raster(args.image) as reader:
