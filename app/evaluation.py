@@ -35,7 +35,13 @@ import numpy as np
 from tqdm import tqdm
 
 from convert import CheckpointError
-from isaid.atomic import check_writable, describe_os_error, remove_stale_temporaries
+from isaid.atomic import (
+    InputOverwriteError,
+    check_writable,
+    describe_os_error,
+    refuse_overwriting_inputs,
+    remove_stale_temporaries,
+)
 from isaid.imageio import ImageReadError, read_mask_details, read_rgb, read_size, write_bytes_atomic
 from isaid.metrics import format_iou_table, miou
 from isaid.palette import CLASS_NAMES, IGNORE_INDEX, MEAN, NUM_CLASSES, STD
@@ -44,7 +50,7 @@ from weights import MODEL_NAMES, OFFICIAL_MIOU, SEED_REPRODUCTION_MIOU
 
 from .backend import Backend, Engine
 from .cli import OneLineArgumentParser, auto_device, non_negative_float, positive_int
-from .exported import read_deploy_config
+from .exported import MODEL_DIR_FILES, read_deploy_config
 from .predict import AMP_HELP, BACKEND_HELP, MODEL_DIR_HELP
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -595,6 +601,18 @@ def split_seconds(start: float, loaded: float, done: float) -> Dict[str, float]:
 # ------------------------------------------------------------------------------ main
 
 
+def evaluate_inputs(args: argparse.Namespace) -> List[Tuple[str, Optional[str]]]:
+    """The files an evaluate run reads, as ``(option, path)``: the weights or the export's
+    files, and every file of the --images and --masks folders (beyond --limit too)."""
+    inputs: List[Tuple[str, Optional[str]]] = [("--weights", args.weights)]
+    model_dir = getattr(args, "model_dir", None)
+    if model_dir is not None:
+        inputs += [("--model-dir", os.path.join(model_dir, name)) for name in MODEL_DIR_FILES]
+    for option, folder in (("--images", args.images), ("--masks", args.masks)):
+        inputs += [(option, os.path.join(folder, name)) for name in sorted(os.listdir(folder))]
+    return inputs
+
+
 def run_evaluator(argv: Optional[Sequence[str]], prog: str, backend: Backend) -> int:
     """The evaluate command line over one framework's ``backend``; returns the exit status.
 
@@ -618,6 +636,10 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
             except OSError as error:
                 raise InputError([f"--json {args.json}: cannot write there ({describe_os_error(error)})"]) from None
         scenes = find_scenes(args.images, args.masks, args.limit)
+        try:  # the report may not replace any input (symbolic and hard links included)
+            refuse_overwriting_inputs([("--json", args.json)], evaluate_inputs(args))
+        except InputOverwriteError as error:
+            raise InputError([str(error)]) from None
     except InputError as error:
         print_errors(error.lines)
         return 2
