@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="output file (default: next to IN with the extension swapped, "
         "farseg50.pth -> farseg50.pdparams and back; ImageNet input -> "
         "IN-stem_<target>_encoder.<ext>; same-format -> IN-stem.converted.<ext>). "
-        "Never the input itself; an existing OUT is replaced atomically",
+        "Never the input itself (symbolic and hard links included). A default name never "
+        "replaces an existing file (refused, naming the -o to give); an existing OUT given "
+        "with -o is replaced atomically and the summary says 'replaced'",
     )
     parser.add_argument(
         "--model",

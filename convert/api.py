@@ -11,6 +11,7 @@ from typing import List, Optional, Union
 
 import numpy as np
 
+from isaid.atomic import InputOverwriteError, refuse_overwriting_inputs
 from weights import ENCODER_PREFIX, MODEL_NAMES, check_model_name
 
 from .errors import CheckpointError
@@ -55,6 +56,7 @@ class ConversionResult:
     seconds: float = 0.0
     import_seconds: float = 0.0  # part of ``seconds`` spent importing torch
     nonfinite: List[str] = field(default_factory=list)  # keys with NaN/Inf converted anyway
+    replaced: bool = False  # -o named an existing file, now replaced (atomically)
 
     def warning(self) -> Optional[str]:
         """The warning line for non-finite values converted with ``allow_nonfinite`` (or None)."""
@@ -74,7 +76,7 @@ class ConversionResult:
             timing += f" (of which {self.import_seconds:.1f}s importing torch)"
         return (
             f"converted {self.in_path} ({label}, {self.input_description}, {self.n_in} tensors) "
-            f"-> {self.out_path} ({self.n_out} tensors{out_notes}) {timing}"
+            f"-> {self.out_path}{' (replaced)' if self.replaced else ''} ({self.n_out} tensors{out_notes}) {timing}"
         )
 
 
@@ -96,15 +98,6 @@ def default_output_path(in_path: PathLike, to: str, model: str, target: str = "f
     if name == in_path.name:
         name = f"{stem}.converted{ext}"
     return in_path.with_name(name)
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # b does not exist yet
-        return False
 
 
 def run_conversion(
@@ -189,12 +182,12 @@ def run_conversion(
         assert isinstance(arr, np.ndarray), key
 
     out = Path(out_path) if out_path is not None else default_output_path(in_path, to, name, target or "farseg")
-    if out.is_dir():
-        raise CheckpointError("output path is a directory", path=out)
-    if _same_file(in_path, out):
-        raise CheckpointError("refusing to overwrite the input file; choose another -o", path=out)
+    replaced = _check_output(in_path, out, chosen=out_path is not None)
     try:
-        (save_paddle if to == "paddle" else save_torch)(out_state, out)
+        # A default name never replaces a file, even one created since the check above.
+        (save_paddle if to == "paddle" else save_torch)(out_state, out, replace=out_path is not None)
+    except FileExistsError:
+        raise CheckpointError(_default_exists(out), path=in_path) from None
     except OSError as exc:
         raise CheckpointError(f"cannot write: {exc.strerror or exc}", path=out) from None
     return ConversionResult(
@@ -210,7 +203,31 @@ def run_conversion(
         seconds=time.perf_counter() - start,
         import_seconds=torch_import_seconds() - imports_before,
         nonfinite=list(loaded.nonfinite),
+        replaced=replaced,
     )
+
+
+def _default_exists(out: Path) -> str:
+    return (
+        f"the default output {out} exists already and is not replaced: give -o {out} to replace"
+        f" it, or -o with another name"
+    )
+
+
+def _check_output(in_path: Path, out: Path, chosen: bool) -> bool:
+    """Refuse an output that is the input (the project's one guard, :mod:`isaid.atomic`), a
+    folder, or an existing file under a default name (``chosen``: given with ``-o``, which may
+    replace). Returns whether an existing file will be replaced."""
+    try:
+        refuse_overwriting_inputs([("-o", out)], [("IN", in_path)])
+    except InputOverwriteError as error:
+        raise CheckpointError(error.problem, path=out) from None
+    if out.is_dir():
+        raise CheckpointError("output path is a directory", path=out)
+    exists = os.path.lexists(out)
+    if exists and not chosen:
+        raise CheckpointError(_default_exists(out), path=in_path)
+    return exists
 
 
 def convert_file(

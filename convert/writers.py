@@ -27,16 +27,17 @@ PathLike = Union[str, "os.PathLike[str]"]
 PADDLE_PICKLE_PROTOCOL = 4
 
 
-def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], None], replace: bool = True) -> Path:
     """Call ``write(f)`` on a temporary file next to ``path``, then move it into place
-    (the project's one atomic writer, :func:`isaid.atomic.atomic_write`)."""
+    (the project's one atomic writer, :func:`isaid.atomic.atomic_write`); ``replace=False``:
+    FileExistsError rather than replacing an existing ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, write)
+    _atomic_write(path, write, replace=replace)
     return path
 
 
-def save_paddle(state: Mapping[str, Any], path: PathLike) -> Path:
+def save_paddle(state: Mapping[str, Any], path: PathLike, replace: bool = True) -> Path:
     """Write ``state`` (numpy arrays, or torch/Paddle tensors) as a ``.pdparams`` file.
 
     For a dict of numpy arrays ``paddle.save`` does nothing but ``pickle.dump(obj, f,
@@ -49,7 +50,7 @@ def save_paddle(state: Mapping[str, Any], path: PathLike) -> Path:
         if not isinstance(key, str):
             raise TypeError(f"state-dict keys must be str, got {key!r}")
         arrays[key] = contiguous(as_numpy(value))
-    return atomic_write(path, lambda f: pickle.dump(arrays, f, protocol=PADDLE_PICKLE_PROTOCOL))
+    return atomic_write(path, lambda f: pickle.dump(arrays, f, protocol=PADDLE_PICKLE_PROTOCOL), replace)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,7 +213,7 @@ def write_torch_zip(f: BinaryIO, state: Mapping[str, Any]) -> None:
         record(f"{prefix}version", b"3\n", 2)
 
 
-def save_torch(state: Mapping[str, Any], path: PathLike) -> Path:
+def save_torch(state: Mapping[str, Any], path: PathLike, replace: bool = True) -> Path:
     """Write ``state`` (numpy arrays or torch tensors) as ``torch.save`` would, without torch.
 
     A bare state dict (an OrderedDict of tensors in ``state``'s order, no wrapper, no
@@ -223,6 +224,7 @@ def save_torch(state: Mapping[str, Any], path: PathLike) -> Path:
     ``torch.load(weights_only=True)`` (``mmap=True`` too) and ``load_state_dict(strict=True)``;
     ``.format_version`` is left out on purpose: with it torch may compute record offsets
     assuming miniz's data descriptors instead of reading them from the zip headers.
-    dtypes: ``TORCH_STORAGE_CLASS``; others raise TypeError naming the key.
+    dtypes: ``TORCH_STORAGE_CLASS``; others raise TypeError naming the key. ``replace``: see
+    :func:`atomic_write`.
     """
-    return atomic_write(path, lambda f: write_torch_zip(f, state))
+    return atomic_write(path, lambda f: write_torch_zip(f, state), replace)
