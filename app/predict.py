@@ -221,10 +221,11 @@ class PredictionResult:
     georeferenced_output: bool
     class_fractions: np.ndarray
     nodata_pixels: int = 0
+    georeference: str = "CRS and transform"  # what was kept (RasterReader.georeference)
 
     def summary(self) -> str:
         megapixels = self.height * self.width / 1e6
-        geo = "CRS and transform kept" if self.georeferenced_output else "no georeferencing"
+        geo = f"{self.georeference} kept" if self.georeferenced_output else "no georeferencing"
         top = np.argsort(-self.class_fractions)[:4]
         classes = ", ".join(
             f"{CLASS_NAMES[c]} {100 * self.class_fractions[c]:.1f}%" for c in top if self.class_fractions[c] > 0
@@ -258,7 +259,14 @@ def predict_to_files(
     """
     start = time.perf_counter()
     writer = create_class_map_writer(
-        out_path, reader.height, reader.width, reader.crs, reader.transform, NODATA_CLASS if reader.has_nodata else None
+        out_path,
+        reader.height,
+        reader.width,
+        reader.crs,
+        reader.transform,
+        NODATA_CLASS if reader.has_nodata else None,
+        reader.gcps,
+        reader.rpcs,
     )
     preview = ColourPreview(reader.height, reader.width, colour_max_side)
     with writer:
@@ -283,7 +291,7 @@ def predict_to_files(
                 f"{colour_path}: cannot write the colour rendering ({describe_os_error(error)});"
                 " the earlier file, if any, is untouched"
             ) from None
-    georeferenced = isinstance(writer, GeoTiffClassMapWriter) and reader.crs is not None
+    georeferenced = isinstance(writer, GeoTiffClassMapWriter) and reader.georeferenced
     return PredictionResult(
         reader.path,
         out_path,
@@ -295,6 +303,7 @@ def predict_to_files(
         georeferenced,
         preview.fractions(),
         preview.nodata_pixels,
+        reader.georeference(),
     )
 
 
@@ -412,8 +421,8 @@ def run_predictor(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
             return 2
         if reader.georeferenced and not args.out.lower().endswith((".tif", ".tiff")):
             print(
-                f"note: {args.image} is georeferenced but {args.out} is a PNG, which cannot keep"
-                " the CRS and transform; use a .tif output to keep them",
+                f"note: {args.image} is georeferenced ({reader.georeference()}) but {args.out} is a"
+                " PNG, which cannot keep that; use a .tif output to keep it",
                 file=sys.stderr,
             )
         print(

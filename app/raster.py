@@ -13,8 +13,9 @@ and by what:
   image is decoded whole (3 bytes a pixel: 507 MB for 13,000 x 13,000). Convert a scene that
   does not fit in memory to a tiled GeoTIFF first.
 - GeoTIFF output (``.tif`` / ``.tiff``): written by row bands with rasterio (1 band, uint8,
-  deflate, 256 x 256 tiles, BigTIFF when needed), with the input's CRS and affine transform,
-  the iSAID colour table and the class names in the metadata.
+  deflate, 256 x 256 tiles, BigTIFF when needed), with the input's CRS and affine transform
+  (or, for a scene georeferenced by ground-control points or RPCs, those points and their
+  CRS: same pixel grid), the iSAID colour table and the class names in the metadata.
 - PNG output (``.png``): written by row bands too, by the small streaming PNG encoder below
   (PIL can only write a whole image): a palette PNG whose pixel values are the class
   indices and whose palette is the iSAID one. PNG carries no CRS or transform.
@@ -124,6 +125,10 @@ class RasterReader:
     kind: str = ""
     bounded: bool = False
     has_nodata: bool = False  # the file marks pixels as nodata (a nodata value or a mask)
+    # Georeferencing without an affine transform: ground-control points ``(points, crs)``
+    # and rational polynomial coefficients (rasterio objects), or None.
+    gcps = None
+    rpcs = None
 
     def nodata_rows(self, y0: int, y1: int) -> Optional[np.ndarray]:
         """bool [y1 - y0, width]: True where the input marks the pixel as nodata (None: none)."""
@@ -135,13 +140,29 @@ class RasterReader:
 
     @property
     def georeferenced(self) -> bool:
-        return self.crs is not None
+        return self.crs is not None or self.gcps is not None or self.rpcs is not None
+
+    def georeference(self) -> str:
+        """What places the scene on the ground: ``CRS and transform``, ``12 GCPs (EPSG:4326)``,
+        ``RPCs``, joined by ``, ``; ``""`` when nothing does."""
+        parts = []
+        if self.crs is not None:
+            parts.append("CRS and transform" if self.transform is not None else "CRS")
+        if self.gcps is not None:
+            points, gcp_crs = self.gcps
+            crs = gcp_crs.to_string() if hasattr(gcp_crs, "to_string") else gcp_crs
+            parts.append(f"{len(points)} GCPs" + (f" ({crs})" if crs else " (no CRS)"))
+        if self.rpcs is not None:
+            parts.append("RPCs")
+        return ", ".join(parts)
 
     def describe(self) -> str:
         """E.g. ``GeoTIFF 8000x6000, EPSG:32633, read by windows``."""
         parts = [f"{self.kind} {self.width}x{self.height}"]
         if self.crs is not None:
             parts.append(str(self.crs.to_string() if hasattr(self.crs, "to_string") else self.crs))
+        if self.gcps is not None or self.rpcs is not None:
+            parts.append(self.georeference().replace("CRS and transform, ", ""))
         parts.append("read by windows" if self.bounded else "decoded whole")
         return ", ".join(parts)
 
@@ -226,7 +247,10 @@ class _WindowedTiffReader(RasterReader):
         self.height, self.width = dataset.height, dataset.width
         self.crs = dataset.crs
         self.transform = dataset.transform if not dataset.transform.is_identity else None
-        self.kind = "GeoTIFF" if (self.crs is not None or self.transform is not None) else "TIFF"
+        points, gcp_crs = dataset.gcps
+        self.gcps = (list(points), gcp_crs) if points else None
+        self.rpcs = dataset.rpcs or None
+        self.kind = "GeoTIFF" if (self.transform is not None or self.georeferenced) else "TIFF"
         self.bounded = True
         self._strip: Optional[np.ndarray] = None
         self._strip_rows = (0, 0)
@@ -452,9 +476,18 @@ class GeoTiffClassMapWriter(ClassMapWriter):
     kind = "GeoTIFF"
 
     def __init__(
-        self, path: str, height: int, width: int, crs=None, transform=None, nodata: Optional[int] = None
+        self,
+        path: str,
+        height: int,
+        width: int,
+        crs=None,
+        transform=None,
+        nodata: Optional[int] = None,
+        gcps=None,
+        rpcs=None,
     ) -> None:
         rasterio = _import_rasterio(path, "writing a GeoTIFF")
+        self._gcps, self._rpcs = gcps, rpcs
         super().__init__(path, height, width)
         self._rasterio = rasterio
         profile = dict(
@@ -486,6 +519,12 @@ class GeoTiffClassMapWriter(ClassMapWriter):
             self._dataset.write_colormap(1, {i: tuple(int(c) for c in PALETTE[i]) + (255,) for i in range(NUM_CLASSES)})
             self._dataset.update_tags(1, **{f"CLASS_{i}": name for i, name in enumerate(CLASS_NAMES)})
             self._dataset.set_band_description(1, "class index (iSAID)")
+            # A scene placed by ground-control points (or RPCs) has no affine transform: its
+            # class map keeps the same points, in the same pixel grid, and their CRS.
+            if gcps is not None:
+                self._dataset.gcps = gcps
+            if rpcs is not None:
+                self._dataset.rpcs = rpcs
         except rasterio.errors.RasterioError as error:
             with contextlib.suppress(Exception):
                 self._dataset.close()
@@ -511,6 +550,11 @@ class GeoTiffClassMapWriter(ClassMapWriter):
                         raise RasterError(
                             f"{self.path}: the GeoTIFF written has {dataset.count} band(s) of"
                             f" {dataset.dtypes[0]}, not 1 of uint8"
+                        )
+                    if self._gcps is not None and len(dataset.gcps[0]) != len(self._gcps[0]):
+                        raise RasterError(
+                            f"{self.path}: the GeoTIFF written holds {len(dataset.gcps[0])} ground-control"
+                            f" points, not the input's {len(self._gcps[0])}"
                         )
                     for top in range(0, dataset.height, GEOTIFF_BLOCK * 4):
                         rows = min(GEOTIFF_BLOCK * 4, dataset.height - top)
@@ -627,18 +671,26 @@ class PngClassMapWriter(ClassMapWriter):
 
 
 def create_class_map_writer(
-    path: str, height: int, width: int, crs=None, transform=None, nodata: Optional[int] = None
+    path: str,
+    height: int,
+    width: int,
+    crs=None,
+    transform=None,
+    nodata: Optional[int] = None,
+    gcps=None,
+    rpcs=None,
 ) -> ClassMapWriter:
     """A :class:`ClassMapWriter` chosen by the extension of ``path``.
 
-    ``.tif`` / ``.tiff``: :class:`GeoTiffClassMapWriter` (keeps ``crs`` and ``transform``);
+    ``.tif`` / ``.tiff``: :class:`GeoTiffClassMapWriter` (keeps ``crs`` and ``transform``, or
+    the ground-control points ``gcps`` with their CRS, and ``rpcs``);
     ``.png``: :class:`PngClassMapWriter` (no georeferencing). Anything else (JPEG is lossy
     and would change class indices) raises :class:`RasterError`.
     """
     path = os.fspath(path)
     extension = os.path.splitext(path)[1].lower()
     if extension in GEOTIFF_EXTENSIONS:
-        return GeoTiffClassMapWriter(path, height, width, crs, transform, nodata)
+        return GeoTiffClassMapWriter(path, height, width, crs, transform, nodata, gcps, rpcs)
     if extension in PNG_EXTENSIONS:
         return PngClassMapWriter(path, height, width)
     raise RasterError(
