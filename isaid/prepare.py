@@ -49,7 +49,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .atomic import describe_os_error, remove_stale_temporaries
+from .atomic import (
+    InputOverwriteError,
+    describe_os_error,
+    refuse_folder_holding_inputs,
+    refuse_overwriting_inputs,
+    remove_stale_temporaries,
+)
 from .imageio import (
     ImageReadError,
     atomic_output,
@@ -86,6 +92,8 @@ Scenes already complete with the same --window/--stride/--no-patches are skipped
 Problems: one line each on stderr ("error: <file>: ..." skips the scene, "warning: ...");
 exit status 2 if any scene failed or the input is unusable, else 0.
 """
+# The folders of OUT/{split} that prepare writes into and cleans (see OUTPUT_LAYOUT_HELP).
+OUTPUT_FOLDERS = ("images", "labels", "done", "patches")
 # Unknown colours listed per scene in index.json (the count is always complete).
 _UNKNOWN_COLOURS_LISTED = 20
 
@@ -514,6 +522,15 @@ def _emit(message: str, progress_bar: object = None) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def refuse_outputs_over_inputs(out_split: str, scenes: Sequence[SceneSource]) -> None:
+    """InputOverwriteError (one line) when a folder this split writes into (and cleans) holds
+    an input file, e.g. OUT given as SRC: the source PNGs would be replaced or deleted."""
+    inputs = [("SRC", ref.path) for scene in scenes for ref in (scene.image, scene.mask) if ref is not None]
+    for folder in OUTPUT_FOLDERS:
+        refuse_folder_holding_inputs(os.path.join(out_split, folder), "OUT", inputs)
+    refuse_overwriting_inputs([("OUT", os.path.join(out_split, "index.json"))], inputs)
+
+
 def _run_split(split: str, args: argparse.Namespace, settings: Settings, totals: Dict[str, int]) -> None:
     from tqdm import tqdm
 
@@ -532,6 +549,7 @@ def _run_split(split: str, args: argparse.Namespace, settings: Settings, totals:
         totals["bad_input"] += 1
         return
     out_split = os.path.join(args.out, split)
+    refuse_outputs_over_inputs(out_split, scenes)
     os.makedirs(out_split, exist_ok=True)
     remove_stray_temporaries(out_split)
     todo = [s for s in scenes if not scene_is_complete(out_split, s.name, settings)]
@@ -593,6 +611,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for split in args.splits:
         try:
             _run_split(split, args, settings, totals)
+        except InputOverwriteError as error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            return 2
         except OSError as error:  # e.g. index.json on a full disk: one line, the earlier file kept
             where = getattr(error, "filename", None) or os.path.join(args.out, split)
             print(f"error: {where}: cannot write ({describe_os_error(error)})", file=sys.stderr, flush=True)
