@@ -76,7 +76,7 @@ class ConversionResult:
             timing += f" (of which {self.import_seconds:.1f}s importing torch)"
         return (
             f"converted {self.in_path} ({label}, {self.input_description}, {self.n_in} tensors) "
-            f"-> {self.out_path}{' (replaced)' if self.replaced else ''} ({self.n_out} tensors{out_notes}) {timing}"
+            f"-> {self.out_path} ({'replaced; ' if self.replaced else ''}{self.n_out} tensors{out_notes}) {timing}"
         )
 
 

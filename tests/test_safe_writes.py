@@ -440,7 +440,7 @@ def test_convert_round_trip_keeps_the_original_wrapper(official_wrapper: Path, t
     assert snapshot(tmp_path) == before and original.read_bytes() == kept
     # -o may replace, atomically, and says so
     status, out, err = _convert([str(tmp_path / "w.pdparams"), "-o", str(original)], capsys)
-    assert status == 0 and "(replaced)" in out and original.read_bytes() != kept
+    assert status == 0 and f"{original} (replaced; " in out and original.read_bytes() != kept
 
 
 def test_a_default_name_never_replaces_even_without_the_early_check(
