@@ -277,6 +277,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model = create_predictor(args.model_dir, args.device, args.backend, args.threads)
         with open_raster(args.image) as reader:
             image = reader.read_window(0, 0, reader.height, reader.width)
+            georeference = reader.georeference()
         start = time.perf_counter()
         classes = model.predict_image(image)
         seconds = time.perf_counter() - start
@@ -285,6 +286,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     for backend, reason in model.fallbacks:
         print(f"note: backend {backend} failed ({reason}); used {model.backend} instead", file=sys.stderr)
+    if georeference and args.out:  # a PNG holds no georeferencing: say so rather than drop it silently
+        print(
+            f"note: {args.image} is georeferenced ({georeference}) but {args.out} is a PNG, which"
+            f" cannot keep that; python -m paddle_impl.predict --model-dir {args.model_dir} --out OUT.tif keeps it",
+            file=sys.stderr,
+        )
     try:
         if args.out:
             write_png_atomic(args.out, classes, index_palette=True)

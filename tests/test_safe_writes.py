@@ -137,11 +137,16 @@ def _predict_case(kind: str) -> Callable[[Path], Tuple[str, List[str]]]:
     return build
 
 
-def _infer_case(tmp: Path) -> Tuple[str, List[str]]:
-    png = tmp / "scene.png"
-    _png(png)
-    (tmp / "view.png").symlink_to(png)
-    return "", ["--model-dir", str(tmp / "deploy"), "--image", str(png), "--color", str(tmp / "view.png")]
+def _infer_case(kind: str) -> Callable[[Path], Tuple[str, List[str]]]:
+    def build(tmp: Path) -> Tuple[str, List[str]]:
+        png = tmp / "scene.png"
+        _png(png)
+        if kind == "out-is-image":
+            return "", ["--model-dir", str(tmp / "deploy"), "--image", str(png), "--out", str(png)]
+        (tmp / "view.png").symlink_to(png)
+        return "", ["--model-dir", str(tmp / "deploy"), "--image", str(png), "--color", str(tmp / "view.png")]
+
+    return build
 
 
 def _evaluate_case(target: str) -> Callable[[Path], Tuple[str, List[str]]]:
@@ -156,6 +161,10 @@ def _evaluate_case(target: str) -> Callable[[Path], Tuple[str, List[str]]]:
         if target == "weights-hard-link":
             os.link(weights, json_path)
         common = ["--model", "farseg", "--weights", str(weights), "--device", "cpu", "--no-progress"]
+        if target == "model-yml":
+            _fake_export(tmp / "deploy", ONNX_FORMAT)
+            common = ["--model", "farseg", "--model-dir", str(tmp / "deploy"), "--device", "cpu", "--no-progress"]
+            json_path = tmp / "deploy" / CONFIG_FILE
         # --limit 1: the mask of a scene left out is still an input folder's file
         return "", common + ["--images", str(tmp / "images"), "--masks", str(tmp / "masks"), "--limit", "1"] + [
             "--json",
@@ -208,11 +217,13 @@ CASES = {
             "out-through-linked-folder",
         )
     },
-    "paddle_impl.infer:color-symlink-to-image": ("paddle_impl.infer", _infer_case),
+    **{
+        f"paddle_impl.infer:{kind}": ("paddle_impl.infer", _infer_case(kind)) for kind in ("out-is-image", "color-link")
+    },
     **{
         f"{framework}.evaluate:{target}": (f"{framework}.evaluate", _evaluate_case(target))
         for framework in ("torch_ref", "paddle_impl")
-        for target in ("mask", "weights-hard-link")
+        for target in ("mask", "weights-hard-link", "model-yml")
     },
     **{
         f"{framework}.export:{kind}": (f"{framework}.export", _export_case(kind))
@@ -531,3 +542,59 @@ def test_gcps_lost_on_the_way_are_caught_by_the_read_back(tmp_path: Path) -> Non
         with pytest.raises(raster.RasterError, match="ground-control points"):
             writer.commit()
     assert sorted(os.listdir(tmp_path)) == ["gcp.tif"]
+
+
+class _StubExport:
+    """Stands in for an opened export in paddle_impl.infer: every pixel class 3."""
+
+    fallbacks: list = []
+    config = {"model": "farseg"}
+    device, backend = "cpu", "stub"
+
+    def predict_image(self, image: np.ndarray) -> np.ndarray:
+        return np.full(image.shape[:2], 3, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("georeferenced", [True, False])
+def test_infer_says_in_one_line_that_its_png_drops_the_gcps(
+    tmp_path: Path, georeferenced: bool, capsys, monkeypatch
+) -> None:
+    import paddle_impl.infer as infer
+
+    scene = tmp_path / "scene.tif"
+    if georeferenced:
+        _gcp_scene(scene)
+    else:
+        _png(scene.with_suffix(".png"))
+        scene = scene.with_suffix(".png")
+    monkeypatch.setattr(infer, "create_predictor", lambda *args, **kwargs: _StubExport())
+    argv = ["--model-dir", str(tmp_path / "deploy"), "--image", str(scene), "--out", str(tmp_path / "classes.png")]
+    assert infer.main(argv) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    if georeferenced:
+        assert len(notes) == 1 and "4 GCPs (EPSG:4326)" in notes[0] and "cannot keep" in notes[0]
+    else:
+        assert notes == []
+
+
+@pytest.mark.parametrize("extension", [".tif", ".png"])
+def test_predict_keeps_the_gcps_or_says_they_are_dropped(
+    tmp_path: Path, torch_weights: Path, extension: str, capsys
+) -> None:
+    import rasterio
+
+    from torch_ref.predict import main
+
+    scene = tmp_path / "gcp.tif"
+    _gcp_scene(scene, 64, 64)
+    out = tmp_path / f"classes{extension}"
+    argv = ["--weights", str(torch_weights), "--image", str(scene), "--out", str(out)]
+    assert main(argv + ["--window", "64", "--stride", "64", "--device", "cpu", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    notes = [line for line in captured.err.splitlines() if line.startswith("note:")]
+    if extension == ".tif":
+        assert notes == [] and "4 GCPs (EPSG:4326) kept" in captured.out
+        with rasterio.open(out) as dataset:
+            assert len(dataset.gcps[0]) == 4 and dataset.gcps[1].to_string() == "EPSG:4326"
+    else:
+        assert len(notes) == 1 and "4 GCPs (EPSG:4326)" in notes[0] and "no georeferencing" in captured.out
