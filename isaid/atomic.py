@@ -18,6 +18,16 @@ A process killed between 1 and 3 leaves its temporary file behind; the process i
 name tells :func:`remove_stale_temporaries` whether its writer is still alive, so the next
 run removes only the files of dead writers.
 
+Also here, so that every command uses the same rules (docs/safety.md, "What is never lost"):
+
+- :func:`refuse_overwriting_inputs` / :func:`refuse_folder_holding_inputs`: the one guard
+  every command that writes calls before any work, refusing an output that is one of its
+  inputs (symbolic and hard links included) or a folder that holds one;
+- ``replace=False`` (:func:`publish`): a default output name never replaces a file;
+- :func:`staging_folder_beside`, :func:`replace_folder_with`, :func:`remove_stale_staging`:
+  whole folders (exports) written beside their target under the writer's process id, swapped
+  in, and the folders of killed writers removed (or an earlier folder put back) by the next run.
+
 ``isaid`` is a leaf package, so ``convert`` and ``app`` both import the writer from here.
 """
 
