@@ -713,6 +713,12 @@ def test_batch_memory_on_a_gpu_uses_its_free_memory() -> None:
         check_batch_memory(FakeGpu(), config(128, 512), runtime)
     check_batch_memory(FakeGpu(), config(2, 64), runtime)
 
+    class SilentDriver:
+        def free_gpu_memory(self, runtime: Runtime) -> int:
+            raise RuntimeError("no memory query on this driver")
+
+    check_batch_memory(SilentDriver(), config(128, 512), runtime)  # unknown: not refused
+
 
 def test_workers_are_capped_at_the_cores(
     prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
@@ -739,3 +745,21 @@ def test_workers_are_capped_at_the_cores(
     assert seen == [2]
     assert "info: train.num_workers=8 capped at 2, the CPU cores this process may use\n" in captured.out
     assert captured.err == "error: stopped by the test\n"
+
+
+def test_hooks_run_after_every_checkpoint(prepared: Path, tmp_path: Path) -> None:
+    """The loop's evaluation hook point: ``hook(iteration, training)`` after each checkpoint
+    is on disk (here every iteration), with the live model."""
+    from app import train_loop
+    from torch_ref.train import PARTS
+
+    out = tmp_path / "run"
+    config = load_config(CONFIG, overrides(prepared, out, **{"train.checkpoint_every": 1}))
+    calls = []
+
+    def hook(iteration: int, training: train_loop.Training) -> None:
+        assert (out / "checkpoints" / f"ckpt_{iteration:07d}.pt").is_file()
+        calls.append((iteration, type(training.net).__name__))
+
+    train_loop.train(PARTS, config, None, None, progress=False, hooks=[hook])
+    assert calls == [(1, "FarSeg"), (2, "FarSeg")]
