@@ -50,7 +50,7 @@ from .training import (
 
 CHECKPOINT_FORMAT = "rsseg-train-checkpoint-v1"
 # Memory one FarSeg training step holds per input pixel in float32, a LOWER bound (a batch is
-# refused only when it surely cannot fit): the peak RSS of one CPU step grew by 2.2 to 4.1 kB
+# refused only when it surely cannot fit): the peak RSS of one CPU step grew by 2.3 to 3.4 kB
 # per pixel added to the batch, torch and Paddle, 256^2 x 2 to 512^2 x 2; about 3/4 of the
 # lowest slope (benchmarks/train_memory.py -> benchmarks/results/train_memory.json).
 ACTIVATION_BYTES_PER_PIXEL = 1600
