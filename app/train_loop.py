@@ -117,7 +117,7 @@ class TrainerParts(Protocol):
     def rng_state(self) -> Any:
         """The framework's generator states as plain values / numpy (pickled in checkpoints)."""
 
-    def set_rng_state(self, state: Any) -> None:
+    def set_rng_state(self, states: Any) -> None:
         """Restore :meth:`rng_state`."""
 
     def build_training(

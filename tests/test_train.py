@@ -763,3 +763,23 @@ def test_hooks_run_after_every_checkpoint(prepared: Path, tmp_path: Path) -> Non
 
     train_loop.train(PARTS, config, None, None, progress=False, hooks=[hook])
     assert calls == [(1, "FarSeg"), (2, "FarSeg")]
+
+
+def test_both_trainers_implement_the_whole_parts_protocol() -> None:
+    """Every member the shared loop calls exists in TorchTrainerParts and PaddleTrainerParts
+    (a missing one would fail mid-run, after minutes of training)."""
+    import inspect
+
+    from app.train_loop import TrainerParts
+    from paddle_impl.train import PARTS as PADDLE_PARTS
+    from torch_ref.train import PARTS as TORCH_PARTS
+
+    members = [n for n in vars(TrainerParts) if not n.startswith("_")] + list(TrainerParts.__annotations__)
+    assert len(members) > 20
+    for parts in (TORCH_PARTS, PADDLE_PARTS):
+        missing = [n for n in members if not hasattr(parts, n)]
+        assert missing == [], type(parts).__name__
+        for name in members:
+            if inspect.isfunction(getattr(TrainerParts, name, None)):
+                wanted = list(inspect.signature(getattr(TrainerParts, name)).parameters)
+                assert list(inspect.signature(getattr(type(parts), name)).parameters) == wanted, name
