@@ -1,7 +1,8 @@
 """Framework-free parts of the trainers ``python -m torch_ref.train`` and ``python -m
 paddle_impl.train``: the command line, where a run starts from (checkpoint or ImageNet file),
-the checkpoint folder, ``metrics.jsonl`` and one-line error messages. The model, optimiser,
-step, checkpoint contents and scalar writers are in each framework's ``train.py``.
+the checkpoint files and their checks, ``metrics.jsonl``, the mixed-precision policy
+(:func:`amp_policy`) and one-line error messages. The loop itself is ``app.train_loop``; the
+model, optimiser, step and state conversion are in each framework's ``train.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import os
 import re
 import stat
 import sys
-from typing import Any, BinaryIO, Callable, Dict, List, Optional, Pattern, Tuple
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Pattern, Sequence, Tuple
 
 import numpy as np
 
@@ -45,6 +47,37 @@ RESUME_MUST_MATCH = (
 
 class TrainError(RuntimeError):
     """A training run that cannot start or continue; the message is one line."""
+
+
+# ------------------------------------------------------------------------------ mixed precision
+
+
+@dataclass(frozen=True)
+class AmpDecision:
+    """What ``train.amp`` does on a device: the precision the run computes in, or why it is refused."""
+
+    effective: Optional[str]  # "none", "fp16" or "bf16"; None when refused
+    refusal: Optional[str]  # one line naming train.amp; None when the run goes ahead
+
+
+def amp_policy(device: str, amp: str, cpu_amp: Sequence[str], cpu_amp_missing: str = "") -> AmpDecision:
+    """The decision both trainers take for ``train.amp=amp`` on ``device`` ("cpu", "cuda:0",
+    "gpu:0"): GPUs run every mode; a CPU never runs fp16 (autocast there has no fast float16
+    kernels: a FarSeg step that takes a second in float32 takes minutes), and runs another
+    mode only when the framework really computes in it there (``cpu_amp``; otherwise
+    ``cpu_amp_missing`` says why). The environment report asks this same function."""
+    if amp == "none" or str(device).split(":")[0] != "cpu":
+        return AmpDecision(amp, None)
+    alternatives = " or ".join([*(mode for mode in cpu_amp if mode != "fp16"), "none"])
+    if amp == "fp16":
+        reason = (
+            "no float16 training on a CPU (float16 autocast there is emulated, orders of magnitude slower than float32)"
+        )
+    elif amp in cpu_amp:
+        return AmpDecision(amp, None)
+    else:
+        reason, alternatives = cpu_amp_missing or f"no {amp} mixed precision on a CPU", "none"
+    return AmpDecision(None, f"train.amp={amp}: {reason}; use train.amp={alternatives}")
 
 
 # ------------------------------------------------------------------------------ where a run starts

@@ -642,3 +642,144 @@ def test_paddle_amp_on_cpu(capsys: pytest.CaptureFixture, prepared: Path, tmp_pa
         "Paddle 3.3.1 CPU: paddle.amp.auto_cast is a no-op (conv output float32, measured"
         " above); the trainer refuses train.amp on CPU"
     )
+
+
+# ------------------------------------------------------------- checks before the first step
+
+
+@pytest.mark.parametrize("framework", ["torch", "paddle"])
+def test_fp16_on_a_cpu_is_refused_in_one_line(
+    framework: str, prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Issue 17 item 14: the shipped train.amp=fp16 on a CPU (float16 autocast is emulated
+    there, minutes per step) is refused before anything is built or written, in both trainers
+    by the one shared policy; torch's real CPU bf16 is still allowed."""
+    import importlib
+
+    from app.training import amp_policy
+
+    main = importlib.import_module(MODULES[framework]).main
+    out = tmp_path / "run"
+    assert main(["--config", CONFIG, "--no-progress", "--set", *overrides(prepared, out, **{"train.amp": "fp16"})]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: train.amp=fp16: no float16 training on a CPU"), err
+    assert not out.exists()
+    assert amp_policy("cpu", "fp16", ("bf16",)).refusal.endswith("use train.amp=bf16 or none")
+    assert amp_policy("cpu", "bf16", ("bf16",)).effective == "bf16"
+    assert amp_policy("cpu", "bf16", (), "no bf16 here").refusal == "train.amp=bf16: no bf16 here; use train.amp=none"
+    assert amp_policy("cuda:0", "fp16", ()).effective == "fp16" and amp_policy("gpu:1", "fp16", ()).refusal is None
+    assert amp_policy("cpu", "none", ()) == amp_policy("gpu:0", "none", ())
+
+
+@pytest.mark.parametrize("framework", ["torch", "paddle"])
+def test_a_batch_beyond_memory_is_refused_before_the_first_step(
+    framework: str, prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Issue 17 item 12: train.batch_size=5000 (or whatever surely exceeds this machine's
+    memory) is one line naming train.batch_size, exit 2, nothing written: no allocation
+    traceback minutes later."""
+    import importlib
+
+    from app.train_loop import ACTIVATION_BYTES_PER_PIXEL
+    from isaid.resources import available_memory
+
+    available = available_memory()[0] or 2**40
+    batch = max(5000, 2 * available // (WINDOW * WINDOW * ACTIVATION_BYTES_PER_PIXEL) + 2)
+    main = importlib.import_module(MODULES[framework]).main
+    out = tmp_path / "run"
+    sets = overrides(prepared, out, **{"train.batch_size": batch})
+    assert main(["--config", CONFIG, "--no-progress", "--set", *sets]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: train.batch_size={batch}: {batch} samples of 64x64"), err
+    assert "GB of memory, more than the" in err and "lower train.batch_size" in err
+    assert not out.exists()
+
+
+def test_batch_memory_on_a_gpu_uses_its_free_memory() -> None:
+    """The GPU branch of the check, with a stand-in framework: 1 GiB free refuses 64 samples
+    of 512^2 (at least 32 GiB of activations) and accepts 1 of 64^2."""
+    from app.train_loop import Runtime, check_batch_memory
+    from app.training import TrainError
+
+    class FakeGpu:
+        def free_gpu_memory(self, runtime: Runtime) -> int:
+            return 2**30
+
+    def config(batch: int, window: int) -> dict:
+        return {"train": {"batch_size": batch, "amp": "bf16"}, "data": {"window": window}}
+
+    runtime = Runtime("gpu:0", 0, 2, 0)
+    with pytest.raises(TrainError, match=r"^train.batch_size=128: 64 samples of 512x512 per process need about"):
+        check_batch_memory(FakeGpu(), config(128, 512), runtime)
+    check_batch_memory(FakeGpu(), config(2, 64), runtime)
+
+    class SilentDriver:
+        def free_gpu_memory(self, runtime: Runtime) -> int:
+            raise RuntimeError("no memory query on this driver")
+
+    check_batch_memory(SilentDriver(), config(128, 512), runtime)  # unknown: not refused
+
+
+def test_workers_are_capped_at_the_cores(
+    prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train.num_workers: 8 on a 2-core machine: the loader gets 2 workers and one info line
+    says so (no DataLoader warnings)."""
+    import torch_ref.train as trainer
+    from app.train_loop import worker_count
+    from isaid.augment import DataError
+
+    assert worker_count(8, cores=2) == (2, "info: train.num_workers=8 capped at 2, the CPU cores this process may use")
+    assert worker_count(2, cores=2) == (2, None) and worker_count(0, cores=1) == (0, None)
+    seen = []
+
+    def loader_stub(patches, plan, window, start, end, num_workers, pin_memory):
+        seen.append(num_workers)
+        raise DataError("stopped by the test")
+
+    monkeypatch.setattr(trainer, "build_loader", loader_stub)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    sets = overrides(prepared, tmp_path / "run", **{"train.num_workers": 8})
+    assert trainer.main(["--config", CONFIG, "--no-progress", "--set", *sets]) == 2
+    captured = capsys.readouterr()
+    assert seen == [2]
+    assert "info: train.num_workers=8 capped at 2, the CPU cores this process may use\n" in captured.out
+    assert captured.err == "error: stopped by the test\n"
+
+
+def test_hooks_run_after_every_checkpoint(prepared: Path, tmp_path: Path) -> None:
+    """The loop's evaluation hook point: ``hook(iteration, training)`` after each checkpoint
+    is on disk (here every iteration), with the live model."""
+    from app import train_loop
+    from torch_ref.train import PARTS
+
+    out = tmp_path / "run"
+    config = load_config(CONFIG, overrides(prepared, out, **{"train.checkpoint_every": 1}))
+    calls = []
+
+    def hook(iteration: int, training: train_loop.Training) -> None:
+        assert (out / "checkpoints" / f"ckpt_{iteration:07d}.pt").is_file()
+        calls.append((iteration, type(training.net).__name__))
+
+    train_loop.train(PARTS, config, None, None, progress=False, hooks=[hook])
+    assert calls == [(1, "FarSeg"), (2, "FarSeg")]
+
+
+def test_both_trainers_implement_the_whole_parts_protocol() -> None:
+    """Every member the shared loop calls exists in TorchTrainerParts and PaddleTrainerParts
+    (a missing one would fail mid-run, after minutes of training)."""
+    import inspect
+
+    from app.train_loop import TrainerParts
+    from paddle_impl.train import PARTS as PADDLE_PARTS
+    from torch_ref.train import PARTS as TORCH_PARTS
+
+    members = [n for n in vars(TrainerParts) if not n.startswith("_")] + list(TrainerParts.__annotations__)
+    assert len(members) > 20
+    for parts in (TORCH_PARTS, PADDLE_PARTS):
+        missing = [n for n in members if not hasattr(parts, n)]
+        assert missing == [], type(parts).__name__
+        for name in members:
+            if inspect.isfunction(getattr(TrainerParts, name, None)):
+                wanted = list(inspect.signature(getattr(TrainerParts, name)).parameters)
+                assert list(inspect.signature(getattr(type(parts), name)).parameters) == wanted, name

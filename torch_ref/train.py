@@ -1,4 +1,4 @@
-"""Train FarSeg / FactSeg on iSAID patches with PyTorch; the official recipe by default.
+"""PyTorch's trainer: FarSeg / FactSeg on iSAID patches, the official recipe by default.
 
 Usage::
 
@@ -12,26 +12,23 @@ ImageNet ResNet-50 initialisation, SyncBatchNorm across GPUs. Samples and augmen
 drawn by ``isaid.augment`` from (seed, iteration, rank): a resumed run continues with exactly
 the batches of an uninterrupted one, and ``paddle_impl.train`` sees the same batches.
 
-Written to ``train.out_dir``: ``checkpoints/ckpt_<iteration>.pt`` (model, optimizer,
-scheduler, AMP scaler, RNG states; written atomically), ``metrics.jsonl`` (iteration, loss,
-lr, grad_norm, images_per_s), ``config.yaml``, TensorBoard events, and at the end ``model_final.pth``:
-a bare state dict in the official key layout (``python -m convert`` ports it to Paddle).
-Mirror: ``paddle_impl/train.py`` reads the same, line for line.
+The loop (resume, checkpoints, non-finite losses, logging, progress) is ``app.train_loop``,
+shared with ``paddle_impl.train``; this file holds what is torch: :class:`TorchTrainerParts`
+(runtime and DDP, model and SyncBN, :func:`build_optimizer`, :class:`TrainStep` with autocast
+and the GradScaler, the DataLoader, state save/load). Written to ``train.out_dir``:
+``checkpoints/ckpt_<iteration>.pt`` (``torch.save``), ``metrics.jsonl``, ``config.yaml``,
+TensorBoard events, and at the end ``model_final.pth``: a bare state dict in the official key
+layout (``python -m convert`` ports it to Paddle).
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
 import errno
 import os
-import random
 import re
 import sys
-import time
-import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
+from copy import deepcopy
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 if __package__ in (None, ""):
@@ -45,64 +42,25 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from app.config import Config, ConfigError, dump_config, load_config, resolve_out_dir
-from app.training import (
-    MetricsFile,
-    NonFiniteGuard,
-    TrainError,
-    check_training_checkpoint,
-    checkpoint_dir,
-    list_checkpoints,
-    one_line,
-    remove_checkpoint_file,
-    starting_point,
-    write_checkpoint_file,
-)
-from app.training import build_parser as build_train_parser
-from convert import CheckpointError, atomic_write, imagenet_encoder_state, save_torch, validate
-from convert.safe_load import read_object
-from isaid.atomic import describe_os_error, remove_stale_temporaries
-from isaid.augment import DataError, SamplePlan, load_patch_index
+from app import train_loop
+from app.config import Config
+from app.train_loop import CHECKPOINT_FORMAT, Runtime, StepResult, Training, choose_device
+from convert import imagenet_encoder_state, save_torch, validate
 from torch_ref import build_model
 from torch_ref.data import build_loader, to_device
-from weights import ENCODER_PREFIX
+
+__all__ = ["CHECKPOINT_FORMAT", "Runtime", "StepResult", "TrainStep", "build_optimizer", "build_training", "main"]
 
 FRAMEWORK = "torch"
-CHECKPOINT_FORMAT = "rsseg-train-checkpoint-v1"
 CHECKPOINT_PATTERN = re.compile(r"^ckpt_(\d+)\.pt$")
 FINAL_WEIGHTS = "model_final.pth"
-
-
-# ------------------------------------------------------------------------------ runtime
-
-
-@dataclass
-class Runtime:
-    """Where this process trains: device and its place among the data-parallel processes."""
-
-    device: torch.device
-    rank: int
-    world_size: int
-    local_rank: int
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def on_gpu(self) -> bool:
-        return self.device.type == "cuda"
+CPU_AMP = ("bf16",)  # measured: CPU autocast computes convolutions in bfloat16 (tests/test_train.py)
 
 
 def setup_runtime(config: Config) -> Runtime:
-    """Pick the device and join the process group when started by torchrun."""
-    want = config["train"]["device"]
-    has_gpu = torch.cuda.is_available()
-    if want in ("cuda", "gpu") and not has_gpu:
-        raise TrainError(
-            f"train.device={want}: torch {torch.__version__} sees no CUDA GPU; use train.device=cpu or auto"
-        )
-    on_gpu = has_gpu if want == "auto" else want in ("cuda", "gpu")
+    """Pick the device (``train.device``, checked with ``train.amp``) and join the process
+    group when started by torchrun."""
+    on_gpu = choose_device(config, torch.cuda.is_available(), f"torch {torch.__version__}", CPU_AMP, "")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if on_gpu:
@@ -114,56 +72,14 @@ def setup_runtime(config: Config) -> Runtime:
         device = torch.device("cpu")
     if world_size > 1:
         dist.init_process_group("nccl" if on_gpu else "gloo")
-    rank = dist.get_rank() if world_size > 1 else 0
-    return Runtime(device, rank, world_size, local_rank)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed every generator the process owns (initialisation draws from the framework's)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> Dict[str, Any]:
-    """The RNG states of this process, as plain Python values and tensors."""
-    numpy_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-        "framework": [torch.get_rng_state()] + (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []),
-    }
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
-    random.setstate(state["python"])
-    kind, key, *rest = state["numpy"]
-    np.random.set_state((kind, np.asarray(key, dtype=np.uint32), *rest))
-    torch.set_rng_state(state["framework"][0])
-    if torch.cuda.is_available() and len(state["framework"]) > 1:
-        torch.cuda.set_rng_state_all(state["framework"][1:])
-
-
-# ------------------------------------------------------------------------------ ImageNet init
+    return Runtime(device, dist.get_rank() if world_size > 1 else 0, world_size, local_rank)
 
 
 def load_imagenet(net: nn.Module, path: str, model_name: str) -> int:
     """Copy the ImageNet encoder weights into ``net``; every encoder key must be covered."""
     state = imagenet_encoder_state(path, model_name, FRAMEWORK)
     own = net.state_dict()
-    prefix = ENCODER_PREFIX[model_name]
-    problems = [f"unexpected {k}" for k in state if k not in own]
-    problems += [
-        f"{k} is {tuple(state[k].shape)} but the model has {tuple(own[k].shape)}"
-        for k in state
-        if k in own and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    problems += [f"missing {k}" for k in own if k.startswith(prefix) and k not in state]
-    if problems:
-        raise CheckpointError(
-            f"does not fit the {model_name} encoder ({len(problems)} problems: {'; '.join(problems[:3])})", path=path
-        )
+    train_loop.check_encoder_fit(path, model_name, state, {k: tuple(v.shape) for k, v in own.items()})
     # The whole state with the encoder replaced, so that the load itself is strict.
     full = OrderedDict(own)
     full.update((k, torch.from_numpy(np.array(v))) for k, v in state.items())
@@ -172,9 +88,9 @@ def load_imagenet(net: nn.Module, path: str, model_name: str) -> int:
 
 
 def load_initial_state(net: nn.Module, state: Mapping[str, Any], model_name: str) -> None:
-    """Start from ``state``: every weight and buffer of the model (numpy arrays, this
-    framework's key names), checked against the layout first (``align.train`` starts both
-    trainers from one torch initialisation converted by ``convert``)."""
+    """Start from ``state``: every weight and buffer of the model (numpy arrays, torch's key
+    names), checked against the layout first (``align.train`` starts both trainers from one
+    torch initialisation converted by ``convert``)."""
     validate(OrderedDict((k, np.asarray(v)) for k, v in state.items()), model_name, FRAMEWORK)
     net.load_state_dict(OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in state.items()))
 
@@ -249,23 +165,13 @@ def build_training(
     return net, train_model, optimizer, scheduler, build_scaler(train, runtime.device)
 
 
-@dataclass
-class StepResult:
-    """What one training iteration reports (tensors stay on the device: no synchronisation)."""
-
-    loss: torch.Tensor  # the summed training loss (detached)
-    lr: float  # the learning rate this iteration's update used
-    grad_norm: torch.Tensor  # global L2 norm of the unscaled gradients, before clipping
-
-
 class TrainStep:
-    """One training iteration of ``recipe``: forward under autocast, (scaled) backward,
-    unscaling, clipping by the global norm, SGD step, loss-scaler update, zeroing the
-    gradients, learning-rate step.
+    """One torch training iteration of ``recipe``: forward under ``torch.autocast``, backward
+    of the GradScaler-scaled loss, unscaling, clipping by the global norm
+    (``clip_grads_with_norm_``), SGD step, scaler update, ``zero_grad``, lr step.
 
     ``step(images, labels)`` runs it whole; :meth:`compute_gradients` and
-    :meth:`apply_gradients` are its two halves, for callers that inspect the gradients in
-    between (``align.backward``).
+    :meth:`apply_gradients` are its halves, for ``align.backward`` to read the gradients.
     """
 
     def __init__(
@@ -286,13 +192,13 @@ class TrainStep:
         self.train_model.train()
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
-        """Train on one batch."""
+        """Train on one batch of torch tensors."""
         result = self.compute_gradients(images, labels)
         self.apply_gradients(result.grad_norm)
         return result
 
     def compute_gradients(self, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
-        """Forward, scaled backward and unscaling: ``.grad`` holds the true gradients."""
+        """Forward, scaled backward and ``unscale_``: ``p.grad`` holds the true gradients."""
         lr = float(self.optimizer.param_groups[0]["lr"])
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp != "none"):
             losses = self.train_model(images, {"cls": labels})
@@ -313,7 +219,7 @@ class TrainStep:
         self.scheduler.step()
 
 
-# ------------------------------------------------------------------------------ checkpoints
+# ------------------------------------------------------------------------------ state and I/O
 
 
 def torch_save_to(handle, state: Any, path: str) -> None:
@@ -324,30 +230,6 @@ def torch_save_to(handle, state: Any, path: str) -> None:
     except RuntimeError as error:
         text = " ".join(str(error).split())
         raise OSError(errno.EIO, f"write failed ({text}; is the disk full?)", path) from None
-
-
-def save_checkpoint(
-    out_dir: str, iteration: int, config: Config, runtime: Runtime, net, optimizer, scheduler, scaler, keep: int
-) -> str:
-    """Write ``ckpt_<iteration>`` and its checksum atomically, then drop all but the newest ``keep``."""
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "framework": FRAMEWORK,
-        "iteration": iteration,
-        "world_size": runtime.world_size,
-        "config": config,
-        "model": net.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "rng": rng_state(),  # of rank 0; the loop itself draws no random numbers
-    }
-    path = os.path.join(checkpoint_dir(out_dir), f"ckpt_{iteration:07d}.pt")
-    write_checkpoint_file(path, lambda handle: torch_save_to(handle, state, path))
-    if keep > 0:
-        for _, old in list_checkpoints(out_dir, CHECKPOINT_PATTERN)[:-keep]:
-            remove_checkpoint_file(old)
-    return path
 
 
 def to_torch(value: Any) -> Any:
@@ -361,27 +243,6 @@ def to_torch(value: Any) -> Any:
     return value
 
 
-def load_checkpoint(path: str, config: Config, runtime: Runtime, net, optimizer, scheduler, scaler) -> int:
-    """Restore everything :func:`save_checkpoint` wrote; returns the iteration reached.
-
-    Read by convert's reader (no code executed, bounded time and memory; the file's checksum
-    was checked by ``starting_point``), checked (``check_training_checkpoint``), then loaded.
-    """
-    state = read_object(path)[1]
-    check_training_checkpoint(path, state, CHECKPOINT_FORMAT, "torch_ref.train", config)
-    state = to_torch(state)
-    try:
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
-        raise TrainError(f"{path}: does not fit this model and optimizer ({one_line(error)[:300]})") from None
-    return int(state["iteration"])
-
-
 def save_final_weights(out_dir: str, net: nn.Module, model_name: str) -> str:
     """``model_final.pth``: a bare state dict in the official key layout (checked)."""
     state = OrderedDict((k, v.detach().cpu().contiguous()) for k, v in net.state_dict().items())
@@ -389,91 +250,90 @@ def save_final_weights(out_dir: str, net: nn.Module, model_name: str) -> str:
     return str(save_torch(state, os.path.join(out_dir, FINAL_WEIGHTS)))
 
 
-# ------------------------------------------------------------------------------ logging
+class TorchTrainerParts:
+    """What ``app.train_loop`` needs from torch (its ``TrainerParts`` protocol)."""
+
+    framework, program, launch = FRAMEWORK, "torch_ref.train", "torchrun --nproc_per_node N -m torch_ref.train ..."
+    checkpoint_suffix, checkpoint_pattern, final_weights = ".pt", CHECKPOINT_PATTERN, FINAL_WEIGHTS
+    scalar_log = ("TensorBoard", "tensorboard")
+
+    def setup_runtime(self, config: Config) -> Runtime:
+        return setup_runtime(config)
+
+    def seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def rng_state(self) -> list:
+        return [torch.get_rng_state()] + (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+
+    def set_rng_state(self, states: list) -> None:
+        states = to_torch(states)  # read back from a checkpoint as numpy
+        torch.set_rng_state(states[0])
+        if torch.cuda.is_available() and len(states) > 1:
+            torch.cuda.set_rng_state_all(states[1:])
+
+    def build_training(self, config: Config, runtime: Runtime, imagenet, initial_state) -> Training:
+        return Training(*build_training(config, runtime, imagenet, initial_state))
+
+    def train_step(self, training: Training, recipe: Mapping[str, Any], runtime: Runtime) -> TrainStep:
+        parts = (training.train_model, training.net, training.optimizer, training.scheduler, training.scaler)
+        return TrainStep(*parts, recipe, runtime.device)
+
+    def build_loader(self, patches, plan, window: int, start: int, end: int, workers: int, runtime: Runtime):
+        return build_loader(patches, plan, window, start, end, workers, pin_memory=runtime.on_gpu)
+
+    def to_device(self, batch, runtime: Runtime, recipe: Mapping[str, Any]) -> Tuple[torch.Tensor, torch.Tensor]:
+        return to_device(batch, runtime.device, recipe["channels_last"])
+
+    def training_state(self, training: Training, copy: bool) -> Dict[str, Any]:
+        state = {
+            "model": training.net.state_dict(),
+            "optimizer": training.optimizer.state_dict(),
+            "scheduler": training.scheduler.state_dict(),
+            "scaler": training.scaler.state_dict(),
+        }
+        return deepcopy(state) if copy else state
+
+    def load_training_state(self, training: Training, state: Mapping[str, Any]) -> None:
+        state = to_torch({k: state[k] for k in ("model", "optimizer", "scheduler", "scaler")})
+        training.net.load_state_dict(state["model"])
+        training.optimizer.load_state_dict(state["optimizer"])
+        training.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:
+            training.scaler.load_state_dict(state["scaler"])
+
+    def write_state(self, handle, state: Dict[str, Any], path: str) -> None:
+        torch_save_to(handle, state, path)
+
+    def save_final_weights(self, out_dir: str, net: nn.Module, model_name: str) -> str:
+        return save_final_weights(out_dir, net, model_name)
+
+    def scalar_writer(self, out_dir: str, start: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=start + 1)
+
+    def free_gpu_memory(self, runtime: Runtime) -> Optional[int]:
+        return int(torch.cuda.mem_get_info(runtime.device)[0])
+
+    def scalar(self, value: float, runtime: Runtime, integer: bool = False) -> torch.Tensor:
+        return torch.full([], value, dtype=torch.int64 if integer else torch.float32, device=runtime.device)
+
+    def nonfinite(self, value: torch.Tensor) -> torch.Tensor:
+        return ~torch.isfinite(value)
+
+    def where(self, condition: torch.Tensor, value: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        return torch.where(condition, value, other)
+
+    def all_reduce(self, value: torch.Tensor, op: str) -> None:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+
+    def finish(self, runtime: Runtime) -> None:
+        dist.barrier()
+        dist.destroy_process_group()
 
 
-class MetricsLog:
-    """``metrics.jsonl`` (always) and TensorBoard (when installed), written by rank 0 only."""
-
-    def __init__(self, out_dir: str, backend: str, start: int, enabled: bool) -> None:
-        self.enabled = enabled
-        self.writer = None
-        if not enabled:
-            return
-        self.rows = MetricsFile(out_dir, start)
-        if backend == "auto":
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as error:
-                warnings.warn(
-                    f"TensorBoard logging off ({error}); pip install tensorboard"
-                    " to enable it. metrics.jsonl is written regardless",
-                    stacklevel=2,
-                )
-            else:
-                self.writer = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=start + 1)
-
-    def log(self, iteration: int, values: Dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        self.rows.append(iteration, values)
-        if self.writer is not None:
-            for key, value in values.items():
-                self.writer.add_scalar(f"train/{key}", value, iteration)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def finite_on_all_processes(loss: torch.Tensor, runtime: Runtime) -> bool:
-    """Whether ``loss`` is finite in every process (every process must call this)."""
-    bad = (~torch.isfinite(loss)).to(torch.float32)
-    if runtime.world_size > 1:
-        dist.all_reduce(bad)
-    return float(bad.item()) == 0.0
-
-
-def first_bad_over_processes(first_bad: torch.Tensor, runtime: Runtime) -> int:
-    """The earliest non-finite iteration recorded by any process (-1: none)."""
-    if runtime.world_size > 1:
-        # -1 means none: take the max of the negated values that are set
-        marked = torch.where(first_bad < 0, torch.full_like(first_bad, -(2**62)), -first_bad)
-        dist.all_reduce(marked, op=dist.ReduceOp.MAX)
-        return -1 if int(marked.item()) == -(2**62) else -int(marked.item())
-    return int(first_bad.item())
-
-
-def training_snapshot(net, optimizer, scheduler, scaler) -> Tuple[Any, ...]:
-    """Copies of everything one step changes (for train.skip_nonfinite)."""
-    return (
-        copy.deepcopy(net.state_dict()),
-        copy.deepcopy(optimizer.state_dict()),
-        copy.deepcopy(scheduler.state_dict()),
-        copy.deepcopy(scaler.state_dict()),
-    )
-
-
-def restore_snapshot(snapshot: Tuple[Any, ...], net, optimizer, scheduler, scaler) -> None:
-    """Undo a step: back to :func:`training_snapshot`'s state."""
-    model, optim, sched, scale = snapshot
-    net.load_state_dict(model)
-    optimizer.load_state_dict(optim)
-    scheduler.load_state_dict(sched)
-    if scale:
-        scaler.load_state_dict(scale)
-
-
-def mean_over_processes(value: torch.Tensor, runtime: Runtime) -> float:
-    """The mean of ``value`` over all processes (every process must call this)."""
-    if runtime.world_size > 1:
-        value = value.clone()
-        dist.all_reduce(value)
-        value = value / runtime.world_size
-    return float(value.item())
-
-
-# ------------------------------------------------------------------------------ the run
+PARTS = TorchTrainerParts()
 
 
 def train(
@@ -483,155 +343,14 @@ def train(
     progress: bool = True,
     initial_state: Optional[Mapping[str, Any]] = None,
 ) -> str:
-    """Run the training of ``config``, from scratch (encoder from ``imagenet`` unless None)
-    or from the checkpoint ``resume_path``; returns the output folder. ``initial_state`` (all
-    weights and buffers, numpy, this framework's names) replaces the initialisation of a
-    fresh start (``align.train`` uses it)."""
-    from tqdm import tqdm
-
-    train_cfg, name = config["train"], config["model"]["name"]
-    window = config["data"]["window"]
-    patches = load_patch_index(config["data"]["root"], config["data"]["split"], window)
-    runtime = setup_runtime(config)
-    out_dir = resolve_out_dir(config, FRAMEWORK)
-    seed_everything(train_cfg["seed"])
-    net, train_model, optimizer, scheduler, scaler = build_training(
-        config, runtime, None if resume_path else imagenet, None if resume_path else initial_state
-    )
-    step = TrainStep(train_model, net, optimizer, scheduler, scaler, train_cfg, runtime.device)
-
-    start = 0
-    if resume_path is not None:
-        start = load_checkpoint(resume_path, config, runtime, net, optimizer, scheduler, scaler)
-    iterations = train_cfg["iterations"]
-    if runtime.is_main:
-        os.makedirs(out_dir, exist_ok=True)
-        remove_stale_temporaries(out_dir)  # config.yaml / metrics / final weights of a killed run
-        atomic_write(
-            os.path.join(out_dir, "config.yaml"), lambda handle: handle.write(dump_config(config).encode("utf-8"))
-        )
-        origin = (
-            f"resumed from {resume_path} at iteration {start}"
-            if resume_path
-            else (
-                "from a given initial state"
-                if initial_state is not None
-                else f"from scratch, encoder {imagenet or 'random (init.imagenet=none)'}"
-            )
-        )
-        print(
-            f"{FRAMEWORK}: {name}, {len(patches)} patches, global batch"
-            f" {train_cfg['batch_size']} on {runtime.world_size} process(es) ({runtime.device}),"
-            f" {iterations} iterations, {origin}; output {out_dir}",
-            flush=True,
-        )
-    metrics = MetricsLog(out_dir, train_cfg["log_backend"], start, runtime.is_main)
-
-    plan = SamplePlan(
-        len(patches),
-        train_cfg["batch_size"],
-        train_cfg["seed"],
-        runtime.world_size,
-        runtime.rank,
-        config["augment"]["hflip"],
-        config["augment"]["vflip"],
-        config["augment"]["rot90"],
-    )
-    loader = build_loader(patches, plan, window, start, iterations, train_cfg["num_workers"], pin_memory=runtime.on_gpu)
-    bar = tqdm(
-        total=iterations,
-        initial=start,
-        desc=f"{name} {FRAMEWORK}",
-        unit="it",
-        disable=not (progress and runtime.is_main),
-        dynamic_ncols=True,
-    )
-    window_loss = torch.zeros([], dtype=torch.float32, device=runtime.device)
-    window_grad_norm = torch.zeros_like(window_loss)
-    window_start, window_time, started = start, time.perf_counter(), time.perf_counter()
-    guard = NonFiniteGuard(train_cfg["skip_nonfinite"], train_cfg["max_nonfinite"])
-    # Iteration of the first NaN/Inf loss (-1: none), kept on the device: no sync per step.
-    first_bad = torch.full([], -1, dtype=torch.int64, device=runtime.device)
-    window_count = 0
-    for iteration, batch in enumerate(loader, start):
-        images, labels = to_device(batch, runtime.device, train_cfg["channels_last"])
-        snapshot = training_snapshot(net, optimizer, scheduler, scaler) if guard.skip else None
-        result = step(images, labels)
-        lr, loss = result.lr, result.loss
-        done = iteration + 1
-        bar.update(1)
-        if snapshot is not None and not finite_on_all_processes(loss, runtime):
-            restore_snapshot(snapshot, net, optimizer, scheduler, scaler)
-            bar.write(guard.skipped(done, float(loss)), file=sys.stderr)
-        else:
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), done, first_bad)
-            window_loss = window_loss + loss
-            window_grad_norm = window_grad_norm + result.grad_norm
-            window_count += 1
-        saving = runtime.is_main and (done % train_cfg["checkpoint_every"] == 0 or done == iterations)
-        logging_now = done % train_cfg["log_every"] == 0 or done == iterations
-        if logging_now or done % train_cfg["checkpoint_every"] == 0:  # the same steps on every rank
-            guard.check_first(first_bad_over_processes(first_bad, runtime))
-        if logging_now:
-            loss = mean_over_processes(window_loss, runtime) / max(window_count, 1)
-            # Gradients are already averaged over the processes: every rank has this norm.
-            grad_norm = float(window_grad_norm.item()) / max(window_count, 1)
-            now = time.perf_counter()
-            speed = (done - window_start) * train_cfg["batch_size"] / (now - window_time)
-            metrics.log(
-                done,
-                {
-                    "loss": loss,
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "images_per_s": speed,
-                    "seconds": now - started,
-                    **({"skipped_nonfinite": guard.count} if guard.skip else {}),
-                },
-            )
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.1f}")
-            window_loss = torch.zeros_like(window_loss)
-            window_grad_norm = torch.zeros_like(window_grad_norm)
-            window_start, window_time, window_count = done, now, 0
-        if saving:
-            save_checkpoint(
-                out_dir, done, config, runtime, net, optimizer, scheduler, scaler, train_cfg["keep_checkpoints"]
-            )
-    bar.close()
-    metrics.close()
-    if runtime.is_main:
-        path = save_final_weights(out_dir, net, name)
-        print(f"{FRAMEWORK}: final weights {path}", flush=True)
-    if runtime.world_size > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return out_dir
-
-
-# ------------------------------------------------------------------------------ CLI
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of ``python -m torch_ref.train``."""
-    return build_train_parser("python -m torch_ref.train", "torchrun --nproc_per_node N -m torch_ref.train ...")
+    """Train with torch (``app.train_loop.train`` with :class:`TorchTrainerParts`); returns
+    the output folder. ``initial_state``: torch-named numpy arrays for a fresh start."""
+    return train_loop.train(PARTS, config, resume_path, imagenet, progress, initial_state)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        config = load_config(args.config, args.overrides)
-        if args.print_config:
-            print(dump_config(config), end="")
-            return 0
-        resume_path, imagenet = starting_point(config, args.resume, FRAMEWORK, CHECKPOINT_PATTERN)
-        train(config, resume_path, imagenet, args.progress)
-    except (ConfigError, DataError, CheckpointError, TrainError) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
-        return 2
-    except OSError as error:  # a write failed (disk full, read-only folder): the earlier files are intact
-        print(f"error: {describe_os_error(error, with_file=True)}", file=sys.stderr, flush=True)
-        return 2
-    return 0
+    """``python -m torch_ref.train``: 0 done, 2 a one-line error."""
+    return train_loop.main(PARTS, argv)
 
 
 if __name__ == "__main__":
