@@ -30,6 +30,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
+from app.cli import MAX_WINDOW, window_problem
+from common.bounded_yaml import BoundedYamlError, brief, read_yaml
 from isaid.palette import CLASS_NAMES, MEAN, NUM_CLASSES, PALETTE, STD, normalize
 from isaid.windows import pad_to_multiple
 from weights import MODEL_NAMES, load_layout
@@ -145,11 +147,9 @@ def read_deploy_config(model_dir: str, verify: bool = True) -> Dict[str, Any]:
     if not os.path.isfile(config_path):
         raise ExportError(f"{model_dir}: not an export (no {CONFIG_FILE})")
     try:
-        _regular_file(config_path, MAX_CONFIG_BYTES)
-        with open(config_path, encoding="utf-8") as handle:
-            config = yaml.safe_load(handle)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ExportError(f"{config_path}: cannot read ({' '.join(str(error).split())[:200]})") from None
+        config = read_yaml(config_path, MAX_CONFIG_BYTES, what=CONFIG_FILE)
+    except BoundedYamlError as error:
+        raise ExportError(str(error)) from None
     if (
         not isinstance(config, dict)
         or config.get("format") not in FORMAT_FILES
@@ -160,17 +160,19 @@ def read_deploy_config(model_dir: str, verify: bool = True) -> Dict[str, Any]:
     if missing:
         raise ExportError(f"{model_dir}: incomplete {config['format']} export (missing {', '.join(missing)})")
     if config.get("model") not in MODEL_NAMES:
-        raise ExportError(f"{config_path}: model {config.get('model')!r} is not one of {', '.join(MODEL_NAMES)}")
+        raise ExportError(f"{config_path}: model {brief(config.get('model'))} is not one of {', '.join(MODEL_NAMES)}")
     try:
         shape = [int(v) for v in config["input"]["shape"]]
         if len(shape) != 4 or shape[1] != 3:
             raise ValueError
-        window = int(config["sliding_window"]["window"])
-        stride = int(config["sliding_window"]["stride"])
-        if not 0 < stride <= window:
+        if any(not (v == -1 or (v > 0 and v % SIZE_MULTIPLE == 0 and v <= MAX_WINDOW)) for v in shape[2:]):
             raise ValueError
-    except (KeyError, TypeError, ValueError):
+        window, stride = config["sliding_window"]["window"], config["sliding_window"]["stride"]
+    except (KeyError, TypeError, ValueError, OverflowError):
         raise ExportError(f"{config_path}: input shape or sliding_window is malformed") from None
+    problem = window_problem(window, stride)
+    if problem:
+        raise ExportError(f"{config_path}: sliding_window: {problem}")
     if verify:
         found = program_model(model_dir, config["format"])
         if found != config["model"]:
@@ -191,7 +193,10 @@ def engine_window(config: Dict[str, Any], window: Optional[int], stride: Optiona
     """(window, stride) to run an export with: the asked ones, else the export's own. A
     fixed-size export takes windows of exactly its size only: any other is an ExportError."""
     window = window or int(config["sliding_window"]["window"])
-    stride = stride or int(config["sliding_window"]["stride"])
+    stride = stride or min(int(config["sliding_window"]["stride"]), window)
+    problem = window_problem(window, stride)
+    if problem:
+        raise ExportError(f"--window {window} --stride {stride}: {problem}")
     size = fixed_size(config)
     if size is not None and size != (window, window):
         raise ExportError(
