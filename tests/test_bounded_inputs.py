@@ -15,7 +15,6 @@ import resource
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
 
 import pytest
 import yaml
