@@ -43,7 +43,15 @@ from isaid.windows import num_windows
 from weights import MODEL_NAMES, OFFICIAL_MIOU, SEED_REPRODUCTION_MIOU
 
 from .backend import Backend, Engine
-from .cli import OneLineArgumentParser, auto_device, non_negative_float, positive_int
+from .cli import (
+    OneLineArgumentParser,
+    auto_device,
+    batch_size,
+    float_in_range,
+    positive_int,
+    stride_px,
+    window_side,
+)
 from .exported import read_deploy_config
 from .predict import AMP_HELP, BACKEND_HELP, MODEL_DIR_HELP
 
@@ -287,21 +295,21 @@ def build_parser(
     )
     parser.add_argument(
         "--window",
-        type=positive_int,
+        type=window_side,
         default=896,
         metavar="PX",
         help="window side in pixels (default 896, the official value)",
     )
     parser.add_argument(
         "--stride",
-        type=positive_int,
+        type=stride_px,
         default=512,
         metavar="PX",
         help="window stride in pixels, at most --window (default 512, official)",
     )
     parser.add_argument(
         "--batch-size",
-        type=positive_int,
+        type=batch_size,
         default=1,
         metavar="N",
         help="windows per forward pass (default 1, as officially; larger is"
@@ -344,7 +352,7 @@ def build_parser(
     )
     parser.add_argument(
         "--tolerance",
-        type=non_negative_float,
+        type=float_in_range(0.0, 100.0, "a tolerance in mIoU points"),
         default=0.3,
         metavar="POINTS",
         help="allowed shortfall in mIoU points for --expect (default 0.3)",

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
-from app.cli import MAX_WINDOW, window_problem
+from app.cli import MAX_WINDOW, MIN_WINDOW, window_problem
 from common.bounded_yaml import BoundedYamlError, brief, read_yaml
 from isaid.palette import CLASS_NAMES, MEAN, NUM_CLASSES, PALETTE, STD, normalize
 from isaid.windows import pad_to_multiple
@@ -433,13 +433,15 @@ def check_onnx_against(
 
 
 def size_multiple_of_32(text: str) -> int:
-    """argparse type of ``--size H W``: a positive multiple of :data:`SIZE_MULTIPLE`."""
+    """argparse type of ``--size H W``: a multiple of :data:`SIZE_MULTIPLE` in 64..4096 (as model.yml)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0 or value % SIZE_MULTIPLE:
-        raise argparse.ArgumentTypeError(f"expected a positive multiple of {SIZE_MULTIPLE}, got {value}")
+    if value % SIZE_MULTIPLE or not MIN_WINDOW <= value <= MAX_WINDOW:
+        raise argparse.ArgumentTypeError(
+            f"expected a multiple of {SIZE_MULTIPLE} in {MIN_WINDOW}..{MAX_WINDOW}, got {value}"
+        )
     return value
 
 

@@ -49,6 +49,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from common.cli import stride_px, thread_count, window_side
+
 from .atomic import describe_os_error, remove_stale_temporaries
 from .imageio import (
     ImageReadError,
@@ -466,10 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("out", metavar="OUT", help="output folder (created if missing)")
     parser.add_argument(
-        "--window", type=int, default=896, help="window (patch) side in pixels (default 896, the official value)"
+        "--window",
+        type=window_side,
+        default=896,
+        help="window (patch) side in pixels (default 896, the official value)",
     )
     parser.add_argument(
-        "--stride", type=int, default=512, help="distance between window starts (default 512, the official value)"
+        "--stride", type=stride_px, default=512, help="distance between window starts (default 512, the official value)"
     )
     parser.add_argument(
         "--splits",
@@ -480,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=thread_count,
         default=1,
         help="parallel processes; each holds one scene in memory, up to ~2 GB"
         " for the largest 13000x13000 scenes (default 1)",

@@ -50,7 +50,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import paddle.inference as paddle_infer
 
-from app.cli import OneLineArgumentParser
+from app.cli import OneLineArgumentParser, device_spec, thread_count
 from app.exported import ONNX_FORMAT, ExportedModel, OnnxModel, check_input
 from app.exported import default_threads as default_threads
 from app.preview import ColourPreview
@@ -239,7 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--color", metavar="COLOUR.png", help="write a colour rendering with a class legend")
     parser.add_argument(
-        "--device", default="cpu", metavar="cpu|gpu[:N]", help="where Paddle Inference runs (default cpu)"
+        "--device",
+        type=device_spec,
+        default="cpu",
+        metavar="cpu|gpu[:N]",
+        help="where Paddle Inference runs (default cpu)",
     )
     parser.add_argument(
         "--backend",
@@ -254,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         " for an export written with --format onnx",
     )
     parser.add_argument(
-        "--threads", type=int, metavar="N", help="CPU threads (default: all cores this process may use)"
+        "--threads", type=thread_count, metavar="N", help="CPU threads (default: all cores this process may use)"
     )
     return parser
 

@@ -15,6 +15,7 @@ import resource
 import subprocess
 import sys
 from pathlib import Path
+from typing import List
 
 import pytest
 import yaml
@@ -172,3 +173,87 @@ def test_model_yml_window_refusal_through_the_command(tmp_path: Path) -> None:
     image.write_bytes(b"")
     proc = run_capped("-m", "paddle_impl.infer", "--model-dir", str(folder), "--image", str(image))
     assert_refused(proc, "model.yml", "sliding_window", "window must be")
+
+
+# ------------------------------------------------------------------------------ flags (item 13)
+
+# Required arguments of each command, then the bad flag: argparse refuses before any work.
+COMMANDS = {
+    "torch_ref.evaluate": ["--model", "farseg", "--weights", "w.pth", "--images", "i", "--masks", "m"],
+    "paddle_impl.evaluate": ["--model", "farseg", "--weights", "w.pdparams", "--images", "i", "--masks", "m"],
+    "torch_ref.predict": ["--weights", "w.pth", "--image", "x.png", "--out", "o.png"],
+    "paddle_impl.predict": ["--weights", "w.pdparams", "--image", "x.png", "--out", "o.png"],
+    "torch_ref.export": ["--model", "farseg", "--out", "o"],
+    "paddle_impl.export": ["--model", "farseg", "--out", "o"],
+    "paddle_impl.infer": ["--model-dir", "d", "--image", "x.png"],
+    "isaid.prepare": ["src", "out"],
+    "isaid.synth": ["out"],
+}
+BAD_FLAGS = {
+    "--window": ["0", "1", "100", "8192", "-896", "nan"],
+    "--stride": ["0", "-3", "1", "100000"],
+    "--batch-size": ["0", "-1", "100000"],
+    "--threads": ["0", "-3", "100000", "x"],
+    "--workers": ["0", "-3", "100000"],
+    "--device": ["gpu:x", "gpu:-1", "tpu", "cuda:999", "gpu:1:2"],
+    "--color-max-side": ["0", "10000000"],
+    "--tolerance": ["-1", "nan", "inf"],
+    "--rounding-tolerance": ["-1", "nan"],
+    "--opset": ["0", "1000"],
+    "--train": ["-1", "1000000"],
+    "--val": ["-1"],
+    "--size": ["0", "1000000"],
+    "--seed": ["-1", "x"],
+}
+
+
+def _all_flag_cases():
+    cases = []
+    for module, required in COMMANDS.items():
+        cases.extend(
+            pytest.param(module, required, flag, value, id=f"{module}{flag}={value}")
+            for flag, values in BAD_FLAGS.items()
+            for value in values
+        )
+    return cases
+
+
+@pytest.mark.parametrize("module,required,flag,value", _all_flag_cases())
+def test_every_numeric_and_device_flag_is_validated(module: str, required: List[str], flag: str, value: str, capsys):
+    """Each command that has the flag refuses the bad value in one line, exit 2, before work."""
+    import importlib
+
+    main = importlib.import_module(module).main
+    # --help tells whether the command has the flag (the real parser, whatever builds it).
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    if flag not in capsys.readouterr().out:
+        pytest.skip(f"{module} has no {flag}")
+    argv = (
+        required + [flag, value] if flag != "--size" or module.startswith("isaid") else required + [flag, value, value]
+    )
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2, err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("usage:", " "))]
+    assert len(lines) == 1 and "error:" in lines[0] and flag in lines[0], err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("cpu", "cpu"), ("GPU", "gpu"), ("gpu:1", "gpu:1"), ("cuda", "cuda"), ("cuda:03", "cuda:3"), ("auto", "auto")],
+)
+def test_device_type_accepts_the_documented_spellings(text: str, expected: str) -> None:
+    from common.cli import device_or_auto
+
+    assert device_or_auto(text) == expected
+
+
+def test_infer_device_and_threads_through_the_command(tmp_path: Path) -> None:
+    """The issue's cases, end to end: a ValueError traceback and a SIGABRT before."""
+    for flag, value in (("--device", "gpu:x"), ("--threads", "-3"), ("--threads", "100000")):
+        proc = run_capped("-m", "paddle_impl.infer", "--model-dir", str(tmp_path), "--image", "x.png", flag, value)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"argument {flag}" in proc.stderr, proc.stderr
