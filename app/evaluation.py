@@ -36,7 +36,15 @@ from tqdm import tqdm
 
 from convert import CheckpointError
 from isaid.atomic import check_writable, describe_os_error, remove_stale_temporaries
-from isaid.imageio import ImageReadError, read_mask_details, read_rgb, read_size, write_bytes_atomic
+from isaid.imageio import (
+    DECODE_BYTES_PER_PIXEL,
+    ImageReadError,
+    check_image_memory,
+    read_mask_details,
+    read_rgb,
+    read_size,
+    write_bytes_atomic,
+)
 from isaid.metrics import format_iou_table, miou
 from isaid.palette import CLASS_NAMES, IGNORE_INDEX, MEAN, NUM_CLASSES, STD
 from isaid.windows import num_windows
@@ -171,16 +179,21 @@ class LoadedScene:
 
 
 def load_scene(scene: Scene) -> LoadedScene:
-    """Read one scene; raises ImageReadError (corrupt file) or InputError (sizes differ)."""
-    image = read_rgb(scene.image)
-    details = read_mask_details(scene.mask)
-    if details.index.shape != image.shape[:2]:
+    """Read one scene; raises ImageReadError (corrupt file, or too large for the memory
+    available: checked from the headers before decoding) or InputError (sizes differ)."""
+    image_size, mask_size = read_size(scene.image), read_size(scene.mask)
+    if mask_size != image_size:  # from the headers: neither file is decoded for a mismatch
         raise InputError(
             [
-                f"{scene.mask}: mask is {details.index.shape[0]}x{details.index.shape[1]} (HxW) but"
-                f" image {scene.image} is {image.shape[0]}x{image.shape[1]}"
+                f"{scene.mask}: mask is {mask_size[0]}x{mask_size[1]} (HxW) but"
+                f" image {scene.image} is {image_size[0]}x{image_size[1]}"
             ]
         )
+    # Image and mask are held together, and the engine's windows besides (the guard of each
+    # reader sees one file only).
+    check_image_memory(*image_size, str(scene.image), 2 * DECODE_BYTES_PER_PIXEL, "evaluating")
+    image = read_rgb(scene.image)
+    details = read_mask_details(scene.mask)
     return LoadedScene(scene, image, details.index, details.is_colour_mask, details.n_unknown)
 
 

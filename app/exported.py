@@ -19,22 +19,24 @@ imported when an ONNX export is opened.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from collections import Counter
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import yaml
 
 from app.cli import MAX_WINDOW, MIN_WINDOW, window_problem
+from common.bounded_json import read_json
 from common.bounded_yaml import BoundedYamlError, brief, read_yaml
 from isaid.palette import CLASS_NAMES, MEAN, NUM_CLASSES, PALETTE, STD, normalize
 from isaid.windows import pad_to_multiple
-from weights import MODEL_NAMES, load_layout
+from weights import MODEL_NAMES, WEIGHTS_DIR, load_layout
 
 CONFIG_FILE = "model.yml"
 PADDLE_FORMAT = "paddle-inference-pir"  # model.json + model.pdiparams, Paddle >= 3.0
@@ -47,6 +49,9 @@ SIZE_MULTIPLE = 32
 MAX_PROGRAM_JSON_BYTES = 64 << 20
 MAX_ONNX_BYTES = 2 << 30
 MAX_CONFIG_BYTES = 1 << 20
+PROBE_SIZE = 64  # side of the window an export is run on at load (ExportedModel.probe)
+# The op types this project's exports write (python -m align.export_ops): the allow-list.
+EXPORT_OPS_FILE = WEIGHTS_DIR / "export_ops.json"
 
 
 class ExportError(Exception):
@@ -223,12 +228,77 @@ def identify(shapes: Sequence[Tuple[int, ...]]) -> Optional[str]:
     return None
 
 
-def paddle_program_conv_shapes(path: str) -> ShapeList:
-    """Shapes of the weight operand of every ``conv2d`` in a Paddle 3 PIR ``model.json``."""
+def allowed_export_ops() -> Dict[str, FrozenSet[str]]:
+    """The op types (``paddle``, ``onnx``) and ONNX domains (``onnx_domains``) this project's
+    exports write: ``weights/export_ops.json``, made by ``python -m align.export_ops``."""
+    return _allowed_export_ops()
+
+
+@functools.lru_cache(maxsize=None)
+def _allowed_export_ops() -> Dict[str, FrozenSet[str]]:
+    content = json.loads(EXPORT_OPS_FILE.read_text(encoding="utf-8"))
+    return {
+        "paddle": frozenset(content["paddle_ops"]),
+        "onnx": frozenset(content["onnx_ops"]),
+        "onnx_domains": frozenset(content["onnx_domains"]),
+    }
+
+
+def check_program_ops(path: str, found: Iterable[str], kind: str) -> None:
+    """ExportError naming ``path`` and the op types in ``found`` that no export of this project
+    writes (``kind``: ``paddle`` or ``onnx``): checked before any runtime loads the program."""
+    allowed = allowed_export_ops()[kind]
+    foreign = sorted(set(found) - allowed)
+    if foreign:
+        shown = ", ".join(brief(name, 40) for name in foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise ExportError(
+            f"{path}: op types this project's export never writes: {shown}; refusing to load it"
+            f" (allowed: {EXPORT_OPS_FILE.name}, made by python -m align.export_ops)"
+        )
+
+
+def read_paddle_program(path: str) -> Dict[str, Any]:
+    """A PIR ``model.json`` parsed by the bounded reader (size cap, nesting depth)."""
     _regular_file(path, MAX_PROGRAM_JSON_BYTES)
     try:
-        with open(path, encoding="utf-8") as handle:
-            program = json.load(handle)
+        program = read_json(path, MAX_PROGRAM_JSON_BYTES, what="Paddle program")
+    except ValueError as error:
+        raise ExportError(str(error)) from None
+    if not isinstance(program, dict) or not isinstance(program.get("program"), dict):
+        raise ExportError(f"{path}: not a Paddle PIR program (no 'program' object)")
+    return program
+
+
+def _paddle_ops(program: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+    """Every op of a PIR program, those in nested regions (control flow) included; iterative."""
+    stack: List[Any] = [program["program"]]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "ops" and isinstance(value, list):
+                    yield from (op for op in value if isinstance(op, dict))
+                if isinstance(value, (dict, list)):
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(item for item in node if isinstance(item, (dict, list)))
+
+
+def paddle_program_ops(path_or_program: Any) -> Set[str]:
+    """The op types (``"1.conv2d"``, ``"p"`` ...) of a PIR program (a path or its parsed JSON)."""
+    program = read_paddle_program(path_or_program) if isinstance(path_or_program, str) else path_or_program
+    return {str(op.get("#")) for op in _paddle_ops(program)}
+
+
+def paddle_program_conv_shapes(path_or_program: Any, path: str = "") -> ShapeList:
+    """Shapes of the weight operand of every ``conv2d`` in a Paddle 3 PIR ``model.json``."""
+    if isinstance(path_or_program, str):
+        path, program = path_or_program, read_paddle_program(path_or_program)
+    else:
+        program = path_or_program
+    try:
         ops = program["program"]["regions"][0]["blocks"][0]["ops"]
         parameters: Dict[int, Tuple[int, ...]] = {}
         shapes: ShapeList = []
@@ -241,21 +311,76 @@ def paddle_program_conv_shapes(path: str) -> ShapeList:
                 if weight not in parameters:
                     raise ValueError("a convolution weight is not a parameter")
                 shapes.append(parameters[weight])
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError, RecursionError) as error:
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
         raise ExportError(
             f"{path}: not a readable Paddle PIR program ({type(error).__name__}: {' '.join(str(error).split())[:120]})"
         ) from None
     return sorted(shapes)
 
 
-def onnx_conv_shapes(path: str) -> ShapeList:
-    """Shapes of the weight initializer of every ``Conv`` node of an ONNX model."""
+def load_onnx_model(path: str) -> Any:
+    """An ONNX ModelProto read by onnx's protobuf parser (size checked first, no external data)."""
     _regular_file(path, MAX_ONNX_BYTES)
     onnx = _import_onnx()
     try:
-        model = onnx.load(path, load_external_data=False)
+        return onnx.load(path, load_external_data=False)
     except Exception as error:  # noqa: BLE001 (protobuf raises DecodeError and others)
         raise ExportError(f"{path}: not a readable ONNX model ({type(error).__name__})") from None
+
+
+def _onnx_graphs(model: Any) -> Iterator[Any]:
+    """The main graph and every subgraph held in node attributes (If/Loop bodies); iterative."""
+    stack = [model.graph]
+    while stack:
+        graph = stack.pop()
+        yield graph
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("g"):
+                    stack.append(attribute.g)
+                stack.extend(attribute.graphs)
+
+
+def _domain(name: str) -> str:
+    return "" if name == "ai.onnx" else name  # two spellings of the default domain
+
+
+def onnx_program_ops(path_or_model: Any) -> Tuple[Set[str], Set[str]]:
+    """(op types, domains) of an ONNX model: nodes of every graph and subgraph, as ``Conv`` for
+    the default domain and ``domain:Op`` for any other; a local function counts as the op
+    ``function:domain:name`` (no export of this project has one) and its domain is listed."""
+    model = load_onnx_model(path_or_model) if isinstance(path_or_model, str) else path_or_model
+    ops: Set[str] = set()
+    domains: Set[str] = {_domain(opset.domain) for opset in model.opset_import}
+    for graph in _onnx_graphs(model):
+        for node in graph.node:
+            domains.add(_domain(node.domain))
+            ops.add(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}")
+    for function in model.functions:
+        domains.add(_domain(function.domain))
+        ops.add(f"function:{function.domain}:{function.name}")
+    return ops, domains
+
+
+def check_onnx_ops(path: str, model: Any) -> None:
+    """ExportError unless every op type and domain of ``model`` is one this project's export writes."""
+    ops, domains = onnx_program_ops(model)
+    foreign_domains = sorted(domains - allowed_export_ops()["onnx_domains"])
+    if foreign_domains:
+        raise ExportError(
+            f"{path}: ONNX domains this project's export never uses: "
+            + ", ".join(brief(d, 40) for d in foreign_domains[:5])
+            + "; refusing to load it"
+        )
+    check_program_ops(path, ops, "onnx")
+
+
+def onnx_conv_shapes(path_or_model: Any, path: str = "") -> ShapeList:
+    """Shapes of the weight initializer of every ``Conv`` node of an ONNX model."""
+    if isinstance(path_or_model, str):
+        path, model = path_or_model, load_onnx_model(path_or_model)
+    else:
+        model = path_or_model
     # A weight is an initializer (torch's exporter) or the output of a Constant node
     # (paddle2onnx without an optimiser), possibly behind Identity nodes.
     tensors = {init.name: tuple(int(d) for d in init.dims) for init in model.graph.initializer}
@@ -282,10 +407,16 @@ def onnx_conv_shapes(path: str) -> ShapeList:
 
 
 def program_model(model_dir: str, fmt: str) -> Optional[str]:
-    """Which model the program in ``model_dir`` is, from its convolution weight shapes."""
-    program = os.path.join(model_dir, FORMAT_FILES[fmt][0])
-    shapes = paddle_program_conv_shapes(program) if fmt == PADDLE_FORMAT else onnx_conv_shapes(program)
-    return identify(shapes)
+    """Which model the program in ``model_dir`` is, from its convolution weight shapes, once
+    its op types are all ones this project's export writes (:func:`check_program_ops`)."""
+    path = os.path.join(model_dir, FORMAT_FILES[fmt][0])
+    if fmt == PADDLE_FORMAT:
+        program = read_paddle_program(path)
+        check_program_ops(path, paddle_program_ops(program), "paddle")
+        return identify(paddle_program_conv_shapes(program, path))
+    model = load_onnx_model(path)
+    check_onnx_ops(path, model)
+    return identify(onnx_conv_shapes(model, path))
 
 
 def _import_onnx():
@@ -333,6 +464,32 @@ class ExportedModel:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def check_output(self, x: np.ndarray, output: Any) -> np.ndarray:
+        """``output`` of a run on ``x`` if it is probabilities [B,16,H,W] of ``x``'s B, H, W and
+        finite; ``self.error`` (one line) otherwise: a NaN weight or an edited graph must not
+        turn into a class map ("background 100%", a broadcast 1x1 output, a 17th class)."""
+        expected = (x.shape[0], NUM_CLASSES, x.shape[2], x.shape[3])
+        shape = tuple(getattr(output, "shape", ()))
+        if shape != expected:
+            raise self.error(
+                f"{self.model_dir}: the model's output is {list(shape)} for a {list(x.shape)} input,"
+                f" expected [B,{NUM_CLASSES},H,W] = {list(expected)}; not a segmentation export of this project"
+            )
+        output = np.asarray(output)
+        if not np.isfinite(output).all():
+            raise self.error(
+                f"{self.model_dir}: the model's output holds NaN or Inf (a non-finite weight in the"
+                f" export?); refusing to make classes from it"
+            )
+        return output
+
+    def probe(self) -> None:
+        """One run on a small window (the fixed size, else 64x64) at load: the output's shape
+        and finiteness are checked (:meth:`check_output`) before any image is processed."""
+        height, width = self.fixed_size if self.fixed_size is not None else (PROBE_SIZE, PROBE_SIZE)
+        x = np.random.default_rng(0).standard_normal((1, 3, height, width)).astype(np.float32)
+        self(x)
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """uint8 RGB [H,W,3] -> probabilities float32 [16,H,W] (one forward pass, padded)."""
@@ -397,13 +554,15 @@ class OnnxModel(ExportedModel):
                 f"{model_dir}: onnxruntime cannot load the model ({' '.join(str(error_).split())[:200]})"
             ) from None
         self.input_name = self.session.get_inputs()[0].name
+        self.probe()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = check_input(x, self.fixed_size, self.model_dir, self.error)
         try:
-            return self.session.run(None, {self.input_name: x})[0]
+            output = self.session.run(None, {self.input_name: x})[0]
         except Exception as error_:  # noqa: BLE001
             raise self.error(f"{self.model_dir}: onnxruntime failed ({' '.join(str(error_).split())[:200]})") from None
+        return self.check_output(x, output)
 
 
 def compare_probabilities(expected: np.ndarray, got: np.ndarray) -> Tuple[float, float]:

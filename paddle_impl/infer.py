@@ -146,6 +146,7 @@ class DeployedModel(ExportedModel):
         self._proven = False  # a run has succeeded: no more falling back
         self._predictor = None
         self._create()
+        self.probe()
 
     def _next_backend(self, error: BaseException) -> None:
         """Record why the current backend failed and move to the next candidate (or raise)."""
@@ -185,7 +186,7 @@ class DeployedModel(ExportedModel):
             try:
                 output = self._run(x)
                 self._proven = True
-                return output
+                return self.check_output(x, output)
             except InferenceError:
                 raise
             except Exception as error:  # noqa: BLE001 (Paddle raises RuntimeError, NotImplementedError, ...)
