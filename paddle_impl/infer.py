@@ -54,9 +54,9 @@ from app.cli import OneLineArgumentParser, device_spec, thread_count
 from app.exported import ONNX_FORMAT, ExportedModel, OnnxModel, check_input
 from app.exported import default_threads as default_threads
 from app.preview import ColourPreview
-from app.raster import RasterError, open_raster
+from app.raster import GEOTIFF_EXTENSIONS, RasterError, open_raster
 from isaid.atomic import describe_os_error
-from isaid.imageio import write_png_atomic
+from isaid.imageio import ImageReadError, check_image_memory, read_size, write_png_atomic
 from isaid.palette import CLASS_NAMES, NUM_CLASSES
 
 from .export_format import CONFIG_FILE, PARAMS_FILE, PROGRAM_FILE, ExportError, fixed_size, read_deploy_config
@@ -68,10 +68,27 @@ BACKENDS = ("auto",) + CPU_BACKENDS + ("gpu", "onnxruntime")
 AUTO_CPU_ORDER: Tuple[str, ...] = ("onednn", "native")
 # The pass whose removal keeps oneDNN convolutions but leaves interpolations on CPU kernels.
 ONEDNN_PLACEMENT_PASS = "onednn_placement_pass"
+# Peak bytes a pixel of the input costs in one whole-image forward pass (the uint8 image, its
+# normalised float32 copy, ResNet-50/FPN activations at 1/4 resolution, the probabilities
+# [16,H,W] and the class map); an estimate that errs high, see docs/untrusted_inputs.md.
+FORWARD_BYTES_PER_PIXEL = 400
 
 
 class InferenceError(Exception):
     """No backend could run the export, or the input does not fit it; one line."""
+
+
+def check_forward_memory(height: int, width: int, path: str) -> None:
+    """ImageReadError (one line) when one forward pass over a ``height`` x ``width`` image
+    (what this command runs) needs more memory than this process may allocate."""
+    check_image_memory(
+        height,
+        width,
+        path,
+        FORWARD_BYTES_PER_PIXEL,
+        "one forward pass over",
+        "use python -m paddle_impl.predict --model-dir (sliding windows, bounded memory)",
+    )
 
 
 def make_config(model_dir: str, backend: str, threads: Optional[int] = None, gpu_id: int = 0) -> "paddle_infer.Config":
@@ -271,13 +288,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{PROG}: error: {option} {path}: must end in .png", file=sys.stderr)
             return 2
     try:
+        if not args.image.lower().endswith(GEOTIFF_EXTENSIONS):  # decoded whole: check its header first
+            check_forward_memory(*read_size(args.image), args.image)
         model = create_predictor(args.model_dir, args.device, args.backend, args.threads)
         with open_raster(args.image) as reader:
+            check_forward_memory(reader.height, reader.width, args.image)
             image = reader.read_window(0, 0, reader.height, reader.width)
         start = time.perf_counter()
         classes = model.predict_image(image)
         seconds = time.perf_counter() - start
-    except (ExportError, RasterError, InferenceError) as error:
+    except (ExportError, RasterError, InferenceError, ImageReadError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     for backend, reason in model.fallbacks:

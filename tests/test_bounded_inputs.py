@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from typing import List
 
+import numpy as np
 import pytest
 import yaml
 
@@ -55,6 +59,27 @@ def assert_refused(proc: subprocess.CompletedProcess, *expected: str) -> str:
     for text in expected:
         assert text in lines[0], lines[0]
     return lines[0]
+
+
+def small_png(path: Path, side: int = 64) -> Path:
+    """A real side x side RGB PNG (random pixels)."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def header_only_png(path: Path, height: int, width: int) -> Path:
+    """A PNG that claims ``width`` x ``height`` and holds no pixel data: a decompression
+    bomb's header (the readers must refuse it from the header, before decoding)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
 
 
 # ------------------------------------------------------------------------------ hostile YAML
@@ -104,8 +129,7 @@ def _export_folder(folder: Path, yml_text: str) -> Path:
 def test_hostile_model_yml_is_refused(tmp_path: Path, kind: str) -> None:
     make, expected = HOSTILE_YAML[kind]
     folder = _export_folder(tmp_path / "export", make())
-    image = tmp_path / "scene.png"
-    image.write_bytes(b"")  # never reached
+    image = small_png(tmp_path / "scene.png")
     proc = run_capped("-m", "paddle_impl.infer", "--model-dir", str(folder), "--image", str(image))
     assert_refused(proc, "model.yml", expected)
 
@@ -169,8 +193,7 @@ def test_model_yml_window_and_stride_are_bounded(tmp_path: Path, window, stride,
 
 def test_model_yml_window_refusal_through_the_command(tmp_path: Path) -> None:
     folder = _export_folder(tmp_path / "export", _model_yml(1, 1))
-    image = tmp_path / "scene.png"
-    image.write_bytes(b"")
+    image = small_png(tmp_path / "scene.png")
     proc = run_capped("-m", "paddle_impl.infer", "--model-dir", str(folder), "--image", str(image))
     assert_refused(proc, "model.yml", "sliding_window", "window must be")
 
@@ -257,3 +280,239 @@ def test_infer_device_and_threads_through_the_command(tmp_path: Path) -> None:
         proc = run_capped("-m", "paddle_impl.infer", "--model-dir", str(tmp_path), "--image", "x.png", flag, value)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert f"argument {flag}" in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------------------------ exports (items 5, 7, 11)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory) -> dict:
+    """A real FarSeg export of each kind (random weights): Paddle PIR and torch ONNX, plus the
+    torch checkpoint they came from."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import paddle
+    import torch
+
+    import paddle_impl
+    import torch_ref
+    from convert import save_torch
+    from paddle_impl.export import export as paddle_export
+    from torch_ref.export import export as torch_export
+
+    paddle.set_device("cpu")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("exports")
+    torch.manual_seed(0)
+    torch_model = torch_ref.build_model("farseg").eval()
+    save_torch(torch_model.state_dict(), folder / "farseg.pth")
+    paddle_model = paddle_impl.build_model("farseg")
+    paddle_model.eval()
+    paddle_export("farseg", None, str(folder / "paddle"), model=paddle_model, check=False)
+    torch_export("farseg", None, str(folder / "onnx"), model=torch_model, check=False)
+    torch.set_num_threads(previous)
+    return {"paddle": folder / "paddle", "onnx": folder / "onnx", "weights": folder / "farseg.pth"}
+
+
+def _copy(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def _infer(folder: Path, image: Path, *extra: str, cap: bool = True) -> subprocess.CompletedProcess:
+    backend = "onnxruntime" if (folder / "model.onnx").exists() else "native"
+    return run_capped(
+        "-m",
+        "paddle_impl.infer",
+        "--model-dir",
+        str(folder),
+        "--image",
+        str(image),
+        "--backend",
+        backend,
+        "--threads",
+        "1",
+        *extra,
+        cap=cap,
+    )
+
+
+def test_real_exports_pass_the_allow_list_and_the_probe(exports, tmp_path: Path) -> None:
+    image = small_png(tmp_path / "scene.png")
+    for kind in ("paddle", "onnx"):
+        proc = _infer(exports[kind], image)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def _edit_program_json(folder: Path, edit) -> None:
+    import json
+
+    path = folder / "model.json"
+    program = json.loads(path.read_text())
+    edit(program)
+    path.write_text(json.dumps(program))
+
+
+def test_paddle_program_with_a_read_file_op_is_refused_before_loading(exports, tmp_path: Path) -> None:
+    folder = _copy(exports["paddle"], tmp_path / "export")
+
+    def inject(program: dict) -> None:
+        ops = program["program"]["regions"][0]["blocks"][0]["ops"]
+        planted = dict(next(op for op in ops if op.get("#") == "1.full"))
+        planted["#"] = "1.read_file"
+        ops.insert(1, planted)
+
+    _edit_program_json(folder, inject)
+    assert_refused(_infer(folder, small_png(tmp_path / "scene.png")), "model.json", "1.read_file", "never writes")
+
+
+def test_deeply_nested_program_json_is_refused_in_one_line(exports, tmp_path: Path) -> None:
+    folder = _copy(exports["paddle"], tmp_path / "export")
+
+    import json
+
+    path = folder / "model.json"
+    text = path.read_text()
+    path.write_text(text[:-1] + ', "extra": ' + "[" * 20000 + "]" * 20000 + "}")
+    assert json.loads(text)  # the original parses
+    assert_refused(_infer(folder, small_png(tmp_path / "scene.png")), "model.json", "JSON nested")
+
+
+def test_paddle_params_with_nan_are_refused_at_load(exports, tmp_path: Path) -> None:
+    folder = _copy(exports["paddle"], tmp_path / "export")
+    params = folder / "model.pdiparams"
+    data = bytearray(params.read_bytes())
+    middle = len(data) // 2 // 4 * 4  # inside the largest weights (the headers are tiny)
+    data[middle : middle + (1 << 16)] = b"\xff" * (1 << 16)  # 0xffffffff is a float32 NaN
+    params.write_bytes(bytes(data))
+    assert_refused(_infer(folder, small_png(tmp_path / "scene.png")), "NaN or Inf")
+
+
+def _edit_onnx(folder: Path, edit) -> None:
+    import onnx
+
+    path = folder / "model.onnx"
+    model = onnx.load(str(path))
+    edit(model)
+    onnx.save(model, str(path))
+
+
+def _nan_initializer(model) -> None:
+    from onnx import numpy_helper
+
+    largest = max(model.graph.initializer, key=lambda init: int(np.prod(init.dims)))
+    largest.CopyFrom(numpy_helper.from_array(np.full(tuple(largest.dims), np.nan, np.float32), largest.name))
+
+
+def _pooled_output(model) -> None:
+    from onnx import helper
+
+    output = model.graph.output[0]
+    model.graph.node.append(helper.make_node("GlobalAveragePool", [output.name], ["pooled"]))
+    output.name = "pooled"
+    output.type.tensor_type.ClearField("shape")
+
+
+def _seventeen_channels(model) -> None:
+    from onnx import helper, numpy_helper
+
+    output = model.graph.output[0]
+    for name, value in (("s0", [0]), ("s1", [1]), ("ax", [1])):
+        model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), name))
+    model.graph.node.append(helper.make_node("Slice", [output.name, "s0", "s1", "ax"], ["first"]))
+    model.graph.node.append(helper.make_node("Concat", [output.name, "first"], ["seventeen"], axis=1))
+    output.name = "seventeen"
+    output.type.tensor_type.ClearField("shape")
+
+
+def _custom_domain(model) -> None:
+    from onnx import helper
+
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    model.graph.node.append(helper.make_node("ReadFile", [], ["junk"], domain="com.example"))
+
+
+@pytest.mark.parametrize(
+    "edit,expected",
+    [
+        (_nan_initializer, "NaN or Inf"),
+        (_pooled_output, "output is [1, 16, 1, 1]"),
+        (_seventeen_channels, "output is [1, 17, 64, 64]"),
+        (_custom_domain, "ONNX domains this project's export never uses: com.example"),
+    ],
+    ids=["nan-initializer", "output-1x1", "17-channels", "custom-domain"],
+)
+def test_edited_onnx_export_is_refused_at_load(exports, tmp_path: Path, edit, expected: str) -> None:
+    folder = _copy(exports["onnx"], tmp_path / "export")
+    _edit_onnx(folder, edit)
+    assert_refused(_infer(folder, small_png(tmp_path / "scene.png")), expected)
+
+
+def test_every_run_is_checked_finite(exports, tmp_path: Path) -> None:
+    """Past the probe, a run whose output is not finite is refused too (planted: a model
+    that returns NaN for large inputs only)."""
+    from app.exported import ExportError, OnnxModel
+
+    model = OnnxModel(str(exports["onnx"]), threads=1)
+    run = model.session.run
+    model.session.run = lambda names, feed: [np.full_like(run(names, feed)[0], np.nan)]
+    with pytest.raises(ExportError, match="NaN or Inf"):
+        model(np.zeros((1, 3, 96, 64), np.float32))
+
+
+def test_infer_refuses_an_image_too_large_for_one_forward_pass(exports, tmp_path: Path) -> None:
+    png = header_only_png(tmp_path / "bomb.png", 8000, 8000)
+    assert_refused(_infer(exports["paddle"], png), "8000x8000", "one forward pass", "paddle_impl.predict")
+
+
+def test_infer_refuses_a_sparse_huge_geotiff(exports, tmp_path: Path) -> None:
+    rasterio = pytest.importorskip("rasterio")
+    path = tmp_path / "huge.tif"
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=30000,
+        width=30000,
+        count=3,
+        dtype="uint8",
+        tiled=True,
+        compress="deflate",
+        SPARSE_OK="TRUE",
+        BIGTIFF="YES",
+    ) as dataset:
+        dataset.write(np.zeros((3, 256, 256), dtype=np.uint8), window=rasterio.windows.Window(0, 0, 256, 256))
+    assert path.stat().st_size < 2**20
+    assert_refused(_infer(exports["paddle"], path), "30000x30000", "one forward pass")
+
+
+def test_evaluate_refuses_a_png_bomb_from_its_header(exports, tmp_path: Path) -> None:
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    header_only_png(images / "P0001.png", 19000, 19000)
+    header_only_png(masks / "P0001.png", 19000, 19000)
+    proc = run_capped(
+        "-m",
+        "torch_ref.evaluate",
+        "--model",
+        "farseg",
+        "--weights",
+        str(exports["weights"]),
+        "--images",
+        str(images),
+        "--masks",
+        str(masks),
+        "--no-progress",
+    )
+    assert_refused(proc, "19000x19000", "address-space limit")
+
+
+def test_image_reader_guard_is_planted_and_caught(tmp_path: Path) -> None:
+    """The guard in the readers, in process: a limit just below the need is refused."""
+    from isaid.imageio import ImageReadError, check_image_memory
+
+    with pytest.raises(ImageReadError, match="19000x19000"):
+        check_image_memory(19000, 19000, "x.png", bytes_per_pixel=2**20)
+    check_image_memory(64, 64, "x.png")  # a small image passes
