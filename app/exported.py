@@ -22,8 +22,10 @@ import argparse
 import functools
 import hashlib
 import json
+import mmap
 import os
 import shutil
+import struct
 import tempfile
 from collections import Counter
 from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
@@ -406,6 +408,137 @@ def onnx_conv_shapes(path_or_model: Any, path: str = "") -> ShapeList:
     return sorted(shapes)
 
 
+# Paddle's VarType codes of the tensors a .pdiparams may hold, and their item sizes; floats
+# are checked finite.
+_PADDLE_DTYPES = {
+    0: "bool",
+    1: "int16",
+    2: "int32",
+    3: "int64",
+    4: "float16",
+    5: "float32",
+    6: "float64",
+    20: "uint8",
+    21: "int8",
+}
+MAX_TENSOR_DESC_BYTES = 1024
+
+
+def _varint(data: bytes, pos: int) -> Tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated tensor description")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def _tensor_desc(data: bytes) -> Tuple[int, List[int]]:
+    """(VarType code, dims) of a serialised ``TensorDesc`` (protobuf: 1 data_type, 2 dims)."""
+    pos, dtype, dims = 0, -1, []
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+            if field == 1:
+                dtype = value
+            elif field == 2:
+                dims.append(value)
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            end = pos + length
+            if end > len(data):
+                raise ValueError("truncated tensor description")
+            while field == 2 and pos < end:  # packed dims
+                value, pos = _varint(data, pos)
+                dims.append(value)
+            pos = end
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+    return dtype, [d - (1 << 64) if d >= 1 << 63 else d for d in dims]
+
+
+def check_paddle_params(path: str) -> int:
+    """Read ``model.pdiparams`` (Paddle's saved tensors, one after another) without Paddle:
+    every header within the file, every floating-point value finite. Returns the number of
+    tensors; ExportError (one line) otherwise. A NaN weight does not always reach the output
+    (ReLU maps NaN to 0 in Paddle's kernels), so the weights themselves are checked."""
+    _regular_file(path, MAX_ONNX_BYTES)
+    try:
+        with open(path, "rb") as handle:
+            data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if os.path.getsize(path) else b""
+    except (OSError, ValueError) as error:
+        raise ExportError(f"{path}: cannot read ({' '.join(str(error).split())[:120]})") from None
+    size, pos, index = len(data), 0, 0
+    try:
+        while pos < size:
+            if pos + 12 > size:
+                raise ValueError("truncated tensor header")
+            version, lod_levels = struct.unpack_from("<IQ", data, pos)
+            pos += 12
+            if version != 0 or lod_levels > 8:
+                raise ValueError(f"tensor {index}: unexpected header")
+            for _ in range(lod_levels):
+                (length,) = struct.unpack_from("<Q", data, pos)
+                pos += 8 + length
+            if pos + 8 > size:
+                raise ValueError("truncated tensor header")
+            tensor_version, desc_size = struct.unpack_from("<Ii", data, pos)
+            pos += 8
+            if tensor_version != 0 or not 0 < desc_size <= MAX_TENSOR_DESC_BYTES or pos + desc_size > size:
+                raise ValueError(f"tensor {index}: unexpected header")
+            code, dims = _tensor_desc(bytes(data[pos : pos + desc_size]))
+            pos += desc_size
+            if code not in _PADDLE_DTYPES or any(d < 0 for d in dims):
+                raise ValueError(f"tensor {index}: unsupported type {code} or shape {dims[:8]}")
+            dtype = np.dtype(_PADDLE_DTYPES[code])
+            count = int(np.prod(dims, dtype=np.float64)) if dims else 1
+            if pos + count * dtype.itemsize > size:
+                raise ValueError(f"tensor {index}: {dims[:8]} runs past the end of the file")
+            if dtype.kind == "f":
+                values = np.frombuffer(data, dtype=dtype.newbyteorder("<"), count=count, offset=pos)
+                finite = bool(np.isfinite(values).all())
+                del values  # the map cannot be closed while an array views it
+                if not finite:
+                    raise ExportError(
+                        f"{path}: parameter {index} (shape {dims[:8]}) holds NaN or Inf values; refusing the export"
+                    )
+            pos += count * dtype.itemsize
+            index += 1
+    except (ValueError, struct.error) as error:
+        raise ExportError(f"{path}: not a Paddle parameter file ({' '.join(str(error).split())[:160]})") from None
+    finally:
+        if isinstance(data, mmap.mmap):
+            data.close()
+    return index
+
+
+def check_onnx_weights(path: str, model: Any) -> None:
+    """ExportError unless every floating-point initializer and Constant of ``model`` is finite."""
+    from onnx import numpy_helper
+
+    tensors = list(model.graph.initializer)
+    for graph in _onnx_graphs(model):
+        for node in graph.node:
+            if node.op_type == "Constant":
+                tensors.extend(a.t for a in node.attribute if a.HasField("t"))
+    for tensor in tensors:
+        try:
+            values = numpy_helper.to_array(tensor)
+        except Exception:  # noqa: BLE001 (external or malformed data: onnxruntime will refuse it)
+            continue
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise ExportError(
+                f"{path}: weight {brief(tensor.name, 60)} (shape {list(values.shape)[:8]}) holds NaN or Inf"
+                " values; refusing the export"
+            )
+
+
 def program_model(model_dir: str, fmt: str) -> Optional[str]:
     """Which model the program in ``model_dir`` is, from its convolution weight shapes, once
     its op types are all ones this project's export writes (:func:`check_program_ops`)."""
@@ -413,9 +546,11 @@ def program_model(model_dir: str, fmt: str) -> Optional[str]:
     if fmt == PADDLE_FORMAT:
         program = read_paddle_program(path)
         check_program_ops(path, paddle_program_ops(program), "paddle")
+        check_paddle_params(os.path.join(model_dir, FORMAT_FILES[fmt][1]))
         return identify(paddle_program_conv_shapes(program, path))
     model = load_onnx_model(path)
     check_onnx_ops(path, model)
+    check_onnx_weights(path, model)
     return identify(onnx_conv_shapes(model, path))
 
 

@@ -516,3 +516,96 @@ def test_image_reader_guard_is_planted_and_caught(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match="19000x19000"):
         check_image_memory(19000, 19000, "x.png", bytes_per_pixel=2**20)
     check_image_memory(64, 64, "x.png")  # a small image passes
+
+
+# ------------------------------------------------------------------------------ isaid.prepare (item 10)
+
+
+def _colour_mask(path: Path, side: int = 64) -> Path:
+    from PIL import Image
+
+    Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(path)
+    return path
+
+
+def _prepare_source(tmp_path: Path) -> Path:
+    split = tmp_path / "src" / "train"
+    (split / "images").mkdir(parents=True)
+    (split / "Semantic_masks").mkdir()
+    return split
+
+
+def _prepare(tmp_path: Path) -> subprocess.CompletedProcess:
+    return run_capped(
+        "-m", "isaid.prepare", str(tmp_path / "src"), str(tmp_path / "out"), "--splits", "train", "--no-progress"
+    )
+
+
+def _error_lines(proc: subprocess.CompletedProcess) -> List[str]:
+    return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+
+
+def _zip_declaring(path: Path, member: str, data: bytes, declared: int) -> None:
+    """A zip whose member holds ``data`` but whose central directory declares ``declared``
+    bytes uncompressed (the size zipfile believes before reading)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(member, data)
+    raw = bytearray(path.read_bytes())
+    central = raw.rindex(b"PK\x01\x02")
+    raw[central + 24 : central + 28] = struct.pack("<I", declared)
+    path.write_bytes(bytes(raw))
+
+
+def test_prepare_refuses_a_zip_member_declaring_1_5_gib_before_reading(tmp_path: Path) -> None:
+    split = _prepare_source(tmp_path)
+    image = small_png(tmp_path / "P0001.png").read_bytes()
+    _zip_declaring(split / "images" / "part1.zip", "images/P0001.png", image, 3 * 2**29)
+    _colour_mask(split / "Semantic_masks" / "P0001_instance_color_RGB.png")
+    proc = _prepare(tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    errors = _error_lines(proc)
+    assert len(errors) == 1 and "part1.zip:images/P0001.png" in errors[0], errors
+    assert "declares 1610612736 bytes" in errors[0], errors
+
+
+def test_prepare_refuses_a_deflate_bomb_member(tmp_path: Path) -> None:
+    """A real 64^2 PNG followed by 64 MB of zeros: 64 KB on disk, refused by its ratio."""
+    import zipfile
+
+    split = _prepare_source(tmp_path)
+    image = small_png(tmp_path / "P0001.png").read_bytes()
+    with zipfile.ZipFile(split / "images" / "part1.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("P0001.png", image + bytes(64 << 20))
+    assert (split / "images" / "part1.zip").stat().st_size < 2 << 20
+    _colour_mask(split / "Semantic_masks" / "P0001_instance_color_RGB.png")
+    errors = _error_lines(_prepare(tmp_path))
+    assert len(errors) == 1 and "zip bomb" in errors[0], errors
+
+
+def test_prepare_compares_mask_and_image_headers_before_decoding(tmp_path: Path) -> None:
+    """A 19000^2 mask header beside a 64^2 image: the mismatch is named, nothing decoded
+    (under the 3 GB cap, decoding the mask alone would need ~1 GB, and 4 GB at 12 B/px)."""
+    split = _prepare_source(tmp_path)
+    small_png(split / "images" / "P0001.png")
+    header_only_png(split / "Semantic_masks" / "P0001_instance_color_RGB.png", 19000, 19000)
+    proc = _prepare(tmp_path)
+    errors = _error_lines(proc)
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr
+    assert "mask size 19000x19000 differs from image size 64x64" in errors[0], errors
+    assert "MemoryError" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_prepare_still_reads_a_scene_from_a_zip(tmp_path: Path) -> None:
+    """The streamed zip member (no longer read whole) is decoded and copied as before."""
+    import zipfile
+
+    split = _prepare_source(tmp_path)
+    image = small_png(tmp_path / "P0001.png").read_bytes()
+    with zipfile.ZipFile(split / "images" / "part1.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("images/P0001.png", image)
+    _colour_mask(split / "Semantic_masks" / "P0001_instance_color_RGB.png")
+    proc = _prepare(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "train" / "images" / "P0001.png").read_bytes() == image
