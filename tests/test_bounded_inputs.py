@@ -439,7 +439,7 @@ def _custom_domain(model) -> None:
         (_nan_initializer, "NaN or Inf"),
         (_pooled_output, "output is [1, 16, 1, 1]"),
         (_seventeen_channels, "output is [1, 17, 64, 64]"),
-        (_custom_domain, "ONNX domains this project's export never uses: com.example"),
+        (_custom_domain, "ONNX domains this project's export never uses: 'com.example'"),
     ],
     ids=["nan-initializer", "output-1x1", "17-channels", "custom-domain"],
 )
