@@ -49,6 +49,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from common.bounded_json import read_json
 from common.cli import stride_px, thread_count, window_side
 
 from .atomic import describe_os_error, remove_stale_temporaries
@@ -70,6 +71,7 @@ from .windows import pad_bottom_right, sliding_windows
 # before decoding it. Measured: 15.9 (peak RSS minus the import baseline, a synthetic
 # 3000x3000 scene, /usr/bin/time -v); 20 leaves a margin.
 PREPARE_BYTES_PER_PIXEL = 20
+MAX_MARKER_BYTES = 16 << 20  # a scene's done/<name>.json (its index entry: windows, counts)
 MASK_SUFFIX = "_instance_color_RGB.png"
 IMAGE_FOLDER = "images"
 MASK_FOLDER = "Semantic_masks"
@@ -264,9 +266,8 @@ def _marker_path(out_split: str, name: str) -> str:
 
 
 def _read_marker(out_split: str, name: str) -> Optional[Dict[str, object]]:
-    try:
-        with open(_marker_path(out_split, name), encoding="utf-8") as handle:
-            entry = json.load(handle)
+    try:  # a marker is a few KB; anything else (huge, deep, a FIFO) is not one: redo the scene
+        entry = read_json(_marker_path(out_split, name), MAX_MARKER_BYTES, what="marker")
     except (OSError, ValueError):
         return None
     return entry if isinstance(entry, dict) and entry.get("name") == name else None
