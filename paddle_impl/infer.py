@@ -68,10 +68,11 @@ BACKENDS = ("auto",) + CPU_BACKENDS + ("gpu", "onnxruntime")
 AUTO_CPU_ORDER: Tuple[str, ...] = ("onednn", "native")
 # The pass whose removal keeps oneDNN convolutions but leaves interpolations on CPU kernels.
 ONEDNN_PLACEMENT_PASS = "onednn_placement_pass"
-# Peak bytes a pixel of the input costs in one whole-image forward pass (the uint8 image, its
-# normalised float32 copy, ResNet-50/FPN activations at 1/4 resolution, the probabilities
-# [16,H,W] and the class map); an estimate that errs high, see docs/untrusted_inputs.md.
-FORWARD_BYTES_PER_PIXEL = 400
+# Peak bytes a pixel of the input costs in one whole-image forward pass (the image, its
+# normalised copy, ResNet-50/FPN activations, the probabilities [16,H,W], the class map).
+# Measured 808 (FarSeg, native backend, one thread: peak RSS of 1024^2 minus 256^2 over the
+# pixel difference, /usr/bin/time -f %M; docs/untrusted_inputs.md); 1000 leaves a margin.
+FORWARD_BYTES_PER_PIXEL = 1000
 
 
 class InferenceError(Exception):
