@@ -139,8 +139,10 @@ class DeployedModel(ExportedModel):
         backend: str = "auto",
         threads: Optional[int] = None,
         config: Optional[dict] = None,
+        checked: bool = True,
     ) -> None:
         self.model_dir = model_dir
+        self.checked = checked
         self.config = read_deploy_config(model_dir) if config is None else config
         self.fixed_size = fixed_size(self.config)
         self.threads = threads
@@ -216,7 +218,8 @@ def create_predictor(
 ) -> ExportedModel:
     """Open the export in ``model_dir``: a :class:`DeployedModel` (Paddle Inference) for a
     Paddle program, an :class:`app.exported.OnnxModel` for an ONNX export. ExportError if the
-    folder is not an export or its ``model.yml`` does not describe its program (``verify``).
+    folder is not an export or its ``model.yml`` does not describe its program (``verify``;
+    it also turns on the output checks: shape and finiteness at load and on every run).
     """
     config = read_deploy_config(model_dir, verify=verify)
     if config["format"] == ONNX_FORMAT:
@@ -224,13 +227,13 @@ def create_predictor(
             raise InferenceError(
                 f"{model_dir} is an ONNX export: it runs with --backend onnxruntime (or auto) on the CPU"
             )
-        return OnnxModel(model_dir, threads, config, error=InferenceError)
+        return OnnxModel(model_dir, threads, config, error=InferenceError, checked=verify)
     if backend == "onnxruntime":
         raise InferenceError(
             f"{model_dir} is a Paddle Inference export; --backend onnxruntime needs an export"
             " written with --format onnx"
         )
-    return DeployedModel(model_dir, device, backend, threads, config)
+    return DeployedModel(model_dir, device, backend, threads, config, checked=verify)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,9 +292,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{PROG}: error: {option} {path}: must end in .png", file=sys.stderr)
             return 2
     try:
+        model = create_predictor(args.model_dir, args.device, args.backend, args.threads)
         if not args.image.lower().endswith(GEOTIFF_EXTENSIONS):  # decoded whole: check its header first
             check_forward_memory(*read_size(args.image), args.image)
-        model = create_predictor(args.model_dir, args.device, args.backend, args.threads)
         with open_raster(args.image) as reader:
             check_forward_memory(reader.height, reader.width, args.image)
             image = reader.read_window(0, 0, reader.height, reader.width)
