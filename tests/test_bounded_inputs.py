@@ -609,3 +609,48 @@ def test_prepare_still_reads_a_scene_from_a_zip(tmp_path: Path) -> None:
     proc = _prepare(tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out" / "train" / "images" / "P0001.png").read_bytes() == image
+
+
+# Packages whose commands use the bounded types; align keeps its own checks (align/config.py).
+TYPED_PACKAGES = ("app", "isaid", "convert", "torch_ref", "paddle_impl", "common")
+
+
+def unbounded_flags(sources: dict) -> List[str]:
+    """``file:line --flag`` for every ``add_argument`` whose ``type`` is a bare ``int`` or
+    ``float`` without ``choices`` (no range), or a ``--device``/``--threads`` with neither a type nor choices."""
+    import ast
+
+    found = []
+    for path, source in sorted(sources.items()):
+        for node in ast.walk(ast.parse(source)):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument"):
+                continue
+            names = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+            keywords = {k.arg: k.value for k in node.keywords}
+            kind = keywords.get("type")
+            bare = isinstance(kind, ast.Name) and kind.id in ("int", "float") and "choices" not in keywords
+            untyped = any(n in ("--device", "--threads") for n in names) and not ({"type", "choices"} & set(keywords))
+            if bare or untyped:
+                found.append(f"{path}:{node.lineno} {' '.join(names)}")
+    return found
+
+
+def _package_sources() -> dict:
+    return {
+        str(path.relative_to(REPO)): path.read_text(encoding="utf-8")
+        for package in TYPED_PACKAGES
+        for path in sorted((REPO / package).rglob("*.py"))
+    }
+
+
+def test_no_command_has_an_unbounded_numeric_or_device_flag() -> None:
+    assert unbounded_flags(_package_sources()) == []
+
+
+def test_unbounded_flag_scan_catches_a_planted_flag() -> None:
+    sources = _package_sources()
+    sources["paddle_impl/infer.py"] += '\n\ndef _planted(parser):\n    parser.add_argument("--threads", type=int)\n'
+    sources["app/predict.py"] += '\n\ndef _planted(parser):\n    parser.add_argument("--device", default="cpu")\n'
+    found = unbounded_flags(sources)
+    assert any(f.startswith("paddle_impl/infer.py:") and "--threads" in f for f in found), found
+    assert any(f.startswith("app/predict.py:") and "--device" in f for f in found), found
