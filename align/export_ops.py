@@ -32,14 +32,13 @@ def collect(folder: Path) -> Dict[str, Set[str]]:
     import paddle
     import torch
 
+    import app.exported
     import paddle_impl
     import torch_ref
     from paddle_impl.export import export as paddle_export
     from torch_ref.export import export as torch_export
 
     # Collecting the list: the exporters' own loads must not be judged by the list being made.
-    import app.exported
-
     app.exported.check_program_ops = lambda path, found, kind: None
     app.exported.check_onnx_ops = lambda path, model: None
     paddle.set_device("cpu")
