@@ -654,3 +654,13 @@ def test_unbounded_flag_scan_catches_a_planted_flag() -> None:
     found = unbounded_flags(sources)
     assert any(f.startswith("paddle_impl/infer.py:") and "--threads" in f for f in found), found
     assert any(f.startswith("app/predict.py:") and "--device" in f for f in found), found
+
+
+@pytest.mark.parametrize(
+    "flag,value,expected",
+    [("--size", "100000", "--size must be at most 4096"), ("--batch", "100000", "--batch must lie")],
+)
+def test_align_bounds_its_input_size_and_batch(tmp_path: Path, flag: str, value: str, expected: str) -> None:
+    proc = run_capped("-m", "align.forward", "--model", "farseg", flag, value, "--out", str(tmp_path / "out"))
+    assert_refused(proc, expected)
+    assert not (tmp_path / "out").exists()
