@@ -320,6 +320,18 @@ def _copy(source: Path, target: Path) -> Path:
     return target
 
 
+def _infer_here(folder: Path, image: Path, capsys) -> subprocess.CompletedProcess:
+    """``paddle_impl.infer.main`` in this process (no Paddle import per test: the edited
+    exports below are refused before or at load, in bounded memory by construction)."""
+    import paddle_impl.infer as infer
+
+    backend = "onnxruntime" if (folder / "model.onnx").exists() else "native"
+    capsys.readouterr()
+    code = infer.main(["--model-dir", str(folder), "--image", str(image), "--backend", backend, "--threads", "1"])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess([], code, captured.out, captured.err)
+
+
 def _infer(folder: Path, image: Path, *extra: str, cap: bool = True) -> subprocess.CompletedProcess:
     backend = "onnxruntime" if (folder / "model.onnx").exists() else "native"
     return run_capped(
@@ -367,7 +379,7 @@ def test_paddle_program_with_a_read_file_op_is_refused_before_loading(exports, t
     assert_refused(_infer(folder, small_png(tmp_path / "scene.png")), "model.json", "1.read_file", "never writes")
 
 
-def test_deeply_nested_program_json_is_refused_in_one_line(exports, tmp_path: Path) -> None:
+def test_deeply_nested_program_json_is_refused_in_one_line(exports, tmp_path: Path, capsys) -> None:
     folder = _copy(exports["paddle"], tmp_path / "export")
 
     import json
@@ -376,17 +388,17 @@ def test_deeply_nested_program_json_is_refused_in_one_line(exports, tmp_path: Pa
     text = path.read_text()
     path.write_text(text[:-1] + ', "extra": ' + "[" * 20000 + "]" * 20000 + "}")
     assert json.loads(text)  # the original parses
-    assert_refused(_infer(folder, small_png(tmp_path / "scene.png")), "model.json", "JSON nested")
+    assert_refused(_infer_here(folder, small_png(tmp_path / "scene.png"), capsys), "model.json", "JSON nested")
 
 
-def test_paddle_params_with_nan_are_refused_at_load(exports, tmp_path: Path) -> None:
+def test_paddle_params_with_nan_are_refused_at_load(exports, tmp_path: Path, capsys) -> None:
     folder = _copy(exports["paddle"], tmp_path / "export")
     params = folder / "model.pdiparams"
     data = bytearray(params.read_bytes())
     middle = len(data) // 2 // 4 * 4  # inside the largest weights (the headers are tiny)
     data[middle : middle + (1 << 16)] = b"\xff" * (1 << 16)  # 0xffffffff is a float32 NaN
     params.write_bytes(bytes(data))
-    assert_refused(_infer(folder, small_png(tmp_path / "scene.png")), "NaN or Inf")
+    assert_refused(_infer_here(folder, small_png(tmp_path / "scene.png"), capsys), "NaN or Inf")
 
 
 def _edit_onnx(folder: Path, edit) -> None:
@@ -443,10 +455,10 @@ def _custom_domain(model) -> None:
     ],
     ids=["nan-initializer", "output-1x1", "17-channels", "custom-domain"],
 )
-def test_edited_onnx_export_is_refused_at_load(exports, tmp_path: Path, edit, expected: str) -> None:
+def test_edited_onnx_export_is_refused_at_load(exports, tmp_path: Path, edit, expected: str, capsys) -> None:
     folder = _copy(exports["onnx"], tmp_path / "export")
     _edit_onnx(folder, edit)
-    assert_refused(_infer(folder, small_png(tmp_path / "scene.png")), expected)
+    assert_refused(_infer_here(folder, small_png(tmp_path / "scene.png"), capsys), expected)
 
 
 def test_every_run_is_checked_finite(exports, tmp_path: Path) -> None:
