@@ -1,16 +1,25 @@
 """Bounded readers and refusals (issue 17, items 5, 7-11, 13): hostile files made here, small.
 
-Every refusal is a subprocess of the real command under a 3 GB address-space limit and a
-timeout, and must end with exit 2 and one ``error:`` line (no traceback, no MemoryError):
+Refusals go through the real command (a subprocess under a 3 GB address-space limit and a
+timeout where memory is the point) and must end with exit 2 and one ``error:`` line (no
+traceback, no MemoryError):
 
-- YAML (training configs, ``model.yml``): alias bomb, 20,000 nested brackets, oversized file;
-- ``model.yml`` windows and strides outside what the models support;
-- every numeric and device flag of every command (one argparse style, app.cli);
+- YAML (training configs of both trainers, ``model.yml``): alias bomb, 20,000 nested
+  brackets, oversized file; ``model.yml`` windows and strides outside what the models run;
+- every numeric and device flag of every command (one argparse style, ``common.cli``), and an
+  AST scan that no command keeps a bare ``int``/``float`` flag;
+- exports: a ``read_file`` op in ``model.json`` (refused before Paddle loads it), deep JSON,
+  NaN in ``.pdiparams`` and in an ONNX initializer, outputs [B,16,1,1] and 17 channels, a
+  custom ONNX domain, a non-finite output on a later run;
+- image bombs from their headers: 8000^2 PNG and sparse 30000^2 GeoTIFF for ``infer``,
+  19000^2 PNGs for ``evaluate``; ``isaid.prepare`` zips declaring 1.5 GiB or inflating 1000x,
+  and a 19000^2 mask beside a 64^2 image.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shutil
 import struct
@@ -230,33 +239,54 @@ BAD_FLAGS = {
 }
 
 
-def _all_flag_cases():
-    cases = []
-    for module, required in COMMANDS.items():
-        cases.extend(
-            pytest.param(module, required, flag, value, id=f"{module}{flag}={value}")
-            for flag, values in BAD_FLAGS.items()
-            for value in values
-        )
-    return cases
+# Which of BAD_FLAGS each command has (test_flag_table_matches_the_commands keeps it true).
+FLAGS_OF = {
+    "torch_ref.evaluate": ("--window", "--stride", "--batch-size", "--tolerance", "--device"),
+    "paddle_impl.evaluate": ("--window", "--stride", "--batch-size", "--tolerance", "--device"),
+    "torch_ref.predict": ("--window", "--stride", "--batch-size", "--color-max-side", "--device"),
+    "paddle_impl.predict": ("--window", "--stride", "--batch-size", "--color-max-side", "--device"),
+    "torch_ref.export": ("--window", "--stride", "--tolerance", "--opset", "--size"),
+    "paddle_impl.export": ("--window", "--stride", "--tolerance", "--rounding-tolerance", "--size"),
+    "paddle_impl.infer": ("--threads", "--device"),
+    "isaid.prepare": ("--window", "--stride", "--workers"),
+    "isaid.synth": ("--train", "--val", "--size", "--seed"),
+}
 
 
-@pytest.mark.parametrize("module,required,flag,value", _all_flag_cases())
-def test_every_numeric_and_device_flag_is_validated(module: str, required: List[str], flag: str, value: str, capsys):
-    """Each command that has the flag refuses the bad value in one line, exit 2, before work."""
+def _help_text(module: str, capsys) -> str:
+    import importlib
+
+    with pytest.raises(SystemExit):
+        importlib.import_module(module).main(["--help"])
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", sorted(COMMANDS))
+def test_flag_table_matches_the_commands(module: str, capsys) -> None:
+    """FLAGS_OF lists exactly the BAD_FLAGS options each command's --help shows."""
+    text = _help_text(module, capsys)
+    present = {flag for flag in BAD_FLAGS if re.search(re.escape(flag) + r"\b(?!-)", text)}
+    assert present == set(FLAGS_OF[module])
+
+
+@pytest.mark.parametrize(
+    "module,flag,value",
+    [
+        pytest.param(module, flag, value, id=f"{module}{flag}={value}")
+        for module, flags in FLAGS_OF.items()
+        for flag in flags
+        for value in BAD_FLAGS[flag]
+    ],
+)
+def test_every_numeric_and_device_flag_is_validated(module: str, flag: str, value: str, capsys) -> None:
+    """Each command refuses each bad value of its flags in one line, exit 2, before any work."""
     import importlib
 
     main = importlib.import_module(module).main
-    # --help tells whether the command has the flag (the real parser, whatever builds it).
-    with pytest.raises(SystemExit):
-        main(["--help"])
-    if flag not in capsys.readouterr().out:
-        pytest.skip(f"{module} has no {flag}")
-    argv = (
-        required + [flag, value] if flag != "--size" or module.startswith("isaid") else required + [flag, value, value]
-    )
+    required = COMMANDS[module]
+    pair = flag == "--size" and not module.startswith("isaid")  # the exports' --size H W
     with pytest.raises(SystemExit) as exited:
-        main(argv)
+        main(required + [flag, value] + ([value] if pair else []))
     err = capsys.readouterr().err
     assert exited.value.code == 2, err
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("usage:", " "))]
