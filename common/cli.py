@@ -40,13 +40,14 @@ def non_negative_float(text: str) -> float:
 
 # Bounds of the sliding window every command (and model.yml) accepts: the models' output
 # stride is 32 and their smallest useful input 64 (FPN levels down to 1/32 of the window);
-# above 4096 one window's activations alone need tens of GB. A stride below 32 only
+# above 4096 one window's forward pass alone needs over 13 GB (808 bytes a pixel, measured in
+# docs/untrusted_inputs.md). A stride below 32 only
 # multiplies the work (windows per scene grow with (window / stride)^2) for no new pixel.
 WINDOW_MULTIPLE = 32
 MIN_WINDOW = 64
 MAX_WINDOW = 4096
 MIN_STRIDE = 32
-MAX_BATCH = 256  # windows per forward pass (one 896^2 window of FarSeg is ~1 GB of activations)
+MAX_BATCH = 256  # windows per forward pass (one 896^2 FarSeg window: ~0.65 GB at 808 B/px)
 MAX_THREADS_PER_CORE = 4
 MAX_GPU_INDEX = 63
 
