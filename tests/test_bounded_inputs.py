@@ -135,12 +135,16 @@ def _export_folder(folder: Path, yml_text: str) -> Path:
 
 
 @pytest.mark.parametrize("kind", sorted(HOSTILE_YAML))
-def test_hostile_model_yml_is_refused(tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize("command", ["paddle_impl.infer", "torch_ref.predict"])
+def test_hostile_model_yml_is_refused(tmp_path: Path, kind: str, command: str) -> None:
     make, expected = HOSTILE_YAML[kind]
     folder = _export_folder(tmp_path / "export", make())
     image = small_png(tmp_path / "scene.png")
-    proc = run_capped("-m", "paddle_impl.infer", "--model-dir", str(folder), "--image", str(image))
+    out = tmp_path / "classes.png"
+    extra = ["--out", str(out), "--no-progress"] if command.endswith("predict") else []
+    proc = run_capped("-m", command, "--model-dir", str(folder), "--image", str(image), *extra)
     assert_refused(proc, "model.yml", expected)
+    assert not out.exists()
 
 
 def test_override_value_is_read_by_the_bounded_reader() -> None:
