@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from common.cli import MAX_BATCH, MAX_WINDOW
 from weights import check_model_name
 
 from .compare import DEFAULT_LR_SCALE, DEFAULT_TOLERANCES, Tolerance, tolerances
@@ -85,8 +86,10 @@ class AlignConfig:
 
             if not x2paddle_available():
                 raise AlignInputError(f"--against x2paddle: {INSTALL_MESSAGE}")
-        if self.batch < 1:
-            raise AlignInputError(f"--batch must be at least 1, got {self.batch}")
+        if not 1 <= self.batch <= MAX_BATCH:
+            raise AlignInputError(f"--batch must lie in 1..{MAX_BATCH}, got {self.batch}")
+        if self.size > MAX_WINDOW:
+            raise AlignInputError(f"--size must be at most {MAX_WINDOW}, got {self.size}")
         if self.size < SIZE_MULTIPLE or self.size % SIZE_MULTIPLE:
             raise AlignInputError(
                 f"--size {self.size} is not a positive multiple of {SIZE_MULTIPLE} "

@@ -1,39 +1,53 @@
 """argparse pieces shared by the project's command lines (evaluate, predict, export, infer):
-one-line errors with exit status 2, and the option types they have in common."""
+the one-line error parser and the bounded option types of :mod:`common.cli` (re-exported here
+for the commands of ``app`` and the model packages), and ``--device auto``'s resolution."""
 
 from __future__ import annotations
 
-import argparse
-from typing import Callable, NoReturn
+from typing import Callable
 
+from common.cli import (
+    MAX_WINDOW,
+    MIN_STRIDE,
+    MIN_WINDOW,
+    WINDOW_MULTIPLE,
+    OneLineArgumentParser,
+    batch_size,
+    device_or_auto,
+    device_spec,
+    float_in_range,
+    int_in_range,
+    max_threads,
+    non_negative_float,
+    parse_device,
+    positive_int,
+    stride_px,
+    thread_count,
+    window_problem,
+    window_side,
+)
 
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (``prog: error: ... (see --help)``), exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer > 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a number >= 0 (NaN refused)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
+__all__ = [
+    "MAX_WINDOW",
+    "MIN_STRIDE",
+    "MIN_WINDOW",
+    "WINDOW_MULTIPLE",
+    "OneLineArgumentParser",
+    "auto_device",
+    "batch_size",
+    "device_or_auto",
+    "device_spec",
+    "float_in_range",
+    "int_in_range",
+    "max_threads",
+    "non_negative_float",
+    "parse_device",
+    "positive_int",
+    "stride_px",
+    "thread_count",
+    "window_problem",
+    "window_side",
+]
 
 
 def auto_device(requested: str, gpu_name: str, gpu_available: Callable[[], bool]) -> str:

@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
 
+from common.bounded_yaml import BoundedYamlError, brief, parse_yaml, read_yaml
 from isaid.palette import NUM_CLASSES
 from weights import MODEL_NAMES
 
@@ -156,6 +157,8 @@ def flatten(config: Config) -> Dict[str, Any]:
 
 
 def _suggest(key: str) -> str:
+    if len(key) > 100:  # nothing in SCHEMA is close; and difflib's time grows with the length
+        return ""
     close = difflib.get_close_matches(key, list(SCHEMA), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -164,12 +167,12 @@ def _unknown_key_message(key: str, where: str) -> str:
     section = key.split(".")[0]
     if section in SECTIONS:
         known = ", ".join(k.split(".", 1)[1] for k in SCHEMA if k.startswith(section + "."))
-        return f"{where}: unknown key {key!r}{_suggest(key)} (keys of {section!r}: {known})"
-    return f"{where}: unknown key {key!r}{_suggest(key)} (sections: {', '.join(SECTIONS)})"
+        return f"{where}: unknown key {brief(key)}{_suggest(key)} (keys of {section!r}: {known})"
+    return f"{where}: unknown key {brief(key)}{_suggest(key)} (sections: {', '.join(SECTIONS)})"
 
 
 def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    return f"{brief(value)} ({type(value).__name__})"
 
 
 def coerce(key: str, value: Any, where: str) -> Any:
@@ -197,7 +200,7 @@ def coerce(key: str, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {key}: expected a number, got {_describe(value)}")
         result = float(value)
         if result != result or result in (float("inf"), float("-inf")):
-            raise ConfigError(f"{where}: {key}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{where}: {key}: expected a finite number, got {brief(value)}")
     else:  # str
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)  # e.g. data.split=2017 parsed by YAML as a number
@@ -205,20 +208,20 @@ def coerce(key: str, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {key}: expected a string, got {_describe(value)}")
         result = value
     if field.choices is not None and result not in field.choices:
-        raise ConfigError(f"{where}: {key}: {result!r} is not one of {', '.join(field.choices)}")
+        raise ConfigError(f"{where}: {key}: {brief(result)} is not one of {', '.join(field.choices)}")
     if field.minimum is not None and result < field.minimum:
-        raise ConfigError(f"{where}: {key}: must be >= {field.minimum:g}, got {result!r}")
+        raise ConfigError(f"{where}: {key}: must be >= {field.minimum:g}, got {brief(result)}")
     if field.below is not None and result >= field.below:
-        raise ConfigError(f"{where}: {key}: must be < {field.below:g}, got {result!r} ({field.help})")
+        raise ConfigError(f"{where}: {key}: must be < {field.below:g}, got {brief(result)} ({field.help})")
     if field.maximum is not None and result > field.maximum:
-        raise ConfigError(f"{where}: {key}: must be <= {field.maximum:g}, got {result!r} ({field.help})")
+        raise ConfigError(f"{where}: {key}: must be <= {field.maximum:g}, got {brief(result)} ({field.help})")
     if field.multiple_of is not None and result % field.multiple_of:
         raise ConfigError(
-            f"{where}: {key}: must be a multiple of {field.multiple_of}, got {result!r}"
+            f"{where}: {key}: must be a multiple of {field.multiple_of}, got {brief(result)}"
             f" (e.g. {max(field.multiple_of, result // field.multiple_of * field.multiple_of)})"
         )
     if field.equals is not None and result != field.equals:
-        raise ConfigError(f"{where}: {key}: must be {field.equals!r}, got {result!r} ({field.help})")
+        raise ConfigError(f"{where}: {key}: must be {field.equals!r}, got {brief(result)} ({field.help})")
     return result
 
 
@@ -231,19 +234,9 @@ def _check_cross_field(config: Config, where: str) -> None:
 
 def _read_yaml(path: str) -> Any:
     try:
-        with open(path, encoding="utf-8") as handle:
-            return yaml.safe_load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a config file") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        problem = getattr(error, "problem", None) or type(error).__name__
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read ({' '.join(str(error).split())})") from None
+        return read_yaml(path, what="config file")
+    except BoundedYamlError as error:
+        raise ConfigError(str(error)) from None
 
 
 def parse_override(text: str) -> Tuple[str, Any]:
@@ -255,8 +248,8 @@ def parse_override(text: str) -> Tuple[str, Any]:
     if not key:
         raise ConfigError(f"--set {text}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = parse_yaml(raw, f"--set {key}", max_bytes=4096) if raw.strip() else ""
+    except BoundedYamlError:
         value = raw  # not a YAML scalar (e.g. "a: b"): keep the text; coerce() judges it
     if isinstance(value, (dict, list)):
         raise ConfigError(f"--set {text}: {key}: expected a single value, got a YAML {type(value).__name__}")
@@ -280,7 +273,7 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
         )
     for section, values in raw.items():
         if not isinstance(section, str) or section not in SECTIONS:
-            raise ConfigError(_unknown_key_message(str(section), path))
+            raise ConfigError(_unknown_key_message(section if isinstance(section, str) else brief(section), path))
         if values is None:
             continue
         if not isinstance(values, dict):

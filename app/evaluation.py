@@ -42,14 +42,30 @@ from isaid.atomic import (
     refuse_overwriting_inputs,
     remove_stale_temporaries,
 )
-from isaid.imageio import ImageReadError, read_mask_details, read_rgb, read_size, write_bytes_atomic
+from isaid.imageio import (
+    DECODE_BYTES_PER_PIXEL,
+    ImageReadError,
+    check_image_memory,
+    read_mask_details,
+    read_rgb,
+    read_size,
+    write_bytes_atomic,
+)
 from isaid.metrics import format_iou_table, miou
 from isaid.palette import CLASS_NAMES, IGNORE_INDEX, MEAN, NUM_CLASSES, STD
 from isaid.windows import num_windows
 from weights import MODEL_NAMES, OFFICIAL_MIOU, SEED_REPRODUCTION_MIOU
 
 from .backend import Backend, Engine
-from .cli import OneLineArgumentParser, auto_device, non_negative_float, positive_int
+from .cli import (
+    OneLineArgumentParser,
+    auto_device,
+    batch_size,
+    float_in_range,
+    positive_int,
+    stride_px,
+    window_side,
+)
 from .exported import MODEL_DIR_FILES, read_deploy_config
 from .predict import AMP_HELP, BACKEND_HELP, MODEL_DIR_HELP
 
@@ -169,16 +185,21 @@ class LoadedScene:
 
 
 def load_scene(scene: Scene) -> LoadedScene:
-    """Read one scene; raises ImageReadError (corrupt file) or InputError (sizes differ)."""
-    image = read_rgb(scene.image)
-    details = read_mask_details(scene.mask)
-    if details.index.shape != image.shape[:2]:
+    """Read one scene; raises ImageReadError (corrupt file, or too large for the memory
+    available: checked from the headers before decoding) or InputError (sizes differ)."""
+    image_size, mask_size = read_size(scene.image), read_size(scene.mask)
+    if mask_size != image_size:  # from the headers: neither file is decoded for a mismatch
         raise InputError(
             [
-                f"{scene.mask}: mask is {details.index.shape[0]}x{details.index.shape[1]} (HxW) but"
-                f" image {scene.image} is {image.shape[0]}x{image.shape[1]}"
+                f"{scene.mask}: mask is {mask_size[0]}x{mask_size[1]} (HxW) but"
+                f" image {scene.image} is {image_size[0]}x{image_size[1]}"
             ]
         )
+    # Image and mask are held together, and the engine's windows besides (the guard of each
+    # reader sees one file only).
+    check_image_memory(*image_size, str(scene.image), 2 * DECODE_BYTES_PER_PIXEL, "evaluating")
+    image = read_rgb(scene.image)
+    details = read_mask_details(scene.mask)
     return LoadedScene(scene, image, details.index, details.is_colour_mask, details.n_unknown)
 
 
@@ -293,21 +314,21 @@ def build_parser(
     )
     parser.add_argument(
         "--window",
-        type=positive_int,
+        type=window_side,
         default=896,
         metavar="PX",
         help="window side in pixels (default 896, the official value)",
     )
     parser.add_argument(
         "--stride",
-        type=positive_int,
+        type=stride_px,
         default=512,
         metavar="PX",
         help="window stride in pixels, at most --window (default 512, official)",
     )
     parser.add_argument(
         "--batch-size",
-        type=positive_int,
+        type=batch_size,
         default=1,
         metavar="N",
         help="windows per forward pass (default 1, as officially; larger is"
@@ -350,7 +371,7 @@ def build_parser(
     )
     parser.add_argument(
         "--tolerance",
-        type=non_negative_float,
+        type=float_in_range(0.0, 100.0, "a tolerance in mIoU points"),
         default=0.3,
         metavar="POINTS",
         help="allowed shortfall in mIoU points for --expect (default 0.3)",

@@ -19,15 +19,21 @@ imported when an ONNX export is opened.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
+import mmap
 import os
+import struct
 from collections import Counter
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import yaml
 
+from app.cli import MAX_WINDOW, MIN_WINDOW, window_problem
+from common.bounded_json import read_json
+from common.bounded_yaml import BoundedYamlError, brief, read_yaml
 from isaid.atomic import (
     InputOverwriteError,
     refuse_folder_holding_inputs,
@@ -37,7 +43,7 @@ from isaid.atomic import (
 )
 from isaid.palette import CLASS_NAMES, MEAN, NUM_CLASSES, PALETTE, STD, normalize
 from isaid.windows import pad_to_multiple
-from weights import MODEL_NAMES, load_layout
+from weights import MODEL_NAMES, WEIGHTS_DIR, load_layout
 
 CONFIG_FILE = "model.yml"
 PADDLE_FORMAT = "paddle-inference-pir"  # model.json + model.pdiparams, Paddle >= 3.0
@@ -52,6 +58,9 @@ SIZE_MULTIPLE = 32
 MAX_PROGRAM_JSON_BYTES = 64 << 20
 MAX_ONNX_BYTES = 2 << 30
 MAX_CONFIG_BYTES = 1 << 20
+PROBE_SIZE = 64  # side of the window an export is run on at load (ExportedModel.probe)
+# The op types this project's exports write (python -m align.export_ops): the allow-list.
+EXPORT_OPS_FILE = WEIGHTS_DIR / "export_ops.json"
 
 
 class ExportError(Exception):
@@ -152,11 +161,9 @@ def read_deploy_config(model_dir: str, verify: bool = True) -> Dict[str, Any]:
     if not os.path.isfile(config_path):
         raise ExportError(f"{model_dir}: not an export (no {CONFIG_FILE})")
     try:
-        _regular_file(config_path, MAX_CONFIG_BYTES)
-        with open(config_path, encoding="utf-8") as handle:
-            config = yaml.safe_load(handle)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ExportError(f"{config_path}: cannot read ({' '.join(str(error).split())[:200]})") from None
+        config = read_yaml(config_path, MAX_CONFIG_BYTES, what=CONFIG_FILE)
+    except BoundedYamlError as error:
+        raise ExportError(str(error)) from None
     if (
         not isinstance(config, dict)
         or config.get("format") not in FORMAT_FILES
@@ -167,17 +174,19 @@ def read_deploy_config(model_dir: str, verify: bool = True) -> Dict[str, Any]:
     if missing:
         raise ExportError(f"{model_dir}: incomplete {config['format']} export (missing {', '.join(missing)})")
     if config.get("model") not in MODEL_NAMES:
-        raise ExportError(f"{config_path}: model {config.get('model')!r} is not one of {', '.join(MODEL_NAMES)}")
+        raise ExportError(f"{config_path}: model {brief(config.get('model'))} is not one of {', '.join(MODEL_NAMES)}")
     try:
         shape = [int(v) for v in config["input"]["shape"]]
         if len(shape) != 4 or shape[1] != 3:
             raise ValueError
-        window = int(config["sliding_window"]["window"])
-        stride = int(config["sliding_window"]["stride"])
-        if not 0 < stride <= window:
+        if any(not (v == -1 or (v > 0 and v % SIZE_MULTIPLE == 0 and v <= MAX_WINDOW)) for v in shape[2:]):
             raise ValueError
-    except (KeyError, TypeError, ValueError):
+        window, stride = config["sliding_window"]["window"], config["sliding_window"]["stride"]
+    except (KeyError, TypeError, ValueError, OverflowError):
         raise ExportError(f"{config_path}: input shape or sliding_window is malformed") from None
+    problem = window_problem(window, stride)
+    if problem:
+        raise ExportError(f"{config_path}: sliding_window: {problem}")
     if verify:
         found = program_model(model_dir, config["format"])
         if found != config["model"]:
@@ -198,7 +207,10 @@ def engine_window(config: Dict[str, Any], window: Optional[int], stride: Optiona
     """(window, stride) to run an export with: the asked ones, else the export's own. A
     fixed-size export takes windows of exactly its size only: any other is an ExportError."""
     window = window or int(config["sliding_window"]["window"])
-    stride = stride or int(config["sliding_window"]["stride"])
+    stride = stride or min(int(config["sliding_window"]["stride"]), window)
+    problem = window_problem(window, stride)
+    if problem:
+        raise ExportError(f"--window {window} --stride {stride}: {problem}")
     size = fixed_size(config)
     if size is not None and size != (window, window):
         raise ExportError(
@@ -225,12 +237,77 @@ def identify(shapes: Sequence[Tuple[int, ...]]) -> Optional[str]:
     return None
 
 
-def paddle_program_conv_shapes(path: str) -> ShapeList:
-    """Shapes of the weight operand of every ``conv2d`` in a Paddle 3 PIR ``model.json``."""
+def allowed_export_ops() -> Dict[str, FrozenSet[str]]:
+    """The op types (``paddle``, ``onnx``) and ONNX domains (``onnx_domains``) this project's
+    exports write: ``weights/export_ops.json``, made by ``python -m align.export_ops``."""
+    return _allowed_export_ops()
+
+
+@functools.lru_cache(maxsize=None)
+def _allowed_export_ops() -> Dict[str, FrozenSet[str]]:
+    content = json.loads(EXPORT_OPS_FILE.read_text(encoding="utf-8"))
+    return {
+        "paddle": frozenset(content["paddle_ops"]),
+        "onnx": frozenset(content["onnx_ops"]),
+        "onnx_domains": frozenset(content["onnx_domains"]),
+    }
+
+
+def check_program_ops(path: str, found: Iterable[str], kind: str) -> None:
+    """ExportError naming ``path`` and the op types in ``found`` that no export of this project
+    writes (``kind``: ``paddle`` or ``onnx``): checked before any runtime loads the program."""
+    allowed = allowed_export_ops()[kind]
+    foreign = sorted(set(found) - allowed)
+    if foreign:
+        shown = ", ".join(brief(name, 40) for name in foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise ExportError(
+            f"{path}: op types this project's export never writes: {shown}; refusing to load it"
+            f" (allowed: {EXPORT_OPS_FILE.name}, made by python -m align.export_ops)"
+        )
+
+
+def read_paddle_program(path: str) -> Dict[str, Any]:
+    """A PIR ``model.json`` parsed by the bounded reader (size cap, nesting depth)."""
     _regular_file(path, MAX_PROGRAM_JSON_BYTES)
     try:
-        with open(path, encoding="utf-8") as handle:
-            program = json.load(handle)
+        program = read_json(path, MAX_PROGRAM_JSON_BYTES, what="Paddle program")
+    except ValueError as error:
+        raise ExportError(str(error)) from None
+    if not isinstance(program, dict) or not isinstance(program.get("program"), dict):
+        raise ExportError(f"{path}: not a Paddle PIR program (no 'program' object)")
+    return program
+
+
+def _paddle_ops(program: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+    """Every op of a PIR program, those in nested regions (control flow) included; iterative."""
+    stack: List[Any] = [program["program"]]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "ops" and isinstance(value, list):
+                    yield from (op for op in value if isinstance(op, dict))
+                if isinstance(value, (dict, list)):
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(item for item in node if isinstance(item, (dict, list)))
+
+
+def paddle_program_ops(path_or_program: Any) -> Set[str]:
+    """The op types (``"1.conv2d"``, ``"p"`` ...) of a PIR program (a path or its parsed JSON)."""
+    program = read_paddle_program(path_or_program) if isinstance(path_or_program, str) else path_or_program
+    return {str(op.get("#")) for op in _paddle_ops(program)}
+
+
+def paddle_program_conv_shapes(path_or_program: Any, path: str = "") -> ShapeList:
+    """Shapes of the weight operand of every ``conv2d`` in a Paddle 3 PIR ``model.json``."""
+    if isinstance(path_or_program, str):
+        path, program = path_or_program, read_paddle_program(path_or_program)
+    else:
+        program = path_or_program
+    try:
         ops = program["program"]["regions"][0]["blocks"][0]["ops"]
         parameters: Dict[int, Tuple[int, ...]] = {}
         shapes: ShapeList = []
@@ -243,21 +320,76 @@ def paddle_program_conv_shapes(path: str) -> ShapeList:
                 if weight not in parameters:
                     raise ValueError("a convolution weight is not a parameter")
                 shapes.append(parameters[weight])
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError, RecursionError) as error:
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
         raise ExportError(
             f"{path}: not a readable Paddle PIR program ({type(error).__name__}: {' '.join(str(error).split())[:120]})"
         ) from None
     return sorted(shapes)
 
 
-def onnx_conv_shapes(path: str) -> ShapeList:
-    """Shapes of the weight initializer of every ``Conv`` node of an ONNX model."""
+def load_onnx_model(path: str) -> Any:
+    """An ONNX ModelProto read by onnx's protobuf parser (size checked first, no external data)."""
     _regular_file(path, MAX_ONNX_BYTES)
     onnx = _import_onnx()
     try:
-        model = onnx.load(path, load_external_data=False)
+        return onnx.load(path, load_external_data=False)
     except Exception as error:  # noqa: BLE001 (protobuf raises DecodeError and others)
         raise ExportError(f"{path}: not a readable ONNX model ({type(error).__name__})") from None
+
+
+def _onnx_graphs(model: Any) -> Iterator[Any]:
+    """The main graph and every subgraph held in node attributes (If/Loop bodies); iterative."""
+    stack = [model.graph]
+    while stack:
+        graph = stack.pop()
+        yield graph
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("g"):
+                    stack.append(attribute.g)
+                stack.extend(attribute.graphs)
+
+
+def _domain(name: str) -> str:
+    return "" if name == "ai.onnx" else name  # two spellings of the default domain
+
+
+def onnx_program_ops(path_or_model: Any) -> Tuple[Set[str], Set[str]]:
+    """(op types, domains) of an ONNX model: nodes of every graph and subgraph, as ``Conv`` for
+    the default domain and ``domain:Op`` for any other; a local function counts as the op
+    ``function:domain:name`` (no export of this project has one) and its domain is listed."""
+    model = load_onnx_model(path_or_model) if isinstance(path_or_model, str) else path_or_model
+    ops: Set[str] = set()
+    domains: Set[str] = {_domain(opset.domain) for opset in model.opset_import}
+    for graph in _onnx_graphs(model):
+        for node in graph.node:
+            domains.add(_domain(node.domain))
+            ops.add(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}")
+    for function in model.functions:
+        domains.add(_domain(function.domain))
+        ops.add(f"function:{function.domain}:{function.name}")
+    return ops, domains
+
+
+def check_onnx_ops(path: str, model: Any) -> None:
+    """ExportError unless every op type and domain of ``model`` is one this project's export writes."""
+    ops, domains = onnx_program_ops(model)
+    foreign_domains = sorted(domains - allowed_export_ops()["onnx_domains"])
+    if foreign_domains:
+        raise ExportError(
+            f"{path}: ONNX domains this project's export never uses: "
+            + ", ".join(brief(d, 40) for d in foreign_domains[:5])
+            + "; refusing to load it"
+        )
+    check_program_ops(path, ops, "onnx")
+
+
+def onnx_conv_shapes(path_or_model: Any, path: str = "") -> ShapeList:
+    """Shapes of the weight initializer of every ``Conv`` node of an ONNX model."""
+    if isinstance(path_or_model, str):
+        path, model = path_or_model, load_onnx_model(path_or_model)
+    else:
+        model = path_or_model
     # A weight is an initializer (torch's exporter) or the output of a Constant node
     # (paddle2onnx without an optimiser), possibly behind Identity nodes.
     tensors = {init.name: tuple(int(d) for d in init.dims) for init in model.graph.initializer}
@@ -283,11 +415,150 @@ def onnx_conv_shapes(path: str) -> ShapeList:
     return sorted(shapes)
 
 
+# Paddle's VarType codes of the tensors a .pdiparams may hold, and their item sizes; floats
+# are checked finite.
+_PADDLE_DTYPES = {
+    0: "bool",
+    1: "int16",
+    2: "int32",
+    3: "int64",
+    4: "float16",
+    5: "float32",
+    6: "float64",
+    20: "uint8",
+    21: "int8",
+}
+MAX_TENSOR_DESC_BYTES = 1024
+
+
+def _varint(data: bytes, pos: int) -> Tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated tensor description")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def _tensor_desc(data: bytes) -> Tuple[int, List[int]]:
+    """(VarType code, dims) of a serialised ``TensorDesc`` (protobuf: 1 data_type, 2 dims)."""
+    pos, dtype, dims = 0, -1, []
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+            if field == 1:
+                dtype = value
+            elif field == 2:
+                dims.append(value)
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            end = pos + length
+            if end > len(data):
+                raise ValueError("truncated tensor description")
+            while field == 2 and pos < end:  # packed dims
+                value, pos = _varint(data, pos)
+                dims.append(value)
+            pos = end
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+    return dtype, [d - (1 << 64) if d >= 1 << 63 else d for d in dims]
+
+
+def check_paddle_params(path: str) -> int:
+    """Read ``model.pdiparams`` (Paddle's saved tensors, one after another) without Paddle:
+    every header within the file, every floating-point value finite. Returns the number of
+    tensors; ExportError (one line) otherwise. A NaN weight does not always reach the output
+    (ReLU maps NaN to 0 in Paddle's kernels), so the weights themselves are checked."""
+    _regular_file(path, MAX_ONNX_BYTES)
+    try:
+        with open(path, "rb") as handle:
+            data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if os.path.getsize(path) else b""
+    except (OSError, ValueError) as error:
+        raise ExportError(f"{path}: cannot read ({' '.join(str(error).split())[:120]})") from None
+    size, pos, index = len(data), 0, 0
+    try:
+        while pos < size:
+            if pos + 12 > size:
+                raise ValueError("truncated tensor header")
+            version, lod_levels = struct.unpack_from("<IQ", data, pos)
+            pos += 12
+            if version != 0 or lod_levels > 8:
+                raise ValueError(f"tensor {index}: unexpected header")
+            for _ in range(lod_levels):
+                (length,) = struct.unpack_from("<Q", data, pos)
+                pos += 8 + length
+            if pos + 8 > size:
+                raise ValueError("truncated tensor header")
+            tensor_version, desc_size = struct.unpack_from("<Ii", data, pos)
+            pos += 8
+            if tensor_version != 0 or not 0 < desc_size <= MAX_TENSOR_DESC_BYTES or pos + desc_size > size:
+                raise ValueError(f"tensor {index}: unexpected header")
+            code, dims = _tensor_desc(bytes(data[pos : pos + desc_size]))
+            pos += desc_size
+            if code not in _PADDLE_DTYPES or any(d < 0 for d in dims):
+                raise ValueError(f"tensor {index}: unsupported type {code} or shape {dims[:8]}")
+            dtype = np.dtype(_PADDLE_DTYPES[code])
+            count = int(np.prod(dims, dtype=np.float64)) if dims else 1
+            if pos + count * dtype.itemsize > size:
+                raise ValueError(f"tensor {index}: {dims[:8]} runs past the end of the file")
+            if dtype.kind == "f":
+                values = np.frombuffer(data, dtype=dtype.newbyteorder("<"), count=count, offset=pos)
+                finite = bool(np.isfinite(values).all())
+                del values  # the map cannot be closed while an array views it
+                if not finite:
+                    raise ExportError(
+                        f"{path}: parameter {index} (shape {dims[:8]}) holds NaN or Inf values; refusing the export"
+                    )
+            pos += count * dtype.itemsize
+            index += 1
+    except (ValueError, struct.error) as error:
+        raise ExportError(f"{path}: not a Paddle parameter file ({' '.join(str(error).split())[:160]})") from None
+    finally:
+        if isinstance(data, mmap.mmap):
+            data.close()
+    return index
+
+
+def check_onnx_weights(path: str, model: Any) -> None:
+    """ExportError unless every floating-point initializer and Constant of ``model`` is finite."""
+    from onnx import numpy_helper
+
+    tensors = list(model.graph.initializer)
+    for graph in _onnx_graphs(model):
+        for node in graph.node:
+            if node.op_type == "Constant":
+                tensors.extend(a.t for a in node.attribute if a.HasField("t"))
+    for tensor in tensors:
+        try:
+            values = numpy_helper.to_array(tensor)
+        except Exception:  # noqa: BLE001 (external or malformed data: onnxruntime will refuse it)
+            continue
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise ExportError(
+                f"{path}: weight {brief(tensor.name, 60)} (shape {list(values.shape)[:8]}) holds NaN or Inf"
+                " values; refusing the export"
+            )
+
+
 def program_model(model_dir: str, fmt: str) -> Optional[str]:
-    """Which model the program in ``model_dir`` is, from its convolution weight shapes."""
-    program = os.path.join(model_dir, FORMAT_FILES[fmt][0])
-    shapes = paddle_program_conv_shapes(program) if fmt == PADDLE_FORMAT else onnx_conv_shapes(program)
-    return identify(shapes)
+    """Which model the program in ``model_dir`` is, from its convolution weight shapes, once
+    its op types are all ones this project's export writes (:func:`check_program_ops`)."""
+    path = os.path.join(model_dir, FORMAT_FILES[fmt][0])
+    if fmt == PADDLE_FORMAT:
+        program = read_paddle_program(path)
+        check_program_ops(path, paddle_program_ops(program), "paddle")
+        check_paddle_params(os.path.join(model_dir, FORMAT_FILES[fmt][1]))
+        return identify(paddle_program_conv_shapes(program, path))
+    model = load_onnx_model(path)
+    check_onnx_ops(path, model)
+    check_onnx_weights(path, model)
+    return identify(onnx_conv_shapes(model, path))
 
 
 def _import_onnx():
@@ -332,9 +603,42 @@ class ExportedModel:
     config: Dict[str, Any]
     fixed_size: Optional[Tuple[int, int]]
     error: type = ExportError
+    # Whether outputs are checked (probe at load, every run): off only for a program opened
+    # with verify=False (tests and tools running foreign one-op programs), never by a command.
+    checked: bool = True
 
     def __call__(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def check_output(self, x: np.ndarray, output: Any) -> np.ndarray:
+        """``output`` of a run on ``x`` if it is probabilities [B,16,H,W] of ``x``'s B, H, W and
+        finite; ``self.error`` (one line) otherwise: a NaN weight or an edited graph must not
+        turn into a class map ("background 100%", a broadcast 1x1 output, a 17th class)."""
+        if not self.checked:
+            return output
+        expected = (x.shape[0], NUM_CLASSES, x.shape[2], x.shape[3])
+        shape = tuple(getattr(output, "shape", ()))
+        if shape != expected:
+            raise self.error(
+                f"{self.model_dir}: the model's output is {list(shape)} for a {list(x.shape)} input,"
+                f" expected [B,{NUM_CLASSES},H,W] = {list(expected)}; not a segmentation export of this project"
+            )
+        output = np.asarray(output)
+        if not np.isfinite(output).all():
+            raise self.error(
+                f"{self.model_dir}: the model's output holds NaN or Inf (a non-finite weight in the"
+                f" export?); refusing to make classes from it"
+            )
+        return output
+
+    def probe(self) -> None:
+        """One run on a small window (the fixed size, else 64x64) at load: the output's shape
+        and finiteness are checked (:meth:`check_output`) before any image is processed."""
+        if not self.checked:
+            return
+        height, width = self.fixed_size if self.fixed_size is not None else (PROBE_SIZE, PROBE_SIZE)
+        x = np.random.default_rng(0).standard_normal((1, 3, height, width)).astype(np.float32)
+        self(x)
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """uint8 RGB [H,W,3] -> probabilities float32 [16,H,W] (one forward pass, padded)."""
@@ -376,8 +680,10 @@ class OnnxModel(ExportedModel):
         threads: Optional[int] = None,
         config: Optional[Dict[str, Any]] = None,
         error: type = ExportError,
+        checked: bool = True,
     ) -> None:
         self.error = error
+        self.checked = checked
         self.model_dir = model_dir
         self.config = read_deploy_config(model_dir) if config is None else config
         if self.config["format"] != ONNX_FORMAT:
@@ -399,13 +705,15 @@ class OnnxModel(ExportedModel):
                 f"{model_dir}: onnxruntime cannot load the model ({' '.join(str(error_).split())[:200]})"
             ) from None
         self.input_name = self.session.get_inputs()[0].name
+        self.probe()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = check_input(x, self.fixed_size, self.model_dir, self.error)
         try:
-            return self.session.run(None, {self.input_name: x})[0]
+            output = self.session.run(None, {self.input_name: x})[0]
         except Exception as error_:  # noqa: BLE001
             raise self.error(f"{self.model_dir}: onnxruntime failed ({' '.join(str(error_).split())[:200]})") from None
+        return self.check_output(x, output)
 
 
 def compare_probabilities(expected: np.ndarray, got: np.ndarray) -> Tuple[float, float]:
@@ -435,13 +743,15 @@ def check_onnx_against(
 
 
 def size_multiple_of_32(text: str) -> int:
-    """argparse type of ``--size H W``: a positive multiple of :data:`SIZE_MULTIPLE`."""
+    """argparse type of ``--size H W``: a multiple of :data:`SIZE_MULTIPLE` in 64..4096 (as model.yml)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0 or value % SIZE_MULTIPLE:
-        raise argparse.ArgumentTypeError(f"expected a positive multiple of {SIZE_MULTIPLE}, got {value}")
+    if value % SIZE_MULTIPLE or not MIN_WINDOW <= value <= MAX_WINDOW:
+        raise argparse.ArgumentTypeError(
+            f"expected a multiple of {SIZE_MULTIPLE} in {MIN_WINDOW}..{MAX_WINDOW}, got {value}"
+        )
     return value
 
 

@@ -30,7 +30,7 @@ from isaid.palette import CLASS_NAMES
 from isaid.resources import MemoryBudgetError, check_memory
 
 from .backend import Backend, Engine, ReadWindow
-from .cli import OneLineArgumentParser, auto_device, positive_int
+from .cli import OneLineArgumentParser, auto_device, batch_size, int_in_range, stride_px, window_side
 from .exported import MODEL_DIR_FILES
 from .preview import DEFAULT_PREVIEW_SIDE, ColourPreview
 from .raster import (
@@ -121,17 +121,17 @@ def build_predict_parser(
         " by band to a temporary file renamed at the end",
     )
     parser.add_argument(
-        "--window", type=positive_int, metavar="PX", help="window side (default 896, the official value)"
+        "--window", type=window_side, metavar="PX", help="window side (default 896, the official value)"
     )
     parser.add_argument(
         "--stride",
-        type=positive_int,
+        type=stride_px,
         metavar="PX",
         help="window stride, at most --window (default 512, the official value)",
     )
     parser.add_argument(
         "--batch-size",
-        type=positive_int,
+        type=batch_size,
         default=1,
         metavar="N",
         help="windows per forward pass (default 1; larger is faster on a GPU)",
@@ -153,7 +153,7 @@ def build_predict_parser(
     )
     parser.add_argument(
         "--color-max-side",
-        type=positive_int,
+        type=int_in_range(16, 1 << 15, "a preview side"),
         default=DEFAULT_PREVIEW_SIDE,
         metavar="PX",
         help=f"the colour rendering is subsampled (nearest neighbour) so that its"

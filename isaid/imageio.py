@@ -30,6 +30,7 @@ from .palette import (
     decode_color_mask_details,
     index_png_palette,
 )
+from .resources import MemoryBudgetError, check_memory
 
 Source = Union[str, "os.PathLike[str]", BinaryIO]
 
@@ -46,6 +47,12 @@ MAX_IMAGE_PIXELS = 20000 * 20000
 _PHOTO_MODES = {"RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "1"}
 _INDEX_MODES = {"L", "P"}
 _COLOUR_MASK_MODES = {"RGB", "RGBA", "RGBX"}
+
+
+# Bytes a pixel costs while a reader here decodes an image and hands it over as numpy: PIL's
+# 4-byte RGBX buffer, a converted copy and the uint8 array (the colour-mask decoder adds its
+# index); the guard refuses before decoding what cannot fit (issue 17: a 19000^2 PNG bomb).
+DECODE_BYTES_PER_PIXEL = 12
 
 
 class ImageReadError(Exception):
@@ -91,12 +98,36 @@ def require_regular_file(source: Source, name: str) -> None:
         raise ImageReadError(f"{name}: is {kind}, not a regular image file")
 
 
+def check_image_memory(
+    height: int, width: int, name: str, bytes_per_pixel: float = DECODE_BYTES_PER_PIXEL, doing: str = "", hint: str = ""
+) -> None:
+    """The memory guard of every image reader: ImageReadError (one line naming ``name``, the
+    size, the need and the limit) when ``bytes_per_pixel`` x ``height`` x ``width`` does not
+    fit what this process may still allocate (:func:`isaid.resources.check_memory`).
+
+    Called from the header, before any pixel is decoded: :func:`_open_loaded` calls it for
+    every PIL read here; commands that hold more per pixel (a whole-image forward pass, a
+    scene's patches) call it with their own cost, as ``isaid.prepare``, ``paddle_impl.infer``
+    and ``app.evaluation`` do (``align`` may call it for its input images too).
+    """
+    try:
+        check_memory(
+            int(bytes_per_pixel * height * width),
+            f"{name}: {doing or 'decoding'} this {width}x{height} image",
+            hint,
+        )
+    except MemoryBudgetError as error:
+        raise ImageReadError(str(error)) from None
+
+
 def _open_loaded(source: Source, name: str) -> Image.Image:
-    """Open and fully decode an image; every failure becomes one ImageReadError line."""
+    """Open and fully decode an image; every failure becomes one ImageReadError line. The
+    size in the header is checked against the memory available before decoding."""
     require_regular_file(source, name)
     try:
         with _large_images_allowed():
             image = Image.open(source)
+            check_image_memory(image.height, image.width, name)
             image.load()  # decode now, so truncation is found here and not later
     except FileNotFoundError:
         raise ImageReadError(f"{name}: file not found") from None

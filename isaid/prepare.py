@@ -49,6 +49,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from common.bounded_json import read_json
+from common.cli import stride_px, thread_count, window_side
+
 from .atomic import (
     InputOverwriteError,
     describe_os_error,
@@ -74,6 +77,7 @@ from .windows import pad_bottom_right, sliding_windows
 # before decoding it. Measured: 15.9 (peak RSS minus the import baseline, a synthetic
 # 3000x3000 scene, /usr/bin/time -v); 20 leaves a margin.
 PREPARE_BYTES_PER_PIXEL = 20
+MAX_MARKER_BYTES = 16 << 20  # a scene's done/<name>.json (its index entry: windows, counts)
 MASK_SUFFIX = "_instance_color_RGB.png"
 IMAGE_FOLDER = "images"
 MASK_FOLDER = "Semantic_masks"
@@ -110,11 +114,42 @@ class FileRef:
         return f"{self.path}:{self.member}" if self.member else self.path
 
     def open(self) -> "io.BufferedIOBase":
-        """A binary stream of the file (a zip member is read into memory)."""
+        """A binary stream of the file. A zip member is streamed from the archive (never read
+        whole: only what the PNG decoder asks for is inflated), once its declared sizes pass
+        :func:`check_zip_member`."""
         if self.member is None:
             return open(self.path, "rb")
         with zipfile.ZipFile(self.path) as archive:
-            return io.BytesIO(archive.read(self.member))
+            check_zip_member(archive.getinfo(self.member), self.display)
+            return archive.open(self.member)  # keeps the archive's file open until it is closed
+
+
+# A zip member is a PNG of one scene: the largest iSAID scene (about 13000 x 13000, RGB) is
+# ~0.5 GB even uncompressed, and PNG data hardly deflates further. A member declaring more,
+# or inflating more than MAX_ZIP_RATIO times, is not a scene (issue 17: a 64^2 PNG padded
+# with 1.5 GB of zeros, 1.6 MB on disk).
+MAX_ZIP_MEMBER_BYTES = 1 << 30
+MAX_ZIP_RATIO = 50
+ZIP_RATIO_FLOOR = 1 << 20  # small members (masks of a few colours) may compress well
+
+
+class ZipMemberError(Exception):
+    """A zip member whose declared sizes are not those of a scene PNG; one line."""
+
+
+def check_zip_member(info: zipfile.ZipInfo, display: str) -> None:
+    """ZipMemberError when a member declares more than :data:`MAX_ZIP_MEMBER_BYTES` or a
+    compression ratio above :data:`MAX_ZIP_RATIO` (checked before a byte is inflated)."""
+    if info.file_size > MAX_ZIP_MEMBER_BYTES:
+        raise ZipMemberError(
+            f"{display}: zip member declares {info.file_size} bytes uncompressed, more than the"
+            f" {MAX_ZIP_MEMBER_BYTES} a scene PNG may have; not read"
+        )
+    if info.file_size > ZIP_RATIO_FLOOR and info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1):
+        raise ZipMemberError(
+            f"{display}: zip member inflates {info.compress_size} bytes to {info.file_size}"
+            f" (ratio above {MAX_ZIP_RATIO}: a zip bomb, not a PNG); not read"
+        )
 
 
 @dataclass
@@ -239,9 +274,8 @@ def _marker_path(out_split: str, name: str) -> str:
 
 
 def _read_marker(out_split: str, name: str) -> Optional[Dict[str, object]]:
-    try:
-        with open(_marker_path(out_split, name), encoding="utf-8") as handle:
-            entry = json.load(handle)
+    try:  # a marker is a few KB; anything else (huge, deep, a FIFO) is not one: redo the scene
+        entry = read_json(_marker_path(out_split, name), MAX_MARKER_BYTES, what="marker")
     except (OSError, ValueError):
         return None
     return entry if isinstance(entry, dict) and entry.get("name") == name else None
@@ -294,35 +328,38 @@ def process_scene(scene: SceneSource, out_split: str, settings: Settings, compre
         result.errors.append(f"error: {scene.image.display}: image without a mask ({scene.name}{MASK_SUFFIX})")
         return result
     try:
+        # Both headers first: sizes compared and memory checked before anything is decoded (a
+        # 19000^2 mask must not be decoded to find that it differs from its image).
         with scene.image.open() as stream:
             height, width = read_size(stream, scene.image.display)
-            # Checked from the header before anything is decoded: a scene too large for this
-            # machine is one clear line, not an empty MemoryError minutes later.
-            check_memory(
-                PREPARE_BYTES_PER_PIXEL * height * width,
-                f"{scene.image.display}: preparing this {width}x{height} scene (decoded whole)",
-                "prepare it on a machine with more memory, or with fewer --workers",
+        with scene.mask.open() as stream:
+            mask_height, mask_width = read_size(stream, scene.mask.display)
+        if (mask_height, mask_width) != (height, width):
+            result.errors.append(
+                f"error: {scene.mask.display}: mask size {mask_width}x{mask_height} differs from image size"
+                f" {width}x{height} (width x height) of {scene.image.display}"
             )
-            stream.seek(0)
+            return result
+        # A scene too large for this machine is one clear line, not an empty MemoryError
+        # minutes later.
+        check_memory(
+            PREPARE_BYTES_PER_PIXEL * height * width,
+            f"{scene.image.display}: preparing this {width}x{height} scene (decoded whole)",
+            "prepare it on a machine with more memory, or with fewer --workers",
+        )
+        with scene.image.open() as stream:
             image, mode, file_format = read_rgb_with_mode(stream, scene.image.display)
-            stream.seek(0)
-            copy_source_bytes = mode == "RGB" and file_format == "PNG"
-            image_bytes = stream.read() if copy_source_bytes and scene.image.member else None
+        copy_source_bytes = mode == "RGB" and file_format == "PNG"
         with scene.mask.open() as stream:
             mask = read_mask_details(stream, scene.mask.display)
-    except (ImageReadError, MemoryBudgetError) as error:
+    except (ImageReadError, MemoryBudgetError, ZipMemberError) as error:
         result.errors.append(f"error: {error}")
         return result
-    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, KeyError) as error:
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, EOFError) as error:
         result.errors.append(f"error: {scene.image.display}: cannot read ({' '.join(str(error).split())})")
         return result
-    height, width = image.shape[:2]
-    if mask.index.shape != (height, width):
-        mh, mw = mask.index.shape
-        result.errors.append(
-            f"error: {scene.mask.display}: mask size {mw}x{mh} differs from image size"
-            f" {width}x{height} (width x height) of {scene.image.display}"
-        )
+    if mask.index.shape != (height, width) or image.shape[:2] != (height, width):
+        result.errors.append(f"error: {scene.mask.display}: decoded sizes differ from the headers' ({width}x{height})")
         return result
     if mask.n_unknown:
         as_class = (
@@ -341,11 +378,9 @@ def process_scene(scene: SceneSource, out_split: str, settings: Settings, compre
     image_rel = f"images/{scene.name}.png"
     label_rel = f"labels/{scene.name}.png"
     image_path = os.path.join(out_split, image_rel)
-    if image_bytes is not None:
-        write_bytes_atomic(image_path, image_bytes)
-    elif copy_source_bytes:
-        with atomic_output(image_path) as temporary:
-            shutil.copyfile(scene.image.path, temporary)
+    if copy_source_bytes:  # the source PNG as it is, streamed (a zip member is never held whole)
+        with atomic_output(image_path) as temporary, scene.image.open() as source, open(temporary, "wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
     else:
         write_png_atomic(image_path, image, compress_level=compress_level)
     label = mask.index
@@ -474,10 +509,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("out", metavar="OUT", help="output folder (created if missing)")
     parser.add_argument(
-        "--window", type=int, default=896, help="window (patch) side in pixels (default 896, the official value)"
+        "--window",
+        type=window_side,
+        default=896,
+        help="window (patch) side in pixels (default 896, the official value)",
     )
     parser.add_argument(
-        "--stride", type=int, default=512, help="distance between window starts (default 512, the official value)"
+        "--stride", type=stride_px, default=512, help="distance between window starts (default 512, the official value)"
     )
     parser.add_argument(
         "--splits",
@@ -488,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=thread_count,
         default=1,
         help="parallel processes; each holds one scene in memory, up to ~2 GB"
         " for the largest 13000x13000 scenes (default 1)",

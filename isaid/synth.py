@@ -36,6 +36,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from common.cli import int_in_range
+
 from .palette import NUM_CLASSES, colorize
 
 MASK_SUFFIX = "_instance_color_RGB.png"
@@ -322,18 +324,34 @@ def build_parser() -> argparse.ArgumentParser:
         " in the iSAID download layout, for tests and demos without the real data.",
     )
     parser.add_argument("out", metavar="OUT", help="output folder (created; files are overwritten)")
-    parser.add_argument("--train", type=int, default=8, metavar="N", help="number of training scenes (default 8)")
-    parser.add_argument("--val", type=int, default=4, metavar="M", help="number of validation scenes (default 4)")
+    parser.add_argument(
+        "--train",
+        type=int_in_range(0, 1000, "a scene count"),
+        default=8,
+        metavar="N",
+        help="number of training scenes (default 8)",
+    )
+    parser.add_argument(
+        "--val",
+        type=int_in_range(0, 1000, "a scene count"),
+        default=4,
+        metavar="M",
+        help="number of validation scenes (default 4)",
+    )
     parser.add_argument(
         "--size",
-        type=int,
+        type=int_in_range(64, 8192, "a scene side"),
         default=512,
         metavar="S",
         help="scene side in pixels: the first scene of each split is SxS, the"
         " others 0.6..1.25 S per side (default 512)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, metavar="K", help="random seed; the same seed gives the same files (default 0)"
+        "--seed",
+        type=int_in_range(0, 2**32 - 1, "a seed"),
+        default=0,
+        metavar="K",
+        help="random seed; the same seed gives the same files (default 0)",
     )
     parser.add_argument(
         "--zip",

@@ -45,7 +45,7 @@ import paddle
 import paddle.nn as nn
 from paddle.static import InputSpec
 
-from app.cli import OneLineArgumentParser
+from app.cli import OneLineArgumentParser, float_in_range, stride_px, window_side
 from app.exported import (
     ONNX_FORMAT,
     check_onnx_against,
@@ -408,14 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--window",
-        type=int,
+        type=window_side,
         default=896,
         metavar="PX",
         help="sliding-window side recorded in model.yml for predict (default 896)",
     )
     parser.add_argument(
         "--stride",
-        type=int,
+        type=stride_px,
         default=512,
         metavar="PX",
         help="sliding-window stride recorded in model.yml (default 512)",
@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tolerance",
-        type=float,
+        type=float_in_range(0.0, 1.0, "a tolerance"),
         default=DEFAULT_TOLERANCE,
         metavar="ABS",
         help=f"largest allowed max |difference| of the probabilities between the"
@@ -439,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rounding-tolerance",
-        type=float,
+        type=float_in_range(0.0, 1.0, "a tolerance"),
         default=DEFAULT_ROUNDING_TOLERANCE,
         metavar="ABS",
         help=f"the same for the default 'onednn' backend, whose BatchNorm folding"

@@ -50,13 +50,13 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import paddle.inference as paddle_infer
 
-from app.cli import OneLineArgumentParser
+from app.cli import OneLineArgumentParser, device_spec, thread_count
 from app.exported import MODEL_DIR_FILES, ONNX_FORMAT, ExportedModel, OnnxModel, check_input
 from app.exported import default_threads as default_threads
 from app.preview import ColourPreview
-from app.raster import RasterError, open_raster
+from app.raster import GEOTIFF_EXTENSIONS, RasterError, open_raster
 from isaid.atomic import InputOverwriteError, describe_os_error, refuse_overwriting_inputs
-from isaid.imageio import write_png_atomic
+from isaid.imageio import ImageReadError, check_image_memory, read_size, write_png_atomic
 from isaid.palette import CLASS_NAMES, NUM_CLASSES
 
 from .export_format import CONFIG_FILE, PARAMS_FILE, PROGRAM_FILE, ExportError, fixed_size, read_deploy_config
@@ -68,10 +68,28 @@ BACKENDS = ("auto",) + CPU_BACKENDS + ("gpu", "onnxruntime")
 AUTO_CPU_ORDER: Tuple[str, ...] = ("onednn", "native")
 # The pass whose removal keeps oneDNN convolutions but leaves interpolations on CPU kernels.
 ONEDNN_PLACEMENT_PASS = "onednn_placement_pass"
+# Peak bytes a pixel of the input costs in one whole-image forward pass (the image, its
+# normalised copy, ResNet-50/FPN activations, the probabilities [16,H,W], the class map).
+# Measured 808 (FarSeg, native backend, one thread: peak RSS of 1024^2 minus 256^2 over the
+# pixel difference, /usr/bin/time -f %M; docs/untrusted_inputs.md); 1000 leaves a margin.
+FORWARD_BYTES_PER_PIXEL = 1000
 
 
 class InferenceError(Exception):
     """No backend could run the export, or the input does not fit it; one line."""
+
+
+def check_forward_memory(height: int, width: int, path: str) -> None:
+    """ImageReadError (one line) when one forward pass over a ``height`` x ``width`` image
+    (what this command runs) needs more memory than this process may allocate."""
+    check_image_memory(
+        height,
+        width,
+        path,
+        FORWARD_BYTES_PER_PIXEL,
+        "one forward pass over",
+        "use python -m paddle_impl.predict --model-dir (sliding windows, bounded memory)",
+    )
 
 
 def make_config(model_dir: str, backend: str, threads: Optional[int] = None, gpu_id: int = 0) -> "paddle_infer.Config":
@@ -121,8 +139,10 @@ class DeployedModel(ExportedModel):
         backend: str = "auto",
         threads: Optional[int] = None,
         config: Optional[dict] = None,
+        checked: bool = True,
     ) -> None:
         self.model_dir = model_dir
+        self.checked = checked
         self.config = read_deploy_config(model_dir) if config is None else config
         self.fixed_size = fixed_size(self.config)
         self.threads = threads
@@ -146,6 +166,7 @@ class DeployedModel(ExportedModel):
         self._proven = False  # a run has succeeded: no more falling back
         self._predictor = None
         self._create()
+        self.probe()
 
     def _next_backend(self, error: BaseException) -> None:
         """Record why the current backend failed and move to the next candidate (or raise)."""
@@ -185,7 +206,7 @@ class DeployedModel(ExportedModel):
             try:
                 output = self._run(x)
                 self._proven = True
-                return output
+                return self.check_output(x, output)
             except InferenceError:
                 raise
             except Exception as error:  # noqa: BLE001 (Paddle raises RuntimeError, NotImplementedError, ...)
@@ -197,7 +218,8 @@ def create_predictor(
 ) -> ExportedModel:
     """Open the export in ``model_dir``: a :class:`DeployedModel` (Paddle Inference) for a
     Paddle program, an :class:`app.exported.OnnxModel` for an ONNX export. ExportError if the
-    folder is not an export or its ``model.yml`` does not describe its program (``verify``).
+    folder is not an export or its ``model.yml`` does not describe its program (``verify``;
+    it also turns on the output checks: shape and finiteness at load and on every run).
     """
     config = read_deploy_config(model_dir, verify=verify)
     if config["format"] == ONNX_FORMAT:
@@ -205,13 +227,13 @@ def create_predictor(
             raise InferenceError(
                 f"{model_dir} is an ONNX export: it runs with --backend onnxruntime (or auto) on the CPU"
             )
-        return OnnxModel(model_dir, threads, config, error=InferenceError)
+        return OnnxModel(model_dir, threads, config, error=InferenceError, checked=verify)
     if backend == "onnxruntime":
         raise InferenceError(
             f"{model_dir} is a Paddle Inference export; --backend onnxruntime needs an export"
             " written with --format onnx"
         )
-    return DeployedModel(model_dir, device, backend, threads, config)
+    return DeployedModel(model_dir, device, backend, threads, config, checked=verify)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,7 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--color", metavar="COLOUR.png", help="write a colour rendering with a class legend")
     parser.add_argument(
-        "--device", default="cpu", metavar="cpu|gpu[:N]", help="where Paddle Inference runs (default cpu)"
+        "--device",
+        type=device_spec,
+        default="cpu",
+        metavar="cpu|gpu[:N]",
+        help="where Paddle Inference runs (default cpu)",
     )
     parser.add_argument(
         "--backend",
@@ -254,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         " for an export written with --format onnx",
     )
     parser.add_argument(
-        "--threads", type=int, metavar="N", help="CPU threads (default: all cores this process may use)"
+        "--threads", type=thread_count, metavar="N", help="CPU threads (default: all cores this process may use)"
     )
     return parser
 
@@ -275,13 +301,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         model = create_predictor(args.model_dir, args.device, args.backend, args.threads)
+        if not args.image.lower().endswith(GEOTIFF_EXTENSIONS):  # decoded whole: check its header first
+            check_forward_memory(*read_size(args.image), args.image)
         with open_raster(args.image) as reader:
+            check_forward_memory(reader.height, reader.width, args.image)
             image = reader.read_window(0, 0, reader.height, reader.width)
             georeference = reader.georeference()
         start = time.perf_counter()
         classes = model.predict_image(image)
         seconds = time.perf_counter() - start
-    except (ExportError, RasterError, InferenceError) as error:
+    except (ExportError, RasterError, InferenceError, ImageReadError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     for backend, reason in model.fallbacks:

@@ -3,7 +3,8 @@
 Three rules, each with a planted violation that the check must catch:
 
 - package arrows: a package imports only the packages :data:`ALLOWED` lists for it (the table
-  of docs/architecture.md, compared below), so ``weights`` and ``isaid`` stay leaves, ``convert``
+  of docs/architecture.md, compared below), so ``common`` stays a leaf (``weights`` and
+  ``isaid`` import nothing but it), ``convert``
   never reaches into a model package and nothing imports ``align``;
 - frameworks: the framework-free packages import neither torch nor Paddle (``convert`` imports
   torch in one function only), and each model package imports only its own framework;
@@ -28,13 +29,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # The rooms and what each may import (besides itself, the standard library and third-party
 # packages). Written also as the table of docs/architecture.md; a test keeps the two equal.
 ALLOWED: Dict[str, FrozenSet[str]] = {
-    "weights": frozenset(),
-    "isaid": frozenset(),
-    "app": frozenset({"isaid", "weights", "convert"}),
-    "convert": frozenset({"weights", "isaid"}),
-    "torch_ref": frozenset({"weights", "isaid", "app", "convert"}),
-    "paddle_impl": frozenset({"weights", "isaid", "app", "convert"}),
-    "align": frozenset({"weights", "isaid", "app", "convert", "torch_ref", "paddle_impl"}),
+    "common": frozenset(),
+    "weights": frozenset({"common"}),
+    "isaid": frozenset({"common"}),
+    "app": frozenset({"common", "isaid", "weights", "convert"}),
+    "convert": frozenset({"common", "weights", "isaid"}),
+    "torch_ref": frozenset({"common", "weights", "isaid", "app", "convert"}),
+    "paddle_impl": frozenset({"common", "weights", "isaid", "app", "convert"}),
+    "align": frozenset({"common", "weights", "isaid", "app", "convert", "torch_ref", "paddle_impl"}),
 }
 PACKAGES = tuple(ALLOWED)
 # Top-level names that are project code but no package of the library (never imported by one).
@@ -43,6 +45,7 @@ NOT_IMPORTABLE = ("tests", "benchmarks", "docs", "configs")
 # Which deep-learning frameworks each package may import, and where ("*": any of its files).
 FRAMEWORKS = ("torch", "paddle")
 FRAMEWORK_ALLOWED: Dict[str, Dict[str, str]] = {
+    "common": {},
     "weights": {},
     "isaid": {},
     "app": {},
@@ -239,6 +242,8 @@ def test_no_file_cycles(code: Code) -> None:
         ("convert/rules.py", "import torch_ref", arrow_violations, "convert/rules.py"),
         ("isaid/palette.py", "from weights import MODEL_NAMES", arrow_violations, "isaid/palette.py"),
         ("weights/__init__.py", "from isaid import palette", arrow_violations, "weights/__init__.py"),
+        ("common/bounded_yaml.py", "from isaid import palette", arrow_violations, "common/bounded_yaml.py"),
+        ("common/cli.py", "import torch", framework_violations, "common/cli.py"),
         ("app/cli.py", "from torch_ref import build_model", arrow_violations, "app/cli.py"),
         ("torch_ref/evaluate.py", "import paddle_impl", arrow_violations, "torch_ref/evaluate.py"),
         ("paddle_impl/infer.py", "from align import compare", arrow_violations, "paddle_impl/infer.py"),
@@ -308,7 +313,9 @@ def test_docs_state_the_same_arrows() -> None:
 
 def test_docs_comparison_sees_a_changed_row() -> None:
     text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
-    changed = text.replace("| `convert/` | `weights`, `isaid` |", "| `convert/` | `weights`, `torch_ref` |")
+    changed = text.replace(
+        "| `convert/` | `common`, `weights`, `isaid` |", "| `convert/` | `common`, `weights`, `torch_ref` |"
+    )
     assert changed != text and _doc_table(changed) != ALLOWED
 
 

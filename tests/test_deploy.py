@@ -259,6 +259,7 @@ def _write_minimal_yml(folder: Path, size: Tuple[int, int]) -> None:
     from paddle_impl.export import deploy_config
 
     config = deploy_config("farseg", size, None, "test program")
+    config["sliding_window"].update(window=64, stride=32)  # model.yml's bounds (a window is at least 64)
     (folder / "model.yml").write_text(yaml.safe_dump(config))
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from app.cli import OneLineArgumentParser
+from app.cli import OneLineArgumentParser, float_in_range, int_in_range, stride_px, window_side
 from app.exported import (
     CONFIG_FILE,
     FORMAT_FILES,
@@ -213,18 +213,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="fix the input height and width (multiples of 32). Default: dynamic H and W. The batch is always dynamic",
     )
     parser.add_argument(
-        "--opset", type=int, default=DEFAULT_OPSET, metavar="N", help=f"ONNX opset (default {DEFAULT_OPSET})"
+        "--opset",
+        type=int_in_range(11, 21, "an ONNX opset"),
+        default=DEFAULT_OPSET,
+        metavar="N",
+        help=f"ONNX opset (default {DEFAULT_OPSET})",
     )
     parser.add_argument(
         "--window",
-        type=int,
+        type=window_side,
         default=896,
         metavar="PX",
         help="sliding-window side recorded in model.yml for predict (default 896)",
     )
     parser.add_argument(
         "--stride",
-        type=int,
+        type=stride_px,
         default=512,
         metavar="PX",
         help="sliding-window stride recorded in model.yml (default 512)",
@@ -238,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tolerance",
-        type=float,
+        type=float_in_range(0.0, 1.0, "a tolerance"),
         default=DEFAULT_TOLERANCE,
         metavar="ABS",
         help=f"largest allowed max |difference| of the probabilities (default"
