@@ -53,7 +53,7 @@ AMP_HELP = (
     "mixed precision (default none = float32). On a GPU fp16 or bf16 autocast; on a CPU bf16 only,"
     " fast on CPUs with AVX512-BF16 or AMX: torch autocast with channels-last convolutions; Paddle"
     " with --model-dir (Paddle Inference's oneDNN bf16; Paddle 3.3.1's dynamic graph has no CPU"
-    " mixed precision). Not exact: see the README for the share of pixels that change"
+    " mixed precision). Not exact: see docs/evaluate.md for the share of pixels that change"
 )
 
 
