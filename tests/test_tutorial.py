@@ -48,11 +48,18 @@ def sections(text: str) -> Tuple[List[str], List[Tuple[List[str], List[str]]]]:
 
 
 def pattern_of(line: str) -> str:
-    """A shown output line as a regex: numbers, ``/path/to`` and the predicted class names vary."""
-    line = re.sub(r"top classes: .*", "top classes: ", line)
-    parts = NUMBER.split(line)
-    escaped = r"[-+]?[\d.]+(?:e[+-]?\d+)?".join(re.escape(p) for p in parts)
-    return escaped.replace(re.escape("/path/to/"), r"\S*")
+    """A shown output line as a regex. What may differ from machine to machine: numbers,
+    ``/path/to/``, the predicted classes (``top classes: ...``) and which tensor is an align
+    stage's worst (``worst NAME``)."""
+    pieces = re.split(r"(top classes: .*|worst \S+|/path/to/)", line)
+    variable = {"worst": r"worst \S+", "/path/to/": r"\S*", "top classes": r"top classes: .*"}
+    out = []
+    for index, piece in enumerate(pieces):
+        if index % 2:  # a captured variable part
+            out.append(next(v for k, v in variable.items() if piece.startswith(k)))
+        else:
+            out.append(r"[-+]?[\d.]+(?:e[+-]?\d+)?".join(re.escape(p) for p in NUMBER.split(piece)))
+    return "".join(out)
 
 
 def test_the_first_block_lists_every_section_command_in_order() -> None:
@@ -66,6 +73,9 @@ def test_pattern_of_can_fail() -> None:
     pattern = pattern_of("synth: wrote 2 train and 1 val scenes (zipped) to data/synth")
     assert re.search(pattern, "synth: wrote 20 train and 10 val scenes (zipped) to data/synth")
     assert not re.search(pattern, "synth: wrote 2 train and 1 test scenes (zipped) to data/synth")
+    shown = "[PASS] loss     farseg  float64  28/28 values  worst model/cls_loss rel 8.6e-13 (<= 1e-09)  1.8 s  -> x"
+    assert re.search(pattern_of(shown), shown.replace("model/cls_loss", "model/loss").replace("1.8 s", "2.5 s"))
+    assert not re.search(pattern_of(shown), shown.replace("[PASS]", "[FAIL]"))
 
 
 def test_the_tutorial_runs_as_written(tmp_path: Path) -> None:
