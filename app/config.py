@@ -12,6 +12,7 @@ silently train with the default). Override values are parsed as YAML scalars
 
 from __future__ import annotations
 
+import argparse
 import copy
 import difflib
 from dataclasses import dataclass
@@ -73,6 +74,13 @@ SCHEMA: Dict[str, Field] = {
         " output stride)",
         minimum=32,
         multiple_of=32,
+    ),
+    "data.stride": Field(
+        512,
+        "int",
+        "distance between sliding-window starts: isaid.prepare's --stride, and what evaluate /"
+        " predict --config use (at most data.window there)",
+        minimum=1,
     ),
     "init.imagenet": Field(
         "weights/resnet50-19c8e357_{model}_encoder.pdparams",
@@ -338,3 +346,26 @@ def changed_keys(a: Config, b: Config, keys: Iterable[str]) -> List[str]:
     """``key: a -> b`` for every key in ``keys`` whose values differ between two configs."""
     flat_a, flat_b = flatten(a), flatten(b)
     return [f"{key}: {flat_a.get(key)!r} -> {flat_b.get(key)!r}" for key in keys if flat_a.get(key) != flat_b.get(key)]
+
+
+def apply_inference_config(args: argparse.Namespace, explicit: Iterable[str], model: bool = True) -> None:
+    """``--config`` of evaluate and predict: ``args.model`` (when ``model``), ``args.window`` and
+    ``args.stride`` from the training YAML ``args.config``, except those in ``explicit`` (the
+    options the user typed win). No-op without ``--config``. Raises ConfigError (one line) for
+    an unreadable or invalid file, or a stride larger than the window it ends up with."""
+    path = getattr(args, "config", None)
+    if path is None:
+        return
+    config = load_config(path)
+    given = set(explicit)
+    if model and "model" not in given:
+        args.model = config["model"]["name"]
+    if "window" not in given:
+        args.window = config["data"]["window"]
+    if "stride" not in given:
+        args.stride = config["data"]["stride"]
+        if args.window is not None and args.stride > args.window:
+            raise ConfigError(
+                f"{path}: data.stride {args.stride} is larger than the window {args.window}, which would leave"
+                " pixels in no window; set data.stride in the file or give --stride"
+            )

@@ -59,13 +59,16 @@ from weights import MODEL_NAMES, OFFICIAL_MIOU, SEED_REPRODUCTION_MIOU
 from .backend import Backend, Engine
 from .cli import (
     OneLineArgumentParser,
+    add_config_option,
     auto_device,
     batch_size,
+    explicit_options,
     float_in_range,
     positive_int,
     stride_px,
     window_side,
 )
+from .config import ConfigError, apply_inference_config
 from .exported import MODEL_DIR_FILES, read_deploy_config
 from .predict import AMP_HELP, BACKEND_HELP, MODEL_DIR_HELP
 
@@ -282,7 +285,10 @@ def build_parser(
             " the 15 foreground classes. Exit status: 0 done, 1 --expect failed, 2 bad input."
         ),
     )
-    parser.add_argument("--model", required=True, choices=MODEL_NAMES, help="model architecture: farseg or factseg")
+    parser.add_argument(
+        "--model", choices=MODEL_NAMES, help="model architecture: farseg or factseg (required unless --config gives it)"
+    )
+    add_config_option(parser)
     parser.add_argument(
         "--weights",
         required=not deploy_backends,
@@ -389,6 +395,17 @@ def build_parser(
         help="show a progress bar over windows on stderr (default on)",
     )
     return parser
+
+
+def apply_config_file(args: argparse.Namespace, explicit: Sequence[str]) -> None:
+    """``--config``: model, window and stride from the training YAML where not given explicitly
+    (:func:`app.config.apply_inference_config`); raises InputError for a bad file or no model."""
+    try:
+        apply_inference_config(args, explicit)
+    except ConfigError as error:
+        raise InputError([f"--config {error}"]) from None
+    if args.model is None:
+        raise InputError(["--model is required (or --config CONFIG.yaml, whose model.name is used)"])
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -642,11 +659,13 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
     JSON. ``--expect`` failed: exit 1.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(
+    parser = build_parser(
         prog, backend.name, backend.gpu_name, backend.deploy_backends if backend.supports_model_dir else ()
-    ).parse_args(argv)
+    )
+    args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
+        apply_config_file(args, explicit_options(parser, argv))
         check_args(args)
         if args.json:
             try:

@@ -30,7 +30,17 @@ from isaid.palette import CLASS_NAMES
 from isaid.resources import MemoryBudgetError, check_memory
 
 from .backend import Backend, Engine, ReadWindow
-from .cli import OneLineArgumentParser, auto_device, batch_size, int_in_range, stride_px, window_side
+from .cli import (
+    OneLineArgumentParser,
+    add_config_option,
+    auto_device,
+    batch_size,
+    explicit_options,
+    int_in_range,
+    stride_px,
+    window_side,
+)
+from .config import ConfigError, apply_inference_config
 from .exported import MODEL_DIR_FILES
 from .preview import DEFAULT_PREVIEW_SIDE, ColourPreview
 from .raster import (
@@ -59,7 +69,7 @@ AMP_HELP = (
     "mixed precision (default none = float32). On a GPU fp16 or bf16 autocast; on a CPU bf16 only,"
     " fast on CPUs with AVX512-BF16 or AMX: torch autocast with channels-last convolutions; Paddle"
     " with --model-dir (Paddle Inference's oneDNN bf16; Paddle 3.3.1's dynamic graph has no CPU"
-    " mixed precision). Not exact: see the README for the share of pixels that change"
+    " mixed precision). Not exact: see docs/evaluate.md for the share of pixels that change"
 )
 
 
@@ -100,8 +110,9 @@ def build_predict_parser(
         "--model",
         choices=("auto", "farseg", "factseg"),
         default="auto",
-        help="architecture of --weights (default auto: detected from the checkpoint's keys)",
+        help="architecture of --weights (default auto: detected from the checkpoint's keys; --config's model.name)",
     )
+    add_config_option(parser)
     parser.add_argument(
         "--image",
         required=True,
@@ -380,13 +391,20 @@ def run_predictor(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
     RasterError / ``backend.run_errors`` while predicting: one line on stderr, exit 2, no
     output file.
     """
-    args = build_predict_parser(
+    parser = build_predict_parser(
         prog,
         backend.display_name,
         backend.gpu_name,
         model_dir=backend.supports_model_dir,
         deploy_backends=backend.deploy_backends,
-    ).parse_args(argv)
+    )
+    args = parser.parse_args(argv)
+    try:
+        # --model-dir: the export's model.yml names the model; the file still gives window and stride
+        apply_inference_config(args, explicit_options(parser, argv), model=getattr(args, "model_dir", None) is None)
+    except ConfigError as error:
+        print_error(prog, f"--config {error}")
+        return 2
     problems = check_predict_args(args)
     args.device = auto_device(args.device, backend.gpu_name, backend.gpu_available)
     for problem in problems:

@@ -601,18 +601,18 @@ def test_predict_keeps_the_gcps_or_says_they_are_dropped(
 
 
 def test_a_real_export_replaces_its_earlier_export_and_a_dead_writers_staging(tmp_path: Path) -> None:
-    """The issue's path end to end (Paddle, 32x32, no check): a real export's file set is what
+    """The issue's path end to end (Paddle, 64x64, no check): a real export's file set is what
     the next export accepts to replace, and a killed writer's staging folder goes away."""
     import paddle_impl
     from paddle_impl.export import export
 
     model = paddle_impl.build_model("farseg")
     out = tmp_path / "deploy"
-    export("farseg", None, str(out), size=(32, 32), model=model, check=False)
+    export("farseg", None, str(out), size=(64, 64), model=model, check=False)
     first = snapshot(out)
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
     stale = tmp_path / f".deploy.{dead}-0123456789ab.tmp"  # what a SIGKILLed export leaves
     _fake_export(stale, PADDLE_FORMAT)
-    export("farseg", None, str(out), size=(64, 64), model=model, check=False)
+    export("farseg", None, str(out), size=(96, 96), model=model, check=False)
     assert sorted(os.listdir(tmp_path)) == ["deploy"]
     assert sorted(snapshot(out)) == sorted(first) and snapshot(out) != first  # replaced, same file set
