@@ -26,7 +26,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from app.cli import OneLineArgumentParser
+from app.cli import OneLineArgumentParser, int_in_range
 from convert import CheckpointError, save_paddle, save_torch, torch_to_paddle, validate
 from isaid.atomic import check_writable, describe_os_error
 from weights import MODEL_NAMES
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=int_in_range(0, 2**32 - 1, "a seed"),
         default=2333,
         metavar="N",
         help="seed of the random initialisation (default 2333, the recipes' train.seed)",
@@ -76,10 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
 def initial_state(model: str, seed: int, imagenet: Optional[str] = None) -> "OrderedDict[str, np.ndarray]":
     """torch_ref's initialisation of ``model`` under ``seed`` (encoder from ``imagenet`` when
     given) as numpy arrays in the official torch key layout, checked against that layout."""
-    from . import build_model
-    from .train import load_imagenet, seed_everything
+    from app.train_loop import seed_everything
 
-    seed_everything(seed)
+    from . import build_model
+    from .train import PARTS, load_imagenet
+
+    seed_everything(PARTS, seed)
     net = build_model(model)
     if imagenet is not None:
         load_imagenet(net, imagenet, model)
