@@ -65,6 +65,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from common.constants import FRAMEWORKS
+
 from .compare import (
     TRAIN_EARLY,
     TRAIN_WINDOW,
@@ -90,7 +92,6 @@ TRAIN_KINDS = (
     "train_param",
     "train_miou",
 )
-FRAMEWORKS = ("torch", "paddle")
 DTYPE = "float32"  # the trainers train in float32 (or mixed precision, with --set train.amp=...)
 # Synthetic data of the default run: scenes of SYNTH_SCALE x the window, cut at stride = window.
 SYNTH_TRAIN_SCENES = 4

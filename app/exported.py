@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
+from common.constants import SIZE_MULTIPLE
 from isaid.palette import CLASS_NAMES, MEAN, NUM_CLASSES, PALETTE, STD, normalize
 from isaid.windows import pad_to_multiple
 from weights import MODEL_NAMES, load_layout
@@ -39,7 +40,8 @@ PADDLE_FORMAT = "paddle-inference-pir"  # model.json + model.pdiparams, Paddle >
 ONNX_FORMAT = "onnx"
 FORMAT_FILES = {PADDLE_FORMAT: ("model.json", "model.pdiparams"), ONNX_FORMAT: ("model.onnx",)}
 INPUT_NAME = "x"
-SIZE_MULTIPLE = 32
+# Input of the post-export check of a dynamic-size export (H != W on purpose); both exports use it.
+CHECK_SIZE = (64, 96)
 # Bounds on what is parsed before anything is believed: a PIR program of these models is
 # ~0.3 MB of JSON; an ONNX file with its weights ~126 MB (protobuf's own limit is 2 GB).
 MAX_PROGRAM_JSON_BYTES = 64 << 20

@@ -18,10 +18,10 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from common.atomic import check_writable, describe_os_error, remove_stale_temporaries
+from common.resources import MemoryBudgetError, check_memory
 from convert import CheckpointError, detect_architecture
-from isaid.atomic import check_writable, describe_os_error, remove_stale_temporaries
 from isaid.palette import CLASS_NAMES
-from isaid.resources import MemoryBudgetError, check_memory
 
 from .backend import Backend, Engine, ReadWindow
 from .cli import OneLineArgumentParser, auto_device, positive_int

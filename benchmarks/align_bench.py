@@ -270,7 +270,7 @@ def sweep(
 
 
 def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
-    from isaid.atomic import write_bytes_atomic
+    from common.atomic import write_bytes_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, (json.dumps(data, indent=1) + "\n").encode("utf-8"))

@@ -114,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "seconds": round(time.perf_counter() - started, 1),
         "models": results,
     }
-    from isaid.atomic import write_bytes_atomic
+    from common.atomic import write_bytes_atomic
 
     write_bytes_atomic(args.out, (json.dumps(document, indent=1) + "\n").encode("utf-8"))
     return 0

@@ -525,7 +525,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     }
     if timed is not None:
         document["timing"] = timed
-    from isaid.atomic import write_bytes_atomic
+    from common.atomic import write_bytes_atomic
 
     write_bytes_atomic(args.out, (_compact(json.dumps(document, indent=1)) + "\n").encode("utf-8"))
     return 0

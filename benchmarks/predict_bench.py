@@ -392,7 +392,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "forward_interleaved": interleaved,
         "runs": records,
     }
-    from isaid.atomic import write_bytes_atomic
+    from common.atomic import write_bytes_atomic
 
     write_bytes_atomic(args.out, json.dumps(document, indent=1).encode("utf-8"))
     print(f"wrote {args.out}", file=sys.stderr)

@@ -29,6 +29,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, 
 
 import numpy as np
 
+from common.constants import FRAMEWORKS
 from weights import ENCODER_PREFIX, MODEL_NAMES, MODULE_TYPES_FILE, check_model_name, load_layout, load_module_types
 
 from .errors import CheckpointError
@@ -36,7 +37,6 @@ from .safe_load import import_torch
 
 # What ``detect_model`` can answer; "resnet50" = torchvision's ImageNet ResNet-50.
 DETECTABLE = MODEL_NAMES + ("resnet50",)
-FRAMEWORKS = ("torch", "paddle")
 
 # torch BatchNorm attribute -> Paddle BatchNorm attribute (None: Paddle has no such buffer).
 BN_TORCH_TO_PADDLE: Dict[str, Optional[str]] = {

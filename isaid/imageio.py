@@ -16,7 +16,7 @@ from typing import BinaryIO, Dict, Iterator, NamedTuple, Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from .atomic import (  # noqa: F401  (re-exported: the project's one atomic writer)
+from common.atomic import (  # noqa: F401  (re-exported: the project's one atomic writer)
     OutputError,
     atomic_output,
     current_umask,
@@ -24,6 +24,7 @@ from .atomic import (  # noqa: F401  (re-exported: the project's one atomic writ
     temporary_path_beside,
     write_bytes_atomic,
 )
+
 from .palette import (
     IGNORE_INDEX,
     NUM_CLASSES,

@@ -49,7 +49,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .atomic import describe_os_error, remove_stale_temporaries
+from common.atomic import describe_os_error, remove_stale_temporaries
+from common.resources import MemoryBudgetError, check_memory
+
 from .imageio import (
     ImageReadError,
     atomic_output,
@@ -59,8 +61,7 @@ from .imageio import (
     write_bytes_atomic,
     write_png_atomic,
 )
-from .palette import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE
-from .resources import MemoryBudgetError, check_memory
+from .palette import CLASS_NAMES, COLOUR_MASK_SUFFIX, IGNORE_INDEX, NUM_CLASSES, PALETTE
 from .windows import pad_bottom_right, sliding_windows
 
 # Peak bytes a pixel of a scene costs while it is prepared (image and colour mask decoded by
@@ -68,7 +69,6 @@ from .windows import pad_bottom_right, sliding_windows
 # before decoding it. Measured: 15.9 (peak RSS minus the import baseline, a synthetic
 # 3000x3000 scene, /usr/bin/time -v); 20 leaves a margin.
 PREPARE_BYTES_PER_PIXEL = 20
-MASK_SUFFIX = "_instance_color_RGB.png"
 IMAGE_FOLDER = "images"
 MASK_FOLDER = "Semantic_masks"
 INDEX_VERSION = 1
@@ -194,9 +194,9 @@ def discover_split(split_dir: str) -> Tuple[List[SceneSource], List[str]]:
     masks: Dict[str, FileRef] = {}
     for ref in _png_files(os.path.join(split_dir, MASK_FOLDER), messages):
         base = os.path.basename(ref.member if ref.member is not None else ref.path)
-        if not base.endswith(MASK_SUFFIX):
+        if not base.endswith(COLOUR_MASK_SUFFIX):
             continue
-        name = base[: -len(MASK_SUFFIX)]
+        name = base[: -len(COLOUR_MASK_SUFFIX)]
         if name in masks:
             messages.append(f"warning: {ref.display}: duplicate of {masks[name].display}; using the first")
             continue
@@ -264,7 +264,7 @@ def _remove_previous_outputs(out_split: str, name: str) -> None:
 def remove_stray_temporaries(out_split: str) -> int:
     """Delete the hidden temporary files that killed runs left behind; returns how many.
 
-    Only files whose writing process is gone are removed (:mod:`isaid.atomic` puts the process
+    Only files whose writing process is gone are removed (:mod:`common.atomic` puts the process
     id in each name), so two prepares writing into one OUT never delete each other's files.
     """
     removed = 0
@@ -283,7 +283,7 @@ def process_scene(scene: SceneSource, out_split: str, settings: Settings, compre
     """Read, check and write one scene; every problem becomes a one-line message."""
     result = SceneResult(scene.name, None)
     if scene.mask is None:
-        result.errors.append(f"error: {scene.image.display}: image without a mask ({scene.name}{MASK_SUFFIX})")
+        result.errors.append(f"error: {scene.image.display}: image without a mask ({scene.name}{COLOUR_MASK_SUFFIX})")
         return result
     try:
         with scene.image.open() as stream:

@@ -55,7 +55,7 @@ from app.exported import ONNX_FORMAT, ExportedModel, OnnxModel, check_input
 from app.exported import default_threads as default_threads
 from app.preview import ColourPreview
 from app.raster import RasterError, open_raster
-from isaid.atomic import describe_os_error
+from common.atomic import describe_os_error
 from isaid.imageio import write_png_atomic
 from isaid.palette import CLASS_NAMES, NUM_CLASSES
 

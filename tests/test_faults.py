@@ -35,7 +35,7 @@ from PIL import Image
 
 from app import predict, raster
 from app.config import ConfigError, load_config
-from isaid import atomic
+from common import atomic
 from isaid.imageio import ImageReadError, read_index_mask, read_mask_details, write_png_atomic
 from isaid.palette import IGNORE_INDEX, colorize
 
@@ -92,7 +92,7 @@ def test_atomic_writer_failure_keeps_the_earlier_file_and_no_temporary(tmp_path:
 
 
 def test_convert_and_isaid_share_the_one_writer() -> None:
-    """No second copy: convert's and isaid.imageio's writers are isaid.atomic's."""
+    """No second copy: convert's and isaid.imageio's writers are common.atomic's."""
     import convert.writers
     import isaid.imageio
 
@@ -101,7 +101,7 @@ def test_convert_and_isaid_share_the_one_writer() -> None:
     assert isaid.imageio.write_bytes_atomic is atomic.write_bytes_atomic
     # Only the writer renames files into place; whole folders are staged and renamed by the
     # exports (app.exported, both frameworks) and by X2Paddle's conversion.
-    folder_renames = {"isaid/atomic.py", "app/exported.py", "align/x2paddle/conversion.py"}
+    folder_renames = {"common/atomic.py", "app/exported.py", "align/x2paddle/conversion.py"}
     renaming = sorted(
         str(path.relative_to(ROOT))
         for folder in ("weights", "isaid", "app", "convert", "torch_ref", "paddle_impl", "align", "benchmarks")

@@ -604,7 +604,7 @@ def test_stale_temporary_files_of_killed_writes_are_removed(tmp_path: Path) -> N
     paths = _fake_run(tmp_path, (1,))
     folder = Path(checkpoint_dir(str(tmp_path)))
     dead = _dead_pid()
-    stale = [  # the names isaid.atomic gives its temporary files, of a writer that is gone
+    stale = [  # the names common.atomic gives its temporary files, of a writer that is gone
         f".ckpt_0000002.pt.{dead}-0123456789ab.tmp",
         f".ckpt_0000002.pt.sha256.{dead}-a1b2c3d4e5f6.tmp",
         f".ckpt_0000003.pt.{dead}-00000000abcd.tmp",

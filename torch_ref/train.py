@@ -59,9 +59,9 @@ from app.training import (
     write_checkpoint_file,
 )
 from app.training import build_parser as build_train_parser
+from common.atomic import describe_os_error, remove_stale_temporaries
 from convert import CheckpointError, atomic_write, imagenet_encoder_state, save_torch, validate
 from convert.safe_load import read_object
-from isaid.atomic import describe_os_error, remove_stale_temporaries
 from isaid.augment import DataError, SamplePlan, load_patch_index
 from torch_ref import build_model
 from torch_ref.data import build_loader, to_device

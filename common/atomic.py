@@ -18,7 +18,8 @@ A process killed between 1 and 3 leaves its temporary file behind; the process i
 name tells :func:`remove_stale_temporaries` whether its writer is still alive, so the next
 run removes only the files of dead writers.
 
-``isaid`` is a leaf package, so ``convert`` and ``app`` both import the writer from here.
+``common`` is the framework-free tools leaf, so ``isaid``, ``convert`` and ``app`` all import the
+writer from here.
 """
 
 from __future__ import annotations
