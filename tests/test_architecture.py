@@ -346,7 +346,7 @@ def test_every_project_import_names_an_existing_module(code: Code) -> None:
 def test_planted_stale_import_after_a_move_is_caught(code: Code) -> None:
     planted = Code(
         overrides={
-            "align/train.py": code.sources["align/train.py"]
+            "align/train/run.py": code.sources["align/train/run.py"]
             + "\n\ndef _f():\n    from isaid.config import load_config\n"
         }
     )
