@@ -14,7 +14,12 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from app.environment import Framework, FrameworkLoader, run_report
+from app.environment import (
+    Framework,
+    FrameworkLoader,
+    read_cpu,  # noqa: F401  (benchmarks/eval_bench.py reads the CPU facts from here)
+    run_report,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

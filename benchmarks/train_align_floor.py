@@ -38,9 +38,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import _common  # the project root on sys.path (run as python benchmarks/<name>.py)
+
+ROOT = Path(_common.ROOT)
 
 from align import AlignConfig  # noqa: E402
 from align.compare import TRAIN_FLOOR, TRAIN_MARGIN, TRAIN_TOLERANCES, Tolerance  # noqa: E402

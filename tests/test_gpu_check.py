@@ -4,7 +4,6 @@ planted in the second of the two runs it compares)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,9 +14,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
-SPEC = importlib.util.spec_from_file_location("gpu_check_under_test", SCRIPT)
-gpu_check = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(gpu_check)
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts import their helper _common
+import _common  # noqa: E402
+import gpu_check_parity  # noqa: E402
 
 TINY = {"device": "cpu", "models": ["farseg"], "size": 32, "batch": 2, "steps": 1}
 
@@ -84,14 +84,14 @@ def test_bad_options(option):
 
 def test_relative_error_helpers():
     reference = {"a": np.array([1.0, 2.0]), "b": np.array([0.0, 0.0])}
-    assert gpu_check.rel_error(reference["a"], reference["a"]) == 0.0
-    assert gpu_check.rel_error(np.array([1.0, 2.5]), reference["a"]) == pytest.approx(0.25)
-    assert gpu_check.rel_error(np.array([np.nan, 2.0]), reference["a"]) == float("inf")
-    found = gpu_check.worst({"a": reference["a"], "b": np.array([0.0, 1e-7])}, reference)
+    assert _common.rel_error(reference["a"], reference["a"]) == 0.0
+    assert _common.rel_error(np.array([1.0, 2.5]), reference["a"]) == pytest.approx(0.25)
+    assert _common.rel_error(np.array([np.nan, 2.0]), reference["a"]) == float("inf")
+    found = gpu_check_parity.worst({"a": reference["a"], "b": np.array([0.0, 1e-7])}, reference)
     assert found["worst"] == "b" and found["rel"] == pytest.approx(0.1)  # floor 1e-6 for all-zero tensors
     with pytest.raises(ValueError):
-        gpu_check.worst({"a": reference["a"]}, reference)
-    assert gpu_check.judge({"loss": {"rel": 2e-9}, "x": {"rel": float("nan")}}, {"loss": 1e-9, "x": 1.0}) == [
+        gpu_check_parity.worst({"a": reference["a"]}, reference)
+    assert gpu_check_parity.judge({"loss": {"rel": 2e-9}, "x": {"rel": float("nan")}}, {"loss": 1e-9, "x": 1.0}) == [
         "loss rel 2e-09 > 1e-09",
         "x rel nan > 1",
     ]
@@ -101,7 +101,7 @@ def test_relative_error_helpers():
 def test_parity_catches_weights_not_copied_exactly(framework, monkeypatch):
     """The device model gets the CPU weights rounded to float32 (a lossy transfer): every
     float64 figure must fail, the float32 ones (rounded anyway) need not."""
-    adapter = gpu_check._Torch if framework == "torch" else gpu_check._Paddle
+    adapter = gpu_check_parity.PARITY_SIDES[framework]
     original = adapter.copy_state
     calls = []
 
@@ -112,7 +112,7 @@ def test_parity_catches_weights_not_copied_exactly(framework, monkeypatch):
         original(self, snapshot, target)
 
     monkeypatch.setattr(adapter, "copy_state", lossy)
-    result = gpu_check.parity_worker(dict(TINY, framework=framework))
+    result = gpu_check_parity.parity_worker(dict(TINY, framework=framework))
     failures = result["models"]["farseg"]["failures"]
     assert not result["passed"]
     assert {"float64 probabilities", "float64 loss", "float64 gradients"} <= {
@@ -135,7 +135,7 @@ def test_parity_catches_a_trainer_step_bug(monkeypatch):
         original(self, train_model, net, optimizer, scheduler, scaler, recipe, device)
 
     monkeypatch.setattr(train.TrainStep, "__init__", planted)
-    result = gpu_check.parity_worker(dict(TINY, framework="torch"))
+    result = gpu_check_parity.parity_worker(dict(TINY, framework="torch"))
     failures = [" ".join(f.split()[:2]) for f in result["models"]["farseg"]["failures"]]
     assert failures == ["float64 parameters_after_steps"], failures
 
