@@ -11,17 +11,15 @@ the band behind the thresholds are measured by ``benchmarks/train_align_floor.py
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, run_module
 
 from align import AlignConfig
 from align.compare import TRAIN_FLOOR, TRAIN_TOLERANCES, format_report
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(model="farseg", size=64, batch=2, train_iterations=3, val_scenes=1)
 
 
@@ -135,13 +133,7 @@ def test_thresholds_sit_above_the_measured_floor():
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "align.train", "--model", "farseg", "--out", str(tmp_path / "o"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_module("align.train", "--model", "farseg", "--out", tmp_path / "o", *args, timeout=300)
     lines = [line for line in proc.stderr.strip().splitlines() if "Warning" not in line and line.strip()]
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert len([line for line in lines if "error:" in line]) == 1

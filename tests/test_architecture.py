@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
 
 # The rooms and what each may import (besides itself, the standard library and third-party
 # packages). Written also as the table of docs/architecture.md; a test keeps the two equal.

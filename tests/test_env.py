@@ -11,14 +11,12 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_module
 
 from app import environment, install_check
-
-ROOT = Path(__file__).resolve().parents[1]
 
 HEALTHY_GPU = {
     "distributions": {"torch": "2.13.0+cu128", "paddlepaddle": None, "paddlepaddle-gpu": "3.3.1"},
@@ -193,14 +191,7 @@ def test_best_index_and_cpu_notes():
 @pytest.fixture(scope="module")
 def report():
     """``python -m align.env --json`` on this machine (CPU torch and CPU Paddle)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "align.env", "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = run_module("align.env", "--json", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout)
 
@@ -260,14 +251,7 @@ def paddle_evaluate_with_amp(tmp_path: Path, amp: str) -> subprocess.CompletedPr
         "--device",
         "cpu",
     ]
-    return subprocess.run(
-        [sys.executable, "-m", "paddle_impl.evaluate", *command, "--amp", amp],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run_module("paddle_impl.evaluate", *command, "--amp", amp, timeout=300)
 
 
 def test_report_says_what_paddle_evaluate_does_with_amp(report, tmp_path):

@@ -6,32 +6,26 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
+import _common  # benchmarks/ is on sys.path (conftest)
+import gpu_check_parity
 import numpy as np
 import pytest
+from conftest import ROOT, run_command, run_script
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
-if str(ROOT / "benchmarks") not in sys.path:
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts import their helper _common
-import _common  # noqa: E402
-import gpu_check_parity  # noqa: E402
 
 TINY = {"device": "cpu", "models": ["farseg"], "size": 32, "batch": 2, "steps": 1}
 
 
-def run_script(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
-    )
+def run_check(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return run_script(SCRIPT, *args, timeout=timeout)
 
 
 @pytest.mark.slow
 def test_smoke_runs_every_section(tmp_path):
     out = tmp_path / "gpu_check.json"
-    result = run_script("--smoke", "--out", str(out))
+    result = run_check("--smoke", "--out", str(out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     document = json.loads(out.read_text())
     assert document["mode"] == "smoke" and document["devices"] == {"torch": "cpu", "paddle": "cpu"}
@@ -68,7 +62,7 @@ def test_smoke_runs_every_section(tmp_path):
 
 def test_refuses_without_a_gpu(tmp_path):
     out = tmp_path / "gpu_check.json"
-    result = run_script("--sections", "parity", "--out", str(out), timeout=300)
+    result = run_check("--sections", "parity", "--out", str(out), timeout=300)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("python benchmarks/gpu_check.py: error: no framework sees a GPU")
@@ -78,7 +72,7 @@ def test_refuses_without_a_gpu(tmp_path):
 
 @pytest.mark.parametrize("option", [["--sections", "parity,speed"], ["--frameworks", "jax"], ["--models", ""]])
 def test_bad_options(option):
-    result = run_script(*option, "--smoke", timeout=120)
+    result = run_check(*option, "--smoke", timeout=120)
     assert result.returncode == 2 and "error:" in result.stderr
 
 
@@ -149,12 +143,5 @@ def test_parity_catches_a_trainer_step_bug(monkeypatch):
     ],
 )
 def test_bundle_script_refuses_bad_use(args, message):
-    result = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_bundle.sh"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_command(["bash", ROOT / "benchmarks" / "gpu_bundle.sh", *args], timeout=60)
     assert result.returncode == 2 and message in result.stderr, result.stderr

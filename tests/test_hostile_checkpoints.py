@@ -23,15 +23,15 @@ from typing import Callable, Dict, Tuple
 
 import numpy as np
 import pytest
+from conftest import ENV
+from conftest import ROOT as REPO
 
 from convert import CheckpointError, read_checkpoint, save_paddle, save_torch
 from convert.rules import model_rules
 from weights import load_layout
 
-REPO = Path(__file__).resolve().parents[1]
 MEMORY_CAP = 3 * 2**30
 TIMEOUT = 30
-ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 
 
 def _cap_memory() -> None:
