@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 from common.constants import FRAMEWORKS
 
 from .backend import Backend
+from .cli import OneLineArgumentParser
 from .config import Config, load_config
 from .install_check import EXPECT_CHOICES, Finding, diagnose, exit_status, format_cuda, parse_cuda_version
 
@@ -382,7 +383,7 @@ def format_report(facts: Dict[str, Any], plan: List[Dict[str, Any]], findings: L
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``python -m align.env``."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="python -m align.env",
         description="Report versions, devices and what --device auto / --amp do in each command;"
         " exit 2 with a one-line fix for each installation mistake found.",
