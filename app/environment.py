@@ -245,6 +245,28 @@ def amp_effects(framework: Framework, backend: Optional[Backend], device: str) -
     return "; ".join(parts)
 
 
+def _refusal(error: BaseException) -> str:
+    """The first line of a command's refusal (a TrainError carries it in ``message``)."""
+    return (getattr(error, "message", None) or str(error)).strip().splitlines()[0]
+
+
+def train_amp_effects(framework: Framework, root: str, device: str) -> str:
+    """What each ``train.amp`` does on the trainer's device: the trainer's own resolution of the
+    shipped config with that ``train.amp`` (its refusal, exit 2), else the autocast probe."""
+    parts = []
+    for amp in AMP_MODES:
+        try:
+            framework.train_device(load_config(os.path.join(root, SHIPPED_CONFIG), [f"train.amp={amp}"]))
+        except Exception as error:  # noqa: BLE001 - the trainer's own refusal is the answer
+            parts.append(f"{amp} -> refused, exit 2 ({_refusal(error)})")
+            continue
+        try:
+            parts.append(f"{amp} -> autocast convolutions in {framework.autocast_dtype(device, amp)}")
+        except Exception as error:  # noqa: BLE001 - report, do not crash the report
+            parts.append(f"{amp} -> probe fails ({_first_line(error)})")
+    return "; ".join(parts)
+
+
 def train_row(framework: Framework, root: str) -> Dict[str, Any]:
     """``train.device`` and the config's ``train.amp`` through the trainer's own resolution."""
     config = load_config(os.path.join(root, SHIPPED_CONFIG), [])
@@ -260,19 +282,15 @@ def train_row(framework: Framework, root: str) -> Dict[str, Any]:
     try:
         device = framework.train_device(config)
     except Exception as error:  # noqa: BLE001 - the trainer's own refusal is the answer
-        message = getattr(error, "message", None) or str(error)
-        row["resolves_to"] = f"refused: {message.strip().splitlines()[0]}"
+        row["resolves_to"] = f"refused: {_refusal(error)}"
         try:
             device = framework.train_device(load_config(os.path.join(root, SHIPPED_CONFIG), ["train.amp=none"]))
         except Exception:  # noqa: BLE001 - refused again: the first refusal stands as the answer
             return row
         row["resolves_to"] += f"; with train.amp=none: {device}, float32"
-        return row
-    row["resolves_to"] = device
-    # The trainer autocasts with the framework's own autocast: the probe answers for it.
-    row["amp_effect"] = (
-        f"{amp} on {device}: " + amp_effects(framework, None, device) + ("; GradScaler on" if amp == "fp16" else "")
-    )
+    else:
+        row["resolves_to"] = device
+    row["amp_effect"] = f"train.amp on {device}: " + train_amp_effects(framework, root, device)
     return row
 
 

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_module
+from conftest import ROOT, run_module
 
 from app import environment, install_check
 
@@ -276,3 +276,15 @@ def test_planted_report_that_only_probes_autocast_is_caught(tmp_path):
     assert "refused" in amp_disagreement(probed_only, "bf16", result.returncode, result.stderr)
     honest = environment.amp_effects(paddle_environment, paddle_environment.backend(), "cpu")
     assert amp_disagreement(honest, "bf16", result.returncode, result.stderr) == ""
+
+
+def test_report_says_what_paddle_train_does_with_amp(report, prepared, tmp_path):
+    """The report's train.amp row for paddle_impl.train agrees with the trainer run here on the
+    shipped config: both refuse bf16 on a CPU with the trainer's own line."""
+    sets = ["init.imagenet=none", f"data.root={prepared}", "data.window=64", "train.amp=bf16", "train.device=cpu"]
+    sets += [f"train.out_dir={tmp_path / 'run'}", "train.num_workers=0", "train.batch_size=2", "train.iterations=1"]
+    config = ROOT / "configs" / "farseg_isaid.yaml"
+    result = run_module("paddle_impl.train", "--config", config, "--no-progress", "--set", *sets, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    row = {r["command"]: r for r in report["plan"]}["python -m paddle_impl.train"]
+    assert amp_disagreement(row["amp_effect"], "bf16", result.returncode, result.stderr) == ""
