@@ -145,3 +145,17 @@ def test_parity_catches_a_trainer_step_bug(monkeypatch):
 def test_bundle_script_refuses_bad_use(args, message):
     result = run_command(["bash", ROOT / "benchmarks" / "gpu_bundle.sh", *args], timeout=60)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_worker_runs_as_a_child_and_its_record_comes_back(tmp_path):
+    """The full (GPU) mode runs each measurement as ``gpu_check.py --worker SCRIPT:FUNCTION
+    SPEC.json`` in a child process and reads its RESULT line back (``_common.run_child``);
+    --smoke runs in-process, so this path is exercised here on the CPU. A failing child is one
+    ChildError naming its last stderr line."""
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(dict(TINY, framework="torch")))
+    record = _common.run_child(str(SCRIPT), ["--worker", "gpu_check_parity:parity_worker", str(spec)], 600)
+    assert record["passed"] and record["models"]["farseg"]["float64"]["loss"]["rel"] == 0.0
+    spec.write_text(json.dumps(dict(TINY, framework="torch", models=["nosuchmodel"])))
+    with pytest.raises(_common.ChildError, match="nosuchmodel"):
+        _common.run_child(str(SCRIPT), ["--worker", "gpu_check_parity:parity_worker", str(spec)], 600)
