@@ -11,8 +11,9 @@ import importlib
 import sys
 import time
 from dataclasses import fields
-from typing import Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from app.cli import OneLineArgumentParser
 from weights import MODEL_NAMES
 
 from .compare import DEFAULT_TOLERANCES, StageResult, Tolerance, format_report
@@ -31,11 +32,8 @@ exit status: 0 all values pass, 1 some value fails, 2 bad input.
 TOLERANCE_KINDS = tuple(DEFAULT_TOLERANCES["float64"])
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is ONE line (``<prog>: error: ...``) and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+# The project's one one-line-error parser (``<prog>: error: ... (see --help)``, exit status 2).
+OneLineParser = OneLineArgumentParser
 
 
 def _tolerance_override(text: str) -> Tuple[str, Tolerance]:

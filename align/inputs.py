@@ -9,8 +9,8 @@ from typing import Tuple
 
 import numpy as np
 
-IGNORE_INDEX = 255
-SIZE_MULTIPLE = 32  # output stride of the encoder: the models refuse anything else
+from common.constants import SIZE_MULTIPLE  # noqa: F401  (align.config reads it from here)
+from isaid.palette import IGNORE_INDEX
 
 
 class AlignInputError(ValueError):

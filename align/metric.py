@@ -17,13 +17,14 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from isaid.palette import NUM_CLASSES
+
 from .compare import Divergence, StageResult, compare_arrays, finish_stage
 from .config import AlignConfig
 from .fixtures import Fixture, get_fixture, versions
 from .sides import SIDES, TORCH, Side
 
 STAGE = "metric"
-NUM_CLASSES = 16
 
 
 def side_confusion(side: Side, pred: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -60,6 +60,12 @@ class Backend(Protocol):
         """The framework's device for ``device`` ("cpu", "cuda", "gpu", "gpu:N"); ValueError if unusable."""
         ...
 
+    def check_amp(self, device: str, amp: Optional[str]) -> None:
+        """Raise ValueError (the command's one-line refusal) when the dynamic-graph engine cannot
+        run ``amp`` ("fp16", "bf16" or None) on ``device``. :meth:`build_engine` calls it first,
+        and ``python -m align.env`` calls it to say what ``--amp`` does: one answer for both."""
+        ...
+
     def build_engine(
         self,
         model_name: str,

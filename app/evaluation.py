@@ -34,14 +34,15 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from convert import CheckpointError
-from isaid.atomic import (
+from common.atomic import (
     InputOverwriteError,
     check_writable,
     describe_os_error,
     refuse_overwriting_inputs,
     remove_stale_temporaries,
 )
+from common.constants import SIZE_MULTIPLE
+from convert import CheckpointError
 from isaid.imageio import (
     DECODE_BYTES_PER_PIXEL,
     ImageReadError,
@@ -52,7 +53,7 @@ from isaid.imageio import (
     write_bytes_atomic,
 )
 from isaid.metrics import format_iou_table, miou
-from isaid.palette import CLASS_NAMES, IGNORE_INDEX, MEAN, NUM_CLASSES, STD
+from isaid.palette import CLASS_NAMES, COLOUR_MASK_SUFFIX, IGNORE_INDEX, MEAN, NUM_CLASSES, STD
 from isaid.windows import num_windows
 from weights import MODEL_NAMES, OFFICIAL_MIOU, SEED_REPRODUCTION_MIOU
 
@@ -73,11 +74,9 @@ from .exported import MODEL_DIR_FILES, read_deploy_config
 from .predict import AMP_HELP, BACKEND_HELP, MODEL_DIR_HELP
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-COLOUR_MASK_SUFFIX = "_instance_color_RGB.png"
 # Files that sit beside images in some layouts and are labels, not scenes.
 _LABEL_STEM_SUFFIXES = ("_instance_color_RGB", "_instance_id_RGB")
 OFFICIAL_VAL_IMAGES = 458  # the iSAID val split the official figures were measured on
-SIZE_MULTIPLE = 32
 _MAX_LISTED_PROBLEMS = 20
 
 

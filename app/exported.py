@@ -32,15 +32,16 @@ import numpy as np
 import yaml
 
 from app.cli import MAX_WINDOW, MIN_WINDOW, window_problem
-from common.bounded_json import read_json
-from common.bounded_yaml import BoundedYamlError, brief, read_yaml
-from isaid.atomic import (
+from common.atomic import (
     InputOverwriteError,
     refuse_folder_holding_inputs,
     remove_stale_staging,
     replace_folder_with,
     staging_folder_beside,
 )
+from common.bounded_json import read_json
+from common.bounded_yaml import BoundedYamlError, brief, read_yaml
+from common.constants import SIZE_MULTIPLE
 from isaid.palette import CLASS_NAMES, MEAN, NUM_CLASSES, PALETTE, STD, normalize
 from isaid.windows import pad_to_multiple
 from weights import MODEL_NAMES, WEIGHTS_DIR, load_layout
@@ -52,7 +53,8 @@ FORMAT_FILES = {PADDLE_FORMAT: ("model.json", "model.pdiparams"), ONNX_FORMAT: (
 # Every file an export folder may hold (what commands reading one must never write over).
 MODEL_DIR_FILES = (CONFIG_FILE,) + tuple(name for files in FORMAT_FILES.values() for name in files)
 INPUT_NAME = "x"
-SIZE_MULTIPLE = 32
+# Input of the post-export check of a dynamic-size export (H != W on purpose); both exports use it.
+CHECK_SIZE = (64, 96)
 # Bounds on what is parsed before anything is believed: a PIR program of these models is
 # ~0.3 MB of JSON; an ONNX file with its weights ~126 MB (protobuf's own limit is 2 GB).
 MAX_PROGRAM_JSON_BYTES = 64 << 20

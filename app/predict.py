@@ -18,16 +18,16 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from convert import CheckpointError, detect_architecture
-from isaid.atomic import (
+from common.atomic import (
     InputOverwriteError,
     check_writable,
     describe_os_error,
     refuse_overwriting_inputs,
     remove_stale_temporaries,
 )
+from common.resources import MemoryBudgetError, check_memory
+from convert import CheckpointError, detect_architecture
 from isaid.palette import CLASS_NAMES
-from isaid.resources import MemoryBudgetError, check_memory
 
 from .backend import Backend, Engine, ReadWindow
 from .cli import (

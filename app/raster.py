@@ -19,7 +19,7 @@ and by what:
 - PNG output (``.png``): written by row bands too, by the small streaming PNG encoder below
   (PIL can only write a whole image): a palette PNG whose pixel values are the class
   indices and whose palette is the iSAID one. PNG carries no CRS or transform.
-- Every output is written to a temporary file next to the target (:mod:`isaid.atomic`), read
+- Every output is written to a temporary file next to the target (:mod:`common.atomic`), read
   back and compared row by row (CRC-32) with what was written, and renamed only then
   (:meth:`ClassMapWriter.commit`): an error, including one GDAL only logged (a full disk),
   leaves the earlier file untouched and no temporary file.
@@ -45,7 +45,8 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from isaid.atomic import describe_os_error
+from common.atomic import describe_os_error
+from common.resources import MemoryBudgetError, check_memory
 from isaid.imageio import (
     ImageReadError,
     publish,
@@ -55,7 +56,6 @@ from isaid.imageio import (
     temporary_path_beside,
 )
 from isaid.palette import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE, index_png_palette
-from isaid.resources import MemoryBudgetError, check_memory
 
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 GEOTIFF_EXTENSIONS = (".tif", ".tiff")

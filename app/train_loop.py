@@ -25,11 +25,11 @@ from typing import Any, Callable, Dict, Mapping, Optional, Pattern, Protocol, Se
 
 import numpy as np
 
+from common import atomic
+from common.resources import MemoryBudgetError, check_memory
 from convert import CheckpointError, atomic_write
 from convert.safe_load import read_object
-from isaid import atomic
 from isaid.augment import DataError, SamplePlan, load_patch_index
-from isaid.resources import MemoryBudgetError, check_memory
 from weights import ENCODER_PREFIX
 
 from .config import Config, ConfigError, dump_config, load_config, resolve_out_dir
@@ -191,7 +191,7 @@ def choose_device(config: Config, has_gpu: bool, framework: str, cpu_amp: Sequen
 def check_batch_memory(parts: TrainerParts, config: Config, runtime: Runtime) -> None:
     """TrainError naming ``train.batch_size`` when this process's share of the batch cannot
     fit: its activations (:data:`ACTIVATION_BYTES_PER_PIXEL`, halved under AMP) against the
-    GPU's free memory, or on a CPU against :func:`isaid.resources.available_memory`."""
+    GPU's free memory, or on a CPU against :func:`common.resources.available_memory`."""
     train, window = config["train"], config["data"]["window"]
     samples = max(train["batch_size"] // runtime.world_size, 1)
     need = samples * window * window * ACTIVATION_BYTES_PER_PIXEL // (2 if train["amp"] != "none" else 1)

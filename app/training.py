@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Callable, Dict, List, Optional, Pattern, Seque
 
 import numpy as np
 
-from isaid import atomic
+from common import atomic
 from isaid.imageio import atomic_output, write_bytes_atomic
 
 from .config import Config, changed_keys, describe_keys, resolve_imagenet_path, resolve_out_dir
@@ -210,7 +210,7 @@ def checkpoint_problem(path: str) -> Optional[str]:
 def remove_stale_temporaries(out_dir: str, pattern: Pattern[str]) -> List[str]:
     """Delete the hidden temporary files that killed checkpoint writes left in ``out_dir``'s
     checkpoint folder (a checkpoint's or its checksum file's); returns their paths. A writer
-    that is still running keeps its files (``isaid.atomic.remove_stale_temporaries``)."""
+    that is still running keeps its files (``common.atomic.remove_stale_temporaries``)."""
 
     def is_checkpoint(target: str) -> bool:
         base = target[: -len(CHECKSUM_SUFFIX)] if target.endswith(CHECKSUM_SUFFIX) else target

@@ -35,11 +35,11 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import _common  # the project root on sys.path (run as python benchmarks/<name>.py)
+
+ROOT = Path(_common.ROOT)
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "align_bench.json"
 GOALS = {"align_farseg_seconds": 60.0, "convert_seconds": 2.0, "convert_cli_seconds": 2.0}
 
@@ -69,11 +69,7 @@ def machine_info() -> Dict[str, Any]:
     return info
 
 
-def load_average() -> Optional[List[float]]:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
+load_average = _common.load_average  # the 1/5/15-minute load, as every benchmark records it
 
 
 def run_child(args: Sequence[str], timeout: float = 3600) -> Dict[str, Any]:
@@ -270,7 +266,7 @@ def sweep(
 
 
 def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
-    from isaid.atomic import write_bytes_atomic
+    from common.atomic import write_bytes_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, (json.dumps(data, indent=1) + "\n").encode("utf-8"))

@@ -30,10 +30,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "tests"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+import _common  # the project root on sys.path (run as python benchmarks/<name>.py)
+
+ROOT = Path(_common.ROOT)
+sys.path.insert(0, str(ROOT / "tests"))  # trainer_bugs is a test helper
 
 from trainer_bugs import TRAINER_BUGS  # noqa: E402  (tests/trainer_bugs.py)
 

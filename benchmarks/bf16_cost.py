@@ -27,21 +27,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import _common  # the project root on sys.path (run as python benchmarks/<name>.py)
+
+ROOT = _common.ROOT
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from align.env import read_cpu  # noqa: E402
 from app.exported import sha256_file  # noqa: E402
-from isaid.atomic import write_bytes_atomic  # noqa: E402
+from common.atomic import write_bytes_atomic  # noqa: E402
 from isaid.metrics import confusion_from_labels, miou  # noqa: E402
 from isaid.synth import make_scene  # noqa: E402
 from torch_ref import build_model  # noqa: E402
@@ -109,11 +107,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "scenes": {"count": args.scenes, "size": args.size, "generator": "isaid.synth.make_scene", "seeds": seeds},
         "protocol": {"window": args.window, "stride": args.stride},
         "machine": {
-            "platform": platform.platform(),
+            **_common.machine_record(),  # CPU model, bf16/AVX-512/AMX flags, load
             "torch": torch.__version__,
             "threads": args.threads,
-            "cpu": read_cpu(),  # model, bf16/AVX-512/AMX features (align.env)
-            "load_average_1min": os.getloadavg()[0],
         },
         "results": results,
     }

@@ -28,11 +28,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+import _common  # the project root on sys.path (run as python benchmarks/<name>.py)
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(_common.ROOT)
 
 from align import AlignConfig  # noqa: E402
 from align.compare import GRAD_FLOOR_FRACTION  # noqa: E402
@@ -43,7 +42,8 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results" / "float32_floor.json"
 
 
 def relative(reference: np.ndarray, other: np.ndarray, floor: float = 0.0) -> float:
-    return float(np.max(np.abs(reference - other)) / max(float(np.max(np.abs(reference))), floor, 1e-300))
+    """max|reference - other| / max(max|reference|, floor): the project's one relative error."""
+    return _common.rel_error(other, reference, floor=max(floor, 1e-300))
 
 
 def measure(model_name: str) -> Dict[str, Any]:
@@ -114,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "seconds": round(time.perf_counter() - started, 1),
         "models": results,
     }
-    from isaid.atomic import write_bytes_atomic
+    from common.atomic import write_bytes_atomic
 
     write_bytes_atomic(args.out, (json.dumps(document, indent=1) + "\n").encode("utf-8"))
     return 0

@@ -48,11 +48,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import _common  # the project root on sys.path (run as python benchmarks/<name>.py)
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(_common.ROOT)
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "paddle_clamping.json"
 DTYPES = ("float32", "float64")
@@ -525,7 +524,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     }
     if timed is not None:
         document["timing"] = timed
-    from isaid.atomic import write_bytes_atomic
+    from common.atomic import write_bytes_atomic
 
     write_bytes_atomic(args.out, (_compact(json.dumps(document, indent=1)) + "\n").encode("utf-8"))
     return 0

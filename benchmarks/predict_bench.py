@@ -33,17 +33,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import _common  # the project root on sys.path (run as python benchmarks/<name>.py)
+
+ROOT = _common.ROOT
 
 import numpy as np  # noqa: E402
 
@@ -265,13 +263,8 @@ def interleaved_forwards(model: str, window: int, rounds: int, export_dir: str) 
 
 
 def machine() -> Dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
+    """Where the figures were measured (``_common.machine_record``: CPU, ISA flags, load)."""
+    return _common.machine_record()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -313,8 +306,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: JSON spec of one measurement
     args = parser.parse_args(argv)
     if args.child:
-        spec = json.loads(args.child)
-        print(json.dumps(child(**spec)))
+        _common.print_result(child(**json.loads(args.child)))
         return 0
 
     env = dict(os.environ, PYTHONWARNINGS="ignore")
@@ -361,17 +353,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "stride": args.stride,
                     "export_dir": export_dir,
                 }
-                result = subprocess.run(
-                    [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
-                    cwd=ROOT,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                )
-                if result.returncode != 0:
-                    print(result.stderr[-3000:], file=sys.stderr)
+                try:
+                    record = _common.run_child(os.path.abspath(__file__), ["--child", json.dumps(spec)], env=env)
+                except _common.ChildError as error:
+                    print(f"predict_bench.py: error: {error}", file=sys.stderr)
                     return 1
-                record = json.loads(result.stdout.strip().splitlines()[-1])
                 records.append(record)
                 print(
                     f"{record['framework']}:{record['mode']}:{record['device']} {record['size']}:"
@@ -392,7 +378,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "forward_interleaved": interleaved,
         "runs": records,
     }
-    from isaid.atomic import write_bytes_atomic
+    from common.atomic import write_bytes_atomic
 
     write_bytes_atomic(args.out, json.dumps(document, indent=1).encode("utf-8"))
     print(f"wrote {args.out}", file=sys.stderr)

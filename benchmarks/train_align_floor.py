@@ -38,15 +38,15 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import _common  # the project root on sys.path (run as python benchmarks/<name>.py)
+
+ROOT = Path(_common.ROOT)
 
 from align import AlignConfig  # noqa: E402
 from align.compare import TRAIN_FLOOR, TRAIN_MARGIN, TRAIN_TOLERANCES, Tolerance  # noqa: E402
 from align.config import DEFAULT_TRAIN_ITERATIONS  # noqa: E402
 from align.train import TRAIN_KINDS, build_setup, compare_runs, relative_curve, run_trainer  # noqa: E402
-from isaid.atomic import write_bytes_atomic  # noqa: E402
+from common.atomic import write_bytes_atomic  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "train_align_floor.json"
 # Harmless perturbations of the torch run: (overrides, intra-op threads).

@@ -28,16 +28,15 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import _common  # the project root on sys.path (run as python benchmarks/<name>.py)
+
+ROOT = _common.ROOT
 
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", "train_bench.json")
 # Fields that identify a configuration (an entry with the same values is replaced).
@@ -193,18 +192,8 @@ def loader_worker(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def machine_info() -> Dict[str, Any]:
-    info: Dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1_5_15min": list(os.getloadavg()),
-    }
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
-        info["cpu"] = names[0] if names else platform.processor()
-    except OSError:
-        info["cpu"] = platform.processor()
+    """The machine record (CPU, ISA flags, load: ``_common.machine_record``) and the GPUs."""
+    info: Dict[str, Any] = _common.machine_record()
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
@@ -220,20 +209,12 @@ def machine_info() -> Dict[str, Any]:
 
 
 def run_in_subprocess(spec: Dict[str, Any], timeout: int) -> Dict[str, Any]:
-    command = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
-    env = dict(os.environ)
-    if spec.get("threads"):
-        # Both frameworks' CPU kernels use OpenMP; torch also gets set_num_threads below.
-        env["OMP_NUM_THREADS"] = str(spec["threads"])
+    # Both frameworks' CPU kernels use OpenMP; torch also gets set_num_threads in the worker.
+    env = {"OMP_NUM_THREADS": str(spec["threads"])} if spec.get("threads") else {}
     try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout}s"}
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode != 0 or not lines:
-        tail = [line for line in out.stderr.strip().splitlines() if line.strip()]
-        return {"error": (tail[-1] if tail else f"exit status {out.returncode}")[:300]}
-    return json.loads(lines[-1])
+        return _common.run_child(os.path.abspath(__file__), ["--worker", json.dumps(spec)], timeout, env)
+    except _common.ChildError as error:
+        return {"error": str(error)[:300]}
 
 
 def merge_results(path: str, entries: List[Dict[str, Any]], header: Dict[str, Any]) -> Dict[str, Any]:
@@ -326,8 +307,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.worker is not None:
         spec = json.loads(args.worker)
-        result = loader_worker(spec) if spec["kind"] == "loader" else step_worker(spec)
-        print(json.dumps(result), flush=True)
+        _common.print_result(loader_worker(spec) if spec["kind"] == "loader" else step_worker(spec))
         return 0
     gpu = args.device == "cuda"
     frameworks = args.framework or (["torch"] if gpu else ["torch", "paddle"])

@@ -85,7 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     from align.env import read_cpu
     from app.train_loop import ACTIVATION_BYTES_PER_PIXEL
-    from isaid.atomic import write_bytes_atomic
+    from common.atomic import write_bytes_atomic
 
     rows: List[Dict[str, Any]] = []
     slopes: List[float] = []

@@ -11,7 +11,7 @@ from typing import List, Optional, Union
 
 import numpy as np
 
-from isaid.atomic import InputOverwriteError, refuse_overwriting_inputs
+from common.atomic import InputOverwriteError, refuse_overwriting_inputs
 from weights import ENCODER_PREFIX, MODEL_NAMES, check_model_name
 
 from .errors import CheckpointError
@@ -215,7 +215,7 @@ def _default_exists(out: Path) -> str:
 
 
 def _check_output(in_path: Path, out: Path, chosen: bool) -> bool:
-    """Refuse an output that is the input (the project's one guard, :mod:`isaid.atomic`), a
+    """Refuse an output that is the input (the project's one guard, :mod:`common.atomic`), a
     folder, or an existing file under a default name (``chosen``: given with ``-o``, which may
     replace). Returns whether an existing file will be replaced."""
     try:

@@ -52,7 +52,7 @@ import numpy as np
 from weights import MODEL_NAMES
 
 from .errors import CheckpointError
-from .rules import _fmt_shape, _problems, encoder_rules, model_rules, paddle_layout
+from .rules import encoder_rules, format_shape, mismatch_summary, model_rules, paddle_layout
 from .safe_load import LoadedCheckpoint
 
 Shape = Tuple[int, ...]
@@ -388,11 +388,11 @@ def translate(state: Mapping[str, np.ndarray], layout: PortLayout) -> Translatio
         if entry.stray:
             for n in present:
                 if np.size(state[n]) != 1:
-                    wrong.append(f"{n}  expected a single counter, found {_fmt_shape(state[n].shape)}")
+                    wrong.append(f"{n}  expected a single counter, found {format_shape(state[n].shape)}")
                 result.dropped_stray.append(n)
             continue
         if not present:
-            missing.append(f"{entry.names[0]}  expected {_fmt_shape(entry.shape)} (official {entry.official})")
+            missing.append(f"{entry.names[0]}  expected {format_shape(entry.shape)} (official {entry.official})")
             continue
         if len(present) > 1:
             twice.append(f"{' and '.join(present)} (official {entry.official})")
@@ -400,7 +400,7 @@ def translate(state: Mapping[str, np.ndarray], layout: PortLayout) -> Translatio
         array = state[present[0]]
         if tuple(array.shape) != entry.shape:
             wrong.append(
-                f"{present[0]}  expected {_fmt_shape(entry.shape)}, found {_fmt_shape(array.shape)} "
+                f"{present[0]}  expected {format_shape(entry.shape)}, found {format_shape(array.shape)} "
                 f"(official {entry.official})"
             )
         elif entry.out is not None:
@@ -410,11 +410,11 @@ def translate(state: Mapping[str, np.ndarray], layout: PortLayout) -> Translatio
             consumed.add(key)
             if tuple(state[key].shape) not in shapes:
                 wrong.append(
-                    f"{key}  expected {' or '.join(_fmt_shape(s) for s in shapes)}, "
-                    f"found {_fmt_shape(state[key].shape)}"
+                    f"{key}  expected {' or '.join(format_shape(s) for s in shapes)}, "
+                    f"found {format_shape(state[key].shape)}"
                 )
             result.dropped_unused.append(key)
-    unexpected = [f"{k}  {_fmt_shape(getattr(v, 'shape', ()))}" for k, v in state.items() if k not in consumed]
+    unexpected = [f"{k}  {format_shape(getattr(v, 'shape', ()))}" for k, v in state.items() if k not in consumed]
     if layout.trunk == "x2paddle" and not (missing or unexpected or wrong or twice):
         order = x2paddle_order_problems(state)
         if order:
@@ -425,7 +425,7 @@ def translate(state: Mapping[str, np.ndarray], layout: PortLayout) -> Translatio
                 order,
             )
     if missing or unexpected or wrong or twice:
-        counts, details = _problems(
+        counts, details = mismatch_summary(
             [
                 ("missing", "missing keys", missing),
                 ("unexpected", "unexpected keys", unexpected),

@@ -29,6 +29,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, 
 
 import numpy as np
 
+from common.constants import FRAMEWORKS
 from weights import ENCODER_PREFIX, MODEL_NAMES, MODULE_TYPES_FILE, check_model_name, load_layout, load_module_types
 
 from .errors import CheckpointError
@@ -36,7 +37,6 @@ from .safe_load import import_torch
 
 # What ``detect_model`` can answer; "resnet50" = torchvision's ImageNet ResNet-50.
 DETECTABLE = MODEL_NAMES + ("resnet50",)
-FRAMEWORKS = ("torch", "paddle")
 
 # torch BatchNorm attribute -> Paddle BatchNorm attribute (None: Paddle has no such buffer).
 BN_TORCH_TO_PADDLE: Dict[str, Optional[str]] = {
@@ -255,7 +255,8 @@ def detect_model(keys: Iterable[str]) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def _fmt_shape(shape: Sequence[int]) -> str:
+def format_shape(shape: Sequence[int]) -> str:
+    """``[64, 3, 7, 7]``: a shape as the layout-mismatch listings print it."""
     return "[" + ", ".join(str(int(s)) for s in shape) + "]"
 
 
@@ -269,7 +270,7 @@ def _listing(title: str, rows: List[str]) -> List[str]:
     return out
 
 
-def _problems(groups: Sequence[Tuple[str, str, List[str]]]) -> Tuple[str, List[str]]:
+def mismatch_summary(groups: Sequence[Tuple[str, str, List[str]]]) -> Tuple[str, List[str]]:
     """(``"2 missing, 1 wrong shape"``, the listing lines) of the non-empty ``groups``, each
     (count label, listing title, rows), for a layout mismatch's one-line headline and details."""
     counts = ", ".join(f"{len(rows)} {label}" for label, _, rows in groups if rows)
@@ -307,22 +308,22 @@ def check_layout(
     """
     optional = optional or {}
     counter_keys = None if counters is None else set(counters)
-    missing = [f"{k}  expected {_fmt_shape(s)}" for k, s in required.items() if k not in state]
+    missing = [f"{k}  expected {format_shape(s)}" for k, s in required.items() if k not in state]
     unexpected, wrong, wrong_dtype = [], [], []
     for key, value in state.items():
         shape = tuple(getattr(value, "shape", ()))
         want = required.get(key, optional.get(key, False))
         if want is False:
-            unexpected.append(f"{key}  {_fmt_shape(shape)}")
+            unexpected.append(f"{key}  {format_shape(shape)}")
             continue
         if want is not None and tuple(want) != shape:
-            wrong.append(f"{key}  expected {_fmt_shape(want)}, found {_fmt_shape(shape)}")
+            wrong.append(f"{key}  expected {format_shape(want)}, found {format_shape(shape)}")
         problem = None if counter_keys is None else dtype_problem(key, value, key in counter_keys)
         if problem:
             wrong_dtype.append(problem)
     if not (missing or unexpected or wrong or wrong_dtype):
         return
-    counts, details = _problems(
+    counts, details = mismatch_summary(
         [
             ("missing", "missing keys", missing),
             ("unexpected", "unexpected keys", unexpected),

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Tuple, Union
 
 import numpy as np
 
-from isaid.atomic import atomic_write as _atomic_write
+from common.atomic import atomic_write as _atomic_write
 
 from .rules import as_numpy, contiguous
 from .torch_pickle import c_strides
@@ -29,7 +29,7 @@ PADDLE_PICKLE_PROTOCOL = 4
 
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], None], replace: bool = True) -> Path:
     """Call ``write(f)`` on a temporary file next to ``path``, then move it into place
-    (the project's one atomic writer, :func:`isaid.atomic.atomic_write`); ``replace=False``:
+    (the project's one atomic writer, :func:`common.atomic.atomic_write`); ``replace=False``:
     FileExistsError rather than replacing an existing ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from typing import BinaryIO, Dict, Iterator, NamedTuple, Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from .atomic import (  # noqa: F401  (re-exported: the project's one atomic writer)
+from common.atomic import (  # noqa: F401  (re-exported: the project's one atomic writer)
     OutputError,
     atomic_output,
     current_umask,
@@ -24,13 +24,14 @@ from .atomic import (  # noqa: F401  (re-exported: the project's one atomic writ
     temporary_path_beside,
     write_bytes_atomic,
 )
+from common.resources import MemoryBudgetError, check_memory
+
 from .palette import (
     IGNORE_INDEX,
     NUM_CLASSES,
     decode_color_mask_details,
     index_png_palette,
 )
-from .resources import MemoryBudgetError, check_memory
 
 Source = Union[str, "os.PathLike[str]", BinaryIO]
 
@@ -103,7 +104,7 @@ def check_image_memory(
 ) -> None:
     """The memory guard of every image reader: ImageReadError (one line naming ``name``, the
     size, the need and the limit) when ``bytes_per_pixel`` x ``height`` x ``width`` does not
-    fit what this process may still allocate (:func:`isaid.resources.check_memory`).
+    fit what this process may still allocate (:func:`common.resources.check_memory`).
 
     Called from the header, before any pixel is decoded: :func:`_open_loaded` calls it for
     every PIL read here; commands that hold more per pixel (a whole-image forward pass, a

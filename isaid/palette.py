@@ -15,6 +15,9 @@ import numpy as np
 
 NUM_CLASSES = 16
 IGNORE_INDEX = 255
+# File name ending of an iSAID colour mask beside its image ``<name>.png`` (P0001.png ->
+# P0001_instance_color_RGB.png): what prepare reads, synth writes and evaluate looks for.
+COLOUR_MASK_SUFFIX = "_instance_color_RGB.png"
 
 # RGB colours of the official semantic masks (``*_instance_color_RGB.png``), in weight order.
 PALETTE = np.array(

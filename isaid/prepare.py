@@ -49,16 +49,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from common.bounded_json import read_json
-from common.cli import stride_px, thread_count, window_side
-
-from .atomic import (
+from common.atomic import (
     InputOverwriteError,
     describe_os_error,
     refuse_folder_holding_inputs,
     refuse_overwriting_inputs,
     remove_stale_temporaries,
 )
+from common.bounded_json import read_json
+from common.cli import stride_px, thread_count, window_side
+from common.resources import MemoryBudgetError, check_memory
+
 from .imageio import (
     ImageReadError,
     atomic_output,
@@ -68,8 +69,7 @@ from .imageio import (
     write_bytes_atomic,
     write_png_atomic,
 )
-from .palette import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE
-from .resources import MemoryBudgetError, check_memory
+from .palette import CLASS_NAMES, COLOUR_MASK_SUFFIX, IGNORE_INDEX, NUM_CLASSES, PALETTE
 from .windows import pad_bottom_right, sliding_windows
 
 # Peak bytes a pixel of a scene costs while it is prepared (image and colour mask decoded by
@@ -78,7 +78,6 @@ from .windows import pad_bottom_right, sliding_windows
 # 3000x3000 scene, /usr/bin/time -v); 20 leaves a margin.
 PREPARE_BYTES_PER_PIXEL = 20
 MAX_MARKER_BYTES = 16 << 20  # a scene's done/<name>.json (its index entry: windows, counts)
-MASK_SUFFIX = "_instance_color_RGB.png"
 IMAGE_FOLDER = "images"
 MASK_FOLDER = "Semantic_masks"
 INDEX_VERSION = 1
@@ -237,9 +236,9 @@ def discover_split(split_dir: str) -> Tuple[List[SceneSource], List[str]]:
     masks: Dict[str, FileRef] = {}
     for ref in _png_files(os.path.join(split_dir, MASK_FOLDER), messages):
         base = os.path.basename(ref.member if ref.member is not None else ref.path)
-        if not base.endswith(MASK_SUFFIX):
+        if not base.endswith(COLOUR_MASK_SUFFIX):
             continue
-        name = base[: -len(MASK_SUFFIX)]
+        name = base[: -len(COLOUR_MASK_SUFFIX)]
         if name in masks:
             messages.append(f"warning: {ref.display}: duplicate of {masks[name].display}; using the first")
             continue
@@ -306,7 +305,7 @@ def _remove_previous_outputs(out_split: str, name: str) -> None:
 def remove_stray_temporaries(out_split: str) -> int:
     """Delete the hidden temporary files that killed runs left behind; returns how many.
 
-    Only files whose writing process is gone are removed (:mod:`isaid.atomic` puts the process
+    Only files whose writing process is gone are removed (:mod:`common.atomic` puts the process
     id in each name), so two prepares writing into one OUT never delete each other's files.
     """
     removed = 0
@@ -325,7 +324,7 @@ def process_scene(scene: SceneSource, out_split: str, settings: Settings, compre
     """Read, check and write one scene; every problem becomes a one-line message."""
     result = SceneResult(scene.name, None)
     if scene.mask is None:
-        result.errors.append(f"error: {scene.image.display}: image without a mask ({scene.name}{MASK_SUFFIX})")
+        result.errors.append(f"error: {scene.image.display}: image without a mask ({scene.name}{COLOUR_MASK_SUFFIX})")
         return result
     try:
         # Both headers first: sizes compared and memory checked before anything is decoded (a

@@ -38,9 +38,7 @@ import numpy as np
 
 from common.cli import int_in_range
 
-from .palette import NUM_CLASSES, colorize
-
-MASK_SUFFIX = "_instance_color_RGB.png"
+from .palette import COLOUR_MASK_SUFFIX, NUM_CLASSES, colorize
 
 # Image colour of each class (not the mask colour): saturated corners of the RGB cube, all at
 # least 110 apart in some channel from each other and from the greyish background.
@@ -302,11 +300,11 @@ def write_split(
             if zipped:
                 part = image_zips[number * len(image_zips) // len(names)]
                 _zip_member(part, f"images/{name}.png", image_png)
-                _zip_member(mask_zip, f"images/{name}{MASK_SUFFIX}", mask_png)
+                _zip_member(mask_zip, f"images/{name}{COLOUR_MASK_SUFFIX}", mask_png)
             else:
                 with open(os.path.join(image_dir, f"{name}.png"), "wb") as handle:
                     handle.write(image_png)
-                with open(os.path.join(mask_dir, f"{name}{MASK_SUFFIX}"), "wb") as handle:
+                with open(os.path.join(mask_dir, f"{name}{COLOUR_MASK_SUFFIX}"), "wb") as handle:
                     handle.write(mask_png)
             written.append((name, height, width))
     finally:

@@ -58,6 +58,16 @@ class PaddleBackend:
     def resolve_device(self, device: str) -> str:
         return resolve_device(device)
 
+    def check_amp(self, device: str, amp: Optional[str]) -> None:
+        if amp is not None and resolve_device(device) == "cpu":
+            # Measured: paddle.amp.auto_cast(dtype="bfloat16") on the CPU returns float32
+            # probabilities identical to float32 (Paddle 3.3.1 has no CPU autocast lists).
+            raise ValueError(
+                f"--amp {amp}: Paddle 3.3.1's dynamic graph has no CPU mixed precision (it would"
+                " run float32); for oneDNN bf16 export the model (python -m paddle_impl.export)"
+                " and pass --model-dir DIR --amp bf16"
+            )
+
     def build_engine(
         self,
         model_name: str,
@@ -70,14 +80,7 @@ class PaddleBackend:
         dtype: str = "float32",
         exact_float32: bool = True,
     ) -> Tuple[SlidingWindowInference, str]:
-        if amp is not None and resolve_device(device) == "cpu":
-            # Measured: paddle.amp.auto_cast(dtype="bfloat16") on the CPU returns float32
-            # probabilities identical to float32 (Paddle 3.3.1 has no CPU autocast lists).
-            raise ValueError(
-                f"--amp {amp}: Paddle 3.3.1's dynamic graph has no CPU mixed precision (it would"
-                " run float32); for oneDNN bf16 export the model (python -m paddle_impl.export)"
-                " and pass --model-dir DIR --amp bf16"
-            )
+        self.check_amp(device, amp)
         model = build_model(model_name)
         how = load_weights(model, model_name, weights)
         if dtype == "float64":

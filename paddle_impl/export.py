@@ -47,6 +47,7 @@ from paddle.static import InputSpec
 
 from app.cli import OneLineArgumentParser, float_in_range, stride_px, window_side
 from app.exported import (
+    CHECK_SIZE,
     ONNX_FORMAT,
     check_onnx_against,
     check_replaceable,
@@ -57,8 +58,9 @@ from app.exported import (
     staging_folder,
     write_deploy_config,
 )
+from common.atomic import current_umask
+from common.constants import SIZE_MULTIPLE
 from convert import CheckpointError
-from isaid.imageio import current_umask
 from weights import MODEL_NAMES, check_model_name
 
 from . import build_model
@@ -67,7 +69,6 @@ from . import farseg as _farseg_module
 from .export_format import CONFIG_FILE, EXPORT_PROG, FORMAT, INPUT_NAME, PARAMS_FILE, PROGRAM_FILE, ExportError
 from .infer import create_predictor
 from .inference import load_weights
-from .shapes import SIZE_MULTIPLE
 
 PROG = EXPORT_PROG
 ONNX_FILE = "model.onnx"
@@ -75,7 +76,6 @@ FORMATS = ("paddle", "onnx")
 ONNX_OPSET = 17
 DEFAULT_TOLERANCE = 1e-5  # exact backend (native): agrees bit for bit in practice
 DEFAULT_ROUNDING_TOLERANCE = 1e-4  # oneDNN backend: BatchNorm folding changes float32 rounding
-CHECK_SIZE = (64, 96)  # input of the post-export check for a dynamic-size export (H != W on purpose)
 
 
 class ProbabilityModel(nn.Layer):

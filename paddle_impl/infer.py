@@ -55,7 +55,7 @@ from app.exported import MODEL_DIR_FILES, ONNX_FORMAT, ExportedModel, OnnxModel,
 from app.exported import default_threads as default_threads
 from app.preview import ColourPreview
 from app.raster import GEOTIFF_EXTENSIONS, RasterError, open_raster
-from isaid.atomic import InputOverwriteError, describe_os_error, refuse_overwriting_inputs
+from common.atomic import InputOverwriteError, describe_os_error, refuse_overwriting_inputs
 from isaid.imageio import ImageReadError, check_image_memory, read_size, write_png_atomic
 from isaid.palette import CLASS_NAMES, NUM_CLASSES
 

@@ -17,7 +17,8 @@ import math
 
 import paddle
 
-IGNORE_INDEX = 255
+from isaid.palette import IGNORE_INDEX
+
 ANNEALING_T_MAX = 10000
 FOCAL_GAMMA = 2.0
 SOM_RATIO = 0.1

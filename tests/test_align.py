@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, run_module
 
 from align import AlignConfig, AlignInputError, Tolerance
 from align.compare import (
@@ -28,13 +27,12 @@ from align.compare import (
     write_reprod_log,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 # 64 px: at 32 px layer4 is 1x1, and training-mode BN over 2 values per channel is ill-conditioned.
 SMALL = dict(batch=2, size=64, out=None)
 
 
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return run_module(*args, timeout=timeout)
 
 
 # ----------------------------------------------------------------------------------------------

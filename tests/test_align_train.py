@@ -11,17 +11,15 @@ the band behind the thresholds are measured by ``benchmarks/train_align_floor.py
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, run_module
 
 from align import AlignConfig
 from align.compare import TRAIN_FLOOR, TRAIN_TOLERANCES, format_report
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(model="farseg", size=64, batch=2, train_iterations=3, val_scenes=1)
 
 
@@ -135,13 +133,7 @@ def test_thresholds_sit_above_the_measured_floor():
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "align.train", "--model", "farseg", "--out", str(tmp_path / "o"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_module("align.train", "--model", "farseg", "--out", tmp_path / "o", *args, timeout=300)
     lines = [line for line in proc.stderr.strip().splitlines() if "Warning" not in line and line.strip()]
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert len([line for line in lines if "error:" in line]) == 1
@@ -180,3 +172,108 @@ def test_loss_scaler_skips_count_only_when_both_trainers_skip_the_same_steps() -
     shifted = [5.0, 4.0, float("inf")] + [3.0] * 12
     rows, divergence = compare_runs(_run("torch", norms), _run("paddle", shifted), start, tols, "farseg")
     assert any(row.name == "finite/loss_and_grad_norm" and not row.passed for row in rows)
+
+
+# ------------------------------------------------------------------------------ readable outputs
+
+
+def png_size(data: bytes) -> tuple:
+    """(width, height) from a PNG's IHDR chunk."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def nan_in_passing_rows(diff_txt: str) -> list:
+    """The lines of a diff.txt table that pass ("ok") yet print ``nan``."""
+    return [line for line in diff_txt.splitlines() if " ok" in line and "nan" in line.split("(")[0]]
+
+
+def unreadable_figure(figure) -> list:
+    """Why ``figure`` is not readable at 100 % zoom: under 1400 px wide, text under 10 pt, or a
+    legend drawn over its panel's data area."""
+    from align.train import plot
+
+    problems = []
+    width = figure.get_figwidth() * plot.PLOT_DPI
+    if width < 1400:
+        problems.append(f"{width:.0f} px wide")
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    for ax in figure.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        box, area = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+        if box.overlaps(area):
+            problems.append(f"legend over the data of {ax.get_title()!r}")
+        sizes = [text.get_fontsize() for text in legend.get_texts()]
+        if min(sizes) < 10:
+            problems.append(f"legend text {min(sizes)} pt")
+    return problems
+
+
+def test_curves_png_is_readable_and_passing_rows_print_no_nan(clean):
+    """curves.png at least 1400 px wide; diff.txt's passing rows (params/final included, whose
+    max|d| and mean|d| were NaN placeholders) print numbers."""
+    out, _ = clean
+    folder = out / "farseg" / "train"
+    width, _ = png_size((folder / "curves.png").read_bytes())
+    assert width >= 1400
+    assert nan_in_passing_rows((folder / "diff.txt").read_text()) == []
+    params = [line for line in (folder / "diff.txt").read_text().splitlines() if line.startswith("params/final")]
+    assert params and "nan" not in params[0]
+
+
+def test_planted_nan_row_and_unreadable_plot_are_caught(monkeypatch):
+    """The checks above see the old outputs: a NaN placeholder in a passing row, a legend
+    inside a panel at 7 pt, a 960 px figure."""
+    import matplotlib.pyplot as plt
+
+    from align.compare import Row, format_rows, tolerances
+    from align.train import compare_runs, curves_document, plot
+
+    old_row = Row(
+        "params/final",
+        "train_param",
+        [2],
+        float("nan"),
+        float("nan"),
+        0.1,
+        float("nan"),
+        tolerances("float32")["train_param"],
+        True,
+    )
+    assert nan_in_passing_rows("\n".join(format_rows([old_row])))
+
+    from collections import OrderedDict
+
+    from align.compare import StageResult
+
+    norms = [5.0, 4.0, 3.0] + [3.0] * 12
+    start = OrderedDict([("buffer_step", np.array(0.0, np.float32)), ("w.weight", np.zeros(4, np.float32))])
+    tols = tolerances("float32")
+    reference, other = _run("torch", norms), _run("paddle", norms)
+    rows, _ = compare_runs(reference, other, start, tols, "farseg")
+    assert nan_in_passing_rows("\n".join(format_rows(rows))) == []
+    result = StageResult("train", "farseg", "float32")
+    result.rows = rows
+    document = curves_document(reference, other, result, tols)
+    figure = plot.curves_figure(document, reference, other)
+    assert unreadable_figure(figure) == []
+    plt.close(figure)
+
+    def legend_inside(ax, handles=None, labels=None, columns=2):
+        (
+            ax.legend(fontsize=7, loc="upper right")
+            if handles is None
+            else ax.legend(handles, labels, fontsize=7, loc="upper right")
+        )
+
+    monkeypatch.setattr(plot, "_legend_below", legend_inside)
+    monkeypatch.setattr(plot, "PLOT_DPI", 80)
+    monkeypatch.setattr(plot, "PLOT_INCHES", (12.0, 3.4))
+    figure = plot.curves_figure(document, reference, other)
+    problems = unreadable_figure(figure)
+    plt.close(figure)
+    assert any("px wide" in p for p in problems) and any("legend over" in p for p in problems), problems
+    assert any("pt" in p for p in problems), problems

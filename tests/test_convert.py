@@ -24,6 +24,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import ROOT as REPO  # noqa: E402
+from conftest import run_module  # noqa: E402
+
 import convert  # noqa: E402
 from convert import (  # noqa: E402
     CheckpointError,
@@ -45,8 +48,6 @@ from convert import (  # noqa: E402
 from convert import rules as rules_mod  # noqa: E402
 from convert.writers import atomic_write  # noqa: E402
 from weights import ENCODER_PREFIX, MODEL_NAMES, load_layout  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _importable(name: str) -> bool:
@@ -130,15 +131,7 @@ def torchvision_state(seed: int = 1) -> "OrderedDict[str, np.ndarray]":
 
 
 def run_cli(*args, cwd=None):
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run(
-        [sys.executable, "-m", "convert", *map(str, args)],
-        cwd=cwd or REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_module("convert", *args, cwd=cwd or REPO, timeout=120)
 
 
 def stderr_lines(proc) -> list:

@@ -15,15 +15,14 @@ most of the rest is starting Python with torch/Paddle six times).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Dict
 
 import numpy as np
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT as REPO_ROOT
+from conftest import run_command, run_module
 
 # Measured with exactly these settings (synth --train 6 --val 2 --size 160 --seed 0; prepare
 # --window 64 --stride 48; init.imagenet=none, seed 2333, OMP_NUM_THREADS=1), evaluated with
@@ -47,24 +46,14 @@ BATCH_SIZE = 2
 
 
 def run(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    # One thread per process: on a shared 2-core machine two spinning OpenMP threads per
-    # process ran these small CPU jobs several times slower (measured: 5 Paddle training
+    # conftest's ENV: one thread per process (on a shared 2-core machine two spinning OpenMP
+    # threads per process ran these small CPU jobs several times slower: 5 Paddle training
     # iterations 171 s with 1 thread vs 234 s with the default, under load).
-    env.setdefault("OMP_NUM_THREADS", "1")
-    proc = subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    return proc
+    return run_module(*args, cwd=cwd, timeout=timeout)
 
 
 def subprocess_python(code: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
+    return run_command([sys.executable, "-c", code, *args], cwd=cwd, timeout=600)
 
 
 def check(proc: subprocess.CompletedProcess, expected: int = 0) -> subprocess.CompletedProcess:

@@ -1,4 +1,5 @@
-"""``python -m align.env``: the installation mistakes on faked machines, and the real report here.
+"""``python -m align.env``: the installation mistakes on faked machines, the real report here, and
+the report agreeing with what the commands do.
 
 The diagnosis is a pure function of the facts, so each usual mistake is planted in an
 otherwise healthy fake GPU machine and must give exactly its error (exit status 2), while the
@@ -10,14 +11,12 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, run_module
 
-from align import env
-
-ROOT = Path(__file__).resolve().parents[1]
+from app import environment, install_check
 
 HEALTHY_GPU = {
     "distributions": {"torch": "2.13.0+cu128", "paddlepaddle": None, "paddlepaddle-gpu": "3.3.1"},
@@ -42,7 +41,7 @@ def machine(base, **changes):
 
 
 def errors(facts, expect="auto"):
-    return [f for f in env.diagnose(facts, expect) if f.level == "error"]
+    return [f for f in install_check.diagnose(facts, expect) if f.level == "error"]
 
 
 @pytest.mark.parametrize(
@@ -66,8 +65,8 @@ def errors(facts, expect="auto"):
     ],
 )
 def test_intended_installs_pass(facts, expect):
-    found = env.diagnose(facts, expect)
-    assert env.exit_status(found) == 0, [f.line() for f in found]
+    found = install_check.diagnose(facts, expect)
+    assert install_check.exit_status(found) == 0, [f.line() for f in found]
 
 
 def test_cpu_paddle_beside_cuda_torch():
@@ -80,7 +79,7 @@ def test_cpu_paddle_beside_cuda_torch():
     assert "CPU-only Paddle" in error.message
     # The fix names Paddle's own index for a CUDA the driver runs (12.8 -> cu126), never PyPI.
     assert "paddlepaddle-gpu==3.3.1 -i https://www.paddlepaddle.org.cn/packages/stable/cu126/" in error.fix
-    assert env.exit_status(env.diagnose(facts)) == 2
+    assert install_check.exit_status(install_check.diagnose(facts)) == 2
 
 
 def test_cpu_torch_beside_cuda_paddle():
@@ -106,8 +105,8 @@ def test_torch_build_newer_than_driver():
 
 def test_newer_minor_version_is_a_note_when_it_runs():
     facts = machine(HEALTHY_GPU, driver={"cuda": "12.4"}, paddle={"cuda_build": "11.8"})
-    found = env.diagnose(facts)
-    assert env.exit_status(found) == 0
+    found = install_check.diagnose(facts)
+    assert install_check.exit_status(found) == 0
     assert any(f.level == "note" and "minor-version compatibility" in f.message for f in found)
 
 
@@ -148,7 +147,7 @@ def test_broken_import_and_missing_framework():
     assert "paddle is installed but does not import (ImportError: libcudart" in error.message
     facts = machine(CPU_ONLY, paddle={"installed": False})
     assert errors(facts) == []  # a missing framework is a note by default ...
-    assert any("paddle is not installed" in f.message for f in env.diagnose(facts))
+    assert any("paddle is not installed" in f.message for f in install_check.diagnose(facts))
     assert "not installed" in errors(facts, "paddle-gpu")[0].message  # ... an error when expected
 
 
@@ -173,38 +172,37 @@ def test_expect_gpu_without_a_gpu():
     ],
 )
 def test_parse_cuda_version(text, expected):
-    assert env.parse_cuda_version(text) == expected
+    assert install_check.parse_cuda_version(text) == expected
 
 
 def test_best_index_and_cpu_notes():
-    assert env.best_index((12, 8), env.PADDLE_CUDA_INDEXES) == "12.6"
-    assert env.best_index((13, 1), env.PADDLE_CUDA_INDEXES) == "13.0"
-    assert env.best_index(None, env.TORCH_CUDA_INDEXES) == "13.0"
-    assert env.best_index((11, 0), env.TORCH_CUDA_INDEXES) is None
-    assert env.best_index((12, 2), env.TORCH_CUDA_INDEXES) == "12.6"  # minor-version compatibility
-    assert env.best_index((11, 4), env.PADDLE_CUDA_INDEXES) == "11.8"
-    features = env.cpu_features(["avx2", "avx512f", "amx_bf16", "amx_tile"])
+    assert install_check.best_index((12, 8), install_check.PADDLE_CUDA_INDEXES) == "12.6"
+    assert install_check.best_index((13, 1), install_check.PADDLE_CUDA_INDEXES) == "13.0"
+    assert install_check.best_index(None, install_check.TORCH_CUDA_INDEXES) == "13.0"
+    assert install_check.best_index((11, 0), install_check.TORCH_CUDA_INDEXES) is None
+    assert install_check.best_index((12, 2), install_check.TORCH_CUDA_INDEXES) == "12.6"  # minor-version compatibility
+    assert install_check.best_index((11, 4), install_check.PADDLE_CUDA_INDEXES) == "11.8"
+    features = environment.cpu_features(["avx2", "avx512f", "amx_bf16", "amx_tile"])
     assert features["amx_bf16"] and not features["avx512_bf16"]
-    assert env.cpu_bf16_note(features).startswith("AMX-BF16")
-    assert "emulated" in env.cpu_bf16_note(env.cpu_features(["avx2"]))
+    assert environment.cpu_bf16_note(features).startswith("AMX-BF16")
+    assert "emulated" in environment.cpu_bf16_note(environment.cpu_features(["avx2"]))
 
 
-def test_report_on_this_machine():
-    """The real command here (CPU torch and CPU Paddle): exit 0, every section present, and
-    ``--device auto`` resolved to cpu by the commands' own functions."""
-    result = subprocess.run(
-        [sys.executable, "-m", "align.env", "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+@pytest.fixture(scope="module")
+def report():
+    """``python -m align.env --json`` on this machine (CPU torch and CPU Paddle)."""
+    result = run_module("align.env", "--json", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    document = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_report_on_this_machine(report):
+    """The real command here: exit 0, every section present, and ``--device auto`` resolved to
+    cpu by the commands' own functions."""
+    document = report
     facts = document["facts"]
     assert facts["torch"]["installed"] and facts["paddle"]["installed"]
-    assert set(env.CPU_FLAGS) == set(facts["cpu"]["features"])
+    assert set(environment.CPU_FLAGS) == set(facts["cpu"]["features"])
     commands = {row["command"]: row for row in document["plan"]}
     for framework in ("torch_ref", "paddle_impl"):
         for verb in ("train", "evaluate", "predict"):
@@ -214,3 +212,79 @@ def test_report_on_this_machine():
     assert commands["python -m paddle_impl.train"]["resolves_to"].startswith("refused: train.amp=fp16")
     assert document["exit_status"] == 0
     assert all(f["level"] == "note" for f in document["findings"])
+
+
+def amp_disagreement(amp_effect: str, amp: str, exit_status: int, stderr: str) -> str:
+    """Why the report's ``amp_effect`` for ``--amp amp`` contradicts what the command did
+    (its exit status and stderr), or "" when they agree."""
+    effect = amp_effect.split(f"{amp} -> ", 1)[1].split("; ", 1)[0] if f"{amp} -> " in amp_effect else ""
+    if exit_status == 2:
+        refusal = stderr.strip().splitlines()[-1].removeprefix("error: ")
+        if not effect.startswith("refused, exit 2") or refusal.split(";")[0] not in effect:
+            return f"the command refused ({refusal!r}) but the report says {effect!r}"
+        return ""
+    if effect.startswith("refused"):
+        return f"the report says {effect!r} but the command ran (exit {exit_status})"
+    return ""
+
+
+def paddle_evaluate_with_amp(tmp_path: Path, amp: str) -> subprocess.CompletedProcess:
+    """``python -m paddle_impl.evaluate --device cpu --amp AMP`` on one tiny scene."""
+    from PIL import Image
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(images / "P0001.png")
+    Image.new("RGB", (64, 64), (0, 0, 0)).save(masks / "P0001_instance_color_RGB.png")
+    weights = tmp_path / "farseg.pdparams"
+    weights.write_bytes(b"not read: the --amp check comes first")
+    command = [
+        "--model",
+        "farseg",
+        "--images",
+        str(images),
+        "--masks",
+        str(masks),
+        "--weights",
+        str(weights),
+        "--device",
+        "cpu",
+    ]
+    return run_module("paddle_impl.evaluate", *command, "--amp", amp, timeout=300)
+
+
+def test_report_says_what_paddle_evaluate_does_with_amp(report, tmp_path):
+    """The report's --amp row for paddle_impl.evaluate on the CPU agrees with the command run
+    here: both refuse bf16 with the same line (both call the backend's check_amp)."""
+    result = paddle_evaluate_with_amp(tmp_path, "bf16")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    row = {r["command"]: r for r in report["plan"]}["python -m paddle_impl.evaluate"]
+    assert amp_disagreement(row["amp_effect"], "bf16", result.returncode, result.stderr) == ""
+
+
+def test_planted_report_that_only_probes_autocast_is_caught(tmp_path):
+    """The old report probed autocast without asking the backend: on a CPU it said bf16
+    computes in float32 while the command refuses. Planted (no backend given to
+    ``amp_effects``), the agreement check sees it."""
+    from paddle_impl import environment as paddle_environment
+
+    result = paddle_evaluate_with_amp(tmp_path, "bf16")
+    probed_only = environment.amp_effects(paddle_environment, None, "cpu")
+    assert "float32" in probed_only
+    assert "refused" in amp_disagreement(probed_only, "bf16", result.returncode, result.stderr)
+    honest = environment.amp_effects(paddle_environment, paddle_environment.backend(), "cpu")
+    assert amp_disagreement(honest, "bf16", result.returncode, result.stderr) == ""
+
+
+def test_report_says_what_paddle_train_does_with_amp(report, prepared, tmp_path):
+    """The report's train.amp row for paddle_impl.train agrees with the trainer run here on the
+    shipped config: both refuse bf16 on a CPU with the trainer's own line."""
+    sets = ["init.imagenet=none", f"data.root={prepared}", "data.window=64", "train.amp=bf16", "train.device=cpu"]
+    sets += [f"train.out_dir={tmp_path / 'run'}", "train.num_workers=0", "train.batch_size=2", "train.iterations=1"]
+    config = ROOT / "configs" / "farseg_isaid.yaml"
+    result = run_module("paddle_impl.train", "--config", config, "--no-progress", "--set", *sets, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    row = {r["command"]: r for r in report["plan"]}["python -m paddle_impl.train"]
+    assert amp_disagreement(row["amp_effect"], "bf16", result.returncode, result.stderr) == ""

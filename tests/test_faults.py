@@ -31,16 +31,15 @@ from typing import List
 
 import numpy as np
 import pytest
+from conftest import ENV, ROOT
 from PIL import Image
 
 from app import predict, raster
 from app.config import ConfigError, load_config
-from isaid import atomic
+from common import atomic
 from isaid.imageio import ImageReadError, read_index_mask, read_mask_details, write_png_atomic
 from isaid.palette import IGNORE_INDEX, colorize
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 CONFIG = str(ROOT / "configs" / "farseg_isaid.yaml")
 WINDOW = 64
 
@@ -92,7 +91,7 @@ def test_atomic_writer_failure_keeps_the_earlier_file_and_no_temporary(tmp_path:
 
 
 def test_convert_and_isaid_share_the_one_writer() -> None:
-    """No second copy: convert's and isaid.imageio's writers are isaid.atomic's."""
+    """No second copy: convert's and isaid.imageio's writers are common.atomic's."""
     import convert.writers
     import isaid.imageio
 
@@ -101,7 +100,7 @@ def test_convert_and_isaid_share_the_one_writer() -> None:
     assert isaid.imageio.write_bytes_atomic is atomic.write_bytes_atomic
     # Only the writer renames files into place; whole folders are staged and renamed by the
     # exports (app.exported, both frameworks) and by X2Paddle's conversion.
-    folder_renames = {"isaid/atomic.py", "app/exported.py", "align/x2paddle/conversion.py"}
+    folder_renames = {"common/atomic.py", "app/exported.py", "align/x2paddle/conversion.py"}
     renaming = sorted(
         str(path.relative_to(ROOT))
         for folder in ("weights", "isaid", "app", "convert", "torch_ref", "paddle_impl", "align", "benchmarks")
@@ -532,46 +531,6 @@ def test_config_in_range_values_pass() -> None:
 
 
 # ------------------------------------------------------------------------------ training data and NaN
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    """A tiny prepared iSAID (one 128x128 train scene, 64x64 patches) with one label patch
-    overwritten to hold class 100."""
-    root = tmp_path_factory.mktemp("fault_data")
-    for command in (
-        [
-            sys.executable,
-            "-m",
-            "isaid.synth",
-            str(root / "src"),
-            "--train",
-            "1",
-            "--val",
-            "1",
-            "--size",
-            "128",
-            "--seed",
-            "0",
-            "--no-zip",
-        ],
-        [
-            sys.executable,
-            "-m",
-            "isaid.prepare",
-            str(root / "src"),
-            str(root / "out"),
-            "--window",
-            str(WINDOW),
-            "--stride",
-            "64",
-            "--splits",
-            "train",
-            "--no-progress",
-        ],
-    ):
-        subprocess.run(command, check=True, cwd=ROOT, env=ENV, capture_output=True, timeout=300)
-    return root / "out"
 
 
 @pytest.fixture(scope="module")

@@ -25,11 +25,12 @@ import pytest
 torch = pytest.importorskip("torch")
 paddle = pytest.importorskip("paddle")
 
+from conftest import ROOT as REPO  # noqa: E402
+
 import convert  # noqa: E402
 from convert import CheckpointError, foreign, read_checkpoint, run_conversion, save_paddle  # noqa: E402
 from weights import ENCODER_PREFIX  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE = 64  # eval input: 1x3x64x64
 
 # ----------------------------------------------------------------------------------------------

@@ -4,34 +4,28 @@ planted in the second of the two runs it compares)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
-from pathlib import Path
 
+import _common  # benchmarks/ is on sys.path (conftest)
+import gpu_check_parity
 import numpy as np
 import pytest
+from conftest import ROOT, run_command, run_script
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
-SPEC = importlib.util.spec_from_file_location("gpu_check_under_test", SCRIPT)
-gpu_check = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(gpu_check)
 
 TINY = {"device": "cpu", "models": ["farseg"], "size": 32, "batch": 2, "steps": 1}
 
 
-def run_script(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
-    )
+def run_check(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return run_script(SCRIPT, *args, timeout=timeout)
 
 
 @pytest.mark.slow
 def test_smoke_runs_every_section(tmp_path):
     out = tmp_path / "gpu_check.json"
-    result = run_script("--smoke", "--out", str(out))
+    result = run_check("--smoke", "--out", str(out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     document = json.loads(out.read_text())
     assert document["mode"] == "smoke" and document["devices"] == {"torch": "cpu", "paddle": "cpu"}
@@ -68,7 +62,7 @@ def test_smoke_runs_every_section(tmp_path):
 
 def test_refuses_without_a_gpu(tmp_path):
     out = tmp_path / "gpu_check.json"
-    result = run_script("--sections", "parity", "--out", str(out), timeout=300)
+    result = run_check("--sections", "parity", "--out", str(out), timeout=300)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("python benchmarks/gpu_check.py: error: no framework sees a GPU")
@@ -78,20 +72,20 @@ def test_refuses_without_a_gpu(tmp_path):
 
 @pytest.mark.parametrize("option", [["--sections", "parity,speed"], ["--frameworks", "jax"], ["--models", ""]])
 def test_bad_options(option):
-    result = run_script(*option, "--smoke", timeout=120)
+    result = run_check(*option, "--smoke", timeout=120)
     assert result.returncode == 2 and "error:" in result.stderr
 
 
 def test_relative_error_helpers():
     reference = {"a": np.array([1.0, 2.0]), "b": np.array([0.0, 0.0])}
-    assert gpu_check.rel_error(reference["a"], reference["a"]) == 0.0
-    assert gpu_check.rel_error(np.array([1.0, 2.5]), reference["a"]) == pytest.approx(0.25)
-    assert gpu_check.rel_error(np.array([np.nan, 2.0]), reference["a"]) == float("inf")
-    found = gpu_check.worst({"a": reference["a"], "b": np.array([0.0, 1e-7])}, reference)
+    assert _common.rel_error(reference["a"], reference["a"]) == 0.0
+    assert _common.rel_error(np.array([1.0, 2.5]), reference["a"]) == pytest.approx(0.25)
+    assert _common.rel_error(np.array([np.nan, 2.0]), reference["a"]) == float("inf")
+    found = gpu_check_parity.worst({"a": reference["a"], "b": np.array([0.0, 1e-7])}, reference)
     assert found["worst"] == "b" and found["rel"] == pytest.approx(0.1)  # floor 1e-6 for all-zero tensors
     with pytest.raises(ValueError):
-        gpu_check.worst({"a": reference["a"]}, reference)
-    assert gpu_check.judge({"loss": {"rel": 2e-9}, "x": {"rel": float("nan")}}, {"loss": 1e-9, "x": 1.0}) == [
+        gpu_check_parity.worst({"a": reference["a"]}, reference)
+    assert gpu_check_parity.judge({"loss": {"rel": 2e-9}, "x": {"rel": float("nan")}}, {"loss": 1e-9, "x": 1.0}) == [
         "loss rel 2e-09 > 1e-09",
         "x rel nan > 1",
     ]
@@ -101,7 +95,7 @@ def test_relative_error_helpers():
 def test_parity_catches_weights_not_copied_exactly(framework, monkeypatch):
     """The device model gets the CPU weights rounded to float32 (a lossy transfer): every
     float64 figure must fail, the float32 ones (rounded anyway) need not."""
-    adapter = gpu_check._Torch if framework == "torch" else gpu_check._Paddle
+    adapter = gpu_check_parity.PARITY_SIDES[framework]
     original = adapter.copy_state
     calls = []
 
@@ -112,7 +106,7 @@ def test_parity_catches_weights_not_copied_exactly(framework, monkeypatch):
         original(self, snapshot, target)
 
     monkeypatch.setattr(adapter, "copy_state", lossy)
-    result = gpu_check.parity_worker(dict(TINY, framework=framework))
+    result = gpu_check_parity.parity_worker(dict(TINY, framework=framework))
     failures = result["models"]["farseg"]["failures"]
     assert not result["passed"]
     assert {"float64 probabilities", "float64 loss", "float64 gradients"} <= {
@@ -135,7 +129,7 @@ def test_parity_catches_a_trainer_step_bug(monkeypatch):
         original(self, train_model, net, optimizer, scheduler, scaler, recipe, device)
 
     monkeypatch.setattr(train.TrainStep, "__init__", planted)
-    result = gpu_check.parity_worker(dict(TINY, framework="torch"))
+    result = gpu_check_parity.parity_worker(dict(TINY, framework="torch"))
     failures = [" ".join(f.split()[:2]) for f in result["models"]["farseg"]["failures"]]
     assert failures == ["float64 parameters_after_steps"], failures
 
@@ -149,12 +143,19 @@ def test_parity_catches_a_trainer_step_bug(monkeypatch):
     ],
 )
 def test_bundle_script_refuses_bad_use(args, message):
-    result = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_bundle.sh"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_command(["bash", ROOT / "benchmarks" / "gpu_bundle.sh", *args], timeout=60)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_worker_runs_as_a_child_and_its_record_comes_back(tmp_path):
+    """The full (GPU) mode runs each measurement as ``gpu_check.py --worker SCRIPT:FUNCTION
+    SPEC.json`` in a child process and reads its RESULT line back (``_common.run_child``);
+    --smoke runs in-process, so this path is exercised here on the CPU. A failing child is one
+    ChildError naming its last stderr line."""
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(dict(TINY, framework="torch")))
+    record = _common.run_child(str(SCRIPT), ["--worker", "gpu_check_parity:parity_worker", str(spec)], 600)
+    assert record["passed"] and record["models"]["farseg"]["float64"]["loss"]["rel"] == 0.0
+    spec.write_text(json.dumps(dict(TINY, framework="torch", models=["nosuchmodel"])))
+    with pytest.raises(_common.ChildError, match="nosuchmodel"):
+        _common.run_child(str(SCRIPT), ["--worker", "gpu_check_parity:parity_worker", str(spec)], 600)

@@ -23,15 +23,15 @@ from typing import Callable, Dict, Tuple
 
 import numpy as np
 import pytest
+from conftest import ENV
+from conftest import ROOT as REPO
 
 from convert import CheckpointError, read_checkpoint, save_paddle, save_torch
 from convert.rules import model_rules
 from weights import load_layout
 
-REPO = Path(__file__).resolve().parents[1]
 MEMORY_CAP = 3 * 2**30
 TIMEOUT = 30
-ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 
 
 def _cap_memory() -> None:
@@ -604,7 +604,7 @@ def test_stale_temporary_files_of_killed_writes_are_removed(tmp_path: Path) -> N
     paths = _fake_run(tmp_path, (1,))
     folder = Path(checkpoint_dir(str(tmp_path)))
     dead = _dead_pid()
-    stale = [  # the names isaid.atomic gives its temporary files, of a writer that is gone
+    stale = [  # the names common.atomic gives its temporary files, of a writer that is gone
         f".ckpt_0000002.pt.{dead}-0123456789ab.tmp",
         f".ckpt_0000002.pt.sha256.{dead}-a1b2c3d4e5f6.tmp",
         f".ckpt_0000003.pt.{dead}-00000000abcd.tmp",

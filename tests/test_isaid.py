@@ -12,20 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT as REPO_ROOT
+from conftest import run_module as run_project_module
 from PIL import Image
 
 from isaid import imageio, metrics, palette, synth, windows
 from isaid.imageio import ImageReadError
 from isaid.palette import CLASS_NAMES, NUM_CLASSES, PALETTE
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 def run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run ``python -m <module> args`` with the repository importable."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    """Run ``python -m <module> args`` with the repository importable (conftest's runner)."""
+    return run_project_module(*args, cwd=cwd, timeout=120)
 
 
 # ------------------------------------------------------------------------------ palette

@@ -18,7 +18,6 @@ cannot drift apart. A few minutes on 2 CPU cores (one thread per process).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from typing import List
 import numpy as np
 import pytest
 import rasterio
+from conftest import ENV, ROOT
 from PIL import Image
 from raster_scenes import read_georeference, write_geotiff_by_windows  # tests/raster_scenes.py
 from rasterio.transform import Affine
@@ -35,9 +35,6 @@ from rasterio.transform import Affine
 from isaid.imageio import read_index_mask, read_rgb
 from isaid.metrics import confusion_from_labels
 
-ROOT = Path(__file__).resolve().parents[1]
-# One thread per process: the 2 cores are shared, and thread count changes float summation order.
-ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 WINDOW, STRIDE = 64, 48
 TIMEOUT = 600
 CRS = "EPSG:32633"

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Callable, List
 
 import pytest
+from conftest import ROOT as REPO
 
 from weights import MODEL_NAMES, check_model_name
 
-REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("weights", "isaid", "app", "convert", "torch_ref", "paddle_impl", "align")
+PACKAGES = ("common", "weights", "isaid", "app", "convert", "torch_ref", "paddle_impl", "align")
 # A copy of the check: the message it raises, written anywhere but in weights/.
 COPY = re.compile(r"unknown (target|model)\b")
 

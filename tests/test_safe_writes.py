@@ -28,7 +28,7 @@ from test_faults import ENV, ROOT, _scene, _toy_bands  # tests/test_faults.py: s
 
 from app import exported, predict, raster
 from app.exported import CONFIG_FILE, ONNX_FORMAT, PADDLE_FORMAT, ExportError, deploy_config, write_deploy_config
-from isaid import atomic
+from common import atomic
 
 Snapshot = Dict[str, bytes]
 torch_weights = test_faults.torch_weights  # the fixture: a random-initialised FarSeg .pth

@@ -9,7 +9,6 @@ exercise every path of ``torch_ref.train`` / ``paddle_impl.train`` on two CPU co
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import pytest
+from conftest import ENV, ROOT
 
 from app.config import ConfigError, default_config, load_config, parse_override
 from app.training import write_checksum
@@ -34,15 +34,11 @@ from isaid.augment import (
     normalize_batch,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "farseg_isaid.yaml")
 MODULES = {"torch": "torch_ref.train", "paddle": "paddle_impl.train"}
 FINAL = {"torch": "model_final.pth", "paddle": "model_final.pdparams"}
 CHECKPOINT_SUFFIX = {"torch": ".pt", "paddle": ".pdckpt"}
 WINDOW = 64
-# One thread per process: the machine's two cores are shared by two-process runs and by
-# other work, and thread count changes float summation order (determinism needs it fixed).
-ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 TIMEOUT = 900
 
 
@@ -57,45 +53,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny prepared iSAID: 2 synthetic train scenes cut into 64x64 patches at stride 48."""
-    root = tmp_path_factory.mktemp("train_data")
-    for command in (
-        [
-            sys.executable,
-            "-m",
-            "isaid.synth",
-            str(root / "src"),
-            "--train",
-            "2",
-            "--val",
-            "1",
-            "--size",
-            "128",
-            "--seed",
-            "0",
-            "--no-zip",
-        ],
-        [
-            sys.executable,
-            "-m",
-            "isaid.prepare",
-            str(root / "src"),
-            str(root / "out"),
-            "--window",
-            str(WINDOW),
-            "--stride",
-            "48",
-            "--splits",
-            "train",
-            "--no-progress",
-        ],
-    ):
-        subprocess.run(command, check=True, cwd=ROOT, env=ENV, capture_output=True, timeout=300)
-    return root / "out"
 
 
 def overrides(data_root: Path, out_dir: Path, iterations: int = 2, **extra: object) -> List[str]:
@@ -681,7 +638,7 @@ def test_a_batch_beyond_memory_is_refused_before_the_first_step(
     import importlib
 
     from app.train_loop import ACTIVATION_BYTES_PER_PIXEL
-    from isaid.resources import available_memory
+    from common.resources import available_memory
 
     available = available_memory()[0] or 2**40
     batch = max(5000, 2 * available // (WINDOW * WINDOW * ACTIVATION_BYTES_PER_PIXEL) + 2)

@@ -38,6 +38,10 @@ class TorchBackend:
     def resolve_device(self, device: str) -> torch.device:
         return resolve_device(device)
 
+    def check_amp(self, device: str, amp: Optional[str]) -> None:
+        # torch autocasts on every device (on a CPU in bfloat16 or float16 kernels): nothing refused.
+        return None
+
     def build_engine(
         self,
         model_name: str,
@@ -50,6 +54,7 @@ class TorchBackend:
         dtype: str = "float32",
         exact_float32: bool = True,
     ) -> Tuple[SlidingWindowInference, str]:
+        self.check_amp(device, amp)
         model = build_model(model_name)
         how = load_weights(model, model_name, weights)
         if dtype == "float64":

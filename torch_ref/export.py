@@ -37,6 +37,7 @@ import torch.nn as nn
 
 from app.cli import OneLineArgumentParser, float_in_range, int_in_range, stride_px, window_side
 from app.exported import (
+    CHECK_SIZE,
     CONFIG_FILE,
     FORMAT_FILES,
     INPUT_NAME,
@@ -51,13 +52,13 @@ from app.exported import (
     staging_folder,
     write_deploy_config,
 )
+from common.atomic import current_umask
+from common.constants import SIZE_MULTIPLE
 from convert import CheckpointError
-from isaid.imageio import current_umask
 from weights import MODEL_NAMES, check_model_name
 
 from . import build_model
 from .inference import load_weights
-from .shapes import SIZE_MULTIPLE
 
 PROG = "python -m torch_ref.export"
 ONNX_FILE = FORMAT_FILES[ONNX_FORMAT][0]
@@ -65,7 +66,6 @@ OUTPUT_NAME = "probabilities"
 DEFAULT_OPSET = 17
 DEFAULT_TOLERANCE = 1e-4  # onnxruntime folds BatchNorm: float32 rounding changes (measured 3.6e-5)
 MIN_AGREEMENT = 0.999
-CHECK_SIZE = (64, 96)  # input of the post-export check for a dynamic-size export (H != W on purpose)
 TRACE_SIZE = (64, 96)  # the example input the exporter traces with
 
 

@@ -27,8 +27,8 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from app.cli import OneLineArgumentParser, int_in_range
+from common.atomic import check_writable, describe_os_error
 from convert import CheckpointError, save_paddle, save_torch, torch_to_paddle, validate
-from isaid.atomic import check_writable, describe_os_error
 from weights import MODEL_NAMES
 
 PROG = "python -m torch_ref.init"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = 255
+from isaid.palette import IGNORE_INDEX
 
 
 def confusion_matrix(

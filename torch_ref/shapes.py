@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-SIZE_MULTIPLE = 32  # output stride of the encoder
+from common.constants import SIZE_MULTIPLE
 
 
 def check_input_size(x: torch.Tensor) -> None:

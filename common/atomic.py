@@ -28,7 +28,8 @@ Also here, so that every command uses the same rules (docs/safety.md, "What is n
   whole folders (exports) written beside their target under the writer's process id, swapped
   in, and the folders of killed writers removed (or an earlier folder put back) by the next run.
 
-``isaid`` is a leaf package, so ``convert`` and ``app`` both import the writer from here.
+``common`` is the framework-free tools leaf, so ``isaid``, ``convert`` and ``app`` all import the
+writer from here.
 """
 
 from __future__ import annotations
