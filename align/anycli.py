@@ -138,7 +138,7 @@ def _load_weights(side: Any, model: Any, path: str, option: str) -> None:
 
 def run(stage: str, args: argparse.Namespace) -> StageResult:
     """Build, pair and compare the two models of ``args``; AlignInputError on bad input."""
-    from .compare import tolerances
+    from .compare import pair_tolerances
     from .engine import backward, forward, prepare
     from .sides import PADDLE, TORCH
     from .spec import call_spec, read_inputs, read_pair_map, read_targets
@@ -172,7 +172,7 @@ def run(stage: str, args: argparse.Namespace) -> StageResult:
         _check_model(paddle_model, PADDLE, "--paddle")
         _load_weights(PADDLE, paddle_model, args.paddle_weights, "--paddle-weights")
     pair = prepare(torch_model, paddle_model, x, args.dtype, pairing, mapping, copy)
-    tols = tolerances(args.dtype, args.rtol)
+    tols = pair_tolerances(args.dtype, args.rtol)
     settings = {"torch": args.torch, "paddle": args.paddle, "inputs": args.inputs, "seed": args.seed}
     out = Path(args.out)
     if stage == "forward":

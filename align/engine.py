@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -56,8 +56,8 @@ class Pair:
     paddle_model: Any
     pairing: Pairing
     tensors: Optional[TensorPairs]  # None when weights came from files (not copied)
-    t_calls: List[Call]  # the eval-mode torch trace that made the pairing
-    t_out: Any  # its output
+    t_calls: List[Call]  # the structure traces (eval mode, first sample) that made the pairing
+    p_calls: List[Call]
     t: Side = TORCH
     p: Side = PADDLE
     notes: List[str] = field(default_factory=list)
@@ -116,12 +116,12 @@ def prepare(
     p.cast(paddle_model, dtype)
     torch_model.eval()
     paddle_model.eval()
+    # The structure: one eval forward of the first sample per side, no outputs kept.
+    first = x[:1] if x.ndim > 1 else x
     with t.no_grad():
-        t_out, t_calls = _user_call("--torch model", lambda: trace(t, torch_model, lambda: torch_model(t.tensor(x))))
+        _, t_calls = _user_call("--torch model", trace, t, torch_model, lambda: torch_model(t.tensor(first)), False)
     with p.no_grad():
-        _, p_calls = _user_call(
-            "--paddle model", lambda: trace(p, paddle_model, lambda: paddle_model(p.tensor(x)), keep=False)
-        )
+        _, p_calls = _user_call("--paddle model", trace, p, paddle_model, lambda: paddle_model(p.tensor(first)), False)
     if mapping:
         t_names, p_names = {n for n, _ in t.modules(torch_model)}, {n for n, _ in p.modules(paddle_model)}
         unknown = [f"torch {a}" for a in mapping if a not in t_names] + [
@@ -131,7 +131,7 @@ def prepare(
             raise AlignInputError(f"--pairing: no such module: {', '.join(unknown[:5])}")
     paired = pair_calls(t_calls, p_calls, pairing, mapping)
     tensors = copy_weights(t, p, torch_model, paddle_model, paired) if copy else None
-    return Pair(torch_model, paddle_model, paired, tensors, t_calls, t_out)
+    return Pair(torch_model, paddle_model, paired, tensors, t_calls, p_calls)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,31 +139,52 @@ def prepare(
 # ----------------------------------------------------------------------------------------------
 
 
-def _layer_rows(pair: Pair, t_calls: List[Call], p_calls: List[Call], tol: Tolerance) -> List[Tuple[Row, Call, Call]]:
-    """One row per paired call, in torch execution order: the worst of the call's outputs."""
-    out = []
-    for i, j in pair.pairing.calls:
-        tc, pc = t_calls[i], p_calls[j]
-        note = "" if tc.name == pc.name else f"paddle {pc.label}"
-        if len(tc.outputs or []) != len(pc.outputs or []):
-            row = failed_row(
-                tc.label, "layer", tol, f"{len(tc.outputs or [])} outputs in torch, {len(pc.outputs or [])} in paddle"
-            )
-        else:
-            rows = [
-                compare_arrays(tc.label, a, b, tol, "layer", note=note)
-                for a, b in zip(tc.outputs or [], pc.outputs or [])
-            ]
-            row = (
-                max(rows, key=lambda r: (not r.passed, r.rel))
-                if rows
-                else Row(tc.label, "layer", [], 0, 0, 0, 0, tol, True, "no tensor output")
-            )
-        out.append((row, tc, pc))
-    return out
+def _traced_rows(pair: Pair, x: np.ndarray, tol: Tolerance) -> Tuple[Any, Any, List[Row]]:
+    """Both outputs and one row per paired call (torch execution order), the worst of the call's
+    outputs. The torch calls' outputs are kept until their Paddle partner has run, then dropped:
+    the peak is one model's activations, not two."""
+    t, p = pair.t, pair.p
+    t_index = {(c.name, c.call): i for i, c in enumerate(pair.t_calls)}
+    p_index = {(c.name, c.call): j for j, c in enumerate(pair.p_calls)}
+    partner = {j: i for i, j in pair.pairing.calls}
+    waiting: Dict[int, List[np.ndarray]] = {}
+    rows: Dict[int, Row] = {}
+
+    def keep_torch(call: Call) -> None:
+        i = t_index.get((call.name, call.call))
+        if i is not None:
+            waiting[i] = call.outputs or []
+
+    def compare_paddle(call: Call) -> None:
+        i = partner.get(p_index.get((call.name, call.call), -1))
+        if i is None or i not in waiting:
+            return
+        label, theirs = pair.t_calls[i].label, waiting.pop(i)
+        ours = call.outputs or []
+        note = "" if pair.t_calls[i].name == call.name else f"paddle {call.label}"
+        if len(theirs) != len(ours):
+            rows[i] = failed_row(label, "layer", tol, f"{len(theirs)} outputs in torch, {len(ours)} in paddle")
+            return
+        compared = [compare_arrays(label, a, b, tol, "layer", note=note) for a, b in zip(theirs, ours)]
+        no_tensor = Row(label, "layer", [], 0.0, 0.0, 0.0, 0.0, tol, True, "no tensor output")
+        rows[i] = max(compared, key=lambda r: (not r.passed, r.rel)) if compared else no_tensor
+
+    t_out, _ = _user_call(
+        "--torch model", trace, t, pair.torch_model, lambda: pair.torch_model(t.tensor(x)), False, keep_torch
+    )
+    p_out, _ = _user_call(
+        "--paddle model", trace, p, pair.paddle_model, lambda: pair.paddle_model(p.tensor(x)), False, compare_paddle
+    )
+    waiting.clear()
+    ordered = [
+        rows.get(i) or failed_row(pair.t_calls[i].label, "layer", tol, "not reached with the full batch")
+        for i, _ in pair.pairing.calls
+    ]
+    return t_out, p_out, ordered
 
 
-def _structure(pair: Pair, t_calls: Sequence[Call], p_calls: Sequence[Call]) -> List[str]:
+def _structure(pair: Pair) -> List[str]:
+    t_calls, p_calls = pair.t_calls, pair.p_calls
     lines = [f"torch only: {t_calls[i].label} ({t_calls[i].kind})" for i in pair.pairing.torch_only]
     lines += [f"paddle only: {p_calls[j].label} ({p_calls[j].kind})" for j in pair.pairing.paddle_only]
     return lines
@@ -177,53 +198,47 @@ def _forward_mode(
     kind = "forward" if mode == "eval" else "forward_train"
     tol = Tolerance(tols[kind].rtol)  # relative only: a user's outputs have any scale
     if mode == "eval":
-        t_out, t_calls = pair.t_out, pair.t_calls
-        with p.no_grad():
-            p_out, p_calls = _user_call(
-                "--paddle model", lambda: trace(p, pair.paddle_model, lambda: pair.paddle_model(p.tensor(x)))
-            )
+        with t.no_grad(), p.no_grad():
+            t_out, p_out, layer_rows = _traced_rows(pair, x, tol)
     else:
         states = [_snapshot(side, model) for side, model in ((t, pair.torch_model), (p, pair.paddle_model))]
-        with training_mode(t, pair.torch_model), t.no_grad():
-            t_out, t_calls = trace(t, pair.torch_model, lambda: pair.torch_model(t.tensor(x)))
-        with training_mode(p, pair.paddle_model), p.no_grad():
-            p_out, p_calls = _user_call(
-                "--paddle model", lambda: trace(p, pair.paddle_model, lambda: pair.paddle_model(p.tensor(x)))
-            )
+        with training_mode(t, pair.torch_model), training_mode(p, pair.paddle_model), t.no_grad(), p.no_grad():
+            t_out, p_out, layer_rows = _traced_rows(pair, x, tol)
         for (side, model), state in zip(((t, pair.torch_model), (p, pair.paddle_model)), states):
             _restore(side, model, state)
     t_list, p_list = flatten_output(t_out, t), flatten_output(p_out, p)
+    del t_out, p_out
     if len(t_list) != len(p_list):
         result.rows.append(
             failed_row(f"{mode}/output", kind, tol, f"{len(t_list)} output tensors in torch, {len(p_list)} in paddle")
         )
     for k, (a, b) in enumerate(zip(t_list, p_list)):
         result.rows.append(compare_arrays(f"{mode}/output" + (f"[{k}]" if len(t_list) > 1 else ""), a, b, tol, kind))
-    if not result.structure:
-        result.structure = _structure(pair, t_calls, p_calls)
-    layer_rows = _layer_rows(pair, t_calls, p_calls, tol)
-    result.layers[f"{mode} mode"] = [r for r, _, _ in layer_rows]
-    del t_calls, p_calls  # the records: gone once compared
+    result.structure = _structure(pair)
+    result.layers[f"{mode} mode"] = layer_rows
     if all(r.passed for r in result.rows if r.name.startswith(f"{mode}/")):
-        failing = next((r for r, _, _ in layer_rows if not r.passed), None)
+        failing = next((r for r in layer_rows if not r.passed), None)
         if failing is not None:
             result.notes.append(
                 f"{mode} mode: the outputs agree, but layer {failing.name} differs (rel {failing.rel:.2e})"
             )
         return None
-    first = next(((r, tc, pc) for r, tc, pc in layer_rows if not r.passed), None)
+    first = next((k for k, r in enumerate(layer_rows) if not r.passed), None)
     if first is None:
-        last = layer_rows[-1][1].label if layer_rows else "none"
+        last = pair.t_calls[pair.pairing.calls[-1][0]].label if pair.pairing.calls else "none"
         summary = (
             f"[{mode} mode] every paired layer agrees: the outputs differ in forward() code "
             f"after the last layer ({last})"
         )
         return Divergence(None, summary, mode, stage="forward")
-    row, tc, pc = first
+    i, j = pair.pairing.calls[first]
+    tc, pc, row = pair.t_calls[i], pair.p_calls[j], layer_rows[first]
     summary = (
         f"[{mode} mode] first divergent layer: torch {tc.label} / paddle {pc.label} "
         f"({tc.kind}; rel {row.rel:.3e} > {tol.rtol:.0e})"
     )
+    if result.structure:
+        summary += f"; {len(result.structure)} layers on one side only ({result.structure[0]}, ...)"
     return Divergence(tc.label, summary, mode, torch=tc.name, paddle=pc.name, stage="forward")
 
 
@@ -478,10 +493,10 @@ def compare(
     """
     from pathlib import Path
 
-    from .compare import tolerances
+    from .compare import pair_tolerances
 
     x = np.asarray(inputs).astype(dtype)
-    tols = tolerances(dtype, rtol)
+    tols = pair_tolerances(dtype, rtol)
     pair = prepare(torch_model, paddle_model, x, dtype, pairing, mapping, copy_weights)
     results = [forward(pair, x, dtype, tols, None if out is None else Path(out) / "forward")]
     wants = (targets, torch_loss, paddle_loss, torch_optimizer, paddle_optimizer)

@@ -78,9 +78,16 @@ def flatten_output(value: Any, side: Side) -> List[np.ndarray]:
     return _flatten(value, side)
 
 
-def trace(side: Side, model: Any, run: Callable[[], Any], keep: bool = True) -> Tuple[Any, List[Call]]:
+def trace(
+    side: Side,
+    model: Any,
+    run: Callable[[], Any],
+    keep: bool = True,
+    on_call: Optional[Callable[[Call], None]] = None,
+) -> Tuple[Any, List[Call]]:
     """``run()``'s result and the calls of every layer of ``model`` during it, in execution
-    order (outputs copied when ``keep``)."""
+    order, their outputs copied when ``keep``. ``on_call`` receives each call with its outputs
+    as it happens (then the list keeps none: compare and forget, for memory)."""
     calls: List[Call] = []
     counts: Dict[str, int] = {}
     named = layers(side, model)
@@ -91,7 +98,11 @@ def trace(side: Side, model: Any, run: Callable[[], Any], keep: bool = True) -> 
             call = counts.get(name, 0)
             counts[name] = call + 1
             kind, shapes = signatures[name]
-            calls.append(Call(name, call, kind, shapes, _flatten(output, side) if keep else None))
+            record = Call(name, call, kind, shapes, _flatten(output, side) if keep or on_call else None)
+            if on_call is not None:
+                on_call(record)
+                record.outputs = None
+            calls.append(record)
 
         return hook
 
