@@ -212,7 +212,7 @@ def main(stage: str, argv: Optional[Sequence[str]] = None) -> int:
     try:
         result = run(stage, args)
     except AlignInputError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     print(summary_line(result))
     if not result.passed or args.verbose:

@@ -175,6 +175,8 @@ def pair_calls(
     modules: Dict[Tuple[str, str], None] = {}
     for i, j in ordered:
         modules.setdefault((t_calls[i].name, p_calls[j].name))
+    for pair in container_pairs(list(modules), [c.name for c in p_calls]):
+        modules.setdefault(pair)
     return Pairing(
         mode,
         ordered,
@@ -182,6 +184,48 @@ def pair_calls(
         [j for j in range(len(p_calls)) if j not in paired_p],
         list(modules),
     )
+
+
+def _parents(name: str) -> List[str]:
+    parts = name.split(".")
+    return [".".join(parts[:k]) for k in range(1, len(parts))]
+
+
+def _common_prefix(names: Sequence[str]) -> str:
+    split = [n.split(".") for n in names]
+    common: List[str] = []
+    for parts in zip(*split):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    return ".".join(common)
+
+
+def container_pairs(layer_pairs: Sequence[Tuple[str, str]], paddle_called: Sequence[str]) -> List[Tuple[str, str]]:
+    """Containers (``nn.Sequential``, blocks) paired from their layers: torch container ``T``
+    pairs with the Paddle module as far above its layers' partners' deepest common parent as
+    ``T`` is above its own layers' deepest common parent, when the called Paddle layers under it
+    are exactly those partners."""
+    under_t: Dict[str, List[Tuple[str, str]]] = {}  # torch container -> its (layer, partner) pairs
+    for t_name, p_name in layer_pairs:
+        for parent in _parents(t_name):
+            under_t.setdefault(parent, []).append((t_name, p_name))
+    called = set(paddle_called)
+    taken: Dict[str, str] = {}
+    out = []
+    for container, members in under_t.items():
+        t_common = _common_prefix([t for t, _ in members])
+        levels_above = t_common.count(".") - container.count(".")
+        p_common = _common_prefix([p for _, p in members])
+        parts = p_common.split(".") if p_common else []
+        if levels_above < 0 or len(parts) <= levels_above:
+            continue
+        target = ".".join(parts[: len(parts) - levels_above])
+        inside = {n for n in called if n == target or n.startswith(target + ".")}
+        if inside == {p for _, p in members} and target not in taken:
+            taken[target] = container
+            out.append((container, target))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
