@@ -118,7 +118,7 @@ def _load_weights(side: Any, model: Any, path: str, option: str) -> None:
     from .pairing import named_tensors
     from .spec import read_weights
 
-    state = read_weights(path, option)
+    state = read_weights(path, option, side.name)
     live = named_tensors(side, model)
     missing = [n for n in live if n not in state]
     unexpected = [n for n in state if n not in live and not n.endswith("num_batches_tracked")]

@@ -191,14 +191,18 @@ def read_pair_map(path: str) -> Dict[str, str]:
     return dict(pairs)
 
 
-def read_weights(path: str, option: str) -> "Dict[str, np.ndarray]":
+def read_weights(path: str, option: str, framework: str) -> "Dict[str, np.ndarray]":
     """A state dict from an untrusted checkpoint (.pth/.pt/.bin/.pdparams) through convert's
-    safe reader (nothing executed, sizes bounded)."""
+    safe reader (nothing executed, sizes bounded), refused unless it is ``framework``'s file
+    (a torch file's Linear weights would go into a Paddle model untransposed)."""
     import convert
 
     if not Path(path).is_file():
         raise AlignInputError(f"{path}: no such file ({option})")
     try:
-        return dict(convert.load_state_dict_file(path))
+        loaded = convert.read_checkpoint(path)
     except convert.CheckpointError as exc:
         raise AlignInputError(f"{exc.with_path(path).headline()} ({option})") from None
+    if loaded.framework != framework:
+        raise AlignInputError(f"{path}: a {loaded.framework} checkpoint, {option} needs a {framework} one ({option})")
+    return dict(loaded.state)
