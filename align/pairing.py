@@ -91,13 +91,18 @@ def trace(
     run: Callable[[], Any],
     keep: bool = True,
     on_call: Optional[Callable[[Call], None]] = None,
+    containers: Sequence[str] = (),
 ) -> Tuple[Any, List[Call]]:
-    """``run()``'s result and the calls of every layer of ``model`` during it, in execution
-    order, their outputs copied when ``keep``. ``on_call`` receives each call with its outputs
-    as it happens (then the list keeps none: compare and forget, for memory)."""
+    """``run()``'s result and the calls of every layer of ``model`` (and of the modules
+    ``containers``) during it, in the order they return, their outputs copied when ``keep``.
+    ``on_call`` receives each call with its outputs as it happens (then the list keeps none:
+    compare and forget, for memory)."""
     calls: List[Call] = []
     counts: Dict[str, int] = {}
     named = layers(side, model)
+    if containers:
+        every = dict(side.modules(model))
+        named.update((n, every[n]) for n in containers if n in every and n not in named)
     signatures = {n: _signature(side, m) for n, m in named.items()}
 
     def make_hook(name: str) -> Callable[[Any], None]:

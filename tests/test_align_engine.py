@@ -75,6 +75,11 @@ def test_forward_bug_is_named_at_its_layer(dtype: str) -> None:
     assert (d.torch, d.paddle, d.stage, d.mode) == ("block.act", "block.act", "forward", "eval"), d
 
 
+def test_a_bug_in_a_block_s_own_code_is_named_at_the_block() -> None:
+    d = forward(pairs.paddle_bad_block).first_divergence
+    assert (d.torch, d.paddle) == ("block", "block"), d
+
+
 def test_square_linear_layout_comes_from_the_layer_type(monkeypatch: pytest.MonkeyPatch) -> None:
     for factory in (pairs.paddle_mlp, pairs.paddle_mlp_compat):
         assert forward(factory, torch_factory=pairs.torch_mlp, x=X_MLP).passed
