@@ -130,8 +130,16 @@ def prepare(
         if unknown:
             raise AlignInputError(f"--pairing: no such module: {', '.join(unknown[:5])}")
     paired = pair_calls(t_calls, p_calls, pairing, mapping)
-    tensors = copy_weights(t, p, torch_model, paddle_model, paired) if copy else None
-    return Pair(torch_model, paddle_model, paired, tensors, t_calls, p_calls)
+    notes: List[str] = []
+    if copy:
+        tensors: Optional[TensorPairs] = copy_weights(t, p, torch_model, paddle_model, paired)
+    else:  # weights from files: the tensor pairs are only needed by the backward stage
+        try:
+            tensors = copy_weights(t, p, torch_model, paddle_model, paired, assign=False)
+        except AlignInputError as exc:
+            tensors = None
+            notes.append(f"parameters not paired ({exc}): the backward stage cannot run on these files")
+    return Pair(torch_model, paddle_model, paired, tensors, t_calls, p_calls, notes=notes)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,9 +378,7 @@ def backward(
     """K steps of forward, loss, backward, optimiser step and clearing on both sides of a
     prepared pair (weights copied), compared value by value after each phase."""
     if pair.tensors is None:
-        raise AlignInputError(
-            "backward needs the weights copied through the pairing (no --torch-weights/--paddle-weights)"
-        )
+        raise AlignInputError(f"backward: {' '.join(pair.notes) or 'the parameters are not paired'}")
     start = time.perf_counter()
     t, p = pair.t, pair.p
     tm, pm = pair.torch_model, pair.paddle_model
