@@ -97,6 +97,22 @@ def training_mode(side: Side, model: Any) -> Iterator[None]:
         model.eval()
 
 
+def _structure_traces(torch_model: Any, paddle_model: Any, x: np.ndarray, strict: bool = False) -> Tuple[Any, Any]:
+    """Both models' layer calls on ``x`` (eval mode, nothing kept); (None, None) when a model
+    raises and not ``strict`` (then the caller retries with the whole batch)."""
+    t, p = TORCH, PADDLE
+    try:
+        with t.no_grad():
+            _, t_calls = _user_call("--torch model", trace, t, torch_model, lambda: torch_model(t.tensor(x)), False)
+        with p.no_grad():
+            _, p_calls = _user_call("--paddle model", trace, p, paddle_model, lambda: paddle_model(p.tensor(x)), False)
+    except AlignInputError:
+        if strict:
+            raise
+        return None, None
+    return t_calls, p_calls
+
+
 def prepare(
     torch_model: Any,
     paddle_model: Any,
@@ -116,12 +132,11 @@ def prepare(
     p.cast(paddle_model, dtype)
     torch_model.eval()
     paddle_model.eval()
-    # The structure: one eval forward of the first sample per side, no outputs kept.
-    first = x[:1] if x.ndim > 1 else x
-    with t.no_grad():
-        _, t_calls = _user_call("--torch model", trace, t, torch_model, lambda: torch_model(t.tensor(first)), False)
-    with p.no_grad():
-        _, p_calls = _user_call("--paddle model", trace, p, paddle_model, lambda: paddle_model(p.tensor(first)), False)
+    # The structure: one eval forward of the first sample per side, no outputs kept (the whole
+    # batch where a model refuses a batch of one).
+    t_calls, p_calls = _structure_traces(torch_model, paddle_model, x[:1] if x.ndim > 1 else x)
+    if t_calls is None or p_calls is None:
+        t_calls, p_calls = _structure_traces(torch_model, paddle_model, x, strict=True)
     if mapping:
         t_names, p_names = {n for n, _ in t.modules(torch_model)}, {n for n, _ in p.modules(paddle_model)}
         unknown = [f"torch {a}" for a in mapping if a not in t_names] + [
@@ -546,7 +561,8 @@ def compare(
 
     from .compare import pair_tolerances
 
-    x = np.asarray(inputs).astype(dtype)
+    x = np.asarray(inputs)
+    x = x.astype(dtype) if x.dtype.kind == "f" else x.astype(np.int64)  # token ids stay integers
     tols = pair_tolerances(dtype, rtol)
     pair = prepare(torch_model, paddle_model, x, dtype, pairing, mapping, copy_weights)
     results = [forward(pair, x, dtype, tols, None if out is None else Path(out) / "forward")]

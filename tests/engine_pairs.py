@@ -189,3 +189,36 @@ def paddle_mlp_compat() -> paddle.nn.Layer:
 def paddle_mlp_extra() -> paddle.nn.Layer:
     """A Linear layer the torch model does not have."""
     return PaddleMLP(extra=True)
+
+
+class TorchTokens(torch.nn.Module):
+    """Token ids in (integer inputs), and a reshape that only works on a batch of 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(11, 4)
+        self.norm = torch.nn.LayerNorm(4)
+        self.head = torch.nn.Linear(12, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.embed(ids)).reshape(2, -1))
+
+
+class PaddleTokens(paddle.nn.Layer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = paddle.nn.Embedding(11, 4)
+        self.norm = paddle.nn.LayerNorm(4)
+        self.head = paddle.nn.Linear(12, 3)
+
+    def forward(self, ids: paddle.Tensor) -> paddle.Tensor:
+        return self.head(self.norm(self.embed(ids)).reshape([2, -1]))
+
+
+def torch_tokens() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return TorchTokens()
+
+
+def paddle_tokens() -> paddle.nn.Layer:
+    return PaddleTokens()

@@ -203,3 +203,11 @@ def test_weight_files_load_strictly_and_in_their_own_layout(tmp_path: Path, caps
     assert anycli.main("forward", base + ["--paddle-weights", str(tmp_path / "t.pth")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "a torch checkpoint" in err[0]
+
+
+def test_integer_inputs_and_a_model_that_needs_the_whole_batch() -> None:
+    ids = np.array([[1, 2, 3], [4, 5, 10]], dtype=np.int64)
+    for dtype in ("float32", "float64"):
+        result = forward(pairs.paddle_tokens, dtype, torch_factory=pairs.torch_tokens, x=ids)
+        assert result.passed, result.failed_rows()
+    assert {"torch": "head", "paddle": "head"} in result.pairing
