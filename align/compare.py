@@ -172,6 +172,48 @@ for _table in DEFAULT_TOLERANCES.values():
 # The backward stage's learning-rate scale per dtype when ``AlignConfig.lr_scale`` is None (above).
 DEFAULT_LR_SCALE = {"float64": 0.01, "float32": 1.0}
 
+# A user's pair (``python -m align.forward --torch SPEC --paddle SPEC``, ``align.engine``): relative
+# bounds only (a user's outputs have any scale), set from the floor of correct ports of ordinary
+# models measured by ``python benchmarks/align_floor.py`` (benchmarks/results/align_floor.json:
+# a small ResNet, MLPs with Paddle and compat Linear, a reused block, an encoder-decoder with
+# bilinear upsampling, ResNet-18-like at 64x64; Paddle against torch, weights copied, one step of
+# SGD). Worst measured values are in the comments; thresholds keep a margin of 10-100x.
+# float64 is not 1e-9 here: Paddle's bilinear resize computes its coordinates in float32, so the
+# encoder-decoder's clean float64 port differs by 1.2e-7 (FarSeg resizes with align_corners and
+# keeps 1e-9). Later steps (drift kinds) grow with chaos: only the first step is sharp.
+PAIR_TOLERANCES: Dict[str, Dict[str, Tolerance]] = {
+    "float64": {
+        "forward": Tolerance(1e-6),  # layers, eval: 1.2e-7 (encdec), others <= 7e-12
+        "forward_train": Tolerance(2e-6),  # layers, training mode: 1.7e-7 (encdec)
+        "loss": Tolerance(1e-8),  # 2.4e-10
+        "grad": Tolerance(1e-5),  # 3.6e-7
+        "param": Tolerance(1e-6),  # 7.9e-9 after one SGD step
+        "running_stat": Tolerance(1e-5),  # 1.1e-7 (Paddle keeps the BN momentum in float32)
+        "drift": Tolerance(1e-4),
+        "param_drift": Tolerance(1e-5),
+        "stat_drift": Tolerance(1e-5),
+    },
+    "float32": {
+        "forward": Tolerance(1e-4),  # layers, eval: 8.5e-7
+        "forward_train": Tolerance(1e-3),  # layers, training mode: 8.8e-6
+        "loss": Tolerance(1e-5),  # 3.0e-7
+        "grad": Tolerance(0.1),  # 5.1e-3 (ResNet-18-like, training-mode BatchNorm over few elements)
+        "param": Tolerance(2e-2),  # 1.4e-3
+        "running_stat": Tolerance(5e-4),  # 3.1e-7
+        "drift": Tolerance(0.5),
+        "param_drift": Tolerance(3e-2),
+        "stat_drift": Tolerance(1e-2),
+    },
+}
+
+
+def pair_tolerances(dtype: str, rtol: Optional[float] = None) -> Dict[str, Tolerance]:
+    """The tolerance of every kind for a user's pair in ``dtype`` (``rtol`` overrides them all)."""
+    if dtype not in PAIR_TOLERANCES:
+        raise ValueError(f"unknown dtype {dtype!r}: expected one of {', '.join(PAIR_TOLERANCES)}")
+    return {k: Tolerance(v.rtol if rtol is None else rtol) for k, v in PAIR_TOLERANCES[dtype].items()}
+
+
 # Kinds whose tolerance --rtol/--atol may override (exact comparisons stay exact).
 OVERRIDABLE = tuple(k for k in DEFAULT_TOLERANCES["float64"] if k not in ("lr", "counter", "exact", *TRAIN_FLOOR))
 
@@ -302,6 +344,17 @@ class Divergence:
     summary: str  # one line for people
     mode: Optional[str] = None  # forward: "eval" or "train"
     value: Optional[str] = None  # the first failing row's name, where it differs from ``where``
+    # The contract of diff.json's "first_divergence" (issue 18): qualified torch and Paddle names
+    # of the layer (forward) or parameter (backward), the stage, and for backward the step, the
+    # kind (loss|grad|param|output|buffer) and the parameter. Filled by ``finish_stage`` from
+    # ``where`` when a stage leaves them empty (the FarSeg/FactSeg ports share every name).
+    torch: Optional[str] = None
+    paddle: Optional[str] = None
+    stage: Optional[str] = None
+    step: Optional[int] = None
+    kind: Optional[str] = None
+    parameter: Optional[str] = None
+    call: Optional[int] = None  # forward, a module called several times: which call (1 = first)
 
 
 def around(rows: Sequence[Row], index: int, context: int) -> List[Row]:
@@ -337,6 +390,12 @@ class StageResult:
     notes: List[str] = field(default_factory=list)
     seconds: float = 0.0
     out_dir: Optional[str] = None
+    # torch/Paddle module pairs ([{"torch", "paddle"}]); the FarSeg/FactSeg ports pair by name.
+    pairing: List[Dict[str, str]] = field(default_factory=list)
+    # Per-layer (or per-parameter) rows along execution order, by curve name ("eval", "train",
+    # "step1/grad", ...): what divergence.png draws; not part of the verdict.
+    layers: Dict[str, List[Row]] = field(default_factory=dict)
+    structure: List[str] = field(default_factory=list)  # layers on one side only
 
     @property
     def passed(self) -> bool:
@@ -364,6 +423,9 @@ class StageResult:
             "settings": self.settings,
             "first_divergence": None if self.first_divergence is None else asdict(self.first_divergence),
             "localisation": None if self.localisation is None else asdict(self.localisation),
+            "pairing": self.pairing,
+            "structure": self.structure,
+            "layers": {curve: [r.to_json() for r in rows] for curve, rows in self.layers.items()},
             "notes": self.notes,
             "seconds": round(self.seconds, 3),
             "rows": [r.to_json() for r in self.rows],
@@ -398,17 +460,32 @@ def format_rows(rows: Sequence[Row]) -> List[str]:
     return lines
 
 
+def _pairing_lines(result: StageResult, shown: int = 30) -> List[str]:
+    """The pairing table (renamed pairs only; diff.json has every pair) and the layers on one
+    side only."""
+    if not result.pairing:
+        return []
+    renamed = [p for p in result.pairing if p["torch"] != p["paddle"]]
+    lines = [f"pairing: {len(result.pairing)} torch/paddle module pairs, {len(renamed)} renamed"]
+    lines += [f"  {p['torch']} -> {p['paddle']}" for p in renamed[:shown]]
+    if len(renamed) > shown:
+        lines.append(f"  ... {len(renamed) - shown} more in diff.json")
+    lines += [f"structure: {line}" for line in result.structure]
+    return lines
+
+
 def format_report(result: StageResult, max_rows: int = 40) -> str:
     """The human-readable diff report of one stage (the JSON has every row in full)."""
     s = result.settings
     lines = [
         f"align {result.stage}: model={result.model} dtype={result.dtype} "
         + " ".join(f"{k}={v}" for k, v in s.items() if k not in ("tolerances",)),
-        "relative error = max|torch - paddle| / max(max|torch|, floor) per value; torch_ref is the reference",
+        "relative error = max|torch - paddle| / max(max|torch|, floor) per value; torch is the reference",
     ]
     if "tolerances" in s:
         lines.append("thresholds: " + "; ".join(f"{k} {v}" for k, v in s["tolerances"].items()))
     lines += [f"note: {n}" for n in result.notes]
+    lines += _pairing_lines(result)
     lines.append("")
     rows = result.rows
     if len(rows) <= max_rows:
@@ -474,13 +551,26 @@ def finish_stage(
     paddle_log: Mapping[str, np.ndarray],
 ) -> StageResult:
     """Record the stage's time since ``start`` (``time.perf_counter()``) and, when ``out_dir``
-    is set, write ``torch.npy`` / ``paddle.npy`` (reprod_log), ``diff.json`` and ``diff.txt``
-    there; returns ``result``."""
-    result.seconds = time.perf_counter() - start
+    is set, write ``torch.npy`` / ``paddle.npy`` (reprod_log), ``divergence.png`` (when the
+    stage has per-layer rows), ``diff.json`` and ``diff.txt`` there; returns ``result``."""
+    d = result.first_divergence
+    if d is not None:
+        d.stage = d.stage or result.stage
+        if d.torch is None and d.paddle is None and d.where is not None and result.stage == "forward":
+            d.torch = d.paddle = d.where  # the FarSeg/FactSeg ports mirror every name
     if out_dir is not None:
         result.out_dir = str(out_dir)
         write_reprod_log(Path(out_dir) / "torch.npy", torch_log)
         write_reprod_log(Path(out_dir) / "paddle.npy", paddle_log)
+        if result.layers:
+            from .plot import plot_divergence
+
+            title = f"align {result.stage}: {result.model} {result.dtype} ({'PASS' if result.passed else 'FAIL'})"
+            skipped = plot_divergence(Path(out_dir) / "divergence.png", result.layers, title)
+            if skipped:
+                result.notes.append(skipped)
+    result.seconds = time.perf_counter() - start
+    if out_dir is not None:
         for name, text in (("diff.json", json.dumps(result.to_json(), indent=1)), ("diff.txt", format_report(result))):
             data = (text + "\n").encode("utf-8")
             atomic_write(Path(out_dir) / name, lambda f, data=data: f.write(data))
