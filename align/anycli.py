@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
-from .cli import OneLineParser, summary_line
+from app.cli import OneLineArgumentParser
+
+from .cli import summary_line
 from .compare import DEFAULT_TOLERANCES, StageResult, format_report
 from .inputs import AlignInputError
 from .pairing import PAIRING_MODES
@@ -36,7 +38,7 @@ def is_pair_command(argv: Sequence[str]) -> bool:
 
 def build_parser(stage: str) -> argparse.ArgumentParser:
     """The parser of ``python -m align.<stage> --torch SPEC --paddle SPEC`` (stage: forward, backward)."""
-    p = OneLineParser(
+    p = OneLineArgumentParser(
         prog=f"python -m align.{stage}",
         description=f"Compare YOUR torch model with its Paddle port, {stage} "
         + ("(eval and training-mode outputs, layer by layer)." if stage == "forward" else "(K training steps)."),

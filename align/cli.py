@@ -31,10 +31,6 @@ exit status: 0 all values pass, 1 some value fails, 2 bad input.
 TOLERANCE_KINDS = tuple(DEFAULT_TOLERANCES["float64"])
 
 
-# The project's one one-line-error parser (``<prog>: error: ... (see --help)``, exit status 2).
-OneLineParser = OneLineArgumentParser
-
-
 def _tolerance_override(text: str) -> Tuple[str, Tolerance]:
     try:
         kind, value = text.split("=", 1)
@@ -64,7 +60,9 @@ def build_parser(stage: Optional[str], module_doc: Optional[str] = None) -> argp
             f"your own model pair (any torch model and its Paddle port): {prog} --torch SPEC --paddle SPEC "
             f"--inputs 2x3x64x64 ...; its options: {prog} --torch SPEC --paddle SPEC --help (docs/align.md).\n"
         )
-    p = OneLineParser(prog=prog, description=what, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineArgumentParser(
+        prog=prog, description=what, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument(
         "--model",
         choices=MODEL_NAMES + ("all",),

@@ -10,7 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..cli import OneLineParser
+from app.cli import OneLineArgumentParser
+
 from ..config import AlignConfig, AlignInputError
 from . import ATOL_MEAN, INSTALL_MESSAGE, RTOL_MAX, X2PADDLE_VERSION
 from .plans import PLANS
@@ -18,7 +19,7 @@ from .plans import PLANS
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m align.x2paddle``."""
-    parser = OneLineParser(
+    parser = OneLineArgumentParser(
         prog="python -m align.x2paddle",
         description="Trace torch_ref with X2Paddle's pytorch2paddle into an independent Paddle program "
         "and compare it with torch_ref and paddle_impl (float32, align's deterministic random "
