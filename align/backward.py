@@ -188,11 +188,12 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
     run_ = _Run(
         fx, config, tols, TORCH.parameters(tm), PADDLE.parameters(pm), TORCH.batchnorms(tm), BatchNormRecorder(tm)
     )
+    result_pairing = [{"torch": n, "paddle": n} for n, _ in TORCH.modules(tm)]
     if list(run_.t_params) != list(run_.p_params):
         extra = sorted(set(run_.t_params) ^ set(run_.p_params))
         raise RuntimeError(f"trainable parameters differ between torch_ref and paddle_impl: {extra[:5]}")
 
-    result = StageResult(STAGE, config.model, config.dtype)
+    result = StageResult(STAGE, config.model, config.dtype, pairing=result_pairing)
     result.settings = {
         **fx.describe(),
         "steps": config.steps,
@@ -245,6 +246,7 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
             }
             result.rows += list(grad_rows.values())
             run_.grad_tables[step] = [grad_rows[n] for n in run_.order]
+            result.layers[f"step {step} gradients"] = run_.grad_tables[step]
             run_.checkpoints += [(f"step {step}: gradient of {n} (backward order)", grad_rows[n]) for n in run_.order]
             if sharp:
                 largest = max(t_grads, key=lambda n: float(np.dot(t_grads[n].ravel(), t_grads[n].ravel())))
@@ -269,6 +271,10 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
             rows = _state_rows(step, ("param", "running_stat") if sharp else ("param_drift", "stat_drift"), run_)
             result.rows += rows
             by_name = {r.name: r for r in rows}
+            if sharp:
+                result.layers[f"step {step} parameters after the update"] = [
+                    by_name[f"step{step}/param/{n}"] for n in run_.order
+                ]
             run_.checkpoints += [
                 (f"step {step}: parameter {n} after the update (backward order)", by_name[f"step{step}/param/{n}"])
                 for n in run_.order
@@ -304,7 +310,8 @@ def _first_divergence(result: StageResult, run_: _Run) -> None:
     where, row = failing
     step = int(where.split(":")[0].split()[1])
     summary = f"{where}: rel {row.rel:.3e} > {row.tol.rtol:.0e}{_explain(run_, where, step)}"
-    result.first_divergence = Divergence(where, summary, value=row.name)
+    result.first_divergence = Divergence(where, summary, value=row.name, step=step)
+    _name_divergence(result.first_divergence, row.name)
     if run_.config.localise and "gradient of" in where:
         table = run_.grad_tables[step]
         index = next(i for i, r in enumerate(table) if not r.passed)
@@ -313,6 +320,30 @@ def _first_divergence(result: StageResult, run_: _Run) -> None:
         lines, rows = [title, *format_rows(shown)], [r.to_json() for r in shown]
         result.localisation = Localisation(row.name.split("/", 2)[-1], index, lines, rows, step=step)
         result.first_divergence.where = result.localisation.first
+
+
+# The kind (diff.json's first_divergence.kind) of each value name's second part.
+DIVERGENCE_KINDS = {
+    "loss": "loss",
+    "lr": "param",  # the learning rate reaches the model through the update
+    "grad_norm": "grad",
+    "grad": "grad",
+    "param": "param",
+    "running_mean": "buffer",
+    "running_var": "buffer",
+    "buffer_step": "buffer",
+}
+
+
+def _name_divergence(divergence: Divergence, value: str) -> None:
+    """Fill ``kind`` and the torch / Paddle ``parameter`` names (the ports share them) from the
+    failing value's name (``step2/grad/<parameter>``, ``step1/loss``, ``final/buffer_step``)."""
+    parts = value.split("/", 2)
+    kind = parts[1] if len(parts) > 1 else parts[0]
+    divergence.kind = DIVERGENCE_KINDS.get(kind, "loss")  # a trainer that raised: at its loss
+    name = parts[2] if len(parts) == 3 else ("buffer_step" if kind == "buffer_step" else None)
+    divergence.parameter = name
+    divergence.torch = divergence.paddle = name
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

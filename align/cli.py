@@ -7,10 +7,10 @@ where torch_ref and paddle_impl first diverge); 2 bad input (one ``error:`` line
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 from dataclasses import fields
+from types import ModuleType
 from typing import Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from weights import MODEL_NAMES
@@ -59,9 +59,7 @@ def build_parser(stage: Optional[str], module_doc: Optional[str] = None) -> argp
     what = (
         f"Run the alignment stages ({', '.join(STAGES)}) of torch_ref against paddle_impl."
         if stage is None
-        else (
-            (module_doc if module_doc is not None else importlib.import_module(f"align.{stage}").__doc__) or ""
-        ).split("\n\n")[0]
+        else ((module_doc if module_doc is not None else stage_module(stage).__doc__) or "").split("\n\n")[0]
     )
     p = OneLineParser(prog=prog, description=what, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -222,10 +220,17 @@ def config_from_args(args: argparse.Namespace, model: str) -> AlignConfig:
     return AlignConfig(**values)
 
 
+def stage_module(stage: str) -> ModuleType:
+    """The module ``align.<stage>``: every name in ``STAGES`` is a module of this package with a
+    ``run`` and a ``main`` (a new stage: its module, its name there and its import here)."""
+    from . import backward, forward, loss, metric, train
+
+    return {"forward": forward, "loss": loss, "backward": backward, "metric": metric, "train": train}[stage]
+
+
 def stage_runner(stage: str) -> Callable[..., StageResult]:
-    """``align.<stage>.run(config, fixture, progress=...)``: every name in ``STAGES`` is a module
-    of this package with that ``run`` and a ``main`` (a new stage: its module + its name there)."""
-    return importlib.import_module(f"align.{stage}").run
+    """``align.<stage>.run(config, fixture, progress=...)``."""
+    return stage_module(stage).run
 
 
 def _worst(result: StageResult) -> str:

@@ -302,6 +302,16 @@ class Divergence:
     summary: str  # one line for people
     mode: Optional[str] = None  # forward: "eval" or "train"
     value: Optional[str] = None  # the first failing row's name, where it differs from ``where``
+    # The contract of diff.json's "first_divergence" (issue 18): qualified torch and Paddle names
+    # of the layer (forward) or parameter (backward), the stage, and for backward the step, the
+    # kind (loss|grad|param|output|buffer) and the parameter. Filled by ``finish_stage`` from
+    # ``where`` when a stage leaves them empty (the FarSeg/FactSeg ports share every name).
+    torch: Optional[str] = None
+    paddle: Optional[str] = None
+    stage: Optional[str] = None
+    step: Optional[int] = None
+    kind: Optional[str] = None
+    parameter: Optional[str] = None
 
 
 def around(rows: Sequence[Row], index: int, context: int) -> List[Row]:
@@ -337,6 +347,12 @@ class StageResult:
     notes: List[str] = field(default_factory=list)
     seconds: float = 0.0
     out_dir: Optional[str] = None
+    # torch/Paddle module pairs ([{"torch", "paddle"}]); the FarSeg/FactSeg ports pair by name.
+    pairing: List[Dict[str, str]] = field(default_factory=list)
+    # Per-layer (or per-parameter) rows along execution order, by curve name ("eval", "train",
+    # "step1/grad", ...): what divergence.png draws; not part of the verdict.
+    layers: Dict[str, List[Row]] = field(default_factory=dict)
+    structure: List[str] = field(default_factory=list)  # layers on one side only
 
     @property
     def passed(self) -> bool:
@@ -364,6 +380,9 @@ class StageResult:
             "settings": self.settings,
             "first_divergence": None if self.first_divergence is None else asdict(self.first_divergence),
             "localisation": None if self.localisation is None else asdict(self.localisation),
+            "pairing": self.pairing,
+            "structure": self.structure,
+            "layers": {curve: [r.to_json() for r in rows] for curve, rows in self.layers.items()},
             "notes": self.notes,
             "seconds": round(self.seconds, 3),
             "rows": [r.to_json() for r in self.rows],
@@ -474,13 +493,26 @@ def finish_stage(
     paddle_log: Mapping[str, np.ndarray],
 ) -> StageResult:
     """Record the stage's time since ``start`` (``time.perf_counter()``) and, when ``out_dir``
-    is set, write ``torch.npy`` / ``paddle.npy`` (reprod_log), ``diff.json`` and ``diff.txt``
-    there; returns ``result``."""
-    result.seconds = time.perf_counter() - start
+    is set, write ``torch.npy`` / ``paddle.npy`` (reprod_log), ``divergence.png`` (when the
+    stage has per-layer rows), ``diff.json`` and ``diff.txt`` there; returns ``result``."""
+    d = result.first_divergence
+    if d is not None:
+        d.stage = d.stage or result.stage
+        if d.torch is None and d.paddle is None and d.where is not None and result.stage == "forward":
+            d.torch = d.paddle = d.where  # the FarSeg/FactSeg ports mirror every name
     if out_dir is not None:
         result.out_dir = str(out_dir)
         write_reprod_log(Path(out_dir) / "torch.npy", torch_log)
         write_reprod_log(Path(out_dir) / "paddle.npy", paddle_log)
+        if result.layers:
+            from .plot import plot_divergence
+
+            title = f"align {result.stage}: {result.model} {result.dtype} ({'PASS' if result.passed else 'FAIL'})"
+            skipped = plot_divergence(Path(out_dir) / "divergence.png", result.layers, title)
+            if skipped:
+                result.notes.append(skipped)
+    result.seconds = time.perf_counter() - start
+    if out_dir is not None:
         for name, text in (("diff.json", json.dumps(result.to_json(), indent=1)), ("diff.txt", format_report(result))):
             data = (text + "\n").encode("utf-8")
             atomic_write(Path(out_dir) / name, lambda f, data=data: f.write(data))

@@ -36,7 +36,7 @@ def side_outputs(fx: Fixture, side: Side) -> Dict[str, np.ndarray]:
     x, _ = fx.inputs(side)
     model.eval()
     with side.no_grad():
-        probs, logits = outputs_of(side, model, side.package().LOGIT_MODULES[name], lambda: model(x))
+        probs, logits = outputs_of(side, model, side.logit_modules(name), lambda: model(x))
     out = {"eval/probs": side.numpy(probs)}
     out.update((f"eval/{key}", value) for key, value in zip(LOGIT_NAMES[name], logits))
     fx.mark_dirty()  # training mode updates the BatchNorm statistics
@@ -49,9 +49,10 @@ def side_outputs(fx: Fixture, side: Side) -> Dict[str, np.ndarray]:
     return out
 
 
-def localise_forward(fx: Fixture, mode: str, tol: Any) -> Localisation:
+def localise_forward(fx: Fixture, mode: str, tol: Any, rows_out: Optional[List[Row]] = None) -> Localisation:
     """Hook every module of both models, run ``mode`` ("eval": model(x); "train": training-mode
-    logits) once more, and name the first module whose output differs beyond ``tol``."""
+    logits) once more, and name the first module whose output differs beyond ``tol``
+    (``rows_out`` receives every module call's row)."""
     fx.reset()
     records = []
     for side in SIDES:
@@ -64,7 +65,7 @@ def localise_forward(fx: Fixture, mode: str, tol: Any) -> Localisation:
             capture(side, model, (lambda m=model, x=x: m.logits(x)) if mode == "train" else (lambda m=model, x=x: m(x)))
         )
     fx.reset()  # the training-mode pass moved the BatchNorm statistics
-    found = first_divergent_layer(*records, tol)
+    found = first_divergent_layer(*records, tol, rows_out=rows_out)
     found.mode = mode
     return found
 
@@ -93,12 +94,18 @@ def run(config: AlignConfig, fixture: Optional[Fixture] = None, progress: bool =
     for key, reference in t_out.items():
         kind = "forward_train" if key.startswith("train/") else "forward"
         result.rows.append(compare_arrays(key, reference, p_out[key], tols[kind], kind))
+    result.pairing = [{"torch": n, "paddle": n} for n, _ in SIDES[0].modules(fx.torch_model)]
     failed = result.failed_rows()
+    failed_mode = failed[0].name.split("/")[0] if failed else None
     if failed:
-        mode = failed[0].name.split("/")[0]
-        result.first_divergence = Divergence(None, f"{failed[0].name} differs (rel {failed[0].rel:.3e})", mode)
-        if config.localise:
-            found = localise_forward(fx, mode, tol_train if mode == "train" else tol)
+        summary = f"{failed[0].name} differs (rel {failed[0].rel:.3e})"
+        result.first_divergence = Divergence(None, summary, failed_mode)
+    # Every module call of both modes, for divergence.png (and the localisation on a failure).
+    for mode in ("eval", "train") if config.out is not None or (failed and config.localise) else ():
+        rows: List[Row] = []
+        found = localise_forward(fx, mode, tol_train if mode == "train" else tol, rows)
+        result.layers[f"{mode} mode"] = rows
+        if mode == failed_mode and config.localise:
             result.localisation = found
             result.first_divergence = Divergence(found.first, f"[{mode} mode] {found.summary}", mode)
     if config.against == "x2paddle":

@@ -92,15 +92,22 @@ def _record_rows(t: Record, p: Optional[Record], tol: Tolerance) -> Row:
 
 
 def first_divergent_layer(
-    torch_records: Sequence[Record], paddle_records: Sequence[Record], tol: Tolerance, context: int = CONTEXT
+    torch_records: Sequence[Record],
+    paddle_records: Sequence[Record],
+    tol: Tolerance,
+    context: int = CONTEXT,
+    rows_out: Optional[List[Row]] = None,
 ) -> Localisation:
     """Compare the records pairwise; name the first divergent module (None when every module
-    agrees) and tabulate its neighbours."""
+    agrees) and tabulate its neighbours. ``rows_out`` receives every module call's row (the
+    divergence plot draws them)."""
     # Relative error only: intermediate activations have arbitrary scales (a convolution output
     # of magnitude 20 is normal), so an absolute mean-abs bound would flag healthy layers.
     tol = Tolerance(tol.rtol)
     by_key = {r.key: r for r in paddle_records}
     rows = [_record_rows(t, by_key.get(t.key), tol) for t in torch_records]
+    if rows_out is not None:
+        rows_out.extend(rows)
     torch_keys = {t.key for t in torch_records}
     unpaired = [r.label for r in paddle_records if r.key not in torch_keys]
     first = next((i for i, r in enumerate(rows) if not r.passed), None)

@@ -1,0 +1,90 @@
+"""``divergence.png``: per-layer worst relative error along execution order, one curve per pass.
+
+Log y axis; each curve's threshold as a dashed line of its colour; the first layer beyond its
+threshold marked and named. 1600 x 700 px at 100 dpi, legend outside the data (right), so the
+picture reads at 100% zoom. matplotlib is optional: without it the plot is skipped with one line.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from convert import atomic_write
+
+from .compare import Row
+
+INSTALL_HINT = "divergence.png skipped: matplotlib is not installed (pip install matplotlib)"
+FLOOR = 1e-18  # exact agreement (rel 0) is drawn here: a log axis has no 0
+MAX_NAMED_TICKS = 48  # more layers than this: ticks show indices, not names
+
+
+def matplotlib_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _value(row: Row) -> float:
+    rel = row.rel
+    if not math.isfinite(rel):
+        return 1e3  # not comparable (missing, shape mismatch): drawn at the top
+    return max(rel, FLOOR)
+
+
+def plot_divergence(path: Path, curves: Dict[str, Sequence[Row]], title: str) -> Optional[str]:
+    """Write the plot of ``curves`` (name -> rows in execution order) to ``path`` atomically.
+    Returns None when written, else the line saying why not."""
+    curves = {name: rows for name, rows in curves.items() if rows}
+    if not curves:
+        return None
+    if not matplotlib_available():
+        return INSTALL_HINT
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(16, 7), dpi=100)
+    longest: List[Row] = []
+    for index, (name, rows) in enumerate(curves.items()):
+        color = f"C{index % 10}"
+        xs = list(range(len(rows)))
+        ax.plot(xs, [_value(r) for r in rows], marker=".", markersize=4, linewidth=1.2, color=color, label=name)
+        thresholds = {r.tol.rtol for r in rows}
+        for rtol in sorted(thresholds):
+            ax.axhline(max(rtol, FLOOR), color=color, linestyle="--", linewidth=1, label=f"{name} threshold {rtol:.0e}")
+        first = next((i for i, r in enumerate(rows) if not r.passed), None)
+        if first is not None:
+            ax.plot([first], [_value(rows[first])], marker="o", markersize=12, fillstyle="none", color="red", mew=2)
+            ax.annotate(
+                f"first divergence ({name}):\n{rows[first].name}",
+                xy=(first, _value(rows[first])),
+                xytext=(12, 18),
+                textcoords="offset points",
+                fontsize=11,
+                color="red",
+                arrowprops={"arrowstyle": "->", "color": "red"},
+            )
+        if len(rows) > len(longest):
+            longest = list(rows)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer / value in execution order", fontsize=12)
+    ax.set_ylabel("worst relative error  max|t-p| / max|t|", fontsize=12)
+    ax.set_title(title, fontsize=13)
+    ax.grid(True, which="major", alpha=0.3)
+    if len(longest) <= MAX_NAMED_TICKS:
+        ax.set_xticks(range(len(longest)))
+        ax.set_xticklabels([r.name.split("/")[-1] for r in longest], rotation=70, ha="right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=10, borderaxespad=0)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    data = buffer.getvalue()
+    atomic_write(Path(path), lambda f: f.write(data))
+    return None
