@@ -35,18 +35,21 @@ def loss(output, target):
     return F.cross_entropy(output, target)
 
 
+class ScheduledSGD(torch.optim.SGD):
+    """SGD that steps its PolynomialLR schedule (to 0 over 2 steps) after each step."""
+
+    def __init__(self, groups, **kwargs):
+        super().__init__(groups, **kwargs)
+        self.scheduler = torch.optim.lr_scheduler.PolynomialLR(self, total_iters=2, power=1.0)
+
+    def step(self, closure=None):
+        result = super().step(closure)
+        self.scheduler.step()
+        return result
+
+
 def optimizer(model):
     head = list(model.head.parameters())
     head_ids = {id(p) for p in head}
     backbone = [p for p in model.parameters() if id(p) not in head_ids]
-    opt = torch.optim.SGD([{"params": backbone, "lr": 0.01}, {"params": head}], lr=0.1, momentum=0.9)
-    opt.scheduler = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=2, power=1.0)
-    step = opt.step
-
-    def step_and_schedule(closure=None):
-        result = step(closure)
-        opt.scheduler.step()
-        return result
-
-    opt.step = step_and_schedule
-    return opt
+    return ScheduledSGD([{"params": backbone, "lr": 0.01}, {"params": head}], lr=0.1, momentum=0.9)
