@@ -44,7 +44,7 @@ def run_stage(stage: str, config: AlignConfig, fixture: Optional[Any] = None) ->
     """Run one stage ("forward", "loss", "backward", "metric" or "train") for ``config``."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}: expected one of {', '.join(STAGES)}")
-    from .cli import stage_runner
+    from .stages import stage_runner
 
     return stage_runner(stage)(config, fixture)
 

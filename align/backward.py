@@ -32,10 +32,11 @@ import time
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .batchnorm import BatchNormRecorder
 from .compare import (
     Divergence,
     Localisation,
@@ -51,44 +52,11 @@ from .compare import (
 from .config import AlignConfig
 from .fixtures import Fixture, get_fixture, versions
 from .localise import CONTEXT, backward_parameter_order
-from .sides import PADDLE, SIDES, TORCH, hooks
+from .sides import PADDLE, SIDES, TORCH
 
 STAGE = "backward"
 # The thresholds the report's header lists.
 SHOWN_KINDS = ("forward_train", "lr", "grad", "param", "running_stat", "drift", "param_drift", "stat_drift", "counter")
-TORCH_BN_MOMENTUM = 0.1  # torch convention (weight of the new batch statistic)
-
-
-@dataclass
-class BatchNormRecorder:
-    """Forward pre-hooks on the reference's BatchNorms: biased batch variance and n per
-    training-mode call."""
-
-    model: Any
-    records: Dict[str, List[Tuple[int, np.ndarray]]] = field(default_factory=dict)
-
-    def hooked(self) -> ContextManager[None]:
-        """Record inside the block."""
-        modules = dict(TORCH.modules(self.model))
-
-        def make_hook(name: str):
-            def hook(inputs: Any) -> None:
-                if modules[name].training:
-                    x = TORCH.numpy(inputs[0]).astype(np.float64)
-                    channels = x.shape[1]
-                    var = x.swapaxes(0, 1).reshape(channels, -1).var(axis=1)
-                    self.records.setdefault(name, []).append((x.size // channels, var))
-
-            return hook
-
-        return hooks(TORCH, [(modules[n], make_hook(n)) for n in TORCH.batchnorms(self.model)], before=True)
-
-    def paddle_equivalent_var(self, name: str, torch_running_var: np.ndarray, steps: int) -> np.ndarray:
-        """The running variance Paddle's biased rule gives from the first ``steps`` batches torch saw."""
-        correction = np.zeros_like(torch_running_var, dtype=np.float64)
-        for n, var in self.records.get(name, [])[:steps]:
-            correction = (1.0 - TORCH_BN_MOMENTUM) * correction + TORCH_BN_MOMENTUM * var / (n - 1)
-        return torch_running_var.astype(np.float64) - correction
 
 
 class ScaledLoss:
@@ -347,8 +315,13 @@ def _name_divergence(divergence: Divergence, value: str) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m align.backward``."""
+    """``python -m align.backward`` (with ``--torch``/``--paddle``: a user's pair, ``align.anycli``)."""
+    from .anycli import pair_main
     from .cli import stage_main
+
+    code = pair_main(STAGE, argv)
+    if code is not None:
+        return code
 
     return stage_main(STAGE, argv, run)
 

@@ -10,7 +10,6 @@ import argparse
 import sys
 import time
 from dataclasses import fields
-from types import ModuleType
 from typing import Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from weights import MODEL_NAMES
@@ -52,14 +51,14 @@ def _tolerance_override(text: str) -> Tuple[str, Tolerance]:
 
 def build_parser(stage: Optional[str], module_doc: Optional[str] = None) -> argparse.ArgumentParser:
     """The parser of ``python -m align`` (stage None) or ``python -m align.<stage>``;
-    ``module_doc``: the stage module's docstring where the caller has the module already."""
+    ``module_doc``: the stage module's docstring (its first paragraph describes the stage)."""
     prog = "python -m align" + (f".{stage}" if stage else "")
     # A stage's description is the first paragraph of its module's docstring (stage modules
     # import torch and Paddle only when they run: --help stays instant).
     what = (
         f"Run the alignment stages ({', '.join(STAGES)}) of torch_ref against paddle_impl."
         if stage is None
-        else ((module_doc if module_doc is not None else stage_module(stage).__doc__) or "").split("\n\n")[0]
+        else (module_doc or "").split("\n\n")[0]
     )
     p = OneLineParser(prog=prog, description=what, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -220,19 +219,6 @@ def config_from_args(args: argparse.Namespace, model: str) -> AlignConfig:
     return AlignConfig(**values)
 
 
-def stage_module(stage: str) -> ModuleType:
-    """The module ``align.<stage>``: every name in ``STAGES`` is a module of this package with a
-    ``run`` and a ``main`` (a new stage: its module, its name there and its import here)."""
-    from . import backward, forward, loss, metric, train
-
-    return {"forward": forward, "loss": loss, "backward": backward, "metric": metric, "train": train}[stage]
-
-
-def stage_runner(stage: str) -> Callable[..., StageResult]:
-    """``align.<stage>.run(config, fixture, progress=...)``."""
-    return stage_module(stage).run
-
-
 def _worst(result: StageResult) -> str:
     if not result.rows:
         return "no values"
@@ -255,12 +241,12 @@ def run_stages(
     stages: Sequence[str],
     models: Sequence[str],
     args: argparse.Namespace,
-    runners: Optional[Dict[str, Callable[..., StageResult]]] = None,
+    runners: Dict[str, Callable[..., StageResult]],
     progress: bool = True,
 ) -> List[StageResult]:
     """Run every (model, stage), printing a summary line per stage (the full report too when a
-    stage fails, with --verbose, or with --against x2paddle). ``runners`` maps stage names to
-    their ``run`` where the caller has it already (``python -m align.<stage>``)."""
+    stage fails, with --verbose, or with --against x2paddle). ``runners`` maps every stage name
+    to its ``run`` (``align.stages.RUNNERS``; this module imports no stage: they import it)."""
     from tqdm import tqdm
 
     from .fixtures import get_fixture
@@ -277,7 +263,7 @@ def run_stages(
                     bar.set_postfix_str(f"{model}: building models")
                     fixture = get_fixture(config)
                 bar.set_postfix_str(f"{model}: {stage}")
-                runner = (runners or {}).get(stage) or stage_runner(stage)
+                runner = runners[stage]
                 result = runner(config, fixture, progress=progress)
                 results.append(result)
                 tqdm.write(summary_line(result), file=sys.stdout)
@@ -290,11 +276,14 @@ def run_stages(
 
 
 def main_for(
-    stage: Optional[str], argv: Optional[Sequence[str]] = None, runner: Optional[Callable[..., StageResult]] = None
+    stage: Optional[str],
+    argv: Optional[Sequence[str]] = None,
+    runner: Optional[Callable[..., StageResult]] = None,
+    runners: Optional[Dict[str, Callable[..., StageResult]]] = None,
 ) -> int:
-    """Entry point of ``python -m align`` (stage None) and ``python -m align.<stage>`` (which
-    passes its own ``run`` as ``runner``: the module running as ``__main__`` is not imported
-    a second time)."""
+    """Entry point of ``python -m align`` (stage None, ``runners``: every stage's ``run``) and
+    ``python -m align.<stage>`` (which passes its own ``run`` as ``runner``: the module running
+    as ``__main__`` is not imported a second time)."""
     # A stage run as ``python -m align.<stage>`` is ``__main__``: its docstring comes from there.
     parser = build_parser(stage, sys.modules[runner.__module__].__doc__ if runner is not None else None)
     args = parser.parse_args(argv)
@@ -312,7 +301,7 @@ def main_for(
     try:
         if args.torch_ckpt and len(models) > 1:
             raise AlignInputError("--torch-ckpt needs a single --model (farseg or factseg)")
-        results = run_stages(stages, models, args, {stage: runner} if stage and runner else None)
+        results = run_stages(stages, models, args, {stage: runner} if stage and runner else dict(runners or {}))
     except AlignInputError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -153,8 +153,13 @@ def run_x2paddle(fx: Fixture, out_root: Optional[str], progress: bool = True) ->
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m align.forward``."""
+    """``python -m align.forward`` (with ``--torch``/``--paddle``: a user's pair, ``align.anycli``)."""
+    from .anycli import pair_main
     from .cli import stage_main
+
+    code = pair_main(STAGE, argv)
+    if code is not None:
+        return code
 
     return stage_main(STAGE, argv, run)
 

@@ -78,9 +78,16 @@ def flatten_output(value: Any, side: Side) -> List[np.ndarray]:
     return _flatten(value, side)
 
 
-def trace(side: Side, model: Any, run: Callable[[], Any], keep: bool = True) -> Tuple[Any, List[Call]]:
+def trace(
+    side: Side,
+    model: Any,
+    run: Callable[[], Any],
+    keep: bool = True,
+    on_call: Optional[Callable[[Call], None]] = None,
+) -> Tuple[Any, List[Call]]:
     """``run()``'s result and the calls of every layer of ``model`` during it, in execution
-    order (outputs copied when ``keep``)."""
+    order, their outputs copied when ``keep``. ``on_call`` receives each call with its outputs
+    as it happens (then the list keeps none: compare and forget, for memory)."""
     calls: List[Call] = []
     counts: Dict[str, int] = {}
     named = layers(side, model)
@@ -91,7 +98,11 @@ def trace(side: Side, model: Any, run: Callable[[], Any], keep: bool = True) -> 
             call = counts.get(name, 0)
             counts[name] = call + 1
             kind, shapes = signatures[name]
-            calls.append(Call(name, call, kind, shapes, _flatten(output, side) if keep else None))
+            record = Call(name, call, kind, shapes, _flatten(output, side) if keep or on_call else None)
+            if on_call is not None:
+                on_call(record)
+                record.outputs = None
+            calls.append(record)
 
         return hook
 
@@ -197,9 +208,9 @@ def _own_pairs(t_side: Side, p_side: Side, t_mod: Any, p_mod: Any) -> Optional[L
     t_own, p_own = t_side.own_tensors(t_mod), p_side.own_tensors(p_mod)
     if len(t_own) != len(p_own):
         return None
-    if sorted(n for n, _ in t_own) == sorted(n for n, _ in p_own):
-        p_by = dict(p_own)
-        return [(n, t, n, p_by[n]) for n, t in t_own]
+    p_by = {p_side.common_name(n): (n, p) for n, p in p_own}
+    if sorted(t_side.common_name(n) for n, _ in t_own) == sorted(p_by):
+        return [(n, t, *p_by[t_side.common_name(n)]) for n, t in t_own]
     return [(tn, t, pn, p) for (tn, t), (pn, p) in zip(t_own, p_own)]
 
 
@@ -299,11 +310,17 @@ def copy_weights(t_side: Side, p_side: Side, torch_model: Any, paddle_model: Any
     return out
 
 
-def _all_tensor_names(side: Side, model: Any) -> List[str]:
-    names = [_qualified("", n) for n, _ in side.own_tensors(model)]
+def named_tensors(side: Side, model: Any) -> "OrderedDict[str, Any]":
+    """Every parameter and buffer of ``model`` (persistent or not) by qualified name, the live
+    tensors (``num_batches_tracked`` left out, as ``own_tensors`` does)."""
+    out: "OrderedDict[str, Any]" = OrderedDict(side.own_tensors(model))
     for module_name, module in side.modules(model):
-        names += [_qualified(module_name, n) for n, _ in side.own_tensors(module)]
-    return names
+        out.update((_qualified(module_name, n), t) for n, t in side.own_tensors(module))
+    return out
+
+
+def _all_tensor_names(side: Side, model: Any) -> List[str]:
+    return list(named_tensors(side, model))
 
 
 def _names(names: Sequence[str], shown: int = 5) -> str:

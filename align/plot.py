@@ -10,11 +10,9 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from convert import atomic_write
-
-from .compare import Row
 
 INSTALL_HINT = "divergence.png skipped: matplotlib is not installed (pip install matplotlib)"
 FLOOR = 1e-18  # exact agreement (rel 0) is drawn here: a log axis has no 0
@@ -29,15 +27,16 @@ def matplotlib_available() -> bool:
     return True
 
 
-def _value(row: Row) -> float:
+def _value(row: Any) -> float:
     rel = row.rel
     if not math.isfinite(rel):
         return 1e3  # not comparable (missing, shape mismatch): drawn at the top
     return max(rel, FLOOR)
 
 
-def plot_divergence(path: Path, curves: Dict[str, Sequence[Row]], title: str) -> Optional[str]:
-    """Write the plot of ``curves`` (name -> rows in execution order) to ``path`` atomically.
+def plot_divergence(path: Path, curves: Dict[str, Sequence[Any]], title: str) -> Optional[str]:
+    """Write the plot of ``curves`` (name -> ``align.compare.Row`` objects in execution order) to
+    ``path`` atomically.
     Returns None when written, else the line saying why not."""
     curves = {name: rows for name, rows in curves.items() if rows}
     if not curves:
@@ -50,7 +49,7 @@ def plot_divergence(path: Path, curves: Dict[str, Sequence[Row]], title: str) ->
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(16, 7), dpi=100)
-    longest: List[Row] = []
+    longest: List[Any] = []
     for index, (name, rows) in enumerate(curves.items()):
         color = f"C{index % 10}"
         xs = list(range(len(rows)))

@@ -121,12 +121,15 @@ class PaddleAdapter:
         return list(module.children())
 
     def own_tensors(self, module: Any) -> List[Tuple[str, Any]]:
-        """The module's own parameters then buffers (not its children's), by local name, with
-        the framework's BatchNorm names made common: ``running_mean``/``running_var`` stay;
-        ``num_batches_tracked`` (no Paddle counterpart) is left out."""
+        """The module's own parameters then buffers (not its children's), by local name (BatchNorm
+        statistics are parameters here, ``_mean`` and ``_variance``: see ``common_name``)."""
         out = list(module.named_parameters(include_sublayers=False))
         out += [(n, b) for n, b in module.named_buffers(include_sublayers=False) if b is not None]
-        return [(COMMON_NAMES.get(n, n), t) for n, t in out]
+        return out
+
+    def common_name(self, local: str) -> str:
+        """A local tensor name as torch spells it (BatchNorm ``_mean`` -> ``running_mean``)."""
+        return COMMON_NAMES.get(local, local)
 
     def parameters(self, model: Any) -> "OrderedDict[str, Any]":
         """The trainable parameters by qualified name."""

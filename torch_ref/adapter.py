@@ -122,12 +122,15 @@ class TorchAdapter:
         return list(module.children())
 
     def own_tensors(self, module: Any) -> List[Tuple[str, Any]]:
-        """The module's own parameters then buffers (not its children's), by local name, with
-        the framework's BatchNorm names made common: ``running_mean``/``running_var`` stay;
+        """The module's own parameters then buffers (not its children's), by local name;
         ``num_batches_tracked`` (no Paddle counterpart) is left out."""
         out = list(module.named_parameters(recurse=False))
         out += [(n, b) for n, b in module.named_buffers(recurse=False) if n != "num_batches_tracked" and b is not None]
         return out
+
+    def common_name(self, local: str) -> str:
+        """A local tensor name as torch spells it (itself)."""
+        return local
 
     def parameters(self, model: Any) -> "OrderedDict[str, Any]":
         """The trainable parameters by qualified name."""

@@ -1,0 +1,531 @@
+"""Any torch model against its Paddle port: the forward and backward comparisons behind
+``python -m align.forward --torch SPEC --paddle SPEC`` and ``align.compare``.
+
+Forward: both models in eval mode, then in training mode (BatchNorm with batch statistics;
+dropout layers kept in eval mode: two frameworks never draw the same masks), every layer call
+recorded (``align.pairing.trace``), paired, and compared element by element; the verdict is the
+model outputs', the layers say where a difference starts. Backward: K steps of forward, loss,
+backward, optimiser step, gradients cleared, on both sides; per step the output, the loss,
+every gradient, every parameter after the step and every buffer (BatchNorm running variance:
+torch's unbiased update converted to Paddle's biased one, as in ``align.backward``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from .batchnorm import BatchNormRecorder
+from .compare import Divergence, Row, StageResult, Tolerance, compare_arrays, failed_row, finish_stage, grad_floor
+from .inputs import AlignInputError
+from .localise import backward_parameter_order
+from .pairing import (
+    PAIRING_MODES,
+    Call,
+    Pairing,
+    TensorPairs,
+    copy_weights,
+    flatten_output,
+    named_tensors,
+    pair_calls,
+    trace,
+)
+from .sides import PADDLE, TORCH, Side, create_from
+
+ENGINE_MODEL = "pair"  # StageResult.model of a user's pair
+# Kinds compared in the first step and in later ones (later steps amplify rounding).
+FIRST_STEP = {
+    "output": "forward_train",
+    "loss": "forward_train",
+    "grad": "grad",
+    "param": "param",
+    "buffer": "running_stat",
+}
+LATER_STEP = {"output": "drift", "loss": "drift", "grad": "drift", "param": "param_drift", "buffer": "stat_drift"}
+
+
+@dataclass
+class Pair:
+    """Both models ready to compare: adapters, pairing, which tensor is which."""
+
+    torch_model: Any
+    paddle_model: Any
+    pairing: Pairing
+    tensors: Optional[TensorPairs]  # None when weights came from files (not copied)
+    t_calls: List[Call]  # the structure traces (eval mode, first sample) that made the pairing
+    p_calls: List[Call]
+    t: Side = TORCH
+    p: Side = PADDLE
+    notes: List[str] = field(default_factory=list)
+
+
+def _check_sides(torch_model: Any, paddle_model: Any) -> None:
+    for model, expected, option in ((torch_model, TORCH, "--torch"), (paddle_model, PADDLE, "--paddle")):
+        try:
+            side = create_from(model)
+        except ValueError as exc:
+            raise AlignInputError(f"{option}: {exc}") from None
+        if side.name != expected.name:
+            raise AlignInputError(f"{option}: expected a {expected.name} model, got a {side.name} one")
+
+
+def _user_call(option: str, run: Callable[..., Any], *args: Any) -> Any:
+    """``run(*args)``; an exception in the user's code becomes one AlignInputError line."""
+    try:
+        return run(*args)
+    except AlignInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's model / loss / optimiser
+        text = " ".join(str(exc).split())[:300]
+        raise AlignInputError(f"{option}: raised {type(exc).__name__}: {text}") from None
+
+
+@contextlib.contextmanager
+def training_mode(side: Side, model: Any) -> Iterator[None]:
+    """``model.train()`` with its random layers (dropout) in eval mode; eval mode after."""
+    model.train()
+    for _, module in side.modules(model):
+        if side.is_random_in_training(module):
+            module.eval()
+    try:
+        yield
+    finally:
+        model.eval()
+
+
+def prepare(
+    torch_model: Any,
+    paddle_model: Any,
+    x: np.ndarray,
+    dtype: str = "float64",
+    pairing: str = "auto",
+    mapping: Optional[Mapping[str, str]] = None,
+    copy: bool = True,
+) -> Pair:
+    """Cast both models to ``dtype``, pair their layers on an eval forward of ``x`` and copy the
+    torch weights into the Paddle model through the pairing (``copy``)."""
+    _check_sides(torch_model, paddle_model)
+    if pairing not in PAIRING_MODES:
+        raise AlignInputError(f"--pairing {pairing!r}: expected one of {', '.join(PAIRING_MODES)} or a MAP.json")
+    t, p = TORCH, PADDLE
+    t.cast(torch_model, dtype)
+    p.cast(paddle_model, dtype)
+    torch_model.eval()
+    paddle_model.eval()
+    # The structure: one eval forward of the first sample per side, no outputs kept.
+    first = x[:1] if x.ndim > 1 else x
+    with t.no_grad():
+        _, t_calls = _user_call("--torch model", trace, t, torch_model, lambda: torch_model(t.tensor(first)), False)
+    with p.no_grad():
+        _, p_calls = _user_call("--paddle model", trace, p, paddle_model, lambda: paddle_model(p.tensor(first)), False)
+    if mapping:
+        t_names, p_names = {n for n, _ in t.modules(torch_model)}, {n for n, _ in p.modules(paddle_model)}
+        unknown = [f"torch {a}" for a in mapping if a not in t_names] + [
+            f"paddle {b}" for b in mapping.values() if b not in p_names
+        ]
+        if unknown:
+            raise AlignInputError(f"--pairing: no such module: {', '.join(unknown[:5])}")
+    paired = pair_calls(t_calls, p_calls, pairing, mapping)
+    tensors = copy_weights(t, p, torch_model, paddle_model, paired) if copy else None
+    return Pair(torch_model, paddle_model, paired, tensors, t_calls, p_calls)
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------
+
+
+def _traced_rows(pair: Pair, x: np.ndarray, tol: Tolerance) -> Tuple[Any, Any, List[Row]]:
+    """Both outputs and one row per paired call (torch execution order), the worst of the call's
+    outputs. The torch calls' outputs are kept until their Paddle partner has run, then dropped:
+    the peak is one model's activations, not two."""
+    t, p = pair.t, pair.p
+    t_index = {(c.name, c.call): i for i, c in enumerate(pair.t_calls)}
+    p_index = {(c.name, c.call): j for j, c in enumerate(pair.p_calls)}
+    partner = {j: i for i, j in pair.pairing.calls}
+    waiting: Dict[int, List[np.ndarray]] = {}
+    rows: Dict[int, Row] = {}
+
+    def keep_torch(call: Call) -> None:
+        i = t_index.get((call.name, call.call))
+        if i is not None:
+            waiting[i] = call.outputs or []
+
+    def compare_paddle(call: Call) -> None:
+        i = partner.get(p_index.get((call.name, call.call), -1))
+        if i is None or i not in waiting:
+            return
+        label, theirs = pair.t_calls[i].label, waiting.pop(i)
+        ours = call.outputs or []
+        note = "" if pair.t_calls[i].name == call.name else f"paddle {call.label}"
+        if len(theirs) != len(ours):
+            rows[i] = failed_row(label, "layer", tol, f"{len(theirs)} outputs in torch, {len(ours)} in paddle")
+            return
+        compared = [compare_arrays(label, a, b, tol, "layer", note=note) for a, b in zip(theirs, ours)]
+        no_tensor = Row(label, "layer", [], 0.0, 0.0, 0.0, 0.0, tol, True, "no tensor output")
+        rows[i] = max(compared, key=lambda r: (not r.passed, r.rel)) if compared else no_tensor
+
+    t_out, _ = _user_call(
+        "--torch model", trace, t, pair.torch_model, lambda: pair.torch_model(t.tensor(x)), False, keep_torch
+    )
+    p_out, _ = _user_call(
+        "--paddle model", trace, p, pair.paddle_model, lambda: pair.paddle_model(p.tensor(x)), False, compare_paddle
+    )
+    waiting.clear()
+    ordered = [
+        rows.get(i) or failed_row(pair.t_calls[i].label, "layer", tol, "not reached with the full batch")
+        for i, _ in pair.pairing.calls
+    ]
+    return t_out, p_out, ordered
+
+
+def _structure(pair: Pair) -> List[str]:
+    t_calls, p_calls = pair.t_calls, pair.p_calls
+    lines = [f"torch only: {t_calls[i].label} ({t_calls[i].kind})" for i in pair.pairing.torch_only]
+    lines += [f"paddle only: {p_calls[j].label} ({p_calls[j].kind})" for j in pair.pairing.paddle_only]
+    return lines
+
+
+def _forward_mode(
+    pair: Pair, x: np.ndarray, mode: str, tols: Mapping[str, Tolerance], result: StageResult
+) -> Optional[Divergence]:
+    """Compare one mode's outputs and layers into ``result``; the first divergence, if any."""
+    t, p = pair.t, pair.p
+    kind = "forward" if mode == "eval" else "forward_train"
+    tol = Tolerance(tols[kind].rtol)  # relative only: a user's outputs have any scale
+    if mode == "eval":
+        with t.no_grad(), p.no_grad():
+            t_out, p_out, layer_rows = _traced_rows(pair, x, tol)
+    else:
+        states = [_snapshot(side, model) for side, model in ((t, pair.torch_model), (p, pair.paddle_model))]
+        with training_mode(t, pair.torch_model), training_mode(p, pair.paddle_model), t.no_grad(), p.no_grad():
+            t_out, p_out, layer_rows = _traced_rows(pair, x, tol)
+        for (side, model), state in zip(((t, pair.torch_model), (p, pair.paddle_model)), states):
+            _restore(side, model, state)
+    t_list, p_list = flatten_output(t_out, t), flatten_output(p_out, p)
+    del t_out, p_out
+    if len(t_list) != len(p_list):
+        result.rows.append(
+            failed_row(f"{mode}/output", kind, tol, f"{len(t_list)} output tensors in torch, {len(p_list)} in paddle")
+        )
+    for k, (a, b) in enumerate(zip(t_list, p_list)):
+        result.rows.append(compare_arrays(f"{mode}/output" + (f"[{k}]" if len(t_list) > 1 else ""), a, b, tol, kind))
+    result.structure = _structure(pair)
+    result.layers[f"{mode} mode"] = layer_rows
+    if all(r.passed for r in result.rows if r.name.startswith(f"{mode}/")):
+        failing = next((r for r in layer_rows if not r.passed), None)
+        if failing is not None:
+            result.notes.append(
+                f"{mode} mode: the outputs agree, but layer {failing.name} differs (rel {failing.rel:.2e})"
+            )
+        return None
+    first = next((k for k, r in enumerate(layer_rows) if not r.passed), None)
+    if first is None:
+        last = pair.t_calls[pair.pairing.calls[-1][0]].label if pair.pairing.calls else "none"
+        summary = (
+            f"[{mode} mode] every paired layer agrees: the outputs differ in forward() code "
+            f"after the last layer ({last})"
+        )
+        return Divergence(None, summary, mode, stage="forward")
+    i, j = pair.pairing.calls[first]
+    tc, pc, row = pair.t_calls[i], pair.p_calls[j], layer_rows[first]
+    summary = (
+        f"[{mode} mode] first divergent layer: torch {tc.label} / paddle {pc.label} "
+        f"({tc.kind}; rel {row.rel:.3e} > {tol.rtol:.0e})"
+    )
+    if result.structure:
+        summary += f"; {len(result.structure)} layers on one side only ({result.structure[0]}, ...)"
+    return Divergence(tc.label, summary, mode, torch=tc.name, paddle=pc.name, stage="forward")
+
+
+def _snapshot(side: Side, model: Any) -> Dict[str, np.ndarray]:
+    return {n: side.numpy(v) for n, v in named_tensors(side, model).items()}
+
+
+def _restore(side: Side, model: Any, state: Mapping[str, np.ndarray]) -> None:
+    live = named_tensors(side, model)
+    for n, value in state.items():
+        side.assign(live[n], value)
+
+
+def _settings(pair: Pair, x: np.ndarray, extra: Mapping[str, Any]) -> Dict[str, Any]:
+    import sys
+
+    return {
+        "input": f"{list(x.shape)} {x.dtype}",
+        "pairing": pair.pairing.mode,
+        "paired_modules": len(pair.pairing.modules),
+        "renamed_modules": sum(t != p for t, p in pair.pairing.modules),
+        "weights": "torch copied into paddle through the pairing" if pair.tensors is not None else "loaded from files",
+        "transposed": list(pair.tensors.transposed) if pair.tensors is not None else [],
+        **extra,
+        "python": sys.version.split()[0],
+        "torch": TORCH.framework_version,
+        "paddle": PADDLE.framework_version,
+    }
+
+
+def forward(
+    pair: Pair,
+    x: np.ndarray,
+    dtype: str,
+    tols: Mapping[str, Tolerance],
+    out_dir: Optional[Any] = None,
+    model: str = ENGINE_MODEL,
+    settings: Optional[Mapping[str, Any]] = None,
+) -> StageResult:
+    """The forward comparison of a prepared pair (eval mode, then training mode)."""
+    start = time.perf_counter()
+    result = StageResult("forward", model, dtype, pairing=pair.pairing.table())
+    result.settings = _settings(
+        pair,
+        x,
+        {
+            "tolerances": {k: Tolerance(tols[k].rtol).describe() for k in ("forward", "forward_train")},
+            **(settings or {}),
+        },
+    )
+    found = [_forward_mode(pair, x, mode, tols, result) for mode in ("eval", "train")]
+    result.first_divergence = next((d for d in found if d is not None), None)
+    result.notes += pair.notes
+    return finish_stage(result, start, out_dir, {}, {})
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward
+# ----------------------------------------------------------------------------------------------
+
+
+def _param_order(pair: Pair, order: List[str]) -> List[Tuple[str, str]]:
+    """The parameter pairs in backward-execution order (torch's)."""
+    assert pair.tensors is not None
+    by_torch = dict(pair.tensors.parameters)
+    return [(n, by_torch[n]) for n in order if n in by_torch]
+
+
+def backward(
+    pair: Pair,
+    x: np.ndarray,
+    y: np.ndarray,
+    torch_loss: Callable[[Any, Any], Any],
+    paddle_loss: Callable[[Any, Any], Any],
+    torch_optimizer: Any,
+    paddle_optimizer: Any,
+    steps: int,
+    dtype: str,
+    tols: Mapping[str, Tolerance],
+    out_dir: Optional[Any] = None,
+    model: str = ENGINE_MODEL,
+    settings: Optional[Mapping[str, Any]] = None,
+) -> StageResult:
+    """K steps of forward, loss, backward, optimiser step and clearing on both sides of a
+    prepared pair (weights copied), compared value by value after each phase."""
+    if pair.tensors is None:
+        raise AlignInputError(
+            "backward needs the weights copied through the pairing (no --torch-weights/--paddle-weights)"
+        )
+    start = time.perf_counter()
+    t, p = pair.t, pair.p
+    tm, pm = pair.torch_model, pair.paddle_model
+    result = StageResult("backward", model, dtype, pairing=pair.pairing.table())
+    result.settings = _settings(
+        pair,
+        x,
+        {
+            "steps": steps,
+            "tolerances": {k: tols[k].describe() for k in sorted({*FIRST_STEP.values(), *LATER_STEP.values()})},
+            **(settings or {}),
+        },
+    )
+    t_params, p_params = named_tensors(t, tm), named_tensors(p, pm)
+    recorder = BatchNormRecorder(tm)
+    bn_names = set(t.batchnorms(tm))
+    checkpoints: List[Tuple[Row, str, Optional[str], Optional[str], int]] = []  # row, kind, torch, paddle, step
+    order: List[str] = []
+    tx, ty, px, py = t.tensor(x), t.tensor(y), p.tensor(x), p.tensor(y)
+    with recorder.hooked():
+        for step in range(1, steps + 1):
+            kinds = FIRST_STEP if step == 1 else LATER_STEP
+            with (
+                training_mode(t, tm),
+                backward_parameter_order(tm) if step == 1 else contextlib.nullcontext(order) as got,
+            ):
+                t_out = _user_call("--torch model", tm, tx)
+                t_loss = _user_call("--torch-loss", torch_loss, t_out, ty)
+            order = got
+            _user_call("--torch-loss", t.backward, t_loss)
+            with training_mode(p, pm):
+                p_out = _user_call("--paddle model", pm, px)
+                p_loss = _user_call("--paddle-loss", paddle_loss, p_out, py)
+            _user_call("--paddle-loss", p.backward, p_loss)
+            # Outputs and loss.
+            t_list, p_list = flatten_output(t_out, t), flatten_output(p_out, p)
+            for k, (a, b) in enumerate(zip(t_list, p_list)):
+                name = f"step{step}/output" + (f"[{k}]" if len(t_list) > 1 else "")
+                row = compare_arrays(name, a, b, Tolerance(tols[kinds["output"]].rtol), kinds["output"])
+                result.rows.append(row)
+                checkpoints.append((row, "output", None, None, step))
+            del t_out, p_out, t_list, p_list
+            row = compare_arrays(
+                f"step{step}/loss", t.numpy(t_loss), p.numpy(p_loss), tols[kinds["loss"]], kinds["loss"]
+            )
+            result.rows.append(row)
+            checkpoints.append((row, "loss", None, None, step))
+            # Gradients, in backward-execution order.
+            pairs = _param_order(pair, order)
+            t_grads = {tn: t.grad(t_params[tn]) for tn, _ in pairs}
+            floor = grad_floor(t_grads.values(), dtype)
+            grad_rows = []
+            for tn, pn in pairs:
+                note = "" if tn == pn else f"paddle {pn}"
+                g_p = p.grad(p_params[pn])
+                if tn in pair.tensors.transposed:
+                    g_p = g_p.T
+                row = compare_arrays(
+                    f"step{step}/grad/{tn}",
+                    t_grads[tn],
+                    g_p,
+                    tols[kinds["grad"]],
+                    kinds["grad"],
+                    floor=floor,
+                    note=note,
+                )
+                grad_rows.append(row)
+                checkpoints.append((row, "grad", tn, pn, step))
+            result.rows += grad_rows
+            result.layers[f"step {step} gradients"] = grad_rows
+            # The optimiser step, then parameters and buffers.
+            _user_call("--torch-optimizer", t.optimizer_step, torch_optimizer)
+            _user_call("--paddle-optimizer", p.optimizer_step, paddle_optimizer)
+            t.clear_grads(tm)
+            p.clear_grads(pm)
+            param_rows = []
+            for tn, pn in pairs:
+                value = p.numpy(p_params[pn])
+                if tn in pair.tensors.transposed:
+                    value = value.T
+                note = "" if tn == pn else f"paddle {pn}"
+                row = compare_arrays(
+                    f"step{step}/param/{tn}",
+                    t.numpy(t_params[tn]),
+                    value,
+                    tols[kinds["param"]],
+                    kinds["param"],
+                    note=note,
+                )
+                param_rows.append(row)
+                checkpoints.append((row, "param", tn, pn, step))
+            result.rows += param_rows
+            result.layers[f"step {step} parameters after the update"] = param_rows
+            for tn, pn in pair.tensors.buffers:
+                a, b = t.numpy(t_params[tn]), p.numpy(p_params[pn])
+                owner, _, local = tn.rpartition(".")
+                note = "" if tn == pn else f"paddle {pn}"
+                if local == "running_var" and owner in bn_names:
+                    a = recorder.paddle_equivalent_var(owner, a, step)
+                    note = (note + "; " if note else "") + "torch converted to the biased-variance rule"
+                row = compare_arrays(f"step{step}/buffer/{tn}", a, b, tols[kinds["buffer"]], kinds["buffer"], note=note)
+                result.rows.append(row)
+                checkpoints.append((row, "buffer", tn, pn, step))
+    tm.eval()
+    pm.eval()
+    failing = next((c for c in checkpoints if not c[0].passed), None)
+    if failing is not None:
+        row, kind, tn, pn, step = failing
+        what = f"{kind} of {tn}" + (f" (paddle {pn})" if pn != tn else "") if tn else kind
+        summary = f"step {step}: {what}: rel {row.rel:.3e} > {row.tol.rtol:.0e}"
+        if kind == "param" and all(r.passed for r in result.rows if r.name.startswith(f"step{step}/grad/")):
+            summary += f" -- the step-{step} gradients agree, so the optimiser step differs"
+        result.first_divergence = Divergence(
+            f"step {step}: {what}",
+            summary,
+            value=row.name,
+            torch=tn,
+            paddle=pn,
+            stage="backward",
+            step=step,
+            kind=kind,
+            parameter=tn,
+        )
+    result.notes += pair.notes
+    return finish_stage(result, start, out_dir, {}, {})
+
+
+# ----------------------------------------------------------------------------------------------
+# The Python API
+# ----------------------------------------------------------------------------------------------
+
+
+def compare(
+    torch_model: Any,
+    paddle_model: Any,
+    inputs: np.ndarray,
+    *,
+    targets: Optional[np.ndarray] = None,
+    torch_loss: Optional[Callable[[Any, Any], Any]] = None,
+    paddle_loss: Optional[Callable[[Any, Any], Any]] = None,
+    torch_optimizer: Optional[Callable[[Any], Any]] = None,
+    paddle_optimizer: Optional[Callable[[Any], Any]] = None,
+    steps: int = 2,
+    dtype: str = "float64",
+    pairing: str = "auto",
+    mapping: Optional[Mapping[str, str]] = None,
+    copy_weights: bool = True,
+    rtol: Optional[float] = None,
+    out: Optional[str] = None,
+) -> List[StageResult]:
+    """Compare a torch model with its Paddle port: the forward stage, and the backward stage
+    when ``targets``, both losses and both optimiser factories (``model -> optimizer``) are
+    given. ``inputs``: one array; the torch weights are copied into the Paddle model through
+    the pairing unless ``copy_weights`` is False. ``out``: a folder for DIR/forward/ and
+    DIR/backward/ (diff.json, diff.txt, divergence.png). Raises AlignInputError on bad input.
+
+    Example::
+
+        import align
+        forward, backward = align.compare(net, port, x, targets=y, torch_loss=tl, paddle_loss=pl,
+                                          torch_optimizer=to, paddle_optimizer=po)
+        assert forward.passed, forward.first_divergence
+    """
+    from pathlib import Path
+
+    from .compare import pair_tolerances
+
+    x = np.asarray(inputs).astype(dtype)
+    tols = pair_tolerances(dtype, rtol)
+    pair = prepare(torch_model, paddle_model, x, dtype, pairing, mapping, copy_weights)
+    results = [forward(pair, x, dtype, tols, None if out is None else Path(out) / "forward")]
+    wants = (targets, torch_loss, paddle_loss, torch_optimizer, paddle_optimizer)
+    if any(v is not None for v in wants):
+        if any(v is None for v in wants):
+            raise AlignInputError(
+                "backward needs targets, torch_loss, paddle_loss, torch_optimizer and paddle_optimizer"
+            )
+        assert torch_optimizer is not None and paddle_optimizer is not None
+        y = np.asarray(targets)
+        y = y.astype(dtype) if y.dtype.kind == "f" else y.astype(np.int64)
+        t_opt = _user_call("--torch-optimizer", lambda: torch_optimizer(torch_model))
+        p_opt = _user_call("--paddle-optimizer", lambda: paddle_optimizer(paddle_model))
+        results.append(
+            backward(
+                pair,
+                x,
+                y,
+                torch_loss,
+                paddle_loss,
+                t_opt,
+                p_opt,
+                steps,
+                dtype,
+                tols,
+                None if out is None else Path(out) / "backward",
+            )
+        )
+    return results
+
+
+__all__ = ["Pair", "backward", "compare", "forward", "prepare", "training_mode"]
