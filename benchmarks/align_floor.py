@@ -12,7 +12,8 @@ models have a measured margin. Reference: torch in float64. Measured against it:
 Per comparison: the worst relative error over every layer output (``max|a - b| / max|a|``, the
 align stage's measure, call by call in execution order) in eval and in training mode, the model
 output, the loss, every gradient (with align's gradient floor: a fraction of the largest
-gradient), every parameter after one optimiser step, and the BatchNorm running means after it.
+gradient), every parameter after one optimiser step, the BatchNorm running means after it, and
+the loss, gradients and parameters of steps 2 and 3 (each pair's own optimiser and schedule).
 The weights are copied from torch by name (the pairs here share names; a Linear weight is
 transposed when Paddle's parameter has the transposed shape), BN statistics renamed.
 
@@ -42,6 +43,7 @@ if str(ROOT) not in sys.path:
 PAIRS_DIR = ROOT / "tests" / "align_pairs"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "align_floor.json"
 GRAD_FLOOR_FRACTION = {"float64": 1e-6, "float32": 1e-3}  # align.compare's, kept equal by hand
+DRIFT_STEPS = 3  # steps of the backward comparison measured (the first one in detail)
 
 # (label, file, torch factory, paddle factory, inputs, targets)
 CASES: List[Tuple[str, str, str, str, Tuple[int, ...], Tuple[Tuple[int, ...], int]]] = [
@@ -164,10 +166,11 @@ def run_side(module: Any, case: Tuple, framework: str, dtype: str, x64: np.ndarr
     loss = loss_fn(output, to_tensor(y))
     loss.backward()
     if framework == "torch":
-        grads = {n: p.grad.detach().double().numpy() for n, p in model.named_parameters() if p.grad is not None}
+        # .copy(): a float64 tensor's numpy() shares its memory, and later steps update it in place
+        grads = {n: p.grad.detach().double().numpy().copy() for n, p in model.named_parameters() if p.grad is not None}
         optimizer.step()
-        params = {n: p.detach().double().numpy() for n, p in model.named_parameters()}
-        means = {n: b.detach().double().numpy() for n, b in model.named_buffers() if n.endswith("running_mean")}
+        params = {n: p.detach().double().numpy().copy() for n, p in model.named_parameters()}
+        means = {n: b.detach().double().numpy().copy() for n, b in model.named_buffers() if n.endswith("running_mean")}
     else:
         grads = {n: p.grad.numpy().astype(np.float64) for n, p in model.named_parameters() if p.grad is not None}
         optimizer.step()
@@ -182,6 +185,25 @@ def run_side(module: Any, case: Tuple, framework: str, dtype: str, x64: np.ndarr
 
     def torch_layout(values: Dict[str, np.ndarray], ref: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         return {n: (v.T if n in ref and v.ndim == 2 and v.shape != ref[n].shape else v) for n, v in values.items()}
+
+    # Steps 2..DRIFT_STEPS: the same cycle (clear, forward, loss, backward, step); what the later
+    # steps of a backward comparison see (drift: differences carried over from earlier steps).
+    out["drift"] = []
+    for _ in range(2, DRIFT_STEPS + 1):
+        optimizer.clear_grad() if framework == "paddle" else optimizer.zero_grad()
+        step_loss = loss_fn(model(x), to_tensor(y))
+        step_loss.backward()
+        if framework == "torch":
+            step_grads = {n: q.grad.detach().double().numpy().copy() for n, q in model.named_parameters()}
+            optimizer.step()
+            step_params = {n: q.detach().double().numpy().copy() for n, q in model.named_parameters()}
+        else:
+            step_grads = {
+                n: q.grad.numpy().astype(np.float64) for n, q in model.named_parameters() if q.grad is not None
+            }
+            optimizer.step()
+            step_params = {n: q.numpy().astype(np.float64) for n, q in model.named_parameters()}
+        out["drift"].append({"loss": float(step_loss.item()), "grads": step_grads, "params": step_params})
 
     out["output"] = output.detach().double().numpy() if framework == "torch" else output.numpy().astype(np.float64)
     out["loss"] = float(loss.item())
@@ -212,6 +234,17 @@ def compare(ref: Dict[str, Any], other: Dict[str, Any], dtype: str) -> Dict[str,
         per = {n: relative(v, values[n], fl) for n, v in ref[key.split("_")[0] + "s"].items()}
         worst = max(per, key=per.get)
         result[key] = {"worst": per[worst], "worst_parameter": worst}
+    for index, (ref_step, other_step) in enumerate(zip(ref["drift"], other["drift"])):
+        step_floor = GRAD_FLOOR_FRACTION[dtype] * max(float(np.max(np.abs(g))) for g in ref_step["grads"].values())
+        step_grads, step_params = (
+            fix(other_step["grads"], ref_step["grads"]),
+            fix(other_step["params"], ref_step["params"]),
+        )
+        result[f"step{index + 2}"] = {
+            "loss": abs(ref_step["loss"] - other_step["loss"]) / abs(ref_step["loss"]),
+            "grad": max(relative(v, step_grads[n], step_floor) for n, v in ref_step["grads"].items()),
+            "param": max(relative(v, step_params[n]) for n, v in ref_step["params"].items()),
+        }
     if ref["means"]:
         per = {n: relative(v, other["means"][n]) for n, v in ref["means"].items()}
         result["bn_running_mean_after_step"] = max(per.values())
@@ -246,6 +279,9 @@ def summary(results: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
             "param_after_step": max(r["param_after_step"]["worst"] for r in rows),
             "bn_running_mean_after_step": max(r.get("bn_running_mean_after_step", 0.0) for r in rows),
         }
+        for step in range(2, DRIFT_STEPS + 1):
+            for key in ("loss", "grad", "param"):
+                table[versus][f"step{step}_{key}"] = max(r[f"step{step}"][key] for r in rows)
     return table
 
 
