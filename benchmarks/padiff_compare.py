@@ -1,15 +1,18 @@
 """The planted cases of tests/align_pairs through PaDiff 0.2.0 (defaults and tuned) and through align.
 
-For every clean pair (false positives) and every planted forward bug (named correctly?), in
-float32: PaDiff's ``auto_diff`` at its defaults (tensor means, rtol 1e-7) and tuned
-(``compare_mode="strict"``, rtol 1e-4, atol 1e-6), each in a child process (importing PaDiff
-patches torch and Paddle for the whole process), and ``python -m align.forward``. PaDiff marks
-the divergent layer in a printed tree (``*** HERE ***``), by type and position only; the child
-maps that position to the Paddle layer's qualified name (the n-th ``(net)`` line is the n-th
-call of a layer that owns parameters) or keeps the API name for an ``(api)`` line. A case is
-named correctly when that name (or API) is the planted layer's. Lines of user code: the lines a
-user writes for one comparison (imports, models, inputs, the call), counted from the snippets
-below. Seconds: wall time of each child process (framework imports included, as a user sees).
+Forward: every clean pair (a failure is a false positive) and every planted forward bug (named
+at its layer?). Backward (3 steps of loss, backward and optimiser step): clean pairs and the
+planted loss / optimiser / BatchNorm bugs (named at their step and kind?). Tools: PaDiff's
+``auto_diff`` in float32 at its defaults (tensor means, rtol 1e-7) and tuned
+(``compare_mode="strict"``, rtol 1e-4, atol 1e-6), each call in a child process (importing
+PaDiff patches torch and Paddle for the whole process); ``python -m align.forward`` /
+``align.backward`` in float32 and in float64 (align's recommended dtype). PaDiff marks a
+forward divergence in a printed tree (``*** HERE ***``) by type and position only: the child
+maps the position to the Paddle layer's qualified name (the n-th ``(net)`` line is the n-th call
+of a layer that owns parameters; an API called inside it counts as that layer) or keeps the API
+name (``api:...``, counted as correct when it is the planted layer's function). Lines of user
+code: one forward comparison (imports, models, inputs, the call), counted from the snippets
+below. Seconds: wall time of each child process, framework imports included.
 
 Usage (PaDiff optional: ``pip install -e ".[padiff]"``)::
 
@@ -42,6 +45,7 @@ CASES = [
     ("mlp clean", "mlp_pair.py", "paddle_model", None, ()),
     ("reuse clean", "reuse_pair.py", "paddle_model", None, ()),
     ("encdec clean", "encdec_pair.py", "paddle_model", None, ()),
+    ("resnet18 clean", "resnet_zoo.py", "paddle_model", None, ()),
     ("resnet padding_mode", "resnet_pair.py", "paddle_model_padding_mode", "layer2.0.conv1", ()),
     ("resnet activation", "resnet_pair.py", "paddle_model_activation", "layer2.0.relu1", ("leaky_relu",)),
     ("resnet bn_eps", "resnet_pair.py", "paddle_model_bn_eps", "layer1.0.bn2", ()),
@@ -55,6 +59,7 @@ BACKWARD_CASES = [
     ("resnet backward clean", "resnet_pair.py", {}, None),
     ("mlp backward clean", "mlp_pair.py", {}, None),
     ("encdec backward clean", "encdec_pair.py", {}, None),
+    ("resnet18 backward clean", "resnet_zoo.py", {}, None),
     ("resnet group lr", "resnet_pair.py", {"paddle_optimizer": "paddle_optimizer_group_lr"}, (1, "param")),
     ("resnet poly end_lr", "resnet_pair.py", {"paddle_optimizer": "paddle_optimizer_poly_end_lr"}, (2, "param")),
     ("resnet weight decay", "resnet_pair.py", {"paddle_optimizer": "paddle_optimizer_no_weight_decay"}, (1, "param")),
@@ -79,6 +84,8 @@ CLEAN_FACTORIES = {
 # PaDiff's "Diff found in ..." messages -> align's kinds.
 PADIFF_KINDS = {"Forward": "output", "loss": "loss", "grad": "grad", "weights": "param"}
 
+# align at the dtype of the PaDiff runs and at its recommended one (float64).
+ALIGN_TOOLS = {"align_float32": "float32", "align_float64": "float64"}
 MODES = {
     "padiff_default": {},
     "padiff_tuned": {"compare_mode": "strict", "rtol": 1e-4, "atol": 1e-6},
@@ -252,8 +259,8 @@ def pair_targets(file_name: str) -> Tuple[List[int], int]:
     return [int(v) for v in shape.split("x")], int(high)
 
 
-def forward_args(file_name: str, factory: str, shape: Sequence[int]) -> List[str]:
-    """align.forward's arguments for a pair, float32."""
+def forward_args(file_name: str, factory: str, shape: Sequence[int], dtype: str) -> List[str]:
+    """align.forward's arguments for a pair."""
     where = f"{PAIRS}/{file_name}"
     inputs = "x".join(map(str, shape))
     return [
@@ -268,11 +275,13 @@ def forward_args(file_name: str, factory: str, shape: Sequence[int]) -> List[str
     ]
 
 
-def backward_args(file_name: str, factories: Dict[str, str], shape: Sequence[int], targets: Tuple) -> List[str]:
-    """align.backward's arguments for a pair, float32, STEPS steps."""
+def backward_args(
+    file_name: str, factories: Dict[str, str], shape: Sequence[int], targets: Tuple, dtype: str
+) -> List[str]:
+    """align.backward's arguments for a pair, STEPS steps."""
     where = f"{PAIRS}/{file_name}"
     args = ["--inputs", "x".join(map(str, shape)), "--targets", f"{'x'.join(map(str, targets[0]))}:0:{targets[1]}"]
-    args += ["--dtype", "float32", "--steps", str(STEPS)]
+    args += ["--dtype", dtype, "--steps", str(STEPS)]
     for option, factory in factories.items():
         args += [f"--{option.replace('_', '-')}", f"{where}:{factory}"]
     return args
@@ -313,7 +322,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run every case through every tool; write the JSON and the markdown table."""
     parser = argparse.ArgumentParser(prog="python benchmarks/padiff_compare.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON (default %(default)s)")
-    parser.add_argument("--tools", nargs="+", default=[*MODES, "align"], choices=[*MODES, "align"], help="tools to run")
+    tools = [*MODES, *ALIGN_TOOLS]
+    parser.add_argument("--tools", nargs="+", default=tools, choices=tools, help="tools to run (default all)")
     args = parser.parse_args(argv)
     import tempfile
 
@@ -326,8 +336,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 shape = pair_shape(file_name)
                 workdir = Path(tmp) / tool / name.replace(" ", "_")
                 workdir.mkdir(parents=True)
-                if tool == "align":
-                    row = run_align("forward", forward_args(file_name, factory, shape), workdir)
+                if tool in ALIGN_TOOLS:
+                    row = run_align("forward", forward_args(file_name, factory, shape, ALIGN_TOOLS[tool]), workdir)
                 else:
                     factories = dict(CLEAN_FACTORIES, paddle=factory)
                     job = {"path": str(ROOT / PAIRS / file_name), "factories": factories, "shape": shape}
@@ -340,8 +350,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 factories = dict(CLEAN_FACTORIES, **changed)
                 workdir = Path(tmp) / tool / name.replace(" ", "_")
                 workdir.mkdir(parents=True)
-                if tool == "align":
-                    row = run_align("backward", backward_args(file_name, factories, shape, targets), workdir)
+                if tool in ALIGN_TOOLS:
+                    args_ = backward_args(file_name, factories, shape, targets, ALIGN_TOOLS[tool])
+                    row = run_align("backward", args_, workdir)
                 else:
                     job = {"path": str(ROOT / PAIRS / file_name), "factories": factories, "shape": shape}
                     row, _ = run_padiff(dict(job, options=MODES[tool], targets=targets, steps=STEPS), workdir)
@@ -350,7 +361,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(tool, name, json.dumps(row), flush=True)
     results["user_lines"] = {
         # logical lines: a shell line continued with a backslash counts once
-        tool: len((ALIGN_SNIPPET if tool == "align" else PADIFF_SNIPPET).replace("\\\n", "").strip().splitlines())
+        tool: len((ALIGN_SNIPPET if tool in ALIGN_TOOLS else PADIFF_SNIPPET).replace("\\\n", "").strip().splitlines())
         for tool in args.tools
     }
     results["modes"] = MODES
@@ -361,7 +372,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "command": "python benchmarks/padiff_compare.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpu_flags": flags[:1]},
             "uptime": _command_output(["uptime"]),
-            "dtype": "float32",
+            "dtype": {**{m: "float32" for m in MODES}, **ALIGN_TOOLS},
         }
     )
     from isaid.atomic import write_bytes_atomic

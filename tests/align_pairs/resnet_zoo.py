@@ -227,3 +227,11 @@ def torch_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
 def paddle_optimizer(model: paddle.nn.Layer) -> Any:
     """The same in Paddle."""
     return paddle.optimizer.Momentum(learning_rate=0.01, momentum=0.9, parameters=model.parameters(), weight_decay=1e-4)
+
+
+# As a pair file (the names tests/test_align_any.py and benchmarks/padiff_compare.py use): the
+# ResNet-18-like pair at 64x64, the deepest clean pair of the comparison.
+INPUTS = "2x3x64x64"
+TARGETS = "2:0:10"
+torch_model = torch_resnet18
+paddle_model = paddle_resnet18
