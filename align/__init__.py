@@ -9,6 +9,9 @@ Stages, each callable from Python with an ``AlignConfig`` and returning a ``Stag
 - ``align.metric.run``: confusion matrix and mIoU;
 - ``align.train.run``: both trainers for N iterations, curves and mIoU (minutes; not in the default run).
 
+Any model pair: ``align.compare(torch_model, paddle_model, inputs, ...)`` and
+``python -m align.forward --torch SPEC --paddle SPEC --inputs 2x3x64x64`` (docs/align.md).
+
 Command line: ``python -m align`` (all stages, both models) and ``python -m align.forward``,
 ``.loss``, ``.backward``, ``.metric``, ``.train``; ``--help`` lists the options. Nothing heavy is imported
 here (torch and Paddle load when a stage runs).
@@ -35,9 +38,19 @@ __all__ = [
     "STAGES",
     "StageResult",
     "Tolerance",
+    "compare",
     "run_stage",
     "run_all",
 ]
+
+
+def compare(torch_model: Any, paddle_model: Any, inputs: Any, **options: Any) -> List[StageResult]:
+    """Any torch model against its Paddle port: ``[forward]`` or ``[forward, backward]`` results
+    (``align.engine.compare`` documents every option: targets, losses, optimisers, dtype,
+    pairing, out, ...)."""
+    from .engine import compare as compare_pair
+
+    return compare_pair(torch_model, paddle_model, inputs, **options)
 
 
 def run_stage(stage: str, config: AlignConfig, fixture: Optional[Any] = None) -> StageResult:

@@ -173,23 +173,17 @@ def run(stage: str, args: argparse.Namespace) -> StageResult:
         _load_weights(PADDLE, paddle_model, args.paddle_weights, "--paddle-weights")
     pair = prepare(torch_model, paddle_model, x, args.dtype, pairing, mapping, copy)
     tols = pair_tolerances(args.dtype, args.rtol)
-    settings = {"torch": args.torch, "paddle": args.paddle, "inputs": args.inputs, "seed": args.seed}
+    settings = {"torch_spec": args.torch, "paddle_spec": args.paddle, "inputs": args.inputs, "seed": args.seed}
     out = Path(args.out)
     if stage == "forward":
-        return forward(pair, x, args.dtype, tols, out, settings=_spec_settings(settings))
+        return forward(pair, x, args.dtype, tols, out, settings=settings)
     t_opt = call_spec(args.torch_optimizer, "--torch-optimizer", torch_model)
     p_opt = call_spec(args.paddle_optimizer, "--paddle-optimizer", paddle_model)
     t_loss = _loaded(args.torch_loss, "--torch-loss")
     p_loss = _loaded(args.paddle_loss, "--paddle-loss")
     settings.update(targets=args.targets, torch_loss=args.torch_loss, paddle_loss=args.paddle_loss)
     settings.update(torch_optimizer=args.torch_optimizer, paddle_optimizer=args.paddle_optimizer)
-    return backward(
-        pair, x, y, t_loss, p_loss, t_opt, p_opt, args.steps, args.dtype, tols, out, settings=_spec_settings(settings)
-    )
-
-
-def _spec_settings(settings: dict) -> dict:
-    return {("torch_spec" if k == "torch" else "paddle_spec" if k == "paddle" else k): v for k, v in settings.items()}
+    return backward(pair, x, y, t_loss, p_loss, t_opt, p_opt, args.steps, args.dtype, tols, out, settings=settings)
 
 
 def _loaded(spec: str, option: str) -> Any:
@@ -212,7 +206,7 @@ def main(stage: str, argv: Optional[Sequence[str]] = None) -> int:
     try:
         result = run(stage, args)
     except AlignInputError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     print(summary_line(result))
     if not result.passed or args.verbose:

@@ -354,6 +354,7 @@ class Divergence:
     step: Optional[int] = None
     kind: Optional[str] = None
     parameter: Optional[str] = None
+    call: Optional[int] = None  # forward, a module called several times: which call (1 = first)
 
 
 def around(rows: Sequence[Row], index: int, context: int) -> List[Row]:

@@ -233,13 +233,14 @@ def _forward_mode(
         return Divergence(None, summary, mode, stage="forward")
     i, j = pair.pairing.calls[first]
     tc, pc, row = pair.t_calls[i], pair.p_calls[j], layer_rows[first]
+    calls = f"; call {tc.call + 1} of the module" if tc.call or pc.call else ""
     summary = (
-        f"[{mode} mode] first divergent layer: torch {tc.label} / paddle {pc.label} "
-        f"({tc.kind}; rel {row.rel:.3e} > {tol.rtol:.0e})"
+        f"[{mode} mode] first divergent layer: torch {tc.name} / paddle {pc.name} "
+        f"({tc.kind}{calls}; rel {row.rel:.3e} > {tol.rtol:.0e})"
     )
     if result.structure:
         summary += f"; {len(result.structure)} layers on one side only ({result.structure[0]}, ...)"
-    return Divergence(tc.label, summary, mode, torch=tc.name, paddle=pc.name, stage="forward")
+    return Divergence(tc.label, summary, mode, torch=tc.name, paddle=pc.name, stage="forward", call=tc.call + 1)
 
 
 def _snapshot(side: Side, model: Any) -> Dict[str, np.ndarray]:

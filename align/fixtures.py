@@ -185,8 +185,6 @@ def clear_cache() -> None:
 def versions() -> Dict[str, str]:
     """Framework versions for reports."""
     out = {"python": sys.version.split()[0], "numpy": np.__version__}
-    for name in ("torch", "paddle"):
-        module = sys.modules.get(name)
-        if module is not None:
-            out[name] = getattr(module, "__version__", "?")
+    for side in SIDES:
+        out[side.name] = side.framework_version
     return out

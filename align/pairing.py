@@ -58,9 +58,16 @@ def layers(side: Side, model: Any) -> "OrderedDict[str, Any]":
     return OrderedDict((n, m) for n, m in side.modules(model) if side.own_tensors(m) or not side.children(m))
 
 
+def layer_kind(module: Any) -> str:
+    """The class name, lower-cased, without a 1d/2d/3d suffix: torch ``BatchNorm2d``, Paddle
+    ``BatchNorm2D`` and ``BatchNorm`` are all ``batchnorm``."""
+    name = type(module).__name__.lower()
+    return name[:-2] if name[-2:] in ("1d", "2d", "3d") else name
+
+
 def _signature(side: Side, module: Any) -> Tuple[str, Tuple[Tuple[int, ...], ...]]:
     shapes = tuple(sorted(tuple(sorted(int(d) for d in t.shape)) for _, t in side.own_tensors(module)))
-    return type(module).__name__.lower(), shapes
+    return layer_kind(module), shapes
 
 
 def _flatten(value: Any, side: Side) -> List[np.ndarray]:
@@ -126,19 +133,46 @@ class Pairing:
         return [{"torch": t, "paddle": p} for t, p in self.modules]
 
 
+def _common_subsequence(a: Sequence[Any], b: Sequence[Any]) -> List[Tuple[int, int]]:
+    """Index pairs of a longest common subsequence of ``a`` and ``b`` (dynamic programming;
+    difflib's longest-block-first matching can leave a shorter alignment)."""
+    n, m = len(a), len(b)
+    length = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        row, below = length[i], length[i + 1]
+        for j in range(m - 1, -1, -1):
+            row[j] = below[j + 1] + 1 if a[i] == b[j] else max(below[j], row[j + 1])
+    out, i, j = [], 0, 0
+    while i < n and j < m:
+        if a[i] == b[j]:
+            out.append((i, j))
+            i, j = i + 1, j + 1
+        elif length[i + 1][j] >= length[i][j + 1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
 def _order_pairs(
     t_calls: Sequence[Call], p_calls: Sequence[Call], t_idx: List[int], p_idx: List[int]
 ) -> List[Tuple[int, int]]:
-    """Pair the calls ``t_idx`` / ``p_idx`` (execution order) by signature runs."""
+    """Pair the calls ``t_idx`` / ``p_idx`` (execution order) by signature: a longest common
+    subsequence, then, inside each gap of equal length on both sides, one to one where the
+    class or the (non-empty) tensor shapes agree (the weight copy or the comparison says what
+    differs); a different parameter-free layer stays unpaired (a structural difference)."""
     a = [t_calls[i].signature for i in t_idx]
     b = [p_calls[j].signature for j in p_idx]
-    out: List[Tuple[int, int]] = []
-    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
-        if tag == "equal" or (tag == "replace" and i2 - i1 == j2 - j1):
-            # Same length but different signatures: still one to one (the weight copy or the
-            # comparison then says what differs); anything else stays unpaired.
-            out += [(t_idx[i1 + k], p_idx[j1 + k]) for k in range(i2 - i1)]
-    return out
+    matched = _common_subsequence(a, b)
+    out = [(t_idx[i], p_idx[j]) for i, j in matched]
+    bounds = [(-1, -1), *matched, (len(a), len(b))]
+    for (i0, j0), (i1, j1) in zip(bounds, bounds[1:]):
+        if i1 - i0 == j1 - j0 > 1:
+            for k in range(1, i1 - i0):
+                (t_kind, t_shapes), (p_kind, p_shapes) = a[i0 + k], b[j0 + k]
+                if t_kind == p_kind or (t_shapes and t_shapes == p_shapes):
+                    out.append((t_idx[i0 + k], p_idx[j0 + k]))
+    return sorted(out)
 
 
 def pair_calls(
@@ -157,7 +191,9 @@ def pair_calls(
             j = p_key.get((c.name, c.call))
             if i in pairs or j is None or j in pairs.values() or c.name in mapping:
                 continue
-            if mode == "name" or p_calls[j].kind == c.kind:
+            # Same name: the same layer unless the class AND the tensor shapes differ (a name
+            # that a renamed port reused for another layer).
+            if mode == "name" or p_calls[j].kind == c.kind or p_calls[j].shapes == c.shapes:
                 pairs[i] = j
     if mode in ("auto", "order"):
         # Between consecutive anchors (pairs found so far, in order), align the rest by order.
@@ -175,6 +211,8 @@ def pair_calls(
     modules: Dict[Tuple[str, str], None] = {}
     for i, j in ordered:
         modules.setdefault((t_calls[i].name, p_calls[j].name))
+    for pair in container_pairs(list(modules), [c.name for c in p_calls]):
+        modules.setdefault(pair)
     return Pairing(
         mode,
         ordered,
@@ -182,6 +220,48 @@ def pair_calls(
         [j for j in range(len(p_calls)) if j not in paired_p],
         list(modules),
     )
+
+
+def _parents(name: str) -> List[str]:
+    parts = name.split(".")
+    return [".".join(parts[:k]) for k in range(1, len(parts))]
+
+
+def _common_prefix(names: Sequence[str]) -> str:
+    split = [n.split(".") for n in names]
+    common: List[str] = []
+    for parts in zip(*split):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    return ".".join(common)
+
+
+def container_pairs(layer_pairs: Sequence[Tuple[str, str]], paddle_called: Sequence[str]) -> List[Tuple[str, str]]:
+    """Containers (``nn.Sequential``, blocks) paired from their layers: torch container ``T``
+    pairs with the Paddle module as far above its layers' partners' deepest common parent as
+    ``T`` is above its own layers' deepest common parent, when the called Paddle layers under it
+    are exactly those partners."""
+    under_t: Dict[str, List[Tuple[str, str]]] = {}  # torch container -> its (layer, partner) pairs
+    for t_name, p_name in layer_pairs:
+        for parent in _parents(t_name):
+            under_t.setdefault(parent, []).append((t_name, p_name))
+    called = set(paddle_called)
+    taken: Dict[str, str] = {}
+    out = []
+    for container, members in under_t.items():
+        t_common = _common_prefix([t for t, _ in members])
+        levels_above = t_common.count(".") - container.count(".")
+        p_common = _common_prefix([p for _, p in members])
+        parts = p_common.split(".") if p_common else []
+        if levels_above < 0 or len(parts) <= levels_above:
+            continue
+        target = ".".join(parts[: len(parts) - levels_above])
+        inside = {n for n in called if n == target or n.startswith(target + ".")}
+        if inside == {p for _, p in members} and target not in taken:
+            taken[target] = container
+            out.append((container, target))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

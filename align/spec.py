@@ -108,8 +108,10 @@ def read_npy(path: str, option: str) -> np.ndarray:
     try:
         with open(p, "rb") as f:
             version = np.lib.format.read_magic(f)
-            header = np.lib.format._read_array_header(f, version, max_header_size=10000)
-            shape, _, dtype = header
+            readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in readers:
+                raise AlignInputError(f"{path}: unsupported .npy format version {version} ({option})")
+            shape, _, dtype = readers[version](f, max_header_size=10000)
             if math.prod(shape) > MAX_ELEMENTS:
                 raise AlignInputError(
                     f"{path}: claims {math.prod(shape)} elements, more than {MAX_ELEMENTS} ({option})"
@@ -120,7 +122,7 @@ def read_npy(path: str, option: str) -> np.ndarray:
             array = np.load(f, allow_pickle=False)
     except AlignInputError:
         raise
-    except (OSError, ValueError, EOFError, TypeError) as exc:
+    except (OSError, ValueError, EOFError, TypeError, SyntaxError) as exc:
         raise AlignInputError(f"{path}: not a readable .npy array ({_one_line(exc)}) ({option})") from None
     return array
 

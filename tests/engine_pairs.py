@@ -137,3 +137,48 @@ def paddle_sgd(model: paddle.nn.Layer) -> paddle.optimizer.Optimizer:
 
 def paddle_bad_momentum(model: paddle.nn.Layer) -> paddle.optimizer.Optimizer:
     return paddle.optimizer.Momentum(learning_rate=0.1, momentum=0.5, parameters=model.parameters())
+
+
+class TorchMLP(torch.nn.Module):
+    """Square Linear layers: only the layer type says whether a weight is transposed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = torch.nn.Linear(6, 6)
+        self.act = torch.nn.Tanh()
+        self.out = torch.nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act(self.hidden(x)))
+
+
+class PaddleMLP(paddle.nn.Layer):
+    def __init__(self, compat: bool = False, extra: bool = False) -> None:
+        super().__init__()
+        linear = paddle.compat.nn.Linear if compat else paddle.nn.Linear
+        self.hidden = linear(6, 6)
+        self.act = paddle.nn.Tanh()
+        self.out = linear(6, 6)
+        self.extra = paddle.nn.Linear(6, 6) if extra else None
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        x = self.act(self.hidden(x))
+        return self.out(self.extra(x) if self.extra is not None else x)
+
+
+def torch_mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return TorchMLP()
+
+
+def paddle_mlp() -> paddle.nn.Layer:
+    return PaddleMLP()
+
+
+def paddle_mlp_compat() -> paddle.nn.Layer:
+    return PaddleMLP(compat=True)
+
+
+def paddle_mlp_extra() -> paddle.nn.Layer:
+    """A Linear layer the torch model does not have."""
+    return PaddleMLP(extra=True)
