@@ -1,9 +1,10 @@
 """docs/examples/tinyseg/torch_model.py after ``paconvert`` and the hand fixes of
 docs/align_your_model.md.
 
-The model and ``model()`` are PaConvert 3.3.1's output unchanged. PaConvert's optimiser did not run
-(``paddle.optimizer.SGD`` with torch's arguments, ``PolynomialLR`` marked ``>>>>>>``) and converted the loss literally; the factories keep each stage
-of the story so that every command of the guide runs as written:
+The model and ``model()`` are PaConvert 3.3.1's output unchanged. PaConvert's optimiser did
+not run (``paddle.optimizer.SGD`` with torch's arguments, ``PolynomialLR`` marked ``>>>>>>``)
+and it converted the loss literally; the factories keep each stage of the story so that every
+command of the guide runs as written:
 
 - ``loss_as_converted``: PaConvert's ``cross_entropy`` (no ``axis=1``: silently wrong here);
 - ``optimizer_as_written``: the optimiser a user writes by hand from the torch code (group
