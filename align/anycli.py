@@ -118,7 +118,7 @@ def _load_weights(side: Any, model: Any, path: str, option: str) -> None:
     from .pairing import named_tensors
     from .spec import read_weights
 
-    state = read_weights(path, option)
+    state = read_weights(path, option, side.name)
     live = named_tensors(side, model)
     missing = [n for n in live if n not in state]
     unexpected = [n for n in state if n not in live and not n.endswith("num_batches_tracked")]
@@ -152,10 +152,6 @@ def run(stage: str, args: argparse.Namespace) -> StageResult:
         mapping, pairing = read_pair_map(pairing), "auto"
     x = read_inputs(args.inputs, args.dtype, args.seed)
     y = read_targets(args.targets, args.dtype, args.seed) if stage == "backward" else None
-    if stage == "backward" and args.paddle_weights:
-        raise AlignInputError(
-            "--paddle-weights: backward copies the torch weights through the pairing; give --torch-weights only"
-        )
     if stage == "backward" and args.steps < 1:
         raise AlignInputError(f"--steps must be at least 1, got {args.steps}")
     if args.rtol is not None and not args.rtol >= 0:

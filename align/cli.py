@@ -60,7 +60,13 @@ def build_parser(stage: Optional[str], module_doc: Optional[str] = None) -> argp
         if stage is None
         else (module_doc or "").split("\n\n")[0]
     )
-    p = OneLineParser(prog=prog, description=what, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    epilog = EPILOG
+    if stage in ("forward", "backward"):
+        epilog += (
+            f"your own model pair (any torch model and its Paddle port): {prog} --torch SPEC --paddle SPEC "
+            f"--inputs 2x3x64x64 ...; its options: {prog} --torch SPEC --paddle SPEC --help (docs/align.md).\n"
+        )
+    p = OneLineParser(prog=prog, description=what, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--model",
         choices=MODEL_NAMES + ("all",),

@@ -460,17 +460,32 @@ def format_rows(rows: Sequence[Row]) -> List[str]:
     return lines
 
 
+def _pairing_lines(result: StageResult, shown: int = 30) -> List[str]:
+    """The pairing table (renamed pairs only; diff.json has every pair) and the layers on one
+    side only."""
+    if not result.pairing:
+        return []
+    renamed = [p for p in result.pairing if p["torch"] != p["paddle"]]
+    lines = [f"pairing: {len(result.pairing)} torch/paddle module pairs, {len(renamed)} renamed"]
+    lines += [f"  {p['torch']} -> {p['paddle']}" for p in renamed[:shown]]
+    if len(renamed) > shown:
+        lines.append(f"  ... {len(renamed) - shown} more in diff.json")
+    lines += [f"structure: {line}" for line in result.structure]
+    return lines
+
+
 def format_report(result: StageResult, max_rows: int = 40) -> str:
     """The human-readable diff report of one stage (the JSON has every row in full)."""
     s = result.settings
     lines = [
         f"align {result.stage}: model={result.model} dtype={result.dtype} "
         + " ".join(f"{k}={v}" for k, v in s.items() if k not in ("tolerances",)),
-        "relative error = max|torch - paddle| / max(max|torch|, floor) per value; torch_ref is the reference",
+        "relative error = max|torch - paddle| / max(max|torch|, floor) per value; torch is the reference",
     ]
     if "tolerances" in s:
         lines.append("thresholds: " + "; ".join(f"{k} {v}" for k, v in s["tolerances"].items()))
     lines += [f"note: {n}" for n in result.notes]
+    lines += _pairing_lines(result)
     lines.append("")
     rows = result.rows
     if len(rows) <= max_rows:

@@ -97,6 +97,22 @@ def training_mode(side: Side, model: Any) -> Iterator[None]:
         model.eval()
 
 
+def _structure_traces(torch_model: Any, paddle_model: Any, x: np.ndarray, strict: bool = False) -> Tuple[Any, Any]:
+    """Both models' layer calls on ``x`` (eval mode, nothing kept); (None, None) when a model
+    raises and not ``strict`` (then the caller retries with the whole batch)."""
+    t, p = TORCH, PADDLE
+    try:
+        with t.no_grad():
+            _, t_calls = _user_call("--torch model", trace, t, torch_model, lambda: torch_model(t.tensor(x)), False)
+        with p.no_grad():
+            _, p_calls = _user_call("--paddle model", trace, p, paddle_model, lambda: paddle_model(p.tensor(x)), False)
+    except AlignInputError:
+        if strict:
+            raise
+        return None, None
+    return t_calls, p_calls
+
+
 def prepare(
     torch_model: Any,
     paddle_model: Any,
@@ -116,12 +132,11 @@ def prepare(
     p.cast(paddle_model, dtype)
     torch_model.eval()
     paddle_model.eval()
-    # The structure: one eval forward of the first sample per side, no outputs kept.
-    first = x[:1] if x.ndim > 1 else x
-    with t.no_grad():
-        _, t_calls = _user_call("--torch model", trace, t, torch_model, lambda: torch_model(t.tensor(first)), False)
-    with p.no_grad():
-        _, p_calls = _user_call("--paddle model", trace, p, paddle_model, lambda: paddle_model(p.tensor(first)), False)
+    # The structure: one eval forward of the first sample per side, no outputs kept (the whole
+    # batch where a model refuses a batch of one).
+    t_calls, p_calls = _structure_traces(torch_model, paddle_model, x[:1] if x.ndim > 1 else x)
+    if t_calls is None or p_calls is None:
+        t_calls, p_calls = _structure_traces(torch_model, paddle_model, x, strict=True)
     if mapping:
         t_names, p_names = {n for n, _ in t.modules(torch_model)}, {n for n, _ in p.modules(paddle_model)}
         unknown = [f"torch {a}" for a in mapping if a not in t_names] + [
@@ -130,8 +145,16 @@ def prepare(
         if unknown:
             raise AlignInputError(f"--pairing: no such module: {', '.join(unknown[:5])}")
     paired = pair_calls(t_calls, p_calls, pairing, mapping)
-    tensors = copy_weights(t, p, torch_model, paddle_model, paired) if copy else None
-    return Pair(torch_model, paddle_model, paired, tensors, t_calls, p_calls)
+    notes: List[str] = []
+    if copy:
+        tensors: Optional[TensorPairs] = copy_weights(t, p, torch_model, paddle_model, paired)
+    else:  # weights from files: the tensor pairs are only needed by the backward stage
+        try:
+            tensors = copy_weights(t, p, torch_model, paddle_model, paired, assign=False)
+        except AlignInputError as exc:
+            tensors = None
+            notes.append(f"parameters not paired ({exc}): the backward stage cannot run on these files")
+    return Pair(torch_model, paddle_model, paired, tensors, t_calls, p_calls, notes=notes)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,48 +162,92 @@ def prepare(
 # ----------------------------------------------------------------------------------------------
 
 
-def _traced_rows(pair: Pair, x: np.ndarray, tol: Tolerance) -> Tuple[Any, Any, List[Row]]:
-    """Both outputs and one row per paired call (torch execution order), the worst of the call's
-    outputs. The torch calls' outputs are kept until their Paddle partner has run, then dropped:
-    the peak is one model's activations, not two."""
+@dataclass
+class Compared:
+    """One compared call: a layer's or a paired container's, in torch execution order."""
+
+    row: Row
+    torch: str
+    paddle: str
+    kind: str
+    call: int  # 0 for the module's first call
+
+
+def _traced_rows(pair: Pair, x: np.ndarray, tol: Tolerance) -> Tuple[Any, Any, List[Compared]]:
+    """Both outputs and one row per paired call, layers and paired containers, in the order the
+    torch calls return (a container after its layers: a difference made by a block's own code,
+    a residual sum, shows at the block), each the worst of the call's outputs. The torch
+    outputs are kept until their Paddle partner has run, then dropped: the peak is one model's
+    activations, not two."""
     t, p = pair.t, pair.p
-    t_index = {(c.name, c.call): i for i, c in enumerate(pair.t_calls)}
+    t_layers, p_layers = {c.name for c in pair.t_calls}, {c.name for c in pair.p_calls}
+    containers = {a: b for a, b in pair.pairing.modules if a not in t_layers and b not in p_layers}
+    container_of = {b: a for a, b in containers.items()}
     p_index = {(c.name, c.call): j for j, c in enumerate(pair.p_calls)}
-    partner = {j: i for i, j in pair.pairing.calls}
-    waiting: Dict[int, List[np.ndarray]] = {}
-    rows: Dict[int, Row] = {}
+    layer_keys = {(c.name, c.call) for c in pair.t_calls}
+    partner = {j: (pair.t_calls[i].name, pair.t_calls[i].call) for i, j in pair.pairing.calls}
+    waiting: Dict[Tuple[str, int], List[np.ndarray]] = {}
+    order: List[Tuple[Tuple[str, int], str]] = []  # (torch key, kind) in torch execution order
+    rows: Dict[Tuple[str, int], Tuple[Row, str]] = {}
 
     def keep_torch(call: Call) -> None:
-        i = t_index.get((call.name, call.call))
-        if i is not None:
-            waiting[i] = call.outputs or []
+        if (call.name, call.call) in layer_keys or call.name in containers:
+            waiting[(call.name, call.call)] = call.outputs or []
+            order.append(((call.name, call.call), call.kind))
 
     def compare_paddle(call: Call) -> None:
-        i = partner.get(p_index.get((call.name, call.call), -1))
-        if i is None or i not in waiting:
+        j = p_index.get((call.name, call.call))
+        key = partner.get(j) if j is not None else None
+        if key is None and call.name in container_of:
+            key = (container_of[call.name], call.call)
+        if key is None or key not in waiting:
             return
-        label, theirs = pair.t_calls[i].label, waiting.pop(i)
-        ours = call.outputs or []
-        note = "" if pair.t_calls[i].name == call.name else f"paddle {call.label}"
+        theirs, ours = waiting.pop(key), call.outputs or []
+        label = key[0] if key[1] == 0 else f"{key[0]}#{key[1]}"
+        note = "" if key[0] == call.name else f"paddle {call.label}"
         if len(theirs) != len(ours):
-            rows[i] = failed_row(label, "layer", tol, f"{len(theirs)} outputs in torch, {len(ours)} in paddle")
-            return
-        compared = [compare_arrays(label, a, b, tol, "layer", note=note) for a, b in zip(theirs, ours)]
-        no_tensor = Row(label, "layer", [], 0.0, 0.0, 0.0, 0.0, tol, True, "no tensor output")
-        rows[i] = max(compared, key=lambda r: (not r.passed, r.rel)) if compared else no_tensor
+            row = failed_row(label, "layer", tol, f"{len(theirs)} outputs in torch, {len(ours)} in paddle")
+        else:
+            compared = [compare_arrays(label, a, b, tol, "layer", note=note) for a, b in zip(theirs, ours)]
+            no_tensor = Row(label, "layer", [], 0.0, 0.0, 0.0, 0.0, tol, True, "no tensor output")
+            row = max(compared, key=lambda r: (not r.passed, r.rel)) if compared else no_tensor
+        rows[key] = (row, call.name)
 
     t_out, _ = _user_call(
-        "--torch model", trace, t, pair.torch_model, lambda: pair.torch_model(t.tensor(x)), False, keep_torch
+        "--torch model",
+        trace,
+        t,
+        pair.torch_model,
+        lambda: pair.torch_model(t.tensor(x)),
+        False,
+        keep_torch,
+        list(containers),
     )
     p_out, _ = _user_call(
-        "--paddle model", trace, p, pair.paddle_model, lambda: pair.paddle_model(p.tensor(x)), False, compare_paddle
+        "--paddle model",
+        trace,
+        p,
+        pair.paddle_model,
+        lambda: pair.paddle_model(p.tensor(x)),
+        False,
+        compare_paddle,
+        list(containers.values()),
     )
     waiting.clear()
-    ordered = [
-        rows.get(i) or failed_row(pair.t_calls[i].label, "layer", tol, "not reached with the full batch")
-        for i, _ in pair.pairing.calls
-    ]
-    return t_out, p_out, ordered
+    paired_layers = {(pair.t_calls[i].name, pair.t_calls[i].call) for i, _ in pair.pairing.calls}
+    out = []
+    for key, kind in order:
+        if key in rows:
+            row, paddle_name = rows[key]
+            out.append(Compared(row, key[0], paddle_name, kind, key[1]))
+        elif key in paired_layers:  # its Paddle partner did not run with the whole batch
+            label = key[0] if key[1] == 0 else f"{key[0]}#{key[1]}"
+            out.append(
+                Compared(
+                    failed_row(label, "layer", tol, "no paddle call with the whole batch"), key[0], "", kind, key[1]
+                )
+            )
+    return t_out, p_out, out
 
 
 def _structure(pair: Pair) -> List[str]:
@@ -215,32 +282,32 @@ def _forward_mode(
     for k, (a, b) in enumerate(zip(t_list, p_list)):
         result.rows.append(compare_arrays(f"{mode}/output" + (f"[{k}]" if len(t_list) > 1 else ""), a, b, tol, kind))
     result.structure = _structure(pair)
-    result.layers[f"{mode} mode"] = layer_rows
+    result.layers[f"{mode} mode"] = [c.row for c in layer_rows]
     if all(r.passed for r in result.rows if r.name.startswith(f"{mode}/")):
-        failing = next((r for r in layer_rows if not r.passed), None)
+        failing = next((c.row for c in layer_rows if not c.row.passed), None)
         if failing is not None:
             result.notes.append(
                 f"{mode} mode: the outputs agree, but layer {failing.name} differs (rel {failing.rel:.2e})"
             )
         return None
-    first = next((k for k, r in enumerate(layer_rows) if not r.passed), None)
+    first = next((c for c in layer_rows if not c.row.passed), None)
     if first is None:
-        last = pair.t_calls[pair.pairing.calls[-1][0]].label if pair.pairing.calls else "none"
+        last = layer_rows[-1].torch if layer_rows else "none"
         summary = (
             f"[{mode} mode] every paired layer agrees: the outputs differ in forward() code "
             f"after the last layer ({last})"
         )
         return Divergence(None, summary, mode, stage="forward")
-    i, j = pair.pairing.calls[first]
-    tc, pc, row = pair.t_calls[i], pair.p_calls[j], layer_rows[first]
-    calls = f"; call {tc.call + 1} of the module" if tc.call or pc.call else ""
+    calls = f"; call {first.call + 1} of the module" if first.call else ""
     summary = (
-        f"[{mode} mode] first divergent layer: torch {tc.name} / paddle {pc.name} "
-        f"({tc.kind}{calls}; rel {row.rel:.3e} > {tol.rtol:.0e})"
+        f"[{mode} mode] first divergent layer: torch {first.torch} / paddle {first.paddle} "
+        f"({first.kind}{calls}; rel {first.row.rel:.3e} > {tol.rtol:.0e})"
     )
     if result.structure:
         summary += f"; {len(result.structure)} layers on one side only ({result.structure[0]}, ...)"
-    return Divergence(tc.label, summary, mode, torch=tc.name, paddle=pc.name, stage="forward", call=tc.call + 1)
+    return Divergence(
+        first.row.name, summary, mode, torch=first.torch, paddle=first.paddle, stage="forward", call=first.call + 1
+    )
 
 
 def _snapshot(side: Side, model: Any) -> Dict[str, np.ndarray]:
@@ -326,9 +393,7 @@ def backward(
     """K steps of forward, loss, backward, optimiser step and clearing on both sides of a
     prepared pair (weights copied), compared value by value after each phase."""
     if pair.tensors is None:
-        raise AlignInputError(
-            "backward needs the weights copied through the pairing (no --torch-weights/--paddle-weights)"
-        )
+        raise AlignInputError(f"backward: {' '.join(pair.notes) or 'the parameters are not paired'}")
     start = time.perf_counter()
     t, p = pair.t, pair.p
     tm, pm = pair.torch_model, pair.paddle_model
@@ -496,7 +561,8 @@ def compare(
 
     from .compare import pair_tolerances
 
-    x = np.asarray(inputs).astype(dtype)
+    x = np.asarray(inputs)
+    x = x.astype(dtype) if x.dtype.kind == "f" else x.astype(np.int64)  # token ids stay integers
     tols = pair_tolerances(dtype, rtol)
     pair = prepare(torch_model, paddle_model, x, dtype, pairing, mapping, copy_weights)
     results = [forward(pair, x, dtype, tols, None if out is None else Path(out) / "forward")]

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from .compare import Localisation, Row, Tolerance, around, compare_arrays, failed_row, format_rows
+from .pairing import trace
 from .sides import TORCH, Side, hooks
 
 CONTEXT = 4  # rows shown before and after the first divergence
@@ -43,33 +44,12 @@ class Record:
         return self.name if self.call == 0 else f"{self.name}#{self.call}"
 
 
-def _flatten(value: Any, side: Side) -> List[np.ndarray]:
-    if side.is_tensor(value):
-        return [side.numpy(value)]  # a copy: a later in-place op must not change the record
-    if isinstance(value, (list, tuple)):
-        return [array for item in value for array in _flatten(item, side)]
-    if isinstance(value, dict):
-        return [array for key in sorted(value) for array in _flatten(value[key], side)]
-    return []
-
-
 def capture(side: Side, model: Any, run: Callable[[], Any]) -> List[Record]:
     """Records of every module call of ``model`` while ``run()`` executes without gradients
-    (hooks removed after)."""
-    records: List[Record] = []
-    counts: Dict[str, int] = {}
-
-    def make_hook(name: str) -> Callable[[Any], None]:
-        def hook(output: Any) -> None:
-            call = counts.get(name, 0)
-            counts[name] = call + 1
-            records.append(Record(name, call, _flatten(output, side)))
-
-        return hook
-
-    with hooks(side, [(module, make_hook(name)) for name, module in side.modules(model)]), side.no_grad():
-        run()
-    return records
+    (the engine's ``align.pairing.trace`` on every module; hooks removed after)."""
+    with side.no_grad():
+        _, calls = trace(side, model, run, keep=True, containers=[name for name, _ in side.modules(model)])
+    return [Record(c.name, c.call, c.outputs or []) for c in calls]
 
 
 def _record_rows(t: Record, p: Optional[Record], tol: Tolerance) -> Row:

@@ -91,13 +91,18 @@ def trace(
     run: Callable[[], Any],
     keep: bool = True,
     on_call: Optional[Callable[[Call], None]] = None,
+    containers: Sequence[str] = (),
 ) -> Tuple[Any, List[Call]]:
-    """``run()``'s result and the calls of every layer of ``model`` during it, in execution
-    order, their outputs copied when ``keep``. ``on_call`` receives each call with its outputs
-    as it happens (then the list keeps none: compare and forget, for memory)."""
+    """``run()``'s result and the calls of every layer of ``model`` (and of the modules
+    ``containers``) during it, in the order they return, their outputs copied when ``keep``.
+    ``on_call`` receives each call with its outputs as it happens (then the list keeps none:
+    compare and forget, for memory)."""
     calls: List[Call] = []
     counts: Dict[str, int] = {}
     named = layers(side, model)
+    if containers:
+        every = dict(side.modules(model))
+        named.update((n, every[n]) for n in containers if n in every and n not in named)
     signatures = {n: _signature(side, m) for n, m in named.items()}
 
     def make_hook(name: str) -> Callable[[Any], None]:
@@ -313,11 +318,14 @@ def _layout_copy(
     return None, False
 
 
-def copy_weights(t_side: Side, p_side: Side, torch_model: Any, paddle_model: Any, pairing: Pairing) -> TensorPairs:
+def copy_weights(
+    t_side: Side, p_side: Side, torch_model: Any, paddle_model: Any, pairing: Pairing, assign: bool = True
+) -> TensorPairs:
     """Copy every torch parameter and buffer into its Paddle counterpart through the pairing's
-    modules; layers of neither model's forward are paired by name, then by definition order and
-    signature. Raises AlignInputError naming what could not be assigned (strict: every
-    parameter and buffer of both models)."""
+    modules (``assign`` False: only pair them, the weights came from files); layers of neither
+    model's forward are paired by name, then by definition order and signature. Raises
+    AlignInputError naming what could not be paired (strict: every parameter and buffer of
+    both models)."""
     t_layers, p_layers = layers(t_side, torch_model), layers(p_side, paddle_model)
     module_pairs = list(pairing.modules)
     used_t = {t for t, _ in module_pairs}
@@ -367,7 +375,8 @@ def copy_weights(t_side: Side, p_side: Side, torch_model: Any, paddle_model: Any
             if array is None:
                 problems.append(f"torch {tq} {list(value.shape)} does not fit paddle {pq} {list(p_tensor.shape)}")
                 continue
-            p_side.assign(p_tensor, array)
+            if assign:
+                p_side.assign(p_tensor, array)
             assigned_t[tq] = None
             assigned_p[pq] = None
             (out.parameters if t_side.is_trainable(t_tensor) else out.buffers).append((tq, pq))

@@ -128,15 +128,18 @@ def read_npy(path: str, option: str) -> np.ndarray:
 
 
 def read_inputs(text: str, dtype: str, seed: int) -> np.ndarray:
-    """INPUTS: a shape (seeded standard normal in ``dtype``) or a float ``.npy`` file."""
+    """INPUTS: a shape (seeded standard normal in ``dtype``) or a ``.npy`` file (floats become
+    ``dtype``, integers stay int64)."""
     if SHAPE.match(text):
         shape = _shape(text, "--inputs")
         return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
     if not text.endswith(".npy"):
         raise AlignInputError(f"--inputs {text!r}: expected a shape such as 2x3x64x64 or a .npy file")
     array = read_npy(text, "--inputs")
+    if array.dtype.kind in "iu":  # token ids, indices: stay integers
+        return array.astype(np.int64)
     if array.dtype.kind != "f":
-        raise AlignInputError(f"{text}: expected a float array, got {array.dtype} (--inputs)")
+        raise AlignInputError(f"{text}: expected a float or integer array, got {array.dtype} (--inputs)")
     if not np.isfinite(array).all():
         raise AlignInputError(f"{text}: the array holds NaN or inf (--inputs)")
     return array.astype(dtype)
@@ -191,14 +194,18 @@ def read_pair_map(path: str) -> Dict[str, str]:
     return dict(pairs)
 
 
-def read_weights(path: str, option: str) -> "Dict[str, np.ndarray]":
+def read_weights(path: str, option: str, framework: str) -> "Dict[str, np.ndarray]":
     """A state dict from an untrusted checkpoint (.pth/.pt/.bin/.pdparams) through convert's
-    safe reader (nothing executed, sizes bounded)."""
+    safe reader (nothing executed, sizes bounded), refused unless it is ``framework``'s file
+    (a torch file's Linear weights would go into a Paddle model untransposed)."""
     import convert
 
     if not Path(path).is_file():
         raise AlignInputError(f"{path}: no such file ({option})")
     try:
-        return dict(convert.load_state_dict_file(path))
+        loaded = convert.read_checkpoint(path)
     except convert.CheckpointError as exc:
         raise AlignInputError(f"{exc.with_path(path).headline()} ({option})") from None
+    if loaded.framework != framework:
+        raise AlignInputError(f"{path}: a {loaded.framework} checkpoint, {option} needs a {framework} one ({option})")
+    return dict(loaded.state)

@@ -43,23 +43,25 @@ class TorchNet(torch.nn.Module):
 
 
 class PaddleBlock(paddle.nn.Layer):
-    def __init__(self, bad_act: bool = False) -> None:
+    def __init__(self, bad_act: bool = False, bad_code: bool = False) -> None:
         super().__init__()
         self.conv = paddle.nn.Conv2D(8, 8, 3, padding=1)
         self.bn = paddle.nn.BatchNorm2D(8)
         self.act = paddle.nn.Sigmoid() if bad_act else paddle.nn.ReLU()
+        self.bad_code = bad_code
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        out = self.act(self.bn(self.conv(x)))
+        return out + x if self.bad_code else out  # the planted bug: a residual torch does not have
 
 
 class PaddleNet(paddle.nn.Layer):
-    def __init__(self, bad_act: bool = False, compat: bool = False) -> None:
+    def __init__(self, bad_act: bool = False, compat: bool = False, bad_code: bool = False) -> None:
         super().__init__()
         self.stem = paddle.nn.Conv2D(3, 8, 3, padding=1)
         self.stem_bn = paddle.nn.BatchNorm2D(8)
         self.relu = paddle.nn.ReLU()
-        self.block = PaddleBlock(bad_act)
+        self.block = PaddleBlock(bad_act, bad_code)
         self.pool = paddle.nn.AdaptiveAvgPool2D(1)
         self.fc = paddle.compat.nn.Linear(8, 5) if compat else paddle.nn.Linear(8, 5)
 
@@ -113,6 +115,11 @@ def paddle_compat() -> paddle.nn.Layer:
 
 def paddle_bad_act() -> paddle.nn.Layer:
     return PaddleNet(bad_act=True)
+
+
+def paddle_bad_block() -> paddle.nn.Layer:
+    """A bug in a block's own code (no layer inside the block differs)."""
+    return PaddleNet(bad_code=True)
 
 
 def torch_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -182,3 +189,36 @@ def paddle_mlp_compat() -> paddle.nn.Layer:
 def paddle_mlp_extra() -> paddle.nn.Layer:
     """A Linear layer the torch model does not have."""
     return PaddleMLP(extra=True)
+
+
+class TorchTokens(torch.nn.Module):
+    """Token ids in (integer inputs), and a reshape that only works on a batch of 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(11, 4)
+        self.norm = torch.nn.LayerNorm(4)
+        self.head = torch.nn.Linear(12, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.embed(ids)).reshape(2, -1))
+
+
+class PaddleTokens(paddle.nn.Layer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = paddle.nn.Embedding(11, 4)
+        self.norm = paddle.nn.LayerNorm(4)
+        self.head = paddle.nn.Linear(12, 3)
+
+    def forward(self, ids: paddle.Tensor) -> paddle.Tensor:
+        return self.head(self.norm(self.embed(ids)).reshape([2, -1]))
+
+
+def torch_tokens() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return TorchTokens()
+
+
+def paddle_tokens() -> paddle.nn.Layer:
+    return PaddleTokens()

@@ -75,6 +75,11 @@ def test_forward_bug_is_named_at_its_layer(dtype: str) -> None:
     assert (d.torch, d.paddle, d.stage, d.mode) == ("block.act", "block.act", "forward", "eval"), d
 
 
+def test_a_bug_in_a_block_s_own_code_is_named_at_the_block() -> None:
+    d = forward(pairs.paddle_bad_block).first_divergence
+    assert (d.torch, d.paddle) == ("block", "block"), d
+
+
 def test_square_linear_layout_comes_from_the_layer_type(monkeypatch: pytest.MonkeyPatch) -> None:
     for factory in (pairs.paddle_mlp, pairs.paddle_mlp_compat):
         assert forward(factory, torch_factory=pairs.torch_mlp, x=X_MLP).passed
@@ -176,3 +181,33 @@ def test_spec_and_file_readers_refuse_bad_input(tmp_path: Path) -> None:
         with pytest.raises(AlignInputError):
             call()
     assert engine.ENGINE_MODEL == "pair"
+
+
+def test_weight_files_load_strictly_and_in_their_own_layout(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import paddle
+    import torch
+
+    from align import anycli
+
+    torch_model, paddle_model = pairs.torch_mlp(), pairs.paddle_mlp()
+    torch.save(torch_model.state_dict(), tmp_path / "t.pth")
+    state = {k: v.detach().numpy() for k, v in torch_model.state_dict().items()}
+    paddle_model.set_state_dict({k: v.T if k.endswith("weight") else v for k, v in state.items()})
+    paddle.save(paddle_model.state_dict(), str(tmp_path / "p.pdparams"))
+    base = ["--torch", "tests/engine_pairs.py:torch_mlp", "--paddle", "tests/engine_pairs.py:paddle_mlp"]
+    base += ["--inputs", "4x6", "--out", str(tmp_path / "out")]
+    files = ["--torch-weights", str(tmp_path / "t.pth"), "--paddle-weights", str(tmp_path / "p.pdparams")]
+    assert anycli.main("forward", base + files) == 0
+    # Planted: the torch file given as the Paddle weights (square Linear: shapes alone cannot tell).
+    capsys.readouterr()
+    assert anycli.main("forward", base + ["--paddle-weights", str(tmp_path / "t.pth")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "a torch checkpoint" in err[0]
+
+
+def test_integer_inputs_and_a_model_that_needs_the_whole_batch() -> None:
+    ids = np.array([[1, 2, 3], [4, 5, 10]], dtype=np.int64)
+    for dtype in ("float32", "float64"):
+        result = forward(pairs.paddle_tokens, dtype, torch_factory=pairs.torch_tokens, x=ids)
+        assert result.passed, result.failed_rows()
+    assert {"torch": "head", "paddle": "head"} in result.pairing
