@@ -26,8 +26,8 @@ from .api import (
     imagenet_encoder_state,
     run_conversion,
 )
+from .checkpoint import load_state_dict_file, read_checkpoint
 from .errors import CheckpointError
-from .reader import load_state_dict_file, read_checkpoint
 from .rules import (
     KeyRule,
     as_numpy,

@@ -14,9 +14,9 @@ import numpy as np
 from common.atomic import InputOverwriteError, refuse_overwriting_inputs
 from weights import ENCODER_PREFIX, MODEL_NAMES, check_model_name
 
+from .checkpoint import read_checkpoint
 from .errors import CheckpointError
 from .foreign import RecognisedCheckpoint
-from .reader import read_checkpoint
 from .rules import (
     DETECTABLE,
     FRAMEWORKS,

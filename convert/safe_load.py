@@ -524,7 +524,7 @@ def nonfinite_message(state: Mapping[str, np.ndarray], keys: List[str]) -> str:
 
 def read_state(path: PathLike, allow_nonfinite: bool = False) -> LoadedCheckpoint:
     """Read any supported checkpoint file safely, as stored; see the module docstring.
-    Raises CheckpointError. ``convert.reader.read_checkpoint`` adds the ports' layouts.
+    Raises CheckpointError. ``convert.checkpoint.read_checkpoint`` adds the ports' layouts.
 
     Non-finite values (NaN, +-Inf) are refused, naming the first such key, unless
     ``allow_nonfinite``; then their keys are listed in ``LoadedCheckpoint.nonfinite``.
