@@ -45,7 +45,7 @@ from weights import MODEL_NAMES, OFFICIAL_MIOU, SEED_REPRODUCTION_MIOU
 from .backend import Backend, Engine
 from .cli import OneLineArgumentParser, auto_device, non_negative_float, positive_int
 from .exported import read_deploy_config
-from .predict import AMP_HELP, BACKEND_HELP, MODEL_DIR_HELP
+from .predict import AMP_HELP, BACKEND_HELP, MODEL_DIR_HELP, add_engine_options, engine_options
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 COLOUR_MASK_SUFFIX = "_instance_color_RGB.png"
@@ -240,10 +240,12 @@ def evaluate_scenes(
 
 
 def build_parser(
-    prog: str, framework: str, gpu_name: str, deploy_backends: Sequence[str] = ()
+    prog: str, framework: str, gpu_name: str, deploy_backends: Sequence[str] = (), engines: Sequence[str] = ()
 ) -> argparse.ArgumentParser:
     """The evaluator's argument parser; ``gpu_name`` is "cuda" (torch) or "gpu" (Paddle);
-    ``deploy_backends`` (non-empty: the framework runs exports) adds ``--model-dir`` / ``--backend``."""
+    ``deploy_backends`` (non-empty: the framework runs exports) adds ``--model-dir`` / ``--backend``;
+    ``engines`` (non-empty: the framework has several engines for ``--weights``) adds
+    ``--engine`` / ``--engine-cache``."""
     parser = OneLineArgumentParser(
         prog=prog,
         description=(
@@ -269,6 +271,7 @@ def build_parser(
     if deploy_backends:
         parser.add_argument("--model-dir", metavar="DIR", help=MODEL_DIR_HELP + "; its model must be --model")
         parser.add_argument("--backend", default="auto", choices=tuple(deploy_backends), help=BACKEND_HELP)
+    add_engine_options(parser, engines)
     parser.add_argument(
         "--images",
         required=True,
@@ -379,6 +382,8 @@ def check_args(args: argparse.Namespace) -> None:
         )
     if model_dir is not None and args.dtype != "float32":
         raise InputError(["--dtype float64 needs --weights: an export runs in float32"])
+    if model_dir is not None and getattr(args, "engine", "auto") != "auto":
+        raise InputError(["--engine applies to --weights; with --model-dir use --backend"])
 
 
 # ------------------------------------------------------------------------------ results
@@ -524,6 +529,7 @@ def build_result(
             "device": device,
             "dtype": args.dtype,
             "amp": args.amp,
+            "engine": getattr(args, "engine", None),
             "batch_size": args.batch_size,
             "seconds": seconds,
             "python": platform.python_version(),
@@ -604,7 +610,11 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(
-        prog, backend.name, backend.gpu_name, backend.deploy_backends if backend.supports_model_dir else ()
+        prog,
+        backend.name,
+        backend.gpu_name,
+        backend.deploy_backends if backend.supports_model_dir else (),
+        getattr(backend, "engines", ()),
     ).parse_args(argv)
     start = time.perf_counter()
     try:
@@ -646,6 +656,7 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
                 args.batch_size,
                 None if args.amp == "none" else args.amp,
                 args.dtype,
+                **engine_options(args),
             )
     except CheckpointError as error:
         print_errors([error.headline()])
