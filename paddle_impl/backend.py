@@ -98,7 +98,7 @@ class PaddleBackend:
             # probabilities identical to float32 (Paddle 3.3.1 has no CPU autocast lists).
             raise ValueError(
                 f"--amp {amp}: Paddle 3.3.1's dynamic graph has no CPU mixed precision (it would"
-                " run float32); use --engine inference (the default) for oneDNN bf16"
+                " run float32); for oneDNN bf16 use --engine inference (the default) or --model-dir DIR"
             )
         model = build_model(model_name)
         how = load_weights(model, model_name, weights)
