@@ -226,3 +226,35 @@ def test_engine_option_with_model_dir_is_one_line(tmp_path, capsys) -> None:
     assert paddle_evaluate.main(argv + ["--engine", "dygraph"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--engine" in err[0]
+
+
+def test_exact_batch_norm_folding_rounds_once_and_matches_float32_folding() -> None:
+    """Folding in float64 gives each folded weight its correctly rounded float32 value, which
+    torch's float32 fold (rounded at every step) misses for some; both agree within rounding."""
+    import torch
+
+    import torch_ref
+    import torch_ref.inference as torch_inference
+    from tests.model_helpers import randomise_batchnorm
+
+    torch.manual_seed(0)
+    model = torch_ref.build_model("farseg")
+    randomise_batchnorm(model, seed=4)
+    model.eval()
+    conv, bn = model.en.resnet.layer1[0].conv1, model.en.resnet.layer1[0].bn1
+    exact = torch_inference.fold_conv_bn(conv, bn)
+    careless = torch_inference.fold_conv_bn(conv, bn, exact=False)
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    rounded_once = (conv.weight.double() * scale.reshape(-1, 1, 1, 1)).float()
+    assert torch.equal(exact.weight, rounded_once)
+    assert not torch.equal(careless.weight, rounded_once)  # the float32 fold rounds twice
+    assert torch.allclose(exact.weight, careless.weight, rtol=4e-7, atol=0)  # within float32 rounding
+    assert torch.allclose(exact.bias, careless.bias, rtol=1e-6, atol=1e-6)
+    folded, count = torch_inference.fold_batch_norms(model)
+    float32_folded, _ = torch_inference.fold_batch_norms(model, exact=False)
+    assert count == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        reference = model.double()(x.double())
+        for candidate in (folded, float32_folded):
+            assert (candidate(x).double() - reference).abs().max() <= 1e-4
