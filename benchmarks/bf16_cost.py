@@ -7,11 +7,14 @@ Usage::
 
 Synthetic scenes (``isaid.synth.make_scene``, seeds 100..99+N, with their labels) are predicted
 with the official protocol (windows 896 / stride 512, probabilities averaged, argmax) by
-torch_ref's engine in three ways: float32 NCHW (the official layout), float32 channels-last
+torch_ref's engine in five ways: float32 NCHW (the official layout), float32 channels-last
 (the CPU default: same arithmetic, other summation order, so its changes are float32's own
-noise floor) and bf16 autocast channels-last (``--amp bf16``). Reported per model: the share of
-pixels whose class differs from float32 NCHW, and the mIoU (16 classes, against the scenes'
-labels) of each. Models: random weights (torch's default initialisation, seed 0) and, with
+noise floor) and bf16 autocast channels-last (``--amp bf16``) with BatchNorm unfolded, folded
+as torch's ``fuse_conv_bn_eval`` does (float32 arithmetic) and folded exactly (float64, rounded
+once; ``torch_ref.inference.fold_conv_bn``). Reported per model: the share of pixels whose class
+differs from float32 NCHW, the mIoU (16 classes, against the scenes' labels) of each, and the
+seconds (variants alternate scene by scene, after a warm-up) with the speed-up over the faster
+float32 variant. Models: random weights (torch's default initialisation, seed 0) and, with
 ``--trained``, a briefly trained checkpoint (the JSON records the file and its hash). The one in
 ``benchmarks/results/bf16_cost.json`` came from (200 iterations from random initialisation)::
 
