@@ -16,8 +16,10 @@ windows 896 / 512, probabilities averaged, argmax, confusion matrix), with each 
   the probabilities into the band accumulator, dividing by the coverage counts;
 - ``argmax`` and ``confusion``: per band.
 
-Each ``--batch-sizes`` value (windows per forward pass) is one run; the runs alternate in one
-process, twice each, so that load changes on a shared machine hit them alike; the JSON keeps
+Each ``--batch-sizes`` value (windows per forward pass) is run before and after the fix this
+profile led to (bf16: the convolution weights stored in bf16 once instead of cast by autocast
+on every forward, ``torch_ref.inference.precast_convolutions``); the runs alternate in one
+process, ``--repeats`` times each, so that load changes on a shared machine hit them alike; the JSON keeps
 every repeat, the CPU flags and the load. Random weights (seed 0): the time does not depend on
 the values.
 """
@@ -121,13 +123,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.manual_seed(0)
     model = build_model(args.model)
     amp = None if args.amp == "none" else args.amp
-    engines = {b: SlidingWindowInference(model, 896, 512, "cpu", b, amp) for b in args.batch_sizes}
+    # Before / after the fix: bf16 weights cast by autocast on every forward, or once.
+    engines = {
+        f"batch {b}, {'weights cast once (after)' if precast else 'weights cast per forward (before)'}": (
+            SlidingWindowInference(model, 896, 512, "cpu", b, amp, precast=precast)
+        )
+        for b in args.batch_sizes
+        for precast in ((False, True) if amp else (False,))
+    }
     for engine in engines.values():
         engine.predict_array(rgb[:896, :1408])  # warm-up: oneDNN primitives for both window shapes
-    runs: Dict[int, Any] = {b: [] for b in args.batch_sizes}
+    runs: Dict[str, Any] = {name: [] for name in engines}
     for _ in range(args.repeats):
-        for batch, engine in engines.items():
-            runs[batch].append(profile_once(engine, scene))
+        for name, engine in engines.items():
+            runs[name].append(profile_once(engine, scene))
     document = {
         "benchmark": "official-protocol evaluation profile (torch_ref engine, CPU)",
         "command": "python benchmarks/eval_profile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -142,14 +151,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "load_average_1min_at_start": load_at_start,
             "load_average_1min_at_end": os.getloadavg()[0],
         },
-        "runs": {str(b): r for b, r in runs.items()},
+        "runs": runs,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     write_bytes_atomic(args.out, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
     for batch, repeats in runs.items():
         for times in repeats:
             shares = ", ".join(f"{p} {times[p]:.2f}s ({100 * times[p] / times['total']:.0f}%)" for p in PARTS)
-            print(f"batch {batch}: total {times['total']:.2f}s: {shares}")
+            print(f"{batch}: total {times['total']:.2f}s: {shares}")
     return 0
 
 

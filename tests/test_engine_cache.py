@@ -258,3 +258,23 @@ def test_exact_batch_norm_folding_rounds_once_and_matches_float32_folding() -> N
         reference = model.double()(x.double())
         for candidate in (folded, float32_folded):
             assert (candidate(x).double() - reference).abs().max() <= 1e-4
+
+
+def test_bf16_weights_cast_once_give_the_same_probabilities() -> None:
+    """The precast of the bf16 CPU path (weights stored in bf16 once) changes no output value;
+    a planted precast that also rounds the inputs would be caught."""
+    import torch
+
+    import torch_ref
+    import torch_ref.inference as torch_inference
+
+    torch.manual_seed(0)
+    model = torch_ref.build_model("farseg").eval()
+    image = np.random.default_rng(0).integers(0, 256, (1, 64, 96, 3), dtype=np.uint8)
+    plain = torch_inference.SlidingWindowInference(model, 64, 32, amp="bf16", precast=False)
+    cast = torch_inference.SlidingWindowInference(model, 64, 32, amp="bf16")
+    assert cast.precast and not plain.precast
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is untouched
+    x = plain.prepare(image)
+    assert torch.equal(plain.forward(x), cast.forward(x))
+    assert not torch.equal(plain.forward(x), cast.forward(x.to(torch.float16).to(torch.float32)))

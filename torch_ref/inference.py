@@ -151,6 +151,23 @@ def fold_batch_norms(model: nn.Module, exact: bool = True) -> Tuple[nn.Module, i
     return folded, count
 
 
+def precast_convolutions(model: nn.Module, dtype: torch.dtype) -> int:
+    """Store every Conv2d's weight and bias in ``dtype`` (in place); returns how many.
+
+    Under autocast a convolution runs in the autocast dtype whatever its weights' dtype, so
+    the outputs are unchanged; only the per-forward casts of the weights are saved.
+    """
+    count = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                module.weight.data = module.weight.data.to(dtype)
+                if module.bias is not None:
+                    module.bias.data = module.bias.data.to(dtype)
+                count += 1
+    return count
+
+
 FOLDS = ("none", "exact", "float32")
 # BatchNorm folding for bf16 on the CPU: decided by benchmarks/bf16_cost.py (docs/speed.md).
 BF16_CPU_FOLD = "exact"
@@ -173,7 +190,9 @@ class SlidingWindowInference:
     0.48 s NHWC. That NCHW bf16 path is why ``--amp bf16`` used to be no faster than float32.
     ``fold``: fold BatchNorm into the convolutions before running ("exact": in float64, rounded
     once; "float32": torch's ``fuse_conv_bn_eval``; "none"); default :data:`BF16_CPU_FOLD` for
-    bf16 on the CPU, "none" otherwise (folding changes float32 rounding).
+    bf16 on the CPU, "none" otherwise (folding changes float32 rounding). ``precast``: store
+    the convolution weights in bf16 once (:func:`precast_convolutions`; default on for bf16 on
+    the CPU; the outputs are the same, the per-forward weight casts are saved).
     """
 
     def __init__(
@@ -186,6 +205,7 @@ class SlidingWindowInference:
         amp: Optional[str] = None,
         channels_last: Optional[bool] = None,
         fold: Optional[str] = None,
+        precast: Optional[bool] = None,
     ) -> None:
         for label, value in (("window", window), ("stride", stride), ("batch_size", batch_size)):
             if int(value) != value or value <= 0:
@@ -211,6 +231,13 @@ class SlidingWindowInference:
         self.folded_batch_norms = 0
         if fold != "none":
             self.model, self.folded_batch_norms = fold_batch_norms(self.model, exact=fold == "exact")
+        # Autocast casts every convolution's float32 weight to bf16 again on every forward (its
+        # cast cache lives only inside one autocast region): cast them once instead. Same values.
+        self.precast = amp == "bf16" and self.device.type == "cpu" if precast is None else precast
+        if self.precast:
+            if self.model is model:
+                self.model = copy.deepcopy(model)
+            precast_convolutions(self.model, AMP_DTYPES[amp or "bf16"])
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.mean = torch.tensor(MEAN, dtype=torch.float32, device=self.device).reshape(1, 3, 1, 1)
