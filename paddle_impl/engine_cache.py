@@ -315,7 +315,12 @@ def build_entry(
         )
         verify_entry(staging, expected)
         if os.path.lexists(folder):
-            _remove(folder)
+            try:  # another process may have written the same entry meanwhile: keep theirs
+                verify_entry(folder, expected)
+                shutil.rmtree(staging, ignore_errors=True)
+                return
+            except CacheEntryError:
+                _remove(folder)
         os.replace(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
