@@ -379,6 +379,7 @@ def open_inference_engine(
             verify_entry(folder, expected)
         except CacheEntryError as error:
             note(f"note: engine cache entry {folder}: {error}; rebuilding it")
+            _remove(folder)
             state = "rebuilt"
     else:
         state = "miss"
@@ -401,6 +402,7 @@ def open_inference_engine(
                 f"the program exported from {weights} failed its check ({problem}); use --engine dygraph"
             )
         note(f"note: engine cache entry {folder}: {problem}; rebuilding it")
+        _remove(folder)
         state = "rebuilt"
     assert exact is not None
     deployed = exact if amp is None else DeployedModel(folder, "cpu", "onednn-bf16", threads, config)
