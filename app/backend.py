@@ -47,6 +47,9 @@ class Backend(Protocol):
     gpu_name: str  # how the framework spells its GPU device: "cuda" / "gpu"
     supports_model_dir: bool  # evaluate and predict can run an exported program (``--model-dir``)
     deploy_backends: Tuple[str, ...]  # the ``--backend`` choices for ``--model-dir`` ("auto" first)
+    # The ``--engine`` choices for ``--weights`` ("auto" first; empty: one engine, no option). A
+    # backend with engines takes ``engine`` and ``engine_cache`` keywords in :meth:`build_engine`.
+    engines: Tuple[str, ...]
     # Errors building an engine may raise besides convert's CheckpointError, and errors running
     # one (besides RasterError): reported as one line, exit status 2.
     engine_errors: Tuple[type, ...]
@@ -60,10 +63,11 @@ class Backend(Protocol):
         """The framework's device for ``device`` ("cpu", "cuda", "gpu", "gpu:N"); ValueError if unusable."""
         ...
 
-    def check_amp(self, device: str, amp: Optional[str]) -> None:
-        """Raise ValueError (the command's one-line refusal) when the dynamic-graph engine cannot
-        run ``amp`` ("fp16", "bf16" or None) on ``device``. :meth:`build_engine` calls it first,
-        and ``python -m align.env`` calls it to say what ``--amp`` does: one answer for both."""
+    def check_amp(self, device: str, amp: Optional[str], engine: str = "auto") -> Optional[str]:
+        """Raise ValueError (the command's one-line refusal) when ``engine`` cannot run ``amp``
+        ("fp16", "bf16" or None) on ``device``; return what computes instead of the framework's
+        autocast (e.g. "Paddle Inference oneDNN bf16"), or None. :meth:`build_engine` calls it
+        first, and ``python -m align.env`` calls it to say what ``--amp`` does: one answer for both."""
         ...
 
     def build_engine(

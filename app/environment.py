@@ -234,9 +234,8 @@ def amp_effects(framework: Framework, backend: Optional[Backend], device: str) -
     parts = []
     for amp in AMP_MODES:
         try:
-            if backend is not None:
-                backend.check_amp(device, amp)
-            effect = f"autocast convolutions in {framework.autocast_dtype(device, amp)}"
+            engine = backend.check_amp(device, amp) if backend is not None else None
+            effect = engine or f"autocast convolutions in {framework.autocast_dtype(device, amp)}"
         except ValueError as error:
             effect = f"refused, exit 2 ({str(error).strip().splitlines()[0]})"
         except Exception as error:  # noqa: BLE001 - report, do not crash the report

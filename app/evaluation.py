@@ -71,7 +71,7 @@ from .cli import (
 )
 from .config import ConfigError, apply_inference_config
 from .exported import MODEL_DIR_FILES, read_deploy_config
-from .predict import AMP_HELP, BACKEND_HELP, MODEL_DIR_HELP
+from .predict import AMP_HELP, BACKEND_HELP, MODEL_DIR_HELP, add_engine_options, engine_options
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # Files that sit beside images in some layouts and are labels, not scenes.
@@ -269,10 +269,12 @@ def evaluate_scenes(
 
 
 def build_parser(
-    prog: str, framework: str, gpu_name: str, deploy_backends: Sequence[str] = ()
+    prog: str, framework: str, gpu_name: str, deploy_backends: Sequence[str] = (), engines: Sequence[str] = ()
 ) -> argparse.ArgumentParser:
     """The evaluator's argument parser; ``gpu_name`` is "cuda" (torch) or "gpu" (Paddle);
-    ``deploy_backends`` (non-empty: the framework runs exports) adds ``--model-dir`` / ``--backend``."""
+    ``deploy_backends`` (non-empty: the framework runs exports) adds ``--model-dir`` / ``--backend``;
+    ``engines`` (non-empty: the framework has several engines for ``--weights``) adds
+    ``--engine`` / ``--engine-cache``."""
     parser = OneLineArgumentParser(
         prog=prog,
         description=(
@@ -301,6 +303,7 @@ def build_parser(
     if deploy_backends:
         parser.add_argument("--model-dir", metavar="DIR", help=MODEL_DIR_HELP + "; its model must be --model")
         parser.add_argument("--backend", default="auto", choices=tuple(deploy_backends), help=BACKEND_HELP)
+    add_engine_options(parser, engines)
     parser.add_argument(
         "--images",
         required=True,
@@ -422,6 +425,8 @@ def check_args(args: argparse.Namespace) -> None:
         )
     if model_dir is not None and args.dtype != "float32":
         raise InputError(["--dtype float64 needs --weights: an export runs in float32"])
+    if model_dir is not None and getattr(args, "engine", "auto") != "auto":
+        raise InputError(["--engine applies to --weights; with --model-dir use --backend"])
 
 
 # ------------------------------------------------------------------------------ results
@@ -567,6 +572,7 @@ def build_result(
             "device": device,
             "dtype": args.dtype,
             "amp": args.amp,
+            "engine": getattr(args, "engine", None),
             "batch_size": args.batch_size,
             "seconds": seconds,
             "python": platform.python_version(),
@@ -659,7 +665,11 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(
-        prog, backend.name, backend.gpu_name, backend.deploy_backends if backend.supports_model_dir else ()
+        prog,
+        backend.name,
+        backend.gpu_name,
+        backend.deploy_backends if backend.supports_model_dir else (),
+        backend.engines,
     )
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -707,6 +717,7 @@ def run_evaluator(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
                 args.batch_size,
                 None if args.amp == "none" else args.amp,
                 args.dtype,
+                **engine_options(args),
             )
     except CheckpointError as error:
         print_errors([error.headline()])

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -73,11 +73,42 @@ AMP_HELP = (
 )
 
 
+ENGINE_HELP = (
+    "how --weights run: auto (default: on the CPU in float32 or --amp bf16, the model saved as a"
+    " static program in-process and run by Paddle Inference with oneDNN, cached and checked against"
+    " the dynamic graph on a probe input before use; otherwise the dynamic graph), inference (that"
+    " engine, or an error), dygraph (the dynamic graph, as before)"
+)
+ENGINE_CACHE_HELP = (
+    "folder of the inference engine cache (default $RSSEG_ENGINE_CACHE, else"
+    " ~/.cache/rsseg-port/paddle-engines; bounded to $RSSEG_ENGINE_CACHE_MB megabytes, default 2048)"
+)
+
+
+def add_engine_options(parser: argparse.ArgumentParser, engines: Sequence[str]) -> None:
+    """``--engine`` / ``--engine-cache`` for a framework with several engines for ``--weights``."""
+    if engines:
+        parser.add_argument("--engine", default=engines[0], choices=tuple(engines), help=ENGINE_HELP)
+        parser.add_argument("--engine-cache", metavar="DIR", help=ENGINE_CACHE_HELP)
+
+
+def engine_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The ``build_engine`` keyword arguments of :func:`add_engine_options` (none if not added)."""
+    if not hasattr(args, "engine"):
+        return {}
+    return {"engine": args.engine, "engine_cache": args.engine_cache}
+
+
 def build_predict_parser(
-    prog: str, framework: str, gpu_name: str, model_dir: bool = False, deploy_backends: Sequence[str] = ("auto",)
+    prog: str,
+    framework: str,
+    gpu_name: str,
+    model_dir: bool = False,
+    deploy_backends: Sequence[str] = ("auto",),
+    engines: Sequence[str] = (),
 ) -> argparse.ArgumentParser:
     """The predict CLI's parser; ``model_dir`` adds ``--model-dir`` / ``--backend`` (choices
-    ``deploy_backends``)."""
+    ``deploy_backends``); ``engines`` adds ``--engine`` / ``--engine-cache``."""
     source = "--weights W" + (" or --model-dir DIR" if model_dir else "")
     parser = OneLineArgumentParser(
         prog=prog,
@@ -156,6 +187,7 @@ def build_predict_parser(
     parser.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none", help=AMP_HELP)
     if model_dir:
         parser.add_argument("--backend", default="auto", choices=tuple(deploy_backends), help=BACKEND_HELP)
+    add_engine_options(parser, engines)
     parser.add_argument(
         "--color",
         metavar="COLOUR.png",
@@ -190,6 +222,8 @@ def check_predict_args(args: argparse.Namespace) -> List[str]:
         )
     if has_dir and args.model != "auto":
         problems.append("--model is read from DIR/model.yml with --model-dir; leave it out")
+    if has_dir and getattr(args, "engine", "auto") != "auto":
+        problems.append("--engine applies to --weights; with --model-dir use --backend")
     if args.window is not None and args.stride is not None and args.stride > args.window:
         problems.append(
             f"--stride {args.stride} is larger than --window {args.window}, which would leave pixels in no window"
@@ -374,6 +408,7 @@ def build_engine(backend: Backend, args: argparse.Namespace) -> Tuple[Engine, st
         args.batch_size,
         None if args.amp == "none" else args.amp,
         exact_float32=False,
+        **engine_options(args),
     )
     return engine, f"{name}, {how}"
 
@@ -397,6 +432,7 @@ def run_predictor(argv: Optional[Sequence[str]], prog: str, backend: Backend) ->
         backend.gpu_name,
         model_dir=backend.supports_model_dir,
         deploy_backends=backend.deploy_backends,
+        engines=backend.engines,
     )
     args = parser.parse_args(argv)
     try:

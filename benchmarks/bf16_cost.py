@@ -7,11 +7,14 @@ Usage::
 
 Synthetic scenes (``isaid.synth.make_scene``, seeds 100..99+N, with their labels) are predicted
 with the official protocol (windows 896 / stride 512, probabilities averaged, argmax) by
-torch_ref's engine in three ways: float32 NCHW (the official layout), float32 channels-last
+torch_ref's engine in five ways: float32 NCHW (the official layout), float32 channels-last
 (the CPU default: same arithmetic, other summation order, so its changes are float32's own
-noise floor) and bf16 autocast channels-last (``--amp bf16``). Reported per model: the share of
-pixels whose class differs from float32 NCHW, and the mIoU (16 classes, against the scenes'
-labels) of each. Models: random weights (torch's default initialisation, seed 0) and, with
+noise floor) and bf16 autocast channels-last (``--amp bf16``) with BatchNorm unfolded, folded
+as torch's ``fuse_conv_bn_eval`` does (float32 arithmetic) and folded exactly (float64, rounded
+once; ``torch_ref.inference.fold_conv_bn``). Reported per model: the share of pixels whose class
+differs from float32 NCHW, the mIoU (16 classes, against the scenes' labels) of each, and the
+seconds (variants alternate scene by scene, after a warm-up) with the speed-up over the faster
+float32 variant. Models: random weights (torch's default initialisation, seed 0) and, with
 ``--trained``, a briefly trained checkpoint (the JSON records the file and its hash). The one in
 ``benchmarks/results/bf16_cost.json`` came from (200 iterations from random initialisation)::
 
@@ -25,6 +28,7 @@ labels) of each. Models: random weights (torch's default initialisation, seed 0)
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -46,7 +50,14 @@ from torch_ref import build_model  # noqa: E402
 from torch_ref.inference import SlidingWindowInference, load_weights  # noqa: E402
 
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", "bf16_cost.json")
-VARIANTS = (("float32 NCHW", None, False), ("float32 channels_last", None, True), ("bf16 channels_last", "bf16", True))
+# (label, amp, channels_last, BatchNorm folding): float32 NCHW is the official reference.
+VARIANTS = (
+    ("float32 NCHW", None, False, "none"),
+    ("float32 channels_last", None, True, "none"),
+    ("bf16 channels_last unfolded", "bf16", True, "none"),
+    ("bf16 channels_last folded float32", "bf16", True, "float32"),
+    ("bf16 channels_last folded exact", "bf16", True, "exact"),
+)
 
 
 def measure(model_name: str, weights: Optional[str], scenes: Sequence[Any], window: int, stride: int) -> Dict[str, Any]:
@@ -56,14 +67,18 @@ def measure(model_name: str, weights: Optional[str], scenes: Sequence[Any], wind
     how = "random (torch default initialisation, seed 0)"
     if weights:
         how = load_weights(model, model_name, weights)
-    maps: Dict[str, List[np.ndarray]] = {}
-    seconds: Dict[str, float] = {}
-    for label, amp, channels_last in VARIANTS:
-        engine = SlidingWindowInference(model, window, stride, "cpu", 1, amp, channels_last)
-        start = time.perf_counter()
-        maps[label] = [engine.predict_array(image) for image, _ in scenes]
-        seconds[label] = round(time.perf_counter() - start, 2)
-        model = model.to(memory_format=torch.contiguous_format)
+    maps: Dict[str, List[np.ndarray]] = {label: [] for label, _, _, _ in VARIANTS}
+    seconds: Dict[str, float] = {label: 0.0 for label, _, _, _ in VARIANTS}
+    engines = {
+        label: SlidingWindowInference(copy.deepcopy(model), window, stride, "cpu", 1, amp, channels_last, fold)
+        for label, amp, channels_last, fold in VARIANTS
+    }
+    for image, _ in scenes:  # variants alternate scene by scene: a load change hits them all alike
+        for label, engine in engines.items():
+            engine.predict_array(image[:64, :64])  # warm-up (oneDNN primitive creation)
+            start = time.perf_counter()
+            maps[label].append(engine.predict_array(image))
+            seconds[label] += time.perf_counter() - start
     reference = maps[VARIANTS[0][0]]
     total = sum(m.size for m in reference)
     result: Dict[str, Any] = {
@@ -72,14 +87,16 @@ def measure(model_name: str, weights: Optional[str], scenes: Sequence[Any], wind
         "weights_sha256": sha256_file(weights) if weights else None,
         "variants": {},
     }
-    for label, _, _ in VARIANTS:
+    fastest_float32 = min(seconds[label] for label, amp, _, _ in VARIANTS if amp is None)
+    for label, _, _, _ in VARIANTS:
         changed = sum(int((a != b).sum()) for a, b in zip(maps[label], reference))
         confusion = sum(confusion_from_labels(m, truth) for m, (_, truth) in zip(maps[label], scenes))
         result["variants"][label] = {
             "pixels_changed_vs_float32_nchw": changed,
             "share_changed": changed / total,
             "miou_percent": round(100 * float(miou(confusion)["miou"]), 4),
-            "seconds": seconds[label],
+            "seconds": round(seconds[label], 2),
+            "speedup_vs_fastest_float32": round(fastest_float32 / seconds[label], 3),
         }
     return result
 
@@ -118,8 +135,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for result in results:
         for label, values in result["variants"].items():
             print(
-                f"{result['model']} {result['weights'][:40]:40s} {label:22s} changed"
+                f"{result['model']} {result['weights'][:40]:40s} {label:34s} changed"
                 f" {100 * values['share_changed']:.4f}%  mIoU {values['miou_percent']:.2f}  {values['seconds']} s"
+                f" (x{values['speedup_vs_fastest_float32']} vs float32)"
             )
     return 0
 

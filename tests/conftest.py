@@ -77,3 +77,11 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ):
         assert result.returncode == 0, result.stderr[-2000:]
     return root / "out"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _engine_cache_in_a_temporary_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Paddle's --weights engine cache (paddle_impl.engine_cache) goes to a temporary folder,
+    never to the user's cache, for the tests and the commands they start."""
+    folder = str(tmp_path_factory.mktemp("engine-cache"))
+    os.environ["RSSEG_ENGINE_CACHE"] = ENV["RSSEG_ENGINE_CACHE"] = folder

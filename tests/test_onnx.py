@@ -258,7 +258,17 @@ def test_paddle_dynamic_graph_refuses_cpu_amp_in_one_line(torch_farseg, scenes: 
     import paddle_impl.evaluate as paddle_evaluate
 
     _, weights = torch_farseg
-    assert _evaluate(paddle_evaluate, scenes, ["--weights", str(weights)], tmp_path / "x.json", "--amp", "bf16") == 2
+    assert (
+        _evaluate(
+            paddle_evaluate,
+            scenes,
+            ["--weights", str(weights), "--engine", "dygraph"],
+            tmp_path / "x.json",
+            "--amp",
+            "bf16",
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no CPU mixed precision" in err[0] and "--model-dir" in err[0]
     assert not (tmp_path / "x.json").exists()

@@ -29,6 +29,7 @@ class TorchBackend:
     gpu_name = "cuda"
     supports_model_dir = True
     deploy_backends: Tuple[str, ...] = ("auto", "onnxruntime")
+    engines: Tuple[str, ...] = ()  # one engine (the dynamic graph): no --engine option
     engine_errors: Tuple[type, ...] = (ValueError, ExportError)
     run_errors: Tuple[type, ...] = (ExportError,)
 
@@ -38,7 +39,7 @@ class TorchBackend:
     def resolve_device(self, device: str) -> torch.device:
         return resolve_device(device)
 
-    def check_amp(self, device: str, amp: Optional[str]) -> None:
+    def check_amp(self, device: str, amp: Optional[str], engine: str = "auto") -> Optional[str]:
         # torch autocasts on every device (on a CPU in bfloat16 or float16 kernels): nothing refused.
         return None
 

@@ -93,13 +93,41 @@ def _other_model_hint(state, name: str) -> str:
     return f" (the keys look like {found}: is --model {name} right?)" if found != name else ""
 
 
-def fold_batch_norms(model: nn.Module) -> Tuple[nn.Module, int]:
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, exact: bool = True) -> nn.Conv2d:
+    """A copy of ``conv`` computing ``bn(conv(x))`` in eval mode (BatchNorm's running statistics).
+
+    ``exact`` (default): the folded weight ``w * gamma / sqrt(var + eps)`` and bias
+    ``(b - mean) * gamma / sqrt(var + eps) + beta`` are computed in float64 and rounded to the
+    parameters' dtype once, so each folded value is the correctly rounded one. ``exact=False``
+    is torch's ``fuse_conv_bn_eval`` (every step rounded in float32), kept for the bf16 cost
+    benchmark's comparison.
+    """
+    if not exact:
+        return fuse_conv_bn_eval(conv, bn)
+    dtype = conv.weight.dtype
+    with torch.no_grad():
+        gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(bn.running_var, dtype=torch.float64)
+        beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(bn.running_var, dtype=torch.float64)
+        scale = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
+        weight = conv.weight.double() * scale.reshape(-1, *([1] * (conv.weight.dim() - 1)))
+        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+        bias = (bias - bn.running_mean.double()) * scale + beta
+        fused = copy.deepcopy(conv)
+        fused.weight = nn.Parameter(weight.to(dtype), requires_grad=conv.weight.requires_grad)
+        fused.bias = nn.Parameter(bias.to(dtype), requires_grad=conv.weight.requires_grad)
+    return fused
+
+
+def fold_batch_norms(model: nn.Module, exact: bool = True) -> Tuple[nn.Module, int]:
     """An eval-mode copy of ``model`` with every BatchNorm folded into the convolution before it.
 
     Pairs are a Conv2d followed by a BatchNorm2d in an ``nn.Sequential``, or children named
     ``convN`` / ``bnN`` of one module (the ResNet stem and bottlenecks); the BatchNorm becomes
-    an Identity. Used for bf16 on the CPU, where it saves the BatchNorm passes (about 7% of a
-    forward, measured); it changes float32 rounding, so float32 evaluation does not use it.
+    an Identity. Folding is exact to float32 (``exact``: computed in float64, rounded once;
+    :func:`fold_conv_bn`), but a folded model still rounds differently from the unfolded one
+    (the convolution sums already-scaled weights), and in bf16 the folded weights and biases
+    are what gets rounded to 8 bits: ``benchmarks/bf16_cost.py`` measures what that costs, and
+    :class:`SlidingWindowInference` folds only where it was measured to help (see there).
     Returns (the copy, the number of BatchNorms folded); ``model`` is untouched.
     """
     folded = copy.deepcopy(model).eval()
@@ -116,11 +144,35 @@ def fold_batch_norms(model: nn.Module) -> Tuple[nn.Module, int]:
         for conv_name, bn_name in pairs:
             conv, bn = children[conv_name], children[bn_name]
             if isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d:
-                setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
+                setattr(module, conv_name, fold_conv_bn(conv, bn, exact))
                 setattr(module, bn_name, nn.Identity())
                 children[bn_name] = nn.Identity()
                 count += 1
     return folded, count
+
+
+def precast_convolutions(model: nn.Module, dtype: torch.dtype) -> int:
+    """Store every Conv2d's weight and bias in ``dtype`` (in place); returns how many.
+
+    Under autocast a convolution runs in the autocast dtype whatever its weights' dtype, so
+    the outputs are unchanged; only the per-forward casts of the weights are saved.
+    """
+    count = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                module.weight.data = module.weight.data.to(dtype)
+                if module.bias is not None:
+                    module.bias.data = module.bias.data.to(dtype)
+                count += 1
+    return count
+
+
+FOLDS = ("none", "exact", "float32")
+# BatchNorm folding for bf16 on the CPU, decided by benchmarks/bf16_cost.py (docs/speed.md):
+# folded (even exactly) moved more pixels than unfolded (random weights: 2.55% vs 2.45%; real
+# iSAID in issue 21: 0.368% vs 0.140%) at the same speed within the noise, so it is off.
+BF16_CPU_FOLD = "none"
 
 
 class SlidingWindowInference:
@@ -138,6 +190,11 @@ class SlidingWindowInference:
     run). Measured on CPU (FarSeg, 896x896, 2 threads): float32 1.76 s NCHW / 1.10 s NHWC;
     bf16 autocast 3.97 s NCHW (slower than float32: oneDNN reorders every activation) /
     0.48 s NHWC. That NCHW bf16 path is why ``--amp bf16`` used to be no faster than float32.
+    ``fold``: fold BatchNorm into the convolutions before running ("exact": in float64, rounded
+    once; "float32": torch's ``fuse_conv_bn_eval``; "none"); default :data:`BF16_CPU_FOLD` for
+    bf16 on the CPU, "none" otherwise (folding changes float32 rounding). ``precast``: store
+    the convolution weights in bf16 once (:func:`precast_convolutions`; default on for bf16 on
+    the CPU; the outputs are the same, the per-forward weight casts are saved).
     """
 
     def __init__(
@@ -149,6 +206,8 @@ class SlidingWindowInference:
         batch_size: int = 1,
         amp: Optional[str] = None,
         channels_last: Optional[bool] = None,
+        fold: Optional[str] = None,
+        precast: Optional[bool] = None,
     ) -> None:
         for label, value in (("window", window), ("stride", stride), ("batch_size", batch_size)):
             if int(value) != value or value <= 0:
@@ -166,9 +225,21 @@ class SlidingWindowInference:
         # float64 models (alignment checks) accumulate in float64; everything else as officially.
         self.accumulate_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
         self.channels_last = self.dtype == torch.float32 if channels_last is None else channels_last
+        if fold is None:
+            fold = BF16_CPU_FOLD if amp is not None and self.device.type == "cpu" else "none"
+        if fold not in FOLDS:
+            raise ValueError(f"unknown fold {fold!r}: expected one of {', '.join(FOLDS)}")
+        self.fold = fold
         self.folded_batch_norms = 0
-        if amp is not None and self.device.type == "cpu":
-            self.model, self.folded_batch_norms = fold_batch_norms(self.model)
+        if fold != "none":
+            self.model, self.folded_batch_norms = fold_batch_norms(self.model, exact=fold == "exact")
+        # Autocast casts every convolution's float32 weight to bf16 again on every forward (its
+        # cast cache lives only inside one autocast region): cast them once instead. Same values.
+        self.precast = amp == "bf16" and self.device.type == "cpu" if precast is None else precast
+        if self.precast:
+            if self.model is model:
+                self.model = copy.deepcopy(model)
+            precast_convolutions(self.model, AMP_DTYPES[amp or "bf16"])
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.mean = torch.tensor(MEAN, dtype=torch.float32, device=self.device).reshape(1, 3, 1, 1)
