@@ -228,14 +228,15 @@ def gather_facts(frameworks: Mapping[str, Any]) -> Dict[str, Any]:
 # ------------------------------------------------------------------------------ the commands
 
 
-def amp_effects(framework: Framework, backend: Optional[Backend], device: str) -> str:
-    """What each ``--amp`` does on ``device``: the backend's own refusal (``check_amp``, what
-    the command runs before anything else; exit 2) or the autocast probe's dtype."""
+def amp_effects(framework: Framework, backend: Optional[Backend], device: str, engine: str = "auto") -> str:
+    """What each ``--amp`` does on ``device`` with ``--engine engine``: the backend's own answer
+    (``check_amp``, what the command runs before anything else: a refusal, exit 2, or the engine
+    that computes it) or else the autocast probe's dtype."""
     parts = []
     for amp in AMP_MODES:
         try:
-            engine = backend.check_amp(device, amp) if backend is not None else None
-            effect = engine or f"autocast convolutions in {framework.autocast_dtype(device, amp)}"
+            computed_by = backend.check_amp(device, amp, engine) if backend is not None else None
+            effect = computed_by or f"autocast convolutions in {framework.autocast_dtype(device, amp)}"
         except ValueError as error:
             effect = f"refused, exit 2 ({str(error).strip().splitlines()[0]})"
         except Exception as error:  # noqa: BLE001 - report, do not crash the report

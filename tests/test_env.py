@@ -228,17 +228,17 @@ def amp_disagreement(amp_effect: str, amp: str, exit_status: int, stderr: str) -
     return ""
 
 
-def paddle_evaluate_with_amp(tmp_path: Path, amp: str) -> subprocess.CompletedProcess:
-    """``python -m paddle_impl.evaluate --device cpu --amp AMP`` on one tiny scene."""
+def paddle_evaluate_with_amp(tmp_path: Path, amp: str, *extra: str) -> subprocess.CompletedProcess:
+    """``python -m paddle_impl.evaluate --device cpu --amp AMP [extra]`` on one tiny scene."""
     from PIL import Image
 
     images, masks = tmp_path / "images", tmp_path / "masks"
-    images.mkdir()
+    images.mkdir(parents=True)
     masks.mkdir()
     Image.new("RGB", (64, 64), (10, 20, 30)).save(images / "P0001.png")
     Image.new("RGB", (64, 64), (0, 0, 0)).save(masks / "P0001_instance_color_RGB.png")
     weights = tmp_path / "farseg.pdparams"
-    weights.write_bytes(b"not read: the --amp check comes first")
+    weights.write_bytes(b"stand-in weights: a refusal of --amp comes before reading them")
     command = [
         "--model",
         "farseg",
@@ -251,30 +251,37 @@ def paddle_evaluate_with_amp(tmp_path: Path, amp: str) -> subprocess.CompletedPr
         "--device",
         "cpu",
     ]
-    return run_module("paddle_impl.evaluate", *command, "--amp", amp, timeout=300)
+    return run_module("paddle_impl.evaluate", *command, "--amp", amp, *extra, timeout=300)
 
 
 def test_report_says_what_paddle_evaluate_does_with_amp(report, tmp_path):
-    """The report's --amp row for paddle_impl.evaluate on the CPU agrees with the command run
-    here: both refuse bf16 with the same line (both call the backend's check_amp)."""
-    result = paddle_evaluate_with_amp(tmp_path, "bf16")
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
+    """The report's --amp row for paddle_impl.evaluate on the CPU agrees with the command: the
+    plain command runs bf16 in Paddle Inference (the --amp check passes; the stand-in weights
+    file is what it then refuses), and with --engine dygraph both refuse bf16 with the same line
+    (both call the backend's check_amp)."""
+    from paddle_impl import environment as paddle_environment
+
     row = {r["command"]: r for r in report["plan"]}["python -m paddle_impl.evaluate"]
-    assert amp_disagreement(row["amp_effect"], "bf16", result.returncode, result.stderr) == ""
+    assert "bf16 -> Paddle Inference oneDNN bf16" in row["amp_effect"]
+    plain = paddle_evaluate_with_amp(tmp_path / "plain", "bf16")
+    assert plain.returncode == 2 and "farseg.pdparams: a text file" in plain.stderr  # --amp bf16 accepted
+    dygraph = paddle_evaluate_with_amp(tmp_path / "dygraph", "bf16", "--engine", "dygraph")
+    assert dygraph.returncode == 2 and "Traceback" not in dygraph.stderr, dygraph.stderr[-2000:]
+    effects = environment.amp_effects(paddle_environment, paddle_environment.backend(), "cpu", "dygraph")
+    assert amp_disagreement(effects, "bf16", dygraph.returncode, dygraph.stderr) == ""
 
 
 def test_planted_report_that_only_probes_autocast_is_caught(tmp_path):
     """The old report probed autocast without asking the backend: on a CPU it said bf16
-    computes in float32 while the command refuses. Planted (no backend given to
+    computes in float32 while the dygraph engine refuses. Planted (no backend given to
     ``amp_effects``), the agreement check sees it."""
     from paddle_impl import environment as paddle_environment
 
-    result = paddle_evaluate_with_amp(tmp_path, "bf16")
-    probed_only = environment.amp_effects(paddle_environment, None, "cpu")
+    result = paddle_evaluate_with_amp(tmp_path, "bf16", "--engine", "dygraph")
+    probed_only = environment.amp_effects(paddle_environment, None, "cpu", "dygraph")
     assert "float32" in probed_only
     assert "refused" in amp_disagreement(probed_only, "bf16", result.returncode, result.stderr)
-    honest = environment.amp_effects(paddle_environment, paddle_environment.backend(), "cpu")
+    honest = environment.amp_effects(paddle_environment, paddle_environment.backend(), "cpu", "dygraph")
     assert amp_disagreement(honest, "bf16", result.returncode, result.stderr) == ""
 
 
