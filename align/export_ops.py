@@ -8,7 +8,7 @@ Exports FarSeg and FactSeg (random weights: the op set does not depend on them) 
 exporter the project has: ``paddle_impl.export`` (Paddle PIR ``model.json``, dynamic and
 fixed size, and ``--format onnx`` through paddle2onnx) and ``torch_ref.export`` (torch's ONNX
 exporter, dynamic and fixed size), and records the union of the op types per format. The
-loaders (:func:`app.exported.check_program_ops`) accept a program only if every op it holds is
+loaders (:func:`app.export_inspect.check_program_ops`) accept a program only if every op it holds is
 in that list, before Paddle Inference or onnxruntime sees it; ``tests/test_bounded_inputs.py``
 checks that a fresh export passes and a planted op does not.
 """
@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Set
 
-from app.exported import EXPORT_OPS_FILE, onnx_program_ops, paddle_program_ops
+from app.export_inspect import EXPORT_OPS_FILE, onnx_program_ops, paddle_program_ops
 from weights import MODEL_NAMES
 
 FIXED_SIZE = (64, 64)

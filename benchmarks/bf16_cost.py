@@ -42,8 +42,8 @@ ROOT = _common.ROOT
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from app.exported import sha256_file  # noqa: E402
 from common.atomic import write_bytes_atomic  # noqa: E402
+from common.digest import sha256_file  # noqa: E402
 from isaid.metrics import confusion_from_labels, miou  # noqa: E402
 from isaid.synth import make_scene  # noqa: E402
 from torch_ref import build_model  # noqa: E402

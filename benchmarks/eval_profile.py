@@ -9,7 +9,7 @@ One synthetic scene (``isaid.synth.make_scene``, seed 7) is written as PNG image
 and evaluated as ``python -m torch_ref.evaluate`` does (``app.evaluation``: decode, sliding
 windows 896 / 512, probabilities averaged, argmax, confusion matrix), with each part timed:
 
-- ``png_decode``: reading the image and the mask (``app.evaluation.load_scene``);
+- ``png_decode``: reading the image and the mask (``app.val_scenes.load_scene``);
 - ``prepare``: windows to normalised, padded, channels-last tensors (``engine.prepare``);
 - ``engine``: the model's forward pass, probabilities cast to float32 (``engine.forward``);
 - ``stitching``: the rest of the band loop: slicing the windows out of the image, adding
@@ -45,7 +45,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from align.env import read_cpu  # noqa: E402
-from app.evaluation import Scene, load_scene  # noqa: E402
+from app.val_scenes import Scene, load_scene  # noqa: E402
 from isaid.atomic import write_bytes_atomic  # noqa: E402
 from isaid.palette import NUM_CLASSES  # noqa: E402
 from isaid.synth import make_scene  # noqa: E402

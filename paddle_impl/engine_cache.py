@@ -43,15 +43,15 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
+from app.export_inspect import check_program_ops as check_exported_ops
 from app.exported import (
     ExportedModel,
     deploy_config,
     paddle_program_ops,
-    sha256_file,
     write_deploy_config,
 )
-from app.exported import check_program_ops as check_exported_ops
 from common.atomic import is_stale_temporary, temporary_name, write_bytes_atomic
+from common.digest import sha256_file
 
 from .export import DEFAULT_ROUNDING_TOLERANCE, save_inference_model
 from .export_format import CONFIG_FILE, PARAMS_FILE, PROGRAM_FILE, ExportError, read_deploy_config
@@ -133,7 +133,7 @@ def entry_key(model_name: str, weights_sha256: str, code_hash: str) -> str:
 def check_program_ops(path: str) -> None:
     """CacheEntryError when ``path`` (a PIR ``model.json``) is unreadable, too large, too deep, or
     holds op types outside the exports' allow-list (``weights/export_ops.json``, which has no
-    control flow): the same check as every export folder's, :func:`app.exported.check_program_ops`."""
+    control flow): the same check as every export folder's, :func:`app.export_inspect.check_program_ops`."""
     try:
         check_exported_ops(path, paddle_program_ops(path), "paddle")
     except ExportError as error:

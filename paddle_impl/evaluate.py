@@ -22,7 +22,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from app import evaluation
-from app.evaluation import Scene, SceneTotals, run_evaluator
+from app.evaluation import SceneTotals, run_evaluator
+from app.val_scenes import Scene
 from isaid.palette import NUM_CLASSES
 
 from .backend import BACKEND

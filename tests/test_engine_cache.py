@@ -20,7 +20,7 @@ from PIL import Image
 
 import paddle_impl.engine_cache as engine_cache
 import paddle_impl.evaluate as paddle_evaluate
-from app.exported import sha256_file
+from common.digest import sha256_file
 from isaid.synth import make_scene
 from paddle_impl import build_model
 

@@ -38,7 +38,8 @@ import torch_ref
 import torch_ref.evaluate as torch_evaluate
 import torch_ref.inference as torch_inference
 import weights
-from app.evaluation import check_expectation, find_scenes
+from app.evaluation import check_expectation
+from app.val_scenes import find_scenes
 from convert import convert_file, save_torch
 from isaid import stitching
 from isaid.imageio import write_png_atomic
@@ -519,9 +520,9 @@ def test_colour_masks_and_index_masks_give_the_same_confusion(farseg_files, monk
     np.testing.assert_array_equal(by_index, host)
     # Planted bug: decode colour masks in mmsegmentation's index order, which swaps classes 2
     # (roundabout) and 12 (storage tank) relative to the FarSeg weights. The check sees it.
-    import app.evaluation
+    import app.val_scenes
 
-    real_reader = app.evaluation.read_mask_details
+    real_reader = app.val_scenes.read_mask_details
 
     def swapped_reader(path, name=None):
         details = real_reader(path, name)
@@ -531,7 +532,7 @@ def test_colour_masks_and_index_masks_give_the_same_confusion(farseg_files, monk
         index[details.index == 2], index[details.index == 12] = 12, 2
         return details._replace(index=index)
 
-    monkeypatch.setattr(app.evaluation, "read_mask_details", swapped_reader)
+    monkeypatch.setattr(app.val_scenes, "read_mask_details", swapped_reader)
     bugged, _ = torch_evaluate.evaluate_scenes(
         engine, find_scenes(str(farseg_files["images"]), str(farseg_files["colours"])), progress=False
     )

@@ -35,7 +35,8 @@ import paddle_impl  # noqa: E402
 import paddle_impl.infer as infer  # noqa: E402
 import torch_ref  # noqa: E402
 import torch_ref.export as torch_export  # noqa: E402
-from app.exported import ExportError, OnnxModel, compare_probabilities, identify, layout_conv_shapes, read_deploy_config  # noqa: E402
+from app.export_inspect import layout_conv_shapes  # noqa: E402
+from app.exported import ExportError, OnnxModel, compare_probabilities, identify, read_deploy_config  # noqa: E402
 from convert import save_torch  # noqa: E402
 from paddle_impl.inference import load_weights as paddle_load_weights  # noqa: E402
 

@@ -155,7 +155,7 @@ def _threads(threads: Optional[int]):
 
 def evaluate(setup: Setup, framework: str, weights: str) -> np.ndarray:
     """The confusion matrix of ``framework``'s own evaluator on the val scenes."""
-    from app.evaluation import find_scenes
+    from app.val_scenes import find_scenes
 
     module = framework_parts()[framework].evaluator
     val = os.path.join(setup.data_root, "val")
