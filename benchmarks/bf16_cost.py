@@ -11,7 +11,7 @@ torch_ref's engine in five ways: float32 NCHW (the official layout), float32 cha
 (the CPU default: same arithmetic, other summation order, so its changes are float32's own
 noise floor) and bf16 autocast channels-last (``--amp bf16``) with BatchNorm unfolded, folded
 as torch's ``fuse_conv_bn_eval`` does (float32 arithmetic) and folded exactly (float64, rounded
-once; ``torch_ref.inference.fold_conv_bn``). Reported per model: the share of pixels whose class
+once; ``torch_ref.sliding_window.fold_conv_bn``). Reported per model: the share of pixels whose class
 differs from float32 NCHW, the mIoU (16 classes, against the scenes' labels) of each, and the
 seconds (variants alternate scene by scene, after a warm-up) with the speed-up over the faster
 float32 variant. Models: random weights (torch's default initialisation, seed 0) and, with
@@ -47,7 +47,7 @@ from common.digest import sha256_file  # noqa: E402
 from isaid.metrics import confusion_from_labels, miou  # noqa: E402
 from isaid.synth import make_scene  # noqa: E402
 from torch_ref import build_model  # noqa: E402
-from torch_ref.inference import SlidingWindowInference, load_weights  # noqa: E402
+from torch_ref.sliding_window import SlidingWindowInference, load_weights  # noqa: E402
 
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", "bf16_cost.json")
 # (label, amp, channels_last, BatchNorm folding): float32 NCHW is the official reference.

@@ -177,13 +177,13 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
         import torch
 
         from torch_ref import build_model
-        from torch_ref.inference import SlidingWindowInference
         from torch_ref.metrics import confusion_matrix
+        from torch_ref.sliding_window import SlidingWindowInference
 
         if spec["threads"]:
             torch.set_num_threads(spec["threads"])
         extra["threads"] = torch.get_num_threads()
-        from torch_ref.inference import DeployedModule, load_weights
+        from torch_ref.sliding_window import DeployedModule, load_weights
 
         model = build_model(spec["model"])
         load_weights(model, spec["model"], spec["weights"])
@@ -234,13 +234,13 @@ def child(spec: Dict[str, Any]) -> Dict[str, Any]:
         import paddle
 
         from paddle_impl import build_model
-        from paddle_impl.inference import SlidingWindowInference
         from paddle_impl.metrics import confusion_matrix
+        from paddle_impl.sliding_window import SlidingWindowInference
 
         # Paddle's CPU kernels take their thread count from OMP_NUM_THREADS at start-up (the
         # parent sets it for this process when --threads is given).
         extra["threads"] = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS") else None
-        from paddle_impl.inference import load_weights
+        from paddle_impl.sliding_window import load_weights
 
         model = build_model(spec["model"])
         load_weights(model, spec["model"], spec["weights"])

@@ -18,7 +18,7 @@ windows 896 / 512, probabilities averaged, argmax, confusion matrix), with each 
 
 Each ``--batch-sizes`` value (windows per forward pass) is run before and after the fix this
 profile led to (bf16: the convolution weights stored in bf16 once instead of cast by autocast
-on every forward, ``torch_ref.inference.precast_convolutions``); the runs alternate in one
+on every forward, ``torch_ref.sliding_window.precast_convolutions``); the runs alternate in one
 process, ``--repeats`` times each, so that load changes on a shared machine hit them alike; the JSON keeps
 every repeat, the CPU flags and the load. Random weights (seed 0): the time does not depend on
 the values.
@@ -50,8 +50,8 @@ from isaid.atomic import write_bytes_atomic  # noqa: E402
 from isaid.palette import NUM_CLASSES  # noqa: E402
 from isaid.synth import make_scene  # noqa: E402
 from torch_ref import build_model  # noqa: E402
-from torch_ref.inference import SlidingWindowInference  # noqa: E402
 from torch_ref.metrics import confusion_matrix  # noqa: E402
+from torch_ref.sliding_window import SlidingWindowInference  # noqa: E402
 
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", "eval_profile.json")
 PARTS = ("png_decode", "prepare", "engine", "stitching", "argmax", "confusion")

@@ -130,13 +130,13 @@ def child(
 
         from torch_ref import build_model
         from torch_ref.backend import BACKEND
-        from torch_ref.inference import SlidingWindowInference
+        from torch_ref.sliding_window import SlidingWindowInference
 
         torch.manual_seed(0)
         if run["mode"] == "onnxruntime":
             from app.exported import OnnxModel
             from torch_ref.export import export
-            from torch_ref.inference import DeployedModule
+            from torch_ref.sliding_window import DeployedModule
 
             onnx_dir = os.path.join(os.path.dirname(out), "torch_onnx")
             export(model, None, onnx_dir, model=build_model(model), check=False)
@@ -154,7 +154,7 @@ def child(
 
         from paddle_impl import build_model
         from paddle_impl.backend import BACKEND, DeployedLayer
-        from paddle_impl.inference import SlidingWindowInference
+        from paddle_impl.sliding_window import SlidingWindowInference
 
         paddle.seed(0)
         if run["mode"] == "dygraph":

@@ -2,7 +2,7 @@
 
 The official evaluation averages the class probabilities of overlapping windows over the
 whole image and takes the argmax. Holding a [16, H, W] float32 map for a 13,000 x 13,000
-scene needs 10.8 GB, so the engines in ``torch_ref.inference`` / ``paddle_impl.inference``
+scene needs 10.8 GB, so the engines in ``torch_ref.sliding_window`` / ``paddle_impl.sliding_window``
 stream instead, by horizontal *bands*: a band is one row of windows (all windows with the
 same top row ``y0``; :func:`isaid.windows.sliding_windows` lists them row-major). Window tops
 only grow from band to band, so once a band has been accumulated every row above the next

@@ -20,8 +20,8 @@ from . import build_model
 from .engine_cache import ENGINES, CacheEntryError, open_inference_engine
 from .export_format import ExportError
 from .infer import InferenceError, create_predictor
-from .inference import SlidingWindowInference, gpu_available, load_weights, resolve_device
 from .metrics import confusion_matrix
+from .sliding_window import SlidingWindowInference, gpu_available, load_weights, resolve_device
 
 
 class DeployedLayer(nn.Layer):

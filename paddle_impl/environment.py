@@ -17,7 +17,7 @@ import paddle.nn.functional as F
 from app.backend import Backend
 from app.config import Config
 
-from .inference import AMP_DTYPES
+from .sliding_window import AMP_DTYPES
 
 NAME = "paddle"
 PACKAGE = "paddle_impl"

@@ -68,7 +68,7 @@ from . import factseg as _factseg_module
 from . import farseg as _farseg_module
 from .export_format import CONFIG_FILE, EXPORT_PROG, FORMAT, INPUT_NAME, PARAMS_FILE, PROGRAM_FILE, ExportError
 from .infer import create_predictor
-from .inference import load_weights
+from .sliding_window import load_weights
 
 PROG = EXPORT_PROG
 ONNX_FILE = "model.onnx"

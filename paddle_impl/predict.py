@@ -10,7 +10,7 @@ With ``--model-dir`` the windows run through Paddle Inference on an export of
 ``python -m paddle_impl.export`` (backend chosen as :mod:`paddle_impl.infer` does) instead of
 the dynamic graph; everything else is the same.
 
-The official sliding-window protocol (:mod:`paddle_impl.inference`): probabilities averaged where
+The official sliding-window protocol (:mod:`paddle_impl.sliding_window`): probabilities averaged where
 windows overlap, argmax; rows are written as soon as no later window covers them. A GeoTIFF
 input is read by windows and its CRS and affine transform are written into a GeoTIFF output;
 memory depends on the scene's width, not its height (:mod:`app.raster` says what is bounded

@@ -49,8 +49,8 @@ from isaid.stitching import plan_bands
 from isaid.synth import make_scene
 from paddle_impl.export import check_export, export, save_inference_model
 from paddle_impl.export_format import ExportError, fixed_size, read_deploy_config
-from paddle_impl.inference import SlidingWindowInference as PaddleEngine
-from paddle_impl.inference import load_weights as paddle_load_weights
+from paddle_impl.sliding_window import SlidingWindowInference as PaddleEngine
+from paddle_impl.sliding_window import load_weights as paddle_load_weights
 
 WINDOW, STRIDE = 64, 32
 CRS = "EPSG:32633"

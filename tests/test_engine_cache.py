@@ -234,7 +234,7 @@ def test_exact_batch_norm_folding_rounds_once_and_matches_float32_folding() -> N
     import torch
 
     import torch_ref
-    import torch_ref.inference as torch_inference
+    import torch_ref.sliding_window as torch_inference
     from tests.model_helpers import randomise_batchnorm
 
     torch.manual_seed(0)
@@ -266,7 +266,7 @@ def test_bf16_weights_cast_once_give_the_same_probabilities() -> None:
     import torch
 
     import torch_ref
-    import torch_ref.inference as torch_inference
+    import torch_ref.sliding_window as torch_inference
 
     torch.manual_seed(0)
     model = torch_ref.build_model("farseg").eval()

@@ -33,10 +33,10 @@ from PIL import Image
 
 import paddle_impl
 import paddle_impl.evaluate as paddle_evaluate
-import paddle_impl.inference as paddle_inference
+import paddle_impl.sliding_window as paddle_inference
 import torch_ref
 import torch_ref.evaluate as torch_evaluate
-import torch_ref.inference as torch_inference
+import torch_ref.sliding_window as torch_inference
 import weights
 from app.evaluation import check_expectation
 from app.val_scenes import find_scenes

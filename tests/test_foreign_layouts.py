@@ -348,17 +348,17 @@ def test_port_layout_converts_to_both_official_layouts_with_eval_outputs_unchang
 @pytest.mark.parametrize("layout", ["paddleseg-farseg", "paddlers-named-factseg"])
 def test_entry_points_read_port_files_as_they_are(tmp_path, reference, layout):
     """evaluate / predict / export (load_weights), align --torch-ckpt: converted in memory."""
-    import paddle_impl.inference
-    import torch_ref.inference
+    import paddle_impl.sliding_window
+    import torch_ref.sliding_window
     from align.fixtures import _checkpoint_state
 
     name, *_, label, _, filled = MODEL_LAYOUTS[layout]
     ref = reference(name)
     path = write_port_file(tmp_path, ref, layout)
-    how = torch_ref.inference.load_weights(ref.torch_model, name, str(path))
+    how = torch_ref.sliding_window.load_weights(ref.torch_model, name, str(path))
     assert label in how and (filled is None or f"{filled} missing in the port, filled with 0" in how)
     np.testing.assert_array_equal(ref.torch_eval(), ref.torch_probs)
-    how = paddle_impl.inference.load_weights(ref.paddle_model, name, str(path))
+    how = paddle_impl.sliding_window.load_weights(ref.paddle_model, name, str(path))
     assert label in how
     np.testing.assert_array_equal(ref.paddle_eval(), ref.paddle_probs)
     assert differing_keys(_checkpoint_state(str(path), name), expected_official(ref, filled)) == []

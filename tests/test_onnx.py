@@ -38,7 +38,7 @@ import torch_ref.export as torch_export  # noqa: E402
 from app.export_inspect import layout_conv_shapes  # noqa: E402
 from app.exported import ExportError, OnnxModel, compare_probabilities, identify, read_deploy_config  # noqa: E402
 from convert import save_torch  # noqa: E402
-from paddle_impl.inference import load_weights as paddle_load_weights  # noqa: E402
+from paddle_impl.sliding_window import load_weights as paddle_load_weights  # noqa: E402
 
 TOLERANCE = torch_export.DEFAULT_TOLERANCE
 

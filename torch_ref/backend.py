@@ -16,8 +16,8 @@ import torch
 from app.exported import ONNX_FORMAT, ExportError, OnnxModel, engine_window, read_deploy_config
 
 from . import build_model
-from .inference import DeployedModule, SlidingWindowInference, gpu_available, load_weights, resolve_device
 from .metrics import confusion_matrix
+from .sliding_window import DeployedModule, SlidingWindowInference, gpu_available, load_weights, resolve_device
 
 
 class TorchBackend:

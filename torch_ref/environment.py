@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from app.backend import Backend
 from app.config import Config
 
-from .inference import AMP_DTYPES
+from .sliding_window import AMP_DTYPES
 
 NAME = "torch"
 PACKAGE = "torch_ref"

@@ -7,7 +7,7 @@ Usage::
         [--json result.json] [--expect official [--tolerance 0.3]] [--device cpu|cuda] [--limit N]
 
 One 16x16 confusion matrix over all pixels of all images, counted on the device band by band
-as the engine (:mod:`torch_ref.inference`) emits rows; only the label rows travel to the
+as the engine (:mod:`torch_ref.sliding_window`) emits rows; only the label rows travel to the
 device and only the final 16x16 matrix comes back. Inputs, report, JSON and the expectation
 check are written once for both frameworks (:mod:`app.evaluation`); ``python -m
 torch_ref.evaluate --help`` lists every option. Exit status 0 done, 1 ``--expect`` failed,
@@ -27,7 +27,7 @@ from app.val_scenes import Scene
 from isaid.palette import NUM_CLASSES
 
 from .backend import BACKEND
-from .inference import SlidingWindowInference
+from .sliding_window import SlidingWindowInference
 
 PROG = "python -m torch_ref.evaluate"
 

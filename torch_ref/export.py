@@ -58,7 +58,7 @@ from convert import CheckpointError
 from weights import MODEL_NAMES, check_model_name
 
 from . import build_model
-from .inference import load_weights
+from .sliding_window import load_weights
 
 PROG = "python -m torch_ref.export"
 ONNX_FILE = FORMAT_FILES[ONNX_FORMAT][0]

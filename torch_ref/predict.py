@@ -5,7 +5,7 @@ Usage::
     python -m torch_ref.predict --weights farseg50.pth --image scene.tif --out classes.tif
         [--window 896 --stride 512] [--color colour.png] [--device cpu|cuda] [--batch-size N]
 
-The official sliding-window protocol (:mod:`torch_ref.inference`): probabilities averaged where
+The official sliding-window protocol (:mod:`torch_ref.sliding_window`): probabilities averaged where
 windows overlap, argmax; rows are written as soon as no later window covers them. A GeoTIFF
 input is read by windows and its CRS and affine transform are written into a GeoTIFF output;
 memory depends on the scene's width, not its height (:mod:`app.raster` says what is bounded
