@@ -127,7 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "align_forward_plus_backward_seconds": round(align_total, 1),
         "goal": {"seconds": 60, "peak_rss_gib": 4},
     }
-    from isaid.atomic import write_bytes_atomic
+    from common.atomic import write_bytes_atomic
 
     write_bytes_atomic(args.out, (json.dumps(document, indent=1) + "\n").encode("utf-8"))
     return 0

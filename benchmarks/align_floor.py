@@ -316,7 +316,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "worst_over_pairs": summary(results),
         "pairs": results,
     }
-    from isaid.atomic import write_bytes_atomic
+    from common.atomic import write_bytes_atomic
 
     write_bytes_atomic(args.out, (json.dumps(document, indent=1) + "\n").encode("utf-8"))
     print(json.dumps(document["worst_over_pairs"], indent=1))

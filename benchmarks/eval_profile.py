@@ -46,7 +46,7 @@ from PIL import Image  # noqa: E402
 
 from align.env import read_cpu  # noqa: E402
 from app.val_scenes import Scene, load_scene  # noqa: E402
-from isaid.atomic import write_bytes_atomic  # noqa: E402
+from common.atomic import write_bytes_atomic  # noqa: E402
 from isaid.palette import NUM_CLASSES  # noqa: E402
 from isaid.synth import make_scene  # noqa: E402
 from torch_ref import build_model  # noqa: E402

@@ -375,7 +375,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "dtype": {**{m: "float32" for m in MODES}, **ALIGN_TOOLS},
         }
     )
-    from isaid.atomic import write_bytes_atomic
+    from common.atomic import write_bytes_atomic
 
     markdown = table(results)
     write_bytes_atomic(args.out, (json.dumps(results, indent=1) + "\n").encode("utf-8"))
