@@ -345,6 +345,26 @@ def test_every_project_import_names_an_existing_module(code: Code) -> None:
     assert missing_modules(code) == []
 
 
+def test_benchmarks_and_tests_import_existing_modules(code: Code) -> None:
+    """The same for ``benchmarks/`` and ``tests/``: their project imports often sit inside
+    functions that no quick test runs (a benchmark's writer), so a move leaves them stale."""
+    problems = []
+    for path in sorted([*(ROOT / "benchmarks").glob("*.py"), *(ROOT / "tests").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            else:
+                continue
+            problems += [
+                f"{path.relative_to(ROOT)}:{node.lineno} imports {name}"
+                for name in names
+                if name.split(".")[0] in PACKAGES and name not in code.modules
+            ]
+    assert problems == []
+
+
 def test_planted_stale_import_after_a_move_is_caught(code: Code) -> None:
     planted = Code(
         overrides={
