@@ -8,6 +8,18 @@ model outputs', the layers say where a difference starts. Backward: K steps of f
 backward, optimiser step, gradients cleared, on both sides; per step the output, the loss,
 every gradient, every parameter after the step and every buffer (BatchNorm running variance:
 torch's unbiased update converted to Paddle's biased one, as in ``align.backward``).
+
+Every step starts from the same parameters (``STEP_START``): before steps 2..K, Paddle's
+parameters are copied into the torch model, so each step is held to the sharp step-1 thresholds
+and a difference is the port's own in that step, not rounding of earlier steps amplified by the
+model. Measured why (``benchmarks/results/backward_chaos.json``, ``python benchmarks/backward_chaos.py``):
+the clean ResNet-50 pair at 2x3x224x224 in float64 ends step 1 with parameters 1.65e-8 apart
+(Paddle keeps the learning rate in float32); from those, torch's own step-2 gradients move by
+1.3e-2, torch against torch perturbed by the same 1.65e-8 moves them by 6.0e-2, while torch
+evaluated AT Paddle's parameters agrees with Paddle to 2.1e-8, as in step 1. The parameter
+difference a step leaves behind is compared (``param``) before it is erased; the optimiser
+state (momentum, Adam moments) is not copied, so it carries the earlier steps' gradients.
+Buffers are not copied either (torch's running variance is converted from its own history).
 """
 
 from __future__ import annotations
@@ -37,15 +49,18 @@ from .pairing import (
 from .sides import PADDLE, TORCH, Side, create_from
 
 ENGINE_MODEL = "pair"  # StageResult.model of a user's pair
-# Kinds compared in the first step and in later ones (later steps amplify rounding).
-FIRST_STEP = {
+# Kinds compared in every step (each starts from the same parameters: see the module docstring).
+STEP_KINDS = {
     "output": "forward_train",
     "loss": "forward_train",
     "grad": "grad",
     "param": "param",
     "buffer": "running_stat",
 }
-LATER_STEP = {"output": "drift", "loss": "drift", "grad": "drift", "param": "param_drift", "buffer": "stat_drift"}
+# Before steps 2..K: "paddle" copies Paddle's parameters into torch (the default, sharp at every
+# step); "none" lets both run free, held to the *drift kinds (a deep model's chaos can fail them).
+STEP_START = ("paddle", "none")
+LATER_STEP_FREE = {"output": "drift", "loss": "drift", "grad": "drift", "param": "param_drift", "buffer": "stat_drift"}
 
 
 @dataclass
@@ -375,6 +390,15 @@ def _param_order(pair: Pair, order: List[str]) -> List[Tuple[str, str]]:
     return [(n, by_torch[n]) for n in order if n in by_torch]
 
 
+def _start_from_paddle(pair: Pair, t_params: Mapping[str, Any], p_params: Mapping[str, Any]) -> None:
+    """Copy Paddle's parameters into the torch model (in place: the torch optimiser keeps its
+    references and its state), so that the next step starts from the same point on both sides."""
+    assert pair.tensors is not None
+    for tn, pn in pair.tensors.parameters:
+        value = pair.p.numpy(p_params[pn])
+        pair.t.assign(t_params[tn], value.T if tn in pair.tensors.transposed else value)
+
+
 def backward(
     pair: Pair,
     x: np.ndarray,
@@ -389,9 +413,14 @@ def backward(
     out_dir: Optional[Any] = None,
     model: str = ENGINE_MODEL,
     settings: Optional[Mapping[str, Any]] = None,
+    step_start: str = "paddle",
 ) -> StageResult:
     """K steps of forward, loss, backward, optimiser step and clearing on both sides of a
-    prepared pair (weights copied), compared value by value after each phase."""
+    prepared pair (weights copied), compared value by value after each phase. ``step_start``
+    (``STEP_START``): "paddle" copies Paddle's parameters into torch before steps 2..K."""
+    if step_start not in STEP_START:
+        raise AlignInputError(f"step_start {step_start!r}: expected one of {', '.join(STEP_START)}")
+    later = STEP_KINDS if step_start == "paddle" else LATER_STEP_FREE
     if pair.tensors is None:
         raise AlignInputError(f"backward: {' '.join(pair.notes) or 'the parameters are not paired'}")
     start = time.perf_counter()
@@ -403,7 +432,8 @@ def backward(
         x,
         {
             "steps": steps,
-            "tolerances": {k: tols[k].describe() for k in sorted({*FIRST_STEP.values(), *LATER_STEP.values()})},
+            "step_start": step_start,
+            "tolerances": {k: tols[k].describe() for k in sorted({*STEP_KINDS.values(), *later.values()})},
             **(settings or {}),
         },
     )
@@ -415,7 +445,9 @@ def backward(
     tx, ty, px, py = t.tensor(x), t.tensor(y), p.tensor(x), p.tensor(y)
     with recorder.hooked():
         for step in range(1, steps + 1):
-            kinds = FIRST_STEP if step == 1 else LATER_STEP
+            kinds = STEP_KINDS if step == 1 else later
+            if step > 1 and step_start == "paddle":
+                _start_from_paddle(pair, t_params, p_params)
             with (
                 training_mode(t, tm),
                 backward_parameter_order(tm) if step == 1 else contextlib.nullcontext(order) as got,
@@ -543,12 +575,14 @@ def compare(
     copy_weights: bool = True,
     rtol: Optional[float] = None,
     out: Optional[str] = None,
+    step_start: str = "paddle",
 ) -> List[StageResult]:
     """Compare a torch model with its Paddle port: the forward stage, and the backward stage
     when ``targets``, both losses and both optimiser factories (``model -> optimizer``) are
     given. ``inputs``: one array; the torch weights are copied into the Paddle model through
-    the pairing unless ``copy_weights`` is False. ``out``: a folder for DIR/forward/ and
-    DIR/backward/ (diff.json, diff.txt, divergence.png). Raises AlignInputError on bad input.
+    the pairing unless ``copy_weights`` is False. ``step_start``: see ``backward``. ``out``: a
+    folder for DIR/forward/ and DIR/backward/ (diff.json, diff.txt, divergence.png). Raises
+    AlignInputError on bad input.
 
     Example::
 
@@ -590,9 +624,10 @@ def compare(
                 dtype,
                 tols,
                 None if out is None else Path(out) / "backward",
+                step_start=step_start,
             )
         )
     return results
 
 
-__all__ = ["Pair", "backward", "compare", "forward", "prepare", "training_mode"]
+__all__ = ["STEP_START", "Pair", "backward", "compare", "forward", "prepare", "training_mode"]

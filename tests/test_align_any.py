@@ -203,6 +203,21 @@ def test_clean_pair_backward_passes(align_run: Any, file_name: str, paddle_facto
     assert_clean(run)
 
 
+def test_chaotic_clean_pair_backward_passes_every_step_sharp(align_run: Any) -> None:
+    """A clean port whose training amplifies a rounding (tests/align_pairs/chaos_pair.py, the
+    ResNet-50 false positive in small): every step starts from the same parameters and passes at
+    the sharp step-1 thresholds; the same pair run free (--step-start none) fails at a later step,
+    so the chaos the default absorbs is really there."""
+    args = backward_args("chaos_pair.py", "float64")
+    run = align_run("backward", *args)
+    assert_clean(run)
+    kinds = {r["kind"] for r in run.diff["rows"] if not r["name"].startswith("step1/")}
+    assert kinds <= {"forward_train", "grad", "param", "running_stat"}, kinds
+    free = align_run("backward", *args, "--step-start", "none")
+    assert free.rc == 1, free.stderr
+    assert free.first.get("step", 1) > 1, free.first
+
+
 # ---------------------------------------------------------------------------------- planted bugs
 def planted(stage: str) -> List[Any]:
     """(file, bug, where, dtype) of every planted bug of ``stage``, in each dtype it is visible in
