@@ -127,9 +127,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "align_forward_plus_backward_seconds": round(align_total, 1),
         "goal": {"seconds": 60, "peak_rss_gib": 4},
     }
-    from isaid.atomic import write_bytes_atomic
+    from convert import atomic_write
 
-    write_bytes_atomic(args.out, (json.dumps(document, indent=1) + "\n").encode("utf-8"))
+    data = (json.dumps(document, indent=1) + "\n").encode("utf-8")
+    atomic_write(args.out, lambda f: f.write(data))
     return 0
 
 

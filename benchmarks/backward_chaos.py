@@ -125,9 +125,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "results": measure(args.size),
     }
     print(json.dumps(document, indent=1))
-    from isaid.atomic import write_bytes_atomic
+    from convert import atomic_write
 
-    write_bytes_atomic(args.out, (json.dumps(document, indent=1) + "\n").encode("utf-8"))
+    data = (json.dumps(document, indent=1) + "\n").encode("utf-8")
+    atomic_write(args.out, lambda f: f.write(data))
     return 0
 
 

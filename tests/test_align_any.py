@@ -218,6 +218,21 @@ def test_chaotic_clean_pair_backward_passes_every_step_sharp(align_run: Any) -> 
     assert free.first.get("step", 1) > 1, free.first
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("file_name", ["resnet_pair.py", "resnet_zoo.py"])
+def test_free_run_thresholds_pass_clean_and_catch_end_lr(align_run: Any, file_name: str, dtype: str) -> None:
+    """--step-start none (the *drift thresholds): the clean ResNet-like pairs (resnet_zoo.py: the
+    ResNet-18-like one at 64x64, the float32 floor's worst) pass 3 steps in both dtypes; in float64
+    Paddle's PolynomialDecay end_lr default is still named at step 2."""
+    clean = align_run("backward", *backward_args(file_name, dtype), "--step-start", "none")
+    assert_clean(clean)
+    if dtype == "float64" and file_name == "resnet_pair.py":
+        bug = backward_args("resnet_pair.py", dtype, paddle_optimizer="paddle_optimizer_poly_end_lr")
+        run = align_run("backward", *bug, "--step-start", "none")
+        assert run.rc == 1, run.stderr
+        assert (run.first.get("step"), run.first.get("kind")) == (2, "param"), run.first
+
+
 # ---------------------------------------------------------------------------------- planted bugs
 def planted(stage: str) -> List[Any]:
     """(file, bug, where, dtype) of every planted bug of ``stage``, in each dtype it is visible in
