@@ -56,9 +56,13 @@ def build_parser(stage: Optional[str], module_doc: Optional[str] = None) -> argp
     )
     epilog = EPILOG
     if stage in ("forward", "backward"):
+        from .anycli import build_parser as build_pair_parser  # no framework import: --help stays instant
+
+        # The pair command is a second parser (chosen by --torch / --paddle): its whole help here,
+        # so that one --help documents every option.
         epilog += (
-            f"your own model pair (any torch model and its Paddle port): {prog} --torch SPEC --paddle SPEC "
-            f"--inputs 2x3x64x64 ...; its options: {prog} --torch SPEC --paddle SPEC --help (docs/align.md).\n"
+            f"\nYOUR OWN MODEL PAIR (any torch model and its Paddle port; docs/align_your_model.md): "
+            f"with --torch / --paddle, {prog} takes these options instead.\n\n" + build_pair_parser(stage).format_help()
         )
     p = OneLineArgumentParser(
         prog=prog, description=what, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter

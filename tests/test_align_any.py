@@ -233,6 +233,25 @@ def test_free_run_thresholds_pass_clean_and_catch_end_lr(align_run: Any, file_na
         assert (run.first.get("step"), run.first.get("kind")) == (2, "param"), run.first
 
 
+@pytest.mark.parametrize("stage", ["forward", "backward"])
+def test_stage_help_documents_every_pair_option(stage: str) -> None:
+    """``python -m align.<stage> --help`` (no --torch) lists every option of the pair command and
+    says that a SPEC runs the user's code."""
+    from align.anycli import build_parser
+
+    module = importlib.import_module(f"align.{stage}")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        module.main(["--help"])
+    text = out.getvalue()
+    options = [o for action in build_parser(stage)._actions for o in action.option_strings]
+    assert "--torch-weights" in options and "--inputs" in options
+    missing = [o for o in options if not re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", text)]
+    assert not missing, missing
+    assert "SPEC runs YOUR code" in text
+    assert "--model" in text  # the FarSeg/FactSeg options are still there
+
+
 # ---------------------------------------------------------------------------------- planted bugs
 def planted(stage: str) -> List[Any]:
     """(file, bug, where, dtype) of every planted bug of ``stage``, in each dtype it is visible in
