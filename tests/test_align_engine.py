@@ -162,6 +162,37 @@ def test_divergence_plot_is_written_or_skipped_in_one_line(tmp_path: Path, monke
     assert not (tmp_path / "b" / "forward" / "divergence.png").exists()
 
 
+def test_divergence_plot_labels_do_not_overlap() -> None:
+    """Two curves diverging at the same layer (a backward run: gradients and parameters of one
+    step): their "first divergence" labels do not overlap each other."""
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from align import plot
+    from align.compare import Tolerance, compare_arrays
+
+    def curve(prefix: str) -> List[Any]:
+        tol = Tolerance(1e-6)
+        return [
+            compare_arrays(f"{prefix}/layer{i}.weight", np.ones(3), np.ones(3) * (1 + 10.0 ** (i - 8)), tol, "grad")
+            for i in range(6)
+        ]
+
+    fig = plot.divergence_figure({"step 2 gradients": curve("g"), "step 2 parameters": curve("p")}, "t")
+    try:
+        renderer = fig.canvas.get_renderer()
+        labels = [t for t in fig.axes[0].texts if t.get_text().startswith("first divergence")]
+        assert len(labels) == 2
+        # The text boxes only (an Annotation's own extent includes its arrow).
+        a, b = (matplotlib.text.Text.get_window_extent(t, renderer) for t in labels)
+        assert not a.overlaps(b), (a, b)
+    finally:
+        plt.close(fig)
+
+
 def test_spec_and_file_readers_refuse_bad_input(tmp_path: Path) -> None:
     from align import spec
 
