@@ -12,8 +12,7 @@ from typing import Any, List, Optional, Sequence
 
 from app.cli import OneLineArgumentParser
 
-from .cli import summary_line
-from .compare import DEFAULT_TOLERANCES, StageResult, format_report
+from .compare import DEFAULT_TOLERANCES, StageResult, format_report, summary_line
 from .inputs import AlignInputError
 from .pairing import PAIRING_MODES
 

@@ -534,6 +534,24 @@ def format_report(result: StageResult, max_rows: int = 40) -> str:
     return "\n".join(lines)
 
 
+def _worst(result: StageResult) -> str:
+    if not result.rows:
+        return "no values"
+    worst = max(result.rows, key=lambda r: r.rel / r.tol.rtol if r.tol.rtol > 0 else (0 if r.rel == 0 else 1e300))
+    return f"worst {worst.name} rel {worst.rel:.1e} (<= {worst.tol.rtol:.2g})"
+
+
+def summary_line(result: StageResult) -> str:
+    """``[PASS] forward  farseg float64  3/3 values  worst ...  2.0 s  -> report``"""
+    n_failed = len(result.failed_rows())
+    where = f"  -> {result.out_dir}/diff.txt" if result.out_dir else ""
+    return (
+        f"[{'PASS' if result.passed else 'FAIL'}] {result.stage:<8} {result.model:<7} {result.dtype}  "
+        f"{len(result.rows) - n_failed}/{len(result.rows)} values  {_worst(result)}  "
+        f"{result.seconds:.1f} s{where}"
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # Writing (atomic: a file appears complete under its final name, or not at all)
 # ----------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ Every step starts from the same parameters (``STEP_START``): before steps 2..K, 
 parameters are copied into the torch model, so each step is held to the sharp step-1 thresholds
 and a difference is the port's own in that step, not rounding of earlier steps amplified by the
 model. Measured why (``benchmarks/results/backward_chaos.json``, ``python benchmarks/backward_chaos.py``):
-the clean ResNet-50 pair at 2x3x224x224 in float64 ends step 1 with parameters 1.65e-8 apart
-(Paddle keeps the learning rate in float32); from those, torch's own step-2 gradients move by
+the clean ResNet-50 pair at 2x3x224x224 in float64 ends step 1 with gradients 2.1e-8 and
+parameters 1.65e-8 apart (rounding); from those, torch's own step-2 gradients move by
 1.3e-2, torch against torch perturbed by the same 1.65e-8 moves them by 6.0e-2, while torch
 evaluated AT Paddle's parameters agrees with Paddle to 2.1e-8, as in step 1. The parameter
 difference a step leaves behind is compared (``param``) before it is erased; the optimiser

@@ -66,10 +66,10 @@ def paddle_loss(output: paddle.Tensor, target: paddle.Tensor) -> paddle.Tensor:
 
 
 def torch_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Plain SGD."""
+    """SGD with momentum 0.9."""
     return torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
 
 
 def paddle_optimizer(model: paddle.nn.Layer) -> paddle.optimizer.Optimizer:
-    """Plain SGD (Paddle keeps the learning rate in float32)."""
+    """The same in Paddle."""
     return paddle.optimizer.Momentum(learning_rate=LR, momentum=0.9, parameters=model.parameters())
