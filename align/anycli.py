@@ -12,8 +12,7 @@ from typing import Any, List, Optional, Sequence
 
 from app.cli import OneLineArgumentParser
 
-from .cli import summary_line
-from .compare import DEFAULT_TOLERANCES, StageResult, format_report
+from .compare import DEFAULT_TOLERANCES, StageResult, format_report, summary_line
 from .inputs import AlignInputError
 from .pairing import PAIRING_MODES
 
@@ -111,6 +110,14 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
             help="callable(model) -> Paddle optimizer (runs your code)",
         )
         p.add_argument("--steps", type=int, default=2, metavar="K", help="training steps compared (default 2)")
+        p.add_argument(
+            "--step-start",
+            choices=("paddle", "none"),
+            default="paddle",
+            help="before steps 2..K: paddle (default) copies Paddle's parameters into torch, so every step is "
+            "held to the sharp step-1 thresholds; none lets both run free (loose drift thresholds: a deep "
+            "model amplifies rounding chaotically)",
+        )
     p.add_argument("-v", "--verbose", action="store_true", help="print the full report even when it passes")
     return p
 
@@ -181,7 +188,21 @@ def run(stage: str, args: argparse.Namespace) -> StageResult:
     p_loss = _loaded(args.paddle_loss, "--paddle-loss")
     settings.update(targets=args.targets, torch_loss=args.torch_loss, paddle_loss=args.paddle_loss)
     settings.update(torch_optimizer=args.torch_optimizer, paddle_optimizer=args.paddle_optimizer)
-    return backward(pair, x, y, t_loss, p_loss, t_opt, p_opt, args.steps, args.dtype, tols, out, settings=settings)
+    return backward(
+        pair,
+        x,
+        y,
+        t_loss,
+        p_loss,
+        t_opt,
+        p_opt,
+        args.steps,
+        args.dtype,
+        tols,
+        out,
+        settings=settings,
+        step_start=args.step_start,
+    )
 
 
 def _loaded(spec: str, option: str) -> Any:

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from app.cli import OneLineArgumentParser
 from weights import MODEL_NAMES
 
-from .compare import DEFAULT_TOLERANCES, StageResult, Tolerance, format_report
+from .compare import DEFAULT_TOLERANCES, StageResult, Tolerance, format_report, summary_line
 from .config import AGAINST, DEFAULT_STAGES, DEFAULT_TRAIN_ITERATIONS, DTYPES, STAGES, AlignConfig, AlignInputError
 
 EPILOG = """\
@@ -56,9 +56,13 @@ def build_parser(stage: Optional[str], module_doc: Optional[str] = None) -> argp
     )
     epilog = EPILOG
     if stage in ("forward", "backward"):
+        from .anycli import build_parser as build_pair_parser  # no framework import: --help stays instant
+
+        # The pair command is a second parser (chosen by --torch / --paddle): its whole help here,
+        # so that one --help documents every option.
         epilog += (
-            f"your own model pair (any torch model and its Paddle port): {prog} --torch SPEC --paddle SPEC "
-            f"--inputs 2x3x64x64 ...; its options: {prog} --torch SPEC --paddle SPEC --help (docs/align.md).\n"
+            f"\nYOUR OWN MODEL PAIR (any torch model and its Paddle port; docs/align_your_model.md): "
+            f"with --torch / --paddle, {prog} takes these options instead.\n\n" + build_pair_parser(stage).format_help()
         )
     p = OneLineArgumentParser(
         prog=prog, description=what, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -219,24 +223,6 @@ def config_from_args(args: argparse.Namespace, model: str) -> AlignConfig:
     values = {f.name: getattr(args, f.name) for f in fields(AlignConfig) if hasattr(args, f.name)}
     values.update(model=model, tol=dict(args.tol), sets=tuple(getattr(args, "sets", ())))
     return AlignConfig(**values)
-
-
-def _worst(result: StageResult) -> str:
-    if not result.rows:
-        return "no values"
-    worst = max(result.rows, key=lambda r: r.rel / r.tol.rtol if r.tol.rtol > 0 else (0 if r.rel == 0 else 1e300))
-    return f"worst {worst.name} rel {worst.rel:.1e} (<= {worst.tol.rtol:.2g})"
-
-
-def summary_line(result: StageResult) -> str:
-    """``[PASS] forward  farseg float64  3/3 values  worst ...  2.0 s  -> report``"""
-    n_failed = len(result.failed_rows())
-    where = f"  -> {result.out_dir}/diff.txt" if result.out_dir else ""
-    return (
-        f"[{'PASS' if result.passed else 'FAIL'}] {result.stage:<8} {result.model:<7} {result.dtype}  "
-        f"{len(result.rows) - n_failed}/{len(result.rows)} values  {_worst(result)}  "
-        f"{result.seconds:.1f} s{where}"
-    )
 
 
 def run_stages(

@@ -180,7 +180,14 @@ DEFAULT_LR_SCALE = {"float64": 0.01, "float32": 1.0}
 # SGD). Worst measured values are in the comments; thresholds keep a margin of 10-100x.
 # float64 is not 1e-9 here: Paddle's bilinear resize computes its coordinates in float32, so the
 # encoder-decoder's clean float64 port differs by 1.2e-7 (FarSeg resizes with align_corners and
-# keeps 1e-9). Later steps (drift kinds) grow with chaos: only the first step is sharp.
+# keeps 1e-9). Every backward step starts from the same parameters by default (align.engine,
+# --step-start paddle) and is held to the first-step kinds; the *drift kinds apply only to free
+# runs (--step-start none), where differences grow with the model's chaos. Their bounds: float64
+# param_drift 1e-6, 26x the clean floor (3.8e-8, step 3) and 11x below the smallest planted
+# optimiser bug of the zoo (resnet_pair.py poly_end_lr: 1.1e-5 at step 2); float32 drift and
+# param_drift 6.5x and 9x the ResNet-18-like step-3 floor (0.76 and 3.3e-2). A free run of a
+# deep model can still exceed them on a clean port (ResNet-50 at 224 px, float64: step-2
+# gradients 1.3e-2, benchmarks/results/backward_chaos.json): that is why it is not the default.
 PAIR_TOLERANCES: Dict[str, Dict[str, Tolerance]] = {
     "float64": {
         "forward": Tolerance(1e-6),  # layers, eval: 1.2e-7 (encdec), others <= 7e-12
@@ -189,9 +196,9 @@ PAIR_TOLERANCES: Dict[str, Dict[str, Tolerance]] = {
         "grad": Tolerance(1e-5),  # 3.6e-7
         "param": Tolerance(1e-6),  # 7.9e-9 after one SGD step
         "running_stat": Tolerance(1e-5),  # 1.1e-7 (Paddle keeps the BN momentum in float32)
-        "drift": Tolerance(1e-4),
-        "param_drift": Tolerance(1e-5),
-        "stat_drift": Tolerance(1e-5),
+        "drift": Tolerance(1e-4),  # free runs only: 3.4e-7 (step-2 gradients), 3.0e-7 (step 3)
+        "param_drift": Tolerance(1e-6),  # free runs only: 3.8e-8
+        "stat_drift": Tolerance(1e-5),  # free runs only
     },
     "float32": {
         "forward": Tolerance(1e-4),  # layers, eval: 8.5e-7
@@ -200,9 +207,9 @@ PAIR_TOLERANCES: Dict[str, Dict[str, Tolerance]] = {
         "grad": Tolerance(0.1),  # 5.1e-3 (ResNet-18-like, training-mode BatchNorm over few elements)
         "param": Tolerance(2e-2),  # 1.4e-3
         "running_stat": Tolerance(5e-4),  # 3.1e-7
-        "drift": Tolerance(0.5),
-        "param_drift": Tolerance(3e-2),
-        "stat_drift": Tolerance(1e-2),
+        "drift": Tolerance(5.0),  # free runs only: 0.76 (ResNet-18-like, step-3 gradients)
+        "param_drift": Tolerance(0.3),  # free runs only: 3.3e-2 (ResNet-18-like, step 3)
+        "stat_drift": Tolerance(1e-2),  # free runs only
     },
 }
 
@@ -525,6 +532,24 @@ def format_report(result: StageResult, max_rows: int = 40) -> str:
         f"({len(rows) - n_failed}/{len(rows)} values within thresholds, {result.seconds:.1f} s)",
     ]
     return "\n".join(lines)
+
+
+def _worst(result: StageResult) -> str:
+    if not result.rows:
+        return "no values"
+    worst = max(result.rows, key=lambda r: r.rel / r.tol.rtol if r.tol.rtol > 0 else (0 if r.rel == 0 else 1e300))
+    return f"worst {worst.name} rel {worst.rel:.1e} (<= {worst.tol.rtol:.2g})"
+
+
+def summary_line(result: StageResult) -> str:
+    """``[PASS] forward  farseg float64  3/3 values  worst ...  2.0 s  -> report``"""
+    n_failed = len(result.failed_rows())
+    where = f"  -> {result.out_dir}/diff.txt" if result.out_dir else ""
+    return (
+        f"[{'PASS' if result.passed else 'FAIL'}] {result.stage:<8} {result.model:<7} {result.dtype}  "
+        f"{len(result.rows) - n_failed}/{len(result.rows)} values  {_worst(result)}  "
+        f"{result.seconds:.1f} s{where}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -48,8 +48,22 @@ def plot_divergence(path: Path, curves: Dict[str, Sequence[Any]], title: str) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig = divergence_figure(curves, title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    data = buffer.getvalue()
+    atomic_write(Path(path), lambda f: f.write(data))
+    return None
+
+
+def divergence_figure(curves: Dict[str, Sequence[Any]], title: str) -> Any:
+    """The matplotlib figure of ``plot_divergence`` (non-empty ``curves``; Agg backend set)."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(16, 7), dpi=100)
     longest: List[Any] = []
+    marked = 0  # "first divergence" labels placed so far: each gets its own row, never overlapping
     for index, (name, rows) in enumerate(curves.items()):
         color = f"C{index % 10}"
         xs = list(range(len(rows)))
@@ -60,15 +74,22 @@ def plot_divergence(path: Path, curves: Dict[str, Sequence[Any]], title: str) ->
         first = next((i for i, r in enumerate(rows) if not r.passed), None)
         if first is not None:
             ax.plot([first], [_value(rows[first])], marker="o", markersize=12, fillstyle="none", color="red", mew=2)
+            # Labels stack down from the top of the axes, on the side away from their point
+            # (curves often diverge at the same layer: offsets from the point would overlap).
+            left_half = first < max(len(rows), 1) / 2
             ax.annotate(
-                f"first divergence ({name}):\n{rows[first].name}",
+                f"first divergence ({name}): {rows[first].name}",
                 xy=(first, _value(rows[first])),
-                xytext=(12, 18),
-                textcoords="offset points",
+                xytext=(0.98 if left_half else 0.02, 0.97 - 0.09 * marked),
+                textcoords="axes fraction",
+                ha="right" if left_half else "left",
+                va="top",
                 fontsize=11,
                 color="red",
+                bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "red", "alpha": 0.9},
                 arrowprops={"arrowstyle": "->", "color": "red"},
             )
+            marked += 1
         if len(rows) > len(longest):
             longest = list(rows)
     ax.set_yscale("log")
@@ -81,9 +102,4 @@ def plot_divergence(path: Path, curves: Dict[str, Sequence[Any]], title: str) ->
         ax.set_xticklabels([r.name.split("/")[-1] for r in longest], rotation=70, ha="right", fontsize=8)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=10, borderaxespad=0)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    data = buffer.getvalue()
-    atomic_write(Path(path), lambda f: f.write(data))
-    return None
+    return fig

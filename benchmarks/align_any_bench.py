@@ -129,7 +129,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     }
     from common.atomic import write_bytes_atomic
 
-    write_bytes_atomic(args.out, (json.dumps(document, indent=1) + "\n").encode("utf-8"))
+    data = (json.dumps(document, indent=1) + "\n").encode("utf-8")
+    write_bytes_atomic(args.out, data)
     return 0
 
 

@@ -203,6 +203,55 @@ def test_clean_pair_backward_passes(align_run: Any, file_name: str, paddle_facto
     assert_clean(run)
 
 
+def test_chaotic_clean_pair_backward_passes_every_step_sharp(align_run: Any) -> None:
+    """A clean port whose training amplifies a rounding (tests/align_pairs/chaos_pair.py, the
+    ResNet-50 false positive in small): every step starts from the same parameters and passes at
+    the sharp step-1 thresholds; the same pair run free (--step-start none) fails at a later step,
+    so the chaos the default absorbs is really there."""
+    args = backward_args("chaos_pair.py", "float64")
+    run = align_run("backward", *args)
+    assert_clean(run)
+    kinds = {r["kind"] for r in run.diff["rows"] if not r["name"].startswith("step1/")}
+    assert kinds <= {"forward_train", "grad", "param", "running_stat"}, kinds
+    free = align_run("backward", *args, "--step-start", "none")
+    assert free.rc == 1, free.stderr
+    assert free.first.get("step", 1) > 1, free.first
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("file_name", ["resnet_pair.py", "resnet_zoo.py"])
+def test_free_run_thresholds_pass_clean_and_catch_end_lr(align_run: Any, file_name: str, dtype: str) -> None:
+    """--step-start none (the *drift thresholds): the clean ResNet-like pairs (resnet_zoo.py: the
+    ResNet-18-like one at 64x64, the float32 floor's worst) pass 3 steps in both dtypes; in float64
+    Paddle's PolynomialDecay end_lr default is still named at step 2."""
+    clean = align_run("backward", *backward_args(file_name, dtype), "--step-start", "none")
+    assert_clean(clean)
+    if dtype == "float64" and file_name == "resnet_pair.py":
+        bug = backward_args("resnet_pair.py", dtype, paddle_optimizer="paddle_optimizer_poly_end_lr")
+        run = align_run("backward", *bug, "--step-start", "none")
+        assert run.rc == 1, run.stderr
+        assert (run.first.get("step"), run.first.get("kind")) == (2, "param"), run.first
+
+
+@pytest.mark.parametrize("stage", ["forward", "backward"])
+def test_stage_help_documents_every_pair_option(stage: str) -> None:
+    """``python -m align.<stage> --help`` (no --torch) lists every option of the pair command and
+    says that a SPEC runs the user's code."""
+    from align.anycli import build_parser
+
+    module = importlib.import_module(f"align.{stage}")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        module.main(["--help"])
+    text = out.getvalue()
+    options = [o for action in build_parser(stage)._actions for o in action.option_strings]
+    assert "--torch-weights" in options and "--inputs" in options
+    missing = [o for o in options if not re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", text)]
+    assert not missing, missing
+    assert "SPEC runs YOUR code" in text
+    assert "--model" in text  # the FarSeg/FactSeg options are still there
+
+
 # ---------------------------------------------------------------------------------- planted bugs
 def planted(stage: str) -> List[Any]:
     """(file, bug, where, dtype) of every planted bug of ``stage``, in each dtype it is visible in

@@ -162,6 +162,37 @@ def test_divergence_plot_is_written_or_skipped_in_one_line(tmp_path: Path, monke
     assert not (tmp_path / "b" / "forward" / "divergence.png").exists()
 
 
+def test_divergence_plot_labels_do_not_overlap() -> None:
+    """Two curves diverging at the same layer (a backward run: gradients and parameters of one
+    step): their "first divergence" labels do not overlap each other."""
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from align import plot
+    from align.compare import Tolerance, compare_arrays
+
+    def curve(prefix: str) -> List[Any]:
+        tol = Tolerance(1e-6)
+        return [
+            compare_arrays(f"{prefix}/layer{i}.weight", np.ones(3), np.ones(3) * (1 + 10.0 ** (i - 8)), tol, "grad")
+            for i in range(6)
+        ]
+
+    fig = plot.divergence_figure({"step 2 gradients": curve("g"), "step 2 parameters": curve("p")}, "t")
+    try:
+        renderer = fig.canvas.get_renderer()
+        labels = [t for t in fig.axes[0].texts if t.get_text().startswith("first divergence")]
+        assert len(labels) == 2
+        # The text boxes only (an Annotation's own extent includes its arrow).
+        a, b = (matplotlib.text.Text.get_window_extent(t, renderer) for t in labels)
+        assert not a.overlaps(b), (a, b)
+    finally:
+        plt.close(fig)
+
+
 def test_spec_and_file_readers_refuse_bad_input(tmp_path: Path) -> None:
     from align import spec
 
@@ -211,3 +242,22 @@ def test_integer_inputs_and_a_model_that_needs_the_whole_batch() -> None:
         result = forward(pairs.paddle_tokens, dtype, torch_factory=pairs.torch_tokens, x=ids)
         assert result.passed, result.failed_rows()
     assert {"torch": "head", "paddle": "head"} in result.pairing
+
+
+def test_float32_gradient_bound_follows_torchs_own_float32_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """float32 backward: each step's gradient bound is max(fixed, FLOAT32_BAND_MARGIN x torch's
+    worst error against its float64 twin). A small net keeps the fixed bound; a twin whose
+    gradients sit 20% off (what a deep BatchNorm net's float32 does, ResNet-50 at 224 px: 0.17)
+    widens it to 3 x 0.2 / 1.2 = 0.5, and the note says so."""
+    clean = backward(pairs.paddle_same, "float32")
+    assert clean.passed
+    assert {r.tol.rtol for r in clean.rows if "/grad/" in r.name} == {0.1}
+    real = engine._float64_grads
+
+    def off_by_a_fifth(*args: Any) -> Any:
+        return {name: grad * 1.2 for name, grad in real(*args).items()}
+
+    monkeypatch.setattr(engine, "_float64_grads", off_by_a_fifth)
+    widened = backward(pairs.paddle_same, "float32")
+    assert {r.tol.rtol for r in widened.rows if "/grad/" in r.name} == {0.5}
+    assert any("float32 gradient bound 0.5" in note for note in widened.notes), widened.notes
