@@ -114,12 +114,12 @@ def test_program_code_hash_follows_the_model_sources(tmp_path) -> None:
     "tamper, reason",
     [
         ("params_bytes", "sha256 differs"),
-        ("foreign_op", "outside the allow-list"),
+        ("foreign_op", "export never writes"),
         ("wrong_weights_sha", "weights_sha256 is not this run's"),
         ("extra_file", "holds"),
         ("link", "not a regular file"),
         ("consistent_other_params", "probe differs"),
-        ("truncated_consistent_params", "cannot run"),
+        ("truncated_consistent_params", "not a Paddle parameter file"),
     ],
 )
 def test_crafted_entry_is_refused_in_one_line_and_rebuilt(farseg, built_entry, tmp_path, tamper, reason) -> None:
