@@ -2,7 +2,7 @@
 
 The report itself is framework-free, in :mod:`app.environment` (facts, the commands' plan, the
 text) and :mod:`app.install_check` (the installation mistakes); each framework's facts come
-from its own package (``torch_ref.environment``, ``paddle_impl.environment``), imported here
+from its own package's adapter (``torch_ref.adapter``, ``paddle_impl.adapter``), imported here
 explicitly so that a framework that is absent or broken becomes a reported fact. It lives
 under ``align`` only because ``align`` is the one package allowed to import both frameworks;
 nothing in the alignment stages imports it.
@@ -25,17 +25,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_torch() -> Framework:
-    """torch's facts module (raises when torch does not import)."""
-    from torch_ref import environment
+    """torch's adapter (raises when torch does not import)."""
+    from torch_ref.adapter import ADAPTER
 
-    return environment
+    return ADAPTER
 
 
 def load_paddle() -> Framework:
-    """Paddle's facts module (raises when Paddle does not import)."""
-    from paddle_impl import environment
+    """Paddle's adapter (raises when Paddle does not import)."""
+    from paddle_impl.adapter import ADAPTER
 
-    return environment
+    return ADAPTER
 
 
 LOADERS = {"torch": load_torch, "paddle": load_paddle}

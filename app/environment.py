@@ -1,8 +1,8 @@
 """The environment report: versions, devices, and what ``--device auto`` and ``--amp`` will do.
 
 Run as ``python -m align.env [--json] [--expect auto|cpu|torch-gpu|paddle-gpu|gpu]`` (that
-entry point hands this module each framework's :class:`Framework` facts module,
-``torch_ref.environment`` and ``paddle_impl.environment``; ``app`` imports no framework).
+entry point hands this module each framework's adapter as its :class:`Framework`,
+``torch_ref.adapter.ADAPTER`` and ``paddle_impl.adapter.ADAPTER``; ``app`` imports no framework).
 
 Prints the versions of Python, torch, Paddle, numpy, x2paddle and onnxruntime; for each
 framework the devices it sees (CUDA build, GPU names, cuDNN; on CPU the ISA extensions that
@@ -81,10 +81,12 @@ SHIPPED_CONFIG = os.path.join("configs", "farseg_isaid.yaml")
 
 
 class Framework(Protocol):
-    """What the report needs from a framework (``torch_ref.environment``, ``paddle_impl.environment``)."""
+    """What the report needs from a framework: its adapter (``torch_ref.adapter.ADAPTER``,
+    ``paddle_impl.adapter.ADAPTER``), the one object each framework package gives align, the
+    report and the tools."""
 
-    NAME: str  # "torch" / "paddle"
-    PACKAGE: str  # "torch_ref" / "paddle_impl"
+    name: str  # "torch" / "paddle"
+    package_name: str  # "torch_ref" / "paddle_impl"
 
     def read_facts(self) -> Dict[str, Any]:
         """Build, devices, cuDNN / oneDNN."""
@@ -272,7 +274,7 @@ def train_row(framework: Framework, root: str) -> Dict[str, Any]:
     config = load_config(os.path.join(root, SHIPPED_CONFIG), [])
     amp = config["train"]["amp"]
     row: Dict[str, Any] = {
-        "command": f"python -m {framework.PACKAGE}.train",
+        "command": f"python -m {framework.package_name}.train",
         "device_option": f"train.device={config['train']['device']}",
         "amp_option": f"train.amp={amp} (config default)",
     }
@@ -303,7 +305,7 @@ def inference_rows(framework: Framework) -> List[Dict[str, Any]]:
     backend = framework.backend()
     rows = []
     for verb in ("evaluate", "predict"):
-        prog = f"python -m {framework.PACKAGE}.{verb}"
+        prog = f"python -m {framework.package_name}.{verb}"
         if verb == "evaluate":
             parser = eval_parser(prog, backend.name, backend.gpu_name)
         else:

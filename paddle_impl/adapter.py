@@ -1,19 +1,30 @@
-"""The Paddle adapter: everything ``align`` does to a Paddle model goes through one ``PaddleAdapter``.
+"""The Paddle adapter: the one object this package gives the framework-free code, ``PaddleAdapter``.
 
-Its twin is ``torch_ref.adapter.TorchAdapter`` (same methods, same meanings); ``align.sides``
-picks one from a model object's type (``create_from``). The modules of this package that the
+Everything ``align`` does to a model goes through it (tensors, hooks, parameter and buffer
+walks, the trainer's step); ``python -m align.env`` reads the framework's facts from it (the
+same functions the commands run); :meth:`backend` is what evaluate and predict run on and
+:meth:`trainer` the parts the one training loop drives. Its twin is
+``torch_ref.adapter.TorchAdapter`` (same methods, same meanings); ``align.sides`` picks one
+from a model object's type (``create_from``). The modules of this package that the
 adapter hands out (``train``, ``losses``, ``metrics``) are read as attributes at call time, so a
 test's ``monkeypatch`` of one of them applies.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from types import ModuleType
-from typing import Any, Callable, ContextManager, List, Mapping, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import paddle
+import paddle.nn.functional as F
+
+from app.backend import Backend
+from app.config import Config
+
+from .sliding_window import AMP_DTYPES
 
 # Module classes whose training-mode behaviour is random (compared in eval mode during a
 # training-mode forward: two frameworks never draw the same dropout masks).
@@ -188,6 +199,73 @@ class PaddleAdapter:
         return trainer.TrainStep(
             model if train_model is None else train_model, model, optimizer, scheduler, scaler, recipe, device
         )
+
+    # ------------------------------------------------------------------ the environment report
+    # (python -m align.env: the same functions the commands use)
+
+    def read_facts(self) -> Dict[str, Any]:
+        """Paddle's build, devices, cuDNN and oneDNN."""
+        compiled = bool(paddle.device.is_compiled_with_cuda())
+        info: Dict[str, Any] = {
+            "installed": True,
+            "version": paddle.__version__,
+            "compiled_with_cuda": compiled,
+            "cuda_build": paddle.version.cuda() if compiled else None,
+            "cudnn": paddle.version.cudnn() if compiled else None,
+            "devices": [],
+            "gpu_count": 0,
+        }
+        core = getattr(getattr(paddle, "base", None), "core", None)
+        for probe in ("is_compiled_with_onednn", "is_compiled_with_mkldnn"):
+            if core is not None and hasattr(core, probe):
+                info["onednn"] = bool(getattr(core, probe)())
+                break
+        info["cpu_kernels"] = f"oneDNN {'compiled in' if info.get('onednn') else 'absent'}"
+        if compiled:
+            try:
+                info["gpu_count"] = paddle.device.cuda.device_count()
+                for index in range(info["gpu_count"]):
+                    props = paddle.device.cuda.get_device_properties(index)
+                    info["devices"].append(
+                        {
+                            "name": props.name,
+                            "capability": f"{props.major}.{props.minor}",
+                            "memory_gib": round(props.total_memory / 2**30, 1),
+                        }
+                    )
+            except Exception as error:  # noqa: BLE001 - a broken CUDA set-up is a fact too
+                lines = str(error).strip().splitlines()
+                info["cuda_error"] = f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+        return info
+
+    def autocast_dtype(self, device: str, amp: str) -> str:
+        """The dtype one convolution produces under Paddle's autocast for ``amp`` on ``device``
+        (the engine's own ``AMP_DTYPES`` table)."""
+        paddle.set_device(device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with paddle.amp.auto_cast(enable=True, dtype=AMP_DTYPES[amp], level="O1"):
+                out = F.conv2d(paddle.ones([1, 3, 8, 8]), paddle.ones([4, 3, 3, 3]))
+        return str(out.dtype).replace("paddle.", "")
+
+    def train_device(self, config: Config) -> str:
+        """The device ``python -m paddle_impl.train`` trains ``config`` on: its own
+        ``setup_runtime`` (raises its own refusal)."""
+        from .train import setup_runtime  # the trainer pulls in the data pipeline: only when asked
+
+        return str(setup_runtime(config).device)
+
+    def backend(self) -> Backend:
+        """The object ``python -m paddle_impl.evaluate`` and ``.predict`` run on."""
+        from .backend import BACKEND
+
+        return BACKEND
+
+    def trainer(self) -> Any:
+        """The trainer's framework parts (``train.PARTS``) that :mod:`app.train_loop` runs."""
+        from .train import PARTS
+
+        return PARTS
 
 
 ADAPTER = PaddleAdapter()

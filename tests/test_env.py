@@ -259,7 +259,7 @@ def test_report_says_what_paddle_evaluate_does_with_amp(report, tmp_path):
     plain command runs bf16 in Paddle Inference (the --amp check passes; the stand-in weights
     file is what it then refuses), and with --engine dygraph both refuse bf16 with the same line
     (both call the backend's check_amp)."""
-    from paddle_impl import environment as paddle_environment
+    from paddle_impl.adapter import ADAPTER as paddle_environment
 
     row = {r["command"]: r for r in report["plan"]}["python -m paddle_impl.evaluate"]
     assert "bf16 -> Paddle Inference oneDNN bf16" in row["amp_effect"]
@@ -275,7 +275,7 @@ def test_planted_report_that_only_probes_autocast_is_caught(tmp_path):
     """The old report probed autocast without asking the backend: on a CPU it said bf16
     computes in float32 while the dygraph engine refuses. Planted (no backend given to
     ``amp_effects``), the agreement check sees it."""
-    from paddle_impl import environment as paddle_environment
+    from paddle_impl.adapter import ADAPTER as paddle_environment
 
     result = paddle_evaluate_with_amp(tmp_path, "bf16", "--engine", "dygraph")
     probed_only = environment.amp_effects(paddle_environment, None, "cpu", "dygraph")

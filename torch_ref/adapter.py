@@ -1,19 +1,30 @@
-"""The PyTorch adapter: everything ``align`` does to a torch model goes through one ``TorchAdapter``.
+"""The PyTorch adapter: the one object this package gives the framework-free code, ``TorchAdapter``.
 
-Its twin is ``paddle_impl.adapter.PaddleAdapter`` (same methods, same meanings); ``align.sides``
-picks one from a model object's type (``create_from``). The modules of this package that the
+Everything ``align`` does to a model goes through it (tensors, hooks, parameter and buffer
+walks, the trainer's step); ``python -m align.env`` reads the framework's facts from it (the
+same functions the commands run); :meth:`backend` is what evaluate and predict run on and
+:meth:`trainer` the parts the one training loop drives. Its twin is
+``paddle_impl.adapter.PaddleAdapter`` (same methods, same meanings); ``align.sides`` picks one
+from a model object's type (``create_from``). The modules of this package that the
 adapter hands out (``train``, ``losses``, ``metrics``) are read as attributes at call time, so a
 test's ``monkeypatch`` of one of them applies.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from types import ModuleType
-from typing import Any, Callable, ContextManager, List, Mapping, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+from app.backend import Backend
+from app.config import Config
+
+from .sliding_window import AMP_DTYPES
 
 # Module classes whose training-mode behaviour is random (compared in eval mode during a
 # training-mode forward: two frameworks never draw the same dropout masks).
@@ -185,6 +196,71 @@ class TorchAdapter:
         return trainer.TrainStep(
             model if train_model is None else train_model, model, optimizer, scheduler, scaler, recipe, device
         )
+
+    # ------------------------------------------------------------------ the environment report
+    # (python -m align.env: the same functions the commands use)
+
+    def read_facts(self) -> Dict[str, Any]:
+        """torch's build, devices, cuDNN and CPU kernels."""
+        info: Dict[str, Any] = {
+            "installed": True,
+            "version": torch.__version__,
+            "cuda_build": torch.version.cuda,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "onednn": torch.backends.mkldnn.is_available(),
+            "onednn_version": None,
+            "devices": [],
+        }
+        for line in torch.__config__.show().splitlines():
+            if "MKL-DNN" in line or "oneDNN" in line:
+                info["onednn_version"] = line.strip(" -").split("(")[0].strip()
+        with warnings.catch_warnings(record=True) as caught:  # a too-new build warns here
+            warnings.simplefilter("always")
+            info["cuda_available"] = torch.cuda.is_available()
+        if caught and not info["cuda_available"]:
+            info["cuda_error"] = str(caught[0].message).strip().splitlines()[0][:200]
+        if info["cuda_available"]:
+            info["cudnn"] = torch.backends.cudnn.version()
+            for index in range(torch.cuda.device_count()):
+                props = torch.cuda.get_device_properties(index)
+                info["devices"].append(
+                    {
+                        "name": props.name,
+                        "capability": f"{props.major}.{props.minor}",
+                        "memory_gib": round(props.total_memory / 2**30, 1),
+                    }
+                )
+            info["bf16_supported"] = torch.cuda.is_bf16_supported()
+        onednn = f"{info['onednn_version'] or 'oneDNN'} {'on' if info['onednn'] else 'off'}"
+        info["cpu_kernels"] = f"CPU kernels {info['cpu_capability']}, {onednn}"
+        return info
+
+    def autocast_dtype(self, device: str, amp: str) -> str:
+        """The dtype one convolution produces under torch's autocast for ``amp`` on ``device``
+        (the engine's own ``AMP_DTYPES`` table)."""
+        x = torch.ones(1, 3, 8, 8, device=device)
+        w = torch.ones(4, 3, 3, 3, device=device)
+        with torch.autocast(torch.device(device).type, dtype=AMP_DTYPES[amp]):
+            return str(F.conv2d(x, w).dtype).replace("torch.", "")
+
+    def train_device(self, config: Config) -> str:
+        """The device ``python -m torch_ref.train`` trains ``config`` on: its own ``setup_runtime``
+        (raises its own refusal)."""
+        from .train import setup_runtime  # the trainer pulls in the data pipeline: only when asked
+
+        return str(setup_runtime(config).device)
+
+    def backend(self) -> Backend:
+        """The object ``python -m torch_ref.evaluate`` and ``.predict`` run on."""
+        from .backend import BACKEND
+
+        return BACKEND
+
+    def trainer(self) -> Any:
+        """The trainer's framework parts (``train.PARTS``) that :mod:`app.train_loop` runs."""
+        from .train import PARTS
+
+        return PARTS
 
 
 ADAPTER = TorchAdapter()
