@@ -81,8 +81,12 @@ def deploy_config(
     fmt: str = PADDLE_FORMAT,
     producer: str = "",
     extra: Optional[Dict[str, Any]] = None,
+    weights_sha256: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """The content of ``model.yml``: everything a deployment needs besides the program."""
+    """The content of ``model.yml``: everything a deployment needs besides the program.
+
+    ``weights_sha256``: the weights file's sha256 when the caller has just computed it (the
+    engine cache keys on it), so a 126 MB file is not read twice; computed here otherwise."""
     if fmt not in FORMAT_FILES:
         raise ValueError(f"unknown export format {fmt!r}")
     height, width = size if size is not None else (-1, -1)
@@ -125,7 +129,7 @@ def deploy_config(
         "palette": [[int(c) for c in colour] for colour in PALETTE],
         "weights": {
             "file": os.path.basename(weights) if weights else None,
-            "sha256": sha256_file(weights) if weights else None,
+            "sha256": (weights_sha256 or sha256_file(weights)) if weights else None,
             "loaded_as": weights_how,
         },
     }

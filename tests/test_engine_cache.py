@@ -99,6 +99,42 @@ def test_hit_then_miss_when_the_weights_or_the_program_change(farseg, built_entr
     assert len(_entries(cache)) == 3
 
 
+def test_a_run_reads_each_file_once_and_runs_the_predictor_once(farseg, tmp_path, monkeypatch) -> None:
+    """The cold path's redundant work stays cut (issue 21): on a miss the weights and each written
+    file are hashed once (key + model.yml; manifest, not again for the staging check), on a hit
+    each file once; the predictor runs once at open (the probe against the dynamic graph)."""
+    import app.exported
+    from paddle_impl.infer import DeployedModel
+
+    model, weights = farseg
+    hashed: List[str] = []
+    runs: List[Tuple[int, ...]] = []
+
+    def counting_sha256(path: str) -> str:
+        hashed.append(os.path.basename(path))
+        return sha256_file(path)
+
+    original_run = DeployedModel._run
+
+    def counting_run(self, x):
+        runs.append(x.shape)
+        return original_run(self, x)
+
+    monkeypatch.setattr(engine_cache, "sha256_file", counting_sha256)
+    monkeypatch.setattr(app.exported, "sha256_file", counting_sha256)
+    monkeypatch.setattr(DeployedModel, "_run", counting_run)
+    cache = tmp_path / "cache"
+    for expected_state in ("miss", "hit"):
+        hashed.clear()
+        runs.clear()
+        deployed, description = engine_cache.open_inference_engine(
+            model, MODEL, str(weights), "test", None, str(cache), threads=1, note=lambda text: None
+        )
+        assert f"engine cache {expected_state}" in description
+        assert sorted(hashed) == sorted([weights.name, *engine_cache.ENTRY_FILES]), hashed
+        assert runs == [engine_cache.PROBE_SHAPE], runs
+
+
 def test_program_code_hash_follows_the_model_sources(tmp_path) -> None:
     package = Path(engine_cache.__file__).parent
     for name in engine_cache.PROGRAM_SOURCES:
