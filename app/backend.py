@@ -47,8 +47,8 @@ class Backend(Protocol):
     gpu_name: str  # how the framework spells its GPU device: "cuda" / "gpu"
     supports_model_dir: bool  # evaluate and predict can run an exported program (``--model-dir``)
     deploy_backends: Tuple[str, ...]  # the ``--backend`` choices for ``--model-dir`` ("auto" first)
-    # The ``--engine`` choices for ``--weights`` ("auto" first; empty: one engine, no option). A
-    # backend with engines takes ``engine`` and ``engine_cache`` keywords in :meth:`build_engine`.
+    # The ``--engine`` choices for ``--weights`` ("auto" first; empty: one engine, no option and
+    # only engine="auto" in :meth:`build_engine`; ``engine_cache``: where a built engine is kept).
     engines: Tuple[str, ...]
     # Errors building an engine may raise besides convert's CheckpointError, and errors running
     # one (besides RasterError): reported as one line, exit status 2.
@@ -81,6 +81,8 @@ class Backend(Protocol):
         amp: Optional[str] = None,
         dtype: str = "float32",
         exact_float32: bool = True,
+        engine: str = "auto",
+        engine_cache: Optional[str] = None,
     ) -> Tuple[Engine, str]:
         """Build ``model_name``, load ``weights`` (CheckpointError), wrap it in the engine.
 

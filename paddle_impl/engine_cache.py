@@ -50,7 +50,7 @@ from app.exported import (
     paddle_program_ops,
     write_deploy_config,
 )
-from common.atomic import is_stale_temporary, temporary_name, write_bytes_atomic
+from common.atomic import is_stale_temporary, replace_folder_with, staging_folder_beside, write_bytes_atomic
 from common.digest import sha256_file
 
 from .export import DEFAULT_ROUNDING_TOLERANCE, save_inference_model
@@ -260,8 +260,7 @@ def build_entry(
     model: nn.Layer, model_name: str, weights: str, how: str, folder: str, expected: Dict[str, str]
 ) -> None:
     """Export ``model`` into a temporary folder beside ``folder``, check it, rename it into place."""
-    staging = temporary_name(folder)
-    os.makedirs(staging)
+    staging = staging_folder_beside(folder)
     try:
         save_inference_model(model, staging)
         config = deploy_config(
@@ -286,7 +285,7 @@ def build_entry(
                 return
             except CacheEntryError:
                 _remove(folder)
-        os.replace(staging, folder)
+        replace_folder_with(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

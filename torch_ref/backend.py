@@ -54,7 +54,11 @@ class TorchBackend:
         amp: Optional[str] = None,
         dtype: str = "float32",
         exact_float32: bool = True,
+        engine: str = "auto",
+        engine_cache: Optional[str] = None,
     ) -> Tuple[SlidingWindowInference, str]:
+        if engine != "auto":  # one engine here, the dynamic graph (no --engine option)
+            raise ValueError(f"unknown engine {engine!r}: torch_ref has one engine (auto)")
         self.check_amp(device, amp)
         model = build_model(model_name)
         how = load_weights(model, model_name, weights)
