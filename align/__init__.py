@@ -46,9 +46,9 @@ __all__ = [
 
 def compare(torch_model: Any, paddle_model: Any, inputs: Any, **options: Any) -> List[StageResult]:
     """Any torch model against its Paddle port: ``[forward]`` or ``[forward, backward]`` results
-    (``align.engine.compare`` documents every option: targets, losses, optimisers, dtype,
+    (``align.api.compare`` documents every option: targets, losses, optimisers, dtype,
     pairing, out, ...)."""
-    from .engine import compare as compare_pair
+    from .api import compare as compare_pair
 
     return compare_pair(torch_model, paddle_model, inputs, **options)
 

@@ -88,7 +88,7 @@ def _check_sides(torch_model: Any, paddle_model: Any) -> None:
             raise AlignInputError(f"{option}: expected a {expected.name} model, got a {side.name} one")
 
 
-def _user_call(option: str, run: Callable[..., Any], *args: Any) -> Any:
+def user_call(option: str, run: Callable[..., Any], *args: Any) -> Any:
     """``run(*args)``; an exception in the user's code becomes one AlignInputError line."""
     try:
         return run(*args)
@@ -118,9 +118,9 @@ def _structure_traces(torch_model: Any, paddle_model: Any, x: np.ndarray, strict
     t, p = TORCH, PADDLE
     try:
         with t.no_grad():
-            _, t_calls = _user_call("--torch model", trace, t, torch_model, lambda: torch_model(t.tensor(x)), False)
+            _, t_calls = user_call("--torch model", trace, t, torch_model, lambda: torch_model(t.tensor(x)), False)
         with p.no_grad():
-            _, p_calls = _user_call("--paddle model", trace, p, paddle_model, lambda: paddle_model(p.tensor(x)), False)
+            _, p_calls = user_call("--paddle model", trace, p, paddle_model, lambda: paddle_model(p.tensor(x)), False)
     except AlignInputError:
         if strict:
             raise
@@ -228,7 +228,7 @@ def _traced_rows(pair: Pair, x: np.ndarray, tol: Tolerance) -> Tuple[Any, Any, L
             row = max(compared, key=lambda r: (not r.passed, r.rel)) if compared else no_tensor
         rows[key] = (row, call.name)
 
-    t_out, _ = _user_call(
+    t_out, _ = user_call(
         "--torch model",
         trace,
         t,
@@ -238,7 +238,7 @@ def _traced_rows(pair: Pair, x: np.ndarray, tol: Tolerance) -> Tuple[Any, Any, L
         keep_torch,
         list(containers),
     )
-    p_out, _ = _user_call(
+    p_out, _ = user_call(
         "--paddle model",
         trace,
         p,
@@ -433,9 +433,9 @@ def _float64_grads(
     for name, tensor in t_params.items():
         t.assign(twin_tensors[name], t.numpy(tensor))
     with training_mode(t, twin):
-        out = _user_call("--torch model", twin, x64)
-        loss = _user_call("--torch-loss", torch_loss, out, ty)
-    _user_call("--torch-loss", t.backward, loss)
+        out = user_call("--torch model", twin, x64)
+        loss = user_call("--torch-loss", torch_loss, out, ty)
+    user_call("--torch-loss", t.backward, loss)
     grads = {name: np.array(t.grad(twin_tensors[name])) for name, _ in pair.tensors.parameters}
     t.clear_grads(twin)
     return grads
@@ -506,14 +506,14 @@ def backward(
                 training_mode(t, tm),
                 backward_parameter_order(tm) if step == 1 else contextlib.nullcontext(order) as got,
             ):
-                t_out = _user_call("--torch model", tm, tx)
-                t_loss = _user_call("--torch-loss", torch_loss, t_out, ty)
+                t_out = user_call("--torch model", tm, tx)
+                t_loss = user_call("--torch-loss", torch_loss, t_out, ty)
             order = got
-            _user_call("--torch-loss", t.backward, t_loss)
+            user_call("--torch-loss", t.backward, t_loss)
             with training_mode(p, pm):
-                p_out = _user_call("--paddle model", pm, px)
-                p_loss = _user_call("--paddle-loss", paddle_loss, p_out, py)
-            _user_call("--paddle-loss", p.backward, p_loss)
+                p_out = user_call("--paddle model", pm, px)
+                p_loss = user_call("--paddle-loss", paddle_loss, p_out, py)
+            user_call("--paddle-loss", p.backward, p_loss)
             # Outputs and loss.
             t_list, p_list = flatten_output(t_out, t), flatten_output(p_out, p)
             for k, (a, b) in enumerate(zip(t_list, p_list)):
@@ -563,8 +563,8 @@ def backward(
             result.rows += grad_rows
             result.layers[f"step {step} gradients"] = grad_rows
             # The optimiser step, then parameters and buffers.
-            _user_call("--torch-optimizer", t.optimizer_step, torch_optimizer)
-            _user_call("--paddle-optimizer", p.optimizer_step, paddle_optimizer)
+            user_call("--torch-optimizer", t.optimizer_step, torch_optimizer)
+            user_call("--paddle-optimizer", p.optimizer_step, paddle_optimizer)
             t.clear_grads(tm)
             p.clear_grads(pm)
             param_rows = []
@@ -634,76 +634,4 @@ def backward(
 # ----------------------------------------------------------------------------------------------
 
 
-def compare(
-    torch_model: Any,
-    paddle_model: Any,
-    inputs: np.ndarray,
-    *,
-    targets: Optional[np.ndarray] = None,
-    torch_loss: Optional[Callable[[Any, Any], Any]] = None,
-    paddle_loss: Optional[Callable[[Any, Any], Any]] = None,
-    torch_optimizer: Optional[Callable[[Any], Any]] = None,
-    paddle_optimizer: Optional[Callable[[Any], Any]] = None,
-    steps: int = 2,
-    dtype: str = "float64",
-    pairing: str = "auto",
-    mapping: Optional[Mapping[str, str]] = None,
-    copy_weights: bool = True,
-    rtol: Optional[float] = None,
-    out: Optional[str] = None,
-    step_start: str = "paddle",
-) -> List[StageResult]:
-    """Compare a torch model with its Paddle port: the forward stage, and the backward stage
-    when ``targets``, both losses and both optimiser factories (``model -> optimizer``) are
-    given. ``inputs``: one array; the torch weights are copied into the Paddle model through
-    the pairing unless ``copy_weights`` is False. ``step_start``: see ``backward``. ``out``: a
-    folder for DIR/forward/ and DIR/backward/ (diff.json, diff.txt, divergence.png). Raises
-    AlignInputError on bad input.
-
-    Example::
-
-        import align
-        forward, backward = align.compare(net, port, x, targets=y, torch_loss=tl, paddle_loss=pl,
-                                          torch_optimizer=to, paddle_optimizer=po)
-        assert forward.passed, forward.first_divergence
-    """
-    from pathlib import Path
-
-    from .compare import pair_tolerances
-
-    x = np.asarray(inputs)
-    x = x.astype(dtype) if x.dtype.kind == "f" else x.astype(np.int64)  # token ids stay integers
-    tols = pair_tolerances(dtype, rtol)
-    pair = prepare(torch_model, paddle_model, x, dtype, pairing, mapping, copy_weights)
-    results = [forward(pair, x, dtype, tols, None if out is None else Path(out) / "forward")]
-    wants = (targets, torch_loss, paddle_loss, torch_optimizer, paddle_optimizer)
-    if any(v is not None for v in wants):
-        if any(v is None for v in wants):
-            raise AlignInputError(
-                "backward needs targets, torch_loss, paddle_loss, torch_optimizer and paddle_optimizer"
-            )
-        assert torch_optimizer is not None and paddle_optimizer is not None
-        y = np.asarray(targets)
-        y = y.astype(dtype) if y.dtype.kind == "f" else y.astype(np.int64)
-        t_opt = _user_call("--torch-optimizer", lambda: torch_optimizer(torch_model))
-        p_opt = _user_call("--paddle-optimizer", lambda: paddle_optimizer(paddle_model))
-        results.append(
-            backward(
-                pair,
-                x,
-                y,
-                torch_loss,
-                paddle_loss,
-                t_opt,
-                p_opt,
-                steps,
-                dtype,
-                tols,
-                None if out is None else Path(out) / "backward",
-                step_start=step_start,
-            )
-        )
-    return results
-
-
-__all__ = ["STEP_START", "Pair", "backward", "compare", "forward", "prepare", "training_mode"]
+__all__ = ["STEP_START", "Pair", "backward", "forward", "prepare", "training_mode"]
