@@ -72,3 +72,14 @@ def read_georeference(path: str) -> Dict[str, object]:
                 "compress": dataset.compression.value if dataset.compression else None,
                 "tiled": dataset.profile.get("tiled", False),
             }
+
+
+def write_sparse_geotiff(path, side: int) -> None:
+    """A ``side`` x ``side`` RGB BigTIFF that declares its whole size but stores only its first
+    256x256 tile (sparse, deflate): a few KB on disk, GBs once decoded."""
+    import rasterio
+    import rasterio.windows
+
+    profile = dict(driver="GTiff", height=side, width=side, count=3, dtype="uint8", tiled=True, compress="deflate")
+    with rasterio.open(path, "w", SPARSE_OK="TRUE", BIGTIFF="YES", **profile) as dataset:
+        dataset.write(np.zeros((3, 256, 256), dtype=np.uint8), window=rasterio.windows.Window(0, 0, 256, 256))

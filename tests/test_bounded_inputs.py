@@ -32,6 +32,7 @@ from typing import List
 import numpy as np
 import pytest
 import yaml
+from raster_scenes import write_sparse_geotiff
 
 from app.exported import deploy_config
 
@@ -513,22 +514,9 @@ def test_infer_refuses_an_image_too_large_for_one_forward_pass(exports, tmp_path
 
 
 def test_infer_refuses_a_sparse_huge_geotiff(exports, tmp_path: Path) -> None:
-    rasterio = pytest.importorskip("rasterio")
+    pytest.importorskip("rasterio")
     path = tmp_path / "huge.tif"
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        height=30000,
-        width=30000,
-        count=3,
-        dtype="uint8",
-        tiled=True,
-        compress="deflate",
-        SPARSE_OK="TRUE",
-        BIGTIFF="YES",
-    ) as dataset:
-        dataset.write(np.zeros((3, 256, 256), dtype=np.uint8), window=rasterio.windows.Window(0, 0, 256, 256))
+    write_sparse_geotiff(path, 30000)
     assert path.stat().st_size < 2**20
     assert_refused(_infer(exports["paddle"], path), "30000x30000", "one forward pass")
 

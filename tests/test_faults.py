@@ -33,6 +33,7 @@ import numpy as np
 import pytest
 from conftest import ENV, ROOT
 from PIL import Image
+from raster_scenes import write_sparse_geotiff
 
 from app import predict, raster
 from app.config import ConfigError, load_config
@@ -449,23 +450,8 @@ def test_prepare_refuses_a_scene_too_large_for_memory(tmp_path: Path) -> None:
 
 def test_predict_refuses_a_scene_too_wide_for_memory_up_front(tmp_path: Path) -> None:
     """A 200000x200000 sparse GeoTIFF (a few KB) would need about 23 GB for one band on the CPU."""
-    import rasterio
-
     path = tmp_path / "huge.tif"
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        height=200000,
-        width=200000,
-        count=3,
-        dtype="uint8",
-        tiled=True,
-        compress="deflate",
-        SPARSE_OK="TRUE",
-        BIGTIFF="YES",
-    ) as dataset:
-        dataset.write(np.zeros((3, 256, 256), dtype=np.uint8), window=rasterio.windows.Window(0, 0, 256, 256))
+    write_sparse_geotiff(path, 200000)
     assert path.stat().st_size < 10 * 2**20
     code = """
         import resource, sys
